@@ -1,0 +1,56 @@
+"""Settings read from the environment (prefix ``SLM_``), resolved once at the edge.
+
+``SLM_HOME`` defaults to ``.slm`` under the project root, made absolute, so the CLI, a Prefect worker
+and the gateway started from anywhere open the same registry and artifacts.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PACKAGE_ROOT = Path(__file__).resolve().parent.parent
+
+
+def project_root() -> Path:
+    """The repository this code runs from (editable install), else the current directory."""
+    if (PACKAGE_ROOT / "pyproject.toml").is_file() and (PACKAGE_ROOT / "configs").is_dir():
+        return PACKAGE_ROOT
+    return Path.cwd().resolve()
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SLM_", extra="ignore")
+
+    home: Path = Field(default_factory=lambda: project_root() / ".slm",
+                       description="where the registry database, artifacts and reports live")
+    database_url: str | None = Field(default=None, description="SQLAlchemy URL; default SQLite under home")
+    artifact_store: Literal["local", "hub"] = "local"
+    artifact_root: Path | None = Field(default=None, description="local artifact folder; default home/artifacts")
+    model_name: str = Field(default="intent-router", description="the default model")
+    torch_threads: int = Field(default=1, ge=1,
+                               description="torch intra-op threads; 1 on 2 cores (FACTS.md: 2 collapse)")
+
+    @field_validator("home", "artifact_root")
+    @classmethod
+    def _absolute(cls, value: Path | None) -> Path | None:
+        return None if value is None else value.expanduser().resolve()
+
+    @property
+    def db_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.home / 'registry.db'}"
+
+    @property
+    def artifacts(self) -> Path:
+        return self.artifact_root or self.home / "artifacts"
+
+    @property
+    def configs_dir(self) -> Path:
+        return project_root() / "configs"
+
+
+def get_settings() -> Settings:
+    return Settings()

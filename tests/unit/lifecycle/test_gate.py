@@ -1,0 +1,123 @@
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from lifecycle.gate import BenchmarkRule, GatePolicy, evaluate_gate, paired_bootstrap
+from lifecycle.records import EvalReport, ItemResult
+from lifecycle.verdict import Verdict
+
+
+def paired(n: int, gain: int, loss: int) -> tuple[np.ndarray, np.ndarray]:
+    """Champion right on the first half; challenger gains on the second half and loses on the first."""
+    champ = np.zeros(n, bool)
+    champ[: n // 2] = True
+    chall = champ.copy()
+    chall[n // 2 : n // 2 + gain] = True
+    chall[:loss] = False
+    return champ, chall
+
+
+# The worked examples of paired_bootstrap's docstring.
+@pytest.mark.parametrize(
+    ("n", "gain", "loss", "mean", "lower", "upper"),
+    [
+        (400, 40, 0, 0.100, 0.0725, 0.1300),
+        (400, 20, 20, 0.000, -0.0325, 0.0300),
+        (200, 2, 30, -0.140, -0.1950, -0.0900),
+    ],
+)
+def test_paired_bootstrap_worked_examples(n, gain, loss, mean, lower, upper):
+    ci = paired_bootstrap(*paired(n, gain, loss), seed=0, n_resamples=2000)
+    assert ci.mean == pytest.approx(mean)
+    assert ci.lower == pytest.approx(lower, abs=1e-9)
+    assert ci.upper == pytest.approx(upper, abs=1e-9)
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.tuples(st.booleans(), st.booleans()), min_size=1, max_size=120))
+def test_interval_contains_the_mean_and_is_ordered(pairs):
+    champ = np.array([a for a, _ in pairs])
+    chall = np.array([b for _, b in pairs])
+    ci = paired_bootstrap(champ, chall, n_resamples=300)
+    assert -1 <= ci.lower <= ci.upper <= 1
+    assert ci.lower - 1e-12 <= ci.mean <= ci.upper + 1e-12 or ci.n < 5
+
+
+def test_identical_answers_give_a_zero_width_interval():
+    champ, _ = paired(100, 0, 0)
+    ci = paired_bootstrap(champ, champ.copy())
+    assert (ci.lower, ci.mean, ci.upper) == (0.0, 0.0, 0.0)
+
+
+def test_unequal_arrays_are_refused():
+    with pytest.raises(ValueError, match="equal 1-D arrays"):
+        paired_bootstrap(np.ones(3), np.ones(4))
+
+
+def report(benchmark: str, correct: np.ndarray, *, malformed: float = 0.0, p95: float = 10.0) -> EvalReport:
+    items = [ItemResult(item_id=f"{benchmark}-{i}", expected="a", predicted="a" if c else "b", correct=bool(c),
+                        latency_ms=p95, malformed=False) for i, c in enumerate(correct)]
+    return EvalReport(version="m:v1", benchmark=benchmark, benchmark_sha256="x", n_items=len(items),
+                      exact_match=float(np.mean(correct)), per_route_accuracy={}, malformed_rate=malformed,
+                      latency_p50_ms=p95, latency_p95_ms=p95, latency_p99_ms=p95, tokens_per_s=1.0,
+                      peak_memory_mb=1.0, items=items)
+
+
+POLICY = GatePolicy(rules=[
+    BenchmarkRule(benchmark="before", kind="non_inferior", margin=0.03),
+    BenchmarkRule(benchmark="drifted", kind="superior", margin=0.0),
+])
+
+
+def decide(before: tuple, drifted: tuple, **chall_kw):
+    (bc, bh), (dc, dh) = paired(*before), paired(*drifted)
+    champion = [report("before", bc), report("drifted", dc)]
+    challenger = [report("before", bh, **chall_kw), report("drifted", dh, **chall_kw)]
+    return evaluate_gate(champion, challenger, POLICY)
+
+
+# Table of gate decisions: (before: n, gain, loss), (drifted: n, gain, loss), extra, verdict, failing check.
+@pytest.mark.parametrize(
+    ("before", "drifted", "extra", "verdict", "check"),
+    [
+        ((300, 3, 3), (300, 120, 0), {}, Verdict.PASS, None),               # replay kept the old intents
+        ((300, 0, 130), (300, 140, 0), {}, Verdict.FAIL, "before"),         # forgot the old intents
+        ((300, 5, 12), (300, 120, 0), {}, Verdict.INCONCLUSIVE, "before"),  # -2.3 points: straddles -3
+        ((300, 3, 3), (300, 0, 10), {}, Verdict.FAIL, "drifted"),           # worse where it should gain
+        ((300, 3, 3), (300, 4, 4), {}, Verdict.INCONCLUSIVE, "drifted"),    # no gain the data can see
+        ((300, 3, 3), (300, 120, 0), {"malformed": 0.2}, Verdict.FAIL, "malformed"),
+        ((300, 3, 3), (300, 120, 0), {"p95": 100.0}, Verdict.FAIL, "latency"),
+        ((20, 0, 0), (20, 10, 0), {}, Verdict.INCONCLUSIVE, "paired items"),  # too few items
+    ],
+)
+def test_gate_decisions(before, drifted, extra, verdict, check):
+    decision = decide(before, drifted, **extra)
+    assert decision.verdict is verdict
+    assert decision.passed is (verdict is Verdict.PASS)
+    if check:
+        worst = [f for f in decision.findings if f.verdict is verdict]
+        assert any(check in f.check or check in f.reason for f in worst), decision.reasons()
+    assert all(r.startswith("[") for r in decision.reasons())
+
+
+def test_gate_refuses_reports_on_different_items():
+    champ, chall = paired(100, 10, 0)
+    other = report("before", chall).model_copy(update={"items": [
+        i.model_copy(update={"item_id": "z" + i.item_id}) for i in report("before", chall).items]})
+    with pytest.raises(ValueError, match="different items"):
+        evaluate_gate([report("before", champ)], [other],
+                      GatePolicy(rules=[BenchmarkRule(benchmark="before", kind="non_inferior", margin=0.03)]))
+
+
+def test_missing_benchmark_fails():
+    champ, chall = paired(100, 10, 0)
+    decision = evaluate_gate([report("before", champ)], [report("before", chall)], POLICY)
+    assert decision.verdict is Verdict.FAIL
+    assert any("not scored" in f.reason for f in decision.findings)
+
+
+def test_policy_refuses_duplicate_benchmarks():
+    with pytest.raises(ValueError, match="names a benchmark twice"):
+        GatePolicy(rules=[BenchmarkRule(benchmark="a", kind="superior", margin=0),
+                          BenchmarkRule(benchmark="a", kind="non_inferior", margin=0.1)])
