@@ -1,0 +1,140 @@
+"""Artifact stores: where a version's files live. Local folder by default, laid out like a Hub repo.
+
+Layout under the root::
+
+    models/<model>/v<N>/        adapter_config.json, adapter_model.safetensors (none for a base version),
+                                README.md (model card), lineage.json, eval.json
+    base/<name>-<sha12>/        a base model: config, weights, tokenizer (content-addressed)
+    datasets/<sha256>.jsonl     data snapshots, content-addressed by their fingerprint
+
+The sha256 of every file is recorded in the registry at publish time and checked on every load: a file
+that changed since is refused with an error naming it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+from pathlib import Path
+from typing import Protocol
+
+
+class ArtifactIntegrityError(RuntimeError):
+    """A stored file is missing or its sha256 differs from the one recorded at publish time."""
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def hash_tree(folder: Path) -> dict[str, str]:
+    """Relative path -> sha256 of every file under ``folder`` (sorted, POSIX separators)."""
+    return {p.relative_to(folder).as_posix(): sha256_file(p) for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def verify_tree(folder: Path, files: dict[str, str]) -> None:
+    """Raise :class:`ArtifactIntegrityError` naming every file that is missing or changed."""
+    problems = []
+    for rel, expected in files.items():
+        path = folder / rel
+        if not path.is_file():
+            problems.append(f"{rel} is missing")
+        elif sha256_file(path) != expected:
+            problems.append(f"{rel} has sha256 {sha256_file(path)[:12]}…, recorded {expected[:12]}…")
+    if problems:
+        raise ArtifactIntegrityError(f"artifact {folder} failed its integrity check: " + "; ".join(problems))
+
+
+def _copy_dir_atomically(src: Path, target: Path) -> None:
+    """Copy into a temporary sibling, then rename: readers see the whole folder or nothing."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(src, tmp)
+    try:
+        os.replace(tmp, target)
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not target.exists():
+            raise
+
+
+class ArtifactStore(Protocol):
+    def publish_version(self, model: str, number: int, staged: Path) -> tuple[str, dict[str, str]]: ...
+    def unpublish_version(self, model: str, number: int) -> None: ...
+    def version_dir(self, model: str, number: int, files: dict[str, str]) -> Path: ...
+    def put_base(self, name: str, staged: Path) -> tuple[str, str]: ...
+    def base_dir(self, uri: str) -> Path: ...
+    def put_dataset(self, sha256: str, content: bytes) -> str: ...
+    def dataset_path(self, uri: str) -> Path: ...
+
+
+class LocalArtifactStore:
+    """Artifacts in a local folder. Publishing is a rename, so a version appears whole or not at all."""
+
+    scheme = "local"
+
+    def __init__(self, root: Path) -> None:
+        self.root = root.resolve()
+
+    def _version_path(self, model: str, number: int) -> Path:
+        return self.root / "models" / model / f"v{number}"
+
+    def publish_version(self, model: str, number: int, staged: Path) -> tuple[str, dict[str, str]]:
+        target = self._version_path(model, number)
+        if target.exists():
+            raise FileExistsError(f"{target} already exists: refusing to overwrite a published version")
+        files = hash_tree(staged)
+        _copy_dir_atomically(staged, target)
+        return f"local://models/{model}/v{number}", files
+
+    def unpublish_version(self, model: str, number: int) -> None:
+        shutil.rmtree(self._version_path(model, number), ignore_errors=True)
+
+    def version_dir(self, model: str, number: int, files: dict[str, str]) -> Path:
+        folder = self._version_path(model, number)
+        verify_tree(folder, files)
+        return folder
+
+    def put_base(self, name: str, staged: Path) -> tuple[str, str]:
+        """Store a base model folder; returns (uri, revision) where revision hashes its whole tree."""
+        files = hash_tree(staged)
+        revision = hashlib.sha256("".join(f"{k}:{v}\n" for k, v in files.items()).encode()).hexdigest()
+        target = self.root / "base" / f"{name}-{revision[:12]}"
+        if not target.exists():
+            _copy_dir_atomically(staged, target)
+        return f"local://base/{target.name}", revision
+
+    def base_dir(self, uri: str) -> Path:
+        return self._local(uri, "base")
+
+    def put_dataset(self, sha256: str, content: bytes) -> str:
+        if hashlib.sha256(content).hexdigest() != sha256:
+            raise ValueError(f"dataset content does not match its fingerprint {sha256[:12]}…")
+        target = self.root / "datasets" / f"{sha256}.jsonl"
+        if not target.exists():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tmp = target.with_suffix(".tmp")
+            tmp.write_bytes(content)
+            os.replace(tmp, target)
+        return f"local://datasets/{sha256}.jsonl"
+
+    def dataset_path(self, uri: str) -> Path:
+        path = self._local(uri, "datasets")
+        if sha256_file(path) != path.stem:
+            raise ArtifactIntegrityError(f"dataset snapshot {path} no longer matches its content hash")
+        return path
+
+    def _local(self, uri: str, kind: str) -> Path:
+        prefix = f"local://{kind}/"
+        if not uri.startswith(prefix):
+            raise ValueError(f"{uri!r} is not a local {kind} artifact (expected {prefix}...)")
+        path = self.root / uri.removeprefix("local://")
+        if not path.exists():
+            raise ArtifactIntegrityError(f"artifact {uri} is missing from {self.root}")
+        return path

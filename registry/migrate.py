@@ -1,0 +1,33 @@
+"""Schema migrations with Alembic, run programmatically when a store opens (idempotent)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sqlalchemy import Engine, text
+
+from registry.db import is_postgres
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+# Any constant: serializes first-open migrations of several processes on one PostgreSQL database.
+_PG_MIGRATION_LOCK = 0x534C4D
+
+
+def upgrade(engine: Engine, revision: str = "head") -> None:
+    from alembic import command
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    with engine.connect() as conn:
+        if is_postgres(engine):
+            conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": _PG_MIGRATION_LOCK})
+            conn.commit()
+        try:
+            config.attributes["connection"] = conn
+            command.upgrade(config, revision)
+            conn.commit()
+        finally:
+            if is_postgres(engine):
+                conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": _PG_MIGRATION_LOCK})
+                conn.commit()

@@ -1,0 +1,108 @@
+"""Tables of the registry store (SQLAlchemy Core). Alembic migrations create them; this is their shape.
+
+JSON documents (lineage, eval reports, audit payloads) are stored as text that Python serialized, so
+SQLite and PostgreSQL hold, and hash, the same bytes. Timestamps are timezone-aware.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    Column,
+    DateTime,
+    ForeignKeyConstraint,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+
+metadata = MetaData()
+
+models = Table(
+    "models", metadata,
+    Column("name", String(64), primary_key=True),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    # Bumped under a row lock by every version registration and alias move: the serialization point.
+    Column("last_version", Integer, nullable=False, default=0),
+)
+
+versions = Table(
+    "versions", metadata,
+    Column("model", String(64), primary_key=True),
+    Column("number", Integer, primary_key=True),
+    Column("status", String(32), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("artifact_uri", Text, nullable=False),
+    Column("prompt_format", String(128), nullable=False),
+    Column("reason", Text, nullable=False, default=""),
+    Column("lineage_json", Text),
+    Column("files_json", Text, nullable=False, default="{}"),
+    ForeignKeyConstraint(["model"], ["models.name"]),
+)
+
+evals = Table(
+    "evals", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("model", String(64), nullable=False),
+    Column("number", Integer, nullable=False),
+    Column("benchmark", String(128), nullable=False),
+    Column("report_json", Text, nullable=False),
+    ForeignKeyConstraint(["model", "number"], ["versions.model", "versions.number"]),
+    UniqueConstraint("model", "number", "benchmark"),
+)
+
+status_history = Table(
+    "status_history", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("model", String(64), nullable=False),
+    Column("number", Integer, nullable=False),
+    Column("from_status", String(32)),
+    Column("to_status", String(32), nullable=False),
+    Column("at", DateTime(timezone=True), nullable=False),
+    Column("actor", String(128), nullable=False),
+    Column("reason", Text, nullable=False),
+)
+
+# One row per (model, alias): the primary key itself makes two champions impossible.
+aliases = Table(
+    "aliases", metadata,
+    Column("model", String(64), primary_key=True),
+    Column("alias", String(32), primary_key=True),
+    Column("number", Integer, nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    ForeignKeyConstraint(["model", "number"], ["versions.model", "versions.number"]),
+)
+
+alias_history = Table(
+    "alias_history", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("model", String(64), nullable=False),
+    Column("alias", String(32), nullable=False),
+    Column("number", Integer),
+    Column("previous_number", Integer),
+    Column("moved_at", DateTime(timezone=True), nullable=False),
+    Column("actor", String(128), nullable=False),
+    Column("reason", Text, nullable=False),
+)
+
+audit_events = Table(
+    "audit_events", metadata,
+    Column("seq", Integer, primary_key=True, autoincrement=False),
+    Column("ts", String(40), nullable=False),
+    Column("actor", String(128), nullable=False),
+    Column("action", String(128), nullable=False),
+    Column("subject", String(256), nullable=False),
+    Column("payload", Text, nullable=False),
+    Column("prev_hash", String(64), nullable=False),
+    Column("hash", String(64), nullable=False),
+)
+
+# The chain head, stored apart from the events so that deleting the newest events is detected.
+audit_head = Table(
+    "audit_head", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("count", Integer, nullable=False),
+    Column("last_hash", String(64), nullable=False),
+)

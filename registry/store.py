@@ -1,0 +1,310 @@
+"""The registry store: versions and their statuses, aliases with history, lineage, evals, the audit chain.
+
+Every write is one short transaction that also appends its audit event, so a decision and its record
+land together or not at all. Serialization points: the model's row (version numbers, alias moves) and
+the audit head (one chain per registry) are locked for the length of the transaction — ``FOR UPDATE`` on
+PostgreSQL, the database write lock (``BEGIN IMMEDIATE``) on SQLite.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+
+from sqlalchemy import Connection, Engine, select, update
+from sqlalchemy.exc import IntegrityError
+
+from lifecycle.audit import GENESIS_HASH, AuditEvent, ChainHead, VerifyResult, canonical_json, next_event, verify
+from lifecycle.records import AliasMove, EvalReport, Lineage, ModelVersion
+from lifecycle.status import INITIAL_STATUSES, Alias, VersionStatus, check_transition
+from registry import schema as t
+from registry.db import make_engine
+from registry.migrate import upgrade
+
+#: Publish callback: given the allocated version number, store the artifact and return (uri, files).
+Publish = Callable[[int], tuple[str, dict[str, str]]]
+
+
+class NotFoundError(LookupError):
+    """A model, version or alias that the registry does not hold."""
+
+
+class ConcurrentChangeError(RuntimeError):
+    """An alias was moved by someone else between reading it and changing it."""
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def _as_utc(value: datetime) -> datetime:
+    # SQLite returns naive datetimes; everything stored is UTC.
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+class RegistryStore:
+    def __init__(self, engine: Engine, clock: Callable[[], datetime] = utcnow) -> None:
+        self.engine = engine
+        self.clock = clock
+
+    @classmethod
+    def open(cls, url: str, clock: Callable[[], datetime] = utcnow) -> RegistryStore:
+        engine = make_engine(url)
+        upgrade(engine)
+        return cls(engine, clock)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # -- transactions and locks ----------------------------------------------------------------------
+
+    @contextmanager
+    def _tx(self) -> Iterator[Connection]:
+        with self.engine.begin() as conn:
+            yield conn
+
+    def _lock_model(self, conn: Connection, model: str, *, create: bool = False) -> int:
+        """Lock the model's row for this transaction; return its last version number."""
+        query = select(t.models.c.last_version).where(t.models.c.name == model).with_for_update()
+        last = conn.execute(query).scalar_one_or_none()
+        if last is not None:
+            return last
+        if not create:
+            raise NotFoundError(f"model {model!r} is not in the registry")
+        try:
+            with conn.begin_nested():
+                conn.execute(t.models.insert().values(name=model, created_at=self.clock(), last_version=0))
+        except IntegrityError:
+            pass  # created by a concurrent registration: lock the row it made
+        return conn.execute(query).scalar_one()
+
+    def _audit(self, conn: Connection, actor: str, action: str, subject: str,
+               payload: dict[str, object]) -> AuditEvent:
+        row = conn.execute(select(t.audit_head).where(t.audit_head.c.id == 1).with_for_update()).first()
+        head = ChainHead(count=row.count, last_hash=row.last_hash) if row else ChainHead(
+            count=0, last_hash=GENESIS_HASH)
+        event = next_event(head, ts=self.clock(), actor=actor, action=action, subject=subject, payload=payload)
+        conn.execute(t.audit_events.insert().values(
+            seq=event.seq, ts=event.ts, actor=actor, action=action, subject=subject,
+            payload=canonical_json(event.payload), prev_hash=event.prev_hash, hash=event.hash))
+        values = {"count": event.seq, "last_hash": event.hash}
+        if row:
+            conn.execute(update(t.audit_head).where(t.audit_head.c.id == 1).values(**values))
+        else:
+            conn.execute(t.audit_head.insert().values(id=1, **values))
+        return event
+
+    # -- versions ------------------------------------------------------------------------------------
+
+    def register_version(
+        self, model: str, *, status: VersionStatus, prompt_format: str, reason: str, actor: str,
+        publish: Publish, lineage: Lineage | None = None, evals: list[EvalReport] = (),
+        unpublish: Callable[[int], None] | None = None, audit_payload: dict[str, object] | None = None,
+    ) -> ModelVersion:
+        """Allocate the next number, publish the artifact, record the version — all or nothing.
+
+        ``publish`` runs inside the transaction, once the number is known; if anything after it fails,
+        ``unpublish`` removes what it stored, so no half-registered version is ever left behind.
+        """
+        if status not in INITIAL_STATUSES:
+            raise ValueError(f"a version is registered as candidate or rejected, not {status}")
+        published: int | None = None
+        try:
+            with self._tx() as conn:
+                number = self._lock_model(conn, model, create=True) + 1
+                uri, files = publish(number)
+                published = number
+                now = self.clock()
+                conn.execute(t.versions.insert().values(
+                    model=model, number=number, status=status.value, created_at=now, artifact_uri=uri,
+                    prompt_format=prompt_format, reason=reason, files_json=canonical_json(files),
+                    lineage_json=canonical_json(lineage.model_dump(mode="json")) if lineage else None))
+                conn.execute(update(t.models).where(t.models.c.name == model).values(last_version=number))
+                for report in evals:
+                    conn.execute(t.evals.insert().values(model=model, number=number, benchmark=report.benchmark,
+                                                         report_json=report.model_dump_json()))
+                conn.execute(t.status_history.insert().values(
+                    model=model, number=number, from_status=None, to_status=status.value, at=now,
+                    actor=actor, reason=reason))
+                self._audit(conn, actor, "version.registered", f"{model}:v{number}",
+                            {"status": status.value, "reason": reason, "artifact_uri": uri,
+                             "files": files, **(audit_payload or {})})
+        except BaseException:
+            if published is not None and unpublish is not None:
+                unpublish(published)
+            raise
+        return self.get_version(model, number)
+
+    def set_status(self, model: str, number: int, status: VersionStatus, *, actor: str, reason: str) -> None:
+        with self._tx() as conn:
+            self._lock_model(conn, model)
+            self._set_status(conn, model, number, status, actor=actor, reason=reason)
+
+    def _set_status(self, conn: Connection, model: str, number: int, status: VersionStatus, *,
+                    actor: str, reason: str) -> None:
+        current = self._status(conn, model, number)
+        check_transition(current, status)
+        conn.execute(update(t.versions).where(t.versions.c.model == model, t.versions.c.number == number)
+                     .values(status=status.value))
+        conn.execute(t.status_history.insert().values(
+            model=model, number=number, from_status=current.value, to_status=status.value,
+            at=self.clock(), actor=actor, reason=reason))
+        self._audit(conn, actor, "version.status", f"{model}:v{number}",
+                    {"from": current.value, "to": status.value, "reason": reason})
+
+    def _status(self, conn: Connection, model: str, number: int) -> VersionStatus:
+        value = conn.execute(select(t.versions.c.status).where(
+            t.versions.c.model == model, t.versions.c.number == number)).scalar_one_or_none()
+        if value is None:
+            raise NotFoundError(f"version {model}:v{number} is not in the registry")
+        return VersionStatus(value)
+
+    def get_version(self, model: str, number: int) -> ModelVersion:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(t.versions).where(
+                t.versions.c.model == model, t.versions.c.number == number)).first()
+            if row is None:
+                raise NotFoundError(f"version {model}:v{number} is not in the registry")
+            reports = conn.execute(select(t.evals.c.report_json).where(
+                t.evals.c.model == model, t.evals.c.number == number).order_by(t.evals.c.benchmark)).scalars()
+            return _version(row, [EvalReport.model_validate_json(r) for r in reports])
+
+    def list_versions(self, model: str | None = None) -> list[ModelVersion]:
+        query = select(t.versions).order_by(t.versions.c.model, t.versions.c.number)
+        if model is not None:
+            query = query.where(t.versions.c.model == model)
+        with self.engine.connect() as conn:
+            return [_version(row, []) for row in conn.execute(query)]
+
+    def models(self) -> list[str]:
+        with self.engine.connect() as conn:
+            return list(conn.execute(select(t.models.c.name).order_by(t.models.c.name)).scalars())
+
+    def status_history(self, model: str, number: int) -> list[dict[str, object]]:
+        query = select(t.status_history).where(t.status_history.c.model == model,
+                                               t.status_history.c.number == number).order_by(t.status_history.c.id)
+        with self.engine.connect() as conn:
+            return [{**row._mapping, "at": _as_utc(row.at)} for row in conn.execute(query)]
+
+    # -- aliases ---------------------------------------------------------------------------------------
+
+    def get_alias(self, model: str, alias: Alias | str) -> int | None:
+        with self.engine.connect() as conn:
+            return self._alias(conn, model, str(alias))
+
+    def aliases(self, model: str) -> dict[str, int]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(t.aliases.c.alias, t.aliases.c.number).where(t.aliases.c.model == model))
+            return {r.alias: r.number for r in rows}
+
+    def _alias(self, conn: Connection, model: str, alias: str) -> int | None:
+        return conn.execute(select(t.aliases.c.number).where(
+            t.aliases.c.model == model, t.aliases.c.alias == alias)).scalar_one_or_none()
+
+    def _move(self, conn: Connection, model: str, alias: str, number: int | None, *, actor: str,
+              reason: str) -> int | None:
+        current = self._alias(conn, model, alias)
+        if current == number:
+            return current
+        if number is not None:
+            self._status(conn, model, number)  # must exist
+        now = self.clock()
+        where = (t.aliases.c.model == model, t.aliases.c.alias == alias)
+        if number is None:
+            conn.execute(t.aliases.delete().where(*where))
+        elif current is None:
+            conn.execute(t.aliases.insert().values(model=model, alias=alias, number=number, updated_at=now))
+        else:
+            conn.execute(update(t.aliases).where(*where).values(number=number, updated_at=now))
+        conn.execute(t.alias_history.insert().values(model=model, alias=alias, number=number,
+                                                     previous_number=current, moved_at=now, actor=actor,
+                                                     reason=reason))
+        self._audit(conn, actor, "alias.moved", model,
+                    {"alias": alias, "from": current, "to": number, "reason": reason})
+        return current
+
+    def move_alias(self, model: str, alias: Alias | str, number: int | None, *, actor: str, reason: str,
+                   expected: int | None | type[...] = ...) -> int | None:
+        """Point ``alias`` at ``number`` (None clears it); returns what it pointed to before.
+
+        ``expected`` makes it a compare-and-swap: if the alias no longer points there, nothing changes
+        and :class:`ConcurrentChangeError` says who holds it now.
+        """
+        alias = Alias(alias).value
+        with self._tx() as conn:
+            self._lock_model(conn, model)
+            current = self._alias(conn, model, alias)
+            if expected is not ... and current != expected:
+                raise ConcurrentChangeError(f"{model} {alias} points to v{current}, not v{expected} as expected: "
+                                            "someone else moved it; re-read and decide again")
+            return self._move(conn, model, alias, number, actor=actor, reason=reason)
+
+    def promote(self, model: str, number: int, *, actor: str, reason: str,
+                expected_champion: int | None | type[...] = ...) -> int | None:
+        """Make ``number`` the champion: old champion becomes ``previous``, status → promoted.
+
+        One transaction under the model lock: two racing promotions serialize, and with
+        ``expected_champion`` the second one fails instead of silently overriding the first.
+        Returns the former champion.
+        """
+        with self._tx() as conn:
+            self._lock_model(conn, model)
+            champion = self._alias(conn, model, Alias.CHAMPION)
+            if expected_champion is not ... and champion != expected_champion:
+                raise ConcurrentChangeError(f"{model} champion is v{champion}, not v{expected_champion}: "
+                                            "another promotion won; nothing was changed")
+            if champion == number:
+                return champion
+            self._set_status(conn, model, number, VersionStatus.PROMOTED, actor=actor, reason=reason)
+            self._move(conn, model, Alias.CHAMPION, number, actor=actor, reason=reason)
+            if champion is not None:
+                self._move(conn, model, Alias.PREVIOUS, champion, actor=actor,
+                           reason=f"replaced as champion by v{number}")
+            if self._alias(conn, model, Alias.CHALLENGER) == number:
+                self._move(conn, model, Alias.CHALLENGER, None, actor=actor, reason="promoted to champion")
+            return champion
+
+    def alias_history(self, model: str, alias: Alias | str) -> list[AliasMove]:
+        query = select(t.alias_history).where(t.alias_history.c.model == model,
+                                              t.alias_history.c.alias == str(alias)).order_by(t.alias_history.c.id)
+        with self.engine.connect() as conn:
+            return [AliasMove(model=r.model, alias=r.alias, version=r.number, previous_version=r.previous_number,
+                              moved_at=_as_utc(r.moved_at), actor=r.actor, reason=r.reason)
+                    for r in conn.execute(query)]
+
+    # -- audit -----------------------------------------------------------------------------------------
+
+    def append_audit(self, *, actor: str, action: str, subject: str, payload: dict[str, object]) -> AuditEvent:
+        with self._tx() as conn:
+            return self._audit(conn, actor, action, subject, payload)
+
+    def audit_events(self) -> list[AuditEvent]:
+        with self.engine.connect() as conn:
+            return [_event(r) for r in conn.execute(select(t.audit_events).order_by(t.audit_events.c.seq))]
+
+    def audit_head(self) -> ChainHead | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(t.audit_head).where(t.audit_head.c.id == 1)).first()
+            return ChainHead(count=row.count, last_hash=row.last_hash) if row else None
+
+    def verify_audit(self) -> VerifyResult:
+        # Read events and head in one transaction so a concurrent append cannot look like tampering.
+        with self._tx() as conn:
+            rows = conn.execute(select(t.audit_events).order_by(t.audit_events.c.seq)).all()
+            head = conn.execute(select(t.audit_head).where(t.audit_head.c.id == 1)).first()
+        return verify([_event(r) for r in rows], ChainHead(count=head.count, last_hash=head.last_hash) if head else None)
+
+
+def _version(row, reports: list[EvalReport]) -> ModelVersion:
+    return ModelVersion(
+        model=row.model, number=row.number, status=VersionStatus(row.status), created_at=_as_utc(row.created_at),
+        artifact_uri=row.artifact_uri, prompt_format=row.prompt_format, reason=row.reason,
+        lineage=Lineage.model_validate_json(row.lineage_json) if row.lineage_json else None,
+        evals=reports, files=json.loads(row.files_json))
+
+
+def _event(row) -> AuditEvent:
+    return AuditEvent(seq=row.seq, ts=row.ts, actor=row.actor, action=row.action, subject=row.subject,
+                      payload=json.loads(row.payload), prev_hash=row.prev_hash, hash=row.hash)

@@ -1,0 +1,195 @@
+import threading
+from datetime import UTC, datetime
+
+import pytest
+from sqlalchemy import text
+
+from lifecycle.records import BaseModelRef, EvalReport, Lineage
+from lifecycle.status import Alias, TransitionError, VersionStatus
+from registry.store import ConcurrentChangeError, NotFoundError, RegistryStore
+
+S = VersionStatus
+
+
+def register(store, model="router", status=S.CANDIDATE, **kw):
+    return store.register_version(
+        model, status=status, prompt_format="intent-v1@abc", reason="test", actor="tester",
+        publish=lambda n: (f"local://models/{model}/v{n}", {"README.md": "0" * 64}), **kw)
+
+
+def lineage():
+    return Lineage(base_model=BaseModelRef(model_id="local://base/b", revision="f" * 64),
+                   prompt_format="intent-v1@abc", recipe={"r": 16, "lr": 1e-3}, libraries={"torch": "2.13.0"})
+
+
+def test_versions_are_numbered_and_round_trip(store):
+    report = EvalReport(version="router:v1", benchmark="golden-before", benchmark_sha256="s", n_items=1,
+                        exact_match=1.0, per_route_accuracy={"a": 1.0}, malformed_rate=0.0, latency_p50_ms=1,
+                        latency_p95_ms=1, latency_p99_ms=1, tokens_per_s=1, peak_memory_mb=1)
+    v1 = register(store, lineage=lineage(), evals=[report])
+    v2 = register(store, status=S.REJECTED)
+    assert (v1.number, v2.number) == (1, 2)
+    got = store.get_version("router", 1)
+    assert got.lineage == lineage()
+    assert got.evals == [report]
+    assert got.files == {"README.md": "0" * 64}
+    assert got.created_at.tzinfo is not None
+    assert [v.ref for v in store.list_versions("router")] == ["router:v1", "router:v2"]
+    assert store.get_version("router", 2).status is S.REJECTED
+
+
+def test_failed_publish_leaves_nothing(store):
+    undone = []
+
+    def publish(n):
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        store.register_version("router", status=S.CANDIDATE, prompt_format="f", reason="r", actor="a",
+                               publish=publish, unpublish=undone.append)
+    assert store.list_versions() == []
+    assert undone == []  # nothing was published, nothing to undo
+    assert store.verify_audit().checked == 0
+
+
+def test_failure_after_publish_is_undone(store):
+    undone = []
+    bad = EvalReport.model_construct(benchmark=None)  # not serializable to a valid row
+    with pytest.raises(Exception):
+        store.register_version("router", status=S.CANDIDATE, prompt_format="f", reason="r", actor="a",
+                               publish=lambda n: ("uri", {}), unpublish=undone.append, evals=[bad])
+    assert undone == [1]
+    assert store.list_versions() == []
+
+
+def test_status_moves_only_by_the_table(store):
+    register(store)
+    store.set_status("router", 1, S.PROMOTED, actor="a", reason="r")
+    with pytest.raises(TransitionError, match="from promoted to candidate"):
+        store.set_status("router", 1, S.CANDIDATE, actor="a", reason="r")
+    assert [h["to_status"] for h in store.status_history("router", 1)] == ["candidate", "promoted"]
+    with pytest.raises(NotFoundError, match="router:v9"):
+        store.set_status("router", 9, S.ARCHIVED, actor="a", reason="r")
+
+
+def test_registering_initial_status_only(store):
+    with pytest.raises(ValueError, match="candidate or rejected"):
+        register(store, status=S.PROMOTED)
+
+
+def test_promotion_moves_champion_previous_and_challenger(store):
+    for _ in range(3):
+        register(store)
+    store.promote("router", 1, actor="bootstrap", reason="first")
+    store.move_alias("router", Alias.CHALLENGER, 2, actor="rollout", reason="canary")
+    store.promote("router", 2, actor="rollout", reason="won the canary")
+    assert store.aliases("router") == {"champion": 2, "previous": 1}
+    history = store.alias_history("router", "champion")
+    assert [(h.previous_version, h.version) for h in history] == [(None, 1), (1, 2)]
+    assert history[1].reason == "won the canary" and history[1].actor == "rollout"
+    assert store.get_version("router", 2).status is S.PROMOTED
+    assert store.promote("router", 2, actor="a", reason="again") == 2  # idempotent
+    assert len(store.alias_history("router", "champion")) == 2
+
+
+def test_compare_and_swap_alias(store):
+    register(store)
+    register(store)
+    store.promote("router", 1, actor="a", reason="r")
+    with pytest.raises(ConcurrentChangeError, match="champion is v1, not v2"):
+        store.promote("router", 2, actor="a", reason="r", expected_champion=2)
+    with pytest.raises(ConcurrentChangeError):
+        store.move_alias("router", "challenger", 2, actor="a", reason="r", expected=1)
+    assert store.aliases("router") == {"champion": 1}
+    with pytest.raises(ValueError):
+        store.move_alias("router", "king", 2, actor="a", reason="r")
+
+
+def test_racing_promotions_leave_exactly_one_champion(db_url):
+    stores = [RegistryStore.open(db_url) for _ in range(4)]
+    for _ in range(5):
+        register(stores[0])
+    stores[0].promote("router", 1, actor="a", reason="bootstrap")
+    barrier = threading.Barrier(4)
+    outcomes = []
+
+    def race(store, number):
+        barrier.wait()
+        try:
+            store.promote("router", number, actor=f"p{number}", reason="race", expected_champion=1)
+            outcomes.append(("won", number))
+        except ConcurrentChangeError:
+            outcomes.append(("lost", number))
+
+    threads = [threading.Thread(target=race, args=(s, n)) for s, n in zip(stores, [2, 3, 4, 5], strict=True)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    winners = [n for what, n in outcomes if what == "won"]
+    assert len(winners) == 1
+    assert stores[0].aliases("router")["champion"] == winners[0]
+    assert stores[0].verify_audit().ok
+    for s in stores:
+        s.close()
+
+
+def test_concurrent_registrations_get_distinct_numbers(db_url):
+    stores = [RegistryStore.open(db_url) for _ in range(3)]
+    barrier = threading.Barrier(3)
+
+    def many(store):
+        barrier.wait()
+        for _ in range(5):
+            register(store)
+
+    threads = [threading.Thread(target=many, args=(s,)) for s in stores]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    numbers = [v.number for v in stores[0].list_versions("router")]
+    assert numbers == list(range(1, 16))
+    result = stores[0].verify_audit()
+    assert result.ok and result.checked == 15
+    for s in stores:
+        s.close()
+
+
+def test_audit_chain_records_every_change_and_detects_tampering(store):
+    register(store)
+    store.promote("router", 1, actor="a", reason="r")
+    store.append_audit(actor="gate", action="gate.decided", subject="router:v1", payload={"verdict": "pass"})
+    result = store.verify_audit()
+    assert result.ok
+    actions = [e.action for e in store.audit_events()]
+    assert actions == ["version.registered", "version.status", "alias.moved", "gate.decided"]
+    with store.engine.begin() as conn:
+        conn.execute(text("UPDATE audit_events SET payload = '{\"verdict\":\"fail\"}' WHERE seq = 4"))
+    result = store.verify_audit()
+    assert not result.ok and any("seq 4" in p and "edited" in p for p in result.problems)
+
+
+def test_deleting_the_newest_audit_event_is_detected(store):
+    register(store)
+    store.promote("router", 1, actor="a", reason="r")
+    with store.engine.begin() as conn:
+        conn.execute(text("DELETE FROM audit_events WHERE seq = (SELECT MAX(seq) FROM audit_events)"))
+    assert not store.verify_audit().ok
+
+
+def test_clock_is_injectable(db_url):
+    fixed = datetime(2026, 5, 1, 12, tzinfo=UTC)
+    store = RegistryStore.open(db_url, clock=lambda: fixed)
+    register(store)
+    assert store.get_version("router", 1).created_at == fixed
+    assert store.audit_events()[0].ts == fixed.isoformat()
+    store.close()
+
+
+def test_reopening_runs_migrations_idempotently(db_url):
+    RegistryStore.open(db_url).close()
+    store = RegistryStore.open(db_url)
+    register(store)
+    assert store.models() == ["router"]
+    store.close()
