@@ -1,0 +1,104 @@
+"""The registry as the rest of the project uses it: store + artifact store + default model, chosen once.
+
+``open_registry()`` reads the settings (SLM_HOME, SLM_DATABASE_URL, SLM_ARTIFACT_STORE) so the CLI, a
+Prefect worker and the gateway all open the same registry.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+from lifecycle.data import Pair, canonical_jsonl, fingerprint
+from lifecycle.records import DatasetFingerprint, EvalReport, Lineage, ModelVersion
+from lifecycle.settings import Settings, get_settings
+from lifecycle.status import Alias, VersionStatus
+from registry.artifacts import ArtifactStore, LocalArtifactStore
+from registry.cards import render_model_card
+from registry.store import NotFoundError, RegistryStore
+
+_REF = re.compile(r"^(?:(?P<model>[a-z0-9][a-z0-9_-]*):)?(?:v(?P<number>[0-9]+)|(?P<alias>[a-z]+))$")
+
+
+class Registry:
+    def __init__(self, store: RegistryStore, artifacts: ArtifactStore, default_model: str) -> None:
+        self.store = store
+        self.artifacts = artifacts
+        self.default_model = default_model
+
+    def close(self) -> None:
+        self.store.close()
+
+    def resolve(self, ref: str) -> tuple[str, int]:
+        """``MODEL:vN``, ``vN``, ``MODEL:champion`` or ``champion`` -> (model, number)."""
+        match = _REF.match(ref.strip())
+        if not match:
+            raise ValueError(f"cannot read {ref!r}: expected MODEL:vN, vN, MODEL:ALIAS or ALIAS "
+                             f"(aliases: {', '.join(a.value for a in Alias)})")
+        model = match.group("model") or self.default_model
+        if match.group("number"):
+            number = int(match.group("number"))
+            self.store.get_version(model, number)  # raises NotFoundError
+            return model, number
+        alias = Alias(match.group("alias")) if match.group("alias") in set(Alias) else None
+        if alias is None:
+            raise ValueError(f"unknown alias {match.group('alias')!r}; aliases: {', '.join(a.value for a in Alias)}")
+        number = self.store.get_alias(model, alias)
+        if number is None:
+            raise NotFoundError(f"{model} has no {alias.value} yet")
+        return model, number
+
+    def get(self, ref: str) -> ModelVersion:
+        return self.store.get_version(*self.resolve(ref))
+
+    def version_dir(self, version: ModelVersion) -> Path:
+        """The version's folder, after every file's sha256 has been checked against the registry."""
+        return self.artifacts.version_dir(version.model, version.number, version.files)
+
+    def base_dir(self, version: ModelVersion) -> Path:
+        if version.lineage is None:
+            raise ValueError(f"{version.ref} has no lineage, so its base model is unknown")
+        return self.artifacts.base_dir(version.lineage.base_model.model_id)
+
+    def snapshot_dataset(self, name: str, pairs: list[Pair], source: str) -> DatasetFingerprint:
+        """Store the rows content-addressed; the fingerprint names where to get them back."""
+        sha = fingerprint(pairs)
+        uri = self.artifacts.put_dataset(sha, canonical_jsonl(pairs))
+        return DatasetFingerprint(name=name, sha256=sha, rows=len(pairs), source=source, snapshot=uri)
+
+    def register(self, model: str, *, staged: Path | None, status: VersionStatus, reason: str, actor: str,
+                 lineage: Lineage, evals: list[EvalReport], task: str,
+                 audit_payload: dict[str, object] | None = None) -> ModelVersion:
+        """Publish ``staged`` (adapter files, or None for a base version) with card, lineage and evals."""
+        with tempfile.TemporaryDirectory(prefix="slm-stage-") as tmp:
+            folder = Path(tmp) / "version"
+            if staged is not None:
+                shutil.copytree(staged, folder)
+            else:
+                folder.mkdir()
+
+            def publish(number: int) -> tuple[str, dict[str, str]]:
+                ref = f"{model}:v{number}"
+                (folder / "lineage.json").write_text(lineage.model_dump_json(indent=2))
+                (folder / "eval.json").write_text(json.dumps(
+                    [r.model_dump(mode="json") for r in evals], indent=2))
+                (folder / "README.md").write_text(render_model_card(
+                    ref=ref, status=status.value, reason=reason, lineage=lineage, evals=evals, task=task))
+                return self.artifacts.publish_version(model, number, folder)
+
+            return self.store.register_version(
+                model, status=status, prompt_format=lineage.prompt_format, reason=reason, actor=actor,
+                publish=publish, unpublish=lambda n: self.artifacts.unpublish_version(model, n),
+                lineage=lineage, evals=evals, audit_payload=audit_payload)
+
+
+def open_registry(settings: Settings | None = None) -> Registry:
+    settings = settings or get_settings()
+    settings.home.mkdir(parents=True, exist_ok=True)
+    if settings.artifact_store != "local":
+        raise NotImplementedError("SLM_ARTIFACT_STORE=hub is not available yet (Hub publishing issue); use local")
+    return Registry(RegistryStore.open(settings.db_url), LocalArtifactStore(settings.artifacts),
+                    settings.model_name)

@@ -1,0 +1,27 @@
+"""The `slm` command line. Heavy libraries are imported inside commands, so `slm --help` stays fast."""
+
+from __future__ import annotations
+
+import typer
+
+from slm_cli.registry_cmd import audit_app, registry_app
+
+app = typer.Typer(help="slm-lifecycle: retrain, gate, roll out and govern a small language model.",
+                  no_args_is_help=True, pretty_exceptions_enable=False)
+app.add_typer(registry_app, name="registry")
+app.add_typer(audit_app, name="audit")
+
+
+def _register_optional() -> None:
+    # Commands whose modules land in later slices register themselves here when present.
+    try:
+        from slm_cli.validate_cmd import validate
+    except ImportError:
+        return
+    app.command("validate")(validate)
+
+
+_register_optional()
+
+if __name__ == "__main__":
+    app()

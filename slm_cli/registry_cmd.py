@@ -1,0 +1,139 @@
+"""`slm registry ...` and `slm audit ...`: read the registry from the terminal."""
+
+from __future__ import annotations
+
+import json
+from contextlib import contextmanager
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+registry_app = typer.Typer(help="Versions, aliases and lineage in the registry.", no_args_is_help=True)
+audit_app = typer.Typer(help="The hash-chained audit log of every decision.", no_args_is_help=True)
+console = Console()
+
+
+@contextmanager
+def _registry():
+    from registry.service import open_registry
+    from registry.store import NotFoundError
+
+    reg = open_registry()
+    try:
+        yield reg
+    except (NotFoundError, ValueError) as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+    finally:
+        reg.close()
+
+
+@registry_app.command("list")
+def list_versions(model: str | None = typer.Option(None, help="only this model"),
+                  as_json: bool = typer.Option(False, "--json", help="print JSON")) -> None:
+    """List every version with its status and the aliases pointing at it."""
+    with _registry() as reg:
+        versions = reg.store.list_versions(model)
+        aliases = {m: reg.store.aliases(m) for m in {v.model for v in versions}}
+        rows = [{"ref": v.ref, "model": v.model, "version": v.number, "status": v.status.value,
+                 "aliases": sorted(a for a, n in aliases[v.model].items() if n == v.number),
+                 "created_at": v.created_at.isoformat(), "reason": v.reason, "artifact_uri": v.artifact_uri}
+                for v in versions]
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    table = Table("version", "status", "aliases", "created", "reason")
+    for r in rows:
+        table.add_row(r["ref"], r["status"], ", ".join(r["aliases"]), r["created_at"][:19], r["reason"][:70])
+    console.print(table if rows else "no versions yet: run `slm bootstrap`")
+
+
+@registry_app.command("show")
+def show(ref: str = typer.Argument(..., help="MODEL:vN, vN, or an alias such as champion"),
+         as_json: bool = typer.Option(False, "--json")) -> None:
+    """Show one version: status, lineage (data snapshots, base model, code, recipe) and evaluations."""
+    with _registry() as reg:
+        version = reg.get(ref)
+        history = reg.store.status_history(version.model, version.number)
+    if as_json:
+        doc = version.model_dump(mode="json")
+        for report in doc["evals"]:
+            report.pop("items", None)
+        doc["status_history"] = [{**h, "at": h["at"].isoformat()} for h in history]
+        print(json.dumps(doc, indent=2))
+        return
+    console.print(f"[bold]{version.ref}[/bold]  status [cyan]{version.status}[/cyan]  — {version.reason}")
+    console.print(f"artifact: {version.artifact_uri}   prompt format: {version.prompt_format}")
+    if version.lineage:
+        lin = version.lineage
+        console.print(f"base model: {lin.base_model.model_id} @ {lin.base_model.revision[:16]}")
+        console.print(f"code: {lin.code_commit}{' (dirty)' if lin.code_dirty else ''}   trigger: {lin.trigger}")
+        data = Table("data", "rows", "sha256", "snapshot (retrieve with this path)")
+        for d in lin.datasets:
+            data.add_row(d.name, str(d.rows), d.sha256[:16], d.snapshot or d.source)
+        console.print(data)
+    evals = Table("golden set", "items", "exact match", "malformed", "p95 ms", "tokens/s")
+    for r in version.evals:
+        evals.add_row(r.benchmark, str(r.n_items), f"{r.exact_match:.3f}", f"{r.malformed_rate:.3f}",
+                      f"{r.latency_p95_ms:.1f}", f"{r.tokens_per_s:.0f}")
+    console.print(evals)
+    for h in history:
+        console.print(f"  {h['at']:%Y-%m-%d %H:%M:%S}  {h['from_status'] or '—'} → {h['to_status']}  "
+                      f"by {h['actor']}: {h['reason']}")
+
+
+@registry_app.command("history")
+def history(alias: str = typer.Argument(..., help="champion, challenger or previous"),
+            model: str | None = typer.Option(None, help="model name (default: SLM_MODEL_NAME)"),
+            as_json: bool = typer.Option(False, "--json")) -> None:
+    """Which version held an alias when, who moved it and why."""
+    from lifecycle.status import Alias
+
+    if alias not in set(Alias):
+        console.print(f"[red]error:[/red] unknown alias {alias!r}; aliases: {', '.join(a.value for a in Alias)}")
+        raise typer.Exit(2)
+    with _registry() as reg:
+        moves = reg.store.alias_history(model or reg.default_model, alias)
+    if as_json:
+        print(json.dumps([m.model_dump(mode="json") for m in moves], indent=2))
+        return
+    table = Table("when", "from", "to", "by", "why")
+    for m in moves:
+        table.add_row(f"{m.moved_at:%Y-%m-%d %H:%M:%S}", _v(m.previous_version), _v(m.version), m.actor, m.reason)
+    console.print(table if moves else f"{alias} has never been set")
+
+
+def _v(number: int | None) -> str:
+    return "—" if number is None else f"v{number}"
+
+
+@audit_app.command("verify")
+def verify(as_json: bool = typer.Option(False, "--json")) -> None:
+    """Recompute the hash chain; exit 1 if any event was edited, deleted, inserted or reordered."""
+    with _registry() as reg:
+        result = reg.store.verify_audit()
+    if as_json:
+        print(result.model_dump_json(indent=2))
+    elif result.ok:
+        console.print(f"[green]audit chain intact[/green]: {result.checked} events verified")
+    else:
+        console.print(f"[red]audit chain BROKEN[/red] ({result.checked} events checked):")
+        for problem in result.problems:
+            console.print(f"  - {problem}")
+    if not result.ok:
+        raise typer.Exit(1)
+
+
+@audit_app.command("log")
+def log(limit: int = typer.Option(20, help="newest N events"), as_json: bool = typer.Option(False, "--json")) -> None:
+    """Print the newest audit events."""
+    with _registry() as reg:
+        events = reg.store.audit_events()[-limit:]
+    if as_json:
+        print(json.dumps([e.model_dump() for e in events], indent=2))
+        return
+    table = Table("seq", "when", "actor", "action", "subject", "payload")
+    for e in events:
+        table.add_row(str(e.seq), e.ts[:19], e.actor, e.action, e.subject, json.dumps(e.payload)[:80])
+    console.print(table)
