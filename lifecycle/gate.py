@@ -144,7 +144,8 @@ def _rule_finding(rule: BenchmarkRule, ci: Interval, min_items: int) -> Finding:
     elif (rule.kind == "non_inferior" and ci.upper < threshold) or (
         rule.kind == "superior" and ci.upper <= threshold
     ):
-        verdict, why = Verdict.FAIL, f"upper bound {ci.upper:+.3f} {'<' if rule.kind == 'non_inferior' else '<='} {threshold:+.3f}"
+        op = "<" if rule.kind == "non_inferior" else "<="
+        verdict, why = Verdict.FAIL, f"upper bound {ci.upper:+.3f} {op} {threshold:+.3f}"
     else:
         verdict, why = Verdict.INCONCLUSIVE, f"interval straddles {threshold:+.3f}"
     return Finding(check=check, verdict=verdict, observed=ci.lower, threshold=threshold, reason=f"{span}; {why}")

@@ -19,22 +19,11 @@ import shutil
 from pathlib import Path
 from typing import Protocol
 
+from lifecycle.files import hash_tree, sha256_file, tree_digest
+
 
 class ArtifactIntegrityError(RuntimeError):
     """A stored file is missing or its sha256 differs from the one recorded at publish time."""
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def hash_tree(folder: Path) -> dict[str, str]:
-    """Relative path -> sha256 of every file under ``folder`` (sorted, POSIX separators)."""
-    return {p.relative_to(folder).as_posix(): sha256_file(p) for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 def verify_tree(folder: Path, files: dict[str, str]) -> None:
@@ -104,7 +93,7 @@ class LocalArtifactStore:
     def put_base(self, name: str, staged: Path) -> tuple[str, str]:
         """Store a base model folder; returns (uri, revision) where revision hashes its whole tree."""
         files = hash_tree(staged)
-        revision = hashlib.sha256("".join(f"{k}:{v}\n" for k, v in files.items()).encode()).hexdigest()
+        revision = tree_digest(files)
         target = self.root / "base" / f"{name}-{revision[:12]}"
         if not target.exists():
             _copy_dir_atomically(staged, target)

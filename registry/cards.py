@@ -30,6 +30,7 @@ def render_model_card(*, ref: str, status: str, reason: str, lineage: Lineage, e
                      f"{r.latency_p95_ms:.1f} |" for r in evals)
     data_rows = "\n".join(f"| {d.name} | {d.rows} | `{d.sha256[:16]}` | {d.snapshot or d.source} |"
                           for d in lineage.datasets)
+    dirty = " (uncommitted changes)" if lineage.code_dirty else ""
     body = f"""
 # {ref}
 
@@ -37,7 +38,7 @@ Status: **{status}** — {reason}
 
 Task: {task}. Prompt format `{lineage.prompt_format}` (serving uses exactly this template and decoding).
 Base model: `{lineage.base_model.model_id}` at `{lineage.base_model.revision}`.
-Trained by slm-lifecycle at commit `{lineage.code_commit or 'unknown'}`{' (uncommitted changes)' if lineage.code_dirty else ''}
+Trained by slm-lifecycle at commit `{lineage.code_commit or 'unknown'}`{dirty}
 on {lineage.hardware or 'unknown hardware'} in {lineage.wall_time_s:.1f} s ({lineage.tokens_per_s:.0f} tokens/s).
 Trigger: {lineage.trigger}.
 

@@ -16,7 +16,15 @@ from datetime import UTC, datetime
 from sqlalchemy import Connection, Engine, select, update
 from sqlalchemy.exc import IntegrityError
 
-from lifecycle.audit import GENESIS_HASH, AuditEvent, ChainHead, VerifyResult, canonical_json, next_event, verify
+from lifecycle.audit import (
+    GENESIS_HASH,
+    AuditEvent,
+    ChainHead,
+    VerifyResult,
+    canonical_json,
+    next_event,
+    verify,
+)
 from lifecycle.records import AliasMove, EvalReport, Lineage, ModelVersion
 from lifecycle.status import INITIAL_STATUSES, Alias, VersionStatus, check_transition
 from registry import schema as t
@@ -294,7 +302,8 @@ class RegistryStore:
         with self._tx() as conn:
             rows = conn.execute(select(t.audit_events).order_by(t.audit_events.c.seq)).all()
             head = conn.execute(select(t.audit_head).where(t.audit_head.c.id == 1)).first()
-        return verify([_event(r) for r in rows], ChainHead(count=head.count, last_hash=head.last_hash) if head else None)
+        stored_head = ChainHead(count=head.count, last_hash=head.last_hash) if head else None
+        return verify([_event(r) for r in rows], stored_head)
 
 
 def _version(row, reports: list[EvalReport]) -> ModelVersion:

@@ -2,7 +2,8 @@ import hashlib
 
 import pytest
 
-from registry.artifacts import ArtifactIntegrityError, LocalArtifactStore, hash_tree
+from lifecycle.files import hash_tree
+from registry.artifacts import ArtifactIntegrityError, LocalArtifactStore
 
 
 @pytest.fixture

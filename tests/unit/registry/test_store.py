@@ -3,6 +3,7 @@ from datetime import UTC, datetime
 
 import pytest
 from sqlalchemy import text
+from sqlalchemy.exc import IntegrityError
 
 from lifecycle.records import BaseModelRef, EvalReport, Lineage
 from lifecycle.status import Alias, TransitionError, VersionStatus
@@ -54,10 +55,12 @@ def test_failed_publish_leaves_nothing(store):
 
 def test_failure_after_publish_is_undone(store):
     undone = []
-    bad = EvalReport.model_construct(benchmark=None)  # not serializable to a valid row
-    with pytest.raises(Exception):
+    report = EvalReport(version="router:v1", benchmark="golden", benchmark_sha256="s", n_items=1, exact_match=1,
+                        per_route_accuracy={}, malformed_rate=0, latency_p50_ms=1, latency_p95_ms=1,
+                        latency_p99_ms=1, tokens_per_s=1, peak_memory_mb=1)
+    with pytest.raises(IntegrityError):  # the same golden set twice breaks a unique constraint mid-way
         store.register_version("router", status=S.CANDIDATE, prompt_format="f", reason="r", actor="a",
-                               publish=lambda n: ("uri", {}), unpublish=undone.append, evals=[bad])
+                               publish=lambda n: ("uri", {}), unpublish=undone.append, evals=[report, report])
     assert undone == [1]
     assert store.list_versions() == []
 
