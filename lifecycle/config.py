@@ -51,3 +51,28 @@ class RetrainConfig(Frozen):
     def _split(cls, value: object) -> object:
         # An automation fills flat parameters from an event payload: accept "a,b" as well as a list.
         return [v.strip() for v in value.split(",") if v.strip()] if isinstance(value, str) else value
+
+
+class RetrainParams(BaseModel):
+    """Parameters of the retrain flow: flat, so the Prefect UI draws a form and an automation can fill
+    them from an event payload. Every field left empty takes its value from the config file."""
+
+    config: str = Field(default="configs/retrain.yaml", description="retrain config (YAML)")
+    data: str | None = Field(default=None, description="labelled data drop: JSONL, Parquet or a saved datasets "
+                             "folder (FOLDER@SPLIT for one split)")
+    recipe: str | None = Field(default=None, description="LoRA recipe YAML (overrides the config's)")
+    gate: str | None = Field(default=None, description="gate policy YAML (overrides the config's)")
+    benchmarks: str | None = Field(default=None, description="comma-separated golden sets, e.g. "
+                                   "'golden-before,golden-drifted'")
+    replay_rows: int | None = Field(default=None, ge=0, description="rows of the champion's data to replay")
+    reason: str = Field(default="manual", description="why this run: recorded in lineage and the audit log")
+
+    def resolve(self, root: Path) -> RetrainConfig:
+        """The config file with this run's overrides applied; relative paths resolved against ``root``."""
+        path = Path(self.config)
+        cfg = load_yaml_config(RetrainConfig, path if path.is_absolute() else root / path, data=self.data,
+                               recipe=self.recipe, gate=self.gate, benchmarks=self.benchmarks,
+                               replay_rows=self.replay_rows)
+        absolute = {k: (v if v.is_absolute() else root / v)
+                    for k, v in {"task": cfg.task, "recipe": cfg.recipe, "gate": cfg.gate}.items()}
+        return cfg.model_copy(update=absolute)

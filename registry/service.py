@@ -13,10 +13,11 @@ import tempfile
 from pathlib import Path
 
 from lifecycle.data import Pair, canonical_jsonl, fingerprint
+from lifecycle.files import hash_tree, tree_digest
 from lifecycle.records import DatasetFingerprint, EvalReport, Lineage, ModelVersion
 from lifecycle.settings import Settings, get_settings
 from lifecycle.status import Alias, VersionStatus
-from registry.artifacts import ArtifactStore, LocalArtifactStore
+from registry.artifacts import ArtifactIntegrityError, ArtifactStore, LocalArtifactStore
 from registry.cards import render_model_card
 from registry.store import NotFoundError, RegistryStore
 
@@ -31,6 +32,12 @@ class Registry:
 
     def close(self) -> None:
         self.store.close()
+
+    def __enter__(self) -> Registry:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def resolve(self, ref: str) -> tuple[str, int]:
         """``MODEL:vN``, ``vN``, ``MODEL:champion`` or ``champion`` -> (model, number)."""
@@ -59,9 +66,15 @@ class Registry:
         return self.artifacts.version_dir(version.model, version.number, version.files)
 
     def base_dir(self, version: ModelVersion) -> Path:
+        """The version's base model folder, after checking its content against the recorded revision."""
         if version.lineage is None:
             raise ValueError(f"{version.ref} has no lineage, so its base model is unknown")
-        return self.artifacts.base_dir(version.lineage.base_model.model_id)
+        base = version.lineage.base_model
+        folder = self.artifacts.base_dir(base.model_id)
+        if tree_digest(hash_tree(folder)) != base.revision:
+            raise ArtifactIntegrityError(f"base model {base.model_id} at {folder} no longer matches revision "
+                                         f"{base.revision[:12]}… recorded in {version.ref}'s lineage")
+        return folder
 
     def snapshot_dataset(self, name: str, pairs: list[Pair], source: str) -> DatasetFingerprint:
         """Store the rows content-addressed; the fingerprint names where to get them back."""

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import typer
 
+from slm_cli.flows_cmd import bootstrap_cmd, demo_cmd, retrain_cmd
 from slm_cli.registry_cmd import audit_app, registry_app
 
 app = typer.Typer(help="slm-lifecycle: retrain, gate, roll out and govern a small language model.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
 app.add_typer(registry_app, name="registry")
 app.add_typer(audit_app, name="audit")
+app.command("bootstrap")(bootstrap_cmd)
+app.command("retrain")(retrain_cmd)
+app.command("demo")(demo_cmd)
 
 
 def _register_optional() -> None:

@@ -1,0 +1,48 @@
+"""Retrain flow: validate data → LoRA fine-tune → benchmark vs champion → gate → register.
+
+Inputs: :class:`lifecycle.config.RetrainParams` (flat fields; the Prefect UI draws them as a form, and the
+drift automation fills them from the ``slm.drift.detected`` event payload). Defaults come from
+``configs/retrain.yaml``.
+
+Outputs: a registered version — ``candidate`` (event ``slm.candidate.published``) or ``rejected`` (event
+``slm.gate.failed``, run still Completed) — with lineage, eval reports and a model card; Prefect artifacts
+for each step. Data that breaks the contract fails the run (event ``slm.data.rejected``), nothing trained.
+
+Run it:  ``slm retrain [--config FILE] [--data PATH]``  (ephemeral Prefect), or deploy with
+``prefect --no-prompt deploy --all`` and start ``retrain/retrain`` from the UI.
+"""
+
+from __future__ import annotations
+
+from prefect import flow
+from prefect.runtime import flow_run
+
+from lifecycle.config import RetrainParams
+from lifecycle.records import Frozen
+from tasks.data import assemble_training_data, validate_data
+from tasks.evaluation import benchmark
+from tasks.gate import gate
+from tasks.plan import plan_retrain
+from tasks.register import register
+from tasks.training import fine_tune
+
+
+class RetrainOutcome(Frozen):
+    version: str
+    status: str
+    verdict: str
+    reasons: list[str]
+    champion: str
+
+
+@flow(name="retrain", log_prints=True)
+def retrain(params: RetrainParams = RetrainParams()) -> RetrainOutcome:
+    plan = plan_retrain(params, run_id=str(flow_run.get_id() or "local"))
+    validate_data(plan)
+    data = assemble_training_data(plan)
+    trained = fine_tune(plan, data)
+    scores = benchmark(plan, trained.adapter_dir)
+    decision = gate(plan, scores)
+    version = register(plan, data, trained, scores, decision)
+    return RetrainOutcome(version=version.ref, status=version.status.value, verdict=str(decision.verdict),
+                          reasons=decision.reasons(), champion=plan.champion.ref)

@@ -1,0 +1,115 @@
+"""`slm bootstrap`, `slm retrain`, `slm demo`: run the flows locally (ephemeral Prefect unless
+PREFECT_API_URL points at a server)."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+console = Console()
+
+
+def prefect_env() -> None:
+    """Keep Prefect's local state under SLM_HOME unless the user configured Prefect themselves.
+
+    Must run before prefect is imported: Prefect reads its settings at import.
+    """
+    from lifecycle.settings import get_settings
+
+    home = get_settings().home
+    os.environ.setdefault("PREFECT_HOME", str(home / "prefect"))
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def run_bootstrap(model: str | None = None) -> str:
+    prefect_env()
+    from flows.bootstrap import BootstrapParams, bootstrap
+    from lifecycle.settings import get_settings
+
+    start = time.perf_counter()
+    outcome = bootstrap(BootstrapParams(model=model or get_settings().model_name))
+    verb = "built and promoted" if outcome.created else "already bootstrapped:"
+    console.print(f"[green]✓[/green] bootstrap {verb} {outcome.champion} as champion "
+                  f"({time.perf_counter() - start:.0f} s)")
+    return outcome.champion
+
+
+def bootstrap_cmd() -> None:
+    """Build the offline base model and register it as version 1, the first champion (cached)."""
+    run_bootstrap()
+
+
+def run_retrain(params) -> object:
+    prefect_env()
+    from flows.retrain import retrain
+    from tasks.data import DataRejected
+
+    start = time.perf_counter()
+    try:
+        outcome = retrain(params)
+    except DataRejected as exc:
+        console.print(f"[red]✗ data rejected[/red]: {exc}")
+        raise typer.Exit(1) from None
+    colour = "green" if outcome.status == "candidate" else "yellow"
+    console.print(f"[{colour}]●[/{colour}] {outcome.version} registered as [bold]{outcome.status}[/bold] "
+                  f"(gate {outcome.verdict} vs {outcome.champion}, {time.perf_counter() - start:.0f} s)")
+    for reason in outcome.reasons:
+        console.print(f"    {reason}")
+    return outcome
+
+
+def retrain_cmd(
+    config: Annotated[str, typer.Option(help="retrain config YAML")] = "configs/retrain.yaml",
+    data: Annotated[str | None, typer.Option(help="labelled data drop (JSONL, Parquet, saved datasets folder)")]
+    = None,
+    replay_rows: Annotated[int | None, typer.Option(help="rows of the champion's data to replay")] = None,
+    benchmarks: Annotated[str | None, typer.Option(help="comma-separated golden sets")] = None,
+    reason: Annotated[str, typer.Option(help="why: recorded in lineage and audit")] = "manual",
+) -> None:
+    """Validate data, fine-tune a LoRA challenger, benchmark it against the champion, gate, register."""
+    from lifecycle.config import RetrainParams
+
+    if not Path(config).is_file() and not (Path(__file__).parent.parent / config).is_file():
+        console.print(f"[red]error:[/red] config {config} does not exist")
+        raise typer.Exit(2)
+    run_retrain(RetrainParams(config=config, data=data, replay_rows=replay_rows, benchmarks=benchmarks,
+                              reason=reason))
+
+
+def demo_cmd() -> None:
+    """The main job, on embedded defaults: bootstrap, then two retrains — with replay and without."""
+    from lifecycle.config import RetrainParams
+
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+    console.rule("[bold]slm-lifecycle demo[/bold]")
+    console.print("1. bootstrap: the offline base model becomes champion v1 (cached after the first run)")
+    champion = run_bootstrap()
+    console.print("2. retrain on the drifted world's labelled drop + 3000 replayed old rows")
+    good = run_retrain(RetrainParams(reason="demo: drifted drop with replay"))
+    console.print("3. retrain on the drifted drop alone (no replay): it forgets the old intents")
+    bad = run_retrain(RetrainParams(replay_rows=0, reason="demo: drifted drop without replay"))
+    _summary(champion, [good, bad])
+
+
+def _summary(champion: str, outcomes: list) -> None:
+    from registry.service import open_registry
+
+    table = Table("version", "status", "golden-before", "golden-drifted", "gate")
+    with open_registry() as registry:
+        for ref, verdict in [(champion, "—")] + [(o.version, o.verdict) for o in outcomes]:
+            version = registry.get(ref)
+            scores = {r.benchmark: f"{r.exact_match:.3f}" for r in version.evals}
+            table.add_row(ref, version.status.value, scores.get("golden-before", "—"),
+                          scores.get("golden-drifted", "—"), verdict)
+        audit = registry.store.verify_audit()
+    console.print(table)
+    console.print(f"audit chain: {'intact' if audit.ok else 'BROKEN'} ({audit.checked} events). "
+                  "Next: `slm registry list`, `slm registry show intent-router:v2`, `slm audit verify`.")

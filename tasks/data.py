@@ -1,0 +1,60 @@
+"""Data tasks of the retrain flow: validate the labelled drop, then assemble and snapshot the training set."""
+
+from __future__ import annotations
+
+from prefect import task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
+
+from data_checks.readers import read_jsonl
+from data_checks.validation import ValidationReport, validate_file
+from lifecycle.data import Pair
+from lifecycle.records import DatasetFingerprint, Frozen
+from registry.service import open_registry
+from tasks.events import announce
+from tasks.plan import RetrainPlan
+from training.task_data import retrain_mix
+
+
+class DataRejected(RuntimeError):
+    """The labelled drop broke the data contract: nothing was trained."""
+
+
+class TrainingData(Frozen):
+    pairs: list[Pair]
+    datasets: list[DatasetFingerprint]
+
+
+@task(name="validate-data", cache_policy=NO_CACHE)
+def validate_data(plan: RetrainPlan) -> ValidationReport:
+    golden = [p.prompt for path in plan.golden.values() for p in read_jsonl(path)]
+    report = validate_file(plan.data_source, plan.task, golden, data_docs_dir=plan.run_dir / "data_docs")
+    create_markdown_artifact(key="data-validation", markdown=f"`{plan.data_source}`\n\n{report.summary_markdown()}",
+                             description="Great Expectations checks on the labelled drop")
+    if not report.success:
+        with open_registry() as registry:
+            announce(registry, "slm.data.rejected", plan.config.model, actor=plan.config.actor, payload={
+                "data": plan.data_source, "rows": report.rows, "reason": plan.params.reason,
+                "failed_rules": [f"{f.rule}:{f.column or '-'}:{f.unexpected_count}" for f in report.failures]})
+        raise DataRejected(f"{plan.data_source} failed validation: "
+                           + "; ".join(f"{f.rule} on {f.column or 'table'}: {f.message}" for f in report.failures))
+    return report
+
+
+@task(name="assemble-training-data", cache_policy=NO_CACHE)
+def assemble_training_data(plan: RetrainPlan) -> TrainingData:
+    """The drop plus a replay sample of the champion's own training data, each snapshotted by content."""
+    with open_registry() as registry:
+        drop = read_jsonl(plan.data_source)
+        champion_train = next((d for d in plan.champion.lineage.datasets if d.name == "train"), None)
+        if champion_train is None or champion_train.snapshot is None:
+            raise ValueError(f"{plan.champion.ref} records no training-data snapshot to replay from")
+        pool = read_jsonl(registry.artifacts.dataset_path(champion_train.snapshot))
+        replay_rows = min(plan.config.replay_rows, len(pool))
+        pairs = retrain_mix(drop, pool, replay_rows, seed=plan.task.seed)
+        datasets = [registry.snapshot_dataset("labelled-drop", drop, plan.data_source),
+                    registry.snapshot_dataset("train", pairs, f"labelled-drop + {replay_rows} replayed rows of "
+                                              f"{plan.champion.ref} train"),
+                    *(registry.snapshot_dataset(name, read_jsonl(path), str(path))
+                      for name, path in plan.golden.items())]
+    return TrainingData(pairs=pairs, datasets=datasets)
