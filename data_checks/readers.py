@@ -12,21 +12,17 @@ the validation suite's job, not the reader's. Anything that stops the file being
 unsupported suffix, not UTF-8, a bad JSON line, a broken parquet file, zero rows) raises
 :class:`DataFileError` naming the file and the problem.
 
-:func:`write_jsonl` writes the project's own data files: canonical JSON lines (sorted keys, UTF-8), so a
-file's sha256 equals :func:`lifecycle.data.fingerprint` of its rows. It writes to a temporary file and
-renames it over the target, so a reader never sees half a file.
+:func:`write_jsonl` (from :mod:`lifecycle.data`) writes the project's own data files: canonical JSON lines,
+so a file's sha256 equals :func:`lifecycle.data.fingerprint` of its rows, written atomically.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
-from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from lifecycle.data import Pair, canonical_jsonl
+from lifecycle.data import Pair
 
 if TYPE_CHECKING:  # pandas costs ~0.4 s to import: only the functions that read tables load it
     import pandas
@@ -66,7 +62,8 @@ def read_jsonl(path: str | Path) -> list[Pair]:
     frame = load_pairs(path)
     missing = [c for c in PAIR_COLUMNS if c not in frame.columns]
     if missing:
-        raise DataFileError(f"{path}: missing column(s) {', '.join(missing)}; found {', '.join(map(str, frame.columns))}")
+        found = ", ".join(map(str, frame.columns))
+        raise DataFileError(f"{path}: missing column(s) {', '.join(missing)}; found {found}")
     pairs: list[Pair] = []
     for row, (prompt, completion) in enumerate(zip(frame["prompt"], frame["completion"], strict=True), start=1):
         if not isinstance(prompt, str) or not isinstance(completion, str):
@@ -74,26 +71,6 @@ def read_jsonl(path: str | Path) -> list[Pair]:
                                 f"{type(prompt).__name__} and {type(completion).__name__}")
         pairs.append(Pair(prompt=prompt, completion=completion))
     return pairs
-
-
-def write_jsonl(path: str | Path, pairs: Iterable[Pair]) -> Path:
-    """Write canonical JSON lines atomically. Returns the path. Leaves an identical file untouched."""
-    path = Path(path)
-    body = canonical_jsonl(pairs)
-    if path.is_file() and path.read_bytes() == body:
-        return path  # same rows: skip the rewrite so concurrent readers and mtimes stay undisturbed
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(body)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def _split_spec(source: str | Path) -> tuple[Path, str | None]:

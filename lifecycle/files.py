@@ -6,6 +6,7 @@ import contextlib
 import hashlib
 import os
 import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -49,3 +50,26 @@ def atomic_dir(out_dir: Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def write_bytes_atomic(path: str | Path, body: bytes) -> Path:
+    """Write ``body`` to a temporary file beside ``path``, then rename it over ``path``.
+
+    A file that already holds exactly ``body`` is not rewritten, so concurrent readers and mtimes stay
+    undisturbed when the same data is built again.
+    """
+    path = Path(path)
+    if path.is_file() and path.read_bytes() == body:
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(body)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path

@@ -6,6 +6,7 @@ import typer
 
 from slm_cli.flows_cmd import bootstrap_cmd, demo_cmd, retrain_cmd
 from slm_cli.registry_cmd import audit_app, registry_app
+from slm_cli.validate_cmd import validate
 
 app = typer.Typer(help="slm-lifecycle: retrain, gate, roll out and govern a small language model.",
                   no_args_is_help=True, pretty_exceptions_enable=False)
@@ -14,18 +15,8 @@ app.add_typer(audit_app, name="audit")
 app.command("bootstrap")(bootstrap_cmd)
 app.command("retrain")(retrain_cmd)
 app.command("demo")(demo_cmd)
+app.command("validate")(validate)
 
-
-def _register_optional() -> None:
-    # Commands whose modules land in later slices register themselves here when present.
-    try:
-        from slm_cli.validate_cmd import validate
-    except ImportError:
-        return
-    app.command("validate")(validate)
-
-
-_register_optional()
 
 if __name__ == "__main__":
     app()

@@ -23,7 +23,7 @@ from serving.backend import InProcessBackend
 from tasks.evaluation import score_on
 from training.base_model import BaseModelConfig, BaseModelInfo, build_base_model
 from training.env_info import git_commit, hardware, library_versions
-from training.task_data import GOLDEN_BEFORE, GOLDEN_DRIFTED, TaskData, build_task_data
+from training.task_data import GOLDEN_BEFORE, GOLDEN_DRIFTED, TaskData, ensure_task_data
 
 BUILD_INFO = "build_info.json"
 
@@ -37,7 +37,7 @@ def current_champion(model: str) -> str | None:
 
 @task(name="prepare-task-data", cache_policy=NO_CACHE)
 def prepare_task_data(spec: TaskSpec) -> TaskData:
-    return build_task_data(spec, get_settings().home / "data")
+    return ensure_task_data(spec, get_settings().home / "data")
 
 
 @task(name="build-base-model", cache_policy=NO_CACHE)

@@ -29,15 +29,18 @@ Everything is deterministic given ``spec.seed``: the same spec gives byte-identi
 from __future__ import annotations
 
 import csv
+import functools
+import hashlib
 import random
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 from pydantic import Field
 
-from data_checks.readers import read_jsonl, write_jsonl
-from lifecycle.data import Pair, fingerprint, normalize_prompt
+from lifecycle.audit import canonical_json
+from lifecycle.data import Pair, fingerprint, normalize_prompt, read_pairs, write_jsonl
+from lifecycle.files import write_bytes_atomic
 from lifecycle.records import DatasetFingerprint, Frozen
 from lifecycle.task import TaskSpec
 
@@ -46,6 +49,9 @@ DRIFTED_LABELLED = "drifted-labelled"
 GOLDEN_BEFORE = "golden-before"
 GOLDEN_DRIFTED = "golden-drifted"
 WORLD_NAMES = (BEFORE_TRAIN, DRIFTED_LABELLED, GOLDEN_BEFORE, GOLDEN_DRIFTED)
+MANIFEST = "task_data.json"
+# Bump when the derivation below changes, so files built by older code are rebuilt, not reused.
+DERIVATION_VERSION = 1
 
 
 class CleaningStats(Frozen):
@@ -97,6 +103,11 @@ class TaskData(Frozen):
         return [f.fingerprint for f in self.files.values()]
 
 
+class _Manifest(Frozen):
+    recipe: str = Field(description="sha256 of the derivation version, spec fields and raw CSV bytes")
+    data: TaskData
+
+
 def read_split(spec: TaskSpec, split: str) -> list[Pair]:
     """Rows of ``<data_dir>/<split>.csv`` as raw pairs; a label outside the task's 77 is an error."""
     path = spec.data_dir / f"{split}.csv"
@@ -112,9 +123,10 @@ def read_split(spec: TaskSpec, split: str) -> list[Pair]:
 def split_worlds(spec: TaskSpec) -> Worlds:
     """Derive the four worlds from train.csv and test.csv (pure, deterministic in ``spec.seed``)."""
     train, test = read_split(spec, "train"), read_split(spec, "test")
-    train_norms = {normalize_prompt(p.prompt) for p in train}
-    unseen = [p for p in test if normalize_prompt(p.prompt) not in train_norms]
-    candidates, test_dups, test_conflicts = _dedupe(unseen)
+    norm = functools.cache(normalize_prompt)  # each prompt is normalized several times below
+    train_norms = {norm(p.prompt) for p in train}
+    unseen = [p for p in test if norm(p.prompt) not in train_norms]
+    candidates, test_dups, test_conflicts = _dedupe(unseen, norm)
     golden_before = stratified_sample([p for p in candidates if not spec.is_drifted(p.completion)],
                                       spec.golden_size, _rng(spec.seed, GOLDEN_BEFORE))
     golden_drifted = stratified_sample([p for p in candidates if spec.is_drifted(p.completion)],
@@ -122,9 +134,9 @@ def split_worlds(spec: TaskSpec) -> Worlds:
     for name, items in ((GOLDEN_BEFORE, golden_before), (GOLDEN_DRIFTED, golden_drifted)):
         if len(items) < spec.golden_size:
             raise ValueError(f"{name}: only {len(items)} unseen test items, golden_size is {spec.golden_size}")
-    golden_norms = {normalize_prompt(p.prompt) for p in golden_before + golden_drifted}
-    kept, train_dups, train_conflicts = _dedupe(train)
-    clean = [p for p in kept if normalize_prompt(p.prompt) not in golden_norms]
+    golden_norms = {norm(p.prompt) for p in golden_before + golden_drifted}
+    kept, train_dups, train_conflicts = _dedupe(train, norm)
+    clean = [p for p in kept if norm(p.prompt) not in golden_norms]
     stats = CleaningStats(test_seen_in_train=len(test) - len(unseen), test_duplicates=test_dups,
                           test_conflicting=test_conflicts, train_duplicates=train_dups,
                           train_conflicting=train_conflicts, train_in_golden=len(kept) - len(clean))
@@ -134,19 +146,38 @@ def split_worlds(spec: TaskSpec) -> Worlds:
 
 
 def build_task_data(spec: TaskSpec, out_dir: Path) -> TaskData:
-    """Write the four worlds as ``<out_dir>/<name>.jsonl``. Idempotent: identical files are left as they are."""
+    """Write the four worlds as ``<out_dir>/<name>.jsonl``, plus a manifest that lets
+    :func:`ensure_task_data` reuse them. Idempotent: identical files are left as they are."""
+    out_dir = Path(out_dir)
     worlds = split_worlds(spec)
     files: dict[str, WorldFile] = {}
     for name, pairs in worlds.by_name().items():
-        path = write_jsonl(Path(out_dir) / f"{name}.jsonl", pairs)
+        path = write_jsonl(out_dir / f"{name}.jsonl", pairs)
         identity = DatasetFingerprint(name=name, sha256=fingerprint(pairs), rows=len(pairs), source=str(path))
         files[name.replace("-", "_")] = WorldFile(path=path, fingerprint=identity)
-    return TaskData(**files, cleaning=worlds.cleaning)
+    data = TaskData(**files, cleaning=worlds.cleaning)
+    manifest = _Manifest(recipe=_recipe_key(spec), data=data)
+    write_bytes_atomic(out_dir / MANIFEST, manifest.model_dump_json(indent=2).encode("utf-8"))
+    return data
+
+
+def ensure_task_data(spec: TaskSpec, out_dir: Path) -> TaskData:
+    """The files under ``out_dir`` if they were built from this spec and these CSVs and are intact
+    (every sha256 re-checked), else a fresh :func:`build_task_data`."""
+    try:
+        cached = _Manifest.model_validate_json((Path(out_dir) / MANIFEST).read_bytes())
+    except (OSError, ValueError):  # absent or unreadable manifest: build
+        return build_task_data(spec, out_dir)
+    intact = all(f.path.is_file() and hashlib.sha256(f.path.read_bytes()).hexdigest() == f.fingerprint.sha256
+                 for f in cached.data.files.values())
+    if intact and cached.recipe == _recipe_key(spec):
+        return cached.data
+    return build_task_data(spec, out_dir)
 
 
 def golden_prompts(data: TaskData) -> list[str]:
     """Prompts of both golden sets: what training data must never contain."""
-    return [p.prompt for f in (data.golden_before, data.golden_drifted) for p in read_jsonl(f.path)]
+    return [p.prompt for f in (data.golden_before, data.golden_drifted) for p in read_pairs(f.path)]
 
 
 def retrain_mix(drifted: list[Pair], replay_pool: list[Pair], replay_rows: int, seed: int) -> list[Pair]:
@@ -193,25 +224,35 @@ def stratified_sample(pairs: Iterable[Pair], n: int, rng: random.Random) -> list
     return picked
 
 
-def _dedupe(pairs: Sequence[Pair]) -> tuple[list[Pair], int, int]:
+def _dedupe(pairs: Sequence[Pair], norm: Callable[[str], str]) -> tuple[list[Pair], int, int]:
     """One row per normalized prompt; a prompt seen with two intents is dropped entirely.
 
     Returns (kept rows in first-seen order, repeated rows dropped, conflicting rows dropped).
     """
     labels: dict[str, set[str]] = defaultdict(set)
     for pair in pairs:
-        labels[normalize_prompt(pair.prompt)].add(pair.completion)
+        labels[norm(pair.prompt)].add(pair.completion)
     kept: list[Pair] = []
     seen: set[str] = set()
     conflicting = 0
     for pair in pairs:
-        norm = normalize_prompt(pair.prompt)
-        if len(labels[norm]) > 1:
+        key = norm(pair.prompt)
+        if len(labels[key]) > 1:
             conflicting += 1
-        elif norm not in seen:
-            seen.add(norm)
+        elif key not in seen:
+            seen.add(key)
             kept.append(pair)
     return kept, len(pairs) - len(kept) - conflicting, conflicting
+
+
+def _recipe_key(spec: TaskSpec) -> str:
+    """What the four files are a function of: the derivation, the spec fields it reads, the raw CSVs."""
+    fields = spec.model_dump(mode="json", include={"text_column", "label_column", "drift_keywords",
+                                                   "golden_size", "seed", "labels"})
+    digest = hashlib.sha256(canonical_json({"version": DERIVATION_VERSION, **fields}).encode("utf-8"))
+    for split in ("train", "test"):
+        digest.update((spec.data_dir / f"{split}.csv").read_bytes())
+    return digest.hexdigest()
 
 
 def _rng(seed: int, purpose: str) -> random.Random:
