@@ -151,26 +151,24 @@ def _rule_finding(rule: BenchmarkRule, ci: Interval, min_items: int) -> Finding:
     return Finding(check=check, verdict=verdict, observed=ci.lower, threshold=threshold, reason=f"{span}; {why}")
 
 
+def _budget(check: str, observed: float, limit: float, unit: str, context: str) -> Finding:
+    """A guardrail: PASS when ``observed <= limit``, else FAIL."""
+    ok = observed <= limit
+    digits = 1 if unit else 3
+    return Finding(check=check, verdict=Verdict.PASS if ok else Verdict.FAIL, observed=observed, threshold=limit,
+                   reason=f"{observed:.{digits}f}{unit} {'<=' if ok else '>'} {limit:.{digits}f}{unit} ({context})")
+
+
 def _guardrail_findings(champion: EvalReport, challenger: EvalReport, policy: GatePolicy) -> list[Finding]:
     name = challenger.benchmark
-    findings = []
     rate_limit = min(policy.max_malformed_rate, champion.malformed_rate + policy.max_malformed_increase)
-    ok = challenger.malformed_rate <= rate_limit
-    findings.append(Finding(
-        check=f"{name}: malformed-output rate", verdict=Verdict.PASS if ok else Verdict.FAIL,
-        observed=challenger.malformed_rate, threshold=rate_limit,
-        reason=f"{challenger.malformed_rate:.3f} {'<=' if ok else '>'} {rate_limit:.3f} "
-               f"(champion {champion.malformed_rate:.3f})",
-    ))
-    limit = champion.latency_p95_ms * policy.max_latency_p95_ratio
-    ok = challenger.latency_p95_ms <= limit
-    findings.append(Finding(
-        check=f"{name}: latency p95", verdict=Verdict.PASS if ok else Verdict.FAIL,
-        observed=challenger.latency_p95_ms, threshold=limit,
-        reason=f"{challenger.latency_p95_ms:.1f} ms {'<=' if ok else '>'} {limit:.1f} ms "
-               f"({policy.max_latency_p95_ratio}x champion's {champion.latency_p95_ms:.1f} ms)",
-    ))
-    return findings
+    latency_limit = champion.latency_p95_ms * policy.max_latency_p95_ratio
+    return [
+        _budget(f"{name}: malformed-output rate", challenger.malformed_rate, rate_limit, "",
+                f"champion {champion.malformed_rate:.3f}"),
+        _budget(f"{name}: latency p95", challenger.latency_p95_ms, latency_limit, " ms",
+                f"{policy.max_latency_p95_ratio}x champion's {champion.latency_p95_ms:.1f} ms"),
+    ]
 
 
 def evaluate_gate(
