@@ -76,7 +76,7 @@ def register_v1(model: str, spec: TaskSpec, data: TaskData, base_dir: Path, info
         lineage = Lineage(base_model=BaseModelRef(model_id=uri, revision=revision), datasets=datasets,
                           recipe=config.model_dump(mode="json"), prompt_format=config.prompt_format,
                           code_commit=commit, code_dirty=dirty, libraries=library_versions(), hardware=hardware(),
-                          wall_time_s=info.wall_s, tokens_per_s=info.tokens_per_s, train_loss=info.train_loss,
+                          wall_time_s=info.wall_seconds, tokens_per_s=info.tokens_per_s, train_loss=info.train_loss,
                           trigger="bootstrap")
         version = registry.register(model, staged=None, status=VersionStatus.CANDIDATE, actor="bootstrap",
                                     reason="bootstrap: the offline base model; no champion to gate against",

@@ -1,0 +1,212 @@
+"""The in-process backend: one base model, several LoRA adapters on top, batched greedy generation.
+
+This is the only code that loads a model version and generates with it; the benchmark and the gateway
+both call it, so what was benchmarked is what is served. Batches mixing adapters go through peft's
+per-row ``adapter_names`` path ("__base__" for rows without an adapter).
+
+torch, transformers and peft are imported inside the methods: ``import serving.backend`` stays fast.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+from pydantic import Field
+
+from lifecycle.prompting import PromptFormat
+from lifecycle.records import Frozen
+
+BASE_ADAPTER = "__base__"
+
+
+class Generation(Frozen):
+    text: str = Field(description="the raw decoded continuation, up to and including the stop string")
+    completion: str = Field(description="prompt_format.parse(text)")
+    prompt_tokens: int
+    completion_tokens: int
+    latency_ms: float = Field(description="wall time of the batch this row was generated in")
+    adapter: str | None = Field(description="adapter name, None for the bare base model")
+
+
+class InProcessBackend:
+    """Thread-safe: one lock serializes model use (a 1-thread CPU model gains nothing from overlap)."""
+
+    def __init__(self, base_dir: Path, prompt_format: PromptFormat, threads: int = 1,
+                 device: str | None = None) -> None:
+        base_dir = Path(base_dir)
+        if not (base_dir / "config.json").is_file():
+            raise FileNotFoundError(f"base model folder {base_dir} does not exist or has no config.json; "
+                                    "build or download the base model first")
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.base_dir, self.prompt_format, self.threads = base_dir, prompt_format, threads
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self._lock = threading.Lock()
+        self._set_threads()
+        # Left padding: every row's last prompt token sits at the end, where generation continues.
+        self.tokenizer = AutoTokenizer.from_pretrained(base_dir, local_files_only=True,
+                                                       padding_side="left", truncation_side="left")
+        if self.tokenizer.pad_token_id is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self._model = AutoModelForCausalLM.from_pretrained(base_dir, local_files_only=True)
+        self._model.to(self.device).eval()
+        self._peft = None
+        self._adapters: dict[str, Path] = {}
+        self._stop_ids = self._single_token_stops()
+        positions = getattr(self._model.config, "max_position_embeddings", None) or 2048
+        window = min(positions, self.tokenizer.model_max_length or positions)
+        self._max_prompt_tokens = window - prompt_format.max_new_tokens
+
+    def _set_threads(self) -> None:
+        import torch
+
+        # Per call, not once: OpenMP thread counts are per OS thread, and the gateway calls from several.
+        if self.device.type == "cpu":
+            torch.set_num_threads(self.threads)
+
+    def _single_token_stops(self) -> list[int] | None:
+        """Token ids that end a row: eos, plus the stop string when it is one token (cheapest check)."""
+        ids = self.tokenizer.encode(self.prompt_format.stop, add_special_tokens=False)
+        if len(ids) != 1 or self.tokenizer.decode(ids) != self.prompt_format.stop:
+            return None
+        eos = self.tokenizer.eos_token_id
+        return ids + ([eos] if eos is not None and eos != ids[0] else [])
+
+    def load_adapter(self, name: str, adapter_dir: Path) -> None:
+        adapter_dir = Path(adapter_dir)
+        if not name or name == BASE_ADAPTER:
+            raise ValueError(f"adapter name {name!r} is reserved or empty; choose another name")
+        if not (adapter_dir / "adapter_config.json").is_file():
+            raise FileNotFoundError(f"{adapter_dir} is not a PEFT adapter folder (no adapter_config.json)")
+        from peft import PeftModel
+
+        with self._lock:
+            if name in self._adapters:
+                raise ValueError(f"adapter {name!r} is already loaded (from {self._adapters[name]}); "
+                                 "unload it first or use another name")
+            if self._peft is None:
+                self._peft = PeftModel.from_pretrained(self._model, adapter_dir, adapter_name=name,
+                                                       torch_device=str(self.device))
+                self._peft.eval()
+            else:
+                self._peft.load_adapter(adapter_dir, adapter_name=name, torch_device=str(self.device))
+            self._adapters[name] = adapter_dir
+
+    def unload_adapter(self, name: str) -> None:
+        with self._lock:
+            if name not in self._adapters:
+                raise KeyError(f"adapter {name!r} is not loaded; loaded: {sorted(self._adapters)}")
+            if len(self._adapters) == 1:
+                # The last adapter: strip the LoRA layers so the base runs bare again.
+                self._model = self._peft.unload()
+                self._peft = None
+            else:
+                self._peft.delete_adapter(name)
+            del self._adapters[name]
+
+    def loaded(self) -> list[str]:
+        with self._lock:
+            return sorted(self._adapters)
+
+    def peak_memory_mb(self) -> float:
+        """The CUDA allocator's peak on a GPU, else this process's peak resident memory."""
+        if self.device.type == "cuda":
+            import torch
+
+            return torch.cuda.max_memory_allocated(self.device) / 2**20
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+    def generate(self, prompts: Sequence[str], adapters: Sequence[str | None],
+                 max_batch: int = 64) -> list[Generation]:
+        """Greedy completions, returned in input order.
+
+        Rows are batched by prompt length (``max_batch`` at a time) so little compute goes to padding:
+        1.5x the throughput of batching in arrival order on BANKING77. A row's answer does not depend
+        on its batch-mates (tests check this), only its ``latency_ms`` does.
+        """
+        if len(prompts) != len(adapters):
+            raise ValueError(f"{len(prompts)} prompts but {len(adapters)} adapter names; give one per prompt")
+        if max_batch < 1:
+            raise ValueError(f"max_batch must be at least 1, got {max_batch}")
+        if not prompts:
+            return []
+        with self._lock:
+            unknown = sorted({a for a in adapters if a is not None and a not in self._adapters})
+            if unknown:
+                raise KeyError(f"adapters {unknown} are not loaded; loaded: {sorted(self._adapters)}")
+            self._set_threads()
+            encoded = self.tokenizer([self.prompt_format.render(p) for p in prompts], truncation=True,
+                                     max_length=self._max_prompt_tokens, add_special_tokens=False)["input_ids"]
+            order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))
+            results: dict[int, Generation] = {}
+            for start in range(0, len(order), max_batch):
+                rows = order[start:start + max_batch]
+                batch = self._generate_batch([encoded[i] for i in rows], [adapters[i] for i in rows])
+                results.update(zip(rows, batch, strict=True))
+        return [results[i] for i in range(len(prompts))]
+
+    def _generate_batch(self, encoded: list[list[int]], adapters: list[str | None]) -> list[Generation]:
+        import torch
+
+        started = time.perf_counter()
+        enc = self.tokenizer.pad({"input_ids": encoded}, padding=True, return_tensors="pt").to(self.device)
+        with torch.inference_mode(), self._adapter_context(adapters) as (model, kwargs):
+            output = model.generate(**enc, **kwargs, **self._generate_kwargs())
+        new = output[:, enc["input_ids"].shape[1]:].tolist()
+        latency_ms = (time.perf_counter() - started) * 1000
+        rows = []
+        for ids, prompt_ids, adapter in zip(new, encoded, adapters, strict=True):
+            ids = ids[: self._completion_length(ids)]
+            text = self.tokenizer.decode(ids, skip_special_tokens=True)
+            rows.append(Generation(text=text, completion=self.prompt_format.parse(text),
+                                   prompt_tokens=len(prompt_ids), completion_tokens=len(ids),
+                                   latency_ms=latency_ms, adapter=adapter))
+        return rows
+
+    @contextlib.contextmanager
+    def _adapter_context(self, adapters: list[str | None]) -> Iterator[tuple[object, dict[str, object]]]:
+        """The model to call and its extra kwargs for this batch's adapters.
+
+        A batch with one adapter (or none) runs as plain LoRA: peft's per-row ``adapter_names`` path
+        costs ~40 % more on CPU. Mixed batches take the per-row path, "__base__" marking bare rows.
+        """
+        distinct = set(adapters)
+        if self._peft is None:
+            yield self._model, {}
+        elif distinct == {None}:
+            with self._peft.disable_adapter():
+                yield self._peft, {}
+        elif len(distinct) == 1:
+            self._peft.set_adapter(adapters[0], inference_mode=True)
+            yield self._peft, {}
+        else:
+            yield self._peft, {"adapter_names": [a or BASE_ADAPTER for a in adapters]}
+
+    def _generate_kwargs(self) -> dict[str, object]:
+        kwargs: dict[str, object] = {
+            "max_new_tokens": self.prompt_format.max_new_tokens, "do_sample": False,
+            "pad_token_id": self.tokenizer.pad_token_id,
+        }
+        if self._stop_ids is not None:
+            kwargs["eos_token_id"] = self._stop_ids
+        else:
+            # A multi-token stop string: transformers' string criterion ends rows (and the batch) there.
+            kwargs["stop_strings"] = [self.prompt_format.stop]
+            kwargs["tokenizer"] = self.tokenizer
+        return kwargs
+
+    def _completion_length(self, ids: list[int]) -> int:
+        """Generated tokens that belong to the row: through the stop token, or up to the padding."""
+        for i, token in enumerate(ids):
+            if self._stop_ids is not None and token in self._stop_ids:
+                return i + 1
+            if token == self.tokenizer.pad_token_id:
+                return i
+        return len(ids)

@@ -1,0 +1,72 @@
+"""Shared fixtures: one thread for torch everywhere, and a tiny base model built once per session.
+
+The tiny model (1 layer, width 32, ~40k parameters) is trained on 200 BANKING77 rows of four intents
+in about a second; it answers them well enough for behavioural tests of training and serving.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+from lifecycle.data import Pair
+
+REPO = Path(__file__).resolve().parents[1]
+BEFORE_INTENTS = ("card_arrival", "lost_or_stolen_card", "exchange_rate", "cash_withdrawal_charge")
+DRIFTED_INTENTS = ("top_up_failed", "getting_virtual_card")
+
+
+def pytest_configure(config):
+    # Before any test module imports torch: torch reads OMP_NUM_THREADS once, at import.
+    os.environ["OMP_NUM_THREADS"] = "1"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def one_torch_thread():
+    """FACTS.md: on 2 busy cores, 2 torch threads collapse. Import torch only if a test already did."""
+    os.environ["OMP_NUM_THREADS"] = "1"
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(1)
+
+
+def banking_pairs(intents: tuple[str, ...], per_intent: int, split: str = "train") -> list[Pair]:
+    """The first ``per_intent`` rows of each intent, interleaved so any prefix mixes intents."""
+    by_intent: dict[str, list[Pair]] = {i: [] for i in intents}
+    with (REPO / "data/banking77" / f"{split}.csv").open(newline="") as fh:
+        for row in csv.DictReader(fh):
+            rows = by_intent.get(row["category"])
+            if rows is not None and len(rows) < per_intent:
+                rows.append(Pair(prompt=row["text"], completion=row["category"]))
+    return [rows[k] for k in range(per_intent) for rows in by_intent.values() if k < len(rows)]
+
+
+@pytest.fixture(scope="session")
+def tiny_before_pairs() -> list[Pair]:
+    return banking_pairs(BEFORE_INTENTS, 50)
+
+
+@pytest.fixture(scope="session")
+def tiny_drifted_pairs() -> list[Pair]:
+    return banking_pairs(DRIFTED_INTENTS, 50)
+
+
+@pytest.fixture(scope="session")
+def tiny_base_config():
+    from training.base_model import BaseModelConfig
+
+    return BaseModelConfig(vocab_size=400, hidden_size=32, intermediate_size=64, num_layers=1, num_heads=2,
+                           max_steps=80, max_seconds=None, lr=5e-3, log_every=10)
+
+
+@pytest.fixture(scope="session")
+def tiny_base_model(tmp_path_factory, tiny_before_pairs, tiny_base_config):
+    """(folder, BaseModelInfo) of a tiny base trained on the four "before" intents."""
+    from training.base_model import build_base_model
+
+    out = tmp_path_factory.mktemp("tiny-base") / "base"
+    info = build_base_model(tiny_before_pairs, out, tiny_base_config, threads=1, device="cpu")
+    return out, info

@@ -1,0 +1,146 @@
+"""The in-process backend on a tiny real model: batched greedy generation, adapters, stops, errors."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from lifecycle.prompting import INTENT_V1
+from serving.backend import InProcessBackend
+
+REPO = Path(__file__).resolve().parents[3]
+
+
+@pytest.fixture(scope="module")
+def adapters(tiny_base_model, tiny_before_pairs, tiny_drifted_pairs, tmp_path_factory) -> dict[str, Path]:
+    """'drift' learned the two new intents; 'mixed' learned them with replayed old rows (another seed)."""
+    from training.lora import LoraRecipe, train_lora
+
+    root = tmp_path_factory.mktemp("adapters")
+    recipe = LoraRecipe(r=4, alpha=8, max_steps=100, batch_size=16, log_every=10, lr=2e-2)
+    train_lora(tiny_base_model[0], tiny_drifted_pairs, recipe, root / "drift", device="cpu")
+    train_lora(tiny_base_model[0], tiny_drifted_pairs + tiny_before_pairs[:100],
+               recipe.model_copy(update={"seed": 1}), root / "mixed", device="cpu")
+    return {"drift": root / "drift", "mixed": root / "mixed"}
+
+
+@pytest.fixture(scope="module")
+def backend(tiny_base_model, adapters) -> InProcessBackend:
+    b = InProcessBackend(tiny_base_model[0], INTENT_V1, threads=1, device="cpu")
+    for name, folder in adapters.items():
+        b.load_adapter(name, folder)
+    return b
+
+
+def accuracy(gens, pairs) -> float:
+    return sum(g.completion == p.completion for g, p in zip(gens, pairs, strict=True)) / len(pairs)
+
+
+def test_importing_the_backend_does_not_import_torch():
+    code = "import sys, serving.backend; assert not {'torch', 'transformers', 'peft'} & set(sys.modules)"
+    subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True)
+
+
+def test_base_answers_in_input_order_and_stops_at_the_stop_string(backend, tiny_before_pairs):
+    pairs = tiny_before_pairs[:48]
+    gens = backend.generate([p.prompt for p in pairs], [None] * len(pairs), max_batch=16)
+    assert accuracy(gens, pairs) > 0.8
+    for g, p in zip(gens, pairs, strict=True):
+        assert g.text.endswith(INTENT_V1.stop) and g.text.count(INTENT_V1.stop) == 1
+        assert g.completion == INTENT_V1.parse(g.text) and g.adapter is None
+        assert 0 < g.completion_tokens <= INTENT_V1.max_new_tokens and g.latency_ms > 0
+        assert g.prompt_tokens == len(backend.tokenizer.encode(INTENT_V1.render(p.prompt), add_special_tokens=False))
+    one_batch = backend.generate([p.prompt for p in pairs], [None] * len(pairs), max_batch=64)
+    assert [g.text for g in one_batch] == [g.text for g in gens]
+
+
+def test_a_multi_token_stop_string_and_the_token_budget_end_rows(backend, tiny_base_model, tiny_before_pairs):
+    prompts = [p.prompt for p in tiny_before_pairs[:16]]
+    full = [g.text for g in backend.generate(prompts, [None] * len(prompts))]
+    cut = InProcessBackend(tiny_base_model[0], INTENT_V1.model_copy(update={"stop": "_arrival"}), device="cpu")
+    for g, text in zip(cut.generate(prompts, [None] * len(prompts)), full, strict=True):
+        if text == " card_arrival\n":
+            assert g.text == " card_arrival" and g.completion == "card"
+        else:  # "\n" no longer ends a row: it runs on until "_arrival" or the token budget
+            assert g.text.startswith(text) and (g.text.endswith("_arrival") or g.completion_tokens == 16)
+    assert " card_arrival\n" in full
+    short = InProcessBackend(tiny_base_model[0], INTENT_V1.model_copy(update={"max_new_tokens": 2}), device="cpu")
+    for g, text in zip(short.generate(prompts, [None] * len(prompts)), full, strict=True):
+        assert g.completion_tokens == 2 and text.startswith(g.text) and g.text != text
+
+
+def test_an_adapter_answers_the_new_intents_the_base_never_saw(backend, tiny_drifted_pairs):
+    pairs = tiny_drifted_pairs[:32]
+    base = backend.generate([p.prompt for p in pairs], [None] * len(pairs))
+    tuned = backend.generate([p.prompt for p in pairs], ["drift"] * len(pairs))
+    assert accuracy(base, pairs) == 0.0
+    assert accuracy(tuned, pairs) > 0.6
+    assert {g.adapter for g in tuned} == {"drift"}
+
+
+def test_a_mixed_batch_answers_each_row_as_its_own_adapter_would(backend, tiny_before_pairs, tiny_drifted_pairs):
+    prompts = [p.prompt for p in tiny_before_pairs[:24] + tiny_drifted_pairs[:24]]
+    names = [("drift", "mixed", None)[i % 3] for i in range(len(prompts))]
+    mixed = backend.generate(prompts, names)
+    single = {name: backend.generate(prompts, [name] * len(prompts)) for name in ("drift", "mixed", None)}
+    assert [g.text for g in mixed] == [single[n][i].text for i, n in enumerate(names)]
+    assert [g.adapter for g in mixed] == names
+    assert [g.text for g in single["drift"]] != [g.text for g in single["mixed"]]
+
+
+def test_unload_and_reload_give_the_same_generations(tiny_base_model, adapters, tiny_before_pairs,
+                                                     tiny_drifted_pairs):
+    prompts = [p.prompt for p in tiny_before_pairs[:16] + tiny_drifted_pairs[:16]]
+    b = InProcessBackend(tiny_base_model[0], INTENT_V1, device="cpu")
+    bare = [g.text for g in b.generate(prompts, [None] * len(prompts))]
+    b.load_adapter("drift", adapters["drift"])
+    b.load_adapter("mixed", adapters["mixed"])
+    first = [g.text for g in b.generate(prompts, ["drift"] * len(prompts))]
+    b.unload_adapter("drift")
+    assert b.loaded() == ["mixed"]
+    b.load_adapter("drift", adapters["drift"])
+    assert [g.text for g in b.generate(prompts, ["drift"] * len(prompts))] == first
+    b.unload_adapter("drift")
+    b.unload_adapter("mixed")
+    assert b.loaded() == []
+    assert [g.text for g in b.generate(prompts, [None] * len(prompts))] == bare
+
+
+def test_concurrent_callers_get_what_sequential_callers_get(backend, tiny_before_pairs, tiny_drifted_pairs):
+    prompts = [p.prompt for p in tiny_before_pairs[:12] + tiny_drifted_pairs[:12]]
+    jobs = [(prompts, [n] * len(prompts)) for n in ("drift", "mixed", None, "drift")]
+    expected = [[g.text for g in backend.generate(*job)] for job in jobs]
+    got: dict[int, list[str]] = {}
+
+    def run(i):
+        got[i] = [g.text for g in backend.generate(*jobs[i])]
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(jobs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert [got[i] for i in range(len(jobs))] == expected
+
+
+def test_errors_say_what_is_wrong(backend, tiny_base_model, adapters, tmp_path):
+    with pytest.raises(FileNotFoundError, match="no config.json"):
+        InProcessBackend(tmp_path / "missing", INTENT_V1, device="cpu")
+    with pytest.raises(FileNotFoundError, match="no adapter_config.json"):
+        backend.load_adapter("x", tmp_path)
+    with pytest.raises(KeyError, match="not loaded"):
+        backend.generate(["hello"], ["nope"])
+    with pytest.raises(ValueError, match="already loaded"):
+        backend.load_adapter("drift", adapters["drift"])
+    with pytest.raises(ValueError, match="reserved"):
+        backend.load_adapter("__base__", adapters["drift"])
+    with pytest.raises(ValueError, match="one per prompt"):
+        backend.generate(["a", "b"], [None])
+    with pytest.raises(KeyError, match="not loaded"):
+        backend.unload_adapter("nope")
+    assert backend.generate([], []) == []
+    assert backend.loaded() == ["drift", "mixed"]
