@@ -22,7 +22,8 @@ class TaskSpec(Frozen):
     text_column: str = "text"
     label_column: str = "category"
     drift_keywords: list[str] = Field(min_length=1)
-    golden_size: int = Field(default=300, ge=20, description="items per golden set")
+    golden_before_size: int = Field(default=1000, ge=20, description="items in golden-before (old intents)")
+    golden_drifted_size: int = Field(default=500, ge=20, description="items in golden-drifted (new intents)")
     seed: int = 0
     min_prompt_chars: int = Field(default=2, ge=1)
     max_prompt_chars: int = Field(default=512, ge=10)

@@ -56,11 +56,14 @@ def show(ref: str = typer.Argument(..., help="MODEL:vN, vN, or an alias such as 
     with _registry() as reg:
         version = reg.get(ref)
         history = reg.store.status_history(version.model, version.number)
+        where = {d.name: str(reg.artifacts.dataset_path(d.snapshot)) if d.snapshot else d.source
+                 for d in (version.lineage.datasets if version.lineage else [])}
     if as_json:
         doc = version.model_dump(mode="json")
         for report in doc["evals"]:
             report.pop("items", None)
         doc["status_history"] = [{**h, "at": h["at"].isoformat()} for h in history]
+        doc["dataset_paths"] = where
         print(json.dumps(doc, indent=2))
         return
     console.print(f"[bold]{version.ref}[/bold]  status [cyan]{version.status}[/cyan]  — {version.reason}")
@@ -69,9 +72,9 @@ def show(ref: str = typer.Argument(..., help="MODEL:vN, vN, or an alias such as 
         lin = version.lineage
         console.print(f"base model: {lin.base_model.model_id} @ {lin.base_model.revision[:16]}")
         console.print(f"code: {lin.code_commit}{' (dirty)' if lin.code_dirty else ''}   trigger: {lin.trigger}")
-        data = Table("data", "rows", "sha256", "snapshot (retrieve with this path)")
+        data = Table("data", "rows", "sha256", "snapshot: the exact rows, on disk")
         for d in lin.datasets:
-            data.add_row(d.name, str(d.rows), d.sha256[:16], d.snapshot or d.source)
+            data.add_row(d.name, str(d.rows), d.sha256[:16], where[d.name])
         console.print(data)
     evals = Table("golden set", "items", "exact match", "malformed", "p95 ms", "tokens/s")
     for r in version.evals:

@@ -52,8 +52,6 @@ class LoraRecipe(Frozen):
     grad_clip: float = Field(default=1.0, gt=0, description="global gradient-norm clip")
     seed: int = Field(default=0, description="seeds LoRA init, dropout and batch order")
     log_every: int = Field(default=25, ge=1, description="loss-curve / progress interval in steps")
-    replay_rows: int = Field(default=3000, ge=0, description="rows of the champion's training data the "
-                             "caller mixes in; without them the new adapter forgets the old intents")
     init_from_champion: bool = Field(default=False, description="continue from the champion's adapter "
                                      "(its r/alpha/targets must equal this recipe's) instead of a fresh one")
 

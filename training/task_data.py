@@ -11,7 +11,7 @@ virtual, disposable, top_up, topping_up). From the raw CSVs this module derives 
     the train.csv rows of the drifted intents: the fresh labelled drop a labelling team produces once
     monitoring shows the new traffic.
 ``golden-before`` / ``golden-drifted``
-    ``spec.golden_size`` benchmark items each, drawn from test.csv, stratified by intent as evenly as the
+    ``spec.golden_before_size`` / ``spec.golden_drifted_size`` benchmark items, drawn from test.csv, stratified by intent as evenly as the
     data allows. Every gate compares champion and challenger on these same items.
 
 Why golden sets exclude normalized duplicates: BANKING77 holds near-duplicates ("top up" vs "top-up",
@@ -128,12 +128,13 @@ def split_worlds(spec: TaskSpec) -> Worlds:
     unseen = [p for p in test if norm(p.prompt) not in train_norms]
     candidates, test_dups, test_conflicts = _dedupe(unseen, norm)
     golden_before = stratified_sample([p for p in candidates if not spec.is_drifted(p.completion)],
-                                      spec.golden_size, _rng(spec.seed, GOLDEN_BEFORE))
+                                      spec.golden_before_size, _rng(spec.seed, GOLDEN_BEFORE))
     golden_drifted = stratified_sample([p for p in candidates if spec.is_drifted(p.completion)],
-                                       spec.golden_size, _rng(spec.seed, GOLDEN_DRIFTED))
-    for name, items in ((GOLDEN_BEFORE, golden_before), (GOLDEN_DRIFTED, golden_drifted)):
-        if len(items) < spec.golden_size:
-            raise ValueError(f"{name}: only {len(items)} unseen test items, golden_size is {spec.golden_size}")
+                                       spec.golden_drifted_size, _rng(spec.seed, GOLDEN_DRIFTED))
+    for name, items, size in ((GOLDEN_BEFORE, golden_before, spec.golden_before_size),
+                              (GOLDEN_DRIFTED, golden_drifted, spec.golden_drifted_size)):
+        if len(items) < size:
+            raise ValueError(f"{name}: only {len(items)} unseen test items, the task asks for {size}")
     golden_norms = {norm(p.prompt) for p in golden_before + golden_drifted}
     kept, train_dups, train_conflicts = _dedupe(train, norm)
     clean = [p for p in kept if norm(p.prompt) not in golden_norms]
@@ -248,7 +249,8 @@ def _dedupe(pairs: Sequence[Pair], norm: Callable[[str], str]) -> tuple[list[Pai
 def _recipe_key(spec: TaskSpec) -> str:
     """What the four files are a function of: the derivation, the spec fields it reads, the raw CSVs."""
     fields = spec.model_dump(mode="json", include={"text_column", "label_column", "drift_keywords",
-                                                   "golden_size", "seed", "labels"})
+                                                   "golden_before_size", "golden_drifted_size",
+                                                   "seed", "labels"})
     digest = hashlib.sha256(canonical_json({"version": DERIVATION_VERSION, **fields}).encode("utf-8"))
     for split in ("train", "test"):
         digest.update((spec.data_dir / f"{split}.csv").read_bytes())

@@ -35,7 +35,7 @@ def slm_project(tmp_path_factory, prefect_harness):
     configs = root / "configs"
     configs.mkdir()
     task = yaml.safe_load((REPO / "configs/task.yaml").read_text())
-    task.update(data_dir=str(REPO / "data/banking77"), golden_size=60, min_train_rows=20)
+    task.update(data_dir=str(REPO / "data/banking77"), golden_before_size=60, golden_drifted_size=60, min_train_rows=20)
     files = {
         "task.yaml": task,
         "base_model.yaml": {"vocab_size": 400, "hidden_size": 32, "intermediate_size": 64, "num_layers": 1,

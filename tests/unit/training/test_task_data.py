@@ -47,7 +47,7 @@ def test_the_task_has_63_before_and_14_drifted_intents(spec):
 def test_world_sizes_are_the_documented_ones(built):
     rows = {name: f.fingerprint.rows for name, f in built.files.items()}
     # 8,414 raw before rows and 1,589 drifted rows, less normalized duplicates and conflicting labels.
-    assert rows == {"before-train": 8401, "drifted-labelled": 1570, "golden-before": 300, "golden-drifted": 300}
+    assert rows == {"before-train": 8401, "drifted-labelled": 1570, "golden-before": 1000, "golden-drifted": 500}
     c = built.cleaning
     assert (c.test_seen_in_train, c.test_duplicates, c.test_conflicting) == (25, 3, 2)
     assert (c.train_duplicates, c.train_conflicting, c.train_in_golden) == (30, 2, 0)
@@ -58,15 +58,15 @@ def test_golden_sets_are_stratified_over_their_world(spec, worlds):
     drifted = Counter(p.completion for p in worlds.golden_drifted)
     assert set(before) == set(spec.before_labels)
     assert set(drifted) == set(spec.drifted_labels)
-    assert sorted(Counter(drifted.values()).items()) == [(21, 8), (22, 6)]  # 300 over 14: as even as it gets
-    assert sorted(Counter(before.values()).items()) == [(4, 15), (5, 48)]  # 300 over 63
+    assert sorted(Counter(drifted.values()).items()) == [(34, 1), (35, 2), (36, 11)]  # 500 over 14: one intent has only 34 unseen items
+    assert sorted(Counter(before.values()).items()) == [(15, 8), (16, 55)]  # 1000 over 63
 
 
 def test_no_golden_prompt_equals_any_train_prompt_after_normalization(spec, worlds):
     train = {normalize_prompt(p.prompt) for p in read_split(spec, "train")}
     golden = [normalize_prompt(p.prompt) for p in worlds.golden_before + worlds.golden_drifted]
     assert not train & set(golden)
-    assert len(golden) == len(set(golden)) == 600  # unique within and across the two sets
+    assert len(golden) == len(set(golden)) == 1500  # unique within and across the two sets
 
 
 def test_training_worlds_partition_the_intents_and_exclude_golden(spec, worlds):
@@ -125,7 +125,7 @@ def test_retrain_mix_is_all_drifted_rows_plus_seeded_replay(worlds):
 
 def test_retrain_mix_refuses_more_replay_than_the_pool(worlds):
     with pytest.raises(ValueError, match="replay_rows"):
-        retrain_mix(worlds.drifted_labelled, worlds.golden_before, replay_rows=301, seed=0)
+        retrain_mix(worlds.drifted_labelled, worlds.golden_before, replay_rows=1001, seed=0)
     assert len(retrain_mix(worlds.drifted_labelled, [], replay_rows=0, seed=0)) == len(worlds.drifted_labelled)
 
 
