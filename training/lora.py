@@ -7,6 +7,7 @@ Unless ``max_seconds`` stops it, the run is deterministic on CPU: same seed, sam
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 from pydantic import Field, field_validator, model_validator
@@ -168,11 +169,14 @@ def _with_adapter(base, recipe: LoraRecipe, init_adapter: Path | None):
 
     # Seeded here because the LoRA A matrices are drawn at wrap time.
     torch.manual_seed(recipe.seed)
-    if init_adapter is not None:
-        return PeftModel.from_pretrained(base, init_adapter, is_trainable=True)
-    config = LoraConfig(r=recipe.r, lora_alpha=recipe.alpha, lora_dropout=recipe.dropout,
-                        target_modules=_target_modules(base, recipe), task_type="CAUSAL_LM")
-    return get_peft_model(base, config)
+    with warnings.catch_warnings():
+        # peft 0.21 calls transformers 5's deprecated `is_gradient_checkpointing` on every wrap: noise.
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        if init_adapter is not None:
+            return PeftModel.from_pretrained(base, init_adapter, is_trainable=True)
+        config = LoraConfig(r=recipe.r, lora_alpha=recipe.alpha, lora_dropout=recipe.dropout,
+                            target_modules=_target_modules(base, recipe), task_type="CAUSAL_LM")
+        return get_peft_model(base, config)
 
 
 def _target_modules(base, recipe: LoraRecipe) -> str | list[str]:
