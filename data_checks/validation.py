@@ -37,19 +37,13 @@ from pydantic import Field
 
 from data_checks.readers import PAIR_COLUMNS, load_pairs
 from lifecycle.data import normalize_prompt
+from lifecycle.pii import CARD_NUMBER, EMAIL, PHONE  # shared with the serving guardrails
 from lifecycle.records import Frozen
 from lifecycle.task import TaskSpec
 
 if TYPE_CHECKING:
     import pandas
 
-EMAIL = r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}"
-# 13-19 digits, single spaces or dashes allowed between them (4-4-4-4, 4-6-5, or one run).
-CARD_NUMBER = r"(?<!\d)\d(?:[ -]?\d){12,18}(?!\d)"
-# 9-15 digits with an optional +country code; spaces, dots, dashes and parentheses between digit groups
-# ("+44 20 7946 0958", "(555) 123-4567"). Short figures such as "£200,000" or "20.00" never reach 9.
-# The look-arounds keep it off slices of a longer digit run, so a spaced card number is not also a phone.
-PHONE = r"(?<![\w+])(?<!\d[ .-])(?:\+|\()?\d(?:(?:[ .-]|\) ?|[ .-]?\()?\d){8,14}(?![ .-]?\d)"
 PAIR_KEY = "__pair_key"  # normalized prompt + US + completion, for the duplicate rule
 PROMPT_KEY = "__prompt_normalized"  # for the benchmark overlap rule
 HELPER_COLUMNS = (PAIR_KEY, PROMPT_KEY)

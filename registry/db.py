@@ -1,8 +1,9 @@
 """Engines for the registry store: SQLite (default) or PostgreSQL, same code.
 
 SQLite is shared by the CLI, flows and gateway as separate processes, so it runs in WAL mode with a busy
-timeout, and every transaction starts with ``BEGIN IMMEDIATE``: the write lock is taken up front, so two
-writers queue instead of failing with "database is locked" when they upgrade a read lock.
+timeout, and every write transaction (:func:`write_tx`) starts with ``BEGIN IMMEDIATE``: the write lock is
+taken up front, so two writers queue instead of failing with "database is locked" when they upgrade a read
+lock. Reads (``engine.connect()``) use a plain deferred ``BEGIN``.
 PostgreSQL uses row locks (``SELECT ... FOR UPDATE``) at the serialization points instead.
 """
 
@@ -14,6 +15,7 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import make_url
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+WRITE = "slm_write"
 
 
 def make_engine(url: str) -> Engine:
@@ -42,10 +44,17 @@ def _sqlite_engine(url: str, database: str | None) -> Engine:
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn):
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        # Writers take the write lock up front; readers use a deferred BEGIN, which in WAL mode never
+        # blocks (nor waits for) the writer.
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get(WRITE) else "BEGIN")
 
     return engine
 
 
 def is_postgres(engine: Engine) -> bool:
     return engine.dialect.name == "postgresql"
+
+
+def write_tx(engine: Engine):
+    """A write transaction: ``with write_tx(engine) as conn: ...`` (commits on success)."""
+    return engine.execution_options(**{WRITE: True}).begin()

@@ -7,9 +7,13 @@ SQLite and PostgreSQL hold, and hash, the same bytes. Timestamps are timezone-aw
 from __future__ import annotations
 
 from sqlalchemy import (
+    BigInteger,
+    Boolean,
     Column,
     DateTime,
+    Float,
     ForeignKeyConstraint,
+    Index,
     Integer,
     MetaData,
     String,
@@ -85,6 +89,7 @@ alias_history = Table(
     Column("moved_at", DateTime(timezone=True), nullable=False),
     Column("actor", String(128), nullable=False),
     Column("reason", Text, nullable=False),
+    Index("ix_alias_history_model_alias", "model", "alias", "id"),
 )
 
 audit_events = Table(
@@ -105,4 +110,52 @@ audit_head = Table(
     Column("id", Integer, primary_key=True, autoincrement=False),
     Column("count", Integer, nullable=False),
     Column("last_hash", String(64), nullable=False),
+)
+
+# -- prediction log (revision 0002) ------------------------------------------------------------------
+# One row per answer; a shadowed request has two rows (served + shadow), hence unique (request_id, role).
+# BIGINT ids on PostgreSQL (a busy log passes 2^31 rows); INTEGER on SQLite, where it is the rowid.
+predictions = Table(
+    "predictions", metadata,
+    Column("id", BigInteger().with_variant(Integer(), "sqlite"), primary_key=True, autoincrement=True),
+    Column("ts", DateTime(timezone=True), nullable=False),
+    Column("request_id", String(128), nullable=False),
+    Column("model", String(64), nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("role", String(16), nullable=False),
+    Column("user_hash", String(128), nullable=False),
+    Column("prompt", Text),
+    Column("prompt_sha256", String(64), nullable=False),
+    Column("completion", Text),
+    Column("completion_sha256", String(64)),
+    Column("latency_ms", Float, nullable=False),
+    Column("prompt_tokens", Integer, nullable=False),
+    Column("completion_tokens", Integer, nullable=False),
+    Column("outcome", String(16), nullable=False),
+    Column("error", Text),
+    Column("guardrail_flags", Text, nullable=False, default="[]"),  # JSON list; "[]" when none
+    Column("served", Boolean, nullable=False),
+    UniqueConstraint("request_id", "role", name="uq_predictions_request_role"),
+    Index("ix_predictions_model_ts", "model", "ts"),
+    Index("ix_predictions_model_version_ts", "model", "version", "ts"),
+)
+
+# The latest feedback per request (a new one replaces it). No foreign key: request_id alone is not unique
+# in predictions; the store checks that the request is logged.
+feedback = Table(
+    "feedback", metadata,
+    Column("request_id", String(128), primary_key=True),
+    Column("outcome", String(16), nullable=False),
+    Column("score", Float),
+    Column("ts", DateTime(timezone=True), nullable=False),
+)
+
+# What every gateway replica serves (migration 0003): one row per model, revision bumped on each change.
+traffic_splits = Table(
+    "traffic_splits", metadata,
+    Column("model", String(64), primary_key=True),
+    Column("split_json", Text, nullable=False),
+    Column("revision", Integer, nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    ForeignKeyConstraint(["model"], ["models.name"]),
 )

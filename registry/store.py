@@ -28,7 +28,7 @@ from lifecycle.audit import (
 from lifecycle.records import AliasMove, EvalReport, Lineage, ModelVersion
 from lifecycle.status import INITIAL_STATUSES, Alias, VersionStatus, check_transition
 from registry import schema as t
-from registry.db import make_engine
+from registry.db import make_engine, write_tx
 from registry.migrate import upgrade
 
 #: Publish callback: given the allocated version number, store the artifact and return (uri, files).
@@ -70,7 +70,7 @@ class RegistryStore:
 
     @contextmanager
     def _tx(self) -> Iterator[Connection]:
-        with self.engine.begin() as conn:
+        with write_tx(self.engine) as conn:
             yield conn
 
     def _lock_model(self, conn: Connection, model: str, *, create: bool = False) -> int:

@@ -6,6 +6,7 @@ import typer
 
 from slm_cli.flows_cmd import bootstrap_cmd, demo_cmd, retrain_cmd
 from slm_cli.registry_cmd import audit_app, registry_app
+from slm_cli.serve_cmd import serve
 from slm_cli.validate_cmd import validate
 
 app = typer.Typer(help="slm-lifecycle: retrain, gate, roll out and govern a small language model.",
@@ -16,6 +17,7 @@ app.command("bootstrap")(bootstrap_cmd)
 app.command("retrain")(retrain_cmd)
 app.command("demo")(demo_cmd)
 app.command("validate")(validate)
+app.command("serve")(serve)
 
 
 if __name__ == "__main__":

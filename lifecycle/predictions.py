@@ -1,0 +1,202 @@
+"""Typed records of the prediction log: one served (or shadow) answer, the user's feedback on it, and the
+per-version aggregate of a time window that the rollout and the drift monitor read. Stdlib + pydantic only.
+
+Timestamps are timezone-aware and normalised to UTC (a naive timestamp is refused: its zone is a guess).
+Texts may be left out (hash-only logging); their sha256 is always kept, so equal prompts can still be
+counted and joined without storing what users wrote.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import UTC, datetime
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from lifecycle.records import Frozen
+
+Role = Literal["champion", "challenger", "shadow"]
+Outcome = Literal["ok", "model_error", "infra_error", "input_error"]
+FeedbackOutcome = Literal["success", "failure"]
+
+# Identifiers are indexed columns: bounded, and free of NUL (PostgreSQL text cannot hold it), so a bad
+# value is refused where the record is built, in the request, never later in the log writer.
+_ID = Field(min_length=1, max_length=128)
+
+
+def sha256_text(text: str) -> str:
+    """Hex sha256 of the UTF-8 bytes of ``text``: the hash the log keeps for prompts and completions."""
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def as_utc(value: datetime) -> datetime:
+    if value.tzinfo is None:
+        raise ValueError("timestamps must be timezone-aware (use datetime.now(UTC))")
+    return value.astimezone(UTC)
+
+
+def _no_nul(value: str) -> str:
+    if "\x00" in value:
+        raise ValueError("identifiers must not contain NUL characters")
+    return value
+
+
+class Prediction(Frozen):
+    """One answer of one model version to one request, as the gateway logged it.
+
+    A request answered by the champion and shadowed by a challenger gives two predictions with the same
+    ``request_id``: one ``served``, one ``role="shadow"`` that the user never saw. ``prompt_sha256`` and
+    ``completion_sha256`` are filled in from the texts when not given.
+    """
+
+    ts: datetime = Field(description="when the request arrived, UTC")
+    request_id: str = _ID
+    model: str = Field(min_length=1, max_length=64)
+    version: int = Field(ge=1)
+    role: Role
+    user_hash: str = Field(max_length=128, description="salted hash of the caller, never the caller itself")
+    prompt: str | None = Field(default=None, repr=False)
+    prompt_sha256: str = Field(min_length=64, max_length=64)
+    completion: str | None = Field(default=None, repr=False)
+    completion_sha256: str | None = Field(default=None, min_length=64, max_length=64)
+    latency_ms: float = Field(ge=0)
+    prompt_tokens: int = Field(default=0, ge=0)
+    completion_tokens: int = Field(default=0, ge=0)
+    outcome: Outcome
+    error: str | None = None
+    guardrail_flags: list[str] = Field(default_factory=list)
+    served: bool = Field(description="the caller received this answer; always False for shadow answers")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fill_hashes(cls, data: object) -> object:
+        if isinstance(data, dict):
+            for text, digest in (("prompt", "prompt_sha256"), ("completion", "completion_sha256")):
+                if data.get(text) is not None and not data.get(digest):
+                    data = {**data, digest: sha256_text(data[text])}
+        return data
+
+    @field_validator("ts")
+    @classmethod
+    def _utc(cls, value: datetime) -> datetime:
+        return as_utc(value)
+
+    @field_validator("request_id", "model", "user_hash")
+    @classmethod
+    def _identifier(cls, value: str) -> str:
+        return _no_nul(value)
+
+    @model_validator(mode="after")
+    def _shadow_is_not_served(self) -> Prediction:
+        if self.role == "shadow" and self.served:
+            raise ValueError("a shadow answer is never served to the caller: set served=False")
+        return self
+
+    @property
+    def ref(self) -> str:
+        return f"{self.model}:v{self.version}"
+
+
+class Feedback(Frozen):
+    """The caller's verdict on a request's served answer. A later feedback for a request replaces this one."""
+
+    request_id: str = _ID
+    outcome: FeedbackOutcome
+    score: float | None = Field(default=None, description="optional graded score, e.g. a rating in [0, 1]")
+    ts: datetime
+
+    @field_validator("ts")
+    @classmethod
+    def _utc(cls, value: datetime) -> datetime:
+        return as_utc(value)
+
+    @field_validator("request_id")
+    @classmethod
+    def _identifier(cls, value: str) -> str:
+        return _no_nul(value)
+
+
+class LoggedPrediction(Prediction):
+    """A prediction read back from the log, with the feedback on its request when it was served.
+
+    Feedback judges the answer the caller saw, so it is attached to served rows only; a shadow row of
+    the same request has ``feedback=None`` (pair the rows by ``request_id`` to compare them).
+    """
+
+    feedback: FeedbackOutcome | None = None
+    feedback_score: float | None = None
+
+
+def _rate(numerator: int, denominator: int) -> float | None:
+    # No data is not a rate of zero: callers must treat None as "not enough data", never as a pass.
+    return numerator / denominator if denominator else None
+
+
+class VersionAggregate(Frozen):
+    """What one version did in one role over ``[window_start, window_end)``: counts, tokens, latency.
+
+    Counts are exact integers (the sequential tests need them, not rounded rates). Latency percentiles
+    are over the ``ok`` answers only: an error's latency (an instant refusal, a timeout) says nothing
+    about serving speed and is already counted in the error rates. Linear interpolation (numpy's
+    default): latencies 1, 2, ..., 100 ms give p50 = 50.5, p95 = 95.05, p99 = 99.01. ``None`` when the
+    window holds no ``ok`` answer.
+    """
+
+    model: str
+    version: int
+    role: Role
+    requests: int
+    served: int
+    ok: int
+    model_errors: int
+    infra_errors: int
+    input_errors: int
+    guardrail_flagged: int = Field(description="answers with at least one guardrail flag")
+    prompt_tokens: int
+    completion_tokens: int
+    latency_p50_ms: float | None
+    latency_p95_ms: float | None
+    latency_p99_ms: float | None
+    feedback_count: int = Field(description="served answers that received feedback")
+    feedback_success: int
+    window_start: datetime
+    window_end: datetime
+
+    @property
+    def ref(self) -> str:
+        return f"{self.model}:v{self.version}"
+
+    @property
+    def ok_rate(self) -> float | None:
+        return _rate(self.ok, self.requests)
+
+    @property
+    def error_rate(self) -> float | None:
+        """Model and infrastructure errors: the version's fault. Input errors are the caller's."""
+        return _rate(self.model_errors + self.infra_errors, self.requests)
+
+    @property
+    def model_error_rate(self) -> float | None:
+        return _rate(self.model_errors, self.requests)
+
+    @property
+    def infra_error_rate(self) -> float | None:
+        return _rate(self.infra_errors, self.requests)
+
+    @property
+    def input_error_rate(self) -> float | None:
+        return _rate(self.input_errors, self.requests)
+
+    @property
+    def guardrail_rate(self) -> float | None:
+        return _rate(self.guardrail_flagged, self.requests)
+
+    @property
+    def feedback_success_rate(self) -> float | None:
+        return _rate(self.feedback_success, self.feedback_count)
+
+    @property
+    def feedback_coverage(self) -> float | None:
+        """Share of served answers that got feedback: low coverage makes the success rate fragile."""
+        return _rate(self.feedback_count, self.served)

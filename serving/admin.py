@@ -1,0 +1,93 @@
+"""Admin API (``/admin``): read and change the traffic split, load and unload versions.
+
+Bearer token from ``SLM_ADMIN_TOKEN``. Without it configured, or with a wrong token: 401 and nothing
+changes. Split changes are persisted in the registry (every replica follows within ``split_poll_s``)
+and audited; loads and unloads are local to this replica and audited too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+
+from lifecycle.routing import TrafficSplit
+from registry.store import ConcurrentChangeError, NotFoundError
+from registry.traffic import set_split
+from serving.schemas import error_body
+
+
+class SplitChange(BaseModel):
+    champion: int | None = Field(default=None, ge=1, description="default: keep the current champion")
+    challenger: int | None = Field(default=None, ge=1)
+    challenger_percent: float = Field(default=0.0, ge=0, le=100)
+    shadow: int | None = Field(default=None, ge=1)
+    expected_revision: int | None = Field(default=None, description="compare-and-swap on the split revision")
+    reason: str = Field(default="admin API", max_length=500)
+
+
+class AdminError(Exception):
+    def __init__(self, status: int, message: str, code: str):
+        super().__init__(message)
+        self.status, self.code = status, code
+
+
+def admin_router(state) -> APIRouter:
+    def authorized(request: Request) -> None:
+        if not state.admin_ok(request.headers.get("authorization")):
+            raise AdminError(401, "admin API needs 'Authorization: Bearer <SLM_ADMIN_TOKEN>'", "unauthorized")
+
+    router = APIRouter(prefix="/admin", dependencies=[Depends(authorized)])
+
+    @router.get("/split")
+    async def read_split() -> dict:
+        return state.live.split.model_dump()
+
+    @router.put("/split")
+    async def change_split(change: SplitChange) -> dict:
+        current = state.live.split
+        try:
+            split = TrafficSplit(model=state.model, champion=change.champion or current.champion,
+                                 challenger=change.challenger, challenger_percent=change.challenger_percent,
+                                 shadow=change.shadow)
+        except ValueError as exc:
+            raise AdminError(400, str(exc), "invalid_split") from None
+        expected = change.expected_revision if change.expected_revision is not None else ...
+        try:
+            await asyncio.to_thread(state.live.load_all, split.live_versions)  # load before routing to it
+            saved = await asyncio.to_thread(set_split, state.registry.store, split, actor="admin-api",
+                                            reason=change.reason, expected_revision=expected)
+        except NotFoundError as exc:
+            raise AdminError(404, str(exc), "version_not_found") from None
+        except ConcurrentChangeError as exc:
+            raise AdminError(409, str(exc), "conflict") from None
+        await asyncio.to_thread(state.live.refresh)
+        return saved.model_dump()
+
+    @router.post("/versions/{number}/load")
+    async def load(number: int) -> dict:
+        try:
+            await asyncio.to_thread(state.live.load, number)
+        except NotFoundError as exc:
+            raise AdminError(404, str(exc), "version_not_found") from None
+        await asyncio.to_thread(state.registry.store.append_audit, actor="admin-api", action="gateway.loaded",
+                                subject=f"{state.model}:v{number}", payload={})
+        return {"loaded": [f"v{v}" for v in sorted(state.live.live())]}
+
+    @router.post("/versions/{number}/unload")
+    async def unload(number: int) -> dict:
+        try:
+            await asyncio.to_thread(state.live.unload, number)
+        except ValueError as exc:
+            raise AdminError(409, str(exc), "in_use") from None
+        await asyncio.to_thread(state.registry.store.append_audit, actor="admin-api", action="gateway.unloaded",
+                                subject=f"{state.model}:v{number}", payload={})
+        return {"loaded": [f"v{v}" for v in sorted(state.live.live())]}
+
+    return router
+
+
+async def admin_error_handler(_request: Request, exc: AdminError) -> JSONResponse:
+    return JSONResponse(error_body(str(exc), "admin_error", exc.code), status_code=exc.status)

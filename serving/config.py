@@ -1,0 +1,28 @@
+"""``configs/serve.yaml``: how the gateway serves. Secrets (admin token, API keys) come from the
+environment at startup, never from this file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+
+from lifecycle.records import Frozen
+from serving.guardrails import GuardrailPolicy
+
+
+class ServeConfig(Frozen):
+    model: str = Field(default="intent-router", description="the model this gateway serves")
+    task: Path = Field(default=Path("configs/task.yaml"), description="task: its labels are the allowed outputs")
+    max_prompt_chars: int = Field(default=2000, ge=1, description="longer prompts are refused with 400")
+    max_tokens_limit: int = Field(default=64, ge=1, description="largest max_tokens a client may ask for")
+    max_body_bytes: int = Field(default=65_536, ge=1024, description="larger request bodies get 413")
+    max_batch: int = Field(default=32, ge=1, description="requests generated together")
+    max_wait_ms: float = Field(default=4.0, ge=0, description="how long a batch waits for company")
+    request_timeout_s: float = Field(default=10.0, gt=0, description="a backend call slower than this is a 504")
+    split_poll_s: float = Field(default=0.25, gt=0, description="how often replicas check the shared split")
+    breaker_failures: int = Field(default=5, ge=1, description="consecutive infra failures that open the circuit")
+    breaker_reset_s: float = Field(default=10.0, gt=0, description="open circuit waits this long, then probes")
+    store_text: bool = Field(default=True, description="False: the prediction log keeps hashes, not text")
+    torch_threads: int = Field(default=1, ge=1)
+    guardrails: GuardrailPolicy = Field(default_factory=GuardrailPolicy, description="checks on every output")

@@ -1,0 +1,176 @@
+"""The serving gateway: an OpenAI-compatible HTTP API over the live versions of one model.
+
+Each request is routed (sticky, weighted) to the champion or the challenger, generated through the
+micro-batcher on the in-process backend, checked by the guardrails, answered, and logged — once — in
+the prediction log, together with a shadow answer when the split names a shadow. Errors answer in the
+OpenAI error format: 4xx for bad input, 502/503/504 for backend trouble, never a bare 500.
+
+Start it with ``slm serve [--host H] [--port P]``; the ``openai`` client works with
+``base_url="http://H:P/v1"``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import time
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+
+from lifecycle.predictions import Feedback, Prediction
+from lifecycle.routing import Assignment
+from serving import schemas as s
+from serving.admin import AdminError, admin_error_handler, admin_router
+from serving.state import GatewayState
+
+log = logging.getLogger(__name__)
+
+
+class InputError(ValueError):
+    """The request is well-formed JSON but asks for something this gateway refuses (400/404/413)."""
+
+    def __init__(self, message: str, status: int = 400, code: str = "invalid_request", param: str | None = None):
+        super().__init__(message)
+        self.status, self.code, self.param = status, code, param
+
+
+def _error(status: int, message: str, kind: str, code: str | None = None, param: str | None = None) -> JSONResponse:
+    return JSONResponse(s.error_body(message, kind, code, param), status_code=status)
+
+
+def create_app(state: GatewayState) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI):
+        yield
+        await asyncio.to_thread(state.close)  # finish queued batches, flush the prediction log
+
+    app = FastAPI(title="slm-lifecycle gateway", version="1", lifespan=lifespan)
+    app.state.gw = state
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {"msg": "invalid request", "loc": ()}
+        param = ".".join(str(p) for p in first.get("loc", ())[1:]) or None
+        state.metrics.rejected.labels(reason="invalid").inc()
+        return _error(400, f"{first['msg']}" + (f" (at {param})" if param else ""), "invalid_request_error",
+                      "invalid_request", param)
+
+    @app.exception_handler(InputError)
+    async def _refused(_request: Request, exc: InputError) -> JSONResponse:
+        state.metrics.rejected.labels(reason=exc.code).inc()
+        return _error(exc.status, str(exc), "invalid_request_error", exc.code, exc.param)
+
+    @app.middleware("http")
+    async def _limits(request: Request, call_next):
+        length = request.headers.get("content-length")
+        if length and length.isdigit() and int(length) > state.config.max_body_bytes:
+            state.metrics.rejected.labels(reason="too_large").inc()
+            return _error(413, f"request body of {length} bytes exceeds {state.config.max_body_bytes}",
+                          "invalid_request_error", "request_too_large")
+        if request.url.path.startswith("/v1/") and not state.api_key_ok(request.headers.get("authorization")):
+            state.metrics.rejected.labels(reason="auth").inc()
+            return _error(401, "missing or invalid API key", "authentication_error", "invalid_api_key")
+        return await call_next(request)
+
+    @app.get("/healthz")
+    async def healthz() -> dict:
+        return {"status": "ok"}
+
+    @app.get("/readyz")
+    async def readyz() -> JSONResponse:
+        ready, detail = state.ready()
+        return JSONResponse({"ready": ready, **detail}, status_code=200 if ready else 503)
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        state.update_gauges()
+        return Response(state.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    @app.get("/v1/models")
+    async def models() -> dict:
+        created = int(time.time())
+        ids = [state.model] + [f"{state.model}:v{v}" for v in sorted(state.live.live())]
+        return {"object": "list", "data": [{"id": i, "object": "model", "created": created, "owned_by": "slm"}
+                                           for i in ids]}
+
+    @app.post("/v1/completions")
+    async def completions(body: s.CompletionRequest, request: Request) -> Response:
+        prompts = [body.prompt] if isinstance(body.prompt, str) else body.prompt
+        if len(prompts) != 1:
+            raise InputError("send one prompt per request", param="prompt")
+        return await _answer(state, body, prompts[0], request, chat=False)
+
+    @app.post("/v1/chat/completions")
+    async def chat(body: s.ChatRequest, request: Request) -> Response:
+        try:
+            prompt = body.prompt()
+        except ValueError as exc:
+            raise InputError(str(exc), param="messages") from None
+        return await _answer(state, body, prompt, request, chat=True)
+
+    @app.post("/v1/feedback")
+    async def feedback(body: s.FeedbackRequest) -> dict:
+        try:
+            await asyncio.to_thread(state.record_feedback, Feedback(
+                request_id=body.request_id, outcome=body.outcome, score=body.score, ts=datetime.now(UTC)))
+        except LookupError as exc:
+            raise InputError(str(exc), status=404, code="unknown_request", param="request_id") from None
+        return {"request_id": body.request_id, "recorded": True}
+
+    app.add_exception_handler(AdminError, admin_error_handler)
+    app.include_router(admin_router(state))
+    return app
+
+
+def _target(state: GatewayState, body: s._Request, prompt: str, request: Request) -> tuple[Assignment, str, str]:
+    if len(prompt) > state.config.max_prompt_chars:
+        raise InputError(f"prompt has {len(prompt)} characters; the limit is {state.config.max_prompt_chars}",
+                         status=413 if len(prompt) > 4 * state.config.max_prompt_chars else 400,
+                         code="prompt_too_long", param="prompt")
+    if body.max_tokens is not None and body.max_tokens > state.config.max_tokens_limit:
+        raise InputError(f"max_tokens {body.max_tokens} exceeds the limit {state.config.max_tokens_limit}",
+                         code="max_tokens_too_large", param="max_tokens")
+    request_id = request.headers.get("x-request-id") or s.completion_id("cmpl")
+    if len(request_id) > 128 or not request_id.isprintable():
+        raise InputError("x-request-id must be at most 128 printable characters", param="x-request-id")
+    user = request.headers.get("x-user-id") or body.user or request_id
+    try:
+        assignment = state.live.assign(user, state.pinned_version(body.model))
+    except LookupError as exc:
+        raise InputError(str(exc), status=404, code="model_not_found", param="model") from None
+    return assignment, request_id, hashlib.sha256(f"{state.model}/{user}".encode()).hexdigest()[:32]
+
+
+async def _answer(state: GatewayState, body: s._Request, prompt: str, request: Request, chat: bool) -> Response:
+    assignment, request_id, user_hash = _target(state, body, prompt, request)
+    arrived = datetime.now(UTC)
+    result = await state.generate(assignment, prompt)
+    state.log_prediction(Prediction(
+        ts=arrived, request_id=request_id, model=state.model, version=assignment.version, role=assignment.role,
+        user_hash=user_hash, prompt=prompt, completion=result.text, latency_ms=result.latency_ms,
+        prompt_tokens=result.prompt_tokens, completion_tokens=result.completion_tokens, outcome=result.outcome,
+        error=result.error, guardrail_flags=result.flags, served=True))
+    state.shadow(request_id, user_hash, prompt, arrived)
+    if result.status != 200:
+        return _error(result.status, result.error or "backend error", "server_error", result.outcome)
+    model_name = f"{state.model}:v{assignment.version}"
+    headers = {"x-slm-version": model_name, "x-request-id": request_id, "x-slm-role": assignment.role}
+    usage = s.Usage(prompt_tokens=result.prompt_tokens, completion_tokens=result.completion_tokens,
+                    total_tokens=result.prompt_tokens + result.completion_tokens)
+    if body.stream:
+        chunks = s.stream_chunks(request_id, model_name, result.text, chat, result.finish_reason)
+
+        async def events():
+            for chunk in chunks:
+                yield f"data: {json.dumps(chunk)}\n\n"
+            yield "data: [DONE]\n\n"
+
+        return StreamingResponse(events(), media_type="text/event-stream", headers=headers)
+    make = s.chat_body if chat else s.completion_body
+    return JSONResponse(make(request_id, model_name, result.text, usage, result.finish_reason), headers=headers)

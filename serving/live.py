@@ -1,0 +1,124 @@
+"""The versions a gateway serves right now: the shared split, the loaded adapters, in-flight counts.
+
+The split lives in the registry store. A watcher thread reads its revision every ``split_poll_s`` and,
+when it moved, loads any newly named version first and only then swaps the split in — so no request is
+ever routed to a version that is not loaded. Unloading waits for the version's in-flight requests.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import Counter
+from contextlib import contextmanager
+
+from lifecycle.routing import Assignment, TrafficSplit, route
+from registry.service import Registry
+from registry.traffic import get_split, set_split, split_revision
+from serving.backend import InProcessBackend
+from serving.loader import load_version
+
+log = logging.getLogger(__name__)
+
+
+class VersionNotLive(LookupError):
+    """A request pinned a version this gateway does not serve."""
+
+
+class LiveModel:
+    def __init__(self, registry: Registry, model: str, backend: InProcessBackend, poll_s: float) -> None:
+        self.registry, self.model, self.backend, self.poll_s = registry, model, backend, poll_s
+        self._adapters: dict[int, str | None] = {}
+        self._inflight: Counter[int] = Counter()
+        self._cond = threading.Condition()
+        self._stop = threading.Event()
+        self._load_lock = threading.Lock()  # the watcher and the admin API may load at the same time
+        self.split = self._initial_split()
+        self._load(self.split.live_versions)
+        self._watcher = threading.Thread(target=self._watch, name="slm-split-watcher", daemon=True)
+        self._watcher.start()
+
+    def _initial_split(self) -> TrafficSplit:
+        split = get_split(self.registry.store, self.model)
+        if split is not None:
+            return split
+        model, champion = self.registry.resolve(f"{self.model}:champion")
+        return set_split(self.registry.store, TrafficSplit(model=model, champion=champion), actor="gateway",
+                         reason="first start: all traffic to the champion", expected_revision=None)
+
+    def _load(self, versions: list[int]) -> None:
+        with self._load_lock:
+            for number in versions:
+                if number in self._adapters:
+                    continue
+                self._adapters[number] = load_version(self.backend, self.registry,
+                                                      self.registry.store.get_version(self.model, number))
+
+    def refresh(self) -> bool:
+        """Pick up a split changed by any replica. Returns True when it changed."""
+        revision = split_revision(self.registry.store, self.model)
+        if revision is None or revision == self.split.revision:
+            return False
+        split = get_split(self.registry.store, self.model)
+        self._load(split.live_versions)
+        self.split = split  # one reference assignment: readers see the old or the new split, never a mix
+        return True
+
+    def _watch(self) -> None:
+        while not self._stop.wait(self.poll_s):
+            try:
+                self.refresh()
+            except Exception:  # a registry hiccup must not kill the watcher; the next poll retries
+                log.exception("could not refresh the traffic split of %s", self.model)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._watcher.join(timeout=5)
+
+    def assign(self, key: str, pinned: int | None = None) -> Assignment:
+        split = self.split
+        if pinned is None:
+            return route(split, key)
+        if pinned not in self._adapters:
+            raise VersionNotLive(f"{self.model}:v{pinned} is not served by this gateway; live: "
+                                 + ", ".join(f"v{v}" for v in sorted(self._adapters)))
+        role = {split.champion: "champion", split.challenger: "challenger"}.get(pinned, "shadow")
+        return Assignment(version=pinned, role=role)
+
+    def adapter(self, version: int) -> str | None:
+        return self._adapters[version]
+
+    @contextmanager
+    def in_flight(self, version: int):
+        with self._cond:
+            self._inflight[version] += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._inflight[version] -= 1
+                self._cond.notify_all()
+
+    def load(self, number: int) -> None:
+        self._load([number])
+
+    def load_all(self, numbers: list[int]) -> None:
+        self._load(numbers)
+
+    def unload(self, number: int, timeout_s: float = 30.0) -> None:
+        """Unload a version that no split names, after its in-flight requests finished."""
+        if number in self.split.live_versions:
+            raise ValueError(f"v{number} is in the current split; move its traffic away first")
+        if number not in self._adapters:
+            return
+        adapter = self._adapters.pop(number)
+        deadline = time.monotonic() + timeout_s
+        with self._cond:
+            while self._inflight[number] and time.monotonic() < deadline:
+                self._cond.wait(timeout=0.05)
+        if adapter is not None:
+            self.backend.unload_adapter(adapter)
+
+    def live(self) -> dict[int, str | None]:
+        return dict(self._adapters)

@@ -1,0 +1,174 @@
+"""Everything a running gateway holds, and the request path's work that is not HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from lifecycle.predictions import Feedback, Prediction
+from lifecycle.routing import Assignment
+from registry.predictions import BackpressureError, PredictionStore, PredictionWriter
+from registry.service import Registry
+from serving.batcher import MicroBatcher
+from serving.config import ServeConfig
+from serving.guardrails import Guardrails
+from serving.live import LiveModel
+from serving.metrics import GatewayMetrics
+from serving.resilience import BackendError, CircuitBreaker, CircuitOpen
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Answer:
+    status: int
+    text: str = ""
+    outcome: str = "ok"
+    error: str | None = None
+    latency_ms: float = 0.0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    flags: list[str] = field(default_factory=list)
+    finish_reason: str = "stop"  # "content_filter" when a guardrail refused the output
+
+
+@dataclass
+class GatewayState:
+    config: ServeConfig
+    registry: Registry
+    live: LiveModel
+    batcher: MicroBatcher
+    writer: PredictionWriter
+    predictions: PredictionStore
+    guardrails: Guardrails
+    breaker: CircuitBreaker
+    allowed: frozenset[str]
+    admin_token: str | None = None
+    api_keys: frozenset[str] = frozenset()
+    metrics: GatewayMetrics = field(default_factory=GatewayMetrics)
+    _shadow_tasks: set = field(default_factory=set)
+
+    @property
+    def model(self) -> str:
+        return self.config.model
+
+    def api_key_ok(self, authorization: str | None) -> bool:
+        if not self.api_keys:
+            return True
+        token = (authorization or "").removeprefix("Bearer ").strip()
+        return any(hmac.compare_digest(token, key) for key in self.api_keys)
+
+    def admin_ok(self, authorization: str | None) -> bool:
+        token = (authorization or "").removeprefix("Bearer ").strip()
+        return bool(self.admin_token) and hmac.compare_digest(token, self.admin_token)
+
+    def pinned_version(self, requested: str) -> int | None:
+        """``MODEL`` routes by the split; ``MODEL:vN`` pins a live version; anything else is unknown."""
+        if requested == self.model:
+            return None
+        prefix = f"{self.model}:v"
+        if requested.startswith(prefix) and requested[len(prefix):].isdigit():
+            return int(requested[len(prefix):])
+        raise LookupError(f"model {requested!r} is not served here; use {self.model!r} or {self.model}:vN")
+
+    async def generate(self, assignment: Assignment, prompt: str) -> Answer:
+        labels = (self.model, f"v{assignment.version}", assignment.role)
+        start = time.perf_counter()
+        try:
+            gen = await self._call_backend(assignment, prompt)
+        except CircuitOpen as exc:
+            return self._infra_failure(labels, 503, f"backend unavailable (circuit open): failing fast; retry in "
+                                                    f"{exc.retry_after_s:.0f} s")
+        except TimeoutError:
+            return self._infra_failure(labels, 504, f"backend did not answer in {self.config.request_timeout_s} s")
+        except BackendError as exc:
+            log.error("backend failure for %s:v%s (prompt %d chars)", self.model, assignment.version, len(prompt),
+                      exc_info=exc.__cause__ or exc)
+            return self._infra_failure(labels, 502, str(exc))
+        checked = self.guardrails.check(gen.completion)
+        outcome = "ok" if gen.completion in self.allowed else "model_error"
+        elapsed = time.perf_counter() - start
+        self._count(labels, outcome, elapsed, gen, checked.flags)
+        return Answer(200, text=checked.text, outcome=outcome, latency_ms=elapsed * 1000,
+                      prompt_tokens=gen.prompt_tokens, completion_tokens=gen.completion_tokens, flags=checked.flags,
+                      finish_reason="content_filter" if checked.refused else "stop")
+
+    async def _call_backend(self, assignment: Assignment, prompt: str):
+        """One backend call under the circuit breaker: timeouts and backend exceptions are infra failures."""
+        with self.breaker.guard(), self.live.in_flight(assignment.version):
+            try:
+                future = self.batcher.submit(prompt, self.live.adapter(assignment.version))
+                return await asyncio.wait_for(asyncio.wrap_future(future), self.config.request_timeout_s)
+            except TimeoutError:
+                raise
+            except Exception as exc:
+                raise BackendError(f"backend failure: {type(exc).__name__}: {exc}") from exc
+
+    def _infra_failure(self, labels: tuple, status: int, message: str) -> Answer:
+        self.metrics.errors.labels(*labels, "infra").inc()
+        return Answer(status, outcome="infra_error", error=message)
+
+    def _count(self, labels: tuple, outcome: str, elapsed: float, gen, flags: list[str]) -> None:
+        self.metrics.requests.labels(*labels).inc()
+        self.metrics.latency.labels(*labels).observe(elapsed)
+        self.metrics.tokens.labels(*labels, "in").inc(gen.prompt_tokens)
+        self.metrics.tokens.labels(*labels, "out").inc(gen.completion_tokens)
+        if outcome == "model_error":
+            self.metrics.errors.labels(*labels, "model").inc()
+        for flag in flags:
+            self.metrics.guardrail_flags.labels(*labels, flag).inc()
+
+    def log_prediction(self, prediction: Prediction) -> None:
+        """Queue the row. The answer is already computed: a full or closed log costs the row, not the
+        response — and that loss is logged and counted, never silent."""
+        try:
+            self.writer.write(prediction)
+        except (BackpressureError, RuntimeError) as exc:
+            self.metrics.log_dropped.inc()
+            log.error("prediction of %s not logged: %s", prediction.request_id, exc)
+
+    def shadow(self, request_id: str, user_hash: str, prompt: str, arrived: datetime) -> None:
+        """Send a copy to the shadow version, if any; its answer is logged, never returned."""
+        number = self.live.split.shadow
+        if number is None:
+            return
+        assignment = Assignment(version=number, role="shadow")
+
+        async def run() -> None:
+            result = await self.generate(assignment, prompt)
+            self.log_prediction(Prediction(
+                ts=arrived, request_id=request_id, model=self.model, version=number, role="shadow",
+                user_hash=user_hash, prompt=prompt, completion=result.text or None, latency_ms=result.latency_ms,
+                prompt_tokens=result.prompt_tokens, completion_tokens=result.completion_tokens,
+                outcome=result.outcome, error=result.error, guardrail_flags=result.flags, served=False))
+
+        task = asyncio.get_running_loop().create_task(run())
+        self._shadow_tasks.add(task)  # the loop keeps only weak references to tasks
+        task.add_done_callback(self._shadow_tasks.discard)
+
+    def record_feedback(self, feedback: Feedback) -> None:
+        self.writer.flush(timeout=5)  # the prediction it refers to may still be queued
+        self.predictions.record_feedback(feedback)
+
+    def ready(self) -> tuple[bool, dict]:
+        live = self.live.live()
+        detail = {"model": self.model, "split_revision": self.live.split.revision,
+                  "live_versions": [f"v{v}" for v in sorted(live)], "circuit": self.breaker.state}
+        return bool(live) and self.breaker.state != "open", detail
+
+    def update_gauges(self) -> None:
+        split = self.live.split
+        for role, share in split.weights.items():
+            version = split.champion if role == "champion" else split.challenger
+            self.metrics.split.labels(self.model, role, f"v{version}").set(share)
+        self.metrics.breaker_open.set(1 if self.breaker.snapshot().state == "open" else 0)
+        self.metrics.log_pending.set(self.writer.pending())
+
+    def close(self) -> None:
+        self.live.close()
+        self.batcher.close()
+        self.writer.close(timeout=30)

@@ -1,0 +1,213 @@
+"""The gateway on loopback, driven by the real `openai` client and plain HTTP."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from datetime import UTC, datetime
+
+import httpx
+import openai
+import pytest
+
+ADMIN = {"Authorization": "Bearer admin-secret-for-tests"}
+EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
+FAR = datetime(2100, 1, 1, tzinfo=UTC)
+pytestmark = pytest.mark.slow
+
+
+def client(gw) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{gw.url}/v1", api_key="unused", max_retries=0)
+
+
+def set_split(gw, **body):
+    response = httpx.put(f"{gw.url}/admin/split", json=body, headers=ADMIN)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def test_openai_client_completions_chat_and_streaming(gateway):
+    api = client(gateway)
+    done = api.completions.create(model="intent-router", prompt="I still have not received my new card")
+    assert done.model == "intent-router:v1" and isinstance(done.choices[0].text, str)
+    assert done.usage.completion_tokens > 0
+    chat = api.chat.completions.create(model="intent-router",
+                                       messages=[{"role": "user", "content": "my top up failed"}])
+    assert chat.model.startswith("intent-router:v") and chat.choices[0].message.role == "assistant"
+    chunks = list(api.completions.create(model="intent-router", prompt="card lost", stream=True))
+    assert chunks[-1].choices[0].finish_reason == "stop"
+    streamed = list(api.chat.completions.create(model="intent-router", stream=True,
+                                                messages=[{"role": "user", "content": "exchange rate?"}]))
+    assert "".join(c.choices[0].delta.content or "" for c in streamed)
+    models = [m.id for m in api.models.list()]
+    assert "intent-router" in models and "intent-router:v1" in models
+
+
+def test_pinned_version_and_unknown_model(gateway):
+    api = client(gateway)
+    with pytest.raises(openai.NotFoundError) as err:
+        api.completions.create(model="intent-router:v9", prompt="hello")
+    assert err.value.body["code"] == "model_not_found"
+    with pytest.raises(openai.NotFoundError):
+        api.completions.create(model="gpt-4", prompt="hello")
+
+
+@pytest.mark.parametrize(("payload", "status", "code"), [
+    ("{not json", 400, "invalid_request"),
+    ({"model": "intent-router", "prompt": 42}, 400, "invalid_request"),
+    ({"model": "intent-router"}, 400, "invalid_request"),
+    ({"model": "intent-router", "prompt": "x" * 2500}, 400, "prompt_too_long"),
+    ({"model": "intent-router", "prompt": "x" * 9000}, 413, "prompt_too_long"),
+    ({"model": "intent-router", "prompt": "hi", "max_tokens": 5000}, 400, "max_tokens_too_large"),
+    ({"model": "intent-router", "prompt": ["a", "b"]}, 400, "invalid_request"),
+])
+def test_bad_input_gets_an_openai_error_never_a_500(gateway, payload, status, code):
+    if isinstance(payload, str):
+        response = httpx.post(f"{gateway.url}/v1/completions", content=payload,
+                              headers={"content-type": "application/json"})
+    else:
+        response = httpx.post(f"{gateway.url}/v1/completions", json=payload)
+    assert response.status_code == status, response.text
+    assert response.json()["error"]["code"] == code
+
+
+def test_request_ids_are_checked(gateway):
+    response = httpx.post(f"{gateway.url}/v1/completions", json={"model": "intent-router", "prompt": "hi"},
+                          headers={"x-request-id": "x" * 200})
+    assert response.status_code == 400 and response.json()["error"]["param"] == "x-request-id"
+
+
+def test_oversized_body_is_413(gateway):
+    response = httpx.post(f"{gateway.url}/v1/completions", content=b"x" * 70_000,
+                          headers={"content-type": "application/json"})
+    assert response.status_code == 413
+
+
+def test_admin_needs_the_token_and_nothing_changes_without_it(gateway):
+    before = httpx.get(f"{gateway.url}/admin/split", headers=ADMIN).json()
+    for headers in ({}, {"Authorization": "Bearer wrong"}):
+        response = httpx.put(f"{gateway.url}/admin/split", json={"challenger": 2, "challenger_percent": 50},
+                             headers=headers)
+        assert response.status_code == 401
+    assert httpx.get(f"{gateway.url}/admin/split", headers=ADMIN).json() == before
+    bad = httpx.put(f"{gateway.url}/admin/split", json={"challenger_percent": 50}, headers=ADMIN)
+    assert bad.status_code == 400 and "no challenger" in bad.json()["error"]["message"]
+    missing = httpx.put(f"{gateway.url}/admin/split", json={"challenger": 99, "challenger_percent": 5}, headers=ADMIN)
+    assert missing.status_code == 404
+
+
+def test_split_is_weighted_sticky_and_every_request_is_logged(gateway):
+    split = set_split(gateway, challenger=2, challenger_percent=10, reason="test canary")
+    assert split["challenger"] == 2 and split["revision"] >= 2
+    api = client(gateway)
+    seen: dict[str, set] = {}
+    counts = Counter()
+    ids = []
+    for i in range(1000):
+        user = f"user-{i}"
+        raw = api.completions.with_raw_response.create(model="intent-router", prompt=f"card {i % 7}",
+                                                       extra_headers={"x-user-id": user})
+        version = raw.headers["x-slm-version"]
+        counts[version] += 1
+        seen.setdefault(user, set()).add(version)
+        ids.append(raw.headers["x-request-id"])
+    for i in range(0, 1000, 50):  # again: the same users must land where they did
+        user = f"user-{i}"
+        raw = api.completions.with_raw_response.create(model="intent-router", prompt="again",
+                                                       extra_headers={"x-user-id": user})
+        seen[user].add(raw.headers["x-slm-version"])
+    assert all(len(v) == 1 for v in seen.values())
+    assert abs(counts["intent-router:v2"] - 100) < 4 * 9.5  # Binomial(1000, 0.1): sd 9.5
+    gateway.state.writer.flush(timeout=30)
+    logged = gateway.state.predictions.window("intent-router", EPOCH, FAR, limit=None)
+    by_id = Counter(p.request_id for p in logged if p.served)
+    assert all(by_id[i] == 1 for i in ids)
+
+
+def test_feedback_joins_a_logged_request(gateway):
+    raw = client(gateway).completions.with_raw_response.create(model="intent-router", prompt="lost my card")
+    request_id = raw.headers["x-request-id"]
+    ok = httpx.post(f"{gateway.url}/v1/feedback", json={"request_id": request_id, "outcome": "success"})
+    assert ok.status_code == 200
+    unknown = httpx.post(f"{gateway.url}/v1/feedback", json={"request_id": "nope", "outcome": "failure"})
+    assert unknown.status_code == 404 and unknown.json()["error"]["code"] == "unknown_request"
+
+
+def test_metrics_health_and_readiness(gateway):
+    client(gateway).completions.create(model="intent-router", prompt="hello")
+    text = httpx.get(f"{gateway.url}/metrics").text
+    assert 'slm_requests_total{model="intent-router"' in text
+    assert "slm_request_latency_seconds_bucket" in text
+    assert httpx.get(f"{gateway.url}/healthz").json() == {"status": "ok"}
+    ready = httpx.get(f"{gateway.url}/readyz")
+    assert ready.status_code == 200 and ready.json()["ready"] is True
+
+
+def test_split_changes_and_unloads_under_load_fail_no_request(gateway):
+    failures: list[str] = []
+    sent: list[int] = []
+    stop = threading.Event()
+
+    def hammer(n: int) -> None:
+        api = client(gateway)
+        i = 0
+        while not stop.is_set():
+            try:
+                api.completions.create(model="intent-router", prompt=f"where is my card {i}",
+                                       extra_headers={"x-user-id": f"load-{n}-{i}"})
+            except Exception as exc:  # any failure is the test's finding
+                failures.append(f"{type(exc).__name__}: {exc}")
+            i += 1
+        sent.append(i)
+
+    threads = [threading.Thread(target=hammer, args=(n,)) for n in range(16)]
+    for t in threads:
+        t.start()
+    try:
+        for percent in (5, 25, 50, 0):
+            set_split(gateway, challenger=2, challenger_percent=percent)
+        set_split(gateway)  # champion only
+        assert httpx.post(f"{gateway.url}/admin/versions/2/unload", headers=ADMIN).status_code == 200
+        assert httpx.post(f"{gateway.url}/admin/versions/2/load", headers=ADMIN).status_code == 200
+        set_split(gateway, challenger=2, challenger_percent=50, shadow=None)
+        busy = httpx.post(f"{gateway.url}/admin/versions/2/unload", headers=ADMIN)
+        assert busy.status_code == 409
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    assert failures == []
+    assert sum(sent) > 100  # the changes really happened under load
+
+
+def test_shadow_answers_are_logged_never_returned(gateway):
+    set_split(gateway, shadow=2, reason="shadow test")
+    api = client(gateway)
+    ids = []
+    for i in range(20):
+        raw = api.completions.with_raw_response.create(model="intent-router", prompt=f"lost card {i}")
+        assert raw.headers["x-slm-version"] == "intent-router:v1"
+        ids.append(raw.headers["x-request-id"])
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        gateway.state.writer.flush(timeout=10)
+        rows = gateway.state.predictions.window("intent-router", EPOCH, FAR, limit=None)
+        shadows = {p.request_id for p in rows if p.role == "shadow" and p.version == 2 and not p.served}
+        if set(ids) <= shadows:
+            break
+        time.sleep(0.1)
+    assert set(ids) <= shadows
+    set_split(gateway)
+
+
+def test_a_split_change_on_one_replica_reaches_another(gateway, launch_gateway):
+    """Two gateways on one registry store: a change through either admin API reaches the other."""
+    with launch_gateway(split_poll_s=0.1) as replica:
+        changed = set_split(gateway, challenger=2, challenger_percent=30, reason="replica test")
+        deadline = time.monotonic() + 1.0
+        while replica.state.live.split.revision != changed["revision"] and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert replica.state.live.split.revision == changed["revision"]
+        assert replica.state.live.split.challenger_percent == 30
+    set_split(gateway)

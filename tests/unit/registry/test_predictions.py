@@ -1,0 +1,257 @@
+"""Prediction log: exactly-once storage through the writer, idempotent inserts, hash-only mode, feedback,
+aggregates and windows — on SQLite and PostgreSQL alike."""
+
+from __future__ import annotations
+
+import threading
+from datetime import UTC, datetime, timedelta, timezone
+
+import pytest
+from pydantic import ValidationError
+from sqlalchemy import select
+from sqlalchemy.exc import OperationalError
+
+from lifecycle.predictions import Feedback, Prediction, sha256_text
+from registry import schema as t
+from registry.predictions import BackpressureError, PredictionStore, PredictionWriter, UnknownRequestError
+from registry.store import RegistryStore
+
+T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+
+
+def pred(i: int, *, model: str = "m", version: int = 1, role: str = "champion", latency_ms: float = 10.0,
+         outcome: str = "ok", flags: tuple[str, ...] = (), ts: datetime | None = None, **kw) -> Prediction:
+    return Prediction(
+        ts=ts or T0 + timedelta(seconds=i), request_id=kw.pop("request_id", f"req-{i}"), model=model,
+        version=version, role=role, user_hash="u" * 16, prompt=f"prompt {i}", completion=f"answer {i}",
+        latency_ms=latency_ms, prompt_tokens=3, completion_tokens=2, outcome=outcome,
+        error=None if outcome == "ok" else "boom", guardrail_flags=list(flags), served=role != "shadow", **kw)
+
+
+@pytest.fixture
+def engine(db_url):
+    registry = RegistryStore.open(db_url)  # runs the migrations, 0002 included
+    yield registry.engine
+    registry.close()
+
+
+@pytest.fixture
+def log(engine):
+    return PredictionStore(engine)
+
+
+# -- the store --------------------------------------------------------------------------------------
+
+def test_insert_many_is_idempotent(log):
+    batch = [pred(i) for i in range(5)]
+    log.insert_many(batch)
+    log.insert_many(batch)  # the whole batch again
+    log.insert_many([pred(3), pred(5), pred(5), pred(6)])  # overlap, and a duplicate inside the batch
+    log.insert_many([pred(3, role="shadow", version=2)])  # same request, another role: a second row
+    assert log.count("m") == 8
+    rows = log.window("m", T0, T0 + timedelta(hours=1))
+    assert sorted((r.request_id, r.role) for r in rows) == sorted(
+        [(f"req-{i}", "champion") for i in range(7)] + [("req-3", "shadow")])
+
+
+def test_round_trip_keeps_every_field(log):
+    original = pred(1, flags=("pii", "toxicity"), outcome="model_error",
+                    ts=datetime(2026, 3, 1, 14, 0, 0, 123456, tzinfo=timezone(timedelta(hours=2))))
+    log.insert_many([original])
+    (back,) = log.window("m", T0 - timedelta(hours=1), T0 + timedelta(hours=1))
+    assert back.ts == original.ts and back.ts.tzinfo == UTC
+    assert back.model_dump(exclude={"feedback", "feedback_score"}) == original.model_dump()
+    assert back.prompt_sha256 == sha256_text("prompt 1")
+
+
+def test_hash_only_mode_stores_no_text(engine):
+    log = PredictionStore(engine, store_text=False)
+    log.insert_many([pred(1)])
+    with engine.connect() as conn:
+        row = conn.execute(select(t.predictions)).one()
+    assert row.prompt is None and row.completion is None
+    assert row.prompt_sha256 == sha256_text("prompt 1") and row.completion_sha256 == sha256_text("answer 1")
+    (back,) = log.window("m", T0, T0 + timedelta(hours=1))
+    assert back.prompt is None and back.prompt_sha256 == sha256_text("prompt 1")
+
+
+def test_hash_only_writer_drops_text_before_queuing():
+    seen = []
+
+    class Sink:
+        def insert_many(self, predictions):
+            seen.extend(predictions)
+
+    with PredictionWriter(Sink(), store_text=False) as writer:
+        writer.write(pred(1))
+    (p,) = seen
+    assert (p.prompt, p.completion, p.prompt_sha256) == (None, None, sha256_text("prompt 1"))
+
+
+def test_nul_characters_are_stored_on_both_backends(log):
+    log.insert_many([pred(1).model_copy(update={"prompt": "a\x00b"})])
+    (back,) = log.window("m", T0, T0 + timedelta(hours=1))
+    assert back.prompt == "a\ufffdb"
+
+
+def test_feedback_joins_the_served_row_and_a_later_one_replaces_it(log):
+    log.insert_many([pred(1), pred(1, role="shadow", version=2), pred(2)])
+    log.record_feedback(Feedback(request_id="req-1", outcome="success", score=0.9, ts=T0))
+    log.record_feedback(Feedback(request_id="req-1", outcome="failure", ts=T0 + timedelta(minutes=1)))
+    rows = {(r.request_id, r.role): r for r in log.window("m", T0, T0 + timedelta(hours=1))}
+    assert (rows["req-1", "champion"].feedback, rows["req-1", "champion"].feedback_score) == ("failure", None)
+    assert rows["req-1", "shadow"].feedback is None  # the caller never saw the shadow answer
+    assert rows["req-2", "champion"].feedback is None
+    champion, shadow = log.aggregates("m", T0, T0 + timedelta(hours=1))
+    assert (champion.feedback_count, champion.feedback_success, shadow.feedback_count) == (1, 0, 0)
+
+
+def test_feedback_for_an_unknown_request_is_refused(log):
+    log.insert_many([pred(1)])
+    with pytest.raises(UnknownRequestError, match="req-404"):
+        log.record_feedback(Feedback(request_id="req-404", outcome="success", ts=T0))
+
+
+def test_aggregates_of_a_hand_built_window(log):
+    since, until = T0, T0 + timedelta(minutes=10)
+    rows = [pred(i, latency_ms=float(i + 1)) for i in range(100)]  # ok latencies 1..100 ms
+    rows += [pred(100 + i, outcome=o, latency_ms=5000.0) for i, o in
+             enumerate(["model_error", "model_error", "infra_error", "input_error"])]
+    rows += [pred(200 + i, flags=("pii",)) for i in range(3)]  # 3 more ok rows at 10 ms, flagged
+    rows += [pred(300 + i, version=2, role="challenger", latency_ms=20.0) for i in range(4)]
+    rows += [pred(400 + i, version=2, role="shadow", latency_ms=30.0, request_id=f"req-{i}") for i in range(2)]
+    rows += [pred(500, ts=since - timedelta(microseconds=1)), pred(501, ts=until),  # just outside
+             pred(502, ts=since), pred(503, model="other")]  # exactly at since: inside; other model: not
+    log.insert_many(rows)
+    for i in range(10):
+        log.record_feedback(Feedback(request_id=f"req-{i}", outcome="success" if i < 7 else "failure", ts=T0))
+    by_key = {(a.version, a.role): a for a in log.aggregates("m", since, until)}
+    assert list(by_key) == [(1, "champion"), (2, "challenger"), (2, "shadow")]
+    c = by_key[1, "champion"]
+    assert (c.requests, c.served, c.ok, c.model_errors, c.infra_errors, c.input_errors) == (108, 108, 104, 2, 1, 1)
+    assert (c.guardrail_flagged, c.prompt_tokens, c.completion_tokens) == (3, 324, 216)
+    # ok latencies: 1..100 plus four more at 10 ms (3 flagged, req-502); the errors' 5000 ms are left out.
+    # 104 values, p50 at sorted index 51.5, between 48 and 49.
+    assert c.latency_p50_ms == pytest.approx(48.5) and c.latency_p99_ms < 100
+    assert (c.feedback_count, c.feedback_success, c.feedback_success_rate) == (10, 7, 0.7)
+    assert c.error_rate == pytest.approx(3 / 108) and c.guardrail_rate == pytest.approx(3 / 108)
+    assert c.input_error_rate == pytest.approx(1 / 108) and c.feedback_coverage == pytest.approx(10 / 108)
+    assert (c.window_start, c.window_end) == (since, until)
+    s = by_key[2, "shadow"]
+    assert (s.requests, s.served, s.feedback_count, s.feedback_success_rate, s.latency_p99_ms) == (2, 0, 0, None, 30.0)
+
+
+def test_latency_percentiles_are_numpys_linear_ones(log):
+    log.insert_many([pred(i, latency_ms=float(i + 1)) for i in range(100)])
+    (a,) = log.aggregates("m", T0, T0 + timedelta(hours=1))
+    assert (a.latency_p50_ms, a.latency_p95_ms, a.latency_p99_ms) == pytest.approx((50.5, 95.05, 99.01))
+
+
+def test_window_is_half_open_newest_first_then_time_ordered(log):
+    log.insert_many([pred(i) for i in range(10)])
+    since, until = T0 + timedelta(seconds=2), T0 + timedelta(seconds=8)
+    assert [r.request_id for r in log.window("m", since, until, limit=None)] == [f"req-{i}" for i in range(2, 8)]
+    assert [r.request_id for r in log.window("m", since, until, limit=3)] == ["req-5", "req-6", "req-7"]
+    assert log.aggregates("m", T0 + timedelta(hours=1), T0 + timedelta(hours=2)) == []
+    with pytest.raises(ValueError, match="timezone-aware"):
+        log.window("m", since.replace(tzinfo=None), until)
+    with pytest.raises(ValueError, match="empty window"):
+        log.aggregates("m", until, since)
+
+
+# -- the writer -------------------------------------------------------------------------------------
+
+def test_four_threads_write_every_prediction_exactly_once(log):
+    writer = PredictionWriter(log, max_batch=64, flush_interval_s=0.02)
+
+    def produce(k: int) -> None:
+        for i in range(500):
+            writer.write(pred(k * 1000 + i))
+
+    threads = [threading.Thread(target=produce, args=(k,)) for k in range(4)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert writer.flush(timeout=20)
+    assert writer.pending() == 0
+    ids = {r.request_id for r in log.window("m", T0, T0 + timedelta(days=1), limit=None)}
+    assert log.count("m") == 2000 and ids == {f"req-{k * 1000 + i}" for k in range(4) for i in range(500)}
+    assert writer.close()
+
+
+def test_close_flushes_and_later_writes_raise(log):
+    writer = PredictionWriter(log, flush_interval_s=60)  # only close() can store these
+    for i in range(10):
+        writer.write(pred(i))
+    assert writer.close(timeout=10)
+    assert log.count("m") == 10
+    with pytest.raises(RuntimeError, match="closed"):
+        writer.write(pred(11))
+    assert writer.close()  # idempotent
+
+
+class FlakyStore:
+    """The real store behind a connection that fails the first ``failures`` batches."""
+
+    def __init__(self, store: PredictionStore, failures: int) -> None:
+        self.store, self.failures, self.calls = store, failures, 0
+
+    def insert_many(self, predictions):
+        self.calls += 1
+        if self.calls <= self.failures:
+            raise OperationalError("INSERT", {}, Exception("database is locked"))
+        self.store.insert_many(predictions)
+
+
+def test_a_store_that_fails_twice_loses_nothing(log):
+    flaky = FlakyStore(log, failures=2)
+    writer = PredictionWriter(flaky, max_batch=8, flush_interval_s=0.01, retry_backoff_s=0.01)
+    for i in range(20):
+        writer.write(pred(i))
+    assert writer.flush(timeout=10)
+    assert log.count("m") == 20 and writer.failed_attempts == 2
+    writer.close()
+
+
+def test_a_full_queue_raises_backpressure_and_keeps_what_it_accepted():
+    release, stored = threading.Event(), []
+
+    class SlowSink:
+        def insert_many(self, predictions):
+            release.wait(10)
+            stored.extend(p.request_id for p in predictions)
+
+    writer = PredictionWriter(SlowSink(), max_batch=2, flush_interval_s=0, max_queue=4, put_timeout_s=0.01)
+    for i in range(4):
+        writer.write(pred(i))
+    with pytest.raises(BackpressureError, match="queue full"):
+        writer.write(pred(4))
+    release.set()
+    assert writer.close(timeout=10)
+    assert stored == [f"req-{i}" for i in range(4)]
+
+
+def test_close_gives_up_after_its_timeout_and_says_so(caplog):
+    class DeadSink:
+        def insert_many(self, predictions):
+            raise OperationalError("INSERT", {}, Exception("connection refused"))
+
+    writer = PredictionWriter(DeadSink(), flush_interval_s=0, retry_backoff_s=0.01, max_backoff_s=0.02)
+    writer.write(pred(1))
+    assert writer.close(timeout=0.2) is False
+    assert writer.pending() == 1
+    assert "1 predictions not stored" in caplog.text
+
+
+# -- the record -------------------------------------------------------------------------------------
+
+def test_prediction_validation():
+    p = pred(1)
+    assert p.prompt_sha256 == sha256_text("prompt 1") and p.completion_sha256 == sha256_text("answer 1")
+    with pytest.raises(ValidationError, match="timezone-aware"):
+        pred(1, ts=datetime(2026, 3, 1))
+    with pytest.raises(ValidationError, match="never served"):
+        Prediction.model_validate({**pred(1).model_dump(), "role": "shadow", "served": True})
+    with pytest.raises(ValidationError, match="NUL"):
+        pred(1, request_id="a\x00b")
