@@ -1,9 +1,10 @@
 """Micro-batching: requests that arrive together are generated together.
 
-One worker thread owns the backend. It takes the first waiting request, then gathers whatever else
-arrives within ``max_wait_s`` (or until ``max_batch``), and runs them as one batch — mixed adapters
-included, which the backend serves in one pass through peft's per-row adapter path. On 1-2 CPU threads,
-one batch of 16 costs far less than 16 batches of 1 (bench/RESULTS.md).
+One worker thread owns the backend. It takes the first waiting request, then everything else already
+queued (up to ``max_batch``), optionally waiting up to ``max_wait_s`` for more, and runs them as one batch —
+mixed adapters included, which the backend serves in one pass through peft's per-row adapter path. While a
+batch runs, new requests queue up and form the next batch, so under load batches fill by themselves; the
+default wait is 0, so a lone request never waits for company that is not coming.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ class BatcherClosed(RuntimeError):
 
 
 class MicroBatcher:
-    def __init__(self, generate: Generate, *, max_batch: int = 32, max_wait_s: float = 0.004) -> None:
+    def __init__(self, generate: Generate, *, max_batch: int = 32, max_wait_s: float = 0.0) -> None:
         self._generate = generate
         self.max_batch, self.max_wait_s = max_batch, max_wait_s
         self._queue: queue.Queue = queue.Queue()

@@ -18,7 +18,7 @@ class ServeConfig(Frozen):
     max_tokens_limit: int = Field(default=64, ge=1, description="largest max_tokens a client may ask for")
     max_body_bytes: int = Field(default=65_536, ge=1024, description="larger request bodies get 413")
     max_batch: int = Field(default=32, ge=1, description="requests generated together")
-    max_wait_ms: float = Field(default=4.0, ge=0, description="how long a batch waits for company")
+    max_wait_ms: float = Field(default=0.0, ge=0, description="extra wait for company before a batch runs")
     request_timeout_s: float = Field(default=10.0, gt=0, description="a backend call slower than this is a 504")
     split_poll_s: float = Field(default=0.25, gt=0, description="how often replicas check the shared split")
     breaker_failures: int = Field(default=5, ge=1, description="consecutive infra failures that open the circuit")

@@ -4,9 +4,6 @@ and the gateway started with uvicorn on a free port."""
 from __future__ import annotations
 
 import os
-import socket
-import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -14,14 +11,9 @@ import pytest
 from lifecycle.prompting import INTENT_V1
 from lifecycle.records import BaseModelRef, Lineage
 from lifecycle.status import VersionStatus
+from serving.server import BackgroundServer
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -58,27 +50,10 @@ def tiny_registry(slm_home, tiny_base_model, tiny_drifted_pairs, tiny_before_pai
     return slm_home
 
 
-class RunningGateway:
-    def __init__(self, app, state, port: int):
-        import uvicorn
-
-        self.state, self.port = state, port
-        self.url = f"http://127.0.0.1:{port}"
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    def __enter__(self):
-        self.thread.start()
-        deadline = time.monotonic() + 30
-        while not self.server.started:
-            if time.monotonic() > deadline:
-                raise RuntimeError("gateway did not start in 30 s")
-            time.sleep(0.05)
-        return self
-
-    def __exit__(self, *exc):
-        self.server.should_exit = True
-        self.thread.join(timeout=30)
+class RunningGateway(BackgroundServer):
+    def __init__(self, app, state):
+        super().__init__(app)
+        self.state = state
 
 
 def start_gateway(**overrides) -> RunningGateway:
@@ -86,7 +61,7 @@ def start_gateway(**overrides) -> RunningGateway:
 
     config = load_serve_config(REPO / "configs/serve.yaml").model_copy(update=overrides)
     app, state = build_app(config)
-    return RunningGateway(app, state, free_port())
+    return RunningGateway(app, state)
 
 
 @pytest.fixture
