@@ -8,6 +8,7 @@ and audited; loads and unloads are local to this replica and audited too.
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime, timedelta
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
@@ -65,6 +66,18 @@ def admin_router(state) -> APIRouter:
             raise AdminError(409, str(exc), "conflict") from None
         await asyncio.to_thread(state.live.refresh)
         return saved.model_dump()
+
+    @router.get("/aggregates")
+    async def aggregates(minutes: float = 60.0) -> list[dict]:
+        """Per-version counts, error and guardrail rates, latency percentiles and feedback for the last
+        ``minutes`` — what the rollout and the drift monitor read."""
+        if not 0 < minutes <= 60 * 24 * 31:
+            raise AdminError(400, "minutes must be in (0, 44640]", "invalid_window")
+        until = datetime.now(UTC)
+        await asyncio.to_thread(state.writer.flush, 5)
+        rows = await asyncio.to_thread(state.predictions.aggregates, state.model,
+                                       until - timedelta(minutes=minutes), until)
+        return [r.model_dump(mode="json") for r in rows]
 
     @router.post("/versions/{number}/load")
     async def load(number: int) -> dict:

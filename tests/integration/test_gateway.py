@@ -125,6 +125,17 @@ def test_split_is_weighted_sticky_and_every_request_is_logged(gateway):
     assert all(by_id[i] == 1 for i in ids)
 
 
+def test_aggregates_per_version(gateway):
+    api = client(gateway)
+    for i in range(5):
+        api.completions.create(model="intent-router:v1", prompt=f"aggregate me {i}")
+    rows = httpx.get(f"{gateway.url}/admin/aggregates", params={"minutes": 5}, headers=ADMIN).json()
+    champion = next(r for r in rows if r["version"] == 1 and r["role"] == "champion")
+    assert champion["requests"] >= 5 and champion["latency_p50_ms"] > 0
+    assert httpx.get(f"{gateway.url}/admin/aggregates", headers={}).status_code == 401
+    assert httpx.get(f"{gateway.url}/admin/aggregates", params={"minutes": -1}, headers=ADMIN).status_code == 400
+
+
 def test_feedback_joins_a_logged_request(gateway):
     raw = client(gateway).completions.with_raw_response.create(model="intent-router", prompt="lost my card")
     request_id = raw.headers["x-request-id"]
