@@ -79,15 +79,18 @@ def admin_router(state) -> APIRouter:
                                        until - timedelta(minutes=minutes), until)
         return [r.model_dump(mode="json") for r in rows]
 
+    async def audited(action: str, number: int) -> dict:
+        await asyncio.to_thread(state.registry.store.append_audit, actor="admin-api", action=action,
+                                subject=f"{state.model}:v{number}", payload={})
+        return {"loaded": [f"v{v}" for v in sorted(state.live.live())]}
+
     @router.post("/versions/{number}/load")
     async def load(number: int) -> dict:
         try:
             await asyncio.to_thread(state.live.load, number)
         except NotFoundError as exc:
             raise AdminError(404, str(exc), "version_not_found") from None
-        await asyncio.to_thread(state.registry.store.append_audit, actor="admin-api", action="gateway.loaded",
-                                subject=f"{state.model}:v{number}", payload={})
-        return {"loaded": [f"v{v}" for v in sorted(state.live.live())]}
+        return await audited("gateway.loaded", number)
 
     @router.post("/versions/{number}/unload")
     async def unload(number: int) -> dict:
@@ -95,9 +98,7 @@ def admin_router(state) -> APIRouter:
             await asyncio.to_thread(state.live.unload, number)
         except ValueError as exc:
             raise AdminError(409, str(exc), "in_use") from None
-        await asyncio.to_thread(state.registry.store.append_audit, actor="admin-api", action="gateway.unloaded",
-                                subject=f"{state.model}:v{number}", payload={})
-        return {"loaded": [f"v{v}" for v in sorted(state.live.live())]}
+        return await audited("gateway.unloaded", number)
 
     return router
 

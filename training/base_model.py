@@ -12,16 +12,15 @@ from pathlib import Path
 
 from pydantic import Field, field_validator, model_validator
 
-from lifecycle.config import load_yaml_config
 from lifecycle.data import Pair
 from lifecycle.files import atomic_dir, hash_tree
 from lifecycle.prompting import INTENT_V1, format_by_identity
 from lifecycle.records import Frozen
 from training.artifacts import weights_digest
-from training.loop import LoopSettings, Progress, encode_pairs, pick_device, torch_threads, train_loop
+from training.loop import LoopRecipe, Progress, encode_pairs, pick_device, torch_threads, train_loop
 
 
-class BaseModelConfig(Frozen):
+class BaseModelConfig(LoopRecipe):
     """How to build the base model. Defaults: ~1.2M parameters, ~150 s on one CPU thread."""
 
     prompt_format: str = Field(default=INTENT_V1.identity, description="identity of the prompt template")
@@ -71,15 +70,6 @@ class BaseModelConfig(Frozen):
                              "curve would have one point only — lower log_every")
         return self
 
-    @classmethod
-    def from_yaml(cls, path: Path, **overrides: object) -> BaseModelConfig:
-        return load_yaml_config(cls, path, **overrides)
-
-    def loop_settings(self) -> LoopSettings:
-        return LoopSettings(lr=self.lr, batch_size=self.batch_size, max_steps=self.max_steps,
-                            max_seconds=self.max_seconds, warmup_ratio=self.warmup_ratio,
-                            min_lr_ratio=self.min_lr_ratio, weight_decay=self.weight_decay,
-                            grad_clip=self.grad_clip, seed=self.seed, log_every=self.log_every)
 
 
 class BaseModelInfo(Frozen):

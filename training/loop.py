@@ -12,15 +12,19 @@ large share of the step, and the masking and batching here are exactly what serv
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import random
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, Self
 
+from lifecycle.config import load_yaml_config
 from lifecycle.data import Pair
 from lifecycle.prompting import PromptFormat
+from lifecycle.records import Frozen
 
 if TYPE_CHECKING:
     import torch
@@ -49,6 +53,18 @@ class LoopSettings:
     grad_clip: float
     seed: int
     log_every: int
+
+
+class LoopRecipe(Frozen):
+    """Base of the configs that drive :func:`train_loop` (base model build, LoRA): each declares the
+    loop's fields with its own defaults and descriptions; this turns them into :class:`LoopSettings`."""
+
+    def loop_settings(self) -> LoopSettings:
+        return LoopSettings(**{f.name: getattr(self, f.name) for f in dataclasses.fields(LoopSettings)})
+
+    @classmethod
+    def from_yaml(cls, path: Path, **overrides: object) -> Self:
+        return load_yaml_config(cls, path, **overrides)
 
 
 @dataclass(frozen=True)

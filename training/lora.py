@@ -12,14 +12,13 @@ from pathlib import Path
 
 from pydantic import Field, field_validator, model_validator
 
-from lifecycle.config import load_yaml_config
 from lifecycle.data import Pair
 from lifecycle.files import atomic_dir, hash_tree
 from lifecycle.prompting import INTENT_V1, format_by_identity
 from lifecycle.records import Frozen
 from training.artifacts import weights_digest
 from training.loop import (
-    LoopSettings,
+    LoopRecipe,
     Progress,
     encode_pairs,
     evaluate_loss,
@@ -29,7 +28,7 @@ from training.loop import (
 )
 
 
-class LoraRecipe(Frozen):
+class LoraRecipe(LoopRecipe):
     """How to fine-tune an adapter. Defaults measured on BANKING77, one CPU thread: configs/recipe_lora.yaml."""
 
     prompt_format: str = Field(default=INTENT_V1.identity, description="identity of the prompt template; "
@@ -81,15 +80,6 @@ class LoraRecipe(Frozen):
                              f"stably; lower alpha (say {2 * self.r}) or raise r")
         return self
 
-    @classmethod
-    def from_yaml(cls, path: Path, **overrides: object) -> LoraRecipe:
-        return load_yaml_config(cls, path, **overrides)
-
-    def loop_settings(self) -> LoopSettings:
-        return LoopSettings(lr=self.lr, batch_size=self.batch_size, max_steps=self.max_steps,
-                            max_seconds=self.max_seconds, warmup_ratio=self.warmup_ratio,
-                            min_lr_ratio=self.min_lr_ratio, weight_decay=self.weight_decay,
-                            grad_clip=self.grad_clip, seed=self.seed, log_every=self.log_every)
 
 
 class TrainResult(Frozen):

@@ -11,8 +11,9 @@ virtual, disposable, top_up, topping_up). From the raw CSVs this module derives 
     the train.csv rows of the drifted intents: the fresh labelled drop a labelling team produces once
     monitoring shows the new traffic.
 ``golden-before`` / ``golden-drifted``
-    ``spec.golden_before_size`` / ``spec.golden_drifted_size`` benchmark items, drawn from test.csv, stratified by intent as evenly as the
-    data allows. Every gate compares champion and challenger on these same items.
+    ``spec.golden_before_size`` / ``spec.golden_drifted_size`` benchmark items, drawn from test.csv,
+    stratified by intent as evenly as the data allows. Every gate compares champion and challenger on
+    these same items.
 
 Why golden sets exclude normalized duplicates: BANKING77 holds near-duplicates ("top up" vs "top-up",
 a stray newline, a trailing " ?") inside and across its splits. An item whose normalized prompt
