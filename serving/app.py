@@ -8,6 +8,8 @@ from pathlib import Path
 from fastapi import FastAPI
 
 from lifecycle.config import load_yaml_config
+from lifecycle.prompting import format_by_identity
+from lifecycle.records import ModelVersion
 from lifecycle.settings import project_root
 from lifecycle.task import load_task
 from registry.predictions import PredictionStore, PredictionWriter
@@ -20,6 +22,7 @@ from serving.live import LiveModel
 from serving.loader import open_backend
 from serving.resilience import CircuitBreaker
 from serving.state import GatewayState
+from serving.upstream import UpstreamBackend
 
 
 def load_serve_config(path: Path | None = None) -> ServeConfig:
@@ -37,7 +40,7 @@ def build_state(config: ServeConfig, registry: Registry | None = None) -> Gatewa
     """
     registry = registry or open_registry()
     champion = registry.get(f"{config.model}:champion")
-    backend = open_backend(registry, champion, threads=config.torch_threads)
+    backend = _backend(config, registry, champion)
     store = PredictionStore(registry.store.engine, store_text=config.store_text)
     keys = frozenset(k.strip() for k in os.environ.get("SLM_API_KEYS", "").split(",") if k.strip())
     return GatewayState(
@@ -49,6 +52,14 @@ def build_state(config: ServeConfig, registry: Registry | None = None) -> Gatewa
                                reset_after_s=config.breaker_reset_s),
         allowed=frozenset(load_task(config.task, project_root()).labels),
         admin_token=os.environ.get("SLM_ADMIN_TOKEN") or None, api_keys=keys)
+
+
+def _backend(config: ServeConfig, registry: Registry, champion: ModelVersion):
+    if config.upstream is None:
+        return open_backend(registry, champion, threads=config.torch_threads)
+    key_env = config.upstream.api_key_env
+    return UpstreamBackend(config.upstream, format_by_identity(champion.prompt_format),
+                           api_key=os.environ.get(key_env) if key_env else None)
 
 
 def build_app(config: ServeConfig, registry: Registry | None = None) -> tuple[FastAPI, GatewayState]:

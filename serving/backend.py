@@ -1,8 +1,22 @@
 """The in-process backend: one base model, several LoRA adapters on top, batched greedy generation.
 
 This is the only code that loads a model version and generates with it; the benchmark and the gateway
-both call it, so what was benchmarked is what is served. Batches mixing adapters go through peft's
-per-row ``adapter_names`` path ("__base__" for rows without an adapter).
+both call it, so what was benchmarked is what is served.
+
+Two ways to serve several versions of one base model (``adapter_mode``):
+
+- "merged": each adapter is merged into its own copy of the base weights (a plain model per version); the
+  base itself stays unwrapped. A batch is split by version and each group runs through its own model at
+  full speed. Measured on CPU (bench/gateway_bench.py, 1 thread): two live versions unmerged reach only
+  0.42-0.63x the tokens/s of one merged model; merged copies close that gap. The price: every merged
+  version costs one full model of memory — fine for a small model, wrong for a 7B, where multi-LoRA
+  kernels (vLLM/S-LoRA style: the base runs once, per-row LoRA deltas are batched) are the answer.
+- "unmerged": one base model with every adapter on top through peft; batches mixing adapters go through
+  peft's per-row ``adapter_names`` path ("__base__" for rows without an adapter). One model of memory
+  whatever the number of versions.
+- "auto" (the default): "merged" while the base's parameter bytes times (merged versions + 1) stay within
+  ``merged_memory_limit_mb``, else "unmerged"; loading or unloading a version may switch the mode (the
+  loaded versions are rebuilt in the new one).
 
 torch, transformers and peft are imported inside the methods: ``import serving.backend`` stays fast.
 """
@@ -10,10 +24,12 @@ torch, transformers and peft are imported inside the methods: ``import serving.b
 from __future__ import annotations
 
 import contextlib
+import copy
 import threading
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 
@@ -21,6 +37,7 @@ from lifecycle.prompting import PromptFormat
 from lifecycle.records import Frozen
 
 BASE_ADAPTER = "__base__"
+AdapterMode = Literal["merged", "unmerged", "auto"]
 
 
 class Generation(Frozen):
@@ -28,15 +45,23 @@ class Generation(Frozen):
     completion: str = Field(description="prompt_format.parse(text)")
     prompt_tokens: int
     completion_tokens: int
-    latency_ms: float = Field(description="wall time of the batch this row was generated in")
+    latency_ms: float = Field(description="wall time of the batch this row was generated in (unmerged mode), or "
+                                          "of the whole generate call (merged mode: what a caller in it waited)")
     adapter: str | None = Field(description="adapter name, None for the bare base model")
 
 
 class InProcessBackend:
-    """Thread-safe: one lock serializes model use (a 1-thread CPU model gains nothing from overlap)."""
+    """Thread-safe: one lock serializes model use (a 1-thread CPU model gains nothing from overlap).
+
+    ``mode`` is the resolved adapter mode, "merged" or "unmerged" (see the module docstring); with
+    ``adapter_mode="auto"`` it can change when versions are loaded or unloaded.
+    """
 
     def __init__(self, base_dir: Path, prompt_format: PromptFormat, threads: int = 1,
-                 device: str | None = None) -> None:
+                 device: str | None = None, adapter_mode: AdapterMode = "auto",
+                 merged_memory_limit_mb: float = 2048) -> None:
+        if adapter_mode not in ("merged", "unmerged", "auto"):
+            raise ValueError(f"adapter_mode must be 'merged', 'unmerged' or 'auto', got {adapter_mode!r}")
         base_dir = Path(base_dir)
         if not (base_dir / "config.json").is_file():
             raise FileNotFoundError(f"base model folder {base_dir} does not exist or has no config.json; "
@@ -57,6 +82,10 @@ class InProcessBackend:
         self._model.to(self.device).eval()
         self._peft = None
         self._adapters: dict[str, Path] = {}
+        self._merged: dict[str, object] = {}  # merged mode: adapter name -> its own plain merged model
+        self.adapter_mode, self.merged_memory_limit_mb = adapter_mode, merged_memory_limit_mb
+        self._param_bytes = sum(p.numel() * p.element_size() for p in self._model.parameters())
+        self.mode: Literal["merged", "unmerged"] = self._wanted_mode(1)
         self._stop_ids = self._single_token_stops()
         positions = getattr(self._model.config, "max_position_embeddings", None) or 2048
         window = min(positions, self.tokenizer.model_max_length or positions)
@@ -77,37 +106,77 @@ class InProcessBackend:
         eos = self.tokenizer.eos_token_id
         return ids + ([eos] if eos is not None and eos != ids[0] else [])
 
+    def _wanted_mode(self, versions: int) -> Literal["merged", "unmerged"]:
+        """The mode for ``versions`` loaded adapters (at least one is planned for: a backend exists to serve one)."""
+        if self.adapter_mode != "auto":
+            return self.adapter_mode
+        needed_mb = self._param_bytes * (max(versions, 1) + 1) / 2**20
+        return "merged" if needed_mb <= self.merged_memory_limit_mb else "unmerged"
+
+    def _build_merged(self, adapter_dir: Path) -> object:
+        """A plain model with the adapter merged into a copy of the base weights (the base stays untouched)."""
+        from peft import PeftModel
+
+        merged = PeftModel.from_pretrained(copy.deepcopy(self._model), adapter_dir,
+                                           torch_device=str(self.device)).merge_and_unload()
+        return merged.to(self.device).eval()
+
+    def _attach_unmerged(self, name: str, adapter_dir: Path) -> None:
+        from peft import PeftModel
+
+        if self._peft is None:
+            self._peft = PeftModel.from_pretrained(self._model, adapter_dir, adapter_name=name,
+                                                   torch_device=str(self.device))
+            self._peft.eval()
+        else:
+            self._peft.load_adapter(adapter_dir, adapter_name=name, torch_device=str(self.device))
+
+    def _switch_mode(self, mode: Literal["merged", "unmerged"]) -> None:
+        """Rebuild every loaded adapter in ``mode`` (auto mode, after a load or unload). Under the lock."""
+        if mode == self.mode:
+            return
+        if mode == "unmerged":
+            self._merged.clear()
+            for name, folder in self._adapters.items():
+                self._attach_unmerged(name, folder)
+        else:
+            if self._peft is not None:
+                self._model = self._peft.unload()
+                self._peft = None
+            self._merged = {name: self._build_merged(folder) for name, folder in self._adapters.items()}
+        self.mode = mode
+
     def load_adapter(self, name: str, adapter_dir: Path) -> None:
         adapter_dir = Path(adapter_dir)
         if not name or name == BASE_ADAPTER:
             raise ValueError(f"adapter name {name!r} is reserved or empty; choose another name")
         if not (adapter_dir / "adapter_config.json").is_file():
             raise FileNotFoundError(f"{adapter_dir} is not a PEFT adapter folder (no adapter_config.json)")
-        from peft import PeftModel
-
         with self._lock:
             if name in self._adapters:
                 raise ValueError(f"adapter {name!r} is already loaded (from {self._adapters[name]}); "
                                  "unload it first or use another name")
-            if self._peft is None:
-                self._peft = PeftModel.from_pretrained(self._model, adapter_dir, adapter_name=name,
-                                                       torch_device=str(self.device))
-                self._peft.eval()
+            self._switch_mode(self._wanted_mode(len(self._adapters) + 1))
+            if self.mode == "merged":
+                self._merged[name] = self._build_merged(adapter_dir)
             else:
-                self._peft.load_adapter(adapter_dir, adapter_name=name, torch_device=str(self.device))
+                self._attach_unmerged(name, adapter_dir)
             self._adapters[name] = adapter_dir
 
     def unload_adapter(self, name: str) -> None:
         with self._lock:
             if name not in self._adapters:
                 raise KeyError(f"adapter {name!r} is not loaded; loaded: {sorted(self._adapters)}")
-            if len(self._adapters) == 1:
+            if self.mode == "merged":
+                del self._merged[name]  # its copy of the weights goes with it
+            elif len(self._adapters) == 1:
                 # The last adapter: strip the LoRA layers so the base runs bare again.
                 self._model = self._peft.unload()
                 self._peft = None
             else:
                 self._peft.delete_adapter(name)
             del self._adapters[name]
+            self._switch_mode(self._wanted_mode(len(self._adapters)))
 
     def loaded(self) -> list[str]:
         with self._lock:
@@ -130,6 +199,9 @@ class InProcessBackend:
         Rows are batched by prompt length (``max_batch`` at a time) so little compute goes to padding:
         1.5x the throughput of batching in arrival order on BANKING77. A row's answer does not depend
         on its batch-mates (tests check this), only its ``latency_ms`` does.
+
+        In merged mode rows are grouped by version first, each group running through its own plain model,
+        and every row's ``latency_ms`` is the wall time of the whole call.
         """
         if len(prompts) != len(adapters):
             raise ValueError(f"{len(prompts)} prompts but {len(adapters)} adapter names; give one per prompt")
@@ -145,12 +217,42 @@ class InProcessBackend:
             encoded = self.tokenizer([self.prompt_format.render(p) for p in prompts], truncation=True,
                                      max_length=self._max_prompt_tokens, add_special_tokens=False)["input_ids"]
             order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))
+            if self.mode == "merged":
+                return self._generate_merged(encoded, adapters, order, max_batch)
             results: dict[int, Generation] = {}
             for start in range(0, len(order), max_batch):
                 rows = order[start:start + max_batch]
                 batch = self._generate_batch([encoded[i] for i in rows], [adapters[i] for i in rows])
                 results.update(zip(rows, batch, strict=True))
         return [results[i] for i in range(len(prompts))]
+
+    def _generate_merged(self, encoded: list[list[int]], adapters: Sequence[str | None], order: list[int],
+                         max_batch: int) -> list[Generation]:
+        """Merged mode, under the lock: one plain batch stream per version, results in input order."""
+        import torch
+
+        started = time.perf_counter()
+        groups: dict[str | None, list[int]] = {}
+        for i in order:  # ``order`` is length-sorted, so each group stays length-sorted
+            groups.setdefault(adapters[i], []).append(i)
+        outputs: dict[int, list[int]] = {}
+        for adapter, members in groups.items():
+            model = self._model if adapter is None else self._merged[adapter]
+            for start in range(0, len(members), max_batch):
+                rows = members[start:start + max_batch]
+                enc = self.tokenizer.pad({"input_ids": [encoded[i] for i in rows]}, padding=True,
+                                         return_tensors="pt").to(self.device)
+                with torch.inference_mode():
+                    output = model.generate(**enc, **self._generate_kwargs())
+                outputs.update(zip(rows, output[:, enc["input_ids"].shape[1]:].tolist(), strict=True))
+        latency_ms = (time.perf_counter() - started) * 1000
+        return [self._row(outputs[i], encoded[i], adapters[i], latency_ms) for i in range(len(encoded))]
+
+    def _row(self, new_ids: list[int], prompt_ids: list[int], adapter: str | None, latency_ms: float) -> Generation:
+        ids = new_ids[: self._completion_length(new_ids)]
+        text = self.tokenizer.decode(ids, skip_special_tokens=True)
+        return Generation(text=text, completion=self.prompt_format.parse(text), prompt_tokens=len(prompt_ids),
+                          completion_tokens=len(ids), latency_ms=latency_ms, adapter=adapter)
 
     def _generate_batch(self, encoded: list[list[int]], adapters: list[str | None]) -> list[Generation]:
         import torch
@@ -161,14 +263,8 @@ class InProcessBackend:
             output = model.generate(**enc, **kwargs, **self._generate_kwargs())
         new = output[:, enc["input_ids"].shape[1]:].tolist()
         latency_ms = (time.perf_counter() - started) * 1000
-        rows = []
-        for ids, prompt_ids, adapter in zip(new, encoded, adapters, strict=True):
-            ids = ids[: self._completion_length(ids)]
-            text = self.tokenizer.decode(ids, skip_special_tokens=True)
-            rows.append(Generation(text=text, completion=self.prompt_format.parse(text),
-                                   prompt_tokens=len(prompt_ids), completion_tokens=len(ids),
-                                   latency_ms=latency_ms, adapter=adapter))
-        return rows
+        return [self._row(ids, prompt_ids, adapter, latency_ms)
+                for ids, prompt_ids, adapter in zip(new, encoded, adapters, strict=True)]
 
     @contextlib.contextmanager
     def _adapter_context(self, adapters: list[str | None]) -> Iterator[tuple[object, dict[str, object]]]:

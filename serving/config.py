@@ -9,6 +9,7 @@ from pydantic import Field
 
 from lifecycle.records import Frozen
 from serving.guardrails import GuardrailPolicy
+from serving.upstream import UpstreamConfig
 
 
 class ServeConfig(Frozen):
@@ -26,3 +27,5 @@ class ServeConfig(Frozen):
     store_text: bool = Field(default=True, description="False: the prediction log keeps hashes, not text")
     torch_threads: int = Field(default=1, ge=1)
     guardrails: GuardrailPolicy = Field(default_factory=GuardrailPolicy, description="checks on every output")
+    upstream: UpstreamConfig | None = Field(default=None, description="serve through an OpenAI-compatible "
+                                            "server (vLLM) instead of the in-process backend")

@@ -25,6 +25,9 @@ def load_version(backend: InProcessBackend, registry: Registry, version: ModelVe
     if format_by_identity(version.prompt_format) != backend.prompt_format:
         raise ValueError(f"{version.ref} was trained with prompt format {version.prompt_format}, the backend "
                          f"speaks {backend.prompt_format.identity}: serve them from separate backends")
+    if backend.base_dir is None:  # an upstream server: every version, base included, is a model name there
+        backend.load_adapter(version.ref, folder)
+        return version.ref
     if version.lineage and registry.artifacts.base_dir(version.lineage.base_model.model_id) != Path(backend.base_dir):
         raise ValueError(f"{version.ref} builds on {version.lineage.base_model.model_id}, not on the base this "
                          "backend holds")

@@ -172,3 +172,6 @@ class GatewayState:
         self.live.close()
         self.batcher.close()
         self.writer.close(timeout=30)
+        closer = getattr(self.live.backend, "close", None)  # the upstream backend holds connections
+        if closer:
+            closer()

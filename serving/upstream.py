@@ -1,0 +1,111 @@
+"""The upstream backend: any OpenAI-compatible server (vLLM with multi-LoRA in production) behind the gateway.
+
+Each registered version maps to a model name the upstream serves — by default its ref (``MODEL:vN``), which
+is also what a vLLM started with ``--lora-modules MODEL:vN=PATH`` and another slm gateway both accept. The
+gateway keeps routing, logging, guardrails and the breaker; the upstream only generates. Requests of one
+micro-batch go out concurrently (the upstream batches them itself). Every call has a timeout, and any
+transport error or 5xx is a :class:`~serving.resilience.BackendError`, so the gateway answers 502 and
+the circuit breaker counts it.
+
+``render_prompt``: True for a raw LLM server (the gateway applies the version's prompt template, asks for
+greedy decoding up to the stop string, and parses the completion); False when the upstream is itself an
+slm gateway, which renders on its side.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from pydantic import Field
+
+from lifecycle.prompting import PromptFormat
+from lifecycle.records import Frozen
+from serving.backend import Generation
+from serving.resilience import BackendError
+
+
+class UpstreamConfig(Frozen):
+    base_url: str = Field(description="e.g. http://vllm:8000/v1")
+    api_key_env: str | None = Field(default=None, description="environment variable holding the upstream key")
+    timeout_s: float = Field(default=10.0, gt=0)
+    render_prompt: bool = Field(default=True, description="False when the upstream is another slm gateway")
+    model_names: dict[int, str] = Field(default_factory=dict, description="version -> upstream model name "
+                                        "(default MODEL:vN)")
+    max_concurrency: int = Field(default=32, ge=1)
+
+
+class UpstreamBackend:
+    base_dir = None  # no local weights: versions are checked by name against the upstream's model list
+
+    def __init__(self, config: UpstreamConfig, prompt_format: PromptFormat, api_key: str | None = None) -> None:
+        import httpx
+
+        self.config, self.prompt_format = config, prompt_format
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._http = httpx.Client(base_url=config.base_url.rstrip("/"), timeout=config.timeout_s, headers=headers)
+        self._pool = ThreadPoolExecutor(max_workers=config.max_concurrency, thread_name_prefix="slm-upstream")
+        self._names: dict[str, str] = {}
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._http.close()
+
+    def upstream_models(self) -> set[str]:
+        return {m["id"] for m in self._request("GET", "/models")["data"]}
+
+    def load_adapter(self, name: str, adapter_dir: Path | None = None) -> None:
+        """Make ``name`` (a version ref) routable; the upstream must already serve it."""
+        number = int(name.rsplit(":v", 1)[1]) if ":v" in name else None
+        upstream_name = self.config.model_names.get(number, name) if number else name
+        if upstream_name not in self.upstream_models():
+            raise BackendError(f"the upstream at {self.config.base_url} does not serve {upstream_name!r}; start it "
+                               "with that model or LoRA module, or map the version in upstream.model_names")
+        self._names[name] = upstream_name
+
+    def unload_adapter(self, name: str) -> None:
+        self._names.pop(name, None)
+
+    def loaded(self) -> list[str]:
+        return sorted(self._names)
+
+    def generate(self, prompts: Sequence[str], adapters: Sequence[str | None], max_batch: int = 64) -> list[Generation]:
+        unknown = {a for a in adapters if a not in self._names}
+        if unknown:
+            raise ValueError(f"versions not loaded on the upstream backend: {sorted(map(str, unknown))}")
+        start = time.perf_counter()
+        results = list(self._pool.map(self._one, prompts, adapters))
+        elapsed = (time.perf_counter() - start) * 1000
+        return [g.model_copy(update={"latency_ms": elapsed}) for g in results]
+
+    def _one(self, prompt: str, adapter: str) -> Generation:
+        fmt = self.prompt_format
+        body: dict[str, object] = {"model": self._names[adapter], "temperature": 0,
+                                   "max_tokens": fmt.max_new_tokens}
+        if self.config.render_prompt:
+            body.update(prompt=fmt.render(prompt), stop=[fmt.stop])
+        else:
+            body.update(prompt=prompt)
+        answer = self._request("POST", "/completions", json=body)
+        text = answer["choices"][0]["text"]
+        usage = answer.get("usage") or {}
+        completion = fmt.parse(text) if self.config.render_prompt else text.strip()
+        return Generation(text=text, completion=completion, prompt_tokens=usage.get("prompt_tokens", 0),
+                          completion_tokens=usage.get("completion_tokens", 0), latency_ms=0.0, adapter=adapter)
+
+    def _request(self, method: str, path: str, **kwargs) -> dict:
+        import httpx
+
+        try:
+            response = self._http.request(method, path, **kwargs)
+        except httpx.TimeoutException as exc:
+            raise BackendError(f"upstream {self.config.base_url} timed out after {self.config.timeout_s} s") from exc
+        except httpx.HTTPError as exc:
+            raise BackendError(f"upstream {self.config.base_url} unreachable: {type(exc).__name__}") from exc
+        if response.status_code >= 500:
+            raise BackendError(f"upstream answered {response.status_code}: {response.text[:200]}")
+        if response.status_code >= 400:
+            raise BackendError(f"upstream refused the request ({response.status_code}): {response.text[:200]}")
+        return response.json()

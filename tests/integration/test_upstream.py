@@ -1,0 +1,46 @@
+"""The upstream backend against a real OpenAI-compatible server: a second gateway on loopback."""
+
+from __future__ import annotations
+
+import httpx
+import openai
+import pytest
+
+from serving.resilience import BackendError
+from serving.server import free_port
+from serving.upstream import UpstreamConfig
+
+pytestmark = pytest.mark.slow
+
+
+def test_a_gateway_serves_through_an_upstream_gateway(gateway, launch_gateway):
+    upstream = UpstreamConfig(base_url=f"{gateway.url}/v1", render_prompt=False, timeout_s=10)
+    with launch_gateway(upstream=upstream, split_poll_s=0.1) as front:
+        api = openai.OpenAI(base_url=f"{front.url}/v1", api_key="-", max_retries=0)
+        direct = openai.OpenAI(base_url=f"{gateway.url}/v1", api_key="-", max_retries=0)
+        for prompt in ("I lost my card", "my top up failed", "what is the exchange rate"):
+            via_front = api.completions.create(model="intent-router", prompt=prompt)
+            straight = direct.completions.create(model="intent-router:v1", prompt=prompt)
+            assert via_front.model == "intent-router:v1"
+            assert via_front.choices[0].text == straight.choices[0].text
+        assert front.state.live.live() == {1: "intent-router:v1"}
+
+
+def test_an_unreachable_upstream_fails_fast_and_opens_the_circuit(tiny_registry, launch_gateway):
+    dead = UpstreamConfig(base_url=f"http://127.0.0.1:{free_port()}/v1", timeout_s=1)
+    with pytest.raises(BackendError, match="unreachable"):  # it cannot even check the champion is served
+        launch_gateway(upstream=dead)
+
+
+def test_upstream_failures_become_502_then_503(gateway, launch_gateway):
+    upstream = UpstreamConfig(base_url=f"{gateway.url}/v1", render_prompt=False, timeout_s=5)
+    with launch_gateway(upstream=upstream, breaker_failures=2, breaker_reset_s=60) as front:
+        backend = front.state.live.backend
+        backend._http.base_url = f"http://127.0.0.1:{free_port()}/v1"  # the upstream goes away
+        body = {"model": "intent-router", "prompt": "hi"}
+        statuses = [httpx.post(f"{front.url}/v1/completions", json=body).status_code for _ in range(4)]
+        assert statuses[:2] == [502, 502] and statuses[2:] == [503, 503]
+        metrics = httpx.get(f"{front.url}/metrics").text
+        assert 'category="infra"' in metrics and "slm_backend_circuit_open 1.0" in metrics
+        ready = httpx.get(f"{front.url}/readyz")
+        assert ready.status_code == 503
