@@ -78,8 +78,9 @@ def retrain_cmd(
 ) -> None:
     """Validate data, fine-tune a LoRA challenger, benchmark it against the champion, gate, register."""
     from lifecycle.config import RetrainParams
+    from lifecycle.settings import project_root
 
-    if not Path(config).is_file() and not (Path(__file__).parent.parent / config).is_file():
+    if not (project_root() / config).is_file():  # an absolute path stays itself under `/`
         console.print(f"[red]error:[/red] config {config} does not exist")
         raise typer.Exit(2)
     run_retrain(RetrainParams(config=config, data=data, replay_rows=replay_rows, benchmarks=benchmarks,

@@ -10,11 +10,11 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
-from data_checks.readers import read_jsonl
 from lifecycle.audit import canonical_json
 from lifecycle.config import load_yaml_config
+from lifecycle.data import read_pairs
 from lifecycle.prompting import format_by_identity
-from lifecycle.records import BaseModelRef, EvalReport, Lineage, ModelVersion
+from lifecycle.records import BaseModelRef, DatasetFingerprint, Lineage, ModelVersion
 from lifecycle.settings import get_settings, project_root
 from lifecycle.status import VersionStatus
 from lifecycle.task import TaskSpec
@@ -53,7 +53,7 @@ def build_base(data: TaskData, config_path: Path) -> tuple[Path, BaseModelInfo]:
     if (cached / BUILD_INFO).is_file():
         return cached, BaseModelInfo.model_validate_json((cached / BUILD_INFO).read_text())
     shutil.rmtree(cached, ignore_errors=True)
-    info = build_base_model(read_jsonl(data.before_train.path), cached, config,
+    info = build_base_model(read_pairs(data.before_train.path), cached, config,
                             threads=get_settings().torch_threads)
     (cached / BUILD_INFO).write_text(info.model_dump_json(indent=2))  # last: marks the cache entry complete
     return cached, info
@@ -63,21 +63,16 @@ def build_base(data: TaskData, config_path: Path) -> tuple[Path, BaseModelInfo]:
 def register_v1(model: str, spec: TaskSpec, data: TaskData, base_dir: Path, info: BaseModelInfo,
                 config_path: Path, batch_size: int = 64) -> ModelVersion:
     config = load_yaml_config(BaseModelConfig, config_path)
+    golden = {GOLDEN_BEFORE: data.golden_before.path, GOLDEN_DRIFTED: data.golden_drifted.path}
     with open_registry() as registry:
         uri, revision = registry.artifacts.put_base(spec.name, base_dir)
         backend = InProcessBackend(registry.artifacts.base_dir(uri), format_by_identity(config.prompt_format),
                                    threads=get_settings().torch_threads)
-        golden = {GOLDEN_BEFORE: data.golden_before.path, GOLDEN_DRIFTED: data.golden_drifted.path}
-        evals: list[EvalReport] = score_on(backend, {f"{model}:v1": None}, golden, set(spec.labels),
-                                           batch_size)[f"{model}:v1"]
-        datasets = [registry.snapshot_dataset("train", read_jsonl(data.before_train.path), str(data.before_train.path)),
-                    *(registry.snapshot_dataset(name, read_jsonl(path), str(path)) for name, path in golden.items())]
-        commit, dirty = git_commit(project_root())
-        lineage = Lineage(base_model=BaseModelRef(model_id=uri, revision=revision), datasets=datasets,
-                          recipe=config.model_dump(mode="json"), prompt_format=config.prompt_format,
-                          code_commit=commit, code_dirty=dirty, libraries=library_versions(), hardware=hardware(),
-                          wall_time_s=info.wall_seconds, tokens_per_s=info.tokens_per_s, train_loss=info.train_loss,
-                          trigger="bootstrap")
+        label = f"{model}:base"
+        evals = score_on(backend, {label: None}, golden, set(spec.labels), batch_size)[label]
+        datasets = [registry.snapshot_dataset("train", read_pairs(data.before_train.path), str(data.before_train.path)),
+                    *(registry.snapshot_dataset(name, read_pairs(path), str(path)) for name, path in golden.items())]
+        lineage = _base_lineage(BaseModelRef(model_id=uri, revision=revision), datasets, config, info)
         version = registry.register(model, staged=None, status=VersionStatus.CANDIDATE, actor="bootstrap",
                                     reason="bootstrap: the offline base model; no champion to gate against",
                                     lineage=lineage, evals=evals, task=spec.name)
@@ -87,3 +82,12 @@ def register_v1(model: str, spec: TaskSpec, data: TaskData, base_dir: Path, info
         [f"**{version.ref}** registered and promoted to champion", "", "| golden set | exact match |", "|---|---|"]
         + [f"| {r.benchmark} | {r.exact_match:.3f} |" for r in evals]))
     return version
+
+
+def _base_lineage(base: BaseModelRef, datasets: list[DatasetFingerprint], config: BaseModelConfig,
+                  info: BaseModelInfo) -> Lineage:
+    commit, dirty = git_commit(project_root())
+    return Lineage(base_model=base, datasets=datasets, recipe=config.model_dump(mode="json"),
+                   prompt_format=config.prompt_format, code_commit=commit, code_dirty=dirty,
+                   libraries=library_versions(), hardware=hardware(), wall_time_s=info.wall_seconds,
+                   tokens_per_s=info.tokens_per_s, train_loss=info.train_loss, trigger="bootstrap")
