@@ -7,10 +7,13 @@ Two ways to serve several versions of one base model (``adapter_mode``):
 
 - "merged": each adapter is merged into its own copy of the base weights (a plain model per version); the
   base itself stays unwrapped. A batch is split by version and each group runs through its own model at
-  full speed. Measured on CPU (bench/gateway_bench.py, 1 thread): two live versions unmerged reach only
-  0.42-0.63x the tokens/s of one merged model; merged copies close that gap. The price: every merged
-  version costs one full model of memory — fine for a small model, wrong for a 7B, where multi-LoRA
-  kernels (vLLM/S-LoRA style: the base runs once, per-row LoRA deltas are batched) are the answer.
+  full speed. Measured on CPU (bench/gateway_bench.py's closed loop, 1 thread, the 1.2M-parameter demo
+  model, splits 90/10 and 50/50): against one merged model alone, two versions unmerged reach 0.47-0.76x
+  the tokens/s, merged 0.6-0.8x at concurrency 8 and 32 and ~1x at concurrency 1, with lower p99. What
+  is left is the second pass: each version group is its own ``generate`` call, and on a tiny model the
+  per-step overhead, not the FLOPs, dominates. The price: every merged version costs one full model of
+  memory — fine for a small model, wrong for a 7B, where multi-LoRA kernels (vLLM/S-LoRA style: the
+  base runs once, per-row LoRA deltas are batched) are the answer.
 - "unmerged": one base model with every adapter on top through peft; batches mixing adapters go through
   peft's per-row ``adapter_names`` path ("__base__" for rows without an adapter). One model of memory
   whatever the number of versions.

@@ -28,9 +28,11 @@ def adapters(tiny_base_model, tiny_before_pairs, tiny_drifted_pairs, tmp_path_fa
     return {"drift": root / "drift", "mixed": root / "mixed"}
 
 
-@pytest.fixture(scope="module")
-def backend(tiny_base_model, adapters) -> InProcessBackend:
-    b = InProcessBackend(tiny_base_model[0], INTENT_V1, threads=1, device="cpu")
+@pytest.fixture(scope="module", params=["merged", "unmerged"])
+def backend(request, tiny_base_model, adapters) -> InProcessBackend:
+    """Both adapter modes answer every test alike (test_backend_merged.py compares them row by row)."""
+    b = InProcessBackend(tiny_base_model[0], INTENT_V1, threads=1, device="cpu", adapter_mode=request.param)
+    assert b.mode == request.param
     for name, folder in adapters.items():
         b.load_adapter(name, folder)
     return b
@@ -92,10 +94,11 @@ def test_a_mixed_batch_answers_each_row_as_its_own_adapter_would(backend, tiny_b
     assert [g.text for g in single["drift"]] != [g.text for g in single["mixed"]]
 
 
+@pytest.mark.parametrize("mode", ["merged", "unmerged"])
 def test_unload_and_reload_give_the_same_generations(tiny_base_model, adapters, tiny_before_pairs,
-                                                     tiny_drifted_pairs):
+                                                     tiny_drifted_pairs, mode):
     prompts = [p.prompt for p in tiny_before_pairs[:16] + tiny_drifted_pairs[:16]]
-    b = InProcessBackend(tiny_base_model[0], INTENT_V1, device="cpu")
+    b = InProcessBackend(tiny_base_model[0], INTENT_V1, device="cpu", adapter_mode=mode)
     bare = [g.text for g in b.generate(prompts, [None] * len(prompts))]
     b.load_adapter("drift", adapters["drift"])
     b.load_adapter("mixed", adapters["mixed"])
