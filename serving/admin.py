@@ -77,7 +77,8 @@ def admin_router(state) -> APIRouter:
         await asyncio.to_thread(state.writer.flush, 5)
         rows = await asyncio.to_thread(state.predictions.aggregates, state.model,
                                        until - timedelta(minutes=minutes), until)
-        return [r.model_dump(mode="json") for r in rows]
+        usage = {u["version"]: u for u in state.usage()}  # this replica, since it started
+        return [{**r.model_dump(mode="json"), "usage_since_start": usage.get(r.version)} for r in rows]
 
     async def audited(action: str, number: int) -> dict:
         await asyncio.to_thread(state.registry.store.append_audit, actor="admin-api", action=action,

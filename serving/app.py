@@ -43,7 +43,7 @@ def build_state(config: ServeConfig, registry: Registry | None = None) -> Gatewa
     backend = _backend(config, registry, champion)
     store = PredictionStore(registry.store.engine, store_text=config.store_text)
     keys = frozenset(k.strip() for k in os.environ.get("SLM_API_KEYS", "").split(",") if k.strip())
-    return GatewayState(
+    state = GatewayState(
         config=config, registry=registry, live=LiveModel(registry, config.model, backend, config.split_poll_s),
         batcher=MicroBatcher(backend.generate, max_batch=config.max_batch, max_wait_s=config.max_wait_ms / 1000),
         writer=PredictionWriter(store), predictions=store,
@@ -52,6 +52,8 @@ def build_state(config: ServeConfig, registry: Registry | None = None) -> Gatewa
                                reset_after_s=config.breaker_reset_s),
         allowed=frozenset(load_task(config.task, project_root()).labels),
         admin_token=os.environ.get("SLM_ADMIN_TOKEN") or None, api_keys=keys)
+    state.batcher.on_batch = state.account_batch
+    return state
 
 
 def _backend(config: ServeConfig, registry: Registry, champion: ModelVersion):

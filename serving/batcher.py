@@ -9,6 +9,7 @@ default wait is 0, so a lone request never waits for company that is not coming.
 
 from __future__ import annotations
 
+import logging
 import queue
 import threading
 import time
@@ -16,7 +17,10 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 
 Generate = Callable[[Sequence[str], Sequence[str | None]], list]
+#: Told after every batch: the adapter of each row, the batch's wall seconds and the worker's CPU seconds.
+OnBatch = Callable[[Sequence[str | None], float, float], None]
 _STOP = object()
+log = logging.getLogger(__name__)
 
 
 class BatcherClosed(RuntimeError):
@@ -24,8 +28,10 @@ class BatcherClosed(RuntimeError):
 
 
 class MicroBatcher:
-    def __init__(self, generate: Generate, *, max_batch: int = 32, max_wait_s: float = 0.0) -> None:
+    def __init__(self, generate: Generate, *, max_batch: int = 32, max_wait_s: float = 0.0,
+                 on_batch: OnBatch | None = None) -> None:
         self._generate = generate
+        self.on_batch = on_batch
         self.max_batch, self.max_wait_s = max_batch, max_wait_s
         self._queue: queue.Queue = queue.Queue()
         self._closed = False
@@ -80,11 +86,23 @@ class MicroBatcher:
         if not batch:
             return
         prompts, adapters, futures = zip(*batch, strict=True)
+        wall, cpu = time.perf_counter(), time.thread_time()
         try:
             results = self._generate(list(prompts), list(adapters))
         except BaseException as exc:  # every waiting request learns what happened
+            self._account(adapters, wall, cpu)
             for future in futures:
                 future.set_exception(exc)
             return
+        self._account(adapters, wall, cpu)
         for future, result in zip(futures, results, strict=True):
             future.set_result(result)
+
+    def _account(self, adapters: Sequence[str | None], wall: float, cpu: float) -> None:
+        # thread_time sees torch's work when it runs on this thread (the gateway's 1 intra-op thread).
+        if self.on_batch is None:
+            return
+        try:
+            self.on_batch(adapters, time.perf_counter() - wall, time.thread_time() - cpu)
+        except Exception:  # accounting must never take the worker down
+            log.exception("batch accounting failed")

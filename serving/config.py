@@ -26,6 +26,8 @@ class ServeConfig(Frozen):
     breaker_reset_s: float = Field(default=10.0, gt=0, description="open circuit waits this long, then probes")
     store_text: bool = Field(default=True, description="False: the prediction log keeps hashes, not text")
     torch_threads: int = Field(default=1, ge=1)
+    price_per_hour: float = Field(default=0.0, ge=0, description="what this machine costs an hour (any currency): "
+                                  "turns each version's compute share into cost per 1,000 requests")
     guardrails: GuardrailPolicy = Field(default_factory=GuardrailPolicy, description="checks on every output")
     upstream: UpstreamConfig | None = Field(default=None, description="serve through an OpenAI-compatible "
                                             "server (vLLM) instead of the in-process backend")

@@ -30,6 +30,14 @@ class GatewayMetrics:
                                  registry=self.registry)
         self.log_dropped = Counter("slm_prediction_log_dropped", "Predictions the log could not take (full or "
                                    "closed); each is also logged as an error", registry=self.registry)
+        self.compute = Counter("slm_compute_seconds", "Backend wall time, each batch shared equally by its rows",
+                               ("model", "version"), registry=self.registry)
+        self.cpu = Counter("slm_cpu_seconds", "Backend CPU time of the generating thread, shared by rows",
+                           ("model", "version"), registry=self.registry)
+        self.cost = Gauge("slm_cost_per_1k_requests", "Hardware price per hour x compute share, per 1,000 requests",
+                          ("model", "version"), registry=self.registry)
+        self.peak_memory = Gauge("slm_process_peak_memory_mb", "Peak memory of the serving process (CUDA peak on "
+                                 "a GPU)", registry=self.registry)
         self.rejected = Counter("slm_rejected_requests", "Requests refused before routing (bad input, auth)",
                                 ("reason",), registry=self.registry)
 

@@ -51,6 +51,7 @@ class GatewayState:
     api_keys: frozenset[str] = frozenset()
     metrics: GatewayMetrics = field(default_factory=GatewayMetrics)
     _shadow_tasks: set = field(default_factory=set)
+    _usage: dict = field(default_factory=dict)  # version -> [rows, compute s, cpu s] since start
 
     @property
     def model(self) -> str:
@@ -167,6 +168,35 @@ class GatewayState:
             self.metrics.split.labels(self.model, role, f"v{version}").set(share)
         self.metrics.breaker_open.set(1 if self.breaker.snapshot().state == "open" else 0)
         self.metrics.log_pending.set(self.writer.pending())
+        self.metrics.peak_memory.set(self.live.backend.peak_memory_mb() if hasattr(self.live.backend,
+                                                                                   "peak_memory_mb") else 0)
+        for row in self.usage():
+            if row["cost_per_1k_requests"] is not None:
+                self.metrics.cost.labels(self.model, f"v{row['version']}").set(row["cost_per_1k_requests"])
+
+    def account_batch(self, adapters, wall_s: float, cpu_s: float) -> None:
+        """Share a batch's wall and CPU time equally among its rows, per version (batcher callback)."""
+        by_adapter = {adapter: version for version, adapter in self.live.live().items()}
+        share = 1 / len(adapters)
+        for adapter in adapters:
+            version = by_adapter.get(adapter)
+            if version is None:
+                continue  # unloaded while the batch ran
+            usage = self._usage.setdefault(version, [0, 0.0, 0.0])
+            usage[0] += 1
+            usage[1] += wall_s * share
+            usage[2] += cpu_s * share
+            self.metrics.compute.labels(self.model, f"v{version}").inc(wall_s * share)
+            self.metrics.cpu.labels(self.model, f"v{version}").inc(cpu_s * share)
+
+    def usage(self) -> list[dict]:
+        """Per version since start: rows generated, compute and CPU seconds, cost per 1,000 requests."""
+        rows = []
+        for version, (n, compute, cpu) in sorted(self._usage.items()):
+            cost = self.config.price_per_hour / 3600 * compute / n * 1000 if n else None
+            rows.append({"version": version, "rows": n, "compute_s": compute, "cpu_s": cpu,
+                         "cost_per_1k_requests": cost})
+        return rows
 
     def close(self) -> None:
         self.live.close()

@@ -73,7 +73,7 @@ def launch_gateway(tiny_registry):
 def gateway(tiny_registry):
     os.environ["SLM_ADMIN_TOKEN"] = "admin-secret-for-tests"
     try:
-        with start_gateway(max_wait_ms=2.0, split_poll_s=0.1) as running:
+        with start_gateway(max_wait_ms=2.0, split_poll_s=0.1, price_per_hour=3.6) as running:
             yield running
     finally:
         os.environ.pop("SLM_ADMIN_TOKEN", None)

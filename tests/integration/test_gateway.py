@@ -132,6 +132,10 @@ def test_aggregates_per_version(gateway):
     rows = httpx.get(f"{gateway.url}/admin/aggregates", params={"minutes": 5}, headers=ADMIN).json()
     champion = next(r for r in rows if r["version"] == 1 and r["role"] == "champion")
     assert champion["requests"] >= 5 and champion["latency_p50_ms"] > 0
+    usage = champion["usage_since_start"]
+    assert usage["rows"] >= 5 and usage["compute_s"] > 0
+    # 3.6 per hour = 0.001 per second: cost per 1k requests = compute seconds per request
+    assert usage["cost_per_1k_requests"] == pytest.approx(usage["compute_s"] / usage["rows"])
     assert httpx.get(f"{gateway.url}/admin/aggregates", headers={}).status_code == 401
     assert httpx.get(f"{gateway.url}/admin/aggregates", params={"minutes": -1}, headers=ADMIN).status_code == 400
 
@@ -150,6 +154,9 @@ def test_metrics_health_and_readiness(gateway):
     text = httpx.get(f"{gateway.url}/metrics").text
     assert 'slm_requests_total{model="intent-router"' in text
     assert "slm_request_latency_seconds_bucket" in text
+    assert 'slm_compute_seconds_total{model="intent-router",version="v1"}' in text
+    assert 'slm_cost_per_1k_requests{model="intent-router",version="v1"}' in text
+    assert "slm_process_peak_memory_mb" in text
     assert httpx.get(f"{gateway.url}/healthz").json() == {"status": "ok"}
     ready = httpx.get(f"{gateway.url}/readyz")
     assert ready.status_code == 200 and ready.json()["ready"] is True

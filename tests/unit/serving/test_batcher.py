@@ -68,3 +68,12 @@ def test_a_cancelled_request_is_skipped():
     assert blocker.result(timeout=5) == "first"
     batcher.close()
     assert cancelled.cancelled()
+
+
+def test_each_batch_is_accounted_to_its_rows():
+    seen = []
+    batcher = MicroBatcher(Recorder(delay=0.01), on_batch=lambda adapters, wall, cpu: seen.append(
+        (list(adapters), wall, cpu)))
+    batcher.submit("a", "v2").result(timeout=5)
+    batcher.close()
+    assert seen[0][0] == ["v2"] and seen[0][1] >= 0.01 and seen[0][2] >= 0
