@@ -6,9 +6,11 @@ in about a second; it answers them well enough for behavioural tests of training
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import os
 import sys
+import uuid
 from pathlib import Path
 
 import pytest
@@ -70,3 +72,33 @@ def tiny_base_model(tmp_path_factory, tiny_before_pairs, tiny_base_config):
     out = tmp_path_factory.mktemp("tiny-base") / "base"
     info = build_base_model(tiny_before_pairs, out, tiny_base_config, threads=1, device="cpu")
     return out, info
+
+
+PG_URL = os.environ.get("SLM_TEST_POSTGRES_URL")
+
+
+@contextlib.contextmanager
+def _temporary_pg_database():
+    """A PostgreSQL database of its own, dropped afterwards. Skips when SLM_TEST_POSTGRES_URL is unset
+    (CI's .ci/run sets it, so CI never skips)."""
+    if not PG_URL:
+        pytest.skip("SLM_TEST_POSTGRES_URL is not set (CI sets it)")
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    admin = create_engine(PG_URL, isolation_level="AUTOCOMMIT")
+    name = f"slm_test_{uuid.uuid4().hex[:10]}"
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield make_url(PG_URL).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def pg_database():
+    """``with pg_database() as url: ...`` — see _temporary_pg_database."""
+    return _temporary_pg_database

@@ -1,0 +1,47 @@
+"""Two gateway replicas sharing one PostgreSQL registry: a split change through either reaches the other."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import httpx
+import pytest
+
+pytestmark = [pytest.mark.slow, pytest.mark.postgres]
+ADMIN = {"Authorization": "Bearer admin-secret-for-tests"}
+
+
+@pytest.fixture(scope="module")
+def slm_home(tmp_path_factory, pg_database):
+    """Overrides the SQLite home of conftest: artifacts on disk, the registry in PostgreSQL."""
+    saved = {k: os.environ.get(k) for k in ("SLM_HOME", "SLM_DATABASE_URL", "SLM_ADMIN_TOKEN")}
+    with pg_database() as url:
+        os.environ.update(SLM_HOME=str(tmp_path_factory.mktemp("slm-pg")), SLM_DATABASE_URL=url,
+                          SLM_ADMIN_TOKEN="admin-secret-for-tests")
+        try:
+            yield os.environ["SLM_HOME"]
+        finally:
+            for key, value in saved.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
+
+
+def test_replicas_on_postgres_follow_each_other(tiny_registry, launch_gateway):
+    with launch_gateway(split_poll_s=0.1) as a, launch_gateway(split_poll_s=0.1) as b:
+        for source, target, percent in ((a, b, 20), (b, a, 70)):
+            response = httpx.put(f"{source.url}/admin/split", headers=ADMIN,
+                                 json={"challenger": 2, "challenger_percent": percent, "reason": "replica test"})
+            assert response.status_code == 200, response.text
+            revision = response.json()["revision"]
+            deadline = time.monotonic() + 1.0
+            while target.state.live.split.revision != revision and time.monotonic() < deadline:
+                time.sleep(0.02)
+            assert target.state.live.split.revision == revision
+            assert target.state.live.split.challenger_percent == percent
+            served = httpx.post(f"{target.url}/v1/completions", json={"model": "intent-router", "prompt": "card"})
+            assert served.status_code == 200
+        assert a.state.registry.store.engine.dialect.name == "postgresql"
+        assert a.state.registry.store.verify_audit().ok
