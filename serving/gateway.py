@@ -150,7 +150,7 @@ def _target(state: GatewayState, body: s._Request, prompt: str, request: Request
 async def _answer(state: GatewayState, body: s._Request, prompt: str, request: Request, chat: bool) -> Response:
     assignment, request_id, user_hash = _target(state, body, prompt, request)
     arrived = datetime.now(UTC)
-    result = await state.generate(assignment, prompt)
+    result = await state.generate(assignment, prompt, request_id)
     state.log_prediction(Prediction(
         ts=arrived, request_id=request_id, model=state.model, version=assignment.version, role=assignment.role,
         user_hash=user_hash, prompt=prompt, completion=result.text, latency_ms=result.latency_ms,

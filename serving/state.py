@@ -76,7 +76,7 @@ class GatewayState:
             return int(requested[len(prefix):])
         raise LookupError(f"model {requested!r} is not served here; use {self.model!r} or {self.model}:vN")
 
-    async def generate(self, assignment: Assignment, prompt: str) -> Answer:
+    async def generate(self, assignment: Assignment, prompt: str, request_id: str = "-") -> Answer:
         labels = (self.model, f"v{assignment.version}", assignment.role)
         start = time.perf_counter()
         try:
@@ -87,8 +87,8 @@ class GatewayState:
         except TimeoutError:
             return self._infra_failure(labels, 504, f"backend did not answer in {self.config.request_timeout_s} s")
         except BackendError as exc:
-            log.error("backend failure for %s:v%s (prompt %d chars)", self.model, assignment.version, len(prompt),
-                      exc_info=exc.__cause__ or exc)
+            log.error("backend failure: request %s, %s:v%s (%s), prompt %d chars, category infra", request_id,
+                      self.model, assignment.version, assignment.role, len(prompt), exc_info=exc.__cause__ or exc)
             return self._infra_failure(labels, 502, str(exc))
         checked = self.guardrails.check(gen.completion)
         outcome = "ok" if gen.completion in self.allowed else "model_error"
@@ -140,7 +140,7 @@ class GatewayState:
         assignment = Assignment(version=number, role="shadow")
 
         async def run() -> None:
-            result = await self.generate(assignment, prompt)
+            result = await self.generate(assignment, prompt, request_id)
             self.log_prediction(Prediction(
                 ts=arrived, request_id=request_id, model=self.model, version=number, role="shadow",
                 user_hash=user_hash, prompt=prompt, completion=result.text or None, latency_ms=result.latency_ms,

@@ -229,3 +229,19 @@ def test_a_split_change_on_one_replica_reaches_another(gateway, launch_gateway):
         assert replica.state.live.split.revision == changed["revision"]
         assert replica.state.live.split.challenger_percent == 30
     set_split(gateway)
+
+
+def test_api_keys_and_a_restart_that_keeps_the_split(gateway, launch_gateway, monkeypatch):
+    changed = set_split(gateway, challenger=2, challenger_percent=15, reason="persisted split")
+    monkeypatch.setenv("SLM_API_KEYS", "key-one, key-two")
+    with launch_gateway() as restarted:  # a fresh process would read the same registry row
+        assert restarted.state.live.split == gateway.state.live.split
+        assert restarted.state.live.split.revision == changed["revision"]
+        body = {"model": "intent-router", "prompt": "card"}
+        assert httpx.post(f"{restarted.url}/v1/completions", json=body).status_code == 401
+        wrong = httpx.post(f"{restarted.url}/v1/completions", json=body, headers={"Authorization": "Bearer nope"})
+        assert wrong.status_code == 401 and wrong.json()["error"]["code"] == "invalid_api_key"
+        ok = openai.OpenAI(base_url=f"{restarted.url}/v1", api_key="key-two", max_retries=0)
+        assert ok.completions.create(**body).model.startswith("intent-router:v")
+        assert httpx.get(f"{restarted.url}/healthz").status_code == 200  # probes need no key
+    set_split(gateway)
