@@ -57,24 +57,24 @@ def create_app(state: GatewayState) -> FastAPI:
     async def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
         first = exc.errors()[0] if exc.errors() else {"msg": "invalid request", "loc": ()}
         param = ".".join(str(p) for p in first.get("loc", ())[1:]) or None
-        state.metrics.rejected.labels(reason="invalid").inc()
+        state.metrics.reject("invalid", state.model)
         return _error(400, f"{first['msg']}" + (f" (at {param})" if param else ""), "invalid_request_error",
                       "invalid_request", param)
 
     @app.exception_handler(InputError)
     async def _refused(_request: Request, exc: InputError) -> JSONResponse:
-        state.metrics.rejected.labels(reason=exc.code).inc()
+        state.metrics.reject(exc.code, state.model)
         return _error(exc.status, str(exc), "invalid_request_error", exc.code, exc.param)
 
     @app.middleware("http")
     async def _limits(request: Request, call_next):
         length = request.headers.get("content-length")
         if length and length.isdigit() and int(length) > state.config.max_body_bytes:
-            state.metrics.rejected.labels(reason="too_large").inc()
+            state.metrics.reject("too_large", state.model)
             return _error(413, f"request body of {length} bytes exceeds {state.config.max_body_bytes}",
                           "invalid_request_error", "request_too_large")
         if request.url.path.startswith("/v1/") and not state.api_key_ok(request.headers.get("authorization")):
-            state.metrics.rejected.labels(reason="auth").inc()
+            state.metrics.reject("auth", state.model)
             return _error(401, "missing or invalid API key", "authentication_error", "invalid_api_key")
         return await call_next(request)
 

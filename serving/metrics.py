@@ -41,5 +41,10 @@ class GatewayMetrics:
         self.rejected = Counter("slm_rejected_requests", "Requests refused before routing (bad input, auth)",
                                 ("reason",), registry=self.registry)
 
+    def reject(self, reason: str, model: str = "-") -> None:
+        """A request refused before any version answered: an input error, with no version to blame."""
+        self.rejected.labels(reason=reason).inc()
+        self.errors.labels(model, "none", "none", "input").inc()
+
     def render(self) -> bytes:
         return generate_latest(self.registry)

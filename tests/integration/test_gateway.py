@@ -157,6 +157,9 @@ def test_metrics_health_and_readiness(gateway):
     assert 'slm_compute_seconds_total{model="intent-router",version="v1"}' in text
     assert 'slm_cost_per_1k_requests{model="intent-router",version="v1"}' in text
     assert "slm_process_peak_memory_mb" in text
+    httpx.post(f"{gateway.url}/v1/completions", json={"model": "intent-router"})
+    text = httpx.get(f"{gateway.url}/metrics").text
+    assert 'category="input",model="intent-router"' in text and 'slm_rejected_requests_total{reason="invalid"}' in text
     assert httpx.get(f"{gateway.url}/healthz").json() == {"status": "ok"}
     ready = httpx.get(f"{gateway.url}/readyz")
     assert ready.status_code == 200 and ready.json()["ready"] is True
