@@ -46,7 +46,7 @@ def build_state(config: ServeConfig, registry: Registry | None = None) -> Gatewa
     state = GatewayState(
         config=config, registry=registry, live=LiveModel(registry, config.model, backend, config.split_poll_s),
         batcher=MicroBatcher(backend.generate, max_batch=config.max_batch, max_wait_s=config.max_wait_ms / 1000),
-        writer=PredictionWriter(store), predictions=store,
+        writer=PredictionWriter(store, store_text=config.store_text), predictions=store,
         guardrails=Guardrails(config.guardrails),
         breaker=CircuitBreaker("in-process", failure_threshold=config.breaker_failures,
                                reset_after_s=config.breaker_reset_s),

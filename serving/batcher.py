@@ -89,14 +89,28 @@ class MicroBatcher:
         wall, cpu = time.perf_counter(), time.thread_time()
         try:
             results = self._generate(list(prompts), list(adapters))
-        except BaseException as exc:  # every waiting request learns what happened
+        except Exception as exc:
             self._account(adapters, wall, cpu)
-            for future in futures:
-                future.set_exception(exc)
+            if len(batch) == 1:
+                futures[0].set_exception(exc)
+            else:  # one bad row must not fail its neighbours: answer each alone
+                for item in batch:
+                    self._single(*item)
             return
         self._account(adapters, wall, cpu)
         for future, result in zip(futures, results, strict=True):
             future.set_result(result)
+
+    def _single(self, prompt: str, adapter: str | None, future: Future) -> None:
+        wall, cpu = time.perf_counter(), time.thread_time()
+        try:
+            result = self._generate([prompt], [adapter])[0]
+        except Exception as exc:
+            future.set_exception(exc)
+        else:
+            future.set_result(result)
+        finally:
+            self._account([adapter], wall, cpu)
 
     def _account(self, adapters: Sequence[str | None], wall: float, cpu: float) -> None:
         # thread_time sees torch's work when it runs on this thread (the gateway's 1 intra-op thread).

@@ -95,7 +95,7 @@ def create_app(state: GatewayState) -> FastAPI:
     @app.get("/v1/models")
     async def models() -> dict:
         created = int(time.time())
-        ids = [state.model] + [f"{state.model}:v{v}" for v in sorted(state.live.live())]
+        ids = [state.model] + [f"{state.model}:v{v}" for v in state.live.routable()]
         return {"object": "list", "data": [{"id": i, "object": "model", "created": created, "owned_by": "slm"}
                                            for i in ids]}
 
@@ -136,10 +136,12 @@ def _target(state: GatewayState, body: s._Request, prompt: str, request: Request
     if body.max_tokens is not None and body.max_tokens > state.config.max_tokens_limit:
         raise InputError(f"max_tokens {body.max_tokens} exceeds the limit {state.config.max_tokens_limit}",
                          code="max_tokens_too_large", param="max_tokens")
-    request_id = request.headers.get("x-request-id") or s.completion_id("cmpl")
-    if len(request_id) > 128 or not request_id.isprintable():
+    client_id = request.headers.get("x-request-id")
+    if client_id is not None and (len(client_id) > 128 or not client_id.isprintable()):
         raise InputError("x-request-id must be at most 128 printable characters", param="x-request-id")
-    user = request.headers.get("x-user-id") or body.user or request_id
+    # The logged key is always ours: a client reusing or retrying an id must not overwrite or hide a row.
+    request_id = s.completion_id("cmpl")
+    user = request.headers.get("x-user-id") or body.user or client_id or request_id
     try:
         assignment = state.live.assign(user, state.pinned_version(body.model))
     except LookupError as exc:
@@ -161,6 +163,8 @@ async def _answer(state: GatewayState, body: s._Request, prompt: str, request: R
         return _error(result.status, result.error or "backend error", "server_error", result.outcome)
     model_name = f"{state.model}:v{assignment.version}"
     headers = {"x-slm-version": model_name, "x-request-id": request_id, "x-slm-role": assignment.role}
+    if request.headers.get("x-request-id"):
+        headers["x-client-request-id"] = request.headers["x-request-id"]
     usage = s.Usage(prompt_tokens=result.prompt_tokens, completion_tokens=result.completion_tokens,
                     total_tokens=result.prompt_tokens + result.completion_tokens)
     if body.stream:

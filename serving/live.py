@@ -15,6 +15,7 @@ from contextlib import contextmanager
 
 from lifecycle.routing import Assignment, TrafficSplit, route
 from registry.service import Registry
+from registry.store import ConcurrentChangeError
 from registry.traffic import get_split, set_split, split_revision
 from serving.backend import InProcessBackend
 from serving.loader import load_version
@@ -33,7 +34,9 @@ class LiveModel:
         self._inflight: Counter[int] = Counter()
         self._cond = threading.Condition()
         self._stop = threading.Event()
-        self._load_lock = threading.Lock()  # the watcher and the admin API may load at the same time
+        # One lock for every change of what is loaded or routed: the watcher, the admin API and unloads
+        # take turns, so a split is never adopted while one of its versions is being unloaded.
+        self._load_lock = threading.RLock()
         self.split = self._initial_split()
         self._load(self.split.live_versions)
         self._watcher = threading.Thread(target=self._watch, name="slm-split-watcher", daemon=True)
@@ -44,8 +47,11 @@ class LiveModel:
         if split is not None:
             return split
         model, champion = self.registry.resolve(f"{self.model}:champion")
-        return set_split(self.registry.store, TrafficSplit(model=model, champion=champion), actor="gateway",
-                         reason="first start: all traffic to the champion", expected_revision=None)
+        try:
+            return set_split(self.registry.store, TrafficSplit(model=model, champion=champion), actor="gateway",
+                             reason="first start: all traffic to the champion", expected_revision=None)
+        except ConcurrentChangeError:  # another replica starting at the same moment wrote it first
+            return get_split(self.registry.store, self.model)
 
     def _load(self, versions: list[int]) -> None:
         with self._load_lock:
@@ -56,13 +62,16 @@ class LiveModel:
                                                       self.registry.store.get_version(self.model, number))
 
     def refresh(self) -> bool:
-        """Pick up a split changed by any replica. Returns True when it changed."""
+        """Pick up a newer split written by any replica. Returns True when it changed."""
         revision = split_revision(self.registry.store, self.model)
-        if revision is None or revision == self.split.revision:
+        if revision is None or revision <= self.split.revision:
             return False
-        split = get_split(self.registry.store, self.model)
-        self._load(split.live_versions)
-        self.split = split  # one reference assignment: readers see the old or the new split, never a mix
+        with self._load_lock:
+            split = get_split(self.registry.store, self.model)
+            if split.revision <= self.split.revision:  # adopted meanwhile by a concurrent refresh
+                return False
+            self._load(split.live_versions)
+            self.split = split  # one reference assignment: readers see the old or the new split, never a mix
         return True
 
     def _watch(self) -> None:
@@ -80,11 +89,16 @@ class LiveModel:
         split = self.split
         if pinned is None:
             return route(split, key)
-        if pinned not in self._adapters:
-            raise VersionNotLive(f"{self.model}:v{pinned} is not served by this gateway; live: "
-                                 + ", ".join(f"v{v}" for v in sorted(self._adapters)))
-        role = {split.champion: "champion", split.challenger: "challenger"}.get(pinned, "shadow")
-        return Assignment(version=pinned, role=role)
+        roles = {split.champion: "champion", split.challenger: "challenger"}
+        if pinned not in roles or pinned not in self._adapters:
+            raise VersionNotLive(f"{self.model}:v{pinned} is not routable here; pin the champion "
+                                 f"(v{split.champion})" + (f" or the challenger (v{split.challenger})"
+                                                           if split.challenger else ""))
+        return Assignment(version=pinned, role=roles[pinned])
+
+    def routable(self) -> list[int]:
+        """Versions a client may pin: the split's champion and challenger."""
+        return [v for v in (self.split.champion, self.split.challenger) if v is not None]
 
     def adapter(self, version: int) -> str | None:
         return self._adapters[version]
@@ -107,18 +121,26 @@ class LiveModel:
         self._load(numbers)
 
     def unload(self, number: int, timeout_s: float = 30.0) -> None:
-        """Unload a version that no split names, after its in-flight requests finished."""
-        if number in self.split.live_versions:
-            raise ValueError(f"v{number} is in the current split; move its traffic away first")
-        if number not in self._adapters:
-            return
-        adapter = self._adapters.pop(number)
-        deadline = time.monotonic() + timeout_s
-        with self._cond:
-            while self._inflight[number] and time.monotonic() < deadline:
-                self._cond.wait(timeout=0.05)
-        if adapter is not None:
-            self.backend.unload_adapter(adapter)
+        """Unload a version that no split names, once its in-flight requests have finished.
+
+        Raises ValueError when the split still names it, TimeoutError (and keeps it loaded) when its
+        requests do not finish within ``timeout_s``.
+        """
+        with self._load_lock:
+            if number in self.split.live_versions:
+                raise ValueError(f"v{number} is in the current split; move its traffic away first")
+            if number not in self._adapters:
+                return
+            deadline = time.monotonic() + timeout_s
+            with self._cond:
+                while self._inflight[number] and time.monotonic() < deadline:
+                    self._cond.wait(timeout=0.05)
+                if self._inflight[number]:
+                    raise TimeoutError(f"v{number} still has {self._inflight[number]} requests in flight after "
+                                       f"{timeout_s:g} s; it stays loaded")
+                adapter = self._adapters.pop(number)
+            if adapter is not None:
+                self.backend.unload_adapter(adapter)
 
     def live(self) -> dict[int, str | None]:
         return dict(self._adapters)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import logging
 import time
@@ -16,11 +17,17 @@ from registry.service import Registry
 from serving.batcher import MicroBatcher
 from serving.config import ServeConfig
 from serving.guardrails import Guardrails
-from serving.live import LiveModel
+from serving.live import LiveModel, VersionNotLive
 from serving.metrics import GatewayMetrics
 from serving.resilience import BackendError, CircuitBreaker, CircuitOpen
 
 log = logging.getLogger(__name__)
+
+
+def _bearer(authorization: str | None) -> bytes:
+    """The token of an ``Authorization: Bearer`` header as bytes (headers may hold any latin-1 text, and
+    hmac.compare_digest refuses non-ASCII str)."""
+    return (authorization or "").removeprefix("Bearer ").strip().encode("utf-8", "surrogateescape")
 
 
 @dataclass(frozen=True)
@@ -60,12 +67,11 @@ class GatewayState:
     def api_key_ok(self, authorization: str | None) -> bool:
         if not self.api_keys:
             return True
-        token = (authorization or "").removeprefix("Bearer ").strip()
-        return any(hmac.compare_digest(token, key) for key in self.api_keys)
+        token = _bearer(authorization)
+        return any(hmac.compare_digest(token, key.encode()) for key in self.api_keys)
 
     def admin_ok(self, authorization: str | None) -> bool:
-        token = (authorization or "").removeprefix("Bearer ").strip()
-        return bool(self.admin_token) and hmac.compare_digest(token, self.admin_token)
+        return bool(self.admin_token) and hmac.compare_digest(_bearer(authorization), self.admin_token.encode())
 
     def pinned_version(self, requested: str) -> int | None:
         """``MODEL`` routes by the split; ``MODEL:vN`` pins a live version; anything else is unknown."""
@@ -81,6 +87,9 @@ class GatewayState:
         start = time.perf_counter()
         try:
             gen = await self._call_backend(assignment, prompt)
+        except VersionNotLive:
+            return self._infra_failure(labels, 503, f"v{assignment.version} was unloaded while the request was "
+                                                    "routed; retry")
         except CircuitOpen as exc:
             return self._infra_failure(labels, 503, f"backend unavailable (circuit open): failing fast; retry in "
                                                     f"{exc.retry_after_s:.0f} s")
@@ -99,15 +108,22 @@ class GatewayState:
                       finish_reason="content_filter" if checked.refused else "stop")
 
     async def _call_backend(self, assignment: Assignment, prompt: str):
-        """One backend call under the circuit breaker: timeouts and backend exceptions are infra failures."""
-        with self.breaker.guard(), self.live.in_flight(assignment.version):
+        """One backend call under the circuit breaker: timeouts and backend exceptions are infra failures.
+        Shadow calls stay outside the breaker: a failing shadow must not close the door on real traffic."""
+        with self.live.in_flight(assignment.version):
             try:
-                future = self.batcher.submit(prompt, self.live.adapter(assignment.version))
-                return await asyncio.wait_for(asyncio.wrap_future(future), self.config.request_timeout_s)
-            except TimeoutError:
-                raise
-            except Exception as exc:
-                raise BackendError(f"backend failure: {type(exc).__name__}: {exc}") from exc
+                adapter = self.live.adapter(assignment.version)
+            except KeyError:
+                raise VersionNotLive(f"v{assignment.version}") from None
+            guard = contextlib.nullcontext() if assignment.role == "shadow" else self.breaker.guard()
+            with guard:
+                try:
+                    future = self.batcher.submit(prompt, adapter)
+                    return await asyncio.wait_for(asyncio.wrap_future(future), self.config.request_timeout_s)
+                except TimeoutError:
+                    raise
+                except Exception as exc:
+                    raise BackendError(f"backend failure: {type(exc).__name__}: {exc}") from exc
 
     def _infra_failure(self, labels: tuple, status: int, message: str) -> Answer:
         self.metrics.errors.labels(*labels, "infra").inc()

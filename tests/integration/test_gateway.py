@@ -78,6 +78,34 @@ def test_request_ids_are_checked(gateway):
     assert response.status_code == 400 and response.json()["error"]["param"] == "x-request-id"
 
 
+def test_client_request_ids_are_echoed_but_never_the_log_key(gateway):
+    body = {"model": "intent-router", "prompt": "where is my card"}
+    first = httpx.post(f"{gateway.url}/v1/completions", json=body, headers={"x-request-id": "client-42"})
+    again = httpx.post(f"{gateway.url}/v1/completions", json=body, headers={"x-request-id": "client-42"})
+    assert first.headers["x-client-request-id"] == again.headers["x-client-request-id"] == "client-42"
+    assert first.headers["x-request-id"] != again.headers["x-request-id"]  # two requests, two log rows
+    gateway.state.writer.flush(timeout=10)
+    logged = {p.request_id for p in gateway.state.predictions.window("intent-router", EPOCH, FAR, limit=None)}
+    assert {first.headers["x-request-id"], again.headers["x-request-id"]} <= logged
+
+
+def test_text_that_is_not_unicode_is_a_400_and_odd_auth_is_a_401(gateway):
+    raw = '{"model": "intent-router", "prompt": "\\ud800 broken"}'
+    response = httpx.post(f"{gateway.url}/v1/completions", content=raw, headers={"content-type": "application/json"})
+    assert response.status_code == 400 and "Unicode" in response.json()["error"]["message"]
+    odd = httpx.get(f"{gateway.url}/admin/split", headers={"Authorization": b"Bearer caf\xc3\xa9"})
+    assert odd.status_code == 401
+
+
+def test_only_the_champion_and_challenger_can_be_pinned(gateway):
+    set_split(gateway, shadow=2)
+    with pytest.raises(openai.NotFoundError) as err:
+        client(gateway).completions.create(model="intent-router:v2", prompt="hello")
+    assert "not routable" in err.value.body["message"]
+    assert "intent-router:v2" not in [m.id for m in client(gateway).models.list()]
+    set_split(gateway)
+
+
 def test_oversized_body_is_413(gateway):
     response = httpx.post(f"{gateway.url}/v1/completions", content=b"x" * 70_000,
                           headers={"content-type": "application/json"})

@@ -77,3 +77,21 @@ def test_each_batch_is_accounted_to_its_rows():
     batcher.submit("a", "v2").result(timeout=5)
     batcher.close()
     assert seen[0][0] == ["v2"] and seen[0][1] >= 0.01 and seen[0][2] >= 0
+
+
+def test_one_bad_row_does_not_fail_its_neighbours():
+    def generate(prompts, adapters):
+        if "bad" in prompts:
+            raise TypeError("cannot tokenize")
+        return [p.upper() for p in prompts]
+
+    gate = threading.Event()
+    batcher = MicroBatcher(lambda p, a: (gate.wait(5), generate(p, a))[1], max_batch=8)
+    first = batcher.submit("warm", None)  # holds the worker while the next three queue into one batch
+    futures = [batcher.submit(p, None) for p in ("ok1", "bad", "ok2")]
+    gate.set()
+    assert first.result(timeout=5) == "WARM"
+    assert futures[0].result(timeout=5) == "OK1" and futures[2].result(timeout=5) == "OK2"
+    with pytest.raises(TypeError):
+        futures[1].result(timeout=5)
+    batcher.close()
