@@ -9,7 +9,7 @@ gate looks at the paired per-item difference in exact match, ``d_i = challenger_
 * ``superior`` rule (the "drifted" set by default): PASS only if the lower bound is above ``+margin``;
   FAIL if the upper bound is at or below ``+margin`` (no gain the data can see); otherwise INCONCLUSIVE.
 
-Guardrails are checked on every golden set: the challenger's malformed-output rate (answers outside the
+Guardrails are checked on every golden set the policy has a rule for: the challenger's malformed-output rate (answers outside the
 task's allowed set) within an absolute budget and not much above the champion's, and its p95 latency
 within a ratio of the champion's. Fewer items than ``min_items`` is INCONCLUSIVE, never a pass.
 The decision is the worst finding; only PASS registers a candidate.
@@ -132,12 +132,9 @@ def _paired_arrays(champion: EvalReport, challenger: EvalReport) -> tuple[np.nda
     return np.array([champ[i] for i in ids]), np.array([chall[i] for i in ids])
 
 
-def _rule_finding(rule: BenchmarkRule, ci: Interval, min_items: int) -> Finding:
+def _rule_finding(rule: BenchmarkRule, ci: Interval) -> Finding:
     check = f"{rule.benchmark}: {rule.kind.replace('_', '-')}"
     span = f"diff {ci.mean:+.3f}, {ci.confidence:.0%} CI [{ci.lower:+.3f}, {ci.upper:+.3f}] over {ci.n} items"
-    if ci.n < min_items:
-        return Finding(check=check, verdict=Verdict.INCONCLUSIVE, observed=float(ci.n), threshold=min_items,
-                       reason=f"only {ci.n} paired items, need {min_items}")
     threshold = -rule.margin if rule.kind == "non_inferior" else rule.margin
     if ci.lower > threshold:
         verdict, why = Verdict.PASS, f"lower bound {ci.lower:+.3f} > {threshold:+.3f}"
@@ -186,10 +183,15 @@ def evaluate_gate(
             continue
         champ_r, chall_r = by_name_champ[rule.benchmark], by_name_chall[rule.benchmark]
         champ_arr, chall_arr = _paired_arrays(champ_r, chall_r)
+        if champ_arr.size < policy.min_items:  # checked before the bootstrap, which needs at least one item
+            findings.append(Finding(check=f"{rule.benchmark}: paired items", verdict=Verdict.INCONCLUSIVE,
+                                    observed=float(champ_arr.size), threshold=policy.min_items,
+                                    reason=f"only {champ_arr.size} paired items, need {policy.min_items}"))
+            continue
         ci = paired_bootstrap(champ_arr, chall_arr, confidence=policy.confidence,
                               n_resamples=policy.n_resamples, seed=policy.seed)
         intervals[rule.benchmark] = ci
-        findings.append(_rule_finding(rule, ci, policy.min_items))
+        findings.append(_rule_finding(rule, ci))
         findings.extend(_guardrail_findings(champ_r, chall_r, policy))
     return GateDecision(verdict=worst(f.verdict for f in findings), findings=findings,
                         intervals=intervals, policy=policy)

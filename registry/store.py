@@ -298,10 +298,12 @@ class RegistryStore:
             return ChainHead(count=row.count, last_hash=row.last_hash) if row else None
 
     def verify_audit(self) -> VerifyResult:
-        # Read events and head in one transaction so a concurrent append cannot look like tampering.
+        # Lock the head first (appenders wait on it), then read the events: under PostgreSQL's READ COMMITTED
+        # each statement has its own snapshot, so without the lock an append in between would look like
+        # tampering. On SQLite the write transaction already excludes appenders.
         with self._tx() as conn:
+            head = conn.execute(select(t.audit_head).where(t.audit_head.c.id == 1).with_for_update()).first()
             rows = conn.execute(select(t.audit_events).order_by(t.audit_events.c.seq)).all()
-            head = conn.execute(select(t.audit_head).where(t.audit_head.c.id == 1)).first()
         stored_head = ChainHead(count=head.count, last_hash=head.last_hash) if head else None
         return verify([_event(r) for r in rows], stored_head)
 

@@ -15,8 +15,10 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from lifecycle.routing import TrafficSplit
+from registry.artifacts import ArtifactIntegrityError
 from registry.store import ConcurrentChangeError, NotFoundError
 from registry.traffic import set_split
+from serving.resilience import BackendError
 from serving.schemas import error_body
 
 
@@ -56,14 +58,17 @@ def admin_router(state) -> APIRouter:
         except ValueError as exc:
             raise AdminError(400, str(exc), "invalid_split") from None
         expected = change.expected_revision if change.expected_revision is not None else ...
+        before = set(state.live.live())
         try:
-            await asyncio.to_thread(state.live.load_all, split.live_versions)  # load before routing to it
+            await _loading(asyncio.to_thread(state.live.load_all, split.live_versions))  # load, then route
             saved = await asyncio.to_thread(set_split, state.registry.store, split, actor="admin-api",
                                             reason=change.reason, expected_revision=expected)
-        except NotFoundError as exc:
-            raise AdminError(404, str(exc), "version_not_found") from None
-        except ConcurrentChangeError as exc:
-            raise AdminError(409, str(exc), "conflict") from None
+        except (AdminError, ConcurrentChangeError) as exc:
+            for number in set(state.live.live()) - before:  # undo what this call loaded
+                await asyncio.to_thread(state.live.unload, number)
+            if isinstance(exc, ConcurrentChangeError):
+                raise AdminError(409, str(exc), "conflict") from None
+            raise
         await asyncio.to_thread(state.live.refresh)
         return saved.model_dump()
 
@@ -87,21 +92,32 @@ def admin_router(state) -> APIRouter:
 
     @router.post("/versions/{number}/load")
     async def load(number: int) -> dict:
-        try:
-            await asyncio.to_thread(state.live.load, number)
-        except NotFoundError as exc:
-            raise AdminError(404, str(exc), "version_not_found") from None
+        await _loading(asyncio.to_thread(state.live.load, number))
         return await audited("gateway.loaded", number)
 
     @router.post("/versions/{number}/unload")
     async def unload(number: int) -> dict:
         try:
             await asyncio.to_thread(state.live.unload, number)
-        except ValueError as exc:
+        except (ValueError, TimeoutError) as exc:
             raise AdminError(409, str(exc), "in_use") from None
         return await audited("gateway.unloaded", number)
 
     return router
+
+
+async def _loading(work) -> None:
+    """Run a load; say in the status code why a version could not be loaded."""
+    try:
+        await work
+    except NotFoundError as exc:
+        raise AdminError(404, str(exc), "version_not_found") from None
+    except ArtifactIntegrityError as exc:
+        raise AdminError(409, str(exc), "artifact_integrity") from None
+    except BackendError as exc:
+        raise AdminError(502, str(exc), "backend_error") from None
+    except ValueError as exc:  # e.g. trained with another prompt format or base model
+        raise AdminError(400, str(exc), "not_servable") from None
 
 
 async def admin_error_handler(_request: Request, exc: AdminError) -> JSONResponse:

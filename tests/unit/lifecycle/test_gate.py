@@ -101,6 +101,13 @@ def test_gate_decisions(before, drifted, extra, verdict, check):
     assert all(r.startswith("[") for r in decision.reasons())
 
 
+def test_no_items_at_all_is_inconclusive_not_a_crash():
+    empty = report("before", np.zeros(0, bool))
+    policy = GatePolicy(rules=[BenchmarkRule(benchmark="before", kind="non_inferior", margin=0.03)])
+    decision = evaluate_gate([empty], [empty], policy)
+    assert decision.verdict is Verdict.INCONCLUSIVE and "only 0 paired items" in decision.reasons()[0]
+
+
 def test_gate_refuses_reports_on_different_items():
     champ, chall = paired(100, 10, 0)
     other = report("before", chall).model_copy(update={"items": [
