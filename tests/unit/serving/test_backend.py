@@ -15,19 +15,6 @@ from serving.backend import InProcessBackend
 REPO = Path(__file__).resolve().parents[3]
 
 
-@pytest.fixture(scope="module")
-def adapters(tiny_base_model, tiny_before_pairs, tiny_drifted_pairs, tmp_path_factory) -> dict[str, Path]:
-    """'drift' learned the two new intents; 'mixed' learned them with replayed old rows (another seed)."""
-    from training.lora import LoraRecipe, train_lora
-
-    root = tmp_path_factory.mktemp("adapters")
-    recipe = LoraRecipe(r=4, alpha=8, max_steps=100, batch_size=16, log_every=10, lr=2e-2)
-    train_lora(tiny_base_model[0], tiny_drifted_pairs, recipe, root / "drift", device="cpu")
-    train_lora(tiny_base_model[0], tiny_drifted_pairs + tiny_before_pairs[:100],
-               recipe.model_copy(update={"seed": 1}), root / "mixed", device="cpu")
-    return {"drift": root / "drift", "mixed": root / "mixed"}
-
-
 @pytest.fixture(scope="module", params=["merged", "unmerged"])
 def backend(request, tiny_base_model, adapters) -> InProcessBackend:
     """Both adapter modes answer every test alike (test_backend_merged.py compares them row by row)."""
