@@ -9,9 +9,10 @@ gate looks at the paired per-item difference in exact match, ``d_i = challenger_
 * ``superior`` rule (the "drifted" set by default): PASS only if the lower bound is above ``+margin``;
   FAIL if the upper bound is at or below ``+margin`` (no gain the data can see); otherwise INCONCLUSIVE.
 
-Guardrails are checked on every golden set the policy has a rule for: the challenger's malformed-output rate (answers outside the
-task's allowed set) within an absolute budget and not much above the champion's, and its p95 latency
-within a ratio of the champion's. Fewer items than ``min_items`` is INCONCLUSIVE, never a pass.
+Guardrails are checked on every golden set the policy has a rule for: the challenger's malformed-output
+rate (answers outside the task's allowed set) within an absolute budget and not much above the
+champion's, and its p95 latency within a ratio of the champion's. Fewer items than ``min_items`` is
+INCONCLUSIVE, never a pass.
 The decision is the worst finding; only PASS registers a candidate.
 """
 
