@@ -1,0 +1,230 @@
+"""The rollout plan as data, and the pure decision of one stage: advance, hold, or roll back.
+
+A plan (``configs/rollout.yaml``) is an ordered list of stages: an optional shadow stage (share 0: the
+challenger answers a mirror of the traffic, nothing it says is served), then canary shares that rise
+to 100. Each stage names a minimum sample per arm, a maximum duration, and guardrail metrics with their
+direction and the regression worth catching.
+
+``decide_stage`` compares the two arms' aggregates over the stage's window (``lifecycle.sequential``):
+
+* a silent arm (zero requests) or fewer requests than the stage's minimum is INCONCLUSIVE: never a pass;
+* a sample-ratio mismatch of the split is FAIL: the comparison is biased, so nothing it says can be trusted;
+* a rate metric FAILs when the one-sided mSPRT rejects "challenger no worse" (always-valid p <= alpha), at
+  any look; it PASSes when the anytime-valid interval rules out a regression as large as the one worth
+  catching; otherwise INCONCLUSIVE;
+* latency p95 is a budget, not a test (aggregates carry percentiles, not sums): judged once the minimum
+  sample is in, FAIL above ``(1 + regression) x`` the champion's p95.
+
+The worst finding decides (``lifecycle.verdict.worst``): PASS -> advance, FAIL -> roll back, INCONCLUSIVE
+-> hold; at the stage's maximum duration an INCONCLUSIVE stage pauses for a person or rolls back, as
+the plan says. On the 100 % stage the champion serves nothing: the caller passes the champion's
+aggregate from the previous stage as the reference, and the split is not checked.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+
+from lifecycle.predictions import VersionAggregate
+from lifecycle.records import Frozen
+from lifecycle.sequential import RateTest, SRMCheck, msprt_two_proportions, sample_ratio_mismatch
+from lifecycle.verdict import Finding, Verdict, worst
+
+MetricName = Literal["model_error_rate", "infra_error_rate", "guardrail_rate", "feedback_success_rate",
+                     "latency_p95_ms"]
+Direction = Literal["lower_is_better", "higher_is_better"]
+Action = Literal["advance", "hold", "pause", "rollback"]
+
+_NATURAL: dict[str, Direction] = {
+    "model_error_rate": "lower_is_better", "infra_error_rate": "lower_is_better",
+    "guardrail_rate": "lower_is_better", "feedback_success_rate": "higher_is_better",
+    "latency_p95_ms": "lower_is_better",
+}
+# (events, trials) of each rate metric, as exact counts: the sequential test needs counts, not rates.
+_COUNTS: dict[str, Callable[[VersionAggregate], tuple[int, int]]] = {
+    "model_error_rate": lambda a: (a.model_errors, a.requests),
+    "infra_error_rate": lambda a: (a.infra_errors, a.requests),
+    "guardrail_rate": lambda a: (a.guardrail_flagged, a.requests),
+    "feedback_success_rate": lambda a: (a.feedback_success, a.feedback_count),
+}
+
+
+class Guardrail(Frozen):
+    metric: MetricName
+    direction: Direction
+    regression: float = Field(gt=0, description="the regression worth catching: rates in absolute points "
+                              "(0.04 = 1 % -> 5 %), latency relative (0.25 = p95 25 % above the champion's)")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Guardrail:
+        natural = _NATURAL[self.metric]
+        if self.direction != natural:
+            raise ValueError(f"guardrail {self.metric}: direction must be {natural!r}, got {self.direction!r}")
+        if self.metric in _COUNTS and self.regression >= 1:
+            raise ValueError(f"guardrail {self.metric}: regression is a rate difference, give a value below 1 "
+                             f"(0.04 = four points), got {self.regression}")
+        return self
+
+
+class Stage(Frozen):
+    name: str = Field(min_length=1)
+    share: int = Field(ge=0, le=100, description="challenger's percent of served traffic; 0 = shadow")
+    min_requests_per_arm: int = Field(ge=1)
+    max_duration_s: float = Field(gt=0)
+    guardrails: list[Guardrail] = Field(min_length=1)
+    on_inconclusive: Literal["pause", "rollback"] = Field(
+        default="pause", description="what to do when still inconclusive at max_duration_s")
+    alpha: float = Field(default=0.05, gt=0, lt=0.5, description="one-sided error rate of each rate test")
+    srm_threshold: float = Field(default=0.001, gt=0, lt=0.1, description="split p-value below this is a FAIL")
+
+    @property
+    def shadow(self) -> bool:
+        return self.share == 0
+
+    @model_validator(mode="after")
+    def _feedback_needs_served_answers(self) -> Stage:
+        metrics = [g.metric for g in self.guardrails]
+        if len(set(metrics)) != len(metrics):
+            raise ValueError(f"stage {self.name!r} names a guardrail metric twice: {metrics}")
+        if self.shadow and "feedback_success_rate" in metrics:
+            raise ValueError(f"stage {self.name!r} is shadow (share 0): its answers are not served, so they get "
+                             "no feedback; remove feedback_success_rate from its guardrails")
+        return self
+
+
+class RolloutPlan(Frozen):
+    """``configs/rollout.yaml``. ``stage_defaults`` fill any field a stage leaves out."""
+
+    name: str = Field(min_length=1)
+    version: int = Field(ge=1, description="bump on every change; audit events name it")
+    approval_before_last_stage: bool = Field(default=True, description="a person approves going to 100 %")
+    stages: list[Stage] = Field(min_length=2)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _apply_defaults(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "stage_defaults" in data:
+            data = dict(data)
+            defaults = data.pop("stage_defaults") or {}
+            stages = data.get("stages")
+            if not isinstance(defaults, dict) or not isinstance(stages, list):
+                raise ValueError("stage_defaults must be a mapping and stages a list of mappings")
+            data["stages"] = [{**defaults, **s} if isinstance(s, dict) else s for s in stages]
+        return data
+
+    @model_validator(mode="after")
+    def _ordered(self) -> RolloutPlan:
+        names = [s.name for s in self.stages]
+        if len(set(names)) != len(names):
+            raise ValueError(f"stage names must be unique, got {names}")
+        shares = [s.share for s in self.stages]
+        if any(s.shadow for s in self.stages[1:]):
+            raise ValueError(f"only the first stage may be shadow (share 0), got shares {shares}")
+        if any(b <= a for a, b in zip(shares, shares[1:], strict=False)):
+            raise ValueError(f"stage shares must strictly increase, got {shares}")
+        if shares[-1] != 100:
+            raise ValueError(f"the last stage must send 100 % of traffic to the challenger, got {shares[-1]}")
+        return self
+
+
+class StageVerdict(Frozen):
+    stage: str
+    verdict: Verdict
+    action: Action
+    findings: list[Finding]
+    elapsed_s: float
+    srm: SRMCheck | None = None
+    tests: dict[str, RateTest] = Field(default_factory=dict)
+
+    def reasons(self) -> list[str]:
+        return [f"[{f.verdict}] {f.check}: {f.reason}" for f in self.findings]
+
+
+def _rate_finding(g: Guardrail, stage: Stage, champion: VersionAggregate,
+                  challenger: VersionAggregate) -> tuple[Finding, RateTest | None]:
+    (x_a, n_a), (x_b, n_b) = _COUNTS[g.metric](champion), _COUNTS[g.metric](challenger)
+    if n_a == 0 or n_b == 0:
+        return Finding(check=g.metric, verdict=Verdict.INCONCLUSIVE,
+                       reason=f"no data on an arm (champion {n_a}, challenger {n_b}): not a pass"), None
+    harmful = "higher" if g.direction == "lower_is_better" else "lower"
+    t = msprt_two_proportions(x_a, n_a, x_b, n_b, tau=g.regression, alpha=stage.alpha, harmful=harmful)
+    span = (f"{x_b}/{n_b} vs champion {x_a}/{n_a}, diff {t.difference:+.4f}, "
+            f"interval [{t.lower:+.4f}, {t.upper:+.4f}], always-valid p {t.p_value:.4f}")
+    bound = t.upper if harmful == "higher" else -t.lower
+    if t.reject:
+        verdict, why = Verdict.FAIL, f"challenger worse: p <= alpha {stage.alpha}"
+    elif bound < g.regression:
+        verdict, why = Verdict.PASS, f"a regression of {g.regression} is ruled out"
+    else:
+        verdict, why = Verdict.INCONCLUSIVE, f"a regression of {g.regression} is not yet ruled out"
+    return Finding(check=g.metric, verdict=verdict, observed=t.p_value, threshold=stage.alpha,
+                   reason=f"{span}; {why}"), t
+
+
+def _latency_finding(g: Guardrail, champion: VersionAggregate, challenger: VersionAggregate,
+                     enough: bool) -> Finding:
+    a, b = champion.latency_p95_ms, challenger.latency_p95_ms
+    if not enough or a is None or b is None or a <= 0:
+        return Finding(check=g.metric, verdict=Verdict.INCONCLUSIVE,
+                       reason="judged once the minimum sample is in on both arms (a p95 of few requests is noise)")
+    limit = a * (1 + g.regression)
+    ok = b <= limit
+    return Finding(check=g.metric, verdict=Verdict.PASS if ok else Verdict.FAIL, observed=b, threshold=limit,
+                   reason=f"{b:.1f} ms {'<=' if ok else '>'} {limit:.1f} ms ({1 + g.regression:.2f}x champion's "
+                          f"{a:.1f} ms)")
+
+
+def _traffic_findings(stage: Stage, champion: VersionAggregate,
+                      challenger: VersionAggregate) -> tuple[list[Finding], SRMCheck | None]:
+    findings = [Finding(check=f"{role}: traffic", verdict=Verdict.INCONCLUSIVE, observed=0.0,
+                        reason=f"the {role} arm received no requests: a silent arm is never a pass")
+                for role, agg in (("champion", champion), ("challenger", challenger)) if agg.requests == 0]
+    srm = None
+    if stage.share < 100:  # at 100 % the champion serves nothing; its aggregate is a reference window
+        # Shadow mirrors every request, so the two arms should see equal counts.
+        expected = 0.5 if stage.shadow else stage.share / 100
+        srm = sample_ratio_mismatch(champion.requests, challenger.requests, expected,
+                                    threshold=stage.srm_threshold)
+        seen = "n/a" if srm.observed_share is None else f"{srm.observed_share:.4f}"
+        findings.append(Finding(
+            check="sample ratio", verdict=Verdict.FAIL if srm.mismatch else Verdict.PASS, observed=srm.p_value,
+            threshold=stage.srm_threshold,
+            reason=f"challenger share {seen} vs planned {expected:.4f} ({champion.requests} / "
+                   f"{challenger.requests}), chi2 {srm.chi2:.2f}, p {srm.p_value:.2g}"))
+    least = min(champion.requests, challenger.requests)
+    enough = least >= stage.min_requests_per_arm
+    findings.append(Finding(check="minimum sample", verdict=Verdict.PASS if enough else Verdict.INCONCLUSIVE,
+                            observed=float(least), threshold=float(stage.min_requests_per_arm),
+                            reason=f"{least} requests on the smaller arm, need {stage.min_requests_per_arm}"))
+    return findings, srm
+
+
+def decide_stage(plan_stage: Stage, champion: VersionAggregate, challenger: VersionAggregate,
+                 elapsed_s: float) -> StageVerdict:
+    """Decide one look at a stage. Pure: the same aggregates and elapsed time give the same verdict."""
+    findings, srm = _traffic_findings(plan_stage, champion, challenger)
+    enough = min(champion.requests, challenger.requests) >= plan_stage.min_requests_per_arm
+    tests: dict[str, RateTest] = {}
+    for g in plan_stage.guardrails:
+        if g.metric in _COUNTS:
+            finding, test = _rate_finding(g, plan_stage, champion, challenger)
+            if test is not None:
+                tests[g.metric] = test
+        else:
+            finding = _latency_finding(g, champion, challenger, enough)
+        findings.append(finding)
+    verdict = worst(f.verdict for f in findings)
+    action: Action = {Verdict.PASS: "advance", Verdict.INCONCLUSIVE: "hold", Verdict.FAIL: "rollback"}[verdict]
+    if verdict is Verdict.INCONCLUSIVE and elapsed_s >= plan_stage.max_duration_s:
+        timed_out = plan_stage.on_inconclusive
+        verdict = Verdict.FAIL if timed_out == "rollback" else Verdict.INCONCLUSIVE
+        action = timed_out
+        findings.append(Finding(check="maximum duration", verdict=verdict, observed=elapsed_s,
+                                threshold=plan_stage.max_duration_s,
+                                reason=f"still inconclusive after {elapsed_s:.0f} s of "
+                                       f"{plan_stage.max_duration_s:.0f} s: the plan says {timed_out}"))
+    return StageVerdict(stage=plan_stage.name, verdict=verdict, action=action, findings=findings,
+                        elapsed_s=elapsed_s, srm=srm, tests=tests)
