@@ -6,6 +6,7 @@ import typer
 
 from slm_cli.flows_cmd import bootstrap_cmd, demo_cmd, retrain_cmd
 from slm_cli.registry_cmd import audit_app, registry_app
+from slm_cli.rollout_cmd import rollout_app
 from slm_cli.serve_cmd import serve
 from slm_cli.validate_cmd import validate
 
@@ -13,6 +14,7 @@ app = typer.Typer(help="slm-lifecycle: retrain, gate, roll out and govern a smal
                   no_args_is_help=True, pretty_exceptions_enable=False)
 app.add_typer(registry_app, name="registry")
 app.add_typer(audit_app, name="audit")
+app.add_typer(rollout_app, name="rollout")
 app.command("bootstrap")(bootstrap_cmd)
 app.command("retrain")(retrain_cmd)
 app.command("demo")(demo_cmd)

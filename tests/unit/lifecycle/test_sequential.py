@@ -1,6 +1,5 @@
 import math
 
-import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -12,6 +11,7 @@ from lifecycle.sequential import (
     msprt_two_proportions,
     sample_ratio_mismatch,
 )
+from lifecycle.simulate import Scenario, simulate
 
 
 # The worked examples of the docstrings.
@@ -142,27 +142,13 @@ def test_srm_p_value_in_unit_interval(n_a, n_b, share):
     assert 0 <= srm.p_value <= 1 and not math.isnan(srm.chi2)
 
 
-def _simulate(p_champion: float, p_challenger: float, *, runs=300, batch=50, looks=20, seed=0):
-    """Equal arms of ``batch`` requests per look; returns (rejection rate, mean requests per arm at rejection)."""
-    rng = np.random.default_rng(seed)
-    xa = rng.binomial(batch, p_champion, (runs, looks)).cumsum(axis=1)
-    xb = rng.binomial(batch, p_challenger, (runs, looks)).cumsum(axis=1)
-    stops = []
-    for r in range(runs):
-        for k in range(looks):
-            n = batch * (k + 1)
-            if msprt_two_proportions(int(xa[r, k]), n, int(xb[r, k]), n, tau=0.04, alpha=0.05).reject:
-                stops.append(n)
-                break
-    return len(stops) / runs, (float(np.mean(stops)) if stops else None)
-
-
 def test_simulated_aa_and_regression():
     # 300 runs, a look after every 50 requests per arm, up to 1,000 per arm (20 looks). Naive repeated
-    # z-tests would reject 28-47 % of A/A runs (FACTS.md); the mSPRT stays below alpha.
-    aa_rate, _ = _simulate(0.01, 0.01, seed=1)
-    assert aa_rate <= 0.05
-    detect_rate, mean_n = _simulate(0.01, 0.05, seed=2)
-    assert detect_rate >= 0.95
+    # z-tests reject far more A/A runs (FACTS.md: 28-47 %); the mSPRT stays below alpha.
+    report = simulate(Scenario(runs=300, max_per_arm=1000, seed=1))
+    assert report.aa.false_rollback_rate <= 0.05
+    assert report.regression.detection_rate >= 0.95
     # ... and stops, on average, before the 391 per arm a one-look test needs for the same alpha and power.
-    assert mean_n < fixed_horizon_n_per_arm(0.01, 0.05, alpha=0.05, power=0.95)
+    assert report.regression.mean_requests_per_arm < report.fixed_horizon.requests_per_arm == 391
+    assert report.naive_repeated_z.false_rollback_rate > 2 * report.aa.false_rollback_rate
+    assert simulate(Scenario(runs=300, max_per_arm=1000, seed=1)) == report  # seeded: reproducible

@@ -1,0 +1,20 @@
+import json
+
+from typer.testing import CliRunner
+
+from slm_cli.main import app
+
+
+def test_simulate_json_has_the_documented_keys():
+    result = CliRunner().invoke(app, ["rollout", "simulate", "--runs", "100", "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert report["scenario"]["runs"] == 100 and report["scenario"]["p_challenger"] == 0.05
+    assert 0 <= report["aa"]["false_rollback_rate"] <= 0.05
+    assert report["regression"]["detection_rate"] >= 0.9
+    assert report["regression"]["mean_requests_per_arm"] < report["fixed_horizon"]["requests_per_arm"]
+
+
+def test_simulate_refuses_a_scenario_without_a_regression():
+    result = CliRunner().invoke(app, ["rollout", "simulate", "--p-challenger", "0.001"])
+    assert result.exit_code == 2 and "must be above p_champion" in result.output
