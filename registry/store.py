@@ -274,6 +274,23 @@ class RegistryStore:
                 self._move(conn, model, Alias.CHALLENGER, None, actor=actor, reason="promoted to champion")
             return champion
 
+    def rollback_champion(self, model: str, *, actor: str, reason: str) -> tuple[int, int]:
+        """Instant rollback: ``previous`` becomes champion again, the demoted champion is ``rolled_back``.
+
+        One transaction under the model lock. Returns (restored champion, rolled-back version).
+        """
+        with self._tx() as conn:
+            self._lock_model(conn, model)
+            champion = self._alias(conn, model, Alias.CHAMPION)
+            previous = self._alias(conn, model, Alias.PREVIOUS)
+            if champion is None or previous is None:
+                raise NotFoundError(f"{model} has no previous champion to roll back to "
+                                    f"(champion v{champion}, previous {previous and f'v{previous}'})")
+            self._move(conn, model, Alias.CHAMPION, previous, actor=actor, reason=reason)
+            self._move(conn, model, Alias.PREVIOUS, None, actor=actor, reason=f"v{previous} restored as champion")
+            self._set_status(conn, model, champion, VersionStatus.ROLLED_BACK, actor=actor, reason=reason)
+            return previous, champion
+
     def alias_history(self, model: str, alias: Alias | str) -> list[AliasMove]:
         query = select(t.alias_history).where(t.alias_history.c.model == model,
                                               t.alias_history.c.alias == str(alias)).order_by(t.alias_history.c.id)

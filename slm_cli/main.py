@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from slm_cli.flows_cmd import bootstrap_cmd, demo_cmd, retrain_cmd
+from slm_cli.ops_cmd import promote_cmd, rollback_cmd, traffic_app
 from slm_cli.registry_cmd import audit_app, registry_app
 from slm_cli.rollout_cmd import rollout_app
 from slm_cli.serve_cmd import serve
@@ -15,6 +16,9 @@ app = typer.Typer(help="slm-lifecycle: retrain, gate, roll out and govern a smal
 app.add_typer(registry_app, name="registry")
 app.add_typer(audit_app, name="audit")
 app.add_typer(rollout_app, name="rollout")
+app.add_typer(traffic_app, name="traffic")
+app.command("promote")(promote_cmd)
+app.command("rollback")(rollback_cmd)
 app.command("bootstrap")(bootstrap_cmd)
 app.command("retrain")(retrain_cmd)
 app.command("demo")(demo_cmd)

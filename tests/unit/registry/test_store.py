@@ -196,3 +196,18 @@ def test_reopening_runs_migrations_idempotently(db_url):
     register(store)
     assert store.models() == ["router"]
     store.close()
+
+
+def test_instant_rollback_restores_the_previous_champion(store):
+    for _ in range(2):
+        register(store)
+    store.promote("router", 1, actor="a", reason="first")
+    with pytest.raises(NotFoundError, match="no previous champion"):
+        store.rollback_champion("router", actor="ops", reason="3 a.m.")
+    store.promote("router", 2, actor="a", reason="won the canary")
+    restored, demoted = store.rollback_champion("router", actor="ops", reason="error spike")
+    assert (restored, demoted) == (1, 2)
+    assert store.aliases("router") == {"champion": 1}
+    assert store.get_version("router", 2).status is S.ROLLED_BACK
+    assert store.alias_history("router", "champion")[-1].reason == "error spike"
+    assert store.verify_audit().ok

@@ -1,0 +1,36 @@
+"""Operator actions for 3 a.m.: promote, roll back, pin all traffic to the champion. Each is audited with
+who did it and why, and moves traffic in the safe order: a rollback restores the champion's traffic
+FIRST (every gateway replica follows the split within a poll), then moves the aliases and records why."""
+
+from __future__ import annotations
+
+from lifecycle.routing import TrafficSplit
+from registry.service import Registry
+from registry.store import NotFoundError
+from registry.traffic import set_split
+
+
+def pin_champion(registry: Registry, model: str, *, actor: str, reason: str) -> TrafficSplit:
+    """All traffic to the current champion: no challenger, no shadow."""
+    champion = registry.store.get_alias(model, "champion")
+    if champion is None:
+        raise NotFoundError(f"{model} has no champion to pin traffic to")
+    return set_split(registry.store, TrafficSplit(model=model, champion=champion), actor=actor,
+                     reason=f"pin: {reason}")
+
+
+def promote(registry: Registry, model: str, number: int, *, actor: str, reason: str) -> TrafficSplit:
+    """Make ``number`` champion (the old one becomes ``previous``), then send it all traffic."""
+    registry.store.promote(model, number, actor=actor, reason=reason)
+    return set_split(registry.store, TrafficSplit(model=model, champion=number), actor=actor,
+                     reason=f"promote: {reason}")
+
+
+def rollback(registry: Registry, model: str, *, actor: str, reason: str) -> tuple[int, int]:
+    """Back to the previous champion: traffic first, then aliases and the demoted version's status."""
+    previous = registry.store.get_alias(model, "previous")
+    if previous is None:
+        raise NotFoundError(f"{model} has no previous champion to roll back to")
+    set_split(registry.store, TrafficSplit(model=model, champion=previous), actor=actor,
+              reason=f"rollback: {reason}")
+    return registry.store.rollback_champion(model, actor=actor, reason=reason)
