@@ -59,7 +59,8 @@ def report(benchmark: str, correct: np.ndarray, *, malformed: float = 0.0, p95: 
     items = [ItemResult(item_id=f"{benchmark}-{i}", expected="a", predicted="a" if c else "b", correct=bool(c),
                         latency_ms=p95, malformed=False) for i, c in enumerate(correct)]
     return EvalReport(version="m:v1", benchmark=benchmark, benchmark_sha256="x", n_items=len(items),
-                      exact_match=float(np.mean(correct)), per_route_accuracy={}, malformed_rate=malformed,
+                      exact_match=float(np.mean(correct)) if len(correct) else 0.0, per_route_accuracy={},
+                      malformed_rate=malformed,
                       latency_p50_ms=p95, latency_p95_ms=p95, latency_p99_ms=p95, tokens_per_s=1.0,
                       peak_memory_mb=1.0, items=items)
 
