@@ -118,7 +118,9 @@ class GatewayState:
             guard = contextlib.nullcontext() if assignment.role == "shadow" else self.breaker.guard()
             with guard:
                 try:
-                    future = self.batcher.submit(prompt, adapter)
+                    # An upstream server batches by itself: its requests do not queue behind each other here.
+                    submit = getattr(self.live.backend, "submit", None) or self.batcher.submit
+                    future = submit(prompt, adapter)
                     return await asyncio.wait_for(asyncio.wrap_future(future), self.config.request_timeout_s)
                 except TimeoutError:
                     raise

@@ -2,8 +2,9 @@
 
 Each registered version maps to a model name the upstream serves — by default its ref (``MODEL:vN``), which
 is also what a vLLM started with ``--lora-modules MODEL:vN=PATH`` and another slm gateway both accept. The
-gateway keeps routing, logging, guardrails and the breaker; the upstream only generates. Requests of one
-micro-batch go out concurrently (the upstream batches them itself). Every call has a timeout, and any
+gateway keeps routing, logging, guardrails and the breaker; the upstream only generates. Requests skip the
+gateway's micro-batcher and go out as they come (:meth:`UpstreamBackend.submit`): the upstream batches
+them itself, and one slow reply must not hold back the requests queued behind it. Every call has a timeout, and any
 transport error or 5xx is a :class:`~serving.resilience.BackendError`, so the gateway answers 502 and
 the circuit breaker counts it.
 
@@ -16,7 +17,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 from pydantic import Field
@@ -79,6 +80,18 @@ class UpstreamBackend:
         results = list(self._pool.map(self._one, prompts, adapters))
         elapsed = (time.perf_counter() - start) * 1000
         return [g.model_copy(update={"latency_ms": elapsed}) for g in results]
+
+    def submit(self, prompt: str, adapter: str) -> Future:
+        """One request, sent as soon as a connection is free: the gateway bypasses its micro-batcher for an
+        upstream (which batches on its side), so one slow reply never holds back the requests behind it."""
+        if adapter not in self._names:
+            raise ValueError(f"version {adapter!r} is not loaded on the upstream backend")
+        return self._pool.submit(self._timed, prompt, adapter)
+
+    def _timed(self, prompt: str, adapter: str) -> Generation:
+        start = time.perf_counter()
+        gen = self._one(prompt, adapter)
+        return gen.model_copy(update={"latency_ms": (time.perf_counter() - start) * 1000})
 
     def _one(self, prompt: str, adapter: str) -> Generation:
         fmt = self.prompt_format
