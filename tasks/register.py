@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
@@ -44,4 +46,5 @@ def register(plan: RetrainPlan, data: TrainingData, trained: TrainResult, scores
                    "verdict": str(decision.verdict), "reasons": decision.reasons()}
         event = "slm.candidate.published" if decision.passed else "slm.gate.failed"
         announce(registry, event, version.model, payload, actor=plan.config.actor, subject=version.ref)
+    shutil.rmtree(trained.adapter_dir, ignore_errors=True)  # the registry holds its copy now
     return version
