@@ -159,3 +159,17 @@ traffic_splits = Table(
     Column("updated_at", DateTime(timezone=True), nullable=False),
     ForeignKeyConstraint(["model"], ["models.name"]),
 )
+
+# The persisted state of each rollout (migration 0004): one row per (model, candidate), revision bumped on
+# each save. At most one row per model in a non-terminal phase, enforced under the model lock.
+rollouts = Table(
+    "rollouts", metadata,
+    Column("model", String(64), primary_key=True),
+    Column("candidate", Integer, primary_key=True),
+    Column("state_json", Text, nullable=False),
+    Column("phase", String(32), nullable=False),
+    Column("revision", Integer, nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    ForeignKeyConstraint(["model", "candidate"], ["versions.model", "versions.number"]),
+    Index("ix_rollouts_model_phase", "model", "phase"),
+)

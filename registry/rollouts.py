@@ -1,0 +1,113 @@
+"""The persisted rollout state (``lifecycle.rollout_state.RolloutState``): what lets a killed flow resume.
+
+One row per (model, candidate). Every save is a compare-and-swap on ``revision`` with an audit event
+``rollout.state`` in the same transaction. Starting takes the model's row lock, so of two concurrent starts
+for one model exactly one wins; the other gets :class:`RolloutInProgress` naming the running rollout.
+Starting again for a candidate that already has a row returns the stored state instead — the re-run of a
+killed flow resumes where it was, and a finished rollout (promoted, rolled back) is never run twice.
+"""
+
+from __future__ import annotations
+
+import json
+
+from sqlalchemy import Connection, select, update
+
+from lifecycle.audit import canonical_json
+from lifecycle.rollout_state import TERMINAL, RolloutState
+from registry import schema as t
+from registry.store import ConcurrentChangeError, NotFoundError, RegistryStore
+
+R = t.rollouts
+
+
+class RolloutInProgress(RuntimeError):
+    """Another rollout of the same model is not finished."""
+
+    def __init__(self, running: RolloutState) -> None:
+        self.running = running
+        super().__init__(
+            f"{running.model} already has a rollout in progress: v{running.candidate} (phase {running.phase}, "
+            f"stage {running.stage_index}, against champion v{running.champion}); only one rollout per model at "
+            f"a time — let it finish, or abort it, before starting another")
+
+
+def _state(row) -> RolloutState:
+    return RolloutState.model_validate({**json.loads(row.state_json), "revision": row.revision})
+
+
+def _body(state: RolloutState) -> str:
+    return canonical_json(state.model_dump(mode="json", exclude={"revision"}))
+
+
+def _active(conn: Connection, model: str) -> RolloutState | None:
+    row = conn.execute(select(R).where(R.c.model == model, R.c.phase.not_in(sorted(TERMINAL)))).first()
+    return None if row is None else _state(row)
+
+
+def get_rollout(store: RegistryStore, model: str, candidate: int) -> RolloutState | None:
+    with store.engine.connect() as conn:
+        row = conn.execute(select(R).where(R.c.model == model, R.c.candidate == candidate)).first()
+    return None if row is None else _state(row)
+
+
+def active_rollout(store: RegistryStore, model: str) -> RolloutState | None:
+    """The model's rollout that is not finished (running, paused or awaiting approval), if any."""
+    with store.engine.connect() as conn:
+        return _active(conn, model)
+
+
+def start_rollout(store: RegistryStore, state: RolloutState, *, actor: str) -> RolloutState:
+    """Persist a new rollout at revision 1, or return the stored one for the same candidate (resume).
+
+    Raises :class:`RolloutInProgress` if another candidate's rollout of the model is not finished, and
+    :class:`NotFoundError` if the model or candidate is not registered.
+    """
+    if state.terminal:
+        raise ValueError(f"a rollout starts running, not {state.phase}")
+    with store._tx() as conn:
+        store._lock_model(conn, state.model)  # serializes starts of one model: exactly one wins
+        store._status(conn, state.model, state.candidate)
+        row = conn.execute(select(R).where(R.c.model == state.model, R.c.candidate == state.candidate)).first()
+        if row is not None:
+            return _state(row)
+        running = _active(conn, state.model)
+        if running is not None:
+            raise RolloutInProgress(running)
+        conn.execute(R.insert().values(model=state.model, candidate=state.candidate, state_json=_body(state),
+                                       phase=state.phase, revision=1, updated_at=store.clock()))
+        store._audit(conn, actor, "rollout.started", f"{state.model}:v{state.candidate}", {
+            "champion": state.champion, "plan": state.plan_name, "plan_version": state.plan_version,
+            "phase": state.phase, "stage_index": state.stage_index, "revision": 1})
+    return state.model_copy(update={"revision": 1})
+
+
+def save_rollout(store: RegistryStore, state: RolloutState, *, actor: str,
+                 expected_revision: int) -> RolloutState:
+    """Compare-and-swap the stored state; return it with its new revision.
+
+    Refuses (:class:`ConcurrentChangeError`) when the stored revision is not ``expected_revision`` —
+    another process moved the rollout, so re-read and decide again — and when the stored rollout is
+    already finished and the new state differs (a finished rollout never changes).
+    """
+    subject = f"{state.model}:v{state.candidate}"
+    with store._tx() as conn:
+        store._lock_model(conn, state.model)
+        row = conn.execute(select(R).where(R.c.model == state.model, R.c.candidate == state.candidate)).first()
+        if row is None:
+            raise NotFoundError(f"no rollout of {subject}; start it first")
+        if row.revision != expected_revision:
+            raise ConcurrentChangeError(f"rollout of {subject} is at revision {row.revision}, not "
+                                        f"{expected_revision}: someone else moved it; re-read and decide again")
+        before = _state(row)
+        if before.terminal and _body(before) != _body(state):
+            raise ConcurrentChangeError(f"rollout of {subject} is finished ({before.phase}); it never changes")
+        new = row.revision + 1
+        conn.execute(update(R).where(R.c.model == state.model, R.c.candidate == state.candidate).values(
+            state_json=_body(state), phase=state.phase, revision=new, updated_at=store.clock()))
+        last = state.history[-1].model_dump(mode="json") if state.history else None
+        store._audit(conn, actor, "rollout.state", subject, {
+            "from": {"phase": before.phase, "stage_index": before.stage_index},
+            "to": {"phase": state.phase, "stage_index": state.stage_index},
+            "plan": state.plan_name, "plan_version": state.plan_version, "decision": last, "revision": new})
+    return state.model_copy(update={"revision": new})
