@@ -27,6 +27,7 @@ from lifecycle.predictions import Feedback, Prediction
 from lifecycle.routing import Assignment
 from serving import schemas as s
 from serving.admin import AdminError, admin_error_handler, admin_router
+from serving.limits import BodyLimit
 from serving.state import GatewayState
 
 log = logging.getLogger(__name__)
@@ -123,6 +124,8 @@ def create_app(state: GatewayState) -> FastAPI:
             raise InputError(str(exc), status=404, code="unknown_request", param="request_id") from None
         return {"request_id": body.request_id, "recorded": True}
 
+    app.add_middleware(BodyLimit, limit=state.config.max_body_bytes,
+                       on_reject=lambda: state.metrics.reject("too_large", state.model))
     app.add_exception_handler(AdminError, admin_error_handler)
     app.include_router(admin_router(state))
     return app

@@ -111,6 +111,15 @@ def test_oversized_body_is_413(gateway):
                           headers={"content-type": "application/json"})
     assert response.status_code == 413
 
+    def chunks():  # no Content-Length: the limit must count the bytes themselves
+        for _ in range(20):
+            yield b" " * 5_000
+
+    chunked = httpx.post(f"{gateway.url}/v1/completions", content=chunks(),
+                         headers={"content-type": "application/json"})
+    assert chunked.status_code == 413 and chunked.json()["error"]["code"] == "request_too_large"
+    assert client(gateway).completions.create(model="intent-router", prompt="still serving").choices
+
 
 def test_admin_needs_the_token_and_nothing_changes_without_it(gateway):
     before = httpx.get(f"{gateway.url}/admin/split", headers=ADMIN).json()
