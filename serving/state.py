@@ -10,6 +10,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from lifecycle.names import VersionRef
 from lifecycle.predictions import Feedback, Prediction
 from lifecycle.routing import Assignment
 from registry.predictions import BackpressureError, PredictionStore, PredictionWriter
@@ -77,10 +78,13 @@ class GatewayState:
         """``MODEL`` routes by the split; ``MODEL:vN`` pins a live version; anything else is unknown."""
         if requested == self.model:
             return None
-        prefix = f"{self.model}:v"
-        if requested.startswith(prefix) and requested[len(prefix):].isdigit():
-            return int(requested[len(prefix):])
-        raise LookupError(f"model {requested!r} is not served here; use {self.model!r} or {self.model}:vN")
+        try:
+            ref = VersionRef.parse(requested)
+        except ValueError:
+            ref = None
+        if ref is None or ref.model != self.model:
+            raise LookupError(f"model {requested!r} is not served here; use {self.model!r} or {self.model}:vN")
+        return ref.number
 
     async def generate(self, assignment: Assignment, prompt: str, request_id: str = "-") -> Answer:
         labels = (self.model, f"v{assignment.version}", assignment.role)

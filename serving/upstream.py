@@ -22,6 +22,7 @@ from pathlib import Path
 
 from pydantic import Field
 
+from lifecycle.names import VersionRef
 from lifecycle.prompting import PromptFormat
 from lifecycle.records import Frozen
 from serving.backend import Generation
@@ -59,8 +60,7 @@ class UpstreamBackend:
 
     def load_adapter(self, name: str, adapter_dir: Path | None = None) -> None:
         """Make ``name`` (a version ref) routable; the upstream must already serve it."""
-        number = int(name.rsplit(":v", 1)[1]) if ":v" in name else None
-        upstream_name = self.config.model_names.get(number, name) if number else name
+        upstream_name = self.config.model_names.get(VersionRef.parse(name).number, name)
         if upstream_name not in self.upstream_models():
             raise BackendError(f"the upstream at {self.config.base_url} does not serve {upstream_name!r}; start it "
                                "with that model or LoRA module, or map the version in upstream.model_names")
