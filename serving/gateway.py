@@ -68,12 +68,7 @@ def create_app(state: GatewayState) -> FastAPI:
         return _error(exc.status, str(exc), "invalid_request_error", exc.code, exc.param)
 
     @app.middleware("http")
-    async def _limits(request: Request, call_next):
-        length = request.headers.get("content-length")
-        if length and length.isdigit() and int(length) > state.config.max_body_bytes:
-            state.metrics.reject("too_large", state.model)
-            return _error(413, f"request body of {length} bytes exceeds {state.config.max_body_bytes}",
-                          "invalid_request_error", "request_too_large")
+    async def _api_keys(request: Request, call_next):
         if request.url.path.startswith("/v1/") and not state.api_key_ok(request.headers.get("authorization")):
             state.metrics.reject("auth", state.model)
             return _error(401, "missing or invalid API key", "authentication_error", "invalid_api_key")

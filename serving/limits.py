@@ -1,5 +1,5 @@
-"""Request-body limit enforced on the bytes themselves, so a chunked body without Content-Length is capped
-too (the HTTP middleware refuses a declared oversize before reading anything)."""
+"""The request-body limit, in one place: a declared Content-Length over the limit is refused before a byte
+is read, and the bytes themselves are counted, so a chunked body without Content-Length is capped too."""
 
 from __future__ import annotations
 
@@ -27,6 +27,10 @@ class BodyLimit:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        declared = dict(scope.get("headers", [])).get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > self.limit:
+            await self._refuse(scope, receive, send)
+            return
         received = 0
 
         async def limited():
@@ -41,7 +45,9 @@ class BodyLimit:
         try:
             await self.app(scope, limited, send)
         except* _TooLarge:  # except*: Starlette's HTTP middleware may wrap it in an exception group
-            self.on_reject()
-            body = error_body(f"request body exceeds {self.limit} bytes", "invalid_request_error",
-                              "request_too_large")
-            await JSONResponse(body, status_code=413)(scope, receive, send)
+            await self._refuse(scope, receive, send)
+
+    async def _refuse(self, scope, receive, send) -> None:
+        self.on_reject()
+        body = error_body(f"request body exceeds {self.limit} bytes", "invalid_request_error", "request_too_large")
+        await JSONResponse(body, status_code=413)(scope, receive, send)
