@@ -22,7 +22,7 @@ from registry.service import open_registry
 from serving.backend import InProcessBackend
 from tasks.evaluation import score_on
 from training.base_model import BaseModelConfig, BaseModelInfo, build_base_model
-from training.env_info import git_commit, hardware, library_versions
+from training.env_info import provenance
 from training.task_data import GOLDEN_BEFORE, GOLDEN_DRIFTED, TaskData, ensure_task_data
 
 BUILD_INFO = "build_info.json"
@@ -86,8 +86,6 @@ def register_v1(model: str, spec: TaskSpec, data: TaskData, base_dir: Path, info
 
 def _base_lineage(base: BaseModelRef, datasets: list[DatasetFingerprint], config: BaseModelConfig,
                   info: BaseModelInfo) -> Lineage:
-    commit, dirty = git_commit(project_root())
     return Lineage(base_model=base, datasets=datasets, recipe=config.model_dump(mode="json"),
-                   prompt_format=config.prompt_format, code_commit=commit, code_dirty=dirty,
-                   libraries=library_versions(), hardware=hardware(), wall_time_s=info.wall_seconds,
+                   prompt_format=config.prompt_format, **provenance(project_root()), wall_time_s=info.wall_seconds,
                    tokens_per_s=info.tokens_per_s, train_loss=info.train_loss, trigger="bootstrap")

@@ -16,17 +16,15 @@ from tasks.data import TrainingData
 from tasks.evaluation import Scores
 from tasks.events import announce
 from tasks.plan import RetrainPlan
-from training.env_info import git_commit, hardware, library_versions
+from training.env_info import provenance
 from training.lora import TrainResult
 
 
 def build_lineage(plan: RetrainPlan, data: TrainingData, trained: TrainResult) -> Lineage:
-    commit, dirty = git_commit(project_root())
     base: BaseModelRef = plan.champion.lineage.base_model
     return Lineage(base_model=base, parent=plan.champion.ref, datasets=data.datasets,
                    recipe=trained.hyperparameters, prompt_format=plan.champion.prompt_format,
-                   code_commit=commit, code_dirty=dirty, libraries=library_versions(), hardware=hardware(),
-                   wall_time_s=trained.wall_seconds, tokens_per_s=trained.tokens_per_s,
+                   **provenance(project_root()), wall_time_s=trained.wall_seconds, tokens_per_s=trained.tokens_per_s,
                    train_loss=trained.final_loss, eval_loss=trained.eval_loss, trigger=plan.params.reason)
 
 

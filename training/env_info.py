@@ -62,3 +62,10 @@ def git_commit(root: Path) -> tuple[str | None, bool]:
     commit = head.stdout.strip() if head.returncode == 0 and head.stdout.strip() else None
     status = git("status", "--porcelain", "--untracked-files=normal")
     return commit, bool(status.stdout.strip())
+
+
+def provenance(root: Path) -> dict[str, object]:
+    """The environment half of a version's lineage: code commit (and whether the tree was dirty),
+    library versions, hardware — the ``Lineage`` fields every training run fills the same way."""
+    commit, dirty = git_commit(root)
+    return {"code_commit": commit, "code_dirty": dirty, "libraries": library_versions(), "hardware": hardware()}
