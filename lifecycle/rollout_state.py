@@ -1,11 +1,18 @@
 """The persisted state of one rollout, and the pure transition from one stage verdict to the next state.
 
-The flow (``flows/rollout.py``) owns no logic: it asks ``next_state`` what to do, carries out the returned
-effects IN ORDER, then saves the new state (``registry.rollouts.save_rollout``). If the process dies
-between the effects and the save, the re-run applies the same verdict to the same stored state and gets
-the same effects again, so every effect is idempotent by construction: ``SetSplit`` writes a whole split,
+The flow (``flows/rollout.py``) owns no logic: it asks ``next_state`` what to do and hands the result to
+``registry.rollout_exec``, which saves the new state WITH its effects in ``pending`` (an outbox, one
+compare-and-swap), carries the effects out IN ORDER, then saves again with ``pending`` empty. If the
+process dies anywhere in between, the re-run finds the effects still pending and carries them out again
+before deciding anything, so every effect must be idempotent — and is: ``SetSplit`` writes a whole split,
 ``Promote`` names the champion it expects (a second promote of the same candidate finds it champion
-already and does nothing), ``MarkRejected`` of a rejected version is a no-op for the caller to skip.
+already and does nothing), ``MarkRejected`` of a version already rolled back changes nothing,
+``MoveChallenger`` sets an alias to a value, ``Emit`` carries a deterministic event id.
+
+Why save first: the next stage's window opens at the decision (``stage_started_at``). Carrying out a
+split change and dying before the save would leave the stored stage looking at traffic already routed
+with the next stage's shares — a sample-ratio mismatch, a false rollback. Saved first, the decision and
+its window are never lost.
 
 Phases: ``running`` -> (``awaiting_approval`` | ``paused``) -> ``running`` ... -> one terminal phase:
 ``promoted``, ``rolled_back`` or ``aborted``. A terminal state accepts nothing: applying anything to it
@@ -38,38 +45,6 @@ Phase = Literal["running", "awaiting_approval", "paused", "promoted", "rolled_ba
 TERMINAL: frozenset[str] = frozenset({"promoted", "rolled_back", "aborted"})
 
 
-class StageRecord(Frozen):
-    """One decided look that changed the rollout (holds are not recorded: they change nothing)."""
-
-    stage: str
-    action: Action | Literal["approve", "reject", "resume", "abort"]
-    reasons: list[str] = Field(default_factory=list)
-    at: str = Field(description="ISO-8601 time of the decision")
-
-
-class RolloutState(Frozen):
-    model: str = Field(min_length=1)
-    candidate: int = Field(ge=1)
-    champion: int = Field(ge=1, description="champion when the rollout started; restored on rollback")
-    plan_name: str
-    plan_version: int = Field(ge=1)
-    stage_index: int = Field(ge=0)
-    phase: Phase = "running"
-    stage_started_at: str = Field(description="ISO-8601 start of the current stage's window")
-    history: list[StageRecord] = Field(default_factory=list)
-    revision: int = Field(default=0, ge=0, description="set by the store; compare-and-swap on save")
-
-    @model_validator(mode="after")
-    def _distinct(self) -> RolloutState:
-        if self.candidate == self.champion:
-            raise ValueError(f"{self.model}:v{self.candidate} is the champion already; roll out another version")
-        return self
-
-    @property
-    def terminal(self) -> bool:
-        return self.phase in TERMINAL
-
-
 # -- effects: what the flow must do, in order ------------------------------------------------------------
 
 class SetSplit(Frozen):
@@ -98,13 +73,60 @@ class RequestApproval(Frozen):
     next_stage: str
 
 
+class MoveChallenger(Frozen):
+    """Point the ``challenger`` alias at the candidate while it is rolled out, clear it when it ends."""
+
+    kind: Literal["move_challenger"] = "move_challenger"
+    model: str
+    version: int | None
+
+
 class Emit(Frozen):
     kind: Literal["emit"] = "emit"
     event: str
     stage: str
 
 
-Effect = Annotated[SetSplit | Promote | MarkRejected | RequestApproval | Emit, Field(discriminator="kind")]
+Effect = Annotated[SetSplit | Promote | MarkRejected | RequestApproval | MoveChallenger | Emit,
+                   Field(discriminator="kind")]
+
+
+
+class StageRecord(Frozen):
+    """One decided look that changed the rollout (holds are not recorded: they change nothing)."""
+
+    stage: str
+    action: Action | Literal["approve", "reject", "resume", "abort", "pin"]
+    reasons: list[str] = Field(default_factory=list)
+    at: str = Field(description="ISO-8601 time of the decision")
+
+
+class RolloutState(Frozen):
+    model: str = Field(min_length=1)
+    candidate: int = Field(ge=1)
+    champion: int = Field(ge=1, description="champion when the rollout started; restored on rollback")
+    plan_name: str
+    plan_version: int = Field(ge=1)
+    stage_index: int = Field(ge=0)
+    phase: Phase = "running"
+    stage_started_at: str = Field(description="ISO-8601 start of the current stage's window")
+    started_at: str = Field(description="ISO-8601 start of the rollout: the champion's reference window opens here")
+    pending: list[Effect] = Field(default_factory=list, description=(
+        "effects decided but not yet confirmed carried out: saved WITH the decision (an outbox), carried "
+        "out in order, then cleared; a re-run after a crash carries out what is still here first"))
+    flow_run_id: str | None = Field(default=None, description="the Prefect flow run driving it (approvals resume it)")
+    history: list[StageRecord] = Field(default_factory=list)
+    revision: int = Field(default=0, ge=0, description="set by the store; compare-and-swap on save")
+
+    @model_validator(mode="after")
+    def _distinct(self) -> RolloutState:
+        if self.candidate == self.champion:
+            raise ValueError(f"{self.model}:v{self.candidate} is the champion already; roll out another version")
+        return self
+
+    @property
+    def terminal(self) -> bool:
+        return self.phase in TERMINAL
 
 
 def split_for(state: RolloutState, plan: RolloutPlan, index: int) -> TrafficSplit:
@@ -123,9 +145,9 @@ def champion_only(state: RolloutState) -> TrafficSplit:
 def start(model: str, candidate: int, champion: int, plan: RolloutPlan, now: str) -> tuple[RolloutState,
                                                                                           list[Effect]]:
     state = RolloutState(model=model, candidate=candidate, champion=champion, plan_name=plan.name,
-                         plan_version=plan.version, stage_index=0, stage_started_at=now)
-    return state, [SetSplit(split=split_for(state, plan, 0)), Emit(event="slm.rollout.stage",
-                                                                   stage=plan.stages[0].name)]
+                         plan_version=plan.version, stage_index=0, stage_started_at=now, started_at=now)
+    return state, [SetSplit(split=split_for(state, plan, 0)), MoveChallenger(model=model, version=candidate),
+                   Emit(event="slm.rollout.stage", stage=plan.stages[0].name)]
 
 
 def _check_plan(state: RolloutState, plan: RolloutPlan) -> None:
@@ -142,6 +164,7 @@ def _rolled_back(state: RolloutState, stage: str, action: str, reasons: list[str
     new = _with_entry(state, stage, action, reasons, now, phase="rolled_back")
     return new, [SetSplit(split=champion_only(state)),
                  MarkRejected(model=state.model, version=state.candidate, reasons=reasons),
+                 MoveChallenger(model=state.model, version=None),
                  Emit(event="slm.rollout.rolled_back", stage=stage)]
 
 
@@ -217,4 +240,18 @@ def abort(state: RolloutState, plan: RolloutPlan, *, reason: str, now: str) -> t
     _check_plan(state, plan)
     stage = plan.stages[state.stage_index].name
     new = _with_entry(state, stage, "abort", [reason], now, phase="aborted")
-    return new, [SetSplit(split=champion_only(state)), Emit(event="slm.rollout.aborted", stage=stage)]
+    return new, [SetSplit(split=champion_only(state)), MoveChallenger(model=state.model, version=None),
+                 Emit(event="slm.rollout.aborted", stage=stage)]
+
+
+def pin(state: RolloutState, *, reason: str, now: str) -> tuple[RolloutState, list[Effect]]:
+    """An operator pins all traffic to the champion mid-rollout (``slm traffic pin``): the rollout pauses
+    until a person resumes it (the stage restarts with its own split) or rejects it.
+
+    Needs no plan on purpose: at 3 a.m. the pin must work whatever plan file is at hand, so the stage is
+    named by its index."""
+    if state.terminal:
+        return state, []
+    stage = f"stage-{state.stage_index}"
+    new = _with_entry(state, stage, "pin", [reason], now, phase="paused")
+    return new, [SetSplit(split=champion_only(state)), Emit(event="slm.rollout.paused", stage=stage)]

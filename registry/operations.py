@@ -4,17 +4,32 @@ FIRST (every gateway replica follows the split within a poll), then moves the al
 
 from __future__ import annotations
 
+from typing import Any
+from uuid import UUID
+
 from lifecycle.routing import TrafficSplit
+from registry import rollout_exec
+from registry.rollout_exec import Emitter
+from registry.rollouts import active_rollout
 from registry.service import Registry
 from registry.store import NotFoundError
 from registry.traffic import set_split
 
 
-def pin_champion(registry: Registry, model: str, *, actor: str, reason: str) -> TrafficSplit:
-    """All traffic to the current champion: no challenger, no shadow."""
+def _no_events(event: str, payload: dict[str, Any], event_id: UUID) -> None:
+    """Outside Prefect the audit log is the record; the CLI passes Prefect's emitter."""
+
+
+def pin_champion(registry: Registry, model: str, *, actor: str, reason: str,
+                 emit: Emitter = _no_events) -> TrafficSplit:
+    """All traffic to the current champion: no challenger, no shadow. A running rollout is paused in the
+    same decision (its state first, then the split), so its flow cannot move the traffic back."""
     champion = registry.store.get_alias(model, "champion")
     if champion is None:
         raise NotFoundError(f"{model} has no champion to pin traffic to")
+    running = active_rollout(registry.store, model)
+    if running is not None:
+        rollout_exec.pin_rollout(registry.store, running, reason=f"pin: {reason}", actor=actor, emit=emit)
     return set_split(registry.store, TrafficSplit(model=model, champion=champion), actor=actor,
                      reason=f"pin: {reason}")
 

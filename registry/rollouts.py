@@ -82,13 +82,20 @@ def start_rollout(store: RegistryStore, state: RolloutState, *, actor: str) -> R
     return state.model_copy(update={"revision": 1})
 
 
-def save_rollout(store: RegistryStore, state: RolloutState, *, actor: str,
-                 expected_revision: int) -> RolloutState:
+def _decision(state: RolloutState) -> str:
+    """The state without its bookkeeping (pending effects, driving flow run): what a decision changes."""
+    return canonical_json(state.model_dump(mode="json", exclude={"revision", "pending", "flow_run_id"}))
+
+
+def save_rollout(store: RegistryStore, state: RolloutState, *, actor: str, expected_revision: int,
+                 detail: dict[str, object] | None = None) -> RolloutState:
     """Compare-and-swap the stored state; return it with its new revision.
 
     Refuses (:class:`ConcurrentChangeError`) when the stored revision is not ``expected_revision`` —
     another process moved the rollout, so re-read and decide again — and when the stored rollout is
-    already finished and the new state differs (a finished rollout never changes).
+    already finished and the new state decides differently (a finished rollout never changes; only its
+    pending effects may be cleared once carried out). ``detail`` (the verdict's statistics, a reviewer's
+    answer) goes into the audit event of the save.
     """
     subject = f"{state.model}:v{state.candidate}"
     with store._tx() as conn:
@@ -100,14 +107,21 @@ def save_rollout(store: RegistryStore, state: RolloutState, *, actor: str,
             raise ConcurrentChangeError(f"rollout of {subject} is at revision {row.revision}, not "
                                         f"{expected_revision}: someone else moved it; re-read and decide again")
         before = _state(row)
-        if before.terminal and _body(before) != _body(state):
+        if before.terminal and _decision(before) != _decision(state):
             raise ConcurrentChangeError(f"rollout of {subject} is finished ({before.phase}); it never changes")
         new = row.revision + 1
         conn.execute(update(R).where(R.c.model == state.model, R.c.candidate == state.candidate).values(
             state_json=_body(state), phase=state.phase, revision=new, updated_at=store.clock()))
-        last = state.history[-1].model_dump(mode="json") if state.history else None
-        store._audit(conn, actor, "rollout.state", subject, {
-            "from": {"phase": before.phase, "stage_index": before.stage_index},
-            "to": {"phase": state.phase, "stage_index": state.stage_index},
-            "plan": state.plan_name, "plan_version": state.plan_version, "decision": last, "revision": new})
+        if _decision(before) == _decision(state):  # bookkeeping only: effects carried out, or a new driver
+            store._audit(conn, actor, "rollout.effects", subject, {
+                "carried_out": [e.kind for e in before.pending if e not in state.pending],
+                "pending": [e.kind for e in state.pending], "flow_run_id": state.flow_run_id, "revision": new})
+        else:
+            last = state.history[-1].model_dump(mode="json") if state.history else None
+            store._audit(conn, actor, "rollout.state", subject, {
+                "from": {"phase": before.phase, "stage_index": before.stage_index},
+                "to": {"phase": state.phase, "stage_index": state.stage_index},
+                "plan": state.plan_name, "plan_version": state.plan_version, "decision": last,
+                "effects": [e.model_dump(mode="json") for e in state.pending], "revision": new,
+                **({"detail": detail} if detail else {})})
     return state.model_copy(update={"revision": new})

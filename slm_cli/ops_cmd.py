@@ -50,10 +50,16 @@ def rollback_cmd(reason: Reason, model: Annotated[str | None, typer.Option(help=
 
 @traffic_app.command("pin")
 def pin_cmd(reason: Reason, model: Annotated[str | None, typer.Option(help="model name")] = None) -> None:
-    """All traffic to the champion: no challenger, no shadow."""
-    from registry import operations
+    """All traffic to the champion: no challenger, no shadow; a running rollout pauses until a person
+    resumes (`slm rollout approve`) or rejects it."""
+    from slm_cli.flows_cmd import prefect_env
 
     _check(reason)
+    prefect_env()
+    from registry import operations
+    from tasks.rollout import emit_rollout_event
+
     with _registry() as reg:
-        split = operations.pin_champion(reg, model or reg.default_model, actor=_actor(), reason=reason)
+        split = operations.pin_champion(reg, model or reg.default_model, actor=_actor(), reason=reason,
+                                        emit=emit_rollout_event)
     console.print(f"[green]✓[/green] all traffic pinned to v{split.champion} (split revision {split.revision})")

@@ -7,6 +7,7 @@ from lifecycle.rollout_state import (
     TERMINAL,
     Emit,
     MarkRejected,
+    MoveChallenger,
     Promote,
     RequestApproval,
     RolloutState,
@@ -45,8 +46,9 @@ def started(plan=None):
 def test_start_sets_the_shadow_split():
     state, effects = start("router", 2, 1, make_plan(), T0)
     assert (state.phase, state.stage_index, state.stage_started_at, state.revision) == ("running", 0, T0, 0)
+    assert state.started_at == T0 and state.pending == []
     assert effects == [SetSplit(split=TrafficSplit(model="router", champion=1, shadow=2)),
-                       Emit(event="slm.rollout.stage", stage="s0")]
+                       MoveChallenger(model="router", version=2), Emit(event="slm.rollout.stage", stage="s0")]
 
 
 def test_candidate_cannot_be_the_champion():
@@ -101,6 +103,7 @@ def test_rollback_restores_the_champion_first(index):
     assert new.phase == "rolled_back" and new.stage_index == index
     assert effects == [SetSplit(split=TrafficSplit(model="router", champion=1)),
                        MarkRejected(model="router", version=2, reasons=["[fail] model_error_rate: rollback!"]),
+                       MoveChallenger(model="router", version=None),
                        Emit(event="slm.rollout.rolled_back", stage=plan.stages[index].name)]
     assert new.history[-1].reasons == ["[fail] model_error_rate: rollback!"]
 
@@ -123,7 +126,7 @@ def test_abort_restores_the_champion_without_rejecting():
     state, effects = abort(started(plan), plan, reason="3 a.m. pin", now=T1)
     assert state.phase == "aborted"
     assert effects == [SetSplit(split=TrafficSplit(model="router", champion=1)),
-                       Emit(event="slm.rollout.aborted", stage="s0")]
+                       MoveChallenger(model="router", version=None), Emit(event="slm.rollout.aborted", stage="s0")]
 
 
 def test_stale_verdict_and_other_plan_are_refused():

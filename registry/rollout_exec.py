@@ -1,0 +1,229 @@
+"""Carrying out a rollout: look at the live window, decide (``lifecycle``), save, then act — in that order.
+
+Every change of a rollout goes through :func:`commit`: the new state is saved WITH its effects in
+``pending`` (one compare-and-swap, audited with the verdict's statistics), then :func:`drain` carries the
+effects out in order and saves again with ``pending`` empty. A process killed anywhere in between leaves
+the effects pending; the next :func:`begin` for the same candidate drains them before anything else. So
+each effect below is idempotent: it checks what is already true and does only what is missing.
+
+Nothing here talks to Prefect: events leave through the ``emit`` callback the task layer passes in
+(``tasks.rollout``), which gets a deterministic event id so a replayed effect names the same event.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from typing import Any
+
+from lifecycle.predictions import VersionAggregate, as_utc
+from lifecycle.rollout_plan import RolloutPlan, StageVerdict, decide_stage
+from lifecycle.rollout_state import (
+    Effect,
+    Emit,
+    MarkRejected,
+    MoveChallenger,
+    Promote,
+    RequestApproval,
+    RolloutState,
+    SetSplit,
+    abort,
+    decide_by_person,
+    next_state,
+    pin,
+    start,
+)
+from lifecycle.status import Alias, VersionStatus
+from registry.predictions import PredictionStore
+from registry.rollouts import get_rollout, save_rollout, start_rollout
+from registry.store import NotFoundError, RegistryStore
+from registry.traffic import get_split, set_split
+
+Emitter = Callable[[str, dict[str, Any], uuid.UUID], None]
+
+
+class RolloutRefused(ValueError):
+    """The rollout cannot start: the candidate or the champion is not what a rollout needs."""
+
+
+def _iso(value: datetime) -> str:
+    return as_utc(value).isoformat()
+
+
+def _parse(value: str) -> datetime:
+    return as_utc(datetime.fromisoformat(value))
+
+
+def event_payload(state: RolloutState, stage: str) -> dict[str, Any]:
+    """What every ``slm.rollout.*`` event carries: the versions, the stage, the plan, the last decision."""
+    last = state.history[-1] if state.history else None
+    return {"model": state.model, "version": f"{state.model}:v{state.candidate}",
+            "champion": f"{state.model}:v{state.champion}", "stage": stage, "phase": state.phase,
+            "stage_index": state.stage_index, "plan": state.plan_name, "plan_version": state.plan_version,
+            "decision": last.action if last else "start", "reasons": last.reasons if last else []}
+
+
+def _carry_out(store: RegistryStore, state: RolloutState, effect: Effect, index: int, *, actor: str,
+               emit: Emitter) -> None:
+    subject = f"{state.model}:v{state.candidate}"
+    if isinstance(effect, SetSplit):
+        current = get_split(store, effect.split.model)
+        if current is None or current.model_copy(update={"revision": 0}) != effect.split:
+            set_split(store, effect.split, actor=actor,
+                      reason=f"rollout of {subject}: {state.phase} at stage {state.stage_index}")
+    elif isinstance(effect, Promote):
+        if store.get_alias(effect.model, Alias.CHAMPION) != effect.version:
+            store.promote(effect.model, effect.version, actor=actor, expected_champion=effect.expected_champion,
+                          reason=f"rollout of {subject} passed every stage of plan {state.plan_name} "
+                                 f"v{state.plan_version}")
+    elif isinstance(effect, MarkRejected):
+        if store.get_version(effect.model, effect.version).status is VersionStatus.CANDIDATE:
+            store.set_status(effect.model, effect.version, VersionStatus.ROLLED_BACK, actor=actor,
+                             reason="rolled back by the rollout: " + "; ".join(effect.reasons))
+    elif isinstance(effect, MoveChallenger):
+        held = store.get_alias(effect.model, Alias.CHALLENGER)
+        # Clearing only what this rollout set: an operator may have pointed it elsewhere since.
+        if effect.version is not None or held == state.candidate:
+            store.move_alias(effect.model, Alias.CHALLENGER, effect.version, actor=actor,
+                             reason=f"rollout of {subject}: {state.phase}")
+    elif isinstance(effect, Emit):
+        # Same rollout, same revision, same position: the same id however often the effect is replayed.
+        event_id = uuid.uuid5(uuid.NAMESPACE_URL, f"slm-rollout/{subject}/{state.revision}/{index}")
+        emit(effect.event, event_payload(state, effect.stage), event_id)
+    elif isinstance(effect, RequestApproval):
+        pass  # the flow sees phase awaiting_approval and asks a person (pause_flow_run)
+    else:  # pragma: no cover - the Effect union is closed
+        raise TypeError(f"unknown effect {effect!r}")
+
+
+def drain(store: RegistryStore, state: RolloutState, *, actor: str, emit: Emitter) -> RolloutState:
+    """Carry out the pending effects in order, then save the state with none pending."""
+    if not state.pending:
+        return state
+    for index, effect in enumerate(state.pending):
+        _carry_out(store, state, effect, index, actor=actor, emit=emit)
+    done = state.model_copy(update={"pending": []})
+    return save_rollout(store, done, actor=actor, expected_revision=state.revision)
+
+
+def commit(store: RegistryStore, before: RolloutState, after: RolloutState, effects: list[Effect], *,
+           actor: str, emit: Emitter, detail: dict[str, Any] | None = None) -> RolloutState:
+    """Save ``after`` with ``effects`` pending (compare-and-swap against ``before``), then drain them."""
+    saved = save_rollout(store, after.model_copy(update={"pending": effects}), actor=actor,
+                         expected_revision=before.revision, detail=detail)
+    return drain(store, saved, actor=actor, emit=emit)
+
+
+def begin(store: RegistryStore, model: str, candidate: int, plan: RolloutPlan, *, actor: str, emit: Emitter,
+          flow_run_id: str | None = None) -> RolloutState:
+    """Start the rollout of ``model:v<candidate>``, or resume the stored one (its pending effects first).
+
+    A finished rollout is returned as it is: it never runs twice. Refused (:class:`RolloutRefused`) when
+    the candidate is not a ``candidate`` or the model has no champion; another unfinished rollout of the
+    model raises :class:`registry.rollouts.RolloutInProgress`.
+    """
+    stored = get_rollout(store, model, candidate)
+    if stored is None:
+        status = store.get_version(model, candidate).status  # NotFoundError names a missing version
+        if status is not VersionStatus.CANDIDATE:
+            raise RolloutRefused(f"{model}:v{candidate} is {status}; only a candidate (a version that passed "
+                                 "the offline gate) can be rolled out")
+        champion = store.get_alias(model, Alias.CHAMPION)
+        if champion is None:
+            raise RolloutRefused(f"{model} has no champion to compare v{candidate} with; promote one first")
+        state, effects = start(model, candidate, champion, plan, _iso(store.clock()))
+        state = state.model_copy(update={"pending": effects, "flow_run_id": flow_run_id})
+        stored = start_rollout(store, state, actor=actor)
+    elif flow_run_id and stored.flow_run_id != flow_run_id and not stored.terminal:
+        stored = save_rollout(store, stored.model_copy(update={"flow_run_id": flow_run_id}), actor=actor,
+                              expected_revision=stored.revision)
+    return drain(store, stored, actor=actor, emit=emit)
+
+
+def stage_window(state: RolloutState, now: datetime, settle_s: float) -> tuple[datetime, datetime]:
+    """The current stage's window: from its start plus ``settle_s`` (the gateways adopt a new split within
+    their poll interval; requests routed by the old split before that must not count) up to ``now``."""
+    since = _parse(state.stage_started_at) + timedelta(seconds=settle_s)
+    return since, max(now, since + timedelta(microseconds=1))
+
+
+def arms(predictions: PredictionStore, state: RolloutState, plan: RolloutPlan, now: datetime,
+         settle_s: float) -> tuple[VersionAggregate, VersionAggregate]:
+    """(champion, challenger) aggregates of the stage's window; silent arms are zero-count aggregates.
+
+    On the 100 % stage the champion answers nothing, so its arm is the reference it set earlier in this
+    rollout: its traffic from the rollout's start to this stage's start (the decision compares against
+    that, and skips the split check, see ``lifecycle.rollout_plan``).
+    """
+    since, until = stage_window(state, now, settle_s)
+    found = {a.version: a for a in predictions.aggregates(state.model, since, until)
+             if a.version in (state.champion, state.candidate)}
+    if plan.stages[state.stage_index].share == 100:
+        ref_since, ref_until = _parse(state.started_at), _parse(state.stage_started_at)
+        ref = [a for a in predictions.aggregates(state.model, ref_since, ref_until)
+               if a.version == state.champion and a.role == "champion"] if ref_until > ref_since else []
+        found[state.champion] = ref[0] if ref else None
+    return (found.get(state.champion) or _silent(state, state.champion, "champion", since, until),
+            found.get(state.candidate) or _silent(state, state.candidate, "challenger", since, until))
+
+
+def _silent(state: RolloutState, version: int, role: str, since: datetime, until: datetime) -> VersionAggregate:
+    zero = dict.fromkeys(("requests", "served", "ok", "model_errors", "infra_errors", "input_errors",
+                          "guardrail_flagged", "prompt_tokens", "completion_tokens", "feedback_count",
+                          "feedback_success"), 0)
+    return VersionAggregate(model=state.model, version=version, role=role, latency_p50_ms=None, latency_p95_ms=None,
+                            latency_p99_ms=None, window_start=since, window_end=until, **zero)
+
+
+def step(store: RegistryStore, predictions: PredictionStore, state: RolloutState, plan: RolloutPlan, *,
+         actor: str, emit: Emitter, settle_s: float) -> tuple[RolloutState, StageVerdict | None]:
+    """One look at a running rollout: decide the current stage; save and act unless it holds."""
+    if state.phase != "running":
+        return state, None
+    now = store.clock()
+    champion, challenger = arms(predictions, state, plan, now, settle_s)
+    elapsed = (as_utc(now) - _parse(state.stage_started_at)).total_seconds()
+    verdict = decide_stage(plan.stages[state.stage_index], champion, challenger, elapsed)
+    after, effects = next_state(state, verdict, plan, _iso(now))
+    if after is state:  # hold: nothing to save, nothing to do
+        return state, verdict
+    detail = {"verdict": verdict.model_dump(mode="json"), "champion_window": champion.model_dump(mode="json"),
+              "challenger_window": challenger.model_dump(mode="json")}
+    return commit(store, state, after, effects, actor=actor, emit=emit, detail=detail), verdict
+
+
+def answer(store: RegistryStore, state: RolloutState, plan: RolloutPlan, *, approve: bool, reviewer: str,
+           comment: str, actor: str, emit: Emitter) -> RolloutState:
+    """A person's answer to a paused rollout or an approval request (no-op in any other phase)."""
+    reason = f"{'approved' if approve else 'rejected'} by {reviewer}" + (f": {comment}" if comment else "")
+    after, effects = decide_by_person(state, plan, approve=approve, reason=reason, now=_iso(store.clock()))
+    if after is state:
+        return state
+    return commit(store, state, after, effects, actor=actor, emit=emit,
+                  detail={"reviewer": reviewer, "approve": approve, "comment": comment})
+
+
+def current(store: RegistryStore, model: str, candidate: int) -> RolloutState:
+    state = get_rollout(store, model, candidate)
+    if state is None:
+        raise NotFoundError(f"no rollout of {model}:v{candidate}")
+    return state
+
+
+def stop(store: RegistryStore, state: RolloutState, plan: RolloutPlan, *, reason: str, actor: str,
+         emit: Emitter) -> RolloutState:
+    """An operator aborts the rollout: the champion's full traffic first; the candidate is not rejected."""
+    after, effects = abort(state, plan, reason=reason, now=_iso(store.clock()))
+    if after is state:
+        return state
+    return commit(store, state, after, effects, actor=actor, emit=emit, detail={"reason": reason})
+
+
+def pin_rollout(store: RegistryStore, state: RolloutState, *, reason: str, actor: str,
+                emit: Emitter) -> RolloutState:
+    """``slm traffic pin`` during a rollout: pause it and send all traffic to the champion, in one decision."""
+    after, effects = pin(state, reason=reason, now=_iso(store.clock()))
+    if after is state:
+        return state
+    return commit(store, state, after, effects, actor=actor, emit=emit, detail={"reason": reason, "pin": True})

@@ -1,0 +1,131 @@
+"""`slm rollout run|status|approve|reject|abort`: drive a rollout, see where it is, answer or stop it."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from slm_cli.flows_cmd import prefect_env
+from slm_cli.ops_cmd import Reason, _actor, _check
+from slm_cli.registry_cmd import _registry
+from slm_cli.rollout_cmd import rollout_app
+
+console = Console()
+Ref = Annotated[str, typer.Argument(help="the candidate, MODEL:vN")]
+Plan = Annotated[str, typer.Option(help="rollout plan (YAML)")]
+
+
+@rollout_app.command("run")
+def run_cmd(ref: Ref, plan: Plan = "configs/rollout.yaml",
+            look_interval: Annotated[float, typer.Option(help="seconds between looks")] = 30.0,
+            settle: Annotated[float, typer.Option(help="seconds a new split needs to reach every gateway")] = 5.0,
+            approval_timeout: Annotated[int, typer.Option(help="seconds a pause waits for a person")] = 86_400,
+            ) -> None:
+    """Run (or resume) the rollout flow of a candidate here, against the gateways that share the registry."""
+    prefect_env()
+    from flows.rollout import rollout
+    from tasks.rollout import RolloutParams
+
+    outcome = rollout(RolloutParams(version=ref, plan=plan, look_interval_s=look_interval, settle_s=settle,
+                                    approval_timeout_s=approval_timeout))
+    colour = {"promoted": "green", "rolled_back": "red"}.get(outcome.phase, "yellow")
+    console.print(f"[{colour}]{outcome.version}: {outcome.phase}[/{colour}] at stage {outcome.stage} "
+                  f"(champion was {outcome.champion})")
+    for reason in outcome.reasons:
+        console.print(f"  {reason}")
+
+
+@rollout_app.command("status")
+def status_cmd(model: Annotated[str | None, typer.Option(help="model name")] = None,
+               version: Annotated[str | None, typer.Option(help="MODEL:vN (default: the running rollout)")] = None,
+               as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Where a rollout is: phase, stage, history of decisions, pending effects."""
+    state = _state(model, version)
+    if as_json:
+        print(json.dumps(state.model_dump(mode="json"), indent=2))
+        return
+    console.print(f"{state.model}:v{state.candidate} vs champion v{state.champion}: [bold]{state.phase}[/bold] at "
+                  f"stage {state.stage_index} (plan {state.plan_name} v{state.plan_version}), since "
+                  f"{state.stage_started_at}" + (f"; {len(state.pending)} effects pending" if state.pending else ""))
+    table = Table("at", "stage", "decision", "reasons")
+    for h in state.history:
+        table.add_row(h.at, h.stage, h.action, "\n".join(h.reasons))
+    console.print(table)
+
+
+def _state(model: str | None, version: str | None):
+    from registry.rollouts import active_rollout, get_rollout
+
+    with _registry() as reg:
+        if version:
+            name, number = reg.resolve(version)
+            state = get_rollout(reg.store, name, number)
+        else:
+            name = model or reg.default_model
+            state = active_rollout(reg.store, name)
+    if state is None:
+        console.print(f"[red]error:[/red] no {'rollout of ' + version if version else 'running rollout of ' + name}")
+        raise typer.Exit(1)
+    return state
+
+
+def _answer(ref: str | None, model: str | None, approve: bool, reviewer: str | None, comment: str,
+            plan: str) -> None:
+    prefect_env()
+    import getpass
+
+    from lifecycle.config import load_yaml_config
+    from lifecycle.rollout_plan import RolloutPlan
+    from tasks.rollout import Approval, plan_path, send_answer
+
+    state = _state(model, ref)
+    answer = Approval(approve=approve, reviewer=reviewer or getpass.getuser(), comment=comment)
+    try:
+        done = send_answer(state.model, state.candidate, answer, load_yaml_config(plan_path(plan), RolloutPlan))
+    except ValueError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from None
+    console.print(f"[green]✓[/green] {'approved' if approve else 'rejected'} {state.model}:v{state.candidate}: {done}")
+
+
+Reviewer = Annotated[str | None, typer.Option(help="who decides (default: your user name)")]
+Comment = Annotated[str, typer.Option(help="why: recorded in the audit log")]
+Version = Annotated[str | None, typer.Argument(help="MODEL:vN (default: the model's running rollout)")]
+Model = Annotated[str | None, typer.Option(help="model name")]
+
+
+@rollout_app.command("approve")
+def approve_cmd(ref: Version = None, model: Model = None, reviewer: Reviewer = None, comment: Comment = "",
+                plan: Plan = "configs/rollout.yaml") -> None:
+    """Approve a rollout waiting for a person: go to the last stage, or resume a paused stage."""
+    _answer(ref, model, True, reviewer, comment, plan)
+
+
+@rollout_app.command("reject")
+def reject_cmd(ref: Version = None, model: Model = None, reviewer: Reviewer = None, comment: Comment = "",
+               plan: Plan = "configs/rollout.yaml") -> None:
+    """Reject a rollout waiting for a person: the champion gets all traffic back, the candidate is rolled back."""
+    _answer(ref, model, False, reviewer, comment, plan)
+
+
+@rollout_app.command("abort")
+def abort_cmd(reason: Reason, ref: Version = None, model: Model = None, plan: Plan = "configs/rollout.yaml") -> None:
+    """Stop a rollout now: all traffic back to the champion; the candidate stays a candidate."""
+    _check(reason)
+    prefect_env()
+    from lifecycle.config import load_yaml_config
+    from lifecycle.rollout_plan import RolloutPlan
+    from registry import rollout_exec
+    from tasks.rollout import emit_rollout_event, plan_path
+
+    state = _state(model, ref)
+    with _registry() as reg:
+        state = rollout_exec.stop(reg.store, rollout_exec.current(reg.store, state.model, state.candidate),
+                                  load_yaml_config(plan_path(plan), RolloutPlan), reason=reason, actor=_actor(),
+                                  emit=emit_rollout_event)
+    console.print(f"[yellow]■[/yellow] rollout of {state.model}:v{state.candidate} {state.phase}; all traffic to "
+                  f"v{state.champion}")

@@ -1,0 +1,154 @@
+"""Rollout tasks: thin wrappers over ``registry.rollout_exec`` that add Prefect events and artifacts."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from prefect import task
+from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.events import emit_event
+from prefect.input import RunInput
+from pydantic import Field
+
+from lifecycle.config import load_yaml_config
+from lifecycle.records import Frozen
+from lifecycle.rollout_plan import RolloutPlan, StageVerdict
+from lifecycle.rollout_state import RolloutState
+from lifecycle.settings import project_root
+from registry import rollout_exec
+from registry.predictions import PredictionStore
+from registry.service import open_registry
+from registry.store import ConcurrentChangeError
+from tasks.events import resource
+
+
+class RolloutParams(Frozen):
+    """What the rollout deployment takes; the ``slm.candidate.published`` trigger fills ``version``."""
+
+    version: str = Field(description="the candidate to roll out, MODEL:vN (as in the published event's payload)")
+    plan: str = Field(default="configs/rollout.yaml", description="the rollout plan (YAML), relative to the repo")
+    look_interval_s: float = Field(default=30.0, gt=0, description="seconds between two looks at a stage")
+    settle_s: float = Field(default=5.0, ge=0, description=(
+        "seconds after a split change before the stage's window opens: at least the gateways' split poll, so "
+        "requests still routed by the previous split do not count"))
+    approval_timeout_s: int = Field(default=86_400, ge=1, description="how long a pause waits for a person")
+    approval_poll_s: int = Field(default=10, ge=1, description="how often a paused run checks for an answer")
+    actor: str = Field(default="flow:rollout", description="who the audit log names")
+
+
+class Approval(RunInput):
+    """The form a person fills in the Prefect UI (or `slm rollout approve|reject`) to answer a pause."""
+
+    approve: bool = Field(description="true: go on (next stage, or resume the paused one); false: roll back")
+    reviewer: str = Field(min_length=1, description="who decides: recorded in the audit log")
+    comment: str = Field(default="", description="why")
+
+
+def emit_rollout_event(event: str, payload: dict[str, Any], event_id: uuid.UUID) -> None:
+    emit_event(event=event, resource=resource(payload["model"]), payload=payload, id=event_id)
+
+
+def plan_path(plan: str) -> Path:
+    path = Path(plan)
+    return path if path.is_absolute() else project_root() / path
+
+
+@task(name="load-rollout-plan", cache_policy=NO_CACHE)
+def load_plan(params: RolloutParams) -> RolloutPlan:
+    return load_yaml_config(plan_path(params.plan), RolloutPlan)
+
+
+@task(name="begin-rollout", cache_policy=NO_CACHE)
+def begin(params: RolloutParams, plan: RolloutPlan, flow_run_id: str | None) -> RolloutState:
+    with open_registry() as registry:
+        model, number = registry.resolve(params.version)
+        return rollout_exec.begin(registry.store, model, number, plan, actor=params.actor, emit=emit_rollout_event,
+                                  flow_run_id=flow_run_id)
+
+
+@task(name="look", cache_policy=NO_CACHE)
+def look(params: RolloutParams, plan: RolloutPlan, state: RolloutState) -> tuple[RolloutState, StageVerdict | None]:
+    """Wait one look interval, then decide the current stage on its live window."""
+    time.sleep(params.look_interval_s)
+    with open_registry() as registry:
+        predictions = PredictionStore(registry.store.engine)
+        try:
+            return rollout_exec.step(registry.store, predictions, state, plan, actor=params.actor,
+                                     emit=emit_rollout_event, settle_s=params.settle_s)
+        except ConcurrentChangeError:  # an operator paused, pinned or aborted it meanwhile: go on from there
+            return rollout_exec.current(registry.store, state.model, state.candidate), None
+
+
+@task(name="record-answer", cache_policy=NO_CACHE)
+def record_answer(params: RolloutParams, plan: RolloutPlan, state: RolloutState, answer: Approval) -> RolloutState:
+    with open_registry() as registry:
+        fresh = rollout_exec.current(registry.store, state.model, state.candidate)
+        return rollout_exec.answer(registry.store, fresh, plan, approve=answer.approve, reviewer=answer.reviewer,
+                                   comment=answer.comment, actor=f"person:{answer.reviewer}", emit=emit_rollout_event)
+
+
+def reread(state: RolloutState) -> RolloutState:
+    """The stored state now (a person may have answered through the CLI while nobody was waiting)."""
+    with open_registry() as registry:
+        return rollout_exec.current(registry.store, state.model, state.candidate)
+
+
+def progress_key(state: RolloutState) -> str:
+    return f"rollout-{state.model}-v{state.candidate}".lower()
+
+
+def start_progress(state: RolloutState, plan: RolloutPlan) -> uuid.UUID:
+    return create_progress_artifact(progress=_percent(state, plan), key=progress_key(state),
+                                    description=_describe(state, plan))
+
+
+def show_progress(artifact_id: uuid.UUID, state: RolloutState, plan: RolloutPlan,
+                  verdict: StageVerdict | None) -> None:
+    update_progress_artifact(artifact_id, progress=_percent(state, plan), description=_describe(state, plan))
+    if verdict is not None and verdict.action != "hold":
+        rows = [{"check": f.check, "verdict": str(f.verdict), "observed": f.observed, "threshold": f.threshold,
+                 "reason": f.reason} for f in verdict.findings]
+        create_table_artifact(table=rows, key=f"{progress_key(state)}-{verdict.stage}".lower(),
+                              description=f"{state.model}:v{state.candidate} at {verdict.stage}: {verdict.action} "
+                                          f"(plan {plan.name} v{plan.version})")
+
+
+def _percent(state: RolloutState, plan: RolloutPlan) -> float:
+    if state.phase == "promoted":
+        return 100.0
+    return round(100.0 * state.stage_index / len(plan.stages), 1)
+
+
+def _describe(state: RolloutState, plan: RolloutPlan) -> str:
+    return (f"{state.model}:v{state.candidate} vs champion v{state.champion}: {state.phase} at stage "
+            f"{plan.stages[state.stage_index].name} ({state.stage_index + 1}/{len(plan.stages)})")
+
+
+def send_answer(model: str, candidate: int, answer: Approval, plan: RolloutPlan) -> str:
+    """Answer a rollout waiting for a person: resume its paused flow run with the answer when one is waiting
+    (the run records it and goes on); otherwise record the answer now, and the next run carries on."""
+    import httpx
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+    from prefect.flow_runs import resume_flow_run
+
+    with open_registry() as registry:
+        state = rollout_exec.current(registry.store, model, candidate)
+        if state.phase not in ("paused", "awaiting_approval"):
+            raise ValueError(f"the rollout of {model}:v{candidate} is {state.phase}: nothing waits for an answer")
+        if state.flow_run_id:
+            try:
+                with get_client(sync_client=True) as client:
+                    run = client.read_flow_run(uuid.UUID(state.flow_run_id))
+            except (ObjectNotFound, httpx.HTTPError, OSError):  # another Prefect API, or gone: record it here
+                run = None
+            if run is not None and run.state is not None and run.state.is_paused():
+                resume_flow_run(run.id, run_input=answer.model_dump())
+                return f"resumed flow run {run.name} ({run.id}) with the answer"
+        rollout_exec.answer(registry.store, state, plan, approve=answer.approve, reviewer=answer.reviewer,
+                            comment=answer.comment, actor=f"person:{answer.reviewer}", emit=emit_rollout_event)
+        return "recorded; no flow run was waiting, so run the rollout again to carry on"

@@ -1,0 +1,255 @@
+"""Carrying out rollouts against a real store, with traffic fed into the prediction log the way a gateway
+writes it (routed by the stored split), a controllable clock, and a crash injected at every step."""
+
+import itertools
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from lifecycle.predictions import Feedback, Prediction
+from lifecycle.rollout_plan import RolloutPlan
+from lifecycle.routing import TrafficSplit
+from lifecycle.status import Alias, VersionStatus
+from registry import rollout_exec
+from registry.predictions import PredictionStore
+from registry.rollouts import RolloutInProgress, get_rollout
+from registry.store import ConcurrentChangeError, RegistryStore
+from registry.traffic import get_split, set_split
+
+GUARD = [{"metric": "model_error_rate", "direction": "lower_is_better", "regression": 0.3},
+         {"metric": "feedback_success_rate", "direction": "higher_is_better", "regression": 0.3}]
+SHADOW_GUARD = GUARD[:1]
+
+
+def make_plan(approval=True) -> RolloutPlan:
+    stages = [{"name": "shadow", "share": 0, "guardrails": SHADOW_GUARD},
+              {"name": "canary-20", "share": 20}, {"name": "canary-50", "share": 50}, {"name": "full", "share": 100}]
+    return RolloutPlan.model_validate({
+        "name": "test", "version": 1, "approval_before_last_stage": approval,
+        "stage_defaults": {"min_requests_per_arm": 30, "max_duration_s": 36_000, "guardrails": GUARD},
+        "stages": stages})
+
+
+class Clock:
+    def __init__(self):
+        self.now = datetime(2026, 1, 1, tzinfo=UTC)
+
+    def __call__(self):
+        return self.now
+
+
+class Killed(BaseException):
+    """Stands for SIGKILL: nothing after it runs, no except clause catches it."""
+
+
+def _world(url):
+    """v1 champion with all traffic, v2 a candidate."""
+    clock = Clock()
+    store = RegistryStore.open(url, clock=clock)
+    for _ in range(2):
+        store.register_version("router", status=VersionStatus.CANDIDATE, prompt_format="f", reason="t", actor="a",
+                               publish=lambda k: (f"local://models/router/v{k}", {}))
+    store.promote("router", 1, actor="t", reason="first champion")
+    set_split(store, TrafficSplit(model="router", champion=1), actor="t", reason="start")
+    return store, PredictionStore(store.engine), clock
+
+
+@pytest.fixture
+def world(db_url):
+    store, preds, clock = _world(db_url)
+    yield store, preds, clock
+    store.close()
+
+
+_ids = itertools.count()
+
+
+def feed(store, preds, clock, *, bad: bool, requests: int = 200):
+    """One minute of traffic routed by the stored split, like a gateway: the challenger's share of users;
+    a shadow answers every request too. A bad candidate makes model errors and unhappy users."""
+    split = get_split(store, "router")
+    start = clock.now
+    clock.now += timedelta(seconds=60)
+    rows, feedback = [], []
+    for i in range(requests):
+        ts = start + timedelta(seconds=60 * (i + 0.5) / requests)
+        rid = f"r{next(_ids)}"
+        served = split.challenger if split.challenger and i % 100 < split.challenger_percent else split.champion
+        answers = [(served, "challenger" if served == split.challenger else "champion", True)]
+        if split.shadow:
+            answers.append((split.shadow, "shadow", False))
+        for version, role, is_served in answers:
+            wrong = bad and version == 2 and i % 2 == 0
+            rows.append(Prediction(ts=ts, request_id=rid, model="router", version=version, role=role, user_hash="u",
+                                   prompt="p", completion="c", latency_ms=5.0,
+                                   outcome="model_error" if wrong else "ok", served=is_served))
+            if is_served:
+                feedback.append(Feedback(request_id=rid, outcome="failure" if wrong else "success", ts=ts))
+    preds.insert_many(rows)
+    for f in feedback:
+        preds.record_feedback(f)
+
+
+def drive(store, preds, clock, plan, events, *, bad=False, max_looks=40):
+    """What the flow does, without Prefect: begin (or resume), look after each minute, answer approvals."""
+    def emit(event, payload, event_id):
+        events.append((event, payload["stage"], event_id))
+
+    state = rollout_exec.begin(store, "router", 2, plan, actor="flow", emit=emit)
+    for _ in range(max_looks):
+        if state.terminal:
+            return state
+        if state.phase != "running":
+            state = rollout_exec.answer(store, state, plan, approve=True, reviewer="ann", comment="ok",
+                                        actor="person:ann", emit=emit)
+            continue
+        feed(store, preds, clock, bad=bad)
+        state, _ = rollout_exec.step(store, preds, state, plan, actor="flow", emit=emit, settle_s=0)
+    raise AssertionError(f"no decision after {max_looks} looks: {state}")
+
+
+def test_good_candidate_is_promoted_through_every_stage(world):
+    store, preds, clock = world
+    events = []
+    state = drive(store, preds, clock, make_plan(), events)
+    assert state.phase == "promoted" and state.pending == []
+    assert [h.action for h in state.history] == ["advance", "advance", "advance", "approve", "advance"]
+    assert store.aliases("router") == {"champion": 2, "previous": 1}
+    assert get_split(store, "router") == TrafficSplit(model="router", champion=2, revision=6)  # start + 5 stage moves
+    assert store.get_version("router", 2).status is VersionStatus.PROMOTED
+    assert [(e, s) for e, s, _ in events] == [
+        ("slm.rollout.stage", "shadow"), ("slm.rollout.stage", "canary-20"), ("slm.rollout.stage", "canary-50"),
+        ("slm.rollout.awaiting_approval", "canary-50"), ("slm.rollout.stage", "full"),
+        ("slm.rollout.promoted", "full")]
+    decisions = [e for e in store.audit_events() if e.action == "rollout.state"]
+    assert decisions[0].payload["detail"]["verdict"]["action"] == "advance"
+    assert decisions[3].payload["detail"] == {"reviewer": "ann", "approve": True, "comment": "ok"}
+    assert store.verify_audit().ok
+
+
+def test_bad_candidate_is_rolled_back_with_the_champion_restored_first(world):
+    store, preds, clock = world
+    events = []
+    state = drive(store, preds, clock, make_plan(), events, bad=True)
+    assert (state.phase, state.stage_index) == ("rolled_back", 0)  # model errors show even in shadow
+    assert get_split(store, "router").live_versions == [1]
+    assert store.aliases("router") == {"champion": 1}
+    version = store.get_version("router", 2)
+    assert version.status is VersionStatus.ROLLED_BACK
+    history = store.status_history("router", 2)
+    assert "model_error_rate" in history[-1]["reason"]
+    order = [e.action for e in store.audit_events() if e.seq > _last_decision(store)]
+    assert order.index("traffic.split") < order.index("version.status")  # traffic first, then the record
+    assert events[-1][:2] == ("slm.rollout.rolled_back", "shadow")
+
+
+def _last_decision(store):
+    return [e.seq for e in store.audit_events() if e.action == "rollout.state"][-1]
+
+
+def test_second_candidate_is_refused_and_a_non_candidate_too(world):
+    store, preds, clock = world
+    store.register_version("router", status=VersionStatus.REJECTED, prompt_format="f", reason="t", actor="a",
+                           publish=lambda k: (f"local://models/router/v{k}", {}))
+    with pytest.raises(rollout_exec.RolloutRefused, match="v3 is rejected; only a candidate"):
+        rollout_exec.begin(store, "router", 3, make_plan(), actor="flow", emit=lambda *a: None)
+    rollout_exec.begin(store, "router", 2, make_plan(), actor="flow", emit=lambda *a: None)
+    store.register_version("router", status=VersionStatus.CANDIDATE, prompt_format="f", reason="t", actor="a",
+                           publish=lambda k: (f"local://models/router/v{k}", {}))
+    with pytest.raises(RolloutInProgress, match="only one rollout per model"):
+        rollout_exec.begin(store, "router", 4, make_plan(), actor="flow", emit=lambda *a: None)
+
+
+def test_abort_restores_the_champion_and_keeps_the_candidate(world):
+    store, preds, clock = world
+    plan = make_plan()
+    state = rollout_exec.begin(store, "router", 2, plan, actor="flow", emit=lambda *a: None)
+    assert store.get_alias("router", Alias.CHALLENGER) == 2
+    state = rollout_exec.stop(store, state, plan, reason="3 a.m.", actor="op", emit=lambda *a: None)
+    assert state.phase == "aborted"
+    assert get_split(store, "router").live_versions == [1]
+    assert store.get_alias("router", Alias.CHALLENGER) is None
+    assert store.get_version("router", 2).status is VersionStatus.CANDIDATE
+
+
+def _crash_at(monkeypatch, k: int):
+    """Kill the process at the k-th effect or save (counted together), once."""
+    calls = itertools.count()
+    real_carry, real_save = rollout_exec._carry_out, rollout_exec.save_rollout
+
+    def maybe_die():
+        if next(calls) == k:
+            raise Killed
+
+    def carry(*a, **kw):
+        maybe_die()
+        return real_carry(*a, **kw)
+
+    def save(*a, **kw):
+        result = real_save(*a, **kw)
+        maybe_die()  # after the commit: the state is saved, nothing after it ran
+        return result
+
+    monkeypatch.setattr(rollout_exec, "_carry_out", carry)
+    monkeypatch.setattr(rollout_exec, "save_rollout", save)
+    return calls
+
+
+@pytest.mark.parametrize("bad", [False, True], ids=["promoted", "rolled-back"])
+def test_killed_at_every_step_then_rerun_ends_exactly_once(tmp_path, monkeypatch, bad):
+    plan = make_plan()
+    crashed = 0
+    for k in range(80):
+        # A fresh registry each time: crash at step k, then run again to the end.
+        store, preds, clock = _world(f"sqlite:///{tmp_path / f'k{k}.db'}")
+        with monkeypatch.context() as m:
+            _crash_at(m, k)
+            try:
+                drive(store, preds, clock, plan, [], bad=bad)
+            except Killed:
+                pass
+            else:
+                break  # k is past the last step: every step has been a crash point
+        crashed += 1
+        state = drive(store, preds, clock, plan, [], bad=bad)
+        _assert_consistent(store, state, bad)
+        store.close()
+    assert crashed >= (6 if bad else 20)
+
+
+def _assert_consistent(store, state, bad):
+    assert get_rollout(store, "router", 2).pending == []
+    split = get_split(store, "router")
+    champion_moves = [e.payload["to"] for e in store.audit_events()
+                      if e.action == "alias.moved" and e.payload["alias"] == "champion"]
+    if bad:
+        assert state.phase == "rolled_back"
+        assert split.live_versions == [1] and store.aliases("router") == {"champion": 1}
+        assert store.get_version("router", 2).status is VersionStatus.ROLLED_BACK
+        assert champion_moves == [1]
+    else:
+        assert state.phase == "promoted"
+        assert split.live_versions == [2] and store.aliases("router") == {"champion": 2, "previous": 1}
+        assert store.get_version("router", 2).status is VersionStatus.PROMOTED
+        assert champion_moves == [1, 2]  # promoted exactly once
+    assert store.verify_audit().ok
+
+
+def test_pin_pauses_the_rollout_and_a_stale_look_cannot_undo_it(world):
+    store, preds, clock = world
+    plan = make_plan()
+    quiet = lambda *a: None  # noqa: E731
+    state = rollout_exec.begin(store, "router", 2, plan, actor="flow", emit=quiet)
+    feed(store, preds, clock, bad=False)
+    looked, _ = rollout_exec.step(store, preds, state, plan, actor="flow", emit=quiet, settle_s=0)
+    assert looked.stage_index == 1
+    pinned = rollout_exec.pin_rollout(store, looked, reason="pager at 3 a.m.", actor="op", emit=quiet)
+    assert pinned.phase == "paused" and get_split(store, "router").live_versions == [1]
+    feed(store, preds, clock, bad=False)
+    with pytest.raises(ConcurrentChangeError):  # the flow's look from before the pin
+        rollout_exec.step(store, preds, looked, plan, actor="flow", emit=quiet, settle_s=0)
+    assert rollout_exec.step(store, preds, pinned, plan, actor="flow", emit=quiet, settle_s=0) == (pinned, None)
+    resumed = rollout_exec.answer(store, pinned, plan, approve=True, reviewer="ann", comment="false alarm",
+                                  actor="person:ann", emit=quiet)
+    assert (resumed.phase, resumed.stage_index) == ("running", 1)
+    assert get_split(store, "router").challenger_percent == 20.0
