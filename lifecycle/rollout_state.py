@@ -115,6 +115,9 @@ class RolloutState(Frozen):
         "effects decided but not yet confirmed carried out: saved WITH the decision (an outbox), carried "
         "out in order, then cleared; a re-run after a crash carries out what is still here first"))
     flow_run_id: str | None = Field(default=None, description="the Prefect flow run driving it (approvals resume it)")
+    applied_at: str | None = Field(default=None, description=(
+        "ISO-8601 time the last decision's effects were all carried out: the stage's window opens here, so "
+        "traffic routed by the old split while a crashed run left the new one unapplied never counts"))
     history: list[StageRecord] = Field(default_factory=list)
     revision: int = Field(default=0, ge=0, description="set by the store; compare-and-swap on save")
 

@@ -103,7 +103,7 @@ def drain(store: RegistryStore, state: RolloutState, *, actor: str, emit: Emitte
         return state
     for index, effect in enumerate(state.pending):
         _carry_out(store, state, effect, index, actor=actor, emit=emit)
-    done = state.model_copy(update={"pending": []})
+    done = state.model_copy(update={"pending": [], "applied_at": _iso(store.clock())})
     return save_rollout(store, done, actor=actor, expected_revision=state.revision)
 
 
@@ -142,9 +142,11 @@ def begin(store: RegistryStore, model: str, candidate: int, plan: RolloutPlan, *
 
 
 def stage_window(state: RolloutState, now: datetime, settle_s: float) -> tuple[datetime, datetime]:
-    """The current stage's window: from its start plus ``settle_s`` (the gateways adopt a new split within
-    their poll interval; requests routed by the old split before that must not count) up to ``now``."""
-    since = _parse(state.stage_started_at) + timedelta(seconds=settle_s)
+    """The current stage's window: from the moment its split was written (``applied_at``; later than the
+    decision only when a run died in between) plus ``settle_s`` — the gateways adopt a new split within their
+    poll interval, and requests routed by the old split must not count — up to ``now``."""
+    opened = max(_parse(state.stage_started_at), _parse(state.applied_at or state.stage_started_at))
+    since = opened + timedelta(seconds=settle_s)
     return since, max(now, since + timedelta(microseconds=1))
 
 
@@ -157,9 +159,10 @@ def arms(predictions: PredictionStore, state: RolloutState, plan: RolloutPlan, n
     that, and skips the split check, see ``lifecycle.rollout_plan``).
     """
     since, until = stage_window(state, now, settle_s)
-    found = {a.version: a for a in predictions.aggregates(state.model, since, until)
-             if a.version in (state.champion, state.candidate)}
-    if plan.stages[state.stage_index].share == 100:
+    share = plan.stages[state.stage_index].share
+    wanted = {(state.champion, "champion"), (state.candidate, "shadow" if share == 0 else "challenger")}
+    found = {a.version: a for a in predictions.aggregates(state.model, since, until) if (a.version, a.role) in wanted}
+    if share == 100:
         ref_since, ref_until = _parse(state.started_at), _parse(state.stage_started_at)
         ref = [a for a in predictions.aggregates(state.model, ref_since, ref_until)
                if a.version == state.champion and a.role == "champion"] if ref_until > ref_since else []

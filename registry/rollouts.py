@@ -84,7 +84,7 @@ def start_rollout(store: RegistryStore, state: RolloutState, *, actor: str) -> R
 
 def _decision(state: RolloutState) -> str:
     """The state without its bookkeeping (pending effects, driving flow run): what a decision changes."""
-    return canonical_json(state.model_dump(mode="json", exclude={"revision", "pending", "flow_run_id"}))
+    return canonical_json(state.model_dump(mode="json", exclude={"revision", "pending", "flow_run_id", "applied_at"}))
 
 
 def save_rollout(store: RegistryStore, state: RolloutState, *, actor: str, expected_revision: int,

@@ -19,6 +19,7 @@ from lifecycle.settings import Settings, get_settings
 from lifecycle.status import Alias, VersionStatus
 from registry.artifacts import ArtifactIntegrityError, ArtifactStore, LocalArtifactStore
 from registry.cards import render_model_card
+from registry.retire import VersionDecommissioned
 from registry.store import NotFoundError, RegistryStore
 
 _REF = re.compile(r"^(?:(?P<model>[a-z0-9][a-z0-9_-]*):)?(?:v(?P<number>[0-9]+)|(?P<alias>[a-z]+))$")
@@ -62,8 +63,20 @@ class Registry:
         return self.store.get_version(*self.resolve(ref))
 
     def version_dir(self, version: ModelVersion) -> Path:
-        """The version's folder, after every file's sha256 has been checked against the registry."""
-        return self.artifacts.version_dir(version.model, version.number, version.files)
+        """The version's folder, after every file's sha256 has been checked against the registry.
+
+        A retired version is refused with :class:`VersionDecommissioned`, which says where its tombstone is.
+        """
+        gone = (f"{version.ref} is {version.status}: it was retired and cannot be loaded; its tombstone (card, "
+                f"lineage, evals, history) is at local://tombstones/{version.model}/v{version.number}")
+        if version.status is VersionStatus.DECOMMISSIONED:
+            raise VersionDecommissioned(gone)
+        try:
+            return self.artifacts.version_dir(version.model, version.number, version.files)
+        except ArtifactIntegrityError:
+            if version.status is VersionStatus.ARCHIVED:  # its weights already left, the status not yet
+                raise VersionDecommissioned(gone) from None
+            raise
 
     def base_dir(self, version: ModelVersion) -> Path:
         """The version's base model folder, after checking its content against the recorded revision."""

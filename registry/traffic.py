@@ -13,6 +13,7 @@ from sqlalchemy import select, update
 
 from lifecycle.audit import canonical_json
 from lifecycle.routing import TrafficSplit
+from lifecycle.status import VersionStatus
 from registry import schema as t
 from registry.store import ConcurrentChangeError, RegistryStore
 
@@ -33,13 +34,16 @@ def set_split(store: RegistryStore, split: TrafficSplit, *, actor: str, reason: 
               expected_revision: int | None | type[...] = ...) -> TrafficSplit:
     """Persist ``split`` (its ``revision`` field is ignored) and return it with its new revision.
 
-    Every version it names must exist. ``expected_revision`` makes it a compare-and-swap: if another
+    Every version it names must exist and not be retired (archived or decommissioned: ValueError).
+    ``expected_revision`` makes it a compare-and-swap: if another
     change landed since, nothing is written and :class:`ConcurrentChangeError` says so.
     """
     with store._tx() as conn:
         store._lock_model(conn, split.model)
         for number in split.live_versions:
-            store._status(conn, split.model, number)  # raises NotFoundError for an unknown version
+            status = store._status(conn, split.model, number)  # raises NotFoundError for an unknown version
+            if status in (VersionStatus.ARCHIVED, VersionStatus.DECOMMISSIONED):
+                raise ValueError(f"{split.model}:v{number} is {status} (retired): it cannot take traffic")
         current = conn.execute(select(t.traffic_splits.c.revision, t.traffic_splits.c.split_json).where(
             t.traffic_splits.c.model == split.model)).first()
         revision = current.revision if current else None

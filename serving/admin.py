@@ -63,11 +63,13 @@ def admin_router(state) -> APIRouter:
             await _loading(asyncio.to_thread(state.live.load_all, split.live_versions))  # load, then route
             saved = await asyncio.to_thread(set_split, state.registry.store, split, actor="admin-api",
                                             reason=change.reason, expected_revision=expected)
-        except (AdminError, ConcurrentChangeError) as exc:
+        except (AdminError, ConcurrentChangeError, ValueError) as exc:
             for number in set(state.live.live()) - before:  # undo what this call loaded
                 await asyncio.to_thread(state.live.unload, number)
             if isinstance(exc, ConcurrentChangeError):
                 raise AdminError(409, str(exc), "conflict") from None
+            if isinstance(exc, ValueError):  # set_split refuses a retired (archived) version
+                raise AdminError(409, str(exc), "version_retired") from None
             raise
         await asyncio.to_thread(state.live.refresh)
         return saved.model_dump()

@@ -3,6 +3,13 @@
 The split lives in the registry store. A watcher thread reads its revision every ``split_poll_s`` and,
 when it moved, loads any newly named version first and only then swaps the split in — so no request is
 ever routed to a version that is not loaded. Unloading waits for the version's in-flight requests.
+
+Retired versions leave by the same path. When the revision moves, the loaded versions the new split does
+not name are looked up, and those the registry has retired (archived or decommissioned) are unloaded;
+retiring a version bumps the split revision for exactly this (``registry.retire``). So the poll stays one
+indexed read, and the lookup runs only on a change. A version that is merely out of the split stays loaded:
+the former champion, now ``previous``, must be there for an instant rollback. A retired version whose last
+requests are still running is retried at every poll until they finish.
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ from collections import Counter
 from contextlib import contextmanager
 
 from lifecycle.routing import Assignment, TrafficSplit, route
+from lifecycle.status import VersionStatus
 from registry.service import Registry
 from registry.store import ConcurrentChangeError
 from registry.traffic import get_split, set_split, split_revision
@@ -21,6 +29,7 @@ from serving.backend import InProcessBackend
 from serving.loader import load_version
 
 log = logging.getLogger(__name__)
+RETIRED = frozenset({VersionStatus.ARCHIVED, VersionStatus.DECOMMISSIONED})
 
 
 class VersionNotLive(LookupError):
@@ -32,6 +41,7 @@ class LiveModel:
         self.registry, self.model, self.backend, self.poll_s = registry, model, backend, poll_s
         self._adapters: dict[int, str | None] = {}
         self._inflight: Counter[int] = Counter()
+        self._retired: set[int] = set()  # loaded, retired, waiting for their last requests to finish
         self._cond = threading.Condition()
         self._stop = threading.Event()
         # One lock for every change of what is loaded or routed: the watcher, the admin API and unloads
@@ -65,6 +75,7 @@ class LiveModel:
         """Pick up a newer split written by any replica. Returns True when it changed."""
         revision = split_revision(self.registry.store, self.model)
         if revision is None or revision <= self.split.revision:
+            self._prune()
             return False
         with self._load_lock:
             split = get_split(self.registry.store, self.model)
@@ -72,7 +83,27 @@ class LiveModel:
                 return False
             self._load(split.live_versions)
             self.split = split  # one reference assignment: readers see the old or the new split, never a mix
+            idle = set(self._adapters) - set(split.live_versions)
+            if idle:
+                status = {v.number: v.status for v in self.registry.store.list_versions(self.model)}
+                self._retired |= {n for n in idle if status.get(n) in RETIRED}
+        self._prune()
         return True
+
+    def _prune(self) -> None:
+        """Unload the retired versions found by ``refresh`` whose in-flight requests have finished."""
+        if not self._retired:  # the usual poll: no lock taken
+            return
+        with self._load_lock:
+            for number in sorted(self._retired):
+                try:
+                    self.unload(number, timeout_s=0)
+                except TimeoutError:
+                    continue  # its last requests are still running: the next poll tries again
+                self._retired.discard(number)
+                log.info("unloaded %s:v%d: retired", self.model, number)
+                self.registry.store.append_audit(actor="gateway", action="gateway.unloaded",
+                                                 subject=f"{self.model}:v{number}", payload={"reason": "retired"})
 
     def _watch(self) -> None:
         while not self._stop.wait(self.poll_s):

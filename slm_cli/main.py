@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import typer
 
+from slm_cli.decommission_cmd import decommission_cmd
 from slm_cli.flows_cmd import bootstrap_cmd, demo_cmd, retrain_cmd
 from slm_cli.ops_cmd import promote_cmd, rollback_cmd, traffic_app
 from slm_cli.registry_cmd import audit_app, registry_app
 from slm_cli.rollout_cmd import rollout_app
+from slm_cli.rollout_run_cmd import run_cmd as _registers_rollout_commands  # noqa: F401
 from slm_cli.serve_cmd import serve
 from slm_cli.validate_cmd import validate
 
@@ -24,6 +26,7 @@ app.command("retrain")(retrain_cmd)
 app.command("demo")(demo_cmd)
 app.command("validate")(validate)
 app.command("serve")(serve)
+app.command("decommission")(decommission_cmd)
 
 
 if __name__ == "__main__":

@@ -85,7 +85,7 @@ def _answer(ref: str | None, model: str | None, approve: bool, reviewer: str | N
     state = _state(model, ref)
     answer = Approval(approve=approve, reviewer=reviewer or getpass.getuser(), comment=comment)
     try:
-        done = send_answer(state.model, state.candidate, answer, load_yaml_config(plan_path(plan), RolloutPlan))
+        done = send_answer(state.model, state.candidate, answer, load_yaml_config(RolloutPlan, plan_path(plan)))
     except ValueError as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(1) from None
@@ -125,7 +125,7 @@ def abort_cmd(reason: Reason, ref: Version = None, model: Model = None, plan: Pl
     state = _state(model, ref)
     with _registry() as reg:
         state = rollout_exec.stop(reg.store, rollout_exec.current(reg.store, state.model, state.candidate),
-                                  load_yaml_config(plan_path(plan), RolloutPlan), reason=reason, actor=_actor(),
+                                  load_yaml_config(RolloutPlan, plan_path(plan)), reason=reason, actor=_actor(),
                                   emit=emit_rollout_event)
     console.print(f"[yellow]■[/yellow] rollout of {state.model}:v{state.candidate} {state.phase}; all traffic to "
                   f"v{state.champion}")

@@ -59,7 +59,7 @@ def plan_path(plan: str) -> Path:
 
 @task(name="load-rollout-plan", cache_policy=NO_CACHE)
 def load_plan(params: RolloutParams) -> RolloutPlan:
-    return load_yaml_config(plan_path(params.plan), RolloutPlan)
+    return load_yaml_config(RolloutPlan, plan_path(params.plan))
 
 
 @task(name="begin-rollout", cache_policy=NO_CACHE)

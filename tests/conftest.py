@@ -102,3 +102,45 @@ def _temporary_pg_database():
 def pg_database():
     """``with pg_database() as url: ...`` — see _temporary_pg_database."""
     return _temporary_pg_database
+
+
+def _send_synthetic_traffic(store, predictions, since, until, *, bad: bool, requests: int = 200,
+                            model: str = "router", candidate: int = 2) -> None:
+    """Log ``requests`` requests spread over [since, until) the way a gateway would: routed by the stored
+    split (the challenger answers exactly its percent of each hundred, so the split is honoured to the
+    request), a shadow answering every request too, and feedback on each served answer. A ``bad``
+    candidate gets every other answer wrong: a model error, and an unhappy user."""
+    import itertools
+
+    from lifecycle.predictions import Feedback, Prediction
+    from registry.traffic import get_split
+
+    split = get_split(store, model)
+    ids = _REQUEST_IDS.setdefault("ids", itertools.count())
+    rows, feedback = [], []
+    for i in range(requests):
+        ts = since + (until - since) * ((i + 0.5) / requests)
+        rid = f"req-{next(ids)}"
+        served = split.challenger if split.challenger and i % 100 < split.challenger_percent else split.champion
+        answers = [(served, "challenger" if served == split.challenger else "champion", True)]
+        if split.shadow:
+            answers.append((split.shadow, "shadow", False))
+        for version, role, is_served in answers:
+            wrong = bad and version == candidate and i % 2 == 0
+            rows.append(Prediction(ts=ts, request_id=rid, model=model, version=version, role=role, user_hash="u",
+                                   prompt="p", completion="c", latency_ms=5.0,
+                                   outcome="model_error" if wrong else "ok", served=is_served))
+            if is_served:
+                feedback.append(Feedback(request_id=rid, outcome="failure" if wrong else "success", ts=ts))
+    predictions.insert_many(rows)
+    for f in feedback:
+        predictions.record_feedback(f)
+
+
+_REQUEST_IDS: dict = {}
+
+
+@pytest.fixture(scope="session")
+def synthetic_traffic():
+    """``send(store, predictions, since, until, bad=..., requests=...)``: see _send_synthetic_traffic."""
+    return _send_synthetic_traffic

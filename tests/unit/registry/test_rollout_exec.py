@@ -6,7 +6,6 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from lifecycle.predictions import Feedback, Prediction
 from lifecycle.rollout_plan import RolloutPlan
 from lifecycle.routing import TrafficSplit
 from lifecycle.status import Alias, VersionStatus
@@ -61,33 +60,19 @@ def world(db_url):
     store.close()
 
 
-_ids = itertools.count()
+TRAFFIC = {}
+
+
+@pytest.fixture(autouse=True)
+def _traffic(synthetic_traffic):
+    TRAFFIC["send"] = synthetic_traffic
 
 
 def feed(store, preds, clock, *, bad: bool, requests: int = 200):
-    """One minute of traffic routed by the stored split, like a gateway: the challenger's share of users;
-    a shadow answers every request too. A bad candidate makes model errors and unhappy users."""
-    split = get_split(store, "router")
+    """One minute of traffic routed by the stored split (``synthetic_traffic`` in tests/conftest.py)."""
     start = clock.now
     clock.now += timedelta(seconds=60)
-    rows, feedback = [], []
-    for i in range(requests):
-        ts = start + timedelta(seconds=60 * (i + 0.5) / requests)
-        rid = f"r{next(_ids)}"
-        served = split.challenger if split.challenger and i % 100 < split.challenger_percent else split.champion
-        answers = [(served, "challenger" if served == split.challenger else "champion", True)]
-        if split.shadow:
-            answers.append((split.shadow, "shadow", False))
-        for version, role, is_served in answers:
-            wrong = bad and version == 2 and i % 2 == 0
-            rows.append(Prediction(ts=ts, request_id=rid, model="router", version=version, role=role, user_hash="u",
-                                   prompt="p", completion="c", latency_ms=5.0,
-                                   outcome="model_error" if wrong else "ok", served=is_served))
-            if is_served:
-                feedback.append(Feedback(request_id=rid, outcome="failure" if wrong else "success", ts=ts))
-    preds.insert_many(rows)
-    for f in feedback:
-        preds.record_feedback(f)
+    TRAFFIC["send"](store, preds, start, clock.now, bad=bad, requests=requests)
 
 
 def drive(store, preds, clock, plan, events, *, bad=False, max_looks=40):

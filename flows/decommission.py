@@ -1,0 +1,57 @@
+"""Decommission flow: retire what the retention policy says, refuse what it must.
+
+Plans with ``lifecycle.retention.plan_retention`` (pure): aliased versions (champion, previous, challenger),
+versions the traffic split names and the versions of a running rollout always stay; of the rest, the
+``keep_recent`` most recent resting versions and everything younger than ``retire_after_days`` stay.
+Each version to retire is then retired by ``registry.retire.retire_version``, which re-checks those holds
+under the registry lock (refusing, and auditing the refusal, if the plan went stale), unloads it from every
+gateway replica (split revision bump), writes its tombstone, archives or deletes its weights, and marks it
+``decommissioned``. A run killed midway is completed by the next run.
+
+Inputs: ``model`` (default: SLM_MODEL_NAME), ``policy_path`` (``configs/retention.yaml``, relative to the
+project root), ``dry_run`` (plan and report only: nothing changes, nothing is audited).
+
+Outputs: :class:`DecommissionOutcome`; a table artifact ``decommission-<model>`` listing every version with
+its action (keep, retire(d), refused, done) and reasons, plus a summary; the event
+``slm.version.decommissioned`` (resource ``slm.model.<model>``, payload ``version: MODEL:vN``) per retired
+version; audit events ``retention.planned`` and each retirement step.
+
+Run it:  ``slm decommission [--model NAME] [--policy FILE] [--dry-run] [--json]``, or deploy with
+``prefect --no-prompt deploy --all`` (scheduled deployment ``decommission/decommission``).
+"""
+
+from __future__ import annotations
+
+from prefect import flow
+
+from lifecycle.records import Frozen
+from lifecycle.retention import RetentionDecision
+from tasks.decommission import RetireOutcome, plan_decommission, report, retire
+
+
+class DecommissionOutcome(Frozen):
+    model: str
+    dry_run: bool
+    decisions: list[RetentionDecision]
+    outcomes: list[RetireOutcome]
+
+    @property
+    def retired(self) -> list[str]:
+        return [o.ref for o in self.outcomes if o.outcome == "retired"]
+
+    @property
+    def refused(self) -> list[str]:
+        return [o.ref for o in self.outcomes if o.outcome == "refused"]
+
+
+@flow(name="decommission", log_prints=True)
+def decommission(model: str | None = None, policy_path: str = "configs/retention.yaml",
+                 dry_run: bool = False) -> DecommissionOutcome:
+    plan = plan_decommission(model, policy_path, dry_run)
+    to_retire = [d for d in plan.decisions if d.action == "retire"]
+    outcomes = [] if dry_run else [retire(plan, d) for d in to_retire]
+    report(plan, outcomes, dry_run)
+    print(f"{plan.model}: {len(to_retire)} to retire"
+          + ("" if dry_run else f", {sum(o.outcome == 'retired' for o in outcomes)} retired, "
+             f"{sum(o.outcome == 'refused' for o in outcomes)} refused"))
+    return DecommissionOutcome(model=plan.model, dry_run=dry_run, decisions=plan.decisions, outcomes=outcomes)

@@ -1,0 +1,222 @@
+"""Retiring a version: the registry side of the decommission flow. The decision is ``lifecycle.retention``.
+
+``retire_version`` runs these steps, each audited, each safe to repeat:
+
+1. Under the model's lock: re-check the hard holds (alias, traffic split, running rollout) — the plan may be
+   stale — and refuse with :class:`RetirementRefused` naming them; else move the status to ``archived``
+   (reason prefixed ``retiring:``, the mark of a retirement in progress).
+2. Bump the split revision, same split: every gateway replica re-reads it and unloads the retired version
+   (``serving.live``). Nothing routes to it already (the split does not name it); this frees the memory.
+3. Write the tombstone (card, lineage, evals, status/alias/audit history) BEFORE the weights go.
+4. Archive (move) or delete the weights, per policy.
+5. Status ``decommissioned``; the tombstone is rewritten with the complete history.
+
+If the process dies anywhere in between, the version is left ``archived`` with the mark, or with a
+tombstone still saying ``retiring``; :func:`retention_inputs` reports it as ``retiring`` and the next run
+retires it again, every step finding its work done or finishing it. Once ``archived``, nothing can give the
+version traffic again: ``set_split`` refuses it and the transition table refuses a promotion.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+from pydantic import Field
+from sqlalchemy import Connection, select
+
+from lifecycle.records import Frozen, ModelVersion
+from lifecycle.retention import RetentionPolicy, RunningRollout, VersionFacts, holds
+from lifecycle.rollout_state import RolloutState
+from lifecycle.routing import TrafficSplit
+from lifecycle.status import Alias, VersionStatus
+from registry import schema as t
+from registry import tombstone as tomb
+from registry.rollouts import _active, active_rollout
+from registry.store import ConcurrentChangeError, NotFoundError, RegistryStore, _event
+from registry.traffic import get_split, set_split
+
+if TYPE_CHECKING:
+    from registry.service import Registry
+
+S = VersionStatus
+RETIRING = "retiring: "  # status-history reason prefix of step 1
+_GONE = frozenset({S.ARCHIVED, S.DECOMMISSIONED})
+
+
+class RetirementRefused(RuntimeError):
+    """Something still needs the version: an alias, the traffic split, or a running rollout."""
+
+    def __init__(self, ref: str, holds: list[str]) -> None:
+        self.ref, self.holds = ref, holds
+        super().__init__(f"refusing to retire {ref}: it " + "; ".join(holds) + ". Move that away first")
+
+
+class VersionDecommissioned(NotFoundError):
+    """A version that was retired: its tombstone remains, its weights cannot be loaded."""
+
+
+class Retirement(Frozen):
+    ref: str
+    artifacts: Literal["archive", "delete"]
+    archive_uri: str | None = Field(description="where the weights are now; None when deleted")
+    tombstone_uri: str
+    steps: list[str] = Field(description="what this call did; empty when the version was already retired")
+
+
+class RetentionInputs(Frozen):
+    """Everything ``lifecycle.retention.plan_retention`` needs about one model, read in one go."""
+
+    versions: list[VersionFacts]
+    aliases: dict[str, int]
+    split: TrafficSplit | None
+    rollout: RunningRollout | None
+
+
+def retention_inputs(registry: Registry, model: str) -> RetentionInputs:
+    store = registry.store
+    versions = store.list_versions(model)
+    if not versions:
+        raise NotFoundError(f"model {model!r} has no versions in the registry")
+    with store.engine.connect() as conn:
+        rows = conn.execute(select(t.status_history).where(t.status_history.c.model == model)
+                            .order_by(t.status_history.c.id)).all()
+    history: dict[int, list] = {}
+    for row in rows:
+        history.setdefault(row.number, []).append(row)
+    root = tomb.local_root(registry.artifacts)
+    facts = [_facts(v, history.get(v.number, []), root) for v in versions]
+    return RetentionInputs(versions=facts, aliases=store.aliases(model), split=get_split(store, model),
+                           rollout=_running(active_rollout(store, model)))
+
+
+def _running(state: RolloutState | None) -> RunningRollout | None:
+    if state is None:  # registry.rollouts only returns an unfinished rollout
+        return None
+    return RunningRollout(candidate=state.candidate, champion=state.champion, phase=state.phase)
+
+
+def _facts(version: ModelVersion, history: list, root: Path) -> VersionFacts:
+    settled = [_utc(h.at) for h in history if S(h.to_status) not in _GONE]
+    retiring = False
+    if version.status in _GONE:
+        marked = version.status is S.ARCHIVED and bool(history) and history[-1].reason.startswith(RETIRING)
+        stone = tomb.read_tombstone(root, version.model, version.number)
+        retiring = marked or (stone is not None and stone["state"] != "decommissioned")
+    return VersionFacts(number=version.number, status=version.status,
+                        settled_at=settled[-1] if settled else version.created_at, retiring=retiring)
+
+
+def _utc(value: datetime) -> datetime:
+    return value if value.tzinfo else value.replace(tzinfo=UTC)  # SQLite hands back naive UTC
+
+
+def _holds_now(conn: Connection, model: str, number: int) -> list[str]:
+    aliases = {r.alias: r.number for r in conn.execute(
+        select(t.aliases.c.alias, t.aliases.c.number).where(t.aliases.c.model == model))}
+    row = conn.execute(select(t.traffic_splits).where(t.traffic_splits.c.model == model)).first()
+    split = None if row is None else TrafficSplit(**json.loads(row.split_json), revision=row.revision)
+    return holds(number, aliases=aliases, split=split, rollout=_running(_active(conn, model)))
+
+
+def retire_version(registry: Registry, model: str, number: int, *, policy: RetentionPolicy, actor: str,
+                   reason: str) -> Retirement:
+    """Retire ``model:v<number>`` (see the module docstring). Raises :class:`RetirementRefused` (audited as
+    ``version.retire.refused``) when an alias, the split or a running rollout still needs it."""
+    store, ref = registry.store, f"{model}:v{number}"
+    root = tomb.local_root(registry.artifacts)
+    context = {"policy": policy.name, "policy_version": policy.version, "artifacts": policy.artifacts,
+               "reason": reason}
+    stone = tomb.read_tombstone(root, model, number)
+    if store.get_version(model, number).status is S.DECOMMISSIONED and stone and stone["state"] == "decommissioned":
+        return _result(root, model, number, policy, [])  # retired before: nothing left to do
+    status, steps = _begin(store, model, number, actor=actor, reason=reason, context=context)
+    if status is not S.DECOMMISSIONED:
+        _bump_split(store, model, actor=actor, reason=f"{ref} retired: replicas unload it")
+    _tombstone(registry, model, number, "retiring", policy, actor, reason)
+    steps.append("tombstone")
+    moved = (tomb.archive_weights if policy.artifacts == "archive" else tomb.delete_weights)(root, model, number)
+    if moved:
+        verb = "archived" if policy.artifacts == "archive" else "deleted"
+        store.append_audit(actor=actor, action=f"version.weights.{verb}", subject=ref, payload={
+            **context, "archive_uri": tomb.archive_uri(model, number) if verb == "archived" else None})
+        steps.append(f"weights {verb}")
+    if status is not S.DECOMMISSIONED:
+        store.set_status(model, number, S.DECOMMISSIONED, actor=actor, reason=reason)
+        steps.append("decommissioned")
+    _tombstone(registry, model, number, "decommissioned", policy, actor, reason)
+    store.append_audit(actor=actor, action="version.tombstone.written", subject=ref,
+                       payload={**context, "tombstone_uri": tomb.tombstone_uri(model, number)})
+    return _result(root, model, number, policy, steps)
+
+
+def _begin(store: RegistryStore, model: str, number: int, *, actor: str, reason: str,
+           context: dict[str, object]) -> tuple[VersionStatus, list[str]]:
+    """Step 1, under the model lock: refuse if anything holds the version, else mark it ``archived``."""
+    ref, steps = f"{model}:v{number}", []
+    try:
+        with store._tx() as conn:
+            store._lock_model(conn, model)
+            status = store._status(conn, model, number)
+            if status is S.DECOMMISSIONED:
+                return status, steps  # only the tombstone is left to finish
+            found = _holds_now(conn, model, number)
+            if found:
+                raise RetirementRefused(ref, found)
+            if status is not S.ARCHIVED:
+                store._set_status(conn, model, number, S.ARCHIVED, actor=actor, reason=RETIRING + reason)
+                steps.append("archived")
+            store._audit(conn, actor, "version.retire.started", ref, context)
+    except RetirementRefused as exc:
+        store.append_audit(actor=actor, action="version.retire.refused", subject=ref,
+                           payload={**context, "holds": exc.holds})
+        raise
+    return status, steps
+
+
+def _result(root: Path, model: str, number: int, policy: RetentionPolicy, steps: list[str]) -> Retirement:
+    archived = tomb.archive_folder(root, model, number).is_dir()
+    return Retirement(ref=f"{model}:v{number}", artifacts=policy.artifacts,
+                      tombstone_uri=tomb.tombstone_uri(model, number),
+                      archive_uri=tomb.archive_uri(model, number) if archived else None, steps=steps)
+
+
+def _bump_split(store: RegistryStore, model: str, *, actor: str, reason: str) -> None:
+    split = get_split(store, model)
+    if split is None:
+        return  # never served: no replica holds anything
+    # A conflict means someone moved the split meanwhile: replicas re-read it anyway.
+    with contextlib.suppress(ConcurrentChangeError):
+        set_split(store, split, actor=actor, reason=reason, expected_revision=split.revision)
+
+
+def _audit_of(store: RegistryStore, subject: str) -> list:
+    query = select(t.audit_events).where(t.audit_events.c.subject == subject).order_by(t.audit_events.c.seq)
+    with store.engine.connect() as conn:
+        return [_event(row) for row in conn.execute(query)]
+
+
+def _tombstone(registry: Registry, model: str, number: int, state: tomb.State, policy: RetentionPolicy,
+               actor: str, reason: str) -> None:
+    store, ref = registry.store, f"{model}:v{number}"
+    version = store.get_version(model, number)
+    record = {
+        "state": state,
+        "version": version.model_dump(mode="json", exclude={"evals"}),
+        "evals": [r.model_dump(mode="json", exclude={"items"}) for r in version.evals],
+        "status_history": [{**h, "at": h["at"].isoformat()} for h in store.status_history(model, number)],
+        "alias_history": [m.model_dump(mode="json") for alias in Alias
+                          for m in store.alias_history(model, alias) if number in (m.version, m.previous_version)],
+        "audit": [e.model_dump(mode="json") for e in _audit_of(store, ref)],
+        "retirement": {"policy": policy.model_dump(mode="json"), "actor": actor, "reason": reason,
+                       "written_at": store.clock().isoformat(),
+                       "weights": policy.artifacts, "archive_uri": tomb.archive_uri(model, number)
+                       if policy.artifacts == "archive" else None},
+    }
+    fallback = {"eval.json": json.dumps([r.model_dump(mode="json") for r in version.evals], indent=2)}
+    if version.lineage is not None:
+        fallback["lineage.json"] = version.lineage.model_dump_json(indent=2)
+    tomb.write_tombstone(tomb.local_root(registry.artifacts), model, number, record, fallback=fallback)

@@ -1,0 +1,56 @@
+"""`slm decommission`: run the decommission flow locally (ephemeral Prefect unless PREFECT_API_URL is set)."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+console = Console()
+_COLOUR = {"retired": "red", "retire": "yellow", "would retire": "yellow", "refused": "magenta", "keep": "green",
+           "done": "dim"}
+
+
+def decommission_cmd(
+    model: Annotated[str | None, typer.Option(help="model name (default: SLM_MODEL_NAME)")] = None,
+    policy: Annotated[str, typer.Option(help="retention policy YAML")] = "configs/retention.yaml",
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="plan and report only; change nothing")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+) -> None:
+    """Retire versions by the retention policy: unload, archive or delete weights, keep a tombstone.
+
+    Never retires a version with an alias, traffic, or a part in a running rollout.
+    """
+    from slm_cli.flows_cmd import prefect_env
+
+    prefect_env()
+    from flows.decommission import decommission
+    from lifecycle.settings import project_root
+    from registry.store import NotFoundError
+    from tasks.decommission import report_rows
+
+    if not (project_root() / policy).is_file():  # an absolute path stays itself under `/`
+        console.print(f"[red]error:[/red] policy {policy} does not exist")
+        raise typer.Exit(2)
+    try:
+        outcome = decommission(model=model, policy_path=policy, dry_run=dry_run)
+    except (NotFoundError, ValueError) as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+    if as_json:
+        print(json.dumps({**outcome.model_dump(mode="json"), "retired": outcome.retired,
+                          "refused": outcome.refused}, indent=2))
+        return
+    rows = report_rows(outcome.decisions, outcome.outcomes, dry_run)
+    table = Table("version", "status", "action", "reasons")
+    for r in rows:
+        colour = _COLOUR.get(r["action"], "white")
+        table.add_row(r["version"], r["status"], f"[{colour}]{r['action']}[/{colour}]", r["reasons"])
+    console.print(table)
+    if dry_run:
+        console.print(f"{outcome.model}: dry run, would retire {sum(r['action'] == 'would retire' for r in rows)}")
+    else:
+        console.print(f"{outcome.model}: retired {len(outcome.retired)}, refused {len(outcome.refused)}")

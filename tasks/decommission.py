@@ -1,0 +1,108 @@
+"""Decommission tasks: plan by the retention policy (pure, lifecycle.retention), retire (registry.retire), report."""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from pathlib import Path
+from typing import Literal
+
+from prefect import task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import NO_CACHE
+
+from lifecycle.config import load_yaml_config
+from lifecycle.records import Frozen
+from lifecycle.retention import RetentionDecision, RetentionPolicy, plan_retention
+from lifecycle.settings import project_root
+from registry.retire import RetirementRefused, retention_inputs, retire_version
+from registry.service import open_registry
+from tasks.events import announce
+
+ACTOR = "decommission-flow"
+
+
+class DecommissionPlan(Frozen):
+    model: str
+    policy: RetentionPolicy
+    policy_path: str
+    decided_at: datetime
+    decisions: list[RetentionDecision]
+
+
+class RetireOutcome(Frozen):
+    ref: str
+    outcome: Literal["retired", "refused"]
+    reasons: list[str]
+    tombstone_uri: str | None = None
+    archive_uri: str | None = None
+
+
+def load_policy(policy_path: str) -> tuple[RetentionPolicy, Path]:
+    path = Path(policy_path)
+    path = path if path.is_absolute() else project_root() / path
+    return load_yaml_config(RetentionPolicy, path), path
+
+
+@task(name="plan-decommission", cache_policy=NO_CACHE)
+def plan_decommission(model: str | None, policy_path: str, dry_run: bool) -> DecommissionPlan:
+    policy, path = load_policy(policy_path)
+    with open_registry() as registry:
+        model = model or registry.default_model
+        inputs = retention_inputs(registry, model)
+        now = registry.store.clock()
+        decisions = plan_retention(model, inputs.versions, aliases=inputs.aliases, split=inputs.split,
+                                   rollout=inputs.rollout, policy=policy, now=now)
+        if not dry_run:
+            registry.store.append_audit(actor=ACTOR, action="retention.planned", subject=model, payload={
+                "policy": policy.model_dump(mode="json"), "policy_path": str(path),
+                "decisions": [{"version": d.ref, "status": d.status.value, "action": d.action, "reasons": d.reasons}
+                              for d in decisions]})
+    return DecommissionPlan(model=model, policy=policy, policy_path=str(path), decided_at=now, decisions=decisions)
+
+
+@task(name="retire-version", cache_policy=NO_CACHE)
+def retire(plan: DecommissionPlan, decision: RetentionDecision) -> RetireOutcome:
+    """Retire one version; a refusal (the plan went stale) is an outcome, not a failure of the run."""
+    with open_registry() as registry:
+        try:
+            done = retire_version(registry, plan.model, decision.number, policy=plan.policy, actor=ACTOR,
+                                  reason="; ".join(decision.reasons))
+        except RetirementRefused as exc:
+            return RetireOutcome(ref=decision.ref, outcome="refused", reasons=exc.holds)
+        if done.steps:  # not when another run had already finished it
+            announce(registry, "slm.version.decommissioned", plan.model, {
+                "model": plan.model, "version": done.ref, "artifacts": done.artifacts,
+                "archive_uri": done.archive_uri, "tombstone_uri": done.tombstone_uri,
+                "policy": plan.policy.name, "policy_version": plan.policy.version, "reasons": decision.reasons,
+            }, actor=ACTOR, subject=done.ref)
+    return RetireOutcome(ref=done.ref, outcome="retired", reasons=decision.reasons, tombstone_uri=done.tombstone_uri,
+                         archive_uri=done.archive_uri)
+
+
+def report_rows(decisions: list[RetentionDecision], outcomes: list[RetireOutcome],
+                dry_run: bool) -> list[dict[str, str]]:
+    """One row per version: the plan's action, or what retiring it came to (retired, refused)."""
+    by_ref = {o.ref: o for o in outcomes}
+    rows = []
+    for d in decisions:
+        outcome = by_ref.get(d.ref)
+        action = outcome.outcome if outcome else ("would retire" if dry_run and d.action == "retire" else d.action)
+        reasons = outcome.reasons if outcome else d.reasons
+        rows.append({"version": d.ref, "status": d.status.value, "action": action, "reasons": "; ".join(reasons)})
+    return rows
+
+
+@task(name="report-decommission", cache_policy=NO_CACHE)
+def report(plan: DecommissionPlan, outcomes: list[RetireOutcome], dry_run: bool) -> list[dict[str, str]]:
+    rows = report_rows(plan.decisions, outcomes, dry_run)
+    key = "decommission-" + re.sub(r"[^a-z0-9-]+", "-", plan.model.lower())
+    p = plan.policy
+    create_table_artifact(key=key, table=rows, description=f"{plan.model}: kept and retired versions, with reasons")
+    counts = {a: sum(r["action"] == a for r in rows) for a in dict.fromkeys(r["action"] for r in rows)}
+    create_markdown_artifact(key=f"{key}-summary", description="retention policy and outcome", markdown=(
+        f"**{plan.model}** — policy `{p.name}` v{p.version} from `{plan.policy_path}`: keep the {p.keep_recent} most "
+        f"recent resting versions, retire the rest after {p.retire_after_days:g} days, weights: {p.artifacts}."
+        f"{' **Dry run: nothing changed.**' if dry_run else ''}\n\n"
+        + ", ".join(f"{n} {a}" for a, n in counts.items())))
+    return rows

@@ -1,0 +1,148 @@
+"""The decommission flow under a real (temporary) Prefect server, on a registry of versions of every status and
+age (registered with a clock set back in time; no model is trained or loaded)."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+
+import pytest
+import typer
+import yaml
+from typer.testing import CliRunner
+
+from lifecycle.prompting import INTENT_V1
+from lifecycle.records import BaseModelRef, Lineage
+from lifecycle.routing import TrafficSplit
+from lifecycle.settings import get_settings
+from lifecycle.status import VersionStatus as S
+
+pytestmark = [pytest.mark.prefect]
+MODEL = "retire-demo"
+LINEAGE = Lineage(base_model=BaseModelRef(model_id="local://base/x", revision="0" * 64),
+                  prompt_format=INTENT_V1.identity)
+
+
+def registry():
+    from registry.service import open_registry
+
+    return open_registry()
+
+
+@pytest.fixture(scope="module")
+def world(slm_project, tmp_path_factory):
+    """v1..v8 of MODEL, settled 100 days ago (day 0..6) except v8 (2 days ago); policy keep_recent 1, 30 days.
+
+    v1 promoted, no alias (former champion) · v2 rejected · v3 previous · v4 champion · v5 stale candidate ·
+    v6 rejected but the split's shadow · v7 rejected, the most recent resting one · v8 fresh candidate.
+    """
+    from registry.artifacts import LocalArtifactStore
+    from registry.service import Registry
+    from registry.store import RegistryStore
+    from registry.traffic import set_split
+
+    settings = get_settings()
+    start = datetime.now(UTC) - timedelta(days=100)
+    clock = {"now": start}
+    reg = Registry(RegistryStore.open(settings.db_url, clock=lambda: clock["now"]),
+                   LocalArtifactStore(settings.artifacts), MODEL)
+    adapter = tmp_path_factory.mktemp("adapter")
+    (adapter / "adapter_config.json").write_text('{"r": 4}')
+    (adapter / "adapter_model.safetensors").write_bytes(b"\x01" * 1000)
+    plan = [("candidate", True), ("rejected", False), ("candidate", True), ("candidate", True), ("candidate", False),
+            ("rejected", False), ("rejected", False)]
+    for day, (status, promote) in enumerate(plan):
+        clock["now"] = start + timedelta(days=day)
+        v = reg.register(MODEL, staged=adapter, status=S(status), reason="t", actor="t", lineage=LINEAGE, evals=[],
+                         task="banking77")
+        if promote:
+            reg.store.promote(MODEL, v.number, actor="t", reason="won")
+    clock["now"] = datetime.now(UTC) - timedelta(days=2)
+    reg.register(MODEL, staged=adapter, status=S.CANDIDATE, reason="t", actor="t", lineage=LINEAGE, evals=[],
+                 task="banking77")
+    set_split(reg.store, TrafficSplit(model=MODEL, champion=4, shadow=6), actor="t", reason="serve")
+    reg.close()
+    policy = tmp_path_factory.mktemp("policy") / "retention.yaml"
+    policy.write_text(yaml.safe_dump({"name": "test", "version": 2, "keep_recent": 1, "retire_after_days": 30,
+                                      "artifacts": "archive"}))
+    return str(policy)
+
+
+def statuses() -> dict[int, str]:
+    with registry() as reg:
+        return {v.number: v.status.value for v in reg.store.list_versions(MODEL)}
+
+
+def audit_count() -> int:
+    with registry() as reg:
+        return len(reg.store.audit_events())
+
+
+def test_dry_run_plans_and_changes_nothing(world):
+    from flows.decommission import decommission
+
+    before, events = statuses(), audit_count()
+    outcome = decommission(model=MODEL, policy_path=world, dry_run=True)
+    actions = {d.number: d.action for d in outcome.decisions}
+    assert actions == {1: "retire", 2: "retire", 3: "keep", 4: "keep", 5: "retire", 6: "keep", 7: "keep", 8: "keep"}
+    reasons = {d.number: d.reasons[0] for d in outcome.decisions}
+    assert reasons[3] == "holds alias previous" and reasons[6] == "named by the traffic split as shadow"
+    assert reasons[7] == "one of the 1 most recent resting versions"
+    assert reasons[8].startswith("candidate waiting for its rollout: only 2")
+    assert outcome.outcomes == [] and statuses() == before
+    assert audit_count() == events
+
+
+def test_retires_what_the_policy_says_and_keeps_the_rest(world):
+    from flows.decommission import decommission
+    from registry.tombstone import archive_folder, read_tombstone, version_folder
+
+    outcome = decommission(model=MODEL, policy_path=world)
+    assert outcome.retired == [f"{MODEL}:v1", f"{MODEL}:v2", f"{MODEL}:v5"] and outcome.refused == []
+    got = statuses()
+    assert {n for n, s in got.items() if s == "decommissioned"} == {1, 2, 5}
+    assert (got[3], got[4], got[8]) == ("promoted", "promoted", "candidate")
+    with registry() as reg:
+        root = reg.artifacts.root
+        for n in (1, 2, 5):
+            assert not version_folder(root, MODEL, n).exists() and archive_folder(root, MODEL, n).is_dir()
+            assert read_tombstone(root, MODEL, n)["retirement"]["policy"]["version"] == 2
+        for n in (3, 4, 6, 7, 8):
+            assert reg.version_dir(reg.store.get_version(MODEL, n)).is_dir()
+        events = [e for e in reg.store.audit_events() if e.action == "slm.version.decommissioned"]
+        assert [e.payload["version"] for e in events] == [f"{MODEL}:v1", f"{MODEL}:v2", f"{MODEL}:v5"]
+        assert all(e.subject == e.payload["version"] and e.actor == "decommission-flow" for e in events)
+        planned = [e for e in reg.store.audit_events() if e.action == "retention.planned"][-1]
+        assert planned.payload["policy"]["name"] == "test" and len(planned.payload["decisions"]) == 8
+        assert reg.store.verify_audit().ok
+
+    again = decommission(model=MODEL, policy_path=world)
+    assert again.outcomes == [] and {d.number for d in again.decisions if d.action == "done"} == {1, 2, 5}
+
+
+def test_a_stale_plan_is_refused_at_retirement(world):
+    from lifecycle.retention import RetentionDecision
+    from tasks.decommission import plan_decommission, retire
+
+    plan = plan_decommission.fn(MODEL, world, dry_run=True)
+    stale = RetentionDecision(model=MODEL, number=4, status=S.PROMOTED, action="retire", reasons=["stale plan"])
+    outcome = retire.fn(plan, stale)
+    assert outcome.outcome == "refused"
+    assert outcome.reasons == ["holds alias champion", "named by the traffic split as champion"]
+    assert statuses()[4] == "promoted"
+
+
+def test_cli_dry_run_prints_the_plan(world):
+    from slm_cli.decommission_cmd import decommission_cmd
+
+    app = typer.Typer()
+    app.command()(decommission_cmd)
+    result = CliRunner().invoke(app, ["--model", MODEL, "--policy", world, "--dry-run", "--json"])
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.output[result.output.index("{"):])
+    assert doc["dry_run"] is True and doc["model"] == MODEL and doc["retired"] == []
+    table = CliRunner().invoke(app, ["--model", MODEL, "--policy", world, "--dry-run"])
+    assert table.exit_code == 0, table.output
+    assert f"{MODEL}:v5" in table.output and "dry run, would retire" in table.output
+    missing = CliRunner().invoke(app, ["--policy", "no/such.yaml"])
+    assert missing.exit_code == 2 and "does not exist" in missing.output
