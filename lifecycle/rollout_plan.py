@@ -12,7 +12,13 @@ direction and the regression worth catching.
 * a rate metric FAILs when the one-sided mSPRT rejects "challenger no worse" (always-valid p <= alpha), at
   any look; it PASSes when the anytime-valid interval rules out a regression as large as the one worth
   catching; otherwise INCONCLUSIVE;
-* latency p95 is a budget, not a test (aggregates carry percentiles, not sums): judged once the minimum
+* latency mean is an anytime-valid test (:func:`lifecycle.sequential.relative_margin_cs` on the ok answers'
+  latency sums): FAIL when the challenger's mean is, at confidence ``1 - alpha`` valid at every look, above
+  ``(1 + regression) x`` the champion's; PASS when that much slowdown is ruled out; INCONCLUSIVE otherwise,
+  and below 30 ok answers on an arm (the plug-in variance of skewed latencies is unreliable there). Why
+  a margin and not "any slowdown" as for rates: the plan accepts a stated cost (an adapter is slower),
+  so only a slowdown beyond it is a regression — the same line the p95 budget draws;
+* latency p95 is a budget, not a test (percentiles have no sums to test): judged once the minimum
   sample is in, FAIL above ``(1 + regression) x`` the champion's p95.
 
 The worst finding decides (``lifecycle.verdict.worst``): PASS -> advance, FAIL -> roll back, INCONCLUSIVE
@@ -30,18 +36,25 @@ from pydantic import Field, model_validator
 
 from lifecycle.predictions import VersionAggregate
 from lifecycle.records import Frozen
-from lifecycle.sequential import RateTest, SRMCheck, msprt_two_proportions, sample_ratio_mismatch
+from lifecycle.sequential import (
+    MeanDifferenceCS,
+    RateTest,
+    SRMCheck,
+    msprt_two_proportions,
+    relative_margin_cs,
+    sample_ratio_mismatch,
+)
 from lifecycle.verdict import Finding, Verdict, worst
 
 MetricName = Literal["model_error_rate", "infra_error_rate", "guardrail_rate", "feedback_success_rate",
-                     "latency_p95_ms"]
+                     "latency_mean_ms", "latency_p95_ms"]
 Direction = Literal["lower_is_better", "higher_is_better"]
 Action = Literal["advance", "hold", "pause", "rollback"]
 
 _NATURAL: dict[str, Direction] = {
     "model_error_rate": "lower_is_better", "infra_error_rate": "lower_is_better",
     "guardrail_rate": "lower_is_better", "feedback_success_rate": "higher_is_better",
-    "latency_p95_ms": "lower_is_better",
+    "latency_mean_ms": "lower_is_better", "latency_p95_ms": "lower_is_better",
 }
 # (events, trials) of each rate metric, as exact counts: the sequential test needs counts, not rates.
 _COUNTS: dict[str, Callable[[VersionAggregate], tuple[int, int]]] = {
@@ -50,13 +63,20 @@ _COUNTS: dict[str, Callable[[VersionAggregate], tuple[int, int]]] = {
     "guardrail_rate": lambda a: (a.guardrail_flagged, a.requests),
     "feedback_success_rate": lambda a: (a.feedback_success, a.feedback_count),
 }
+# (mean, sample variance, n) of each mean metric, over the ok answers.
+_MEANS: dict[str, Callable[[VersionAggregate], tuple[float | None, float | None, int]]] = {
+    "latency_mean_ms": lambda a: (a.latency_mean_ms, a.latency_var_ms2, a.ok),
+}
+# Why 30: below it the sample variance of skewed latencies is often far too small, and the CS with it too
+# narrow (simulated: lognormal sigma 2, a look every 5 requests: a false PASS at n = 5 without this floor).
+_MIN_FOR_MEANS = 30
 
 
 class Guardrail(Frozen):
     metric: MetricName
     direction: Direction
     regression: float = Field(gt=0, description="the regression worth catching: rates in absolute points "
-                              "(0.04 = 1 % -> 5 %), latency relative (0.25 = p95 25 % above the champion's)")
+                              "(0.04 = 1 % -> 5 %), latency relative (0.25 = mean or p95 25 % above the champion's)")
 
     @model_validator(mode="after")
     def _consistent(self) -> Guardrail:
@@ -138,6 +158,8 @@ class StageVerdict(Frozen):
     elapsed_s: float
     srm: SRMCheck | None = None
     tests: dict[str, RateTest] = Field(default_factory=dict)
+    mean_tests: dict[str, MeanDifferenceCS] = Field(
+        default_factory=dict, description="per mean metric: the CS of challenger - (1 + regression) x champion")
 
     def reasons(self) -> list[str]:
         return [f"[{f.verdict}] {f.check}: {f.reason}" for f in self.findings]
@@ -162,6 +184,26 @@ def _rate_finding(g: Guardrail, stage: Stage, champion: VersionAggregate,
         verdict, why = Verdict.INCONCLUSIVE, f"a regression of {g.regression} is not yet ruled out"
     return Finding(check=g.metric, verdict=verdict, observed=t.p_value, threshold=stage.alpha,
                    reason=f"{span}; {why}"), t
+
+
+def _mean_finding(g: Guardrail, stage: Stage, champion: VersionAggregate,
+                  challenger: VersionAggregate) -> tuple[Finding, MeanDifferenceCS | None]:
+    (m_a, v_a, n_a), (m_b, v_b, n_b) = _MEANS[g.metric](champion), _MEANS[g.metric](challenger)
+    if m_a is None or v_a is None or m_b is None or v_b is None or min(n_a, n_b) < _MIN_FOR_MEANS or m_a <= 0:
+        return Finding(check=g.metric, verdict=Verdict.INCONCLUSIVE,
+                       reason=f"needs {_MIN_FOR_MEANS} ok answers with latency sums on each arm (champion {n_a}, "
+                              f"challenger {n_b}): not a pass"), None
+    cs = relative_margin_cs(m_a, v_a, n_a, m_b, v_b, n_b, margin=g.regression, alpha=stage.alpha)
+    limit = (1 + g.regression) * m_a
+    span = (f"{m_b:.1f} ms vs limit {limit:.1f} ms ({1 + g.regression:.2f}x champion's {m_a:.1f} ms; n {n_b} / "
+            f"{n_a}); challenger - limit {cs.difference:+.1f} ms, anytime interval [{cs.lower:+.1f}, {cs.upper:+.1f}]")
+    if cs.lower > 0:
+        verdict, why = Verdict.FAIL, f"slower than the limit, at confidence {1 - stage.alpha:.0%}"
+    elif cs.upper < 0:
+        verdict, why = Verdict.PASS, f"a slowdown beyond {g.regression:.0%} is ruled out"
+    else:
+        verdict, why = Verdict.INCONCLUSIVE, f"a slowdown beyond {g.regression:.0%} is not yet ruled out"
+    return Finding(check=g.metric, verdict=verdict, observed=m_b, threshold=limit, reason=f"{span}; {why}"), cs
 
 
 def _latency_finding(g: Guardrail, champion: VersionAggregate, challenger: VersionAggregate,
@@ -208,11 +250,16 @@ def decide_stage(plan_stage: Stage, champion: VersionAggregate, challenger: Vers
     findings, srm = _traffic_findings(plan_stage, champion, challenger)
     enough = min(champion.requests, challenger.requests) >= plan_stage.min_requests_per_arm
     tests: dict[str, RateTest] = {}
+    mean_tests: dict[str, MeanDifferenceCS] = {}
     for g in plan_stage.guardrails:
         if g.metric in _COUNTS:
             finding, test = _rate_finding(g, plan_stage, champion, challenger)
             if test is not None:
                 tests[g.metric] = test
+        elif g.metric in _MEANS:
+            finding, cs = _mean_finding(g, plan_stage, champion, challenger)
+            if cs is not None:
+                mean_tests[g.metric] = cs
         else:
             finding = _latency_finding(g, champion, challenger, enough)
         findings.append(finding)
@@ -227,4 +274,4 @@ def decide_stage(plan_stage: Stage, champion: VersionAggregate, challenger: Vers
                                 reason=f"still inconclusive after {elapsed_s:.0f} s of "
                                        f"{plan_stage.max_duration_s:.0f} s: the plan says {timed_out}"))
     return StageVerdict(stage=plan_stage.name, verdict=verdict, action=action, findings=findings,
-                        elapsed_s=elapsed_s, srm=srm, tests=tests)
+                        elapsed_s=elapsed_s, srm=srm, tests=tests, mean_tests=mean_tests)

@@ -1,16 +1,19 @@
 """The canary simulator: how the rollout's rate test behaves on synthetic traffic, against its baselines.
 
-Each run draws Bernoulli errors for champion and challenger, ``batch`` requests per arm between looks, up
-to ``max_per_arm``. Three rules judge the same draws:
+Each run draws one Bernoulli error per request for champion and challenger (``max_per_arm`` requests per
+arm, more where a baseline's plan needs more). Five rules judge the same draws:
 
 * sequential — the one-sided mSPRT of :func:`lifecycle.sequential.msprt_two_proportions`, looked at after
-  every batch, rolling back at the first rejection (what the rollout flow does);
-* fixed horizon — one z-test after :func:`fixed_horizon_n_per_arm` requests per arm (same alpha and power);
+  every ``batch`` requests per arm, rolling back at the first rejection (what the rollout flow does);
+* fixed horizon — one pooled z-test at exactly :func:`fixed_horizon_n_per_arm` requests per arm;
+* group sequential, O'Brien-Fleming and Pocock type — ``looks`` planned z-tests at the design's exact look
+  sizes (:func:`lifecycle.group_sequential.group_sequential_design`, same alpha and power);
 * naive — a one-sided z-test after every batch, the mistake that inflates false alarms (FACTS.md: 28-47 %).
 
-A/A runs give the false rollback rate (both arms at ``p_champion``); regression runs give the detection
-rate and the mean requests per arm until rollback (challenger at ``p_challenger``). Pure and seeded: the
-same scenario always gives the same report.
+The baselines look exactly where their plan says, a best case for them: the rollout flow looks whenever
+a batch arrives, at irregular times, which only the mSPRT allows. A/A runs give the false rollback rate
+(both arms at ``p_champion``); regression runs give the detection rate and the mean requests per arm
+until rollback (challenger at ``p_challenger``). Pure and seeded: the same scenario gives the same report.
 """
 
 from __future__ import annotations
@@ -21,8 +24,9 @@ import numpy as np
 from pydantic import Field, model_validator
 from scipy import stats
 
+from lifecycle.group_sequential import Spending, group_sequential_design
 from lifecycle.records import Frozen
-from lifecycle.sequential import fixed_horizon_n_per_arm, msprt_two_proportions
+from lifecycle.sequential import always_valid_p, fixed_horizon_n_per_arm, one_sided_log_lr, pooled_variance
 
 
 class Scenario(Frozen):
@@ -33,14 +37,27 @@ class Scenario(Frozen):
     max_per_arm: int = Field(default=2000, ge=1, description="a run that never rejects stops here")
     tau: float = Field(default=0.04, gt=0, description="mSPRT mixing scale: the regression worth catching")
     alpha: float = Field(default=0.05, gt=0, lt=0.5)
-    power: float = Field(default=0.95, gt=0.5, lt=1, description="power the fixed-horizon baseline is sized for")
+    power: float = Field(default=0.95, gt=0.5, lt=1, description="power the fixed and group-sequential "
+                         "baselines are sized for")
+    # Why at most 20: the design's numerical integration grows about as K^3 (K = 5: 0.5 s, K = 20: 8 s).
+    looks: int = Field(default=5, ge=1, le=20, description="planned looks of the group-sequential baselines")
+    design_p_challenger: float | None = Field(
+        default=None, gt=0, lt=1, description="the challenger rate the fixed and group-sequential baselines are "
+        "sized for; None: p_challenger (sized for the truth, their best case)")
     seed: int = 0
+
+    @property
+    def designed_for(self) -> float:
+        return self.p_challenger if self.design_p_challenger is None else self.design_p_challenger
 
     @model_validator(mode="after")
     def _worse(self) -> Scenario:
         if self.p_challenger <= self.p_champion:
             raise ValueError(f"p_challenger ({self.p_challenger}) must be above p_champion ({self.p_champion}): "
                              "the regression scenario needs a worse challenger")
+        if self.designed_for <= self.p_champion:
+            raise ValueError(f"design_p_challenger ({self.design_p_challenger}) must be above p_champion "
+                             f"({self.p_champion}): the baselines are sized for a regression")
         return self
 
 
@@ -67,6 +84,17 @@ class FixedHorizonResult(Frozen):
     detection_rate: float
 
 
+class GroupSequentialResult(RuleResult):
+    spending: Spending
+    looks: int
+    requests_per_look: list[int]
+    z_boundaries: list[float]
+    max_requests_per_arm: int
+    inflation_factor: float
+    design_expected_requests_per_arm: float = Field(
+        description="normal-approximation expected requests per arm under the regression, all runs counted")
+
+
 class SimulationReport(Frozen):
     """``aa`` and ``regression`` describe the sequential rule the rollout uses; the rest are baselines."""
 
@@ -74,64 +102,74 @@ class SimulationReport(Frozen):
     aa: AAResult
     regression: RegressionResult
     fixed_horizon: FixedHorizonResult
+    group_sequential: GroupSequentialResult = Field(description="O'Brien-Fleming-type spending")
+    group_sequential_pocock: GroupSequentialResult = Field(description="Pocock-type spending")
     naive_repeated_z: RuleResult
 
 
-def _draws(rng: np.random.Generator, p: float, s: Scenario, looks: int) -> np.ndarray:
-    return rng.binomial(s.batch, p, (s.runs, looks)).cumsum(axis=1)
+def _paths(rng: np.random.Generator, p: float, runs: int, length: int) -> np.ndarray:
+    """Cumulative errors: ``[run, n - 1]`` is the number of errors among an arm's first ``n`` requests."""
+    return (rng.random((runs, length)) < p).cumsum(axis=1, dtype=np.int32)
 
 
-def _z_reject(xa: np.ndarray, xb: np.ndarray, n: int, alpha: float) -> np.ndarray:
-    """One-sided pooled two-proportion z-test, challenger worse; vectorized over runs."""
-    pooled = (xa + xb + 1) / (2 * n + 2)
-    se = np.sqrt(pooled * (1 - pooled) * 2 / n)
-    return (xb - xa) / n / se > stats.norm.ppf(1 - alpha)
+def _z(xa: np.ndarray, xb: np.ndarray, n: int) -> np.ndarray:
+    """Pooled (Laplace-smoothed) two-proportion z of challenger minus champion; vectorized over runs."""
+    return (xb - xa) / n / np.sqrt(pooled_variance(xa, n, xb, n))
 
 
-def _sequential_stops(xa: np.ndarray, xb: np.ndarray, s: Scenario) -> list[int | None]:
-    stops: list[int | None] = []
-    for run in range(s.runs):
-        stop = None
-        for look in range(xa.shape[1]):
-            n = s.batch * (look + 1)
-            if msprt_two_proportions(int(xa[run, look]), n, int(xb[run, look]), n, tau=s.tau, alpha=s.alpha).reject:
-                stop = n
-                break
-        stops.append(stop)
-    return stops
+def _first_stop(rejected: np.ndarray, sizes: list[int]) -> np.ndarray:
+    """Requests per arm at each run's first rejection (columns are looks at ``sizes``); NaN: never."""
+    stops = np.asarray(sizes, dtype=float)[rejected.argmax(axis=1)]
+    return np.where(rejected.any(axis=1), stops, np.nan)
 
 
-def _result(aa: list, regression: list) -> RuleResult:
-    hits = [n for n in regression if n is not None]
-    return RuleResult(false_rollback_rate=sum(n is not None for n in aa) / len(aa),
-                      detection_rate=len(hits) / len(regression),
-                      mean_requests_per_arm=float(np.mean(hits)) if hits else None)
+def _result(aa: np.ndarray, regression: np.ndarray) -> RuleResult:
+    hits = regression[~np.isnan(regression)]
+    return RuleResult(false_rollback_rate=float(np.mean(~np.isnan(aa))), detection_rate=len(hits) / len(regression),
+                      mean_requests_per_arm=float(hits.mean()) if len(hits) else None)
 
 
-def _naive_stops(xa: np.ndarray, xb: np.ndarray, s: Scenario) -> list[int | None]:
-    rejected = np.stack([_z_reject(xa[:, k], xb[:, k], s.batch * (k + 1), s.alpha) for k in range(xa.shape[1])], 1)
-    first = np.where(rejected.any(axis=1), rejected.argmax(axis=1), -1)
-    return [None if k < 0 else s.batch * (int(k) + 1) for k in first]
+def _msprt(xa: np.ndarray, xb: np.ndarray, sizes: list[int], s: Scenario) -> np.ndarray:
+    # The very arithmetic of msprt_two_proportions (harmful = higher), on all runs of a look at once.
+    rejected = [always_valid_p(one_sided_log_lr((xb[:, n - 1] - xa[:, n - 1]) / n,
+                                                pooled_variance(xa[:, n - 1], n, xb[:, n - 1], n), s.tau)) <= s.alpha
+                for n in sizes]
+    return _first_stop(np.stack(rejected, axis=1), sizes)
+
+
+def _z_rule(xa: np.ndarray, xb: np.ndarray, sizes: list[int], bounds: list[float]) -> np.ndarray:
+    rejected = [_z(xa[:, n - 1], xb[:, n - 1], n) >= b for n, b in zip(sizes, bounds, strict=True)]
+    return _first_stop(np.stack(rejected, axis=1), sizes)
+
+
+def _group_sequential(aa, reg, s: Scenario, horizon: int, spending: Spending) -> GroupSequentialResult:
+    d = group_sequential_design(horizon, s.looks, alpha=s.alpha, power=s.power, spending=spending)
+    rule = _result(_z_rule(*aa, d.n_per_look, d.z_boundaries), _z_rule(*reg, d.n_per_look, d.z_boundaries))
+    return GroupSequentialResult(**rule.model_dump(), spending=spending, looks=s.looks,
+                                 requests_per_look=d.n_per_look, z_boundaries=d.z_boundaries,
+                                 max_requests_per_arm=d.max_n_per_arm, inflation_factor=d.inflation_factor,
+                                 design_expected_requests_per_arm=d.expected_n_h1)
 
 
 def simulate(s: Scenario) -> SimulationReport:
+    horizon = fixed_horizon_n_per_arm(s.p_champion, s.designed_for, alpha=s.alpha, power=s.power)
+    designs = [group_sequential_design(horizon, s.looks, alpha=s.alpha, power=s.power, spending=sp)
+               for sp in ("obrien_fleming", "pocock")]
+    looks = [s.batch * k for k in range(1, math.ceil(s.max_per_arm / s.batch) + 1)]
+    length = max(looks[-1], horizon, *(d.max_n_per_arm for d in designs))
     rng = np.random.default_rng(s.seed)
-    looks = math.ceil(s.max_per_arm / s.batch)
-    aa = (_draws(rng, s.p_champion, s, looks), _draws(rng, s.p_champion, s, looks))
-    reg = (_draws(rng, s.p_champion, s, looks), _draws(rng, s.p_challenger, s, looks))
-    horizon = fixed_horizon_n_per_arm(s.p_champion, s.p_challenger, alpha=s.alpha, power=s.power)
-    fixed = {}
-    for name, (xa, xb) in (("aa", aa), ("regression", reg)):
-        # The one look happens at the first batch boundary at or past the horizon.
-        look = min(math.ceil(horizon / s.batch), looks) - 1
-        n = s.batch * (look + 1)
-        fixed[name] = [n if r else None for r in _z_reject(xa[:, look], xb[:, look], n, s.alpha)]
-    sequential = _result(_sequential_stops(*aa, s), _sequential_stops(*reg, s))
-    one_look = _result(fixed["aa"], fixed["regression"])
+    aa = (_paths(rng, s.p_champion, s.runs, length), _paths(rng, s.p_champion, s.runs, length))
+    reg = (_paths(rng, s.p_champion, s.runs, length), _paths(rng, s.p_challenger, s.runs, length))
+    sequential = _result(_msprt(*aa, looks, s), _msprt(*reg, looks, s))
+    z_one_look = [float(stats.norm.isf(s.alpha))]
+    one_look = _result(_z_rule(*aa, [horizon], z_one_look), _z_rule(*reg, [horizon], z_one_look))
+    naive_bounds = z_one_look * len(looks)
     return SimulationReport(
         scenario=s, aa=AAResult(false_rollback_rate=sequential.false_rollback_rate, runs=s.runs),
         regression=RegressionResult(detection_rate=sequential.detection_rate, runs=s.runs,
                                     mean_requests_per_arm=sequential.mean_requests_per_arm),
         fixed_horizon=FixedHorizonResult(requests_per_arm=horizon, false_rollback_rate=one_look.false_rollback_rate,
                                          detection_rate=one_look.detection_rate),
-        naive_repeated_z=_result(_naive_stops(*aa, s), _naive_stops(*reg, s)))
+        group_sequential=_group_sequential(aa, reg, s, horizon, "obrien_fleming"),
+        group_sequential_pocock=_group_sequential(aa, reg, s, horizon, "pocock"),
+        naive_repeated_z=_result(_z_rule(*aa, looks, naive_bounds), _z_rule(*reg, looks, naive_bounds)))

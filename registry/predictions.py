@@ -17,11 +17,12 @@ import threading
 import time
 from collections import defaultdict, deque
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Protocol
 
 import numpy as np
-from sqlalchemy import Engine, and_, case, func, select
+from sqlalchemy import Engine, Float, and_, case, func, literal, select
 from sqlalchemy.dialects import postgresql, sqlite
 
 from lifecycle.predictions import Feedback, LoggedPrediction, Prediction, VersionAggregate, as_utc
@@ -31,6 +32,7 @@ from registry.db import write_tx
 log = logging.getLogger(__name__)
 P, F = t.predictions, t.feedback
 _PREDICTION_FIELDS = list(Prediction.model_fields)
+_FLOAT_SUMS = ("latency_sum_ms", "latency_sum_sq_ms2")
 
 
 class UnknownRequestError(LookupError):
@@ -50,6 +52,16 @@ def _clean(text: str | None) -> str | None:
 def _from_db(value: datetime) -> datetime:
     # SQLite returns naive datetimes (stored as UTC); PostgreSQL returns them in the session's zone.
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+@dataclass(frozen=True)
+class ServedColumns:
+    """Served answers of a window as parallel columns (texts are None under hash-only logging)."""
+
+    prompt: list[str | None]
+    completion: list[str | None]
+    outcome: list[str]
+    latency_ms: list[float]
 
 
 class PredictionStore:
@@ -114,13 +126,18 @@ class PredictionStore:
     def aggregates(self, model: str, since: datetime, until: datetime) -> list[VersionAggregate]:
         """One aggregate per (version, role) with rows in ``[since, until)``, sorted by version then role.
 
-        Counts come from SQL; latency percentiles from the window's ``ok`` latencies with numpy, so
-        SQLite and PostgreSQL give the same numbers (their percentile functions differ or are missing).
+        Counts and the sums of ``ok`` latencies and of their squares (for the latency mean test) come from
+        SQL; latency percentiles from the window's ``ok`` latencies with numpy, so SQLite and PostgreSQL give
+        the same numbers (their percentile functions differ or are missing).
         """
         start, end, joined, in_window = self._window(model, since, until)
 
         def n(condition):
             return func.sum(case((condition, 1), else_=0))
+
+        def ok_sum(value):
+            # A float zero on both dialects (PostgreSQL would otherwise widen to numeric).
+            return func.sum(case((P.c.outcome == "ok", value), else_=literal(0.0, Float)))
 
         counts = (select(P.c.version, P.c.role, func.count().label("requests"), n(P.c.served).label("served"),
                          n(P.c.outcome == "ok").label("ok"), n(P.c.outcome == "model_error").label("model_errors"),
@@ -130,7 +147,9 @@ class PredictionStore:
                          func.sum(P.c.prompt_tokens).label("prompt_tokens"),
                          func.sum(P.c.completion_tokens).label("completion_tokens"),
                          func.count(F.c.request_id).label("feedback_count"),
-                         n(F.c.outcome == "success").label("feedback_success"))
+                         n(F.c.outcome == "success").label("feedback_success"),
+                         ok_sum(P.c.latency_ms).label("latency_sum_ms"),
+                         ok_sum(P.c.latency_ms * P.c.latency_ms).label("latency_sum_sq_ms2"))
                   .select_from(joined).where(in_window).group_by(P.c.version, P.c.role)
                   .order_by(P.c.version, P.c.role))
         latencies = select(P.c.version, P.c.role, P.c.latency_ms).where(in_window, P.c.outcome == "ok")
@@ -143,7 +162,8 @@ class PredictionStore:
         for g in groups:
             ms = by_group.get((g.version, g.role))
             p50, p95, p99 = (float(x) for x in np.percentile(ms, [50, 95, 99])) if ms else (None, None, None)
-            fields = {k: int(v) for k, v in g._mapping.items() if k not in ("version", "role")}
+            fields = {k: int(v) for k, v in g._mapping.items() if k not in ("version", "role", *_FLOAT_SUMS)}
+            fields.update({k: float(g._mapping[k]) for k in _FLOAT_SUMS})
             result.append(VersionAggregate(
                 model=model, version=g.version, role=g.role, latency_p50_ms=p50, latency_p95_ms=p95,
                 latency_p99_ms=p99, window_start=start, window_end=end, **fields))
@@ -161,6 +181,17 @@ class PredictionStore:
         with self.engine.connect() as conn:
             rows = conn.execute(query).all()
         return [_logged(row._mapping) for row in reversed(rows)]
+
+    def served_columns(self, model: str, since: datetime, until: datetime) -> ServedColumns:
+        """The served answers of ``[since, until)`` column by column, in time order, for bulk readers (the drift
+        monitor): no record per row, so 100,000 rows take ~0.3 s where ``window`` takes ~3.3 s."""
+        _, _, _, in_window = self._window(model, since, until)
+        query = (select(P.c.prompt, P.c.completion, P.c.outcome, P.c.latency_ms)
+                 .where(in_window, P.c.served).order_by(P.c.ts, P.c.id))
+        with self.engine.connect() as conn:
+            rows = conn.execute(query).all()
+        return ServedColumns(prompt=[r[0] for r in rows], completion=[r[1] for r in rows],
+                             outcome=[r[2] for r in rows], latency_ms=[r[3] for r in rows])
 
     def count(self, model: str) -> int:
         with self.engine.connect() as conn:

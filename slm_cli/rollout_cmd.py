@@ -12,21 +12,34 @@ rollout_app = typer.Typer(help="Rollouts: shadow, canary stages, promotion or ro
 console = Console()
 
 
+def _n(value: float | None) -> str:
+    return "—" if value is None else f"{value:.0f}"
+
+
 @rollout_app.command("simulate")
 def simulate_cmd(
     runs: Annotated[int, typer.Option(help="simulated rollouts per scenario")] = 1000,
     p_champion: Annotated[float, typer.Option(help="champion error rate")] = 0.01,
     p_challenger: Annotated[float, typer.Option(help="regressed challenger error rate")] = 0.05,
     batch: Annotated[int, typer.Option(help="requests per arm between looks")] = 50,
+    max_per_arm: Annotated[int, typer.Option(help="the mSPRT stops looking here")] = 2000,
+    alpha: Annotated[float, typer.Option(help="one-sided error rate of every rule")] = 0.05,
+    tau: Annotated[float, typer.Option(help="mSPRT mixing scale: the regression worth catching")] = 0.04,
+    looks: Annotated[int, typer.Option(help="planned looks of the group-sequential baselines")] = 5,
+    design_p_challenger: Annotated[float | None, typer.Option(
+        help="challenger rate the fixed and group-sequential baselines are sized for (default: --p-challenger)",
+    )] = None,
     seed: Annotated[int, typer.Option()] = 0,
     as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
 ) -> None:
     """Replay synthetic traffic against the rollout's rate test: A/A false rollbacks, detection of a
-    regression and requests to rollback, beside a fixed-horizon test and naive repeated z-tests."""
+    regression and requests to rollback, beside fixed-horizon, group-sequential and naive repeated z-tests."""
     from lifecycle.simulate import Scenario, simulate
 
     try:
-        scenario = Scenario(runs=runs, p_champion=p_champion, p_challenger=p_challenger, batch=batch, seed=seed)
+        scenario = Scenario(runs=runs, p_champion=p_champion, p_challenger=p_challenger, batch=batch,
+                            max_per_arm=max_per_arm, alpha=alpha, tau=tau, looks=looks,
+                            design_p_challenger=design_p_challenger, seed=seed)
     except ValueError as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from None
@@ -34,16 +47,22 @@ def simulate_cmd(
     if as_json:
         print(report.model_dump_json(indent=2))
         return
-    table = Table("rule", "A/A false rollbacks", "regression detected", "requests per arm to rollback")
-    mean = report.regression.mean_requests_per_arm
-    table.add_row("mSPRT, a look every batch (the rollout's)", f"{report.aa.false_rollback_rate:.1%}",
-                  f"{report.regression.detection_rate:.1%}", f"{mean:.0f}" if mean else "—")
+    table = Table("rule", "A/A rolled back", "regression caught", "mean n to rollback", "max n")
+    table.add_row(f"mSPRT, every {batch} (rollout)", f"{report.aa.false_rollback_rate:.1%}",
+                  f"{report.regression.detection_rate:.1%}", _n(report.regression.mean_requests_per_arm),
+                  str(max_per_arm))
     fixed = report.fixed_horizon
-    table.add_row("fixed horizon, one look", f"{fixed.false_rollback_rate:.1%}", f"{fixed.detection_rate:.1%}",
-                  str(fixed.requests_per_arm))
+    table.add_row("fixed horizon", f"{fixed.false_rollback_rate:.1%}", f"{fixed.detection_rate:.1%}",
+                  str(fixed.requests_per_arm), str(fixed.requests_per_arm))
+    for gs in (report.group_sequential, report.group_sequential_pocock):
+        name = "OBF" if gs.spending == "obrien_fleming" else "Pocock"
+        table.add_row(f"group seq. {name}, {gs.looks} looks",
+                      f"{gs.false_rollback_rate:.1%}", f"{gs.detection_rate:.1%}", _n(gs.mean_requests_per_arm),
+                      str(gs.max_requests_per_arm))
     naive = report.naive_repeated_z
-    table.add_row("naive z-test every batch", f"{naive.false_rollback_rate:.1%}", f"{naive.detection_rate:.1%}",
-                  f"{naive.mean_requests_per_arm:.0f}" if naive.mean_requests_per_arm else "—")
-    console.print(f"{runs} runs each; error rate {p_champion:.1%} vs {p_challenger:.1%}, a look every {batch} "
-                  "requests per arm")
+    table.add_row(f"naive z, every {batch}", f"{naive.false_rollback_rate:.1%}", f"{naive.detection_rate:.1%}",
+                  _n(naive.mean_requests_per_arm), str(max_per_arm))
+    designed = "" if design_p_challenger is None else f" (baselines sized for {design_p_challenger:.1%})"
+    console.print(f"{runs} runs each; error rate {p_champion:.1%} vs {p_challenger:.1%}{designed}, "
+                  f"one-sided alpha {alpha}; n: requests per arm")
     console.print(table)

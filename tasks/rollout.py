@@ -128,27 +128,42 @@ def _describe(state: RolloutState, plan: RolloutPlan) -> str:
             f"{plan.stages[state.stage_index].name} ({state.stage_index + 1}/{len(plan.stages)})")
 
 
-def send_answer(model: str, candidate: int, answer: Approval, plan: RolloutPlan) -> str:
-    """Answer a rollout waiting for a person: resume its paused flow run with the answer when one is waiting
-    (the run records it and goes on); otherwise record the answer now, and the next run carries on."""
+def _driving_run(flow_run_id: str, wait_s: float):
+    """The flow run driving the rollout, once it has paused (it saves the state just before pausing, so
+    give it ``wait_s`` to get there); None when no Prefect API knows it."""
     import httpx
     from prefect.client.orchestration import get_client
     from prefect.exceptions import ObjectNotFound
+
+    deadline = time.monotonic() + wait_s
+    try:
+        with get_client(sync_client=True) as client:
+            while True:
+                run = client.read_flow_run(uuid.UUID(flow_run_id))
+                if run.state is None or not run.state.is_running() or time.monotonic() >= deadline:
+                    return run
+                time.sleep(0.5)
+    except (ObjectNotFound, httpx.HTTPError, OSError):  # another Prefect API, or gone: record it here
+        return None
+
+
+def send_answer(model: str, candidate: int, answer: Approval, plan: RolloutPlan, *,
+                pause_wait_s: float = 30.0) -> str:
+    """Answer a rollout waiting for a person: resume its paused flow run with the answer when one is waiting
+    (the run records it and goes on); otherwise record the answer now, and the next run carries on."""
     from prefect.flow_runs import resume_flow_run
 
     with open_registry() as registry:
         state = rollout_exec.current(registry.store, model, candidate)
         if state.phase not in ("paused", "awaiting_approval"):
             raise ValueError(f"the rollout of {model}:v{candidate} is {state.phase}: nothing waits for an answer")
-        if state.flow_run_id:
-            try:
-                with get_client(sync_client=True) as client:
-                    run = client.read_flow_run(uuid.UUID(state.flow_run_id))
-            except (ObjectNotFound, httpx.HTTPError, OSError):  # another Prefect API, or gone: record it here
-                run = None
-            if run is not None and run.state is not None and run.state.is_paused():
-                resume_flow_run(run.id, run_input=answer.model_dump())
-                return f"resumed flow run {run.name} ({run.id}) with the answer"
+        run = _driving_run(state.flow_run_id, wait_s=pause_wait_s) if state.flow_run_id else None
+        if run is not None and run.state is not None and run.state.is_paused():
+            resume_flow_run(run.id, run_input=answer.model_dump())
+            return f"resumed flow run {run.name} ({run.id}) with the answer"
+        if run is not None and run.state is not None and run.state.is_running():
+            raise ValueError(f"flow run {run.name} drives this rollout and has not paused for the answer within "
+                             f"{pause_wait_s:g} s; try again in a moment")
         rollout_exec.answer(registry.store, state, plan, approve=answer.approve, reviewer=answer.reviewer,
                             comment=answer.comment, actor=f"person:{answer.reviewer}", emit=emit_rollout_event)
         return "recorded; no flow run was waiting, so run the rollout again to carry on"

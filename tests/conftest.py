@@ -121,7 +121,9 @@ def _send_synthetic_traffic(store, predictions, since, until, *, bad: bool, requ
     for i in range(requests):
         ts = since + (until - since) * ((i + 0.5) / requests)
         rid = f"req-{next(ids)}"
-        served = split.challenger if split.challenger and i % 100 < split.challenger_percent else split.champion
+        # (37 i) mod 100 runs through 0..99 in a scattered order: the challenger's share holds in any stretch of time.
+        served = (split.challenger if split.challenger and (37 * i) % 100 < split.challenger_percent
+                  else split.champion)
         answers = [(served, "challenger" if served == split.challenger else "champion", True)]
         if split.shadow:
             answers.append((split.shadow, "shadow", False))
@@ -144,3 +146,46 @@ _REQUEST_IDS: dict = {}
 def synthetic_traffic():
     """``send(store, predictions, since, until, bad=..., requests=...)``: see _send_synthetic_traffic."""
     return _send_synthetic_traffic
+
+
+@pytest.fixture(scope="session")
+def prefect_harness(tmp_path_factory):
+    """One temporary Prefect server for the whole session (flows and integration tests share it; startup
+    takes 11-30 s here). A fresh PREFECT_HOME keeps persisted task results of earlier runs from turning
+    into Cached states."""
+    home = tmp_path_factory.mktemp("prefect-home")
+    os.environ["PREFECT_HOME"] = str(home)
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=90):
+        yield
+
+
+def _write_tiny_configs(configs: Path, *, model: str) -> Path:
+    """Configs for flows that run in seconds: a 1-layer base model, a short LoRA, small golden sets."""
+    import yaml
+
+    configs.mkdir(parents=True, exist_ok=True)
+    task = yaml.safe_load((REPO / "configs/task.yaml").read_text())
+    task.update(data_dir=str(REPO / "data/banking77"), golden_before_size=60, golden_drifted_size=60, min_train_rows=20)
+    files = {
+        "task.yaml": task,
+        "base_model.yaml": {"vocab_size": 400, "hidden_size": 32, "intermediate_size": 64, "num_layers": 1,
+                            "num_heads": 2, "max_steps": 40, "max_seconds": None, "batch_size": 32,
+                            "log_every": 10},
+        "recipe_lora.yaml": {"r": 4, "alpha": 8, "max_steps": 20, "batch_size": 16, "log_every": 5},
+        "gate.yaml": yaml.safe_load((REPO / "configs/gate.yaml").read_text()),
+    }
+    for name, content in files.items():
+        (configs / name).write_text(yaml.safe_dump(content))
+    retrain = {"model": model, "task": str(configs / "task.yaml"), "recipe": str(configs / "recipe_lora.yaml"),
+               "gate": str(configs / "gate.yaml"), "replay_rows": 200, "benchmark_batch_size": 32}
+    (configs / "retrain.yaml").write_text(yaml.safe_dump(retrain))
+    return configs
+
+
+@pytest.fixture(scope="session")
+def write_tiny_configs():
+    """``write(folder, model=...)`` -> folder of tiny configs: see _write_tiny_configs."""
+    return _write_tiny_configs

@@ -89,7 +89,6 @@ def approve_when_asked(candidate: int, plan_file, answers: list[str]) -> threadi
             with registry() as reg:
                 state = get_rollout(reg.store, MODEL, candidate)
             if state is not None and state.phase == "awaiting_approval":
-                time.sleep(1.5)  # let the run reach its pause
                 answers.append(send_answer(MODEL, candidate, Approval(approve=True, reviewer="ann",
                                                                        comment="canary looks fine"), plan))
                 return
@@ -121,7 +120,7 @@ def test_good_candidate_is_promoted_with_a_person_approving_the_last_stage(slm_p
     finally:
         traffic.halt.set()
         person.join(timeout=5)
-    assert outcome.phase == "promoted" and outcome.stage == "full"
+    assert (outcome.phase, outcome.stage) == ("promoted", "full"), "\n".join(outcome.reasons)
     assert answers and answers[0].startswith("resumed flow run")  # through the real pause, not the fallback
     with registry() as reg:
         assert reg.store.aliases(MODEL)["champion"] == candidate

@@ -13,6 +13,18 @@ def test_simulate_json_has_the_documented_keys():
     assert 0 <= report["aa"]["false_rollback_rate"] <= 0.05
     assert report["regression"]["detection_rate"] >= 0.9
     assert report["regression"]["mean_requests_per_arm"] < report["fixed_horizon"]["requests_per_arm"]
+    for key, spending in (("group_sequential", "obrien_fleming"), ("group_sequential_pocock", "pocock")):
+        gs = report[key]
+        assert (gs["spending"], gs["looks"], len(gs["requests_per_look"])) == (spending, 5, 5)
+        assert gs["max_requests_per_arm"] == gs["requests_per_look"][-1] > 391
+        assert {"false_rollback_rate", "detection_rate", "mean_requests_per_arm"} <= set(gs)
+
+
+def test_simulate_table_names_every_rule():
+    result = CliRunner(env={"COLUMNS": "200"}).invoke(app, ["rollout", "simulate", "--runs", "50", "--looks", "4"])
+    assert result.exit_code == 0, result.output
+    for rule in ("mSPRT", "fixed horizon", "OBF, 4 looks", "Pocock, 4 looks", "naive z"):
+        assert rule in result.output
 
 
 def test_simulate_refuses_a_scenario_without_a_regression():

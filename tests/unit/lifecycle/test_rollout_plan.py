@@ -15,13 +15,23 @@ REPO = Path(__file__).resolve().parents[3]
 T0, T1 = datetime(2026, 1, 1, tzinfo=UTC), datetime(2026, 1, 1, 1, tzinfo=UTC)
 
 
-def agg(requests, model_errors=0, *, infra=0, flagged=0, fb=(0, 0), p95=100.0, role="champion", version=1):
+STEADY = (100.0, 1600.0)  # ok latencies of mean 100 ms, sd 40: the same on both arms unless a case says not
+
+
+def agg(requests, model_errors=0, *, infra=0, flagged=0, fb=(0, 0), p95=100.0, role="champion", version=1,
+        lat=STEADY):
+    """``lat=(mean, variance)`` of the ok latencies fills the sums; None leaves them out (older aggregates)."""
+    ok = requests - model_errors - infra
+    sums = {}
+    if lat is not None and ok > 0:
+        mean, var = lat
+        sums = {"latency_sum_ms": ok * mean, "latency_sum_sq_ms2": (ok - 1) * var + ok * mean**2}
     return VersionAggregate(
         model="m", version=version, role=role, requests=requests, served=requests,
-        ok=requests - model_errors - infra, model_errors=model_errors, infra_errors=infra, input_errors=0,
+        ok=ok, model_errors=model_errors, infra_errors=infra, input_errors=0,
         guardrail_flagged=flagged, prompt_tokens=0, completion_tokens=0, latency_p50_ms=p95 / 2 if requests else None,
         latency_p95_ms=p95 if requests else None, latency_p99_ms=p95 if requests else None,
-        feedback_count=fb[0], feedback_success=fb[1], window_start=T0, window_end=T1)
+        feedback_count=fb[0], feedback_success=fb[1], window_start=T0, window_end=T1, **sums)
 
 
 def plan() -> RolloutPlan:
@@ -126,3 +136,59 @@ def test_invalid_plans_say_what_to_fix(tmp_path, edit, message):
     path.write_text(yaml.safe_dump(raw))
     with pytest.raises(ValueError, match=message):
         load_yaml_config(RolloutPlan, path)
+
+
+# -- latency mean: an anytime-valid test against (1 + regression) x the champion's mean ------------------
+
+LATENCY_MEAN = {"metric": "latency_mean_ms", "direction": "lower_is_better", "regression": 0.25}
+
+
+def plan_with_latency_mean(tmp_path) -> RolloutPlan:
+    """The shipped plan, which tests the latency mean on every stage."""
+    shipped = plan()
+    assert all(LATENCY_MEAN in [g.model_dump() for g in s.guardrails] for s in shipped.stages)
+    return shipped
+
+
+CHAMPION_LAT = (100.0, 1600.0)  # the worked examples of relative_margin_cs: mean 100 ms, sd 40, n 400
+# challenger (mean, variance), ok answers per arm, the finding's verdict, its interval of challenger - limit
+LATENCY_CASES = [
+    ((110.0, 1936.0), 400, Verdict.PASS, (-25.65, -4.35)),
+    ((150.0, 3600.0), 400, Verdict.FAIL, (12.67, 37.33)),
+    ((130.0, 2704.0), 400, Verdict.INCONCLUSIVE, (-6.46, 16.46)),
+    ((150.0, 3600.0), 30, Verdict.INCONCLUSIVE, (-19.64, 69.64)),
+]
+
+
+@pytest.mark.parametrize(("lat", "n", "verdict", "interval"), LATENCY_CASES)
+def test_latency_mean_worked_examples(tmp_path, lat, n, verdict, interval):
+    shadow = plan_with_latency_mean(tmp_path).stages[0]
+    v = decide_stage(shadow, agg(n, lat=CHAMPION_LAT), agg(n, lat=lat, role="shadow", version=2), 60)
+    (finding,) = [f for f in v.findings if f.check == "latency_mean_ms"]
+    assert finding.verdict is verdict, finding.reason
+    assert finding.threshold == pytest.approx(125.0) and finding.observed == pytest.approx(lat[0])
+    cs = v.mean_tests["latency_mean_ms"]
+    assert (cs.lower, cs.upper) == (pytest.approx(interval[0], abs=0.01), pytest.approx(interval[1], abs=0.01))
+    if verdict is Verdict.FAIL:
+        assert v.action == "rollback"
+
+
+def test_latency_mean_without_sums_or_below_30_ok_answers_is_never_a_pass(tmp_path):
+    canary = next(s for s in plan_with_latency_mean(tmp_path).stages if s.name == "canary-50")
+    good = {"fb": (2000, 1800)}
+    no_sums = decide_stage(canary, agg(2000, 20, lat=None, **good), agg(2000, 20, lat=None, **good), 600)
+    (finding,) = [f for f in no_sums.findings if f.check == "latency_mean_ms"]
+    assert finding.verdict is Verdict.INCONCLUSIVE and no_sums.action == "hold" and not no_sums.mean_tests
+    few = decide_stage(canary, agg(2000, 20, lat=CHAMPION_LAT, **good), agg(29, lat=(100.0, 1.0)), 600)
+    assert [f.verdict for f in few.findings if f.check == "latency_mean_ms"] == [Verdict.INCONCLUSIVE]
+    # An equal, well-sampled challenger advances with the latency mean guardrail in place.
+    same = decide_stage(canary, agg(2000, 20, lat=CHAMPION_LAT, **good), agg(2000, 20, lat=CHAMPION_LAT, **good), 600)
+    assert same.action == "advance", same.reasons()
+
+
+def test_slow_mean_rolls_back_before_the_minimum_sample(tmp_path):
+    # 60 % slower on 200 requests per arm: the interval is valid at every look, so no need to wait for 400.
+    canary = next(s for s in plan_with_latency_mean(tmp_path).stages if s.name == "canary-50")
+    v = decide_stage(canary, agg(200, 2, lat=CHAMPION_LAT), agg(200, 2, lat=(160.0, 4096.0)), 60)
+    assert v.action == "rollback" and any(f.check == "latency_mean_ms" and f.verdict is Verdict.FAIL
+                                          for f in v.findings), v.reasons()

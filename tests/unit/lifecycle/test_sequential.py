@@ -1,14 +1,19 @@
 import math
 
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lifecycle.sequential import (
+    always_valid_p,
     fixed_horizon_n_per_arm,
     mean_difference_cs,
     mixture_radius,
     msprt_two_proportions,
+    one_sided_log_lr,
+    pooled_variance,
+    relative_margin_cs,
     sample_ratio_mismatch,
 )
 from lifecycle.simulate import Scenario, simulate
@@ -61,6 +66,61 @@ def test_mean_difference_cs_worked_examples(args, lower, upper):
 
 
 @pytest.mark.parametrize(
+    ("challenger", "n", "psi", "radius", "lower", "upper"),
+    [
+        ((110, 1936), 400, -15.0, 10.65, -25.65, -4.35),
+        ((150, 3600), 400, 25.0, 12.33, 12.67, 37.33),
+        ((130, 2704), 400, 5.0, 11.46, -6.46, 16.46),
+        ((150, 3600), 30, 25.0, 44.64, -19.64, 69.64),
+    ],
+)
+def test_relative_margin_cs_worked_examples(challenger, n, psi, radius, lower, upper):
+    cs = relative_margin_cs(100, 1600, n, *challenger, n, margin=0.25, alpha=0.05)
+    assert (cs.difference, cs.radius) == (pytest.approx(psi), pytest.approx(radius, abs=0.01))
+    assert (cs.lower, cs.upper) == (pytest.approx(lower, abs=0.01), pytest.approx(upper, abs=0.01))
+    assert cs.tau == 25
+
+
+def _margin_decisions(ratio: float, sigma: float, runs: int = 300, step: int = 10,
+                      n_max: int = 600) -> tuple[float, float]:
+    """Share of runs that FAIL / PASS first, lognormal(sigma) latencies with the challenger's mean at
+    ``ratio`` x the champion's 100 ms, a look every ``step`` requests per arm from 30 on."""
+    rng = np.random.default_rng(7)
+    a = rng.lognormal(np.log(100) - sigma**2 / 2, sigma, (runs, n_max))
+    b = rng.lognormal(np.log(100 * ratio) - sigma**2 / 2, sigma, (runs, n_max))
+    fails = passes = 0
+    for run in range(runs):
+        for n in range(30, n_max + 1, step):
+            x, y = a[run, :n], b[run, :n]
+            cs = relative_margin_cs(x.mean(), x.var(ddof=1), n, y.mean(), y.var(ddof=1), n, margin=0.25)
+            if cs.lower > 0 or cs.upper < 0:
+                fails, passes = fails + (cs.lower > 0), passes + (cs.upper < 0)
+                break
+    return fails / runs, passes / runs
+
+
+def test_relative_margin_cs_errors_stay_below_alpha_at_every_look():
+    # A challenger exactly at the limit (1.25x), heavy-tailed latencies (lognormal sigma 1: sd 1.3x the
+    # mean): a FAIL and a PASS are both errors; each must stay <= alpha although we look 58 times.
+    # Measured (seed 7): 1.0 % false FAIL, 1.7 % false PASS.
+    fail, passed = _margin_decisions(1.25, sigma=1.0)
+    assert fail <= 0.05 and passed <= 0.05
+    # Lighter tails (sigma 0.5): an equal challenger passes and a 1.5x slower one fails by 600 per arm.
+    assert _margin_decisions(1.0, sigma=0.5)[1] >= 0.95 and _margin_decisions(1.5, sigma=0.5)[0] >= 0.95
+
+
+def test_vectorized_statistic_is_the_scalar_tests_one():
+    rng = np.random.default_rng(3)
+    n_a, n_b = rng.integers(1, 3000, 200), rng.integers(1, 3000, 200)
+    x_a, x_b = rng.binomial(n_a, 0.02), rng.binomial(n_b, 0.04)
+    d = x_b / n_b - x_a / n_a
+    p = always_valid_p(one_sided_log_lr(d, pooled_variance(x_a, n_a, x_b, n_b), 0.04))
+    scalar = [msprt_two_proportions(int(a), int(m), int(b), int(k), tau=0.04).p_value
+              for a, m, b, k in zip(x_a, n_a, x_b, n_b, strict=True)]
+    assert p.tolist() == scalar
+
+
+@pytest.mark.parametrize(
     ("n_champion", "n_challenger", "share", "chi2", "p_value", "mismatch"),
     [
         (950, 50, 0.05, 0.0, 1.0, False),
@@ -90,6 +150,8 @@ def test_fixed_horizon_matches_reference_figures():
         lambda: sample_ratio_mismatch(10, 10, 1.0),
         lambda: mean_difference_cs(0, 1, 0, 0, 1, 10, tau=1),
         lambda: fixed_horizon_n_per_arm(0.01, 0.01),
+        lambda: relative_margin_cs(0, 1, 10, 1, 1, 10, margin=0.25),
+        lambda: relative_margin_cs(100, 1, 10, 1, 1, 10, margin=0),
     ],
 )
 def test_bad_inputs_are_refused(call):
@@ -152,3 +214,25 @@ def test_simulated_aa_and_regression():
     assert report.regression.mean_requests_per_arm < report.fixed_horizon.requests_per_arm == 391
     assert report.naive_repeated_z.false_rollback_rate > 2 * report.aa.false_rollback_rate
     assert simulate(Scenario(runs=300, max_per_arm=1000, seed=1)) == report  # seeded: reproducible
+
+
+def test_simulated_group_sequential_baselines():
+    report = simulate(Scenario(runs=300, max_per_arm=1000, seed=1))
+    for gs, spending, n_max in ((report.group_sequential, "obrien_fleming", 404),
+                                (report.group_sequential_pocock, "pocock", 464)):
+        assert (gs.spending, gs.looks, gs.max_requests_per_arm) == (spending, 5, n_max)
+        assert gs.false_rollback_rate <= 0.07  # alpha 0.05 plus Monte Carlo noise of 300 runs
+        assert gs.detection_rate >= 0.9
+        # A rollback happens only at a planned look, and on average before the fixed horizon.
+        assert gs.mean_requests_per_arm < report.fixed_horizon.requests_per_arm
+        assert gs.design_expected_requests_per_arm == pytest.approx(gs.mean_requests_per_arm, rel=0.1)
+
+
+def test_baselines_sized_for_another_regression():
+    # Sized for 1 % -> 5 % but facing 1 % -> 3 %: the group-sequential test stops at its maximum and
+    # misses many; the mSPRT has no maximum but max_per_arm, and keeps looking.
+    report = simulate(Scenario(runs=200, p_challenger=0.03, design_p_challenger=0.05, seed=2))
+    assert report.fixed_horizon.requests_per_arm == 391
+    assert report.group_sequential.detection_rate < 0.8 < report.regression.detection_rate
+    with pytest.raises(ValueError, match="design_p_challenger"):
+        Scenario(design_p_challenger=0.005)

@@ -137,14 +137,30 @@ def test_aggregates_of_a_hand_built_window(log):
     assert c.error_rate == pytest.approx(3 / 108) and c.guardrail_rate == pytest.approx(3 / 108)
     assert c.input_error_rate == pytest.approx(1 / 108) and c.feedback_coverage == pytest.approx(10 / 108)
     assert (c.window_start, c.window_end) == (since, until)
+    # Sums over the same 104 ok latencies (feedback joined on 10 rows must not double any): 5050 + 4 x 10.
+    assert (c.latency_sum_ms, c.latency_sum_sq_ms2) == pytest.approx((5090.0, 338_750.0))
+    assert c.latency_mean_ms == pytest.approx(5090 / 104)
     s = by_key[2, "shadow"]
     assert (s.requests, s.served, s.feedback_count, s.feedback_success_rate, s.latency_p99_ms) == (2, 0, 0, None, 30.0)
+    assert (s.latency_mean_ms, s.latency_var_ms2) == (30.0, 0.0)
+
+
+def test_latency_sums_leave_errors_out_and_an_all_error_window_has_no_mean(log):
+    log.insert_many([pred(i, outcome="model_error", latency_ms=900.0) for i in range(3)]
+                    + [pred(10 + i, version=2, role="challenger", latency_ms=ms) for i, ms in enumerate([10.0, 20.0])])
+    errors, ok = log.aggregates("m", T0, T0 + timedelta(hours=1))
+    assert (errors.ok, errors.latency_sum_ms, errors.latency_sum_sq_ms2, errors.latency_mean_ms) == (0, 0.0, 0.0, None)
+    assert isinstance(ok.latency_sum_ms, float) and isinstance(ok.latency_sum_sq_ms2, float)
+    assert (ok.latency_mean_ms, ok.latency_var_ms2) == pytest.approx((15.0, 50.0))
 
 
 def test_latency_percentiles_are_numpys_linear_ones(log):
     log.insert_many([pred(i, latency_ms=float(i + 1)) for i in range(100)])
     (a,) = log.aggregates("m", T0, T0 + timedelta(hours=1))
     assert (a.latency_p50_ms, a.latency_p95_ms, a.latency_p99_ms) == pytest.approx((50.5, 95.05, 99.01))
+    # The docstring of VersionAggregate: sum 5,050, sum of squares 338,350, mean 50.5, variance 841.67.
+    assert (a.latency_sum_ms, a.latency_sum_sq_ms2) == pytest.approx((5050.0, 338_350.0))
+    assert (a.latency_mean_ms, a.latency_var_ms2) == pytest.approx((50.5, 841.6667), abs=1e-4)
 
 
 def test_window_is_half_open_newest_first_then_time_ordered(log):

@@ -1,0 +1,158 @@
+"""Drift monitor benchmark (issue #4; results in bench/RESULTS.md, "Drift monitor").
+
+1. 100,000 logged prompts: a temporary SQLite prediction log filled with BANKING77 traffic (the "before"
+   world's test queries, and a drifted mix with 30 % of the new intents' queries), then timed:
+   reading the window, building the frame, and ``data_checks.drift.check_drift`` with the shipped policy
+   (sampling to ``sample_cap``), with and without the HTML report. Baselines in the same run: the same
+   columns on every row (no sampling), and Evidently's full ``DataDriftPreset`` + ``TextEvals`` with
+   descriptors on every row (the raw texts through the domain classifier).
+2. Noise: scores of "before" traffic against the training reference at 200 to 2,000 rows (6 seeds each),
+   the figures behind ``min_rows`` and the thresholds in configs/monitor.yaml.
+
+Run: ``.venv/bin/python bench/drift_bench.py [--rows 100000] [--skip-full]``. Needs only the bundled data.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import tempfile
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+REPO = Path(__file__).resolve().parents[1]
+
+
+def timed(fn, *args, **kwargs):
+    start = time.perf_counter()
+    value = fn(*args, **kwargs)
+    return value, round(time.perf_counter() - start, 2)
+
+
+def fill_log(engine, model: str, pairs, completions, n: int, seed: int) -> None:
+    from lifecycle.predictions import Prediction
+    from registry.predictions import PredictionStore
+
+    rng = random.Random(seed)
+    start = datetime(2026, 11, 26, tzinfo=UTC)
+    store = PredictionStore(engine)
+    batch = []
+    for i in range(n):
+        k = rng.randrange(len(pairs))
+        batch.append(Prediction(ts=start + timedelta(milliseconds=500 * i), request_id=f"{model}-{i}", model=model,
+                                version=1, role="champion", user_hash=f"u{i % 997}", prompt=pairs[k].prompt,
+                                completion=completions[k], latency_ms=8 + rng.random() * 10, outcome="ok",
+                                served=True))
+        if len(batch) == 5000:
+            store.insert_many(batch)
+            batch = []
+    store.insert_many(batch)
+
+
+def full_preset(reference, current) -> float:
+    """Evidently's full preset on every row: data drift on all columns (texts by domain classifier) + TextEvals."""
+    from evidently import DataDefinition, Dataset, Report
+    from evidently.descriptors import NonLetterCharacterPercentage, TextLength, WordCount
+    from evidently.presets import DataDriftPreset, TextEvals
+
+    start = time.perf_counter()
+    definition = DataDefinition(text_columns=["prompt", "completion"])
+    descriptors = [TextLength("prompt", alias="length"), WordCount("prompt", alias="words"),
+                   NonLetterCharacterPercentage("prompt", alias="non_letter")]
+    cols = ["prompt", "completion"]
+    ref, cur = (Dataset.from_pandas(df[cols], data_definition=definition, descriptors=descriptors)
+                for df in (reference, current))
+    Report([DataDriftPreset(), TextEvals()], include_tests=True).run(current_data=cur, reference_data=ref).dict()
+    return round(time.perf_counter() - start, 2)
+
+
+def large_window(rows: int, skip_full: bool) -> dict:
+    from data_checks.drift import check_drift, frame_from_columns, frame_from_pairs
+    from lifecycle.config import load_yaml_config
+    from lifecycle.drift_policy import DriftPolicy, decide_drift
+    from lifecycle.task import load_task
+    from registry.predictions import PredictionStore
+    from registry.store import RegistryStore
+    from training.task_data import read_split, split_worlds
+
+    spec = load_task(REPO / "configs/task.yaml", REPO)
+    worlds = split_worlds(spec)
+    before = [p for p in read_split(spec, "test") if not spec.is_drifted(p.completion)]
+    drifted = worlds.drifted_labelled
+    old = spec.before_labels
+    # 30 % new-intent queries; the champion routes them to a few old intents it knows.
+    mix = before + drifted[: int(len(before) * 0.3 / 0.7)]
+    mix_completions = [p.completion if not spec.is_drifted(p.completion) else old[i % 5] for i, p in enumerate(mix)]
+    policy = load_yaml_config(DriftPolicy, REPO / "configs/monitor.yaml")
+    reference = frame_from_pairs(worlds.before_train)
+    out: dict = {"rows": rows, "reference_rows": len(reference), "sample_cap": policy.sample_cap}
+    _, out["import_evidently_s"] = timed(__import__, "evidently")
+    with tempfile.TemporaryDirectory() as tmp:
+        store = RegistryStore.open(f"sqlite:///{tmp}/registry.db")
+        fill_log(store.engine, "before", before, [p.completion for p in before], rows, seed=1)
+        fill_log(store.engine, "drifted", mix, mix_completions, rows, seed=2)
+        since, until = datetime(2026, 11, 25, tzinfo=UTC), datetime(2026, 11, 28, tzinfo=UTC)
+        for world in ("before", "drifted"):
+            columns, read_s = timed(PredictionStore(store.engine).served_columns, world, since, until)
+            current, frame_s = timed(frame_from_columns, columns)
+            logged, records_s = timed(PredictionStore(store.engine).window, world, since, until, limit=None)
+            del logged
+            report, check_s = timed(check_drift, reference, current, policy)
+            _, html_s = timed(check_drift, reference, current, policy, html_path=Path(tmp) / f"{world}.html")
+            decision = decide_drift(report.columns, None, policy, rows=report.current_rows)
+            unsampled = policy.model_copy(update={"sample_cap": 10 * rows})
+            full_cols, full_cols_s = timed(check_drift, reference, current, unsampled)
+            out[world] = {
+                "read_columns_s": read_s, "frame_s": frame_s, "read_as_records_s": records_s, "check_s": check_s,
+                "check_with_html_s": html_s,
+                "verdict": str(decision.verdict), "drifted": report.drifted_columns,
+                "scores_sampled": {c.column: round(c.score, 3) for c in report.columns if c.score is not None},
+                "same_columns_all_rows_s": full_cols_s,
+                "scores_all_rows": {c.column: round(c.score, 3) for c in full_cols.columns if c.score is not None}}
+            if world == "drifted" and not skip_full:
+                out[world]["full_preset_all_rows_s"] = full_preset(reference, current)
+        store.close()
+    return out
+
+
+def noise(seeds: int = 6) -> dict:
+    """Max score over seeds of same-world ("before") traffic at several window sizes."""
+    import pandas as pd
+
+    from data_checks.drift import check_drift, frame_from_pairs
+    from lifecycle.config import load_yaml_config
+    from lifecycle.drift_policy import DriftPolicy
+    from lifecycle.task import load_task
+    from training.task_data import read_split, split_worlds
+
+    spec = load_task(REPO / "configs/task.yaml", REPO)
+    reference = frame_from_pairs(split_worlds(spec).before_train)
+    before = frame_from_pairs([p for p in read_split(spec, "test") if not spec.is_drifted(p.completion)])
+    policy = load_yaml_config(DriftPolicy, REPO / "configs/monitor.yaml")
+    table = {}
+    for n in (200, 500, 1000, 2000):
+        scores = [{c.column: c.score for c in check_drift(
+            reference, before.sample(n, random_state=s), policy.model_copy(update={"seed": s})).columns
+            if c.score is not None} for s in range(seeds)]
+        table[n] = {k: round(float(v), 3) for k, v in pd.DataFrame(scores).max().items()}
+    return table
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=100_000)
+    parser.add_argument("--skip-full", action="store_true", help="skip the slow full-preset baseline")
+    args = parser.parse_args()
+    import warnings
+
+    warnings.filterwarnings("ignore")  # sklearn convergence warnings from Evidently's text drift
+    print(json.dumps({"date": f"{datetime.now(UTC):%Y-%m-%d}", "large_window": large_window(args.rows, args.skip_full),
+                      "noise_max_of_6_seeds": noise()}, indent=2))
+
+
+if __name__ == "__main__":
+    main()

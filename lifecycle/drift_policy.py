@@ -1,0 +1,289 @@
+"""The drift monitor's policy and its two decisions, pure: is the champion's world drifting, and may that
+start a retrain now?
+
+:func:`decide_drift` reads per-column drift results (from ``data_checks.drift``) and the champion's accuracy
+on the window's feedback, and returns an ordered verdict with reasons:
+
+* ``drift-share``: FAIL when at least ``policy.drift_share`` of the compared columns drifted (Evidently's
+  dataset-drift rule);
+* ``decisive-columns``: FAIL when any column marked ``decisive`` drifted on its own — out-of-vocabulary words
+  in prompts are the sign of new products even while lengths and punctuation stay put;
+* ``feedback-accuracy``: FAIL when the champion's success rate on feedback is clearly below its accuracy at
+  promotion (the Wilson interval's upper bound under ``baseline - max_drop``);
+* a window with fewer than ``policy.min_rows`` rows is INCONCLUSIVE: too little traffic is never "no drift".
+
+Verdict: FAIL (drift or decay: announce it) if any finding fails; else INCONCLUSIVE when the data checks
+could not run; else PASS. A feedback check without enough feedback is listed as INCONCLUSIVE but does not
+hold the verdict: most traffic never gets feedback, and label-free drift checks still stand.
+
+:func:`decide_trigger` is the storm rule: while drift persists every monitor run would fire again, so no
+trigger while a retrain runs, nor within ``cooldown`` of the last retrain or of the last fired trigger.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from typing import Literal
+
+from pydantic import BaseModel, Field, field_validator, model_validator
+
+from lifecycle.predictions import as_utc
+from lifecycle.records import Frozen
+from lifecycle.verdict import Finding, Verdict
+
+ColumnKind = Literal["numerical", "categorical", "text"]
+
+# Every column the monitor can compare. Descriptors of a text column are named <column>_<descriptor>.
+COLUMNS: dict[str, ColumnKind] = {
+    **{f"{text}_{d}": "numerical" for text in ("prompt", "completion")
+       for d in ("length", "words", "oov_share", "non_letter_share")},
+    "route": "categorical",  # the completion as a category: the intent the model routed to
+    "outcome": "categorical",  # ok / model_error / infra_error / input_error
+    "latency_ms": "numerical",
+    "prompt_text": "text",  # the raw prompts, through Evidently's domain classifier (slowest column)
+}
+LOG_ONLY = frozenset({"outcome", "latency_ms"})  # training data has no such column: needs a window reference
+# Effect sizes only: at 10k+ rows a p-value test (ks, chisquare) flags shifts far too small to matter.
+METHODS: dict[ColumnKind, frozenset[str]] = {
+    "numerical": frozenset({"wasserstein", "psi", "kl_div", "hellinger", "jensenshannon"}),
+    "categorical": frozenset({"jensenshannon", "psi", "kl_div", "hellinger"}),
+    "text": frozenset({"abs_text_content_drift", "perc_text_content_drift"}),
+}
+
+
+class ColumnRule(Frozen):
+    method: str = Field(description="Evidently drift method (an effect size); see METHODS")
+    threshold: float = Field(gt=0, description="the column drifted when its score is above this")
+    decisive: bool = Field(default=False, description="this column drifting alone means drift")
+
+
+class ReferenceSpec(Frozen):
+    kind: Literal["training", "window"] = Field(
+        default="training", description="training: the champion's training prompts (snapshot in its lineage); "
+        "window: a pinned window of the prediction log, which also gives outcome and latency a reference")
+    since: datetime | None = None
+    until: datetime | None = None
+
+    @model_validator(mode="after")
+    def _window(self) -> ReferenceSpec:
+        if self.kind == "window":
+            if self.since is None or self.until is None:
+                raise ValueError("reference kind 'window' needs both `since` and `until` (ISO-8601 with a zone)")
+            if as_utc(self.until) <= as_utc(self.since):
+                raise ValueError(f"reference window is empty: until ({self.until}) must be after since ({self.since})")
+        return self
+
+
+class FeedbackRule(Frozen):
+    benchmark: str = Field(default="golden-before", description="the champion's eval that stands for its "
+                           "accuracy at promotion")
+    min_feedback: int = Field(default=50, ge=1, description="fewer feedback answers than this: no judgement")
+    max_drop: float = Field(default=0.05, ge=0, le=1, description="tolerated accuracy loss since promotion")
+    confidence: float = Field(default=0.95, gt=0.5, lt=1)
+
+
+class DriftPolicy(Frozen):
+    """``configs/monitor.yaml``: what is compared, the thresholds, and the storm rule."""
+
+    reference: ReferenceSpec = ReferenceSpec()
+    columns: dict[str, ColumnRule] = Field(min_length=1)
+    drift_share: float = Field(default=0.5, gt=0, le=1, description="dataset drift: share of compared columns")
+    # Why 1000: effect sizes are biased upwards on small samples. Same-world traffic at 200 rows scored up to
+    # 0.30 (length) and 0.25 (route, 77 categories); at 1000 rows at most 0.19 and 0.12 (bench/RESULTS.md).
+    min_rows: int = Field(default=1000, ge=1, description="fewer rows in the window: inconclusive")
+    sample_cap: int = Field(default=20_000, ge=1000, description="rows per side the check compares at most")
+    seed: int = 0
+    feedback: FeedbackRule = FeedbackRule()
+    cooldown_minutes: float = Field(default=360, ge=0, description="no new trigger this long after the last "
+                                    "trigger or retrain")
+    labelled_drop: str | None = Field(default=None, description="labelled data for the retrain (event payload); "
+                                      "default: the task's drifted-labelled file under SLM_HOME/data")
+    retrain_config: str = Field(default="configs/retrain.yaml", description="retrain config named in the event")
+
+    @field_validator("columns")
+    @classmethod
+    def _known(cls, columns: dict[str, ColumnRule]) -> dict[str, ColumnRule]:
+        for name, rule in columns.items():
+            if name not in COLUMNS:
+                raise ValueError(f"unknown column {name!r}; the monitor knows: {', '.join(COLUMNS)}")
+            allowed = METHODS[COLUMNS[name]]
+            if rule.method not in allowed:
+                raise ValueError(f"column {name!r} is {COLUMNS[name]}: method {rule.method!r} is not one of "
+                                 f"{sorted(allowed)}")
+        return columns
+
+    @property
+    def cooldown(self) -> timedelta:
+        return timedelta(minutes=self.cooldown_minutes)
+
+
+class MonitorParams(BaseModel):
+    """Parameters of the monitor flow: flat, so the Prefect UI draws a form. The window is
+    ``[since, until)``; ``until`` defaults to now and ``since`` to ``hours`` before ``until``."""
+
+    model: str | None = Field(default=None, description="registry model; default SLM_MODEL_NAME")
+    hours: float = Field(default=24, gt=0, description="window length when `since` is not given")
+    since: datetime | None = Field(default=None, description="window start (ISO-8601 with a zone)")
+    until: datetime | None = Field(default=None, description="window end, exclusive; default now")
+    policy: str = Field(default="configs/monitor.yaml", description="drift policy YAML")
+    data: str | None = Field(default=None, description="labelled data drop named in the drift event "
+                             "(overrides the policy's `labelled_drop`)")
+
+    def window(self, now: datetime) -> tuple[datetime, datetime]:
+        until = as_utc(self.until or now)
+        since = as_utc(self.since) if self.since is not None else until - timedelta(hours=self.hours)
+        if until <= since:
+            raise ValueError(f"empty monitor window: until ({until}) must be after since ({since})")
+        return since, until
+
+
+class ColumnResult(Frozen):
+    """One column compared (``score`` set) or skipped (``skipped`` says why)."""
+
+    column: str
+    method: str
+    threshold: float
+    score: float | None = None
+    drifted: bool = False
+    skipped: str | None = None
+
+
+class FeedbackEvidence(Frozen):
+    """Served champion answers with feedback in the window, and the champion's accuracy at promotion."""
+
+    n: int = Field(ge=0)
+    successes: int = Field(ge=0)
+    baseline: float | None = Field(default=None, ge=0, le=1, description="None when no eval was recorded")
+
+
+class DriftDecision(Frozen):
+    verdict: Verdict
+    findings: list[Finding]
+    drifted_columns: list[str]
+    scores: dict[str, float]
+
+    @property
+    def fire(self) -> bool:
+        return self.verdict is Verdict.FAIL
+
+    @property
+    def decay(self) -> bool:
+        return any(f.check == "feedback-accuracy" and f.verdict is Verdict.FAIL for f in self.findings)
+
+    def reasons(self) -> list[str]:
+        return [f"[{f.verdict}] {f.check}: {f.reason}" for f in self.findings]
+
+    def reason(self) -> str:
+        """One line for the event payload and the retrain's lineage: the failed findings."""
+        failed = [f"{f.check}: {f.reason}" for f in self.findings if f.verdict is Verdict.FAIL]
+        return "; ".join(failed) or "no drift"
+
+
+def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[float, float]:
+    """Two-sided Wilson score interval of a success rate.
+
+    ``(p + z²/2n ± z·sqrt(p(1-p)/n + z²/4n²)) / (1 + z²/n)`` with ``p = successes/n`` and ``z`` the normal
+    quantile of ``(1 + confidence)/2``. Unlike p ± z·se it stays inside [0, 1] and is sensible at 0 or n
+    successes. Assumes independent answers. Worked examples (95 %), rows of the unit tests:
+
+    * 60 of 100 → (0.5020, 0.6906);  84 of 100 → (0.7558, 0.8990);  50 of 50 → (0.9287, 1.0).
+    """
+    if n <= 0 or not 0 <= successes <= n:
+        raise ValueError(f"need 0 <= successes <= n and n > 0, got {successes} of {n}")
+    from statistics import NormalDist
+
+    z = NormalDist().inv_cdf((1 + confidence) / 2)
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    # At 0 or n successes the bound is exactly 0 or 1; rounding would leave it a hair off.
+    low = 0.0 if successes == 0 else max(0.0, centre - half)
+    return low, 1.0 if successes == n else min(1.0, centre + half)
+
+
+def decide_drift(columns: Sequence[ColumnResult], feedback: FeedbackEvidence | None, policy: DriftPolicy, *,
+                 rows: int) -> DriftDecision:
+    """The monitor's verdict on one window (see the module docstring for the rules)."""
+    compared = [c for c in columns if c.score is not None]
+    drifted = [c for c in compared if c.drifted]
+    findings: list[Finding] = []
+    if rows < policy.min_rows or not compared:
+        why = (f"only {rows} rows in the window (policy min_rows {policy.min_rows})" if rows < policy.min_rows
+               else "no column could be compared: " + "; ".join(f"{c.column}: {c.skipped}" for c in columns))
+        findings.append(Finding(check="data-drift", verdict=Verdict.INCONCLUSIVE, reason=why, observed=rows,
+                                threshold=policy.min_rows))
+    else:
+        share = len(drifted) / len(compared)
+        listed = ", ".join(f"{c.column} {c.score:.3g} > {c.threshold:g}" for c in drifted) or "none"
+        findings.append(Finding(
+            check="drift-share", verdict=Verdict.FAIL if share >= policy.drift_share else Verdict.PASS,
+            reason=f"{len(drifted)} of {len(compared)} columns drifted ({listed})", observed=share,
+            threshold=policy.drift_share))
+        decisive = [c.column for c in drifted if c.column in policy.columns and policy.columns[c.column].decisive]
+        if any(rule.decisive for rule in policy.columns.values()):
+            findings.append(Finding(
+                check="decisive-columns", verdict=Verdict.FAIL if decisive else Verdict.PASS,
+                reason=f"drifted: {', '.join(decisive)}" if decisive else "no decisive column drifted",
+                observed=len(decisive), threshold=0))
+    findings.append(_feedback_finding(feedback, policy))
+    data = [f for f in findings if f.check != "feedback-accuracy"]
+    if any(f.verdict is Verdict.FAIL for f in findings):
+        verdict = Verdict.FAIL
+    elif any(f.verdict is Verdict.INCONCLUSIVE for f in data):
+        verdict = Verdict.INCONCLUSIVE
+    else:
+        verdict = Verdict.PASS
+    return DriftDecision(verdict=verdict, findings=findings, drifted_columns=[c.column for c in drifted],
+                         scores={c.column: round(float(c.score), 6) for c in compared if math.isfinite(c.score)})
+
+
+
+def _feedback_finding(feedback: FeedbackEvidence | None, policy: DriftPolicy) -> Finding:
+    rule = policy.feedback
+    check = "feedback-accuracy"
+    if feedback is None or feedback.baseline is None:
+        return Finding(check=check, verdict=Verdict.INCONCLUSIVE,
+                       reason=f"no accuracy at promotion recorded for {rule.benchmark}")
+    if feedback.n < rule.min_feedback:
+        return Finding(check=check, verdict=Verdict.INCONCLUSIVE, observed=feedback.n, threshold=rule.min_feedback,
+                       reason=f"{feedback.n} answers with feedback (policy min_feedback {rule.min_feedback})")
+    low, high = wilson_interval(feedback.successes, feedback.n, rule.confidence)
+    floor = feedback.baseline - rule.max_drop
+    rate = feedback.successes / feedback.n
+    text = (f"{rate:.3f} on {feedback.n} answers ({rule.confidence:.0%} CI [{low:.3f}, {high:.3f}]) vs "
+            f"{feedback.baseline:.3f} at promotion, floor {floor:.3f}")
+    verdict = Verdict.FAIL if high < floor else Verdict.PASS if low >= floor else Verdict.INCONCLUSIVE
+    return Finding(check=check, verdict=verdict, reason=text, observed=rate, threshold=floor)
+
+
+class TriggerDecision(Frozen):
+    fire: bool
+    reason: str
+    retry_after: datetime | None = Field(default=None, description="earliest time a trigger may fire again")
+
+
+def decide_trigger(*, now: datetime, cooldown: timedelta, running_retrain_since: datetime | None,
+                   last_retrain_at: datetime | None, last_trigger_at: datetime | None) -> TriggerDecision:
+    """May a drift finding start a retrain now? Suppress while one runs, or within ``cooldown`` of the last
+    retrain (finished) or the last fired trigger (whose retrain may still be queued).
+
+    A timestamp in the future (clock skew between machines) counts as "just now", never as long ago.
+    Examples (cooldown 6 h): a retrain running since 10:00 → suppress at any time; last trigger at 09:00,
+    now 12:00 → suppress until 15:00; last retrain finished 02:00, now 12:00, no trigger since → fire.
+    """
+    now = as_utc(now)
+    if running_retrain_since is not None:
+        since = as_utc(running_retrain_since)
+        return TriggerDecision(fire=False, reason=f"a retrain is running since {since:%Y-%m-%d %H:%M} UTC; "
+                               "its candidate answers this drift")
+    recent = [(as_utc(at) + cooldown, label, as_utc(at)) for label, at in
+              (("trigger", last_trigger_at), ("retrain", last_retrain_at)) if at is not None]
+    blocking = max((r for r in recent if now < r[0]), default=None)
+    if blocking is not None:
+        until, label, at = blocking
+        return TriggerDecision(fire=False, retry_after=until,
+                               reason=f"cooldown: the last {label} was at {at:%Y-%m-%d %H:%M} UTC, within {cooldown} "
+                               f"(next trigger allowed from {until:%Y-%m-%d %H:%M} UTC)")
+    return TriggerDecision(fire=True, reason="no retrain running and none within the cooldown")

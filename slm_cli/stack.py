@@ -1,0 +1,186 @@
+"""The local stack of ``slm up``: a Prefect server, the work pool, the deployments of prefect.yaml (with their
+automations), a worker and the gateway — each a real process, their pids recorded so ``slm down`` stops
+exactly what ``slm up`` started.
+
+Prefect's own state lives under ``SLM_HOME/prefect`` (SQLite); give ``database_url`` (a
+``postgresql+asyncpg://`` URL) to put the Prefect server on PostgreSQL instead. The record is
+``SLM_HOME/run/stack.json``; each process logs to ``SLM_HOME/run/<name>.log``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import httpx
+
+from lifecycle.settings import get_settings, project_root
+
+POOL = "slm-local"
+
+
+class StackError(RuntimeError):
+    """A part of the stack did not come up; the message says which and where its log is."""
+
+
+@dataclass
+class StackRecord:
+    api_url: str
+    ui_url: str
+    gateway_url: str | None
+    pids: dict[str, int] = field(default_factory=dict)
+    logs: dict[str, str] = field(default_factory=dict)
+
+
+def run_dir() -> Path:
+    path = get_settings().home / "run"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def record_path() -> Path:
+    return run_dir() / "stack.json"
+
+
+def read_record() -> StackRecord | None:
+    path = record_path()
+    return StackRecord(**json.loads(path.read_text())) if path.is_file() else None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def stack_env(api_url: str, extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment every process of the stack shares: one SLM_HOME, one Prefect API, one torch thread."""
+    settings = get_settings()
+    env = dict(os.environ)
+    env.update({"SLM_HOME": str(settings.home), "PREFECT_API_URL": api_url,
+                "PREFECT_HOME": str(settings.home / "prefect"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+                "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
+                "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+                # The worker asks for work every 2 s, not 10: waiting must not be what a demo measures.
+                "PREFECT_WORKER_QUERY_SECONDS": "2", "PREFECT_WORKER_PREFETCH_SECONDS": "5"})
+    env.update(extra or {})
+    return env
+
+
+def _spawn(name: str, argv: list[str], env: dict[str, str], record: StackRecord) -> subprocess.Popen:
+    log = run_dir() / f"{name}.log"
+    handle = log.open("ab")
+    # A session of its own: `slm down` signals the whole group (a worker's flow-run children too).
+    proc = subprocess.Popen(argv, cwd=project_root(), env=env, stdout=handle, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    record.pids[name], record.logs[name] = proc.pid, str(log)
+    record_path().write_text(json.dumps(asdict(record), indent=2))
+    return proc
+
+
+def _wait_http(url: str, name: str, proc: subprocess.Popen, log: str, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise StackError(f"{name} exited with code {proc.returncode}; see {log}")
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise StackError(f"{name} did not answer {url} within {timeout_s:.0f} s; see {log}")
+
+
+def _prefect(args: list[str], env: dict[str, str], what: str) -> str:
+    done = subprocess.run([sys.executable, "-m", "prefect", *args], cwd=project_root(), env=env,
+                          capture_output=True, text=True, timeout=600)
+    if done.returncode != 0:
+        raise StackError(f"{what} failed (prefect {' '.join(args)}):\n{done.stdout[-2000:]}{done.stderr[-2000:]}")
+    return done.stdout
+
+
+def up(*, prefect_port: int = 4200, gateway_port: int | None = 8000, worker: bool = True,
+       database_url: str | None = None, status=print) -> StackRecord:
+    """Start everything (refused if a recorded stack is still running: `slm down` first)."""
+    existing = read_record()
+    if existing and any(_alive(pid) for pid in existing.pids.values()):
+        raise StackError(f"a stack is already up (UI {existing.ui_url}); run `slm down` first")
+    api_url = f"http://127.0.0.1:{prefect_port}/api"
+    record = StackRecord(api_url=api_url, ui_url=f"http://127.0.0.1:{prefect_port}",
+                         gateway_url=f"http://127.0.0.1:{gateway_port}" if gateway_port else None)
+    env = stack_env(api_url, {"PREFECT_API_DATABASE_CONNECTION_URL": database_url} if database_url else None)
+    Path(env["PREFECT_HOME"]).mkdir(parents=True, exist_ok=True)
+    try:
+        status(f"Prefect server on {record.ui_url} ({'PostgreSQL' if database_url else 'SQLite'})")
+        server = _spawn("prefect-server", [sys.executable, "-m", "prefect", "server", "start", "--host",
+                                           "127.0.0.1", "--port", str(prefect_port)], env, record)
+        _wait_http(f"{api_url}/health", "the Prefect server", server, record.logs["prefect-server"], 180)
+        status(f"work pool {POOL} (process) and the deployments of prefect.yaml, with their automations")
+        pools = _prefect(["work-pool", "ls"], env, "listing work pools")
+        if POOL not in pools:
+            _prefect(["work-pool", "create", POOL, "--type", "process"], env, f"creating work pool {POOL}")
+        _prefect(["--no-prompt", "deploy", "--all"], env, "deploying prefect.yaml")
+        if worker:
+            status(f"worker on {POOL}")
+            _spawn("worker", [sys.executable, "-m", "prefect", "worker", "start", "--pool", POOL], env, record)
+        if gateway_port:
+            status(f"gateway on {record.gateway_url}/v1")
+            start_gateway(record, gateway_port)
+    except BaseException:
+        down(status=lambda _m: None)
+        raise
+    return record
+
+
+def start_gateway(record: StackRecord, port: int) -> StackRecord:
+    """Add the gateway to a running stack (it needs a champion in the registry: `slm bootstrap`)."""
+    record.gateway_url = f"http://127.0.0.1:{port}"
+    gateway = _spawn("gateway", [sys.executable, "-m", "slm_cli.main", "serve", "--port", str(port)],
+                     stack_env(record.api_url), record)
+    _wait_http(f"{record.gateway_url}/readyz", "the gateway", gateway, record.logs["gateway"], 180)
+    return record
+
+
+def down(*, status=print, timeout_s: float = 20.0) -> list[str]:
+    """Stop what `slm up` recorded: SIGTERM to each process group, SIGKILL after ``timeout_s``."""
+    record = read_record()
+    if record is None:
+        return []
+    stopped = []
+    for name, pid in reversed(list(record.pids.items())):  # gateway and worker before the server
+        if not _alive(pid):
+            continue
+        try:
+            os.killpg(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            continue
+        deadline = time.monotonic() + timeout_s
+        while _alive(pid) and time.monotonic() < deadline:
+            _reap(pid)
+            time.sleep(0.2)
+        if _alive(pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGKILL)
+            _reap(pid)
+        stopped.append(name)
+        status(f"stopped {name} (pid {pid})")
+    record_path().unlink(missing_ok=True)
+    return stopped
+
+
+def _reap(pid: int) -> None:
+    """Collect our own child's exit status so it does not linger as a zombie (which `kill 0` calls alive)."""
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)

@@ -1,0 +1,42 @@
+"""`slm up` / `slm down`: the local stack (Prefect server, work pool, deployments, worker, gateway)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+console = Console()
+
+
+def up_cmd(
+    prefect_port: Annotated[int, typer.Option(help="Prefect server and UI port")] = 4200,
+    gateway_port: Annotated[int, typer.Option(help="gateway port")] = 8000,
+    gateway: Annotated[bool, typer.Option(help="start the gateway (needs a champion: `slm bootstrap`)")] = True,
+    worker: Annotated[bool, typer.Option(help="start a worker on the slm-local pool")] = True,
+    prefect_database_url: Annotated[str | None, typer.Option(
+        help="Prefect server database, e.g. postgresql+asyncpg://postgres@127.0.0.1:5432/prefect "
+             "(default: SQLite under SLM_HOME/prefect)")] = None,
+) -> None:
+    """Start the local stack and print where the UI is. `slm down` stops it."""
+    from slm_cli.stack import StackError, up
+
+    try:
+        record = up(prefect_port=prefect_port, gateway_port=gateway_port if gateway else None, worker=worker,
+                    database_url=prefect_database_url, status=lambda m: console.print(f"[cyan]↑[/cyan] {m}"))
+    except StackError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from None
+    console.print(f"[green]✓[/green] up. Prefect UI: {record.ui_url}"
+                  + (f" · gateway: {record.gateway_url}/v1" if record.gateway_url else "")
+                  + f" · export PREFECT_API_URL={record.api_url} to run flows against it")
+
+
+def down_cmd() -> None:
+    """Stop what `slm up` started (by the pids it recorded)."""
+    from slm_cli.stack import down
+
+    stopped = down(status=lambda m: console.print(f"[yellow]↓[/yellow] {m}"))
+    if not stopped:
+        console.print("nothing recorded as running")

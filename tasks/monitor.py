@@ -1,0 +1,194 @@
+"""Tasks of the monitor flow: plan the window, check drift, weigh the feedback, apply the storm rule, announce."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+from prefect import task
+from prefect.artifacts import create_link_artifact, create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
+
+from data_checks.drift import DriftReport, check_drift, frame_from_columns, frame_from_pairs
+from data_checks.readers import read_jsonl
+from lifecycle.config import load_yaml_config
+from lifecycle.drift_policy import (
+    DriftDecision,
+    DriftPolicy,
+    FeedbackEvidence,
+    MonitorParams,
+    TriggerDecision,
+    decide_drift,
+    decide_trigger,
+)
+from lifecycle.predictions import as_utc
+from lifecycle.records import Frozen, ModelVersion
+from lifecycle.settings import get_settings, project_root
+from registry.predictions import PredictionStore
+from registry.service import Registry, open_registry
+from tasks.events import announce
+
+ACTOR = "monitor-flow"
+DETECTED, SUPPRESSED = "slm.drift.detected", "slm.drift.suppressed"
+# What a finished retrain leaves in the audit log (tasks/register.py, tasks/data.py).
+RETRAIN_DONE = frozenset({"slm.candidate.published", "slm.gate.failed", "slm.data.rejected"})
+
+
+class MonitorPlan(Frozen):
+    model: str
+    policy: DriftPolicy
+    policy_path: str
+    champion: ModelVersion
+    since: datetime
+    until: datetime
+    data_path: str
+    report_path: Path
+    run_id: str
+
+
+def _path(value: str, root: Path) -> Path:
+    path = Path(value)
+    return path if path.is_absolute() else root / path
+
+
+@task(name="plan-monitor", cache_policy=NO_CACHE)
+def plan_monitor(params: MonitorParams, run_id: str) -> MonitorPlan:
+    root, settings = project_root(), get_settings()
+    policy = load_yaml_config(DriftPolicy, _path(params.policy, root))
+    model = params.model or settings.model_name
+    since, until = params.window(datetime.now(UTC))
+    with open_registry() as registry:
+        champion = registry.get(f"{model}:champion")
+    drop = params.data or policy.labelled_drop
+    data_path = str(_path(drop, root)) if drop else str(settings.home / "data" / "drifted-labelled.jsonl")
+    report = settings.home / "reports" / model / f"drift-{until:%Y%m%dT%H%M%SZ}-{run_id[:8]}.html"
+    return MonitorPlan(model=model, policy=policy, policy_path=params.policy, champion=champion, since=since,
+                       until=until, data_path=data_path, report_path=report, run_id=run_id)
+
+
+def _reference(registry: Registry, store: PredictionStore, plan: MonitorPlan):
+    ref = plan.policy.reference
+    if ref.kind == "window":
+        return frame_from_columns(store.served_columns(plan.model, ref.since, ref.until))
+    lineage = plan.champion.lineage
+    train = next((d for d in lineage.datasets if d.name == "train"), None) if lineage else None
+    if train is None or train.snapshot is None:
+        raise ValueError(f"{plan.champion.ref} records no training-data snapshot to compare with; use a "
+                         "`window` reference in the policy")
+    return frame_from_pairs(read_jsonl(registry.artifacts.dataset_path(train.snapshot)))
+
+
+@task(name="check-drift", cache_policy=NO_CACHE)
+def check_window(plan: MonitorPlan) -> DriftReport:
+    with open_registry() as registry:
+        store = PredictionStore(registry.store.engine)
+        reference = _reference(registry, store, plan)
+        current = frame_from_columns(store.served_columns(plan.model, plan.since, plan.until))
+    report = check_drift(reference, current, plan.policy, html_path=plan.report_path)
+    if report.html is not None:
+        create_link_artifact(key="drift-report", link=report.html.as_uri(), link_text=report.html.name,
+                             description=f"Evidently drift report, {plan.model} {plan.since:%Y-%m-%d %H:%M} to "
+                             f"{plan.until:%Y-%m-%d %H:%M} UTC")
+    return report
+
+
+@task(name="feedback-evidence", cache_policy=NO_CACHE)
+def feedback_evidence(plan: MonitorPlan) -> FeedbackEvidence:
+    """The champion's served answers with feedback in the window, and its eval at promotion."""
+    with open_registry() as registry:
+        rows = PredictionStore(registry.store.engine).aggregates(plan.model, plan.since, plan.until)
+    mine = [a for a in rows if a.version == plan.champion.number and a.role == "champion"]
+    baseline = next((r.exact_match for r in plan.champion.evals if r.benchmark == plan.policy.feedback.benchmark),
+                    None)
+    return FeedbackEvidence(n=sum(a.feedback_count for a in mine), successes=sum(a.feedback_success for a in mine),
+                            baseline=baseline)
+
+
+@task(name="judge-drift", cache_policy=NO_CACHE)
+def judge(plan: MonitorPlan, report: DriftReport, feedback: FeedbackEvidence) -> DriftDecision:
+    return decide_drift(report.columns, feedback, plan.policy, rows=report.current_rows)
+
+
+def running_retrain_since(now: datetime) -> datetime | None:
+    """Earliest start of a retrain flow run that is scheduled (due), pending, running or paused.
+
+    Prefect does not know which model a run is for (RetrainParams names a config file), so any running
+    retrain counts: with several models in one workspace this suppresses conservatively.
+    """
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        FlowFilter,
+        FlowFilterName,
+        FlowRunFilter,
+        FlowRunFilterState,
+        FlowRunFilterStateType,
+    )
+    from prefect.client.schemas.objects import StateType
+
+    active = [StateType.SCHEDULED, StateType.PENDING, StateType.RUNNING, StateType.PAUSED]
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=["retrain"])),
+                                     flow_run_filter=FlowRunFilter(state=FlowRunFilterState(
+                                         type=FlowRunFilterStateType(any_=active))))
+    starts = [as_utc(r.start_time or r.expected_start_time or r.created) for r in runs
+              if r.start_time or r.expected_start_time or r.created]
+    due = [s for s in starts if s <= now]  # a run scheduled for later (a cron) is not running yet
+    return min(due, default=None)
+
+
+@task(name="storm-check", cache_policy=NO_CACHE)
+def storm_check(plan: MonitorPlan) -> TriggerDecision:
+    now = datetime.now(UTC)
+    with open_registry() as registry:
+        events = registry.store.audit_events()
+    mine = [e for e in events if e.subject == plan.model or e.subject.startswith(f"{plan.model}:")]
+    last_trigger = max((datetime.fromisoformat(e.ts) for e in mine if e.action == DETECTED), default=None)
+    last_retrain = max((datetime.fromisoformat(e.ts) for e in mine if e.action in RETRAIN_DONE), default=None)
+    return decide_trigger(now=now, cooldown=plan.policy.cooldown, running_retrain_since=running_retrain_since(now),
+                          last_retrain_at=last_retrain, last_trigger_at=last_trigger)
+
+
+def drift_payload(plan: MonitorPlan, report: DriftReport, decision: DriftDecision,
+                  feedback: FeedbackEvidence) -> dict[str, object]:
+    """The ``slm.drift.detected`` payload. ``data_path``, ``retrain_config`` and ``reason`` are what the retrain
+    deployment templates into RetrainParams ``data``, ``config`` and ``reason``."""
+    drifted = ", ".join(decision.drifted_columns) or "no column"
+    reason = (f"drift on {plan.model} {plan.since:%Y-%m-%dT%H:%MZ}..{plan.until:%Y-%m-%dT%H:%MZ}: {drifted}"
+              + (" + feedback accuracy decay" if decision.decay else ""))
+    return {
+        "model": plan.model, "champion": plan.champion.ref,
+        "window_since": plan.since.isoformat(), "window_until": plan.until.isoformat(),
+        "rows": report.current_rows, "drifted_columns": decision.drifted_columns, "scores": decision.scores,
+        "thresholds": {c.column: c.threshold for c in report.columns if c.score is not None},
+        "decay": decision.decay, "feedback": feedback.model_dump(),
+        "findings": decision.reasons(), "reason": reason,
+        "data_path": plan.data_path, "retrain_config": plan.policy.retrain_config,
+        "report": str(report.html) if report.html else None, "policy": plan.policy_path,
+        "monitor_run": plan.run_id,
+    }
+
+
+@task(name="act-on-drift", cache_policy=NO_CACHE)
+def act_on_drift(plan: MonitorPlan, report: DriftReport, decision: DriftDecision, feedback: FeedbackEvidence,
+                 trigger: TriggerDecision) -> dict[str, object]:
+    """Emit ``slm.drift.detected`` (audited), or, under the storm rule, only audit ``slm.drift.suppressed``."""
+    payload = drift_payload(plan, report, decision, feedback)
+    with open_registry() as registry:
+        if trigger.fire:
+            announce(registry, DETECTED, plan.model, payload, actor=ACTOR)
+        else:
+            retry = trigger.retry_after.isoformat() if trigger.retry_after else None
+            registry.store.append_audit(actor=ACTOR, action=SUPPRESSED, subject=plan.model,
+                                        payload={**payload, "suppressed": trigger.reason, "retry_after": retry})
+    return payload
+
+
+@task(name="publish-summary", cache_policy=NO_CACHE)
+def publish_summary(plan: MonitorPlan, report: DriftReport, decision: DriftDecision,
+                    trigger: TriggerDecision | None) -> str:
+    action = ("no action" if trigger is None else f"`{DETECTED}` emitted" if trigger.fire
+              else f"trigger suppressed: {trigger.reason}")
+    markdown = (f"### {plan.model}: champion {plan.champion.ref}, window {plan.since:%Y-%m-%d %H:%M} to "
+                f"{plan.until:%Y-%m-%d %H:%M} UTC\n\n{report.summary_markdown(decision)}\n\n**Action:** {action}")
+    create_markdown_artifact(key="drift-summary", markdown=markdown, description="drift monitor verdict")
+    return action

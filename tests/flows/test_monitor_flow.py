@@ -1,0 +1,175 @@
+"""The monitor flow under a real (temporary) Prefect server: "before" traffic is quiet, drifted traffic emits
+``slm.drift.detected`` with the report and summary as artifacts, and a second drifted run is suppressed."""
+
+from __future__ import annotations
+
+import random
+import time
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from lifecycle.drift_policy import MonitorParams
+from lifecycle.predictions import Feedback, Prediction
+from lifecycle.prompting import INTENT_V1
+from lifecycle.records import BaseModelRef, EvalReport, Lineage
+from lifecycle.status import VersionStatus
+from lifecycle.task import load_task
+from training.task_data import read_split, split_worlds
+
+pytestmark = [pytest.mark.prefect]
+
+REPO_TASK = "configs/task.yaml"
+NOW = datetime.now(UTC).replace(microsecond=0)
+SINCE, UNTIL = NOW - timedelta(hours=2), NOW + timedelta(minutes=1)
+
+
+@pytest.fixture(scope="module")
+def worlds(slm_project):
+    from lifecycle.settings import project_root
+
+    root = project_root()
+    spec = load_task(root / REPO_TASK, root)
+    test = read_split(spec, "test")
+    return spec, split_worlds(spec), [p for p in test if not spec.is_drifted(p.completion)]
+
+
+def champion(model: str, train) -> str:
+    """Version 1 of ``model`` as champion: no weights (the monitor never loads them), a training snapshot,
+    and 0.84 exact match on golden-before at promotion."""
+    from registry.service import open_registry
+
+    with open_registry() as reg:
+        lineage = Lineage(base_model=BaseModelRef(model_id="none", revision="0" * 64), prompt_format=INTENT_V1.identity,
+                          datasets=[reg.snapshot_dataset("train", train, "before-train")])
+        evals = [EvalReport(version=f"{model}:v1", benchmark="golden-before", benchmark_sha256="0" * 64, n_items=100,
+                            exact_match=0.84, per_route_accuracy={}, malformed_rate=0.0, latency_p50_ms=1,
+                            latency_p95_ms=2, latency_p99_ms=3, tokens_per_s=1, peak_memory_mb=1)]
+        v1 = reg.register(model, staged=None, status=VersionStatus.CANDIDATE, reason="test", actor="test",
+                          lineage=lineage, evals=evals, task="banking77")
+        reg.store.promote(model, v1.number, actor="test", reason="test champion")
+        return v1.ref
+
+
+def log_traffic(model: str, pairs, completions: list[str], feedback_ok: int = 0) -> None:
+    from registry.predictions import PredictionStore
+    from registry.service import open_registry
+
+    rows = [Prediction(ts=SINCE + timedelta(seconds=5 * i), request_id=f"{model}-{i}", model=model, version=1,
+                       role="champion", user_hash=f"u{i % 50}", prompt=p.prompt, completion=c, latency_ms=12.0,
+                       outcome="ok", served=True) for i, (p, c) in enumerate(zip(pairs, completions, strict=True))]
+    with open_registry() as reg:
+        store = PredictionStore(reg.store.engine)
+        store.insert_many(rows)
+        for i in range(feedback_ok):
+            store.record_feedback(Feedback(request_id=f"{model}-{i}", outcome="success", ts=NOW))
+
+
+def run(model: str):
+    from flows.monitor import monitor
+
+    state = monitor(MonitorParams(model=model, since=SINCE, until=UNTIL), return_state=True)
+    return state.result(), state.state_details.flow_run_id
+
+
+def artifacts(flow_run_id) -> dict[str, object]:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(artifact_filter=ArtifactFilter(
+            flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])))
+    return {a.key: a for a in found}
+
+
+def prefect_events(model: str, expect: int, timeout_s: float = 20.0) -> list:
+    """Drift events of ``model`` stored by the Prefect server (they arrive asynchronously: poll)."""
+    from prefect.client.orchestration import get_client
+    from prefect.events.filters import EventFilter, EventNameFilter, EventResourceFilter
+
+    deadline = time.monotonic() + timeout_s
+    with get_client(sync_client=True) as client:
+        while True:
+            # A new filter each time: its `occurred.until` defaults to the moment it is built.
+            query = EventFilter(event=EventNameFilter(name=["slm.drift.detected"]),
+                                resource=EventResourceFilter(id=[f"slm.model.{model}"]))
+            events = client.read_events(filter=query, limit=50).events  # the server refuses more than 50
+            if len(events) >= expect or time.monotonic() > deadline:
+                return events
+            time.sleep(0.5)
+
+
+def audit(model: str, action: str) -> list:
+    from registry.service import open_registry
+
+    with open_registry() as reg:
+        return [e for e in reg.store.audit_events() if e.action == action and e.subject == model]
+
+
+@pytest.fixture(scope="module")
+def quiet_model(worlds):
+    spec, w, before = worlds
+    champion("watch-before", w.before_train)
+    sample = random.Random(0).sample(before, 1200)  # test.csv is sorted by intent: a prefix is not the world
+    log_traffic("watch-before", sample, [p.completion for p in sample], feedback_ok=60)
+    return "watch-before"
+
+
+def test_before_world_traffic_emits_nothing(quiet_model):
+    outcome, run_id = run(quiet_model)
+    assert outcome.verdict == "pass" and not outcome.event and outcome.action == "no action"
+    assert outcome.drifted_columns == [] and outcome.champion == "watch-before:v1"
+    assert any("[pass] feedback-accuracy" in r for r in outcome.reasons)  # 60 of 60 vs 0.84 at promotion
+    found = artifacts(run_id)
+    assert "file://" in found["drift-report"].data and found["drift-summary"].type == "markdown"  # a link artifact
+    assert "| prompt_oov_share |" in found["drift-summary"].data
+    assert audit("watch-before", "slm.drift.detected") == []
+
+
+def test_drifted_traffic_emits_the_event_then_the_storm_rule_holds_it(worlds):
+    spec, w, _ = worlds
+    ref = champion("watch-drift", w.before_train)
+    sample = w.drifted_labelled[:1200]
+    old = spec.before_labels  # the champion can only answer old intents
+    log_traffic("watch-drift", sample, [old[i % 5] for i in range(len(sample))])
+
+    outcome, run_id = run("watch-drift")
+    assert outcome.verdict == "fail" and outcome.event, outcome.reasons
+    assert "prompt_oov_share" in outcome.drifted_columns
+    found = artifacts(run_id)
+    assert f"file://{outcome.report}" in found["drift-report"].data and outcome.report.endswith(".html")
+    assert "slm.drift.detected" in found["drift-summary"].data
+
+    [recorded] = audit("watch-drift", "slm.drift.detected")
+    payload = recorded.payload
+    assert payload["model"] == "watch-drift" and payload["champion"] == ref
+    assert payload["window_since"] == SINCE.isoformat() and payload["window_until"] == UNTIL.isoformat()
+    assert payload["data_path"].endswith("drifted-labelled.jsonl")
+    assert payload["retrain_config"] == "configs/retrain.yaml" and payload["reason"].startswith("drift on watch-drift")
+    assert set(payload["drifted_columns"]) <= set(payload["scores"]) and payload["rows"] == 1200
+    [event] = prefect_events("watch-drift", expect=1)
+    assert event.payload["data_path"] == payload["data_path"] and event.resource.id == "slm.model.watch-drift"
+
+    again, _ = run("watch-drift")  # drift persists: the next run must not start another retrain
+    assert again.verdict == "fail" and not again.event and again.action.startswith("trigger suppressed: cooldown")
+    [suppressed] = audit("watch-drift", "slm.drift.suppressed")
+    assert "last trigger" in suppressed.payload["suppressed"] and suppressed.payload["retry_after"]
+    assert len(audit("watch-drift", "slm.drift.detected")) == 1
+    assert len(prefect_events("watch-drift", expect=2, timeout_s=3)) == 1
+
+
+def test_cli_runs_the_monitor(quiet_model):
+    import typer
+    from typer.testing import CliRunner
+
+    from slm_cli.monitor_cmd import monitor_cmd
+
+    app = typer.Typer()
+    app.command("monitor")(monitor_cmd)
+    app.command("other")(lambda: None)  # two commands: typer then expects the command name
+    window = ["--since", SINCE.strftime("%Y-%m-%dT%H:%M:%S"), "--until", UNTIL.strftime("%Y-%m-%dT%H:%M:%S")]
+    result = CliRunner().invoke(app, ["monitor", "--model", quiet_model, *window])
+    assert result.exit_code == 0, result.output
+    assert "drift verdict pass; no action" in result.output and "report: " in result.output
+    missing = CliRunner().invoke(app, ["monitor", "--model", "nobody", *window])
+    assert missing.exit_code == 2 and "nobody has no champion" in missing.output

@@ -1,0 +1,102 @@
+"""The loop closes by itself on a real local stack: `slm up` (Prefect server, work pool, the deployments and
+automations of prefect.yaml, a worker), a tiny champion, the gateway, drifted traffic through it, the
+monitor deployment — and the automation starts a retrain flow run with the drift event's parameters,
+which the worker runs to a registered version. Nothing here calls the retrain flow.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+import yaml
+
+pytestmark = [pytest.mark.prefect, pytest.mark.slow]
+
+MODEL = "intent-router"
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory, write_tiny_configs):
+    from serving.server import free_port
+    from slm_cli import stack
+
+    root = tmp_path_factory.mktemp("stack")
+    saved = {k: os.environ.get(k) for k in ("SLM_HOME", "PREFECT_API_URL")}
+    os.environ["SLM_HOME"] = str(root / "home")
+    configs = write_tiny_configs(root / "configs", model=MODEL)
+    policy = yaml.safe_load((stack.project_root() / "configs/monitor.yaml").read_text())
+    policy["retrain_config"] = str(configs / "retrain.yaml")
+    (configs / "monitor.yaml").write_text(yaml.safe_dump(policy))
+    record = stack.up(prefect_port=free_port(), gateway_port=None, status=lambda _m: None)
+    try:
+        yield record, configs
+    finally:
+        stack.down(status=lambda _m: None)
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def on_stack(record):
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    return temporary_settings(updates={PREFECT_API_URL: record.api_url})
+
+
+def test_drifted_traffic_makes_the_automation_start_a_retrain(stack, tiny_drifted_pairs):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName, FlowRunFilter
+    from prefect.deployments import run_deployment
+
+    from flows.bootstrap import BootstrapParams, bootstrap
+    from lifecycle.settings import get_settings
+    from serving.loadgen import LoadGenerator
+    from serving.server import free_port
+    from slm_cli.stack import start_gateway
+
+    record, configs = stack
+    with on_stack(record):
+        # A tiny champion, through the stack's Prefect server.
+        assert bootstrap(BootstrapParams(model=MODEL, task=str(configs / "task.yaml"),
+                                         base_model=str(configs / "base_model.yaml"))).created
+        start_gateway(record, free_port())
+        with LoadGenerator(record.gateway_url, tiny_drifted_pairs, model=MODEL, threads=3) as users:
+            while users.counts["requests"] < 1200:  # the policy decides from 1000 served answers up
+                time.sleep(0.5)
+        assert users.counts["errors"] == 0
+        time.sleep(1)  # the gateway's prediction writer flushes every 0.2 s
+
+        monitor = run_deployment("monitor/monitor", timeout=300, parameters={
+            "params": {"model": MODEL, "hours": 1, "policy": str(configs / "monitor.yaml")}})
+        assert monitor.state.is_completed(), monitor.state
+
+        with get_client(sync_client=True) as client:
+            retrain_runs = []
+            for _ in range(120):  # the automation reacts within seconds; the worker polls every 2 s
+                retrain_runs = client.read_flow_runs(deployment_filter=DeploymentFilter(
+                    name=DeploymentFilterName(any_=["retrain"])))
+                if retrain_runs and retrain_runs[0].state.is_final():
+                    break
+                time.sleep(2)
+            assert len(retrain_runs) == 1, "the drift event started no retrain (or more than one)"
+            run = retrain_runs[0]
+            params = run.parameters["params"]
+            assert params["config"] == str(configs / "retrain.yaml")
+            assert params["data"] == str(get_settings().home / "data" / "drifted-labelled.jsonl")
+            assert params["reason"].startswith("drift")
+            assert run.state.is_completed(), f"{run.state}: see {record.logs['worker']}"
+            # and the monitor's own run is the one that reported the drift
+            monitor_runs = client.read_flow_runs(flow_run_filter=FlowRunFilter(id={"any_": [monitor.id]}))
+            assert monitor_runs[0].state.is_completed()
+
+    from registry.service import open_registry
+
+    with open_registry() as reg:
+        v2 = reg.store.get_version(MODEL, 2)
+        assert v2.lineage.trigger.startswith("drift")
+        seq = {(e.action, e.subject): e.seq for e in reg.store.audit_events()}
+        assert seq[("slm.drift.detected", MODEL)] < seq[("version.registered", f"{MODEL}:v2")]
