@@ -194,8 +194,9 @@ def train_loop(model, examples: Sequence[Example], s: LoopSettings, pad_id: int,
     """Train until ``max_steps`` or ``max_seconds``, whichever comes first.
 
     The schedule advances by max(step fraction, time fraction), so a run cut short by the clock still
-    warms up and decays fully. Unless the clock is what stops it (or there is no cap), the run is
-    deterministic on CPU: same seed, same weights.
+    warms up and decays fully. That also means a cap shapes the schedule as soon as a step takes longer
+    than ``max_seconds / max_steps`` (a busy machine), not only when it stops the run: only without a cap
+    is the run deterministic on CPU (same seed, same weights) whatever the load.
     """
     import torch
 

@@ -211,3 +211,24 @@ def test_instant_rollback_restores_the_previous_champion(store):
     assert store.get_version("router", 2).status is S.ROLLED_BACK
     assert store.alias_history("router", "champion")[-1].reason == "error spike"
     assert store.verify_audit().ok
+
+
+def test_stores_opened_from_many_threads_at_once_all_migrate(tmp_path):
+    """Alembic's command API is not thread-safe (module-global proxies): opening stores concurrently used
+    to fail with KeyError: 'script' in one of the threads."""
+    import threading
+
+    errors = []
+
+    def open_one(k):
+        try:
+            RegistryStore.open(f"sqlite:///{tmp_path / f'r{k % 2}.db'}").close()
+        except Exception as exc:  # noqa: BLE001 - collected for the assertion
+            errors.append(exc)
+
+    threads = [threading.Thread(target=open_one, args=(k,)) for k in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
