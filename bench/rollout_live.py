@@ -103,6 +103,7 @@ def main() -> None:
         result["good_requests"] = dict(load.counts)
         # Gated on the drifted golden set only: it passes offline, though it forgot the old routes.
         bad = run_retrain(RetrainParams(replay_rows=0, benchmarks="golden-drifted",
+                                        gate="configs/gate-drifted-only.yaml",
                                         reason="bench: drifted drop alone, drifted-only gate"))
         load = LoadGenerator(gateway.url, users, model=model, threads=args.threads, seed=1).start()
         result["rollouts"].append(roll(bad.version, plan, args))

@@ -77,6 +77,9 @@ class Guardrail(Frozen):
     direction: Direction
     regression: float = Field(gt=0, description="the regression worth catching: rates in absolute points "
                               "(0.04 = 1 % -> 5 %), latency relative (0.25 = mean or p95 25 % above the champion's)")
+    tolerance: float = Field(default=0.0, ge=0, description=(
+        "rates only: the harm accepted without a rollback, in absolute points — the test is then 'worse by "
+        "more than the tolerance' (0 = any significant harm rolls back)"))
 
     @model_validator(mode="after")
     def _consistent(self) -> Guardrail:
@@ -86,6 +89,12 @@ class Guardrail(Frozen):
         if self.metric in _COUNTS and self.regression >= 1:
             raise ValueError(f"guardrail {self.metric}: regression is a rate difference, give a value below 1 "
                              f"(0.04 = four points), got {self.regression}")
+        if self.tolerance and self.metric not in _COUNTS:
+            raise ValueError(f"guardrail {self.metric}: tolerance applies to rates only; latency is judged against "
+                             f"its regression ({self.regression}) already")
+        if self.tolerance >= self.regression:
+            raise ValueError(f"guardrail {self.metric}: tolerance ({self.tolerance}) must be below the regression "
+                             f"worth catching ({self.regression})")
         return self
 
 
@@ -172,12 +181,14 @@ def _rate_finding(g: Guardrail, stage: Stage, champion: VersionAggregate,
         return Finding(check=g.metric, verdict=Verdict.INCONCLUSIVE,
                        reason=f"no data on an arm (champion {n_a}, challenger {n_b}): not a pass"), None
     harmful = "higher" if g.direction == "lower_is_better" else "lower"
-    t = msprt_two_proportions(x_a, n_a, x_b, n_b, tau=g.regression, alpha=stage.alpha, harmful=harmful)
+    t = msprt_two_proportions(x_a, n_a, x_b, n_b, tau=g.regression, alpha=stage.alpha, harmful=harmful,
+                              margin=g.tolerance)
     span = (f"{x_b}/{n_b} vs champion {x_a}/{n_a}, diff {t.difference:+.4f}, "
             f"interval [{t.lower:+.4f}, {t.upper:+.4f}], always-valid p {t.p_value:.4f}")
     bound = t.upper if harmful == "higher" else -t.lower
     if t.reject:
-        verdict, why = Verdict.FAIL, f"challenger worse: p <= alpha {stage.alpha}"
+        worse = f"worse by more than {g.tolerance}" if g.tolerance else "worse"
+        verdict, why = Verdict.FAIL, f"challenger {worse}: p <= alpha {stage.alpha}"
     elif bound < g.regression:
         verdict, why = Verdict.PASS, f"a regression of {g.regression} is ruled out"
     else:

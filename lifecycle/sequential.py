@@ -105,6 +105,7 @@ class RateTest(Frozen):
     p_value: float = Field(ge=0, le=1, description="always-valid p-value of 'challenger no worse'")
     alpha: float
     tau: float
+    margin: float = Field(default=0.0, description="tolerated harm: H0 is 'worse by at most margin'")
     lower: float = Field(description="anytime-valid (1 - alpha) lower bound of the difference")
     upper: float
 
@@ -116,9 +117,11 @@ class RateTest(Frozen):
 
 def msprt_two_proportions(
     x_champion: int, n_champion: int, x_challenger: int, n_challenger: int,
-    *, tau: float, alpha: float = 0.05, harmful: Harmful = "higher",
+    *, tau: float, alpha: float = 0.05, harmful: Harmful = "higher", margin: float = 0.0,
 ) -> RateTest:
-    """One-sided mixture SPRT of ``H0: the challenger's rate is no worse than the champion's``.
+    """One-sided mixture SPRT of ``H0: the challenger's rate is no worse than the champion's``
+    (with ``margin`` m > 0: ``H0: worse by at most m`` — a tolerated harm, as the offline gate tolerates
+    two more points of malformed answers; the statistic is then computed on ``d - m``).
 
     ``d = p_chall - p_champ`` (sign flipped when ``harmful="lower"``, e.g. feedback success);
     ``V = pbar (1 - pbar) (1/n_champ + 1/n_chall)`` with the pooled rate Laplace-smoothed,
@@ -147,7 +150,9 @@ def msprt_two_proportions(
         raise ValueError(f"need tau > 0 and 0 < alpha < 1, got tau={tau}, alpha={alpha}")
     p_a, p_b = x_champion / n_champion, x_challenger / n_challenger
     diff = p_b - p_a
-    d = diff if harmful == "higher" else -diff
+    if not 0 <= margin < 1:
+        raise ValueError(f"need 0 <= margin < 1 (a rate difference), got {margin}")
+    d = (diff if harmful == "higher" else -diff) - margin
     v = pooled_variance(x_champion, n_champion, x_challenger, n_challenger)
     log_lr = float(one_sided_log_lr(d, v, tau))
     p_value = float(always_valid_p(log_lr))
@@ -160,7 +165,8 @@ def msprt_two_proportions(
                             tau, alpha)
     return RateTest(x_champion=x_champion, n_champion=n_champion, x_challenger=x_challenger,
                     n_challenger=n_challenger, difference=diff, harmful=harmful, log_lr=log_lr,
-                    p_value=p_value, alpha=alpha, tau=tau, lower=diff - radius, upper=diff + radius)
+                    p_value=p_value, alpha=alpha, tau=tau, lower=diff - radius, upper=diff + radius,
+                    margin=margin)
 
 
 class MeanDifferenceCS(Frozen):

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
@@ -28,8 +28,17 @@ class Settings(BaseSettings):
     home: Path = Field(default_factory=lambda: project_root() / ".slm",
                        description="where the registry database, artifacts and reports live")
     database_url: str | None = Field(default=None, description="SQLAlchemy URL; default SQLite under home")
-    artifact_store: Literal["local", "hub"] = "local"
-    artifact_root: Path | None = Field(default=None, description="local artifact folder; default home/artifacts")
+    artifact_store: Literal["local", "hub"] = Field(
+        default="local", description="where versions live: a local folder, or Hugging Face Hub repositories")
+    artifact_root: Path | None = Field(default=None, description="local artifact folder; default home/artifacts "
+                                       "(with the Hub store: its download cache and the tombstones)")
+    hub_namespace: str | None = Field(default=None, description="Hub user or organisation owning the repositories "
+                                      "(<namespace>/<model>); required with artifact_store=hub")
+    hub_private: bool = Field(default=True, description="create the Hub repositories private")
+    hub_dataset_repo: str | None = Field(default=None, description="Hub dataset repository (in hub_namespace) for "
+                                         "training-data snapshots; default <model_name>-data")
+    hub_retries: int = Field(default=4, ge=0, description="retries of a Hub call on 408/429/5xx or connection errors")
+    hub_retry_wait_s: float = Field(default=1.0, ge=0, description="first retry wait; doubles each retry, 30 s cap")
     model_name: str = Field(default="intent-router", description="the default model")
     torch_threads: int = Field(default=1, ge=1,
                                description="torch intra-op threads; 1 on 2 cores (FACTS.md: 2 collapse)")
@@ -38,6 +47,13 @@ class Settings(BaseSettings):
     @classmethod
     def _absolute(cls, value: Path | None) -> Path | None:
         return None if value is None else value.expanduser().resolve()
+
+    @model_validator(mode="after")
+    def _hub_needs_a_namespace(self) -> Settings:
+        if self.artifact_store == "hub" and not self.hub_namespace:
+            raise ValueError("SLM_ARTIFACT_STORE=hub needs SLM_HUB_NAMESPACE: the Hub user or organisation that owns "
+                             "the model repositories (the token comes from HF_TOKEN)")
+        return self
 
     @property
     def db_url(self) -> str:

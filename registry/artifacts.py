@@ -17,9 +17,13 @@ import hashlib
 import os
 import shutil
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
+from weakref import WeakKeyDictionary
 
 from lifecycle.files import hash_tree, sha256_file, tree_digest
+
+if TYPE_CHECKING:
+    from registry.store import RegistryStore
 
 
 class ArtifactIntegrityError(RuntimeError):
@@ -58,9 +62,38 @@ class ArtifactStore(Protocol):
     def unpublish_version(self, model: str, number: int) -> None: ...
     def version_dir(self, model: str, number: int, files: dict[str, str]) -> Path: ...
     def put_base(self, name: str, staged: Path) -> tuple[str, str]: ...
-    def base_dir(self, uri: str) -> Path: ...
-    def put_dataset(self, sha256: str, content: bytes) -> str: ...
+    def base_dir(self, uri: str, revision: str | None = None) -> Path: ...
+    def put_dataset(self, sha256: str, content: bytes, name: str = "data") -> str: ...
     def dataset_path(self, uri: str) -> Path: ...
+
+
+class ChampionFollower(Protocol):
+    """An artifact store with a ``champion`` pointer of its own (the Hub store's branch) that follows the
+    registry's champion alias. Returns what moved (for the audit), or None when it already pointed there."""
+
+    def point_champion(self, model: str, number: int | None) -> dict[str, object] | None: ...
+
+
+# store -> the artifact store whose champion pointer follows it. Keyed by the RegistryStore because the code that
+# moves the alias (a rollout's Promote effect, registry.rollout_exec) holds only the store; weak, so a closed
+# registry leaves nothing behind.
+_FOLLOWERS: WeakKeyDictionary[RegistryStore, ChampionFollower] = WeakKeyDictionary()
+
+
+def follow_champion(store: RegistryStore, follower: ChampionFollower) -> None:
+    _FOLLOWERS[store] = follower
+
+
+def sync_champion(store: RegistryStore, model: str, *, actor: str) -> dict[str, object] | None:
+    """Point the artifact store's champion at the registry's champion, audited when it moved. Idempotent, so it is
+    called after every promote or rollback and again on a replay; a no-op for the local store."""
+    follower = _FOLLOWERS.get(store)
+    if follower is None:
+        return None
+    moved = follower.point_champion(model, store.get_alias(model, "champion"))
+    if moved is not None:
+        store.append_audit(actor=actor, action="artifacts.champion.moved", subject=model, payload=moved)
+    return moved
 
 
 class LocalArtifactStore:
@@ -99,10 +132,12 @@ class LocalArtifactStore:
             _copy_dir_atomically(staged, target)
         return f"local://base/{target.name}", revision
 
-    def base_dir(self, uri: str) -> Path:
+    def base_dir(self, uri: str, revision: str | None = None) -> Path:
+        """The folder; ``Registry.base_dir`` checks it against ``revision`` (its tree digest)."""
         return self._local(uri, "base")
 
-    def put_dataset(self, sha256: str, content: bytes) -> str:
+    def put_dataset(self, sha256: str, content: bytes, name: str = "data") -> str:
+        """Content-addressed, so ``name`` (the data's role) plays no part here."""
         if hashlib.sha256(content).hexdigest() != sha256:
             raise ValueError(f"dataset content does not match its fingerprint {sha256[:12]}…")
         target = self.root / "datasets" / f"{sha256}.jsonl"

@@ -6,7 +6,14 @@ validates; the body says where the version came from in words a reviewer can che
 
 from __future__ import annotations
 
-from lifecycle.records import EvalReport, Lineage
+from lifecycle.records import DatasetFingerprint, EvalReport, Lineage
+
+
+def _dataset_id(data: DatasetFingerprint) -> str:
+    """The Hub dataset repo of a snapshot stored there (``hf://datasets/<repo>@<commit>/...``), else its role."""
+    if data.snapshot and data.snapshot.startswith("hf://datasets/"):
+        return data.snapshot.removeprefix("hf://datasets/").split("@", 1)[0]
+    return data.name
 
 
 def render_model_card(*, ref: str, status: str, reason: str, lineage: Lineage, evals: list[EvalReport],
@@ -19,9 +26,12 @@ def render_model_card(*, ref: str, status: str, reason: str, lineage: Lineage, e
                    metric_name="exact match", metric_value=round(r.exact_match, 4))
         for r in evals
     ]
+    base = lineage.base_model
+    on_hub = "://" not in base.model_id  # a Hub repo id, pinned by commit sha (local bases are local:// uris)
     data = ModelCardData(
-        base_model=lineage.base_model.model_id if "://" not in lineage.base_model.model_id else None,
-        datasets=[d.name for d in lineage.datasets if d.name.startswith("train")] or None,
+        base_model=base.model_id if on_hub else None,
+        base_model_revision=base.revision if on_hub else None,  # the Hub's base_model has no revision field
+        datasets=[_dataset_id(d) for d in lineage.datasets if d.name.startswith("train")] or None,
         library_name="peft" if lineage.parent is not None or lineage.recipe.get("r") else "transformers",
         license=license, tags=["slm-lifecycle", task, status], model_name=ref,
         eval_results=results or None,

@@ -37,8 +37,10 @@ def pin_champion(registry: Registry, model: str, *, actor: str, reason: str,
 def promote(registry: Registry, model: str, number: int, *, actor: str, reason: str) -> TrafficSplit:
     """Make ``number`` champion (the old one becomes ``previous``), then send it all traffic."""
     registry.store.promote(model, number, actor=actor, reason=reason)
-    return set_split(registry.store, TrafficSplit(model=model, champion=number), actor=actor,
-                     reason=f"promote: {reason}")
+    split = set_split(registry.store, TrafficSplit(model=model, champion=number), actor=actor,
+                      reason=f"promote: {reason}")
+    registry.sync_champion(model, actor=actor)  # last: a Hub failure here leaves registry and traffic consistent
+    return split
 
 
 def rollback(registry: Registry, model: str, *, actor: str, reason: str) -> tuple[int, int]:
@@ -48,4 +50,6 @@ def rollback(registry: Registry, model: str, *, actor: str, reason: str) -> tupl
         raise NotFoundError(f"{model} has no previous champion to roll back to")
     set_split(registry.store, TrafficSplit(model=model, champion=previous), actor=actor,
               reason=f"rollback: {reason}")
-    return registry.store.rollback_champion(model, actor=actor, reason=reason)
+    moved = registry.store.rollback_champion(model, actor=actor, reason=reason)
+    registry.sync_champion(model, actor=actor)  # the Hub's champion branch follows, after the registry
+    return moved

@@ -35,6 +35,7 @@ from lifecycle.routing import TrafficSplit
 from lifecycle.status import Alias, VersionStatus
 from registry import schema as t
 from registry import tombstone as tomb
+from registry.hub import HubArtifactStore
 from registry.rollouts import _active, active_rollout
 from registry.store import ConcurrentChangeError, NotFoundError, RegistryStore, _event
 from registry.traffic import get_split, set_split
@@ -87,7 +88,7 @@ def retention_inputs(registry: Registry, model: str) -> RetentionInputs:
     history: dict[int, list] = {}
     for row in rows:
         history.setdefault(row.number, []).append(row)
-    root = tomb.local_root(registry.artifacts)
+    root = _root(registry)
     facts = [_facts(v, history.get(v.number, []), root) for v in versions]
     return RetentionInputs(versions=facts, aliases=store.aliases(model), split=get_split(store, model),
                            rollout=_running(active_rollout(store, model)))
@@ -127,22 +128,22 @@ def retire_version(registry: Registry, model: str, number: int, *, policy: Reten
     """Retire ``model:v<number>`` (see the module docstring). Raises :class:`RetirementRefused` (audited as
     ``version.retire.refused``) when an alias, the split or a running rollout still needs it."""
     store, ref = registry.store, f"{model}:v{number}"
-    root = tomb.local_root(registry.artifacts)
+    root = _root(registry)
     context = {"policy": policy.name, "policy_version": policy.version, "artifacts": policy.artifacts,
                "reason": reason}
     stone = tomb.read_tombstone(root, model, number)
     if store.get_version(model, number).status is S.DECOMMISSIONED and stone and stone["state"] == "decommissioned":
-        return _result(root, model, number, policy, [])  # retired before: nothing left to do
+        return _result(registry, model, number, policy, [])  # retired before: nothing left to do
     status, steps = _begin(store, model, number, actor=actor, reason=reason, context=context)
     if status is not S.DECOMMISSIONED:
         _bump_split(store, model, actor=actor, reason=f"{ref} retired: replicas unload it")
     _tombstone(registry, model, number, "retiring", policy, actor, reason)
     steps.append("tombstone")
-    moved = (tomb.archive_weights if policy.artifacts == "archive" else tomb.delete_weights)(root, model, number)
+    moved = _remove_weights(registry, model, number, policy.artifacts)
     if moved:
         verb = "archived" if policy.artifacts == "archive" else "deleted"
         store.append_audit(actor=actor, action=f"version.weights.{verb}", subject=ref, payload={
-            **context, "archive_uri": tomb.archive_uri(model, number) if verb == "archived" else None})
+            **context, "archive_uri": _archive_uri(registry, model, number) if verb == "archived" else None})
         steps.append(f"weights {verb}")
     if status is not S.DECOMMISSIONED:
         store.set_status(model, number, S.DECOMMISSIONED, actor=actor, reason=reason)
@@ -150,7 +151,7 @@ def retire_version(registry: Registry, model: str, number: int, *, policy: Reten
     _tombstone(registry, model, number, "decommissioned", policy, actor, reason)
     store.append_audit(actor=actor, action="version.tombstone.written", subject=ref,
                        payload={**context, "tombstone_uri": tomb.tombstone_uri(model, number)})
-    return _result(root, model, number, policy, steps)
+    return _result(registry, model, number, policy, steps)
 
 
 def _begin(store: RegistryStore, model: str, number: int, *, actor: str, reason: str,
@@ -177,11 +178,32 @@ def _begin(store: RegistryStore, model: str, number: int, *, actor: str, reason:
     return status, steps
 
 
-def _result(root: Path, model: str, number: int, policy: RetentionPolicy, steps: list[str]) -> Retirement:
-    archived = tomb.archive_folder(root, model, number).is_dir()
+def _root(registry: Registry) -> Path:
+    """Where tombstones live: the local artifact root (the Hub store keeps them beside its download cache)."""
+    artifacts = registry.artifacts
+    return artifacts.root if isinstance(artifacts, HubArtifactStore) else tomb.local_root(artifacts)
+
+
+def _remove_weights(registry: Registry, model: str, number: int, how: Literal["archive", "delete"]) -> bool:
+    """Step 4. On the Hub the version's tag goes (``archive``: renamed); its commit stays in history."""
+    if isinstance(registry.artifacts, HubArtifactStore):
+        return registry.artifacts.retire_weights(model, number, how)
+    return (tomb.archive_weights if how == "archive" else tomb.delete_weights)(_root(registry), model, number)
+
+
+def _archive_uri(registry: Registry, model: str, number: int) -> str:
+    if isinstance(registry.artifacts, HubArtifactStore):
+        return registry.artifacts.archive_uri(model, number)
+    return tomb.archive_uri(model, number)
+
+
+def _result(registry: Registry, model: str, number: int, policy: RetentionPolicy, steps: list[str]) -> Retirement:
+    artifacts = registry.artifacts
+    archived = (artifacts.is_archived(model, number) if isinstance(artifacts, HubArtifactStore)
+                else tomb.archive_folder(_root(registry), model, number).is_dir())
     return Retirement(ref=f"{model}:v{number}", artifacts=policy.artifacts,
                       tombstone_uri=tomb.tombstone_uri(model, number),
-                      archive_uri=tomb.archive_uri(model, number) if archived else None, steps=steps)
+                      archive_uri=_archive_uri(registry, model, number) if archived else None, steps=steps)
 
 
 def _bump_split(store: RegistryStore, model: str, *, actor: str, reason: str) -> None:
@@ -213,10 +235,16 @@ def _tombstone(registry: Registry, model: str, number: int, state: tomb.State, p
         "audit": [e.model_dump(mode="json") for e in _audit_of(store, ref)],
         "retirement": {"policy": policy.model_dump(mode="json"), "actor": actor, "reason": reason,
                        "written_at": store.clock().isoformat(),
-                       "weights": policy.artifacts, "archive_uri": tomb.archive_uri(model, number)
+                       "weights": policy.artifacts, "archive_uri": _archive_uri(registry, model, number)
                        if policy.artifacts == "archive" else None},
     }
     fallback = {"eval.json": json.dumps([r.model_dump(mode="json") for r in version.evals], indent=2)}
     if version.lineage is not None:
         fallback["lineage.json"] = version.lineage.model_dump_json(indent=2)
-    tomb.write_tombstone(tomb.local_root(registry.artifacts), model, number, record, fallback=fallback)
+    root = _root(registry)
+    if isinstance(registry.artifacts, HubArtifactStore) and not (tomb.tombstone_folder(root, model, number)
+                                                                  / "README.md").is_file():
+        card = registry.artifacts.version_text(version, "README.md")  # from its commit: no local folder to copy
+        if card is not None:
+            fallback["README.md"] = card
+    tomb.write_tombstone(root, model, number, record, fallback=fallback)

@@ -35,6 +35,7 @@ from lifecycle.rollout_state import (
     start,
 )
 from lifecycle.status import Alias, VersionStatus
+from registry.artifacts import sync_champion
 from registry.predictions import PredictionStore
 from registry.rollouts import get_rollout, save_rollout, start_rollout
 from registry.store import NotFoundError, RegistryStore
@@ -77,6 +78,8 @@ def _carry_out(store: RegistryStore, state: RolloutState, effect: Effect, index:
             store.promote(effect.model, effect.version, actor=actor, expected_champion=effect.expected_champion,
                           reason=f"rollout of {subject} passed every stage of plan {state.plan_name} "
                                  f"v{state.plan_version}")
+        # A Hub store's champion branch follows the alias; idempotent, so a replay finishes a move a crash cut short.
+        sync_champion(store, effect.model, actor=actor)
     elif isinstance(effect, MarkRejected):
         if store.get_version(effect.model, effect.version).status is VersionStatus.CANDIDATE:
             store.set_status(effect.model, effect.version, VersionStatus.ROLLED_BACK, actor=actor,
@@ -119,12 +122,13 @@ def begin(store: RegistryStore, model: str, candidate: int, plan: RolloutPlan, *
           flow_run_id: str | None = None) -> RolloutState:
     """Start the rollout of ``model:v<candidate>``, or resume the stored one (its pending effects first).
 
-    A finished rollout is returned as it is: it never runs twice. Refused (:class:`RolloutRefused`) when
+    A rollout the statistics or a person finished (promoted, rolled back) is returned as it is: it never
+    runs twice; one an operator aborted starts again from the first stage. Refused (:class:`RolloutRefused`) when
     the candidate is not a ``candidate`` or the model has no champion; another unfinished rollout of the
     model raises :class:`registry.rollouts.RolloutInProgress`.
     """
     stored = get_rollout(store, model, candidate)
-    if stored is None:
+    if stored is None or stored.phase == "aborted":  # an operator's abort may be retried from the start
         status = store.get_version(model, candidate).status  # NotFoundError names a missing version
         if status is not VersionStatus.CANDIDATE:
             raise RolloutRefused(f"{model}:v{candidate} is {status}; only a candidate (a version that passed "

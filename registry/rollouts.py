@@ -60,6 +60,9 @@ def active_rollout(store: RegistryStore, model: str) -> RolloutState | None:
 def start_rollout(store: RegistryStore, state: RolloutState, *, actor: str) -> RolloutState:
     """Persist a new rollout at revision 1, or return the stored one for the same candidate (resume).
 
+    An ``aborted`` rollout is the one exception: an operator stopped it (not the statistics), so starting
+    the candidate again begins afresh — its row is replaced, its history stays in the audit log.
+
     Raises :class:`RolloutInProgress` if another candidate's rollout of the model is not finished, and
     :class:`NotFoundError` if the model or candidate is not registered.
     """
@@ -69,17 +72,22 @@ def start_rollout(store: RegistryStore, state: RolloutState, *, actor: str) -> R
         store._lock_model(conn, state.model)  # serializes starts of one model: exactly one wins
         store._status(conn, state.model, state.candidate)
         row = conn.execute(select(R).where(R.c.model == state.model, R.c.candidate == state.candidate)).first()
-        if row is not None:
+        if row is not None and row.phase != "aborted":
             return _state(row)
         running = _active(conn, state.model)
         if running is not None:
             raise RolloutInProgress(running)
-        conn.execute(R.insert().values(model=state.model, candidate=state.candidate, state_json=_body(state),
-                                       phase=state.phase, revision=1, updated_at=store.clock()))
-        store._audit(conn, actor, "rollout.started", f"{state.model}:v{state.candidate}", {
-            "champion": state.champion, "plan": state.plan_name, "plan_version": state.plan_version,
-            "phase": state.phase, "stage_index": state.stage_index, "revision": 1})
-    return state.model_copy(update={"revision": 1})
+        revision = 1 if row is None else row.revision + 1
+        values = {"state_json": _body(state), "phase": state.phase, "revision": revision, "updated_at": store.clock()}
+        if row is None:
+            conn.execute(R.insert().values(model=state.model, candidate=state.candidate, **values))
+        else:
+            conn.execute(update(R).where(R.c.model == state.model, R.c.candidate == state.candidate).values(**values))
+        store._audit(conn, actor, "rollout.started" if row is None else "rollout.restarted",
+                     f"{state.model}:v{state.candidate}", {
+                         "champion": state.champion, "plan": state.plan_name, "plan_version": state.plan_version,
+                         "phase": state.phase, "stage_index": state.stage_index, "revision": revision})
+    return state.model_copy(update={"revision": revision})
 
 
 def _decision(state: RolloutState) -> str:

@@ -1,15 +1,17 @@
 """The registry as the rest of the project uses it: store + artifact store + default model, chosen once.
 
-``open_registry()`` reads the settings (SLM_HOME, SLM_DATABASE_URL, SLM_ARTIFACT_STORE) so the CLI, a
+``open_registry()`` reads the settings (SLM_HOME, SLM_DATABASE_URL, SLM_ARTIFACT_STORE, SLM_HUB_*) so the CLI, a
 Prefect worker and the gateway all open the same registry.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from lifecycle.data import Pair, canonical_jsonl, fingerprint
@@ -17,7 +19,13 @@ from lifecycle.files import hash_tree, tree_digest
 from lifecycle.records import DatasetFingerprint, EvalReport, Lineage, ModelVersion
 from lifecycle.settings import Settings, get_settings
 from lifecycle.status import Alias, VersionStatus
-from registry.artifacts import ArtifactIntegrityError, ArtifactStore, LocalArtifactStore
+from registry.artifacts import (
+    ArtifactIntegrityError,
+    ArtifactStore,
+    LocalArtifactStore,
+    follow_champion,
+    sync_champion,
+)
 from registry.cards import render_model_card
 from registry.retire import VersionDecommissioned
 from registry.store import NotFoundError, RegistryStore
@@ -30,6 +38,12 @@ class Registry:
         self.store = store
         self.artifacts = artifacts
         self.default_model = default_model
+        if hasattr(artifacts, "point_champion"):  # a Hub store: its champion branch follows the alias
+            follow_champion(store, artifacts)
+
+    def sync_champion(self, model: str, *, actor: str) -> dict[str, object] | None:
+        """Make the artifact store's champion (the Hub's ``champion`` branch) match the registry; idempotent."""
+        return sync_champion(self.store, model, actor=actor)
 
     def close(self) -> None:
         self.store.close()
@@ -83,8 +97,8 @@ class Registry:
         if version.lineage is None:
             raise ValueError(f"{version.ref} has no lineage, so its base model is unknown")
         base = version.lineage.base_model
-        folder = self.artifacts.base_dir(base.model_id)
-        if tree_digest(hash_tree(folder)) != base.revision:
+        folder = self.artifacts.base_dir(base.model_id, base.revision)  # a Hub store checks the commit's files
+        if base.model_id.startswith("local://") and tree_digest(hash_tree(folder)) != base.revision:
             raise ArtifactIntegrityError(f"base model {base.model_id} at {folder} no longer matches revision "
                                          f"{base.revision[:12]}… recorded in {version.ref}'s lineage")
         return folder
@@ -92,7 +106,7 @@ class Registry:
     def snapshot_dataset(self, name: str, pairs: list[Pair], source: str) -> DatasetFingerprint:
         """Store the rows content-addressed; the fingerprint names where to get them back."""
         sha = fingerprint(pairs)
-        uri = self.artifacts.put_dataset(sha, canonical_jsonl(pairs))
+        uri = self.artifacts.put_dataset(sha, canonical_jsonl(pairs), name)
         return DatasetFingerprint(name=name, sha256=sha, rows=len(pairs), source=source, snapshot=uri)
 
     def register(self, model: str, *, staged: Path | None, status: VersionStatus, reason: str, actor: str,
@@ -124,10 +138,24 @@ class Registry:
                 lineage=lineage, evals=evals, audit_payload=audit_payload)
 
 
-def open_registry(settings: Settings | None = None) -> Registry:
+def open_registry(settings: Settings | None = None, *, hub_token: Callable[[], str | None] | None = None) -> Registry:
+    """The registry the settings name. With ``SLM_ARTIFACT_STORE=hub`` the Hub token is ``hub_token()`` when given
+    (e.g. a Prefect Secret block read by the caller), else ``HF_TOKEN``, else the client's saved login; it is read on
+    the first Hub call and goes nowhere but the client."""
     settings = settings or get_settings()
     settings.home.mkdir(parents=True, exist_ok=True)
-    if settings.artifact_store != "local":
-        raise NotImplementedError("SLM_ARTIFACT_STORE=hub is not available yet (Hub publishing issue); use local")
-    return Registry(RegistryStore.open(settings.db_url), LocalArtifactStore(settings.artifacts),
-                    settings.model_name)
+    return Registry(RegistryStore.open(settings.db_url), _artifact_store(settings, hub_token), settings.model_name)
+
+
+def _artifact_store(settings: Settings, hub_token: Callable[[], str | None] | None) -> ArtifactStore:
+    if settings.artifact_store == "local":
+        return LocalArtifactStore(settings.artifacts)
+    from registry.hub import HubArtifactStore
+
+    # HF_ENDPOINT read now, not at huggingface_hub's import (which may have come first): one source of truth.
+    endpoint = os.environ.get("HF_ENDPOINT") or "https://huggingface.co"
+    return HubArtifactStore(settings.artifacts, namespace=settings.hub_namespace, endpoint=endpoint,
+                            token=hub_token or (lambda: os.environ.get("HF_TOKEN") or None),
+                            private=settings.hub_private,
+                            dataset_repo=settings.hub_dataset_repo or f"{settings.model_name}-data",
+                            retries=settings.hub_retries, retry_wait_s=settings.hub_retry_wait_s)

@@ -9,8 +9,9 @@ Layout under the artifact root (beside ``models/``)::
                                by moving it back); absent when the policy deletes.
 
 Files are written to a temporary sibling and renamed, folders moved with one ``os.replace``: a crash leaves
-the old state or the new one, and the next run picks up from there. A Hub artifact store would need its own
-version of these steps (keep the card, delete or tag the weights); it is not there yet.
+the old state or the new one, and the next run picks up from there. With the Hub artifact store the weights
+step deletes (or, to archive, renames) the version's tag instead; the commit stays in the repository's
+history, and the tombstone stays local under the store's root (registry/retire.py).
 """
 
 from __future__ import annotations

@@ -28,8 +28,9 @@ def load_version(backend: InProcessBackend, registry: Registry, version: ModelVe
     if backend.base_dir is None:  # an upstream server: every version, base included, is a model name there
         backend.load_adapter(version.ref, folder)
         return version.ref
-    if version.lineage and registry.artifacts.base_dir(version.lineage.base_model.model_id) != Path(backend.base_dir):
-        raise ValueError(f"{version.ref} builds on {version.lineage.base_model.model_id}, not on the base this "
+    base = version.lineage.base_model if version.lineage else None
+    if base and registry.artifacts.base_dir(base.model_id, base.revision) != Path(backend.base_dir):
+        raise ValueError(f"{version.ref} builds on {base.model_id}@{base.revision[:12]}, not on the base this "
                          "backend holds")
     if not (folder / "adapter_config.json").is_file():
         return None

@@ -78,6 +78,7 @@ def register_v1(model: str, spec: TaskSpec, data: TaskData, base_dir: Path, info
                                     lineage=lineage, evals=evals, task=spec.name)
         registry.store.promote(model, version.number, actor="bootstrap", reason="first champion",
                                expected_champion=None)
+        registry.sync_champion(model, actor="bootstrap")  # a Hub store's `champion` branch, from the start
     create_markdown_artifact(key="bootstrap", description="version 1", markdown="\n".join(
         [f"**{version.ref}** registered and promoted to champion", "", "| golden set | exact match |", "|---|---|"]
         + [f"| {r.benchmark} | {r.exact_match:.3f} |" for r in evals]))

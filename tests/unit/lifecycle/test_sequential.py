@@ -236,3 +236,13 @@ def test_baselines_sized_for_another_regression():
     assert report.group_sequential.detection_rate < 0.8 < report.regression.detection_rate
     with pytest.raises(ValueError, match="design_p_challenger"):
         Scenario(design_p_challenger=0.005)
+
+
+@pytest.mark.parametrize(("x_a", "n_a", "x_b", "n_b", "margin", "p"), [
+    (5, 500, 25, 500, 0.005, 0.0164),   # 1 % -> 5 %, half a point tolerated: still rejected
+    (2, 3747, 2, 225, 0.005, 1.0),      # 0.05 % vs 0.9 % on a 5 % canary: within tolerance, no evidence
+    (2, 3747, 2, 225, 0.0, 0.0232),     # the same without a tolerance: rejected
+])
+def test_msprt_with_a_tolerated_margin(x_a, n_a, x_b, n_b, margin, p):
+    t = msprt_two_proportions(x_a, n_a, x_b, n_b, tau=0.04, alpha=0.05, margin=margin)
+    assert t.p_value == pytest.approx(p, abs=1e-4) and t.margin == margin

@@ -238,3 +238,18 @@ def test_pin_pauses_the_rollout_and_a_stale_look_cannot_undo_it(world):
                                   actor="person:ann", emit=quiet)
     assert (resumed.phase, resumed.stage_index) == ("running", 1)
     assert get_split(store, "router").challenger_percent == 20.0
+
+
+def test_an_aborted_rollout_can_be_started_again_from_the_first_stage(world):
+    store, preds, clock = world
+    plan = make_plan()
+    quiet = lambda *a: None  # noqa: E731
+    state = rollout_exec.begin(store, "router", 2, plan, actor="flow", emit=quiet)
+    feed(store, preds, clock, bad=False)
+    state, _ = rollout_exec.step(store, preds, state, plan, actor="flow", emit=quiet, settle_s=0)
+    aborted = rollout_exec.stop(store, state, plan, reason="gateway maintenance", actor="op", emit=quiet)
+    again = rollout_exec.begin(store, "router", 2, plan, actor="flow", emit=quiet)
+    assert (again.phase, again.stage_index, again.history) == ("running", 0, [])
+    assert again.revision > aborted.revision
+    assert get_split(store, "router").shadow == 2
+    assert "rollout.restarted" in [e.action for e in store.audit_events()]

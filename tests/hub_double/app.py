@@ -1,0 +1,284 @@
+"""TEST DOUBLE of the Hugging Face Hub's HTTP protocol — not the Hub, not a mirror, tests only.
+
+It answers the endpoints the real ``huggingface_hub`` client (2.4) calls for what this project does —
+create a repo, validate a card's YAML, preupload + commit (NDJSON, every file in "regular" mode, no LFS or
+Xet), tags, branches, refs, commits, repo info, tree, paths-info, and ``resolve`` downloads with
+``X-Repo-Commit``/``ETag`` — so the project's Hub store and ``PeftModel.from_pretrained`` run end to end on
+a loopback port. Each repository is a bare git repository (:mod:`gitrepo`) that a test may inspect with git.
+
+Knobs for tests: ``token`` (every request must carry it, so a client that forgets it fails), and
+:class:`Faults` to make the next calls of an endpoint answer an HTTP error, before or after applying them.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import threading
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import yaml
+from fastapi import FastAPI, HTTPException, Request, Response
+from fastapi.responses import JSONResponse
+
+from .gitrepo import GitError, GitRepo
+
+KINDS = {"model": "models", "dataset": "datasets", None: "models"}
+PREFIX = {"models": "", "datasets": "datasets/"}
+
+
+def _hub_error(status: int, code: str | None, message: str) -> HTTPException:
+    headers = {"X-Error-Message": message, **({"X-Error-Code": code} if code else {})}
+    return HTTPException(status, detail=message, headers=headers)
+
+
+@dataclass
+class Faults:
+    """``fail("commit", times=2)``: the next two commits answer 500 without committing; ``after=True`` commits
+    first and then answers the error (a response lost on the way back)."""
+
+    pending: list[tuple[str, int, bool]] = field(default_factory=list)
+    calls: Counter = field(default_factory=Counter)
+
+    def fail(self, endpoint: str, *, times: int = 1, status: int = 500, after: bool = False) -> None:
+        self.pending.extend([(endpoint, status, after)] * times)
+
+    def check(self, endpoint: str, *, after: bool) -> None:
+        if not after:
+            self.calls[endpoint] += 1
+        for i, (name, status, when) in enumerate(self.pending):
+            if name == endpoint and when == after:
+                del self.pending[i]
+                raise _hub_error(status, None, f"injected {status} on {endpoint}")
+
+
+def _date(ts: int) -> str:
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")  # the one format the client parses
+
+
+def _validate_card(content: str) -> list[str]:
+    """The checks of the Hub's validate-yaml this project relies on: YAML front matter, a well-formed model-index."""
+    if not content.startswith("---\n"):
+        return []
+    try:
+        meta = yaml.safe_load(content.split("---\n", 2)[1]) or {}
+    except yaml.YAMLError as exc:
+        return [f"invalid YAML: {exc}"]
+    errors = []
+    for entry in meta.get("model-index") or []:
+        if not entry.get("name"):
+            errors.append("model-index entry without a name")
+        for result in entry.get("results") or []:
+            if not (result.get("task") or {}).get("type") or not (result.get("dataset") or {}).get("type"):
+                errors.append("model-index result needs task.type and dataset.type")
+            if not all("type" in m and "value" in m for m in result.get("metrics") or [{}]):
+                errors.append("model-index metric needs type and value")
+    return errors
+
+
+def create_hub_app(root: Path, *, token: str | None = None) -> tuple[FastAPI, Faults]:
+    app, faults, lock = FastAPI(title="Hugging Face Hub TEST DOUBLE"), Faults(), threading.RLock()
+    private: dict[str, bool] = {}
+
+    @app.middleware("http")
+    async def require_token(request: Request, call_next):
+        if token is not None and request.headers.get("authorization") != f"Bearer {token}":
+            return JSONResponse({"error": "Invalid credentials"}, status_code=401)
+        return await call_next(request)
+
+    def repo_of(kind: str, ns: str, name: str) -> GitRepo:
+        path = root / kind / ns / f"{name}.git"
+        if kind not in PREFIX or not path.is_dir():
+            raise _hub_error(404, "RepoNotFound", f"Repository {ns}/{name} not found")
+        return GitRepo(path)
+
+    def commit_of(repo: GitRepo, revision: str) -> str:
+        oid = repo.resolve(revision)
+        if oid is None:
+            raise _hub_error(404, "RevisionNotFound", f"Invalid rev id: {revision}")
+        return oid
+
+    @app.post("/api/repos/create")
+    async def create_repo(request: Request):
+        body = await request.json()
+        kind = KINDS.get(body.get("type"))
+        repo_id = f"{body.get('organization') or 'hub-double'}/{body['name']}"
+        path, url = root / kind / f"{repo_id}.git", f"{str(request.base_url).rstrip('/')}/{PREFIX[kind]}{repo_id}"
+        with lock:
+            if path.exists():  # the Hub's 409 still carries the url: the client reads it with exist_ok=True
+                return JSONResponse({"error": "You already created this repo", "url": url}, status_code=409)
+            GitRepo.init(path)
+            visibility = body.get("visibility") or ("private" if body.get("private") else "public")
+            private[f"{kind}/{repo_id}"] = visibility != "public"
+        return {"url": url, "name": repo_id, "id": repo_id}
+
+    @app.get("/api/whoami-v2")
+    def whoami():
+        return {"type": "user", "name": "hub-double", "fullname": "Hub test double", "orgs": [],
+                "auth": {"type": "access_token", "accessToken": {"displayName": "tests", "role": "write"}}}
+
+    @app.post("/api/validate-yaml")
+    async def validate_yaml(request: Request):
+        errors = _validate_card((await request.json()).get("content", ""))
+        return JSONResponse({"errors": [{"message": e} for e in errors], "warnings": []},
+                            status_code=400 if errors else 200)
+
+    @app.post("/api/{kind}/{ns}/{name}/preupload/{revision}")
+    async def preupload(kind: str, ns: str, name: str, revision: str, request: Request):
+        faults.check("preupload", after=False)
+        repo = repo_of(kind, ns, name)
+        head = repo.resolve(revision)
+        known = {e.path: e.oid for e in repo.tree(head)} if head else {}
+        files = (await request.json())["files"]
+        return {"files": [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False,
+                           "oid": known.get(f["path"])} for f in files]}
+
+    @app.post("/api/{kind}/{ns}/{name}/commit/{revision}")
+    async def commit(kind: str, ns: str, name: str, revision: str, request: Request):
+        faults.check("commit", after=False)
+        repo = repo_of(kind, ns, name)
+        lines = [json.loads(line) for line in (await request.body()).splitlines() if line.strip()]
+        header = next(item["value"] for item in lines if item["key"] == "header")
+        adds, deletes = {}, []
+        for item in lines:
+            key, value = item["key"], item["value"]
+            if key == "file":
+                adds[value["path"]] = base64.b64decode(value["content"])
+            elif key in ("deletedFile", "deletedFolder"):
+                deletes.append(value["path"])
+            elif key != "header":
+                raise _hub_error(400, None, f"the test double stores regular files only, not {key}")
+        message = header["summary"] + (f"\n\n{header['description']}" if header.get("description") else "")
+        with lock:
+            head = commit_of(repo, revision)
+            if header.get("parentCommit") and header["parentCommit"] != head:
+                raise _hub_error(412, None, f"parent commit {header['parentCommit']} is not the head of {revision}")
+            oid = repo.commit(revision, adds, deletes, message, parent=head)
+        faults.check("commit", after=True)
+        url = f"{str(request.base_url).rstrip('/')}/{PREFIX[kind]}{ns}/{name}/commit/{oid}"
+        return {"success": True, "commitOid": oid, "commitUrl": url, "pullRequestUrl": None}
+
+    @app.get("/api/{kind}/{ns}/{name}/refs")
+    def refs(kind: str, ns: str, name: str):
+        repo = repo_of(kind, ns, name)
+
+        def listed(refs: dict[str, str], prefix: str) -> list[dict[str, str]]:
+            return [{"name": n, "ref": f"refs/{prefix}/{n}", "targetCommit": o} for n, o in sorted(refs.items())]
+
+        return {"branches": listed(repo.refs("heads"), "heads"), "tags": listed(repo.refs("tags"), "tags"),
+                "converts": [], "pullRequests": []}
+
+    @app.get("/api/{kind}/{ns}/{name}/commits/{revision}")
+    def commits(kind: str, ns: str, name: str, revision: str):
+        repo = repo_of(kind, ns, name)
+        return [{"id": c.oid, "title": c.title, "message": c.message, "date": _date(c.timestamp),
+                 "authors": [{"user": "hub-double", "avatar": ""}]} for c in repo.log(commit_of(repo, revision))]
+
+    @app.post("/api/{kind}/{ns}/{name}/tag/{revision}")
+    async def create_tag(kind: str, ns: str, name: str, revision: str, request: Request):
+        faults.check("tag", after=False)
+        repo, tag = repo_of(kind, ns, name), (await request.json())["tag"]
+        with lock:
+            target = commit_of(repo, revision)
+            if tag in repo.refs("tags"):
+                raise _hub_error(409, None, f"Tag {tag} already exists")
+            repo.set_ref(f"refs/tags/{tag}", target)
+        faults.check("tag", after=True)
+        return {}
+
+    @app.delete("/api/{kind}/{ns}/{name}/tag/{tag}")
+    def delete_tag(kind: str, ns: str, name: str, tag: str):
+        repo = repo_of(kind, ns, name)
+        with lock:
+            if tag not in repo.refs("tags"):
+                raise _hub_error(404, "RevisionNotFound", f"Tag {tag} not found")
+            repo.set_ref(f"refs/tags/{tag}", None)
+        return {}
+
+    @app.post("/api/{kind}/{ns}/{name}/branch/{branch}")
+    async def create_branch(kind: str, ns: str, name: str, branch: str, request: Request):
+        faults.check("branch", after=False)
+        repo, body = repo_of(kind, ns, name), (await request.json()) or {}
+        with lock:
+            target = commit_of(repo, body.get("startingPoint") or "main")
+            if branch in repo.refs("heads"):
+                raise _hub_error(409, None, f"Branch {branch} already exists")
+            repo.set_ref(f"refs/heads/{branch}", target)
+        return {}
+
+    @app.delete("/api/{kind}/{ns}/{name}/branch/{branch}")
+    def delete_branch(kind: str, ns: str, name: str, branch: str):
+        repo = repo_of(kind, ns, name)
+        if branch == "main":
+            raise _hub_error(403, None, "You cannot delete the main branch")
+        with lock:
+            if branch not in repo.refs("heads"):
+                raise _hub_error(404, "RevisionNotFound", f"Branch {branch} not found")
+            repo.set_ref(f"refs/heads/{branch}", None)
+        return {}
+
+    @app.get("/api/{kind}/{ns}/{name}")
+    @app.get("/api/{kind}/{ns}/{name}/revision/{revision}")
+    def info(kind: str, ns: str, name: str, revision: str = "main"):
+        faults.check("info", after=False)
+        repo = repo_of(kind, ns, name)
+        oid = commit_of(repo, revision)
+        last = repo.log(oid)[0]
+        return {"id": f"{ns}/{name}", "author": ns, "sha": oid, "private": private.get(f"{kind}/{ns}/{name}", True),
+                "lastModified": _date(last.timestamp), "tags": [], "disabled": False, "gated": False,
+                "siblings": [{"rfilename": e.path} for e in repo.tree(oid)]}
+
+    def entries(repo: GitRepo, oid: str) -> list[dict[str, Any]]:
+        return [{"type": "file", "oid": e.oid, "size": e.size, "path": e.path} for e in repo.tree(oid)]
+
+    @app.get("/api/{kind}/{ns}/{name}/tree/{revision}")
+    @app.get("/api/{kind}/{ns}/{name}/tree/{revision}/{path:path}")
+    def tree(kind: str, ns: str, name: str, revision: str, path: str = "", recursive: bool = False):
+        repo = repo_of(kind, ns, name)
+        prefix, found = (path.strip("/") + "/") if path.strip("/") else "", {}
+        for entry in entries(repo, commit_of(repo, revision)):
+            if not entry["path"].startswith(prefix):
+                continue
+            rest = entry["path"][len(prefix):]
+            if recursive or "/" not in rest:
+                found[entry["path"]] = entry
+            else:
+                folder = prefix + rest.split("/", 1)[0]
+                found[folder] = {"type": "directory", "oid": "0" * 40, "size": 0, "path": folder}
+        return list(found.values())
+
+    @app.post("/api/{kind}/{ns}/{name}/paths-info/{revision}")
+    async def paths_info(kind: str, ns: str, name: str, revision: str, request: Request):
+        repo = repo_of(kind, ns, name)
+        wanted = set((await request.form()).getlist("paths"))
+        return [e for e in entries(repo, commit_of(repo, revision)) if e["path"] in wanted]
+
+    def resolve(kind: str, ns: str, name: str, revision: str, path: str, request: Request) -> Response:
+        faults.check("resolve", after=False)
+        repo = repo_of(kind, ns, name)
+        oid = commit_of(repo, revision)
+        entry = next((e for e in repo.tree(oid) if e.path == path), None)
+        if entry is None:
+            raise _hub_error(404, "EntryNotFound", f"{path} does not exist at {revision}")
+        headers = {"X-Repo-Commit": oid, "ETag": f'"{entry.oid}"', "Content-Length": str(entry.size),
+                   "Content-Type": "application/octet-stream"}
+        body = b"" if request.method == "HEAD" else repo.blob(entry.oid)
+        return Response(content=body, headers=headers)
+
+    @app.api_route("/datasets/{ns}/{name}/resolve/{revision}/{path:path}", methods=["GET", "HEAD"])
+    def resolve_dataset(ns: str, name: str, revision: str, path: str, request: Request):
+        return resolve("datasets", ns, name, revision, path, request)
+
+    @app.api_route("/{ns}/{name}/resolve/{revision}/{path:path}", methods=["GET", "HEAD"])
+    def resolve_model(ns: str, name: str, revision: str, path: str, request: Request):
+        return resolve("models", ns, name, revision, path, request)
+
+    @app.exception_handler(GitError)
+    async def git_failed(request: Request, exc: GitError):
+        return JSONResponse({"error": str(exc)}, status_code=409)
+
+    return app, faults
