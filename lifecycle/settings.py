@@ -34,6 +34,8 @@ class Settings(BaseSettings):
                                        "(with the Hub store: its download cache and the tombstones)")
     hub_namespace: str | None = Field(default=None, description="Hub user or organisation owning the repositories "
                                       "(<namespace>/<model>); required with artifact_store=hub")
+    hub_token_block: str | None = Field(default=None, description="name of a Prefect Secret block holding the Hub "
+                                        "token, read by the flows' tasks; HF_TOKEN otherwise")
     hub_private: bool = Field(default=True, description="create the Hub repositories private")
     hub_dataset_repo: str | None = Field(default=None, description="Hub dataset repository (in hub_namespace) for "
                                          "training-data snapshots; default <model_name>-data")

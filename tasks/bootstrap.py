@@ -18,8 +18,8 @@ from lifecycle.records import BaseModelRef, DatasetFingerprint, Lineage, ModelVe
 from lifecycle.settings import get_settings, project_root
 from lifecycle.status import VersionStatus
 from lifecycle.task import TaskSpec
-from registry.service import open_registry
 from serving.backend import InProcessBackend
+from tasks.connect import open_registry
 from tasks.evaluation import score_on
 from training.base_model import BaseModelConfig, BaseModelInfo, build_base_model
 from training.env_info import provenance

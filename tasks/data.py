@@ -10,7 +10,7 @@ from data_checks.readers import read_jsonl
 from data_checks.validation import ValidationReport, validate_file
 from lifecycle.data import Pair
 from lifecycle.records import DatasetFingerprint, Frozen
-from registry.service import open_registry
+from tasks.connect import open_registry
 from tasks.events import announce
 from tasks.plan import RetrainPlan
 from training.task_data import retrain_mix

@@ -16,7 +16,7 @@ from lifecycle.records import Frozen
 from lifecycle.retention import RetentionDecision, RetentionPolicy, plan_retention
 from lifecycle.settings import project_root
 from registry.retire import RetirementRefused, retention_inputs, retire_version
-from registry.service import open_registry
+from tasks.connect import open_registry
 from tasks.events import announce
 
 ACTOR = "decommission-flow"

@@ -12,8 +12,8 @@ from data_checks.readers import read_jsonl
 from evaluation.benchmark import GoldenSet, run_benchmark
 from lifecycle.records import EvalReport, Frozen, ModelVersion
 from lifecycle.settings import get_settings
-from registry.service import open_registry
 from serving.loader import load_version, open_backend
+from tasks.connect import open_registry
 from tasks.plan import RetrainPlan
 
 CHALLENGER = "challenger"

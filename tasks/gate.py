@@ -7,7 +7,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 from lifecycle.gate import GateDecision, evaluate_gate
-from registry.service import open_registry
+from tasks.connect import open_registry
 from tasks.evaluation import Scores
 from tasks.plan import RetrainPlan
 

@@ -25,7 +25,8 @@ from lifecycle.predictions import as_utc
 from lifecycle.records import Frozen, ModelVersion
 from lifecycle.settings import get_settings, project_root
 from registry.predictions import PredictionStore
-from registry.service import Registry, open_registry
+from registry.service import Registry
+from tasks.connect import open_registry
 from tasks.events import announce
 
 ACTOR = "monitor-flow"

@@ -12,7 +12,7 @@ from lifecycle.gate import GatePolicy
 from lifecycle.records import Frozen, ModelVersion
 from lifecycle.settings import get_settings, project_root
 from lifecycle.task import TaskSpec, load_task
-from registry.service import open_registry
+from tasks.connect import open_registry
 
 
 class RetrainPlan(Frozen):

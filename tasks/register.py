@@ -11,7 +11,7 @@ from lifecycle.gate import GateDecision
 from lifecycle.records import BaseModelRef, Lineage, ModelVersion
 from lifecycle.settings import project_root
 from lifecycle.status import VersionStatus
-from registry.service import open_registry
+from tasks.connect import open_registry
 from tasks.data import TrainingData
 from tasks.evaluation import Scores
 from tasks.events import announce

@@ -21,8 +21,8 @@ from lifecycle.rollout_state import RolloutState
 from lifecycle.settings import project_root
 from registry import rollout_exec
 from registry.predictions import PredictionStore
-from registry.service import open_registry
 from registry.store import ConcurrentChangeError
+from tasks.connect import open_registry
 from tasks.events import resource
 
 

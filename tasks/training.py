@@ -8,7 +8,7 @@ from prefect.cache_policies import NO_CACHE
 
 from lifecycle.config import load_yaml_config
 from lifecycle.settings import get_settings
-from registry.service import open_registry
+from tasks.connect import open_registry
 from tasks.data import TrainingData
 from tasks.plan import RetrainPlan
 from training.lora import LoraRecipe, TrainResult, train_lora
