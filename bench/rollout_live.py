@@ -92,12 +92,12 @@ def main() -> None:
 
     settings = get_settings()
     plan = load_yaml_config(RolloutPlan, plan_path(args.plan))
-    users = read_pairs(settings.home / "data" / "golden-before.jsonl")
+    prompts = read_pairs(settings.home / "data" / "golden-before.jsonl")
     model = settings.model_name
     result: dict = {"plan": f"{plan.name} v{plan.version}", "threads": args.threads, "rollouts": []}
     app, _state = build_app(load_serve_config(None).model_copy(update={"split_poll_s": 0.5}))
     with BackgroundServer(app) as gateway:
-        load = LoadGenerator(gateway.url, users, model=model, threads=args.threads).start()
+        load = LoadGenerator(gateway.url, prompts, model=model, threads=args.threads, users=2000).start()
         result["rollouts"].append(roll(f"{model}:v2", plan, args))
         load.stop()
         result["good_requests"] = dict(load.counts)
@@ -105,7 +105,7 @@ def main() -> None:
         bad = run_retrain(RetrainParams(replay_rows=0, benchmarks="golden-drifted",
                                         gate="configs/gate-drifted-only.yaml",
                                         reason="bench: drifted drop alone, drifted-only gate"))
-        load = LoadGenerator(gateway.url, users, model=model, threads=args.threads, seed=1).start()
+        load = LoadGenerator(gateway.url, prompts, model=model, threads=args.threads, users=2000, seed=1).start()
         result["rollouts"].append(roll(bad.version, plan, args))
         load.stop()
         result["bad_requests"] = dict(load.counts)

@@ -152,6 +152,8 @@ class VersionAggregate(Frozen):
     version: int
     role: Role
     requests: int
+    users: int | None = Field(default=None, description=(
+        "distinct callers (user_hash): the unit the sticky router assigns, so the unit the split is checked on"))
     served: int
     ok: int
     model_errors: int

@@ -22,7 +22,7 @@ from datetime import UTC, datetime
 from typing import Protocol
 
 import numpy as np
-from sqlalchemy import Engine, Float, and_, case, func, literal, select
+from sqlalchemy import Engine, Float, and_, case, distinct, func, literal, select
 from sqlalchemy.dialects import postgresql, sqlite
 
 from lifecycle.predictions import Feedback, LoggedPrediction, Prediction, VersionAggregate, as_utc
@@ -139,7 +139,8 @@ class PredictionStore:
             # A float zero on both dialects (PostgreSQL would otherwise widen to numeric).
             return func.sum(case((P.c.outcome == "ok", value), else_=literal(0.0, Float)))
 
-        counts = (select(P.c.version, P.c.role, func.count().label("requests"), n(P.c.served).label("served"),
+        counts = (select(P.c.version, P.c.role, func.count().label("requests"),
+                         func.count(distinct(P.c.user_hash)).label("users"), n(P.c.served).label("served"),
                          n(P.c.outcome == "ok").label("ok"), n(P.c.outcome == "model_error").label("model_errors"),
                          n(P.c.outcome == "infra_error").label("infra_errors"),
                          n(P.c.outcome == "input_error").label("input_errors"),

@@ -23,7 +23,8 @@ def pred(i: int, *, model: str = "m", version: int = 1, role: str = "champion", 
          outcome: str = "ok", flags: tuple[str, ...] = (), ts: datetime | None = None, **kw) -> Prediction:
     return Prediction(
         ts=ts or T0 + timedelta(seconds=i), request_id=kw.pop("request_id", f"req-{i}"), model=model,
-        version=version, role=role, user_hash="u" * 16, prompt=f"prompt {i}", completion=f"answer {i}",
+        version=version, role=role, user_hash=kw.pop("user_hash", "u" * 16), prompt=f"prompt {i}",
+        completion=f"answer {i}",
         latency_ms=latency_ms, prompt_tokens=3, completion_tokens=2, outcome=outcome,
         error=None if outcome == "ok" else "boom", guardrail_flags=list(flags), served=role != "shadow", **kw)
 
@@ -271,3 +272,14 @@ def test_prediction_validation():
         Prediction.model_validate({**pred(1).model_dump(), "role": "shadow", "served": True})
     with pytest.raises(ValidationError, match="NUL"):
         pred(1, request_id="a\x00b")
+
+
+def test_aggregates_count_distinct_callers(log):
+    rows = [pred(i, user_hash=f"user-{i % 3}") for i in range(12)]  # 12 requests from 3 callers
+    rows += [pred(100 + i, version=2, role="challenger", user_hash="user-9") for i in range(5)]
+    log.insert_many(rows)
+    for i in range(4):  # feedback joined on some rows must not change the count
+        log.record_feedback(Feedback(request_id=f"req-{i}", outcome="success", ts=T0))
+    by_version = {a.version: a for a in log.aggregates("m", T0, T0 + timedelta(hours=1))}
+    assert (by_version[1].requests, by_version[1].users) == (12, 3)
+    assert (by_version[2].requests, by_version[2].users) == (5, 1)
