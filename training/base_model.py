@@ -42,9 +42,10 @@ class BaseModelConfig(LoopRecipe):
     weight_decay: float = Field(default=0.01, ge=0, description="AdamW weight decay on matrices")
     grad_clip: float = Field(default=1.0, gt=0, description="global gradient-norm clip")
     max_steps: int = Field(default=900, ge=1, description="step budget")
-    max_seconds: float | None = Field(default=150.0, gt=0, description="wall-clock cap; the schedule follows "
-                                      "whichever budget runs out first. A run the cap stops depends on machine "
-                                      "speed; otherwise the build is reproducible")
+    max_seconds: float | None = Field(default=None, gt=0, description="optional wall-clock cap; the schedule "
+                                      "then follows whichever budget runs out first, so the weights depend on "
+                                      "machine load as soon as a step is slower than max_seconds / max_steps. "
+                                      "None (the default): reproducible bit for bit")
     seed: int = Field(default=0, description="seeds weights init and batch order")
     log_every: int = Field(default=50, ge=1, description="loss-curve / progress interval in steps")
 
