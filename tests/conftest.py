@@ -129,7 +129,7 @@ def _send_synthetic_traffic(store, predictions, since, until, *, bad: bool, requ
             answers.append((split.shadow, "shadow", False))
         for version, role, is_served in answers:
             wrong = bad and version == candidate and i % 2 == 0
-            rows.append(Prediction(ts=ts, request_id=rid, model=model, version=version, role=role, user_hash="u",
+            rows.append(Prediction(ts=ts, request_id=rid, model=model, version=version, role=role, user_hash=rid,
                                    prompt="p", completion="c", latency_ms=5.0,
                                    outcome="model_error" if wrong else "ok", served=is_served))
             if is_served:
