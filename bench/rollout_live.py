@@ -19,54 +19,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import threading
-import time
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
-
-
-def approver(model: str, version: int, plan, stop: threading.Event) -> threading.Thread:
-    """A person who approves the last stage when the rollout asks (through the paused flow run)."""
-    from registry.rollouts import get_rollout
-    from registry.service import open_registry
-    from tasks.rollout import Approval, send_answer
-
-    def run() -> None:
-        while not stop.wait(1.0):
-            with open_registry() as reg:
-                state = get_rollout(reg.store, model, version)
-            if state is not None and state.phase == "awaiting_approval":
-                send_answer(model, version, Approval(approve=True, reviewer="bench", comment="canary fine"), plan)
-                return
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    return thread
-
-
-def roll(version: str, plan, args) -> dict:
-    from flows.rollout import rollout
-    from lifecycle.names import VersionRef
-    from tasks.rollout import RolloutParams
-
-    ref = VersionRef.parse(version)
-    stop = threading.Event()
-    person = approver(ref.model, ref.number, plan, stop)
-    start = time.perf_counter()
-    try:
-        outcome = rollout(RolloutParams(version=version, plan=args.plan, look_interval_s=args.look,
-                                        settle_s=args.settle, approval_poll_s=1))
-    finally:
-        stop.set()
-        person.join(timeout=5)
-    from registry.rollouts import get_rollout
-    from registry.service import open_registry
-
-    with open_registry() as reg:
-        state = get_rollout(reg.store, ref.model, ref.number)
-    return {"version": version, "phase": outcome.phase, "stage": outcome.stage,
-            "seconds": round(time.perf_counter() - start, 1),
-            "history": [{"stage": h.stage, "action": h.action, "at": h.at,
-                         "failed": [r for r in h.reasons if r.startswith("[fail]")]} for h in state.history]}
 
 
 def main() -> None:
@@ -80,33 +34,29 @@ def main() -> None:
     from slm_cli.flows_cmd import prefect_env
 
     prefect_env()
-    from lifecycle.config import RetrainParams, load_yaml_config
+    from lifecycle.config import RetrainParams
     from lifecycle.data import read_pairs
-    from lifecycle.rollout_plan import RolloutPlan
     from lifecycle.settings import get_settings
-    from serving.app import build_app, load_serve_config
-    from serving.loadgen import LoadGenerator
-    from serving.server import BackgroundServer
+    from slm_cli import live
     from slm_cli.flows_cmd import run_retrain
-    from tasks.rollout import plan_path
 
     settings = get_settings()
-    plan = load_yaml_config(RolloutPlan, plan_path(args.plan))
     prompts = read_pairs(settings.home / "data" / "golden-before.jsonl")
     model = settings.model_name
-    result: dict = {"plan": f"{plan.name} v{plan.version}", "threads": args.threads, "rollouts": []}
-    app, _state = build_app(load_serve_config(None).model_copy(update={"split_poll_s": 0.5}))
-    with BackgroundServer(app) as gateway:
-        load = LoadGenerator(gateway.url, prompts, model=model, threads=args.threads, users=2000).start()
-        result["rollouts"].append(roll(f"{model}:v2", plan, args))
+    result: dict = {"plan": args.plan, "threads": args.threads, "rollouts": []}
+    with live.gateway() as url:
+        load = live.users(url, prompts, model=model, threads=args.threads)
+        result["rollouts"].append(live.roll(f"{model}:v2", args.plan, look_s=args.look, settle_s=args.settle,
+                                            reviewer="bench"))
         load.stop()
         result["good_requests"] = dict(load.counts)
         # Gated on the drifted golden set only: it passes offline, though it forgot the old routes.
         bad = run_retrain(RetrainParams(replay_rows=0, benchmarks="golden-drifted",
                                         gate="configs/gate-drifted-only.yaml",
                                         reason="bench: drifted drop alone, drifted-only gate"))
-        load = LoadGenerator(gateway.url, prompts, model=model, threads=args.threads, users=2000, seed=1).start()
-        result["rollouts"].append(roll(bad.version, plan, args))
+        load = live.users(url, prompts, model=model, threads=args.threads, seed=1)
+        result["rollouts"].append(live.roll(bad.version, args.plan, look_s=args.look, settle_s=args.settle,
+                                            reviewer="bench"))
         load.stop()
         result["bad_requests"] = dict(load.counts)
     print(json.dumps(result, indent=2))
