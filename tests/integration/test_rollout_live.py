@@ -62,16 +62,15 @@ def candidates(tiny_registry, tiny_before_pairs, tiny_drifted_pairs, tmp_path_fa
     return numbers
 
 
-def run_rollout(version: int, plan_file):
-    from flows.rollout import rollout
-    from tasks.rollout import RolloutParams
+def run_rollout(version: int, plan_file) -> dict:
+    """The same path `slm demo` takes (slm_cli.live.roll): the rollout flow, a reviewer standing by."""
+    from slm_cli.live import roll
 
-    return rollout(RolloutParams(version=f"intent-router:v{version}", plan=str(plan_file), look_interval_s=1.0,
-                                 settle_s=0.5))
+    return roll(f"intent-router:v{version}", str(plan_file), look_s=1.0, settle_s=0.5)
 
 
-def failures(outcome) -> set[str]:
-    return {r.split(":")[0].removeprefix("[fail] ") for r in outcome.reasons if r.startswith("[fail]")}
+def failures(outcome: dict) -> set[str]:
+    return {r.split(":")[0].removeprefix("[fail] ") for r in outcome["history"][-1]["failed"]}
 
 
 def test_good_candidate_is_promoted_and_bad_one_rolled_back_on_live_traffic(
@@ -88,11 +87,11 @@ def test_good_candidate_is_promoted_and_bad_one_rolled_back_on_live_traffic(
             assert reg.store.aliases("intent-router")["champion"] == good
         caught_by_users = run_rollout(wrong, plan_file)
         caught_in_shadow = run_rollout(drifted, plan_file)
-    assert promoted.phase == "promoted", promoted.reasons
+    assert promoted["phase"] == "promoted", promoted["history"]
     assert users.counts["requests"] > 200 and users.counts["errors"] == 0
-    assert (caught_by_users.phase, caught_by_users.stage) == ("rolled_back", "canary-20"), caught_by_users.reasons
+    assert (caught_by_users["phase"], caught_by_users["stage"]) == ("rolled_back", "canary-20"), caught_by_users
     assert failures(caught_by_users) == {"feedback_success_rate"}  # valid routes, wrong ones: users noticed
-    assert (caught_in_shadow.phase, caught_in_shadow.stage) == ("rolled_back", "shadow"), caught_in_shadow.reasons
+    assert (caught_in_shadow["phase"], caught_in_shadow["stage"]) == ("rolled_back", "shadow"), caught_in_shadow
     assert failures(caught_in_shadow) == {"model_error_rate"}
     with open_registry() as reg:
         assert reg.store.aliases("intent-router") == {"champion": good, "previous": 1}
