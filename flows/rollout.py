@@ -35,7 +35,6 @@ from tasks.rollout import (
     load_plan,
     look,
     record_answer,
-    reread,
     show_progress,
     start_progress,
 )
@@ -68,7 +67,7 @@ def rollout(params: RolloutParams) -> RolloutOutcome:
         except FlowPauseTimeout:
             raise RuntimeError(f"nobody answered within {params.approval_timeout_s} s; the rollout stays "
                                f"{state.phase}: answer with `slm rollout approve|reject`, then run it again") from None
-        state = record_answer(params, plan, reread(state), answer)
+        state = record_answer(params, plan, state, answer)
         show_progress(progress, state, plan, None)
     last = state.history[-1] if state.history else None
     return RolloutOutcome(version=f"{state.model}:v{state.candidate}", champion=f"{state.model}:v{state.champion}",

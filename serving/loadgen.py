@@ -33,12 +33,6 @@ class LoadGenerator:
         self._threads = [threading.Thread(target=self._run, args=(k,), name=f"slm-loadgen-{k}", daemon=True)
                          for k in range(threads)]
 
-    def swap(self, pairs: Sequence[Pair]) -> None:
-        """Change what users ask from now on (a drift in the traffic)."""
-        if not pairs:
-            raise ValueError("the load generator needs at least one labelled prompt")
-        self.pairs = list(pairs)
-
     def start(self) -> LoadGenerator:
         for t in self._threads:
             t.start()

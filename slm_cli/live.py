@@ -55,13 +55,12 @@ def roll(version: str, plan_file: str, *, look_s: float = 5.0, settle_s: float =
          reviewer: str = "demo-reviewer") -> dict:
     """Run the rollout flow for ``version`` to its end; a simulated reviewer approves when asked."""
     from flows.rollout import rollout
-    from lifecycle.config import load_yaml_config
     from registry.rollouts import get_rollout
     from registry.service import open_registry
-    from tasks.rollout import RolloutParams, plan_path
+    from tasks.rollout import RolloutParams, read_plan
 
     ref = VersionRef.parse(version)
-    plan = load_yaml_config(RolloutPlan, plan_path(plan_file))
+    plan = read_plan(plan_file)
     stop = threading.Event()
     person = _approver(ref, plan, stop, reviewer)
     start = time.perf_counter()

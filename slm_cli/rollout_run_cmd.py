@@ -78,14 +78,12 @@ def _answer(ref: str | None, model: str | None, approve: bool, reviewer: str | N
     prefect_env()
     import getpass
 
-    from lifecycle.config import load_yaml_config
-    from lifecycle.rollout_plan import RolloutPlan
-    from tasks.rollout import Approval, plan_path, send_answer
+    from tasks.rollout import Approval, read_plan, send_answer
 
     state = _state(model, ref)
     answer = Approval(approve=approve, reviewer=reviewer or getpass.getuser(), comment=comment)
     try:
-        done = send_answer(state.model, state.candidate, answer, load_yaml_config(RolloutPlan, plan_path(plan)))
+        done = send_answer(state.model, state.candidate, answer, read_plan(plan))
     except ValueError as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(1) from None
@@ -117,15 +115,12 @@ def abort_cmd(reason: Reason, ref: Version = None, model: Model = None, plan: Pl
     """Stop a rollout now: all traffic back to the champion; the candidate stays a candidate."""
     _check(reason)
     prefect_env()
-    from lifecycle.config import load_yaml_config
-    from lifecycle.rollout_plan import RolloutPlan
     from registry import rollout_exec
-    from tasks.rollout import emit_rollout_event, plan_path
+    from tasks.rollout import emit_rollout_event, read_plan
 
     state = _state(model, ref)
     with _registry() as reg:
-        state = rollout_exec.stop(reg.store, rollout_exec.current(reg.store, state.model, state.candidate),
-                                  load_yaml_config(RolloutPlan, plan_path(plan)), reason=reason, actor=_actor(),
+        state = rollout_exec.stop(reg.store, state, read_plan(plan), reason=reason, actor=_actor(),
                                   emit=emit_rollout_event)
     console.print(f"[yellow]■[/yellow] rollout of {state.model}:v{state.candidate} {state.phase}; all traffic to "
                   f"v{state.champion}")

@@ -57,9 +57,14 @@ def plan_path(plan: str) -> Path:
     return path if path.is_absolute() else project_root() / path
 
 
+def read_plan(plan: str) -> RolloutPlan:
+    """The rollout plan YAML, relative to the repository unless absolute."""
+    return load_yaml_config(RolloutPlan, plan_path(plan))
+
+
 @task(name="load-rollout-plan", cache_policy=NO_CACHE)
 def load_plan(params: RolloutParams) -> RolloutPlan:
-    return load_yaml_config(RolloutPlan, plan_path(params.plan))
+    return read_plan(params.plan)
 
 
 @task(name="begin-rollout", cache_policy=NO_CACHE)
@@ -85,16 +90,11 @@ def look(params: RolloutParams, plan: RolloutPlan, state: RolloutState) -> tuple
 
 @task(name="record-answer", cache_policy=NO_CACHE)
 def record_answer(params: RolloutParams, plan: RolloutPlan, state: RolloutState, answer: Approval) -> RolloutState:
+    """Apply a person's answer to the stored state (re-read: the CLI may have answered while nobody waited)."""
     with open_registry() as registry:
         fresh = rollout_exec.current(registry.store, state.model, state.candidate)
         return rollout_exec.answer(registry.store, fresh, plan, approve=answer.approve, reviewer=answer.reviewer,
                                    comment=answer.comment, actor=f"person:{answer.reviewer}", emit=emit_rollout_event)
-
-
-def reread(state: RolloutState) -> RolloutState:
-    """The stored state now (a person may have answered through the CLI while nobody was waiting)."""
-    with open_registry() as registry:
-        return rollout_exec.current(registry.store, state.model, state.candidate)
 
 
 def progress_key(state: RolloutState) -> str:
