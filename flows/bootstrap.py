@@ -16,6 +16,7 @@ from pydantic import BaseModel, Field
 from lifecycle.settings import project_root
 from lifecycle.task import load_task
 from tasks.bootstrap import build_base, current_champion, prepare_task_data, register_v1
+from tasks.report import publish_report
 
 
 class BootstrapParams(BaseModel):
@@ -39,5 +40,6 @@ def bootstrap(params: BootstrapParams = BootstrapParams()) -> BootstrapOutcome:
     data = prepare_task_data(spec)
     base_dir, info = build_base(data, root / params.base_model)
     version = register_v1(params.model, spec, data, base_dir, info, root / params.base_model)
+    publish_report(params.model)
     return BootstrapOutcome(champion=version.ref, created=True)
 

@@ -27,6 +27,7 @@ from prefect import flow
 from lifecycle.records import Frozen
 from lifecycle.retention import RetentionDecision
 from tasks.decommission import RetireOutcome, plan_decommission, report, retire
+from tasks.report import publish_report
 
 
 class DecommissionOutcome(Frozen):
@@ -51,6 +52,8 @@ def decommission(model: str | None = None, policy_path: str = "configs/retention
     to_retire = [d for d in plan.decisions if d.action == "retire"]
     outcomes = [] if dry_run else [retire(plan, d) for d in to_retire]
     report(plan, outcomes, dry_run)
+    if not dry_run:
+        publish_report(plan.model)
     print(f"{plan.model}: {len(to_retire)} to retire"
           + ("" if dry_run else f", {sum(o.outcome == 'retired' for o in outcomes)} retired, "
              f"{sum(o.outcome == 'refused' for o in outcomes)} refused"))

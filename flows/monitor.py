@@ -34,6 +34,7 @@ from tasks.monitor import (
     publish_summary,
     storm_check,
 )
+from tasks.report import record_drift_check
 
 
 class MonitorOutcome(Frozen):
@@ -53,6 +54,7 @@ def monitor(params: MonitorParams = MonitorParams()) -> MonitorOutcome:
     report = check_window(plan)
     feedback = feedback_evidence(plan)
     decision = judge(plan, report, feedback)
+    record_drift_check(plan, report, decision)
     trigger = None
     if decision.fire:
         trigger = storm_check(plan)

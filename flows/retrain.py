@@ -24,6 +24,7 @@ from tasks.evaluation import benchmark
 from tasks.gate import gate
 from tasks.plan import plan_retrain
 from tasks.register import register
+from tasks.report import publish_report
 from tasks.training import fine_tune
 
 
@@ -44,5 +45,6 @@ def retrain(params: RetrainParams = RetrainParams()) -> RetrainOutcome:
     scores = benchmark(plan, trained.adapter_dir)
     decision = gate(plan, scores)
     version = register(plan, data, trained, scores, decision)
+    publish_report(plan.config.model)
     return RetrainOutcome(version=version.ref, status=version.status.value, verdict=str(decision.verdict),
                           reasons=decision.reasons(), champion=plan.champion.ref)

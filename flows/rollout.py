@@ -28,6 +28,7 @@ from prefect.flow_runs import pause_flow_run
 from prefect.runtime import flow_run
 
 from lifecycle.records import Frozen
+from tasks.report import publish_report
 from tasks.rollout import (
     Approval,
     RolloutParams,
@@ -69,6 +70,7 @@ def rollout(params: RolloutParams) -> RolloutOutcome:
                                f"{state.phase}: answer with `slm rollout approve|reject`, then run it again") from None
         state = record_answer(params, plan, state, answer)
         show_progress(progress, state, plan, None)
+    publish_report(state.model)
     last = state.history[-1] if state.history else None
     return RolloutOutcome(version=f"{state.model}:v{state.candidate}", champion=f"{state.model}:v{state.champion}",
                           phase=state.phase, stage=plan.stages[state.stage_index].name,

@@ -44,6 +44,8 @@ class RetrainConfig(Frozen):
     # Why 3000: measured, replaying ~3k old rows keeps the old intents at the champion's level (FACTS.md).
     replay_rows: int = Field(default=3000, ge=0, description="rows of the champion's training data replayed")
     benchmark_batch_size: int = Field(default=64, ge=1, le=1024)
+    rollout_plan: str = Field(default="configs/rollout.yaml", description="the rollout plan a candidate of this "
+                              "run is rolled out with: named in slm.candidate.published for the rollout deployment")
     actor: str = Field(default="retrain-flow", description="who the audit log names")
 
     @field_validator("benchmarks", mode="before")
@@ -65,14 +67,22 @@ class RetrainParams(BaseModel):
     benchmarks: str | None = Field(default=None, description="comma-separated golden sets, e.g. "
                                    "'golden-before,golden-drifted'")
     replay_rows: int | None = Field(default=None, ge=0, description="rows of the champion's data to replay")
+    rollout_plan: str | None = Field(default=None, description="rollout plan YAML for the candidate (overrides "
+                                     "the config's; passed on in slm.candidate.published)")
     reason: str = Field(default="manual", description="why this run: recorded in lineage and the audit log")
+
+    @field_validator("data", "recipe", "gate", "benchmarks", "rollout_plan", mode="before")
+    @classmethod
+    def _blank_is_unset(cls, value: object) -> object:
+        # An automation templates "{{ event.payload.x }}" to "" when an older event has no x: take the config's.
+        return None if isinstance(value, str) and not value.strip() else value
 
     def resolve(self, root: Path) -> RetrainConfig:
         """The config file with this run's overrides applied; relative paths resolved against ``root``."""
         path = Path(self.config)
         cfg = load_yaml_config(RetrainConfig, path if path.is_absolute() else root / path, data=self.data,
                                recipe=self.recipe, gate=self.gate, benchmarks=self.benchmarks,
-                               replay_rows=self.replay_rows)
+                               replay_rows=self.replay_rows, rollout_plan=self.rollout_plan)
         absolute = {k: (v if v.is_absolute() else root / v)
                     for k, v in {"task": cfg.task, "recipe": cfg.recipe, "gate": cfg.gate}.items()}
         return cfg.model_copy(update=absolute)

@@ -101,6 +101,8 @@ class DriftPolicy(Frozen):
     labelled_drop: str | None = Field(default=None, description="labelled data for the retrain (event payload); "
                                       "default: the task's drifted-labelled file under SLM_HOME/data")
     retrain_config: str = Field(default="configs/retrain.yaml", description="retrain config named in the event")
+    rollout_plan: str = Field(default="configs/rollout.yaml", description="rollout plan named in the event: the "
+                              "retrain passes it on in slm.candidate.published, and the rollout deployment uses it")
 
     @field_validator("columns")
     @classmethod
@@ -130,6 +132,8 @@ class MonitorParams(BaseModel):
     policy: str = Field(default="configs/monitor.yaml", description="drift policy YAML")
     data: str | None = Field(default=None, description="labelled data drop named in the drift event "
                              "(overrides the policy's `labelled_drop`)")
+    rollout_plan: str | None = Field(default=None, description="rollout plan named in the drift event, for the "
+                                     "candidate of the retrain it starts (overrides the policy's `rollout_plan`)")
 
     def window(self, now: datetime) -> tuple[datetime, datetime]:
         until = as_utc(self.until or now)

@@ -130,6 +130,11 @@ class RolloutPlan(Frozen):
     name: str = Field(min_length=1)
     version: int = Field(ge=1, description="bump on every change; audit events name it")
     approval_before_last_stage: bool = Field(default=True, description="a person approves going to 100 %")
+    # The cadence belongs to the plan: a plan sized for a demo's traffic looks more often than production's.
+    look_interval_s: float = Field(default=30.0, gt=0, description="seconds between two looks at a stage")
+    settle_s: float = Field(default=5.0, ge=0, description=(
+        "seconds after a split change before the stage's window opens: at least the gateways' split poll, so "
+        "requests still routed by the previous split do not count"))
     stages: list[Stage] = Field(min_length=2)
 
     @model_validator(mode="before")

@@ -28,6 +28,8 @@ class Settings(BaseSettings):
     home: Path = Field(default_factory=lambda: project_root() / ".slm",
                        description="where the registry database, artifacts and reports live")
     database_url: str | None = Field(default=None, description="SQLAlchemy URL; default SQLite under home")
+    cache_dir: Path | None = Field(default=None, description="built base models, reused across runs; default "
+                                   "home/cache (`slm demo` shares it between its fresh homes)")
     artifact_store: Literal["local", "hub"] = Field(
         default="local", description="where versions live: a local folder, or Hugging Face Hub repositories")
     artifact_root: Path | None = Field(default=None, description="local artifact folder; default home/artifacts "
@@ -45,7 +47,7 @@ class Settings(BaseSettings):
     torch_threads: int = Field(default=1, ge=1,
                                description="torch intra-op threads; 1 on 2 cores (FACTS.md: 2 collapse)")
 
-    @field_validator("home", "artifact_root")
+    @field_validator("home", "artifact_root", "cache_dir")
     @classmethod
     def _absolute(cls, value: Path | None) -> Path | None:
         return None if value is None else value.expanduser().resolve()
@@ -60,6 +62,10 @@ class Settings(BaseSettings):
     @property
     def db_url(self) -> str:
         return self.database_url or f"sqlite:///{self.home / 'registry.db'}"
+
+    @property
+    def cache(self) -> Path:
+        return self.cache_dir or self.home / "cache"
 
     @property
     def artifacts(self) -> Path:

@@ -30,6 +30,8 @@ class LoadGenerator:
         self.counts: Counter[str] = Counter()
         self._lock = threading.Lock()
         self._halt = threading.Event()
+        self._go = threading.Event()
+        self._go.set()
         self._threads = [threading.Thread(target=self._run, args=(k,), name=f"slm-loadgen-{k}", daemon=True)
                          for k in range(threads)]
 
@@ -40,8 +42,22 @@ class LoadGenerator:
 
     def stop(self, timeout: float = 30.0) -> None:
         self._halt.set()
+        self._go.set()
         for t in self._threads:
             t.join(timeout=timeout)
+
+    def pause(self) -> None:
+        """Hold every user after their current request (e.g. while training shares a laptop's cores)."""
+        self._go.clear()
+
+    def resume(self) -> None:
+        self._go.set()
+
+    def shift(self, pairs: Sequence[Pair]) -> None:
+        """From now on ask these prompts: the world the users live in changed (the demo's drift)."""
+        if not pairs:
+            raise ValueError("the load generator needs at least one labelled prompt")
+        self.pairs = list(pairs)  # one reference swap: each thread picks its next prompt from the new list
 
     def __enter__(self) -> LoadGenerator:
         return self.start()
@@ -61,6 +77,8 @@ class LoadGenerator:
         http = httpx.Client(base_url=self.base_url, headers={"authorization": f"Bearer {self.api_key}"}, timeout=30)
         try:
             while not self._halt.is_set():
+                if not self._go.wait(timeout=0.5):
+                    continue
                 pair = rng.choice(self.pairs)
                 user = f"user-{rng.randrange(self.users)}"
                 try:

@@ -10,7 +10,6 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.table import Table
 
 console = Console()
 
@@ -87,70 +86,19 @@ def retrain_cmd(
                               reason=reason))
 
 
-def demo_cmd() -> None:
-    """The main job, on embedded defaults: bootstrap, a retrain that becomes champion through a rollout on
-    live traffic, and a forgetful retrain that slips past a blind offline gate and is rolled back live."""
-    from lifecycle.config import RetrainParams
-    from lifecycle.data import read_pairs
-    from lifecycle.settings import get_settings
+def demo_cmd(
+    smoke: Annotated[bool, typer.Option("--smoke", help="the same story with few requests and a small rollout plan "
+                                        "(what the test suite runs)")] = False,
+    keep: Annotated[bool, typer.Option("--keep", help="leave the stack up at the end to look around")] = False,
+) -> None:
+    """The main job: the whole lifecycle on the local stack of `slm up` — drift seen by the monitor, a retrain
+    started by the automation, a rollout on live traffic, a bad candidate rolled back, decommissioning."""
+    from slm_cli.demo import FULL, SMOKE, DemoError, tell
 
-    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
-    console.rule("[bold]slm-lifecycle demo[/bold]")
-    console.print("1. bootstrap: the offline base model becomes champion v1 (cached after the first run)")
-    champion = run_bootstrap()
-    console.print("2. retrain on the drifted world's labelled drop + 3000 replayed old rows")
-    good = run_retrain(RetrainParams(reason="demo: drifted drop with replay"))
-    from slm_cli import live
-
-    settings = get_settings()
-    prompts = read_pairs(settings.home / "data" / "golden-before.jsonl")
-    rollouts: dict[str, dict] = {}
-    with live.gateway() as url:
-        console.print(f"   gateway on {url}/v1; 2,000 simulated users ask the old intents and say whether the "
-                      "route was right")
-        if good.status == "candidate":
-            console.print(f"3. roll out {good.version} on live traffic (configs/rollout-demo.yaml): shadow, "
-                          "10 %, 50 %, 100 %")
-            rollouts[good.version] = _live_rollout(live, url, prompts, settings.model_name, good.version, seed=0)
-        console.print("4. retrain on the drifted drop alone, judged by a gate that looks at the new intents only "
-                      "(configs/gate-drifted-only.yaml): it forgets the old intents, and that gate cannot see it")
-        bad = run_retrain(RetrainParams(replay_rows=0, gate="configs/gate-drifted-only.yaml",
-                                        reason="demo: drifted drop alone, blind gate"))
-        if bad.status == "candidate":
-            console.print(f"5. roll out {bad.version}: live traffic has to catch what the offline gate missed")
-            rollouts[bad.version] = _live_rollout(live, url, prompts, settings.model_name, bad.version, seed=1)
-    _summary(champion, [good, bad], rollouts)
-
-
-def _live_rollout(live, url: str, prompts, model: str, version: str, seed: int) -> dict:
-    load = live.users(url, prompts, model=model, seed=seed)
     try:
-        result = live.roll(version, "configs/rollout-demo.yaml", look_s=2.0, settle_s=1.0)
-    finally:
-        load.stop()
-    colour = "green" if result["phase"] == "promoted" else "red"
-    last = result["history"][-1] if result["history"] else {"failed": []}
-    console.print(f"   [{colour}]{version} {result['phase']}[/{colour}] at {result['stage']} after "
-                  f"{result['seconds']:.0f} s, {load.counts['requests']} requests")
-    for reason in last["failed"]:
-        console.print(f"     {reason}")
-    return result
-
-
-def _summary(champion: str, outcomes: list, rollouts: dict[str, dict] | None = None) -> None:
-    from registry.service import open_registry
-
-    rollouts = rollouts or {}
-    table = Table("version", "status", "before", "drifted", "gate", "rollout", title="golden-set exact match")
-    with open_registry() as registry:
-        for ref, verdict in [(champion, "—")] + [(o.version, o.verdict) for o in outcomes]:
-            version = registry.get(ref)
-            scores = {r.benchmark: f"{r.exact_match:.3f}" for r in version.evals}
-            rolled = rollouts.get(ref)
-            table.add_row(ref, version.status.value, scores.get("golden-before", "—"),
-                          scores.get("golden-drifted", "—"), verdict,
-                          f"{rolled['phase']} ({rolled['stage']})" if rolled else "—")
-        audit = registry.store.verify_audit()
-    console.print(table)
-    console.print(f"audit chain: {'intact' if audit.ok else 'BROKEN'} ({audit.checked} events). "
-                  "Next: `slm registry list`, `slm registry show intent-router:v2`, `slm audit verify`.")
+        result = tell(SMOKE if smoke else FULL, keep=keep, console=console)
+    except DemoError as exc:
+        console.print(f"[red]✗ the story stopped:[/red] {exc}")
+        raise typer.Exit(1) from None
+    steps = ", ".join(f"{k} {v:.0f} s" for k, v in result.steps.items())
+    console.print(f"time: {steps}")

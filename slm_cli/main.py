@@ -9,6 +9,7 @@ from slm_cli.flows_cmd import bootstrap_cmd, demo_cmd, retrain_cmd
 from slm_cli.monitor_cmd import monitor_cmd
 from slm_cli.ops_cmd import promote_cmd, rollback_cmd, traffic_app
 from slm_cli.registry_cmd import audit_app, registry_app
+from slm_cli.report_cmd import report_cmd
 from slm_cli.rollout_cmd import rollout_app
 from slm_cli.rollout_run_cmd import run_cmd as _registers_rollout_commands  # noqa: F401
 from slm_cli.serve_cmd import serve
@@ -30,6 +31,7 @@ app.command("validate")(validate)
 app.command("serve")(serve)
 app.command("decommission")(decommission_cmd)
 app.command("monitor")(monitor_cmd)
+app.command("report")(report_cmd)
 app.command("up")(up_cmd)
 app.command("down")(down_cmd)
 

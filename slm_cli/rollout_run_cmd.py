@@ -21,8 +21,10 @@ Plan = Annotated[str, typer.Option(help="rollout plan (YAML)")]
 
 @rollout_app.command("run")
 def run_cmd(ref: Ref, plan: Plan = "configs/rollout.yaml",
-            look_interval: Annotated[float, typer.Option(help="seconds between looks")] = 30.0,
-            settle: Annotated[float, typer.Option(help="seconds a new split needs to reach every gateway")] = 5.0,
+            look_interval: Annotated[float | None, typer.Option(help="seconds between looks (default: the plan's)")]
+            = None,
+            settle: Annotated[float | None, typer.Option(help="seconds a new split needs to reach every gateway "
+                                                              "(default: the plan's)")] = None,
             approval_timeout: Annotated[int, typer.Option(help="seconds a pause waits for a person")] = 86_400,
             ) -> None:
     """Run (or resume) the rollout flow of a candidate here, against the gateways that share the registry."""

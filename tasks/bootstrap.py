@@ -42,14 +42,14 @@ def prepare_task_data(spec: TaskSpec) -> TaskData:
 
 @task(name="build-base-model", cache_policy=NO_CACHE)
 def build_base(data: TaskData, config_path: Path) -> tuple[Path, BaseModelInfo]:
-    """Build once per (config, corpus): the result is cached under SLM_HOME/cache and reused.
+    """Build once per (config, corpus): the result is cached (SLM_CACHE_DIR, default SLM_HOME/cache) and reused.
 
     The build report travels inside the folder (``build_info.json``), so it is part of the base artifact.
     """
     config = load_yaml_config(BaseModelConfig, config_path)
     key = hashlib.sha256(canonical_json([config.model_dump(mode="json"),
                                          data.before_train.fingerprint.sha256]).encode()).hexdigest()[:16]
-    cached = get_settings().home / "cache" / f"base-{key}"
+    cached = get_settings().cache / f"base-{key}"
     if (cached / BUILD_INFO).is_file():
         return cached, BaseModelInfo.model_validate_json((cached / BUILD_INFO).read_text())
     shutil.rmtree(cached, ignore_errors=True)

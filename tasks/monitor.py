@@ -55,7 +55,7 @@ def _path(value: str, root: Path) -> Path:
 @task(name="plan-monitor", cache_policy=NO_CACHE)
 def plan_monitor(params: MonitorParams, run_id: str) -> MonitorPlan:
     root, settings = project_root(), get_settings()
-    policy = load_yaml_config(DriftPolicy, _path(params.policy, root))
+    policy = load_yaml_config(DriftPolicy, _path(params.policy, root), rollout_plan=params.rollout_plan)
     model = params.model or settings.model_name
     since, until = params.window(datetime.now(UTC))
     with open_registry() as registry:
@@ -151,8 +151,9 @@ def storm_check(plan: MonitorPlan) -> TriggerDecision:
 
 def drift_payload(plan: MonitorPlan, report: DriftReport, decision: DriftDecision,
                   feedback: FeedbackEvidence) -> dict[str, object]:
-    """The ``slm.drift.detected`` payload. ``data_path``, ``retrain_config`` and ``reason`` are what the retrain
-    deployment templates into RetrainParams ``data``, ``config`` and ``reason``."""
+    """The ``slm.drift.detected`` payload. ``data_path``, ``retrain_config``, ``reason`` and ``rollout_plan`` are
+    what the retrain deployment templates into RetrainParams ``data``, ``config``, ``reason`` and
+    ``rollout_plan``."""
     drifted = ", ".join(decision.drifted_columns) or "no column"
     reason = (f"drift on {plan.model} {plan.since:%Y-%m-%dT%H:%MZ}..{plan.until:%Y-%m-%dT%H:%MZ}: {drifted}"
               + (" + feedback accuracy decay" if decision.decay else ""))
@@ -164,6 +165,7 @@ def drift_payload(plan: MonitorPlan, report: DriftReport, decision: DriftDecisio
         "decay": decision.decay, "feedback": feedback.model_dump(),
         "findings": decision.reasons(), "reason": reason,
         "data_path": plan.data_path, "retrain_config": plan.policy.retrain_config,
+        "rollout_plan": plan.policy.rollout_plan,
         "report": str(report.html) if report.html else None, "policy": plan.policy_path,
         "monitor_run": plan.run_id,
     }

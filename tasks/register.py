@@ -41,7 +41,8 @@ def register(plan: RetrainPlan, data: TrainingData, trained: TrainResult, scores
             lineage=build_lineage(plan, data, trained), evals=scores.challenger, task=plan.task.name,
             audit_payload={"gate": str(decision.verdict), "champion": plan.champion.ref})
         payload = {"model": version.model, "version": version.ref, "champion": plan.champion.ref,
-                   "verdict": str(decision.verdict), "reasons": decision.reasons()}
+                   "verdict": str(decision.verdict), "reasons": decision.reasons(),
+                   "rollout_plan": plan.config.rollout_plan}
         event = "slm.candidate.published" if decision.passed else "slm.gate.failed"
         announce(registry, event, version.model, payload, actor=plan.config.actor, subject=version.ref)
     shutil.rmtree(trained.adapter_dir, ignore_errors=True)  # the registry holds its copy now

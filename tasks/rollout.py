@@ -12,7 +12,7 @@ from prefect.artifacts import create_progress_artifact, create_table_artifact, u
 from prefect.cache_policies import NO_CACHE
 from prefect.events import emit_event
 from prefect.input import RunInput
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from lifecycle.config import load_yaml_config
 from lifecycle.records import Frozen
@@ -31,13 +31,19 @@ class RolloutParams(Frozen):
 
     version: str = Field(description="the candidate to roll out, MODEL:vN (as in the published event's payload)")
     plan: str = Field(default="configs/rollout.yaml", description="the rollout plan (YAML), relative to the repo")
-    look_interval_s: float = Field(default=30.0, gt=0, description="seconds between two looks at a stage")
-    settle_s: float = Field(default=5.0, ge=0, description=(
-        "seconds after a split change before the stage's window opens: at least the gateways' split poll, so "
-        "requests still routed by the previous split do not count"))
+    look_interval_s: float | None = Field(default=None, gt=0, description=(
+        "seconds between two looks at a stage; empty: the plan's look_interval_s"))
+    settle_s: float | None = Field(default=None, ge=0, description=(
+        "seconds after a split change before the stage's window opens; empty: the plan's settle_s"))
     approval_timeout_s: int = Field(default=86_400, ge=1, description="how long a pause waits for a person")
     approval_poll_s: int = Field(default=10, ge=1, description="how often a paused run checks for an answer")
     actor: str = Field(default="flow:rollout", description="who the audit log names")
+
+    @field_validator("plan", mode="before")
+    @classmethod
+    def _blank_is_default(cls, value: object) -> object:
+        # The trigger templates "{{ event.payload.rollout_plan }}" to "" for an event that names no plan.
+        return "configs/rollout.yaml" if isinstance(value, str) and not value.strip() else value
 
 
 class Approval(RunInput):
@@ -64,7 +70,9 @@ def read_plan(plan: str) -> RolloutPlan:
 
 @task(name="load-rollout-plan", cache_policy=NO_CACHE)
 def load_plan(params: RolloutParams) -> RolloutPlan:
-    return read_plan(params.plan)
+    """The plan, with this run's cadence where the run gives one."""
+    cadence = {"look_interval_s": params.look_interval_s, "settle_s": params.settle_s}
+    return read_plan(params.plan).model_copy(update={k: v for k, v in cadence.items() if v is not None})
 
 
 @task(name="begin-rollout", cache_policy=NO_CACHE)
@@ -78,12 +86,12 @@ def begin(params: RolloutParams, plan: RolloutPlan, flow_run_id: str | None) -> 
 @task(name="look", cache_policy=NO_CACHE)
 def look(params: RolloutParams, plan: RolloutPlan, state: RolloutState) -> tuple[RolloutState, StageVerdict | None]:
     """Wait one look interval, then decide the current stage on its live window."""
-    time.sleep(params.look_interval_s)
+    time.sleep(plan.look_interval_s)
     with open_registry() as registry:
         predictions = PredictionStore(registry.store.engine)
         try:
             return rollout_exec.step(registry.store, predictions, state, plan, actor=params.actor,
-                                     emit=emit_rollout_event, settle_s=params.settle_s)
+                                     emit=emit_rollout_event, settle_s=plan.settle_s)
         except ConcurrentChangeError:  # an operator paused, pinned or aborted it meanwhile: go on from there
             return rollout_exec.current(registry.store, state.model, state.candidate), None
 

@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[3]
-PROJECT = {"lifecycle", "registry", "data_checks", "training", "evaluation", "serving", "tasks", "flows", "slm_cli"}
+PROJECT = {"lifecycle", "registry", "data_checks", "training", "evaluation", "serving", "tasks", "flows", "slm_cli",
+           "reporting"}
 ALLOWED = {
     "lifecycle": set(),
     "registry": {"lifecycle"},
@@ -14,7 +15,8 @@ ALLOWED = {
     "training": {"lifecycle"},
     "evaluation": {"lifecycle", "serving"},
     "serving": {"lifecycle", "registry"},
-    "tasks": {"lifecycle", "registry", "data_checks", "training", "evaluation", "serving"},
+    "reporting": {"lifecycle", "registry"},
+    "tasks": {"lifecycle", "registry", "data_checks", "training", "evaluation", "serving", "reporting"},
     "flows": {"lifecycle", "tasks"},
 }
 # Third-party libraries only one room may use.
