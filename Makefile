@@ -23,6 +23,8 @@ $(STAMP): pyproject.toml requirements/constraints.txt
 
 test: setup
 	$(BIN)/ruff check .
+	# headless Chromium for tests/integration/test_ui.py (apt, as root; a hint otherwise)
+	bash scripts/ensure-chromium.sh
 	$(BIN)/python -m pytest -q
 
 demo: setup

@@ -8,7 +8,10 @@ required_column        ``prompt`` and ``completion`` exist (when one is missing,
 pair_columns_only      no other columns: data files hold raw pairs, never templates or side data
 text_type              values are text (a number or list where text belongs is refused, and the
                        text rules on that column are skipped: they would misread it)
-not_null, not_blank    no missing value, none that is only whitespace
+not_null, not_blank    no missing value, none that is only whitespace (or invisible format characters
+                       such as a zero-width space or a stray byte-order mark)
+no_control_chars       no control characters (NUL, other C0 and C1 controls; tab and newline are
+                       allowed): they are what a binary file, a bad export or an injection leaves behind
 prompt_length          ``min_prompt_chars`` <= len(prompt) <= ``max_prompt_chars``
 completion_allowed     the completion is one of the task's intents (when a set is given)
 duplicate_pairs        no (normalized prompt, completion) twice: duplicates silently reweight training
@@ -21,6 +24,12 @@ pii_card_number        number (9+ digits) or a payment card number (13-19 digits
 
 The PII patterns are deliberately narrow: BANKING77 speaks of amounts ("£200,000", "20.00"), dates and
 durations, and all of its 13,083 queries pass; the patterns need a long digit run or an ``@`` domain.
+A file that cannot be read at all is refused before the suite runs, by :class:`data_checks.readers.DataFileError`
+whose ``rule`` names what broke (``utf8_text``, ``json_syntax``, ``json_objects``, ``file_type``, and
+``valid_unicode`` for a lone surrogate escape such as ``"\\ud800"``, which is not text and which pandas
+cannot even hash, so the suite could not run on it);
+:func:`check_file` turns it into a failed report, so the retrain flow reports, audits and refuses both alike.
+
 Duplicate and overlap checks run on helper columns computed here with pandas (normalized text), then
 checked by GX like any other column, so they show up in Data Docs with the rest.
 
@@ -35,7 +44,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import Field
 
-from data_checks.readers import PAIR_COLUMNS, load_pairs
+from data_checks.readers import PAIR_COLUMNS, DataFileError, load_pairs
 from lifecycle.data import normalize_prompt
 from lifecycle.pii import CARD_NUMBER, EMAIL, PHONE  # shared with the serving guardrails
 from lifecycle.records import Frozen
@@ -48,6 +57,10 @@ PAIR_KEY = "__pair_key"  # normalized prompt + US + completion, for the duplicat
 PROMPT_KEY = "__prompt_normalized"  # for the benchmark overlap rule
 HELPER_COLUMNS = (PAIR_KEY, PROMPT_KEY)
 SITE_NAME = "slm_training_data"
+# Whitespace, or characters that render as nothing (zero-width space/joiners, word joiner, BOM).
+BLANK = r"^[\s\u200b-\u200d\u2060\ufeff]*$"
+# C0 controls except tab (\x09), newline (\x0a) and carriage return (\x0d); DEL; C1 controls.
+CONTROL = r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]"
 MAX_EXAMPLES = 5
 
 
@@ -122,6 +135,19 @@ def validate_file(path: str | Path, spec: TaskSpec, benchmark_prompts: list[str]
                                   max_prompt_chars=spec.max_prompt_chars, data_docs_dir=data_docs_dir)
 
 
+def check_file(path: str | Path, spec: TaskSpec, benchmark_prompts: list[str],
+               data_docs_dir: Path | None = None) -> ValidationReport:
+    """:func:`validate_file`, except that a file that cannot be read is a failed report, not an exception.
+
+    The retrain flow must refuse, audit and report an unreadable drop exactly like one that breaks a
+    suite rule; the failure carries the reader's rule name (``utf8_text``, ``json_syntax``, ...)."""
+    try:
+        return validate_file(path, spec, benchmark_prompts, data_docs_dir)
+    except DataFileError as error:
+        return ValidationReport(success=False, rows=0, failures=[FailedRule(rule=error.rule, message=str(error))],
+                                skipped=["the Great Expectations suite (the data could not be read)"])
+
+
 def _text_columns(df: pandas.DataFrame) -> set[str]:
     """The pair columns present and holding only text (or nulls, which not_null reports)."""
     return {c for c in PAIR_COLUMNS if c in df.columns
@@ -190,8 +216,12 @@ def _column_rules(df: pandas.DataFrame, column: str, is_text: bool, skipped: lis
     if not is_text:
         skipped.append(f"text rules on {column} ({column} holds non-text values)")
         return rules
-    rules.append(_Rule("not_blank", column, "ExpectColumnValuesToNotMatchRegex", {"column": column, "regex": r"^\s*$"},
+    rules.append(_Rule("not_blank", column, "ExpectColumnValuesToNotMatchRegex", {"column": column, "regex": BLANK},
                        f"{column} is empty or only whitespace"))
+    rules.append(_Rule("no_control_chars", column, "ExpectColumnValuesToNotMatchRegex",
+                       {"column": column, "regex": CONTROL},
+                       f"{column} holds control characters (such as NUL); only tab and newline are allowed"))
+
     for name, regex, what in (("pii_email", EMAIL, "an e-mail address"), ("pii_phone", PHONE, "a phone number"),
                               ("pii_card_number", CARD_NUMBER, "a payment card number")):
         rules.append(_Rule(name, column, "ExpectColumnValuesToNotMatchRegex", {"column": column, "regex": regex},
@@ -246,8 +276,9 @@ def _failure(rule: _Rule, result: Any, df: pandas.DataFrame) -> FailedRule:
         raw = _observed(rule, details.get("observed_value"), df)
     else:
         raw = details.get("partial_unexpected_list") or []
-    # Non-text and whitespace-only values are shown quoted, so an empty example is still visible.
-    examples = [v if isinstance(v, str) and v.strip() else repr(v) for v in raw[:MAX_EXAMPLES]]
+    # Non-text, whitespace-only and unprintable values (control characters, lone surrogates) are shown as
+    # escaped literals: an empty example stays visible, and the report stays writable as UTF-8.
+    examples = [v if isinstance(v, str) and v.strip() and v.isprintable() else ascii(v) for v in raw[:MAX_EXAMPLES]]
     if rule.name == "text_type" and count is None:  # a whole column of another type: every row fails
         count = int(df[rule.column].notna().sum())
     return FailedRule(rule=rule.name, column=rule.column, unexpected_count=count, examples=examples,

@@ -30,15 +30,23 @@ class ArtifactIntegrityError(RuntimeError):
     """A stored file is missing or its sha256 differs from the one recorded at publish time."""
 
 
-def verify_tree(folder: Path, files: dict[str, str]) -> None:
-    """Raise :class:`ArtifactIntegrityError` naming every file that is missing or changed."""
+def verify_tree(folder: Path, files: dict[str, str], *, exact: bool = False) -> None:
+    """Raise :class:`ArtifactIntegrityError` naming every file that is missing or changed.
+
+    ``exact``: a file that was not recorded is refused too. The local store publishes a folder exactly as
+    recorded, so anything more was planted later — and it matters: an ``adapter_config.json`` planted in a base
+    version's folder would make the loader serve the planted weights. (A Hub snapshot may hold files the
+    version did not record, so the Hub store checks only what was recorded.)"""
     problems = []
     for rel, expected in files.items():
         path = folder / rel
         if not path.is_file():
             problems.append(f"{rel} is missing")
-        elif sha256_file(path) != expected:
-            problems.append(f"{rel} has sha256 {sha256_file(path)[:12]}…, recorded {expected[:12]}…")
+        elif (actual := sha256_file(path)) != expected:
+            problems.append(f"{rel} has sha256 {actual[:12]}…, recorded {expected[:12]}…")
+    if exact and folder.is_dir():
+        present = {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()}
+        problems += [f"{rel} was not recorded at publish time" for rel in sorted(present - set(files))]
     if problems:
         raise ArtifactIntegrityError(f"artifact {folder} failed its integrity check: " + "; ".join(problems))
 
@@ -120,7 +128,7 @@ class LocalArtifactStore:
 
     def version_dir(self, model: str, number: int, files: dict[str, str]) -> Path:
         folder = self._version_path(model, number)
-        verify_tree(folder, files)
+        verify_tree(folder, files, exact=True)
         return folder
 
     def put_base(self, name: str, staged: Path) -> tuple[str, str]:

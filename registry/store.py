@@ -322,7 +322,18 @@ class RegistryStore:
             head = conn.execute(select(t.audit_head).where(t.audit_head.c.id == 1).with_for_update()).first()
             rows = conn.execute(select(t.audit_events).order_by(t.audit_events.c.seq)).all()
         stored_head = ChainHead(count=head.count, last_hash=head.last_hash) if head else None
-        return verify([_event(r) for r in rows], stored_head)
+        events, unreadable = [], []
+        for position, row in enumerate(rows, start=1):
+            try:
+                events.append(_event(row))
+            except ValueError as exc:  # a payload edited into non-JSON, a seq below 1, a ts that is not text
+                events.append(_unreadable_event(row))
+                reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                unreadable.append(f"event at position {position} (seq {row.seq}) cannot even be read back ({reason}): "
+                                  "it was edited")
+        result = verify(events, stored_head)
+        # The chain's own findings come first: they are in row order, so the first one names the first bad row.
+        return result.model_copy(update={"problems": result.problems + unreadable}) if unreadable else result
 
 
 def _version(row, reports: list[EvalReport]) -> ModelVersion:
@@ -331,6 +342,14 @@ def _version(row, reports: list[EvalReport]) -> ModelVersion:
         artifact_uri=row.artifact_uri, prompt_format=row.prompt_format, reason=row.reason,
         lineage=Lineage.model_validate_json(row.lineage_json) if row.lineage_json else None,
         evals=reports, files=json.loads(row.files_json))
+
+
+def _unreadable_event(row) -> AuditEvent:
+    """A stand-in for a row edited past parsing: its recomputed hash cannot match, so :func:`verify` reports it
+    at its position like any other edit, and the rows after it are still checked."""
+    return AuditEvent.model_construct(seq=row.seq, ts=str(row.ts), actor=str(row.actor), action=str(row.action),
+                                      subject=str(row.subject), payload={"unreadable": str(row.payload)},
+                                      prev_hash=str(row.prev_hash), hash=str(row.hash))
 
 
 def _event(row) -> AuditEvent:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 from datetime import UTC, datetime, timedelta
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Path, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
@@ -21,13 +21,19 @@ from registry.traffic import set_split
 from serving.resilience import BackendError
 from serving.schemas import error_body
 
+# Version numbers and revisions are 32-bit integers in the registry (INTEGER columns on PostgreSQL; SQLite
+# overflows at 64 bits): a larger number from a client is a 400 here, not a database error (a 500).
+MAX_INT = 2**31 - 1
+VersionNumber = Path(ge=1, le=MAX_INT, description="version number")
+
 
 class SplitChange(BaseModel):
-    champion: int | None = Field(default=None, ge=1, description="default: keep the current champion")
-    challenger: int | None = Field(default=None, ge=1)
+    champion: int | None = Field(default=None, ge=1, le=MAX_INT, description="default: keep the current champion")
+    challenger: int | None = Field(default=None, ge=1, le=MAX_INT)
     challenger_percent: float = Field(default=0.0, ge=0, le=100)
-    shadow: int | None = Field(default=None, ge=1)
-    expected_revision: int | None = Field(default=None, description="compare-and-swap on the split revision")
+    shadow: int | None = Field(default=None, ge=1, le=MAX_INT)
+    expected_revision: int | None = Field(default=None, ge=0, le=MAX_INT,
+                                          description="compare-and-swap on the split revision")
     reason: str = Field(default="admin API", max_length=500)
 
 
@@ -78,8 +84,9 @@ def admin_router(state) -> APIRouter:
     async def aggregates(minutes: float = 60.0) -> list[dict]:
         """Per-version counts, error and guardrail rates, latency percentiles and feedback for the last
         ``minutes`` — what the rollout and the drift monitor read."""
-        if not 0 < minutes <= 60 * 24 * 31:
-            raise AdminError(400, "minutes must be in (0, 44640]", "invalid_window")
+        # At least a second: a window shorter than the clock's microsecond resolution would be empty.
+        if not 1 / 60 <= minutes <= 60 * 24 * 31:
+            raise AdminError(400, "minutes must be between 1/60 (one second) and 44640 (31 days)", "invalid_window")
         until = datetime.now(UTC)
         await asyncio.to_thread(state.writer.flush, 5)
         rows = await asyncio.to_thread(state.predictions.aggregates, state.model,
@@ -93,12 +100,12 @@ def admin_router(state) -> APIRouter:
         return {"loaded": [f"v{v}" for v in sorted(state.live.live())]}
 
     @router.post("/versions/{number}/load")
-    async def load(number: int) -> dict:
+    async def load(number: int = VersionNumber) -> dict:
         await _loading(asyncio.to_thread(state.live.load, number))
         return await audited("gateway.loaded", number)
 
     @router.post("/versions/{number}/unload")
-    async def unload(number: int) -> dict:
+    async def unload(number: int = VersionNumber) -> dict:
         try:
             await asyncio.to_thread(state.live.unload, number)
         except (ValueError, TimeoutError) as exc:

@@ -22,6 +22,7 @@ from datetime import UTC, datetime
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.exceptions import HTTPException
 
 from lifecycle.predictions import Feedback, Prediction
 from lifecycle.routing import Assignment
@@ -61,6 +62,17 @@ def create_app(state: GatewayState) -> FastAPI:
         state.metrics.reject("invalid", state.model)
         return _error(400, f"{first['msg']}" + (f" (at {param})" if param else ""), "invalid_request_error",
                       "invalid_request", param)
+
+    @app.exception_handler(HTTPException)
+    async def _http(_request: Request, exc: HTTPException) -> JSONResponse:
+        # FastAPI's own refusals (a body that is not JSON, an unknown path or method) in the OpenAI error format
+        # too: clients parse one shape of error, whatever refused them.
+        if exc.status_code < 500:
+            state.metrics.reject("invalid", state.model)
+        codes = {400: "invalid_request", 404: "not_found", 405: "method_not_allowed"}
+        body = s.error_body(str(exc.detail), "invalid_request_error" if exc.status_code < 500 else "server_error",
+                            codes.get(exc.status_code, "http_error"))
+        return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
 
     @app.exception_handler(InputError)
     async def _refused(_request: Request, exc: InputError) -> JSONResponse:

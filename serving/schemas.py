@@ -17,7 +17,15 @@ def _encodable(value: str) -> str:
     return value
 
 
+def _no_nul(value: str) -> str:
+    if "\x00" in value:
+        raise ValueError("identifiers must not contain NUL characters")
+    return value
+
+
 Text = Annotated[str, AfterValidator(_encodable)]
+# What the prediction log accepts as a request id (lifecycle.predictions): checked here, so a bad id is a 400.
+RequestId = Annotated[str, Field(min_length=1, max_length=128), AfterValidator(_encodable), AfterValidator(_no_nul)]
 
 
 class _Request(BaseModel):
@@ -54,9 +62,10 @@ class ChatRequest(_Request):
 
 
 class FeedbackRequest(BaseModel):
-    request_id: str = Field(min_length=1, max_length=128)
+    request_id: RequestId
     outcome: Literal["success", "failure"]
-    score: float | None = None
+    # Python's JSON parser accepts NaN and Infinity; a NaN score would poison every mean computed from the log.
+    score: float | None = Field(default=None, allow_inf_nan=False)
 
 
 class Usage(BaseModel):

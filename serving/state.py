@@ -55,8 +55,9 @@ class GatewayState:
     guardrails: Guardrails
     breaker: CircuitBreaker
     allowed: frozenset[str]
-    admin_token: str | None = None
-    api_keys: frozenset[str] = frozenset()
+    # repr=False: a state printed in a log or a traceback must not carry the secrets.
+    admin_token: str | None = field(default=None, repr=False)
+    api_keys: frozenset[str] = field(default=frozenset(), repr=False)
     metrics: GatewayMetrics = field(default_factory=GatewayMetrics)
     _shadow_tasks: set = field(default_factory=set)
     _usage: dict = field(default_factory=dict)  # version -> [rows, compute s, cpu s] since start

@@ -7,7 +7,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 from data_checks.readers import read_jsonl
-from data_checks.validation import ValidationReport, validate_file
+from data_checks.validation import ValidationReport, check_file
 from lifecycle.data import Pair
 from lifecycle.records import DatasetFingerprint, Frozen
 from tasks.connect import open_registry
@@ -28,7 +28,8 @@ class TrainingData(Frozen):
 @task(name="validate-data", cache_policy=NO_CACHE)
 def validate_data(plan: RetrainPlan) -> ValidationReport:
     golden = [p.prompt for path in plan.golden.values() for p in read_jsonl(path)]
-    report = validate_file(plan.data_source, plan.task, golden, data_docs_dir=plan.run_dir / "data_docs")
+    # check_file, not validate_file: an unreadable drop is refused, audited and reported like any broken rule.
+    report = check_file(plan.data_source, plan.task, golden, data_docs_dir=plan.run_dir / "data_docs")
     create_markdown_artifact(key="data-validation", markdown=f"`{plan.data_source}`\n\n{report.summary_markdown()}",
                              description="Great Expectations checks on the labelled drop")
     if not report.success:

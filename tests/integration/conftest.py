@@ -1,12 +1,15 @@
 """Real servers on loopback: a registry with a tiny champion (v1, the base) and a LoRA challenger (v2),
-and the gateway started with uvicorn on a free port."""
+the gateway started with uvicorn on a free port, and one `slm up` stack shared by the modules that need it."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import yaml
 
 from lifecycle.prompting import INTENT_V1
 from lifecycle.records import BaseModelRef, Lineage
@@ -77,3 +80,83 @@ def gateway(tiny_registry):
             yield running
     finally:
         os.environ.pop("SLM_ADMIN_TOKEN", None)
+
+
+# The stack's tiny configs (retrain.yaml, monitor.yaml) name this model: test_stack drives it through the loop.
+STACK_MODEL = "intent-router"
+
+
+@dataclass
+class SharedStack:
+    record: object  # slm_cli.stack.StackRecord (imported lazily: the stack module imports httpx and settings)
+    configs: Path
+    home: Path
+    stopped: bool = False
+
+    def stop(self) -> None:
+        """`slm down` for this stack; idempotent (the last module using it stops it, the session end again)."""
+        from slm_cli import stack
+
+        if not self.stopped:
+            with _environ(SLM_HOME=str(self.home)):
+                stack.down(status=lambda _m: None)
+            self.stopped = True
+
+
+@contextlib.contextmanager
+def _environ(**values: str):
+    """Set environment variables for a block, then put back exactly what was there (or nothing)."""
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+@pytest.fixture(scope="session")
+def shared_stack(tmp_path_factory, write_tiny_configs):
+    """One `slm up` stack (Prefect server, work pool, the deployments and automations of prefect.yaml, a
+    worker; no gateway) for every module that asks: starting it takes 30-80 s on 2 busy cores, so
+    test_stack and test_ui share it. Its SLM_HOME is set only while starting and stopping it; the
+    module-scoped ``stack`` fixture sets it for the modules that use it, so other modules never see it."""
+    from serving.server import free_port
+    from slm_cli import stack
+
+    root = tmp_path_factory.mktemp("stack")
+    home = root / "home"
+    configs = write_tiny_configs(root / "configs", model=STACK_MODEL)
+    policy = yaml.safe_load((stack.project_root() / "configs/monitor.yaml").read_text())
+    policy["retrain_config"] = str(configs / "retrain.yaml")
+    (configs / "monitor.yaml").write_text(yaml.safe_dump(policy))
+    with _environ(SLM_HOME=str(home)):
+        record = stack.up(prefect_port=free_port(), gateway_port=None, status=lambda _m: None)
+    shared = SharedStack(record=record, configs=configs, home=home)
+    try:
+        yield shared
+    finally:
+        shared.stop()
+
+
+@pytest.fixture(scope="module")
+def stack(request, shared_stack):
+    """``(record, configs)`` of the shared stack, with SLM_HOME pointing at its home for the whole module:
+    flows run in-process and ``open_registry()`` then see the same registry as the stack's worker.
+
+    The last module of the run that uses it stops the stack: left up until the session ends, its worker
+    would run the scheduled monitor (every 15 min) while the unit tests run on the same two cores."""
+    with _environ(SLM_HOME=str(shared_stack.home)):
+        yield shared_stack.record, shared_stack.configs
+    if not _used_after(request, "stack"):
+        shared_stack.stop()
+
+
+def _used_after(request: pytest.FixtureRequest, fixture: str) -> bool:
+    """Whether a test collected after this module's tests asks for ``fixture``."""
+    items = request.session.items
+    last = max(i for i, item in enumerate(items) if getattr(item, "module", None) is request.module)
+    return any(fixture in getattr(item, "fixturenames", ()) for item in items[last + 1:])

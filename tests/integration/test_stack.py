@@ -6,39 +6,13 @@ which the worker runs to a registered version. Nothing here calls the retrain fl
 
 from __future__ import annotations
 
-import os
 import time
 
 import pytest
-import yaml
 
 pytestmark = [pytest.mark.prefect, pytest.mark.slow]
 
-MODEL = "intent-router"
-
-
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory, write_tiny_configs):
-    from serving.server import free_port
-    from slm_cli import stack
-
-    root = tmp_path_factory.mktemp("stack")
-    saved = {k: os.environ.get(k) for k in ("SLM_HOME", "PREFECT_API_URL")}
-    os.environ["SLM_HOME"] = str(root / "home")
-    configs = write_tiny_configs(root / "configs", model=MODEL)
-    policy = yaml.safe_load((stack.project_root() / "configs/monitor.yaml").read_text())
-    policy["retrain_config"] = str(configs / "retrain.yaml")
-    (configs / "monitor.yaml").write_text(yaml.safe_dump(policy))
-    record = stack.up(prefect_port=free_port(), gateway_port=None, status=lambda _m: None)
-    try:
-        yield record, configs
-    finally:
-        stack.down(status=lambda _m: None)
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+MODEL = "intent-router"  # the model the shared stack's tiny configs name (conftest STACK_MODEL)
 
 
 def on_stack(record):

@@ -103,3 +103,41 @@ def test_read_jsonl_names_missing_columns(tmp_path):
     path.write_text('{"text": "a", "completion": "b"}\n')
     with pytest.raises(DataFileError, match="missing column\\(s\\) prompt; found text, completion"):
         read_jsonl(path)
+
+
+def test_unicode_line_breaks_inside_a_string_do_not_split_the_row(tmp_path):
+    """JSON allows U+2028, U+2029 and U+0085 unescaped in strings, and write_jsonl writes them raw: a row
+    holding one is one row, not two broken halves."""
+    pairs = [Pair(prompt="line\u2028sep\u2029para\x85nel", completion="card_arrival")] + PAIRS
+    path = write_jsonl(tmp_path / "breaks.jsonl", pairs)
+    assert "\u2028".encode() in path.read_bytes()
+    assert read_jsonl(path) == pairs
+    (tmp_path / "crlf.jsonl").write_bytes(path.read_bytes().replace(b"\n", b"\r\n"))
+    assert read_jsonl(tmp_path / "crlf.jsonl") == pairs
+
+
+@pytest.mark.parametrize(("content", "rule"), [
+    (b'{"prompt": "top up \\ud800 failed", "completion": "b"}\n', "valid_unicode"),
+    (b'{"prompt": "a", "completion": "b"}\n{"prompt": "a",\n', "json_syntax"),
+    (b'"just a string"\n', "json_objects"),
+    ("caf\u00e9".encode("latin-1"), "utf8_text"),
+    (b"", "min_rows"),
+])
+def test_unreadable_files_name_the_broken_rule(tmp_path, content, rule):
+    path = tmp_path / "data.jsonl"
+    path.write_bytes(content)
+    with pytest.raises(DataFileError) as caught:
+        load_pairs(path)
+    assert caught.value.rule == rule
+
+
+def test_a_surrogate_pair_is_text_and_loads(tmp_path):
+    path = tmp_path / "emoji.jsonl"
+    path.write_bytes(b'{"prompt": "card \\ud83d\\ude00 lost", "completion": "lost_or_stolen_card"}\n')
+    assert read_jsonl(path)[0].prompt == "card \U0001f600 lost"
+
+
+def test_empty_objects_are_rows_without_columns_not_an_empty_file(tmp_path):
+    path = tmp_path / "empty-objects.jsonl"
+    path.write_bytes(b"{}\n{}\n{}\n")
+    assert load_pairs(path).shape == (3, 0)
