@@ -7,9 +7,15 @@
    micro-batcher; tokens/s and p99 latency for (a) the challenger's adapter merged into the base weights
    (one plain model), (b) champion + challenger unmerged at 90/10 and (c) at 50/50 (mixed batches).
 3. The 90/10 split on N requests through the gateway: observed share, stickiness, log completeness.
+   (Two versions against one merged model at concurrency 1/8/32 has its own script now, with ``--device``:
+   bench/two_versions_bench.py. Section 2 here is kept for the figures of issue #3.)
+4. ``--overhead`` (issue #8, item 1): what routing + logging add, and what LiteLLM's proxy adds, in one
+   interleaved run — see :func:`overhead`.
 
-Needs a registry with a base champion (v1) and an adapter version (run `make demo` first).
+Needs a registry with a base champion (v1) and an adapter version (run `make demo` first); ``--overhead`` builds
+a temporary one from the cached demo base when there is none.
 Run: ``.venv/bin/python bench/gateway_bench.py [--latency-requests 300] [--split-requests 10000]``
+     ``.venv/bin/python bench/gateway_bench.py --overhead [--litellm .venv-bench/bin/litellm] [--rounds 5]``
 """
 
 from __future__ import annotations
@@ -154,7 +160,19 @@ def main() -> None:
     parser.add_argument("--latency-requests", type=int, default=300)
     parser.add_argument("--split-requests", type=int, default=10_000)
     parser.add_argument("--seconds", type=float, default=8.0, help="per throughput cell")
+    parser.add_argument("--overhead", action="store_true", help="only section 4: routing+logging and LiteLLM")
+    parser.add_argument("--rounds", type=int, default=5, help="--overhead: interleaved rounds")
+    parser.add_argument("--requests", type=int, default=400, help="--overhead: requests per path per round")
+    parser.add_argument("--litellm", default=str(Path(__file__).resolve().parents[1] / ".venv-bench/bin/litellm"),
+                        help="--overhead: the litellm CLI (its own venv: it conflicts with the pins)")
+    parser.add_argument("--real-model", action="store_true",
+                        help="--overhead: generate with the model instead of a constant answer")
     args = parser.parse_args()
+    if args.overhead:
+        import gateway_overhead
+
+        print(json.dumps(gateway_overhead.main(args), indent=2))
+        return
 
     from registry.service import open_registry
     from serving.app import build_app, load_serve_config

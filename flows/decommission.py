@@ -48,6 +48,13 @@ class DecommissionOutcome(Frozen):
 @flow(name="decommission", log_prints=True)
 def decommission(model: str | None = None, policy_path: str = "configs/retention.yaml",
                  dry_run: bool = False) -> DecommissionOutcome:
+    """Retire the versions the retention policy lets go; never an aliased, split or rollout version.
+
+    Args:
+        model: registry model; empty: SLM_MODEL_NAME
+        policy_path: retention policy YAML (lifecycle.retention.RetentionPolicy), relative to the project root
+        dry_run: plan and report only: nothing changes, nothing is audited
+    """
     plan = plan_decommission(model, policy_path, dry_run)
     to_retire = [d for d in plan.decisions if d.action == "retire"]
     outcomes = [] if dry_run else [retire(plan, d) for d in to_retire]

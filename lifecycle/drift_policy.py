@@ -122,8 +122,8 @@ class DriftPolicy(Frozen):
 
 
 class MonitorParams(BaseModel):
-    """Parameters of the monitor flow: flat, so the Prefect UI draws a form. The window is
-    ``[since, until)``; ``until`` defaults to now and ``since`` to ``hours`` before ``until``."""
+    """Parameters of the monitor flow: flat, so the Prefect UI draws a form. The window runs from since
+    (included) to until (excluded); until defaults to now and since to `hours` before until."""
 
     model: str | None = Field(default=None, description="registry model; default SLM_MODEL_NAME")
     hours: float = Field(default=24, gt=0, description="window length when `since` is not given")

@@ -28,9 +28,11 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -268,6 +270,21 @@ class Story:
             raise DemoError(f"{what} ended {run.state.name}: {run.state.message}; see {self.record.logs['worker']}")
         return run
 
+    def wait_grace(self, policy_file: str) -> None:
+        """Let the newest version's settling age reach the policy's grace period (seconds, in the demo's policy):
+        decommissioning a version that settled a moment ago is refused, by design."""
+        from registry.service import open_registry
+        from tasks.decommission import load_policy
+
+        policy, _path = load_policy(policy_file)
+        with open_registry() as registry:
+            events = [e for e in registry.store.audit_events() if e.action == "version.status"]
+        if events:
+            settled = datetime.fromisoformat(events[-1].ts)
+            wait = policy.retire_after_days * 86_400 + 1 - (datetime.now(UTC) - settled).total_seconds()
+            if wait > 0:
+                time.sleep(wait)
+
     # -- the registry ----------------------------------------------------------------------------------------
     def audit_after(self, action: str, seq: int):
         from registry.service import open_registry
@@ -333,10 +350,11 @@ def tell(scale: Scale, *, keep: bool = False, console: Console | None = None) ->
     os.environ["PREFECT_API_URL"] = record.api_url  # this process's flow runs go to the stack's server too
     prefect_env()
     story = Story(scale, console, record)
-    story.hold_schedules(["monitor/monitor", "decommission/decommission"])
-    console.print("   the monitor's and decommission's schedules are paused for the story, which starts their runs")
-    story.result.steps["up"] = round(time.perf_counter() - step_start, 1)
     try:
+        story.hold_schedules(["monitor/monitor", "decommission/decommission"])
+        console.print("   the monitor's and decommission's schedules are paused for the story, which starts their "
+                      "runs")
+        story.result.steps["up"] = round(time.perf_counter() - step_start, 1)
         _tell(story)
     finally:
         if story.load is not None:
@@ -417,6 +435,7 @@ def _tell(story: Story) -> None:
 
     story.step(8, f"decommission: the retention policy ({scale.retention}) retires what nothing holds")
     with story.timed("decommission"):
+        story.wait_grace(scale.retention)
         story.run_deployment("decommission/decommission", {"model": MODEL, "policy_path": scale.retention},
                              "decommission")
     result.retired = _retired()
@@ -426,7 +445,7 @@ def _tell(story: Story) -> None:
 
 def _phase_line(version: str, phase: str, failed: list[str]) -> str:
     colour = "green" if phase == "promoted" else "red"
-    lines = [f"[{colour}]{version} {phase.replace('_', ' ')}[/{colour}]"] + [f"  {r}" for r in failed]
+    lines = [f"[{colour}]{version} {phase.replace('_', ' ')}[/{colour}]"] + [f"  {escape(r)}" for r in failed]
     return "\n   ".join(lines)
 
 
@@ -460,6 +479,15 @@ def _retired() -> list[str]:
                 if v.status.value in ("archived", "decommissioned")]
 
 
+def _write_report(registry) -> Path:
+    from lifecycle.settings import get_settings
+    from reporting.publish import default_path, write_report
+
+    path = default_path(get_settings().home, MODEL)
+    write_report(registry.store, MODEL, path)
+    return path
+
+
 def _finish(story: Story) -> None:
     from registry.service import open_registry
 
@@ -479,10 +507,12 @@ def _finish(story: Story) -> None:
                           scores.get("golden-before", "—"), scores.get("golden-drifted", "—"),
                           result.rollouts.get(version.ref, "—"))
         audit = registry.store.verify_audit()
+        result.report = str(_write_report(registry))
     result.audit_ok, result.audit_events = audit.ok, audit.checked
     story.console.print(table)
     colour = "green" if audit.ok else "red"
     story.note(f"audit chain [{colour}]{'intact' if audit.ok else 'BROKEN'}[/{colour}] ({audit.checked} events); "
                f"{story.load.counts['requests']} requests, {story.load.counts['errors']} failed")
+    story.note(f"report: {result.report}")
     story.note(f"Prefect UI: {story.record.ui_url} (deployments, flow runs, artifacts); "
                f"registry: SLM_HOME={result.home} slm registry list")

@@ -27,7 +27,8 @@ from tasks.events import resource
 
 
 class RolloutParams(Frozen):
-    """What the rollout deployment takes; the ``slm.candidate.published`` trigger fills ``version``."""
+    # Plain text, no rST markup: the Prefect UI shows this docstring above the deployment's run form.
+    """What the rollout deployment takes; the slm.candidate.published trigger fills the version and the plan."""
 
     version: str = Field(description="the candidate to roll out, MODEL:vN (as in the published event's payload)")
     plan: str = Field(default="configs/rollout.yaml", description="the rollout plan (YAML), relative to the repo")

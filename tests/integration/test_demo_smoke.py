@@ -11,6 +11,7 @@ retired it, and the audit chain holds.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -26,16 +27,21 @@ MODEL = "intent-router"
 
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory):
+    """Run `slm demo --smoke --keep`; the stack it leaves up is looked at in the browser, then stopped."""
     home = tmp_path_factory.mktemp("demo-smoke")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "SLM_"))}
     env.update({"SLM_HOME": str(home), "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
                 # The built base model is keyed by its config and data hashes: share `make demo`'s cache.
                 "SLM_CACHE_DIR": os.environ.get("SLM_CACHE_DIR", str(project_root() / ".slm" / "cache"))})
-    done = subprocess.run([sys.executable, "-m", "slm_cli.main", "demo", "--smoke"], cwd=project_root(), env=env,
-                          capture_output=True, text=True, timeout=1500)
-    print(done.stdout[-6000:])
-    assert done.returncode == 0, f"slm demo --smoke failed:\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}"
-    return home / "demo", done.stdout
+    try:
+        done = subprocess.run([sys.executable, "-m", "slm_cli.main", "demo", "--smoke", "--keep"],
+                              cwd=project_root(), env=env, capture_output=True, text=True, timeout=1800)
+        print(done.stdout[-6000:])
+        assert done.returncode == 0, f"slm demo --smoke failed:\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}"
+        yield home / "demo", done.stdout
+    finally:  # the demo's own home: `slm down` stops exactly what the demo started
+        subprocess.run([sys.executable, "-m", "slm_cli.main", "down"], cwd=project_root(),
+                       env={**env, "SLM_HOME": str(home / "demo")}, capture_output=True, timeout=120)
 
 
 @pytest.fixture
@@ -53,7 +59,7 @@ def test_the_story_ends_with_v2_champion_and_the_forgetful_v3_rolled_back_and_re
     assert registry.store.get_alias(MODEL, "champion") == 2
     assert registry.store.get_alias(MODEL, "previous") == 1
     assert versions[2].status.value == "promoted"
-    assert versions[3].status.value == "archived"  # rolled back, then retired by the retention policy
+    assert versions[3].status.value == "decommissioned"  # rolled back, then retired: weights archived, tombstone
     from registry.traffic import get_split
 
     split = get_split(registry.store, MODEL)
@@ -80,3 +86,25 @@ def test_the_audit_chain_holds_and_the_summary_says_so(registry, smoke):
     assert audit.ok and audit.checked > 20
     assert "audit chain intact" in smoke[1]
     assert "0 failed" in smoke[1]  # no simulated user saw an error, through every split change
+
+
+def test_the_prefect_ui_shows_the_story(smoke, tmp_path):
+    """What a person opening the UI after `make demo --keep` sees: the deployments, the runs the story made
+    (monitor, the retrain the automation started, the rollouts the candidate events started, decommission) and
+    the lifecycle report's artifact."""
+    import httpx
+
+    from tests.integration.ui import check_ui, find_chromium
+
+    find_chromium()
+    record = json.loads((smoke[0] / "run" / "stack.json").read_text())
+    runs = httpx.post(f"{record['api_url']}/flow_runs/filter", json={"limit": 50}, timeout=30).json()
+    by_deployment = httpx.post(f"{record['api_url']}/deployments/filter", json={}, timeout=30).json()
+    names = {d["id"]: d["name"] for d in by_deployment}
+    story = [(names.get(r["deployment_id"]), r["name"]) for r in runs if r["state_type"] == "COMPLETED"]
+    made = sorted(d for d, _ in story if d)
+    assert made == ["decommission", "monitor", "retrain", "retrain", "rollout", "rollout"], made
+    check_ui(record["ui_url"], ["retrain", "rollout", "monitor", "decommission", "bootstrap"],
+             expect_flow_run_names=[name for d, name in story if d in ("retrain", "rollout")],
+             expect_artifact_keys=["lifecycle-report-intent-router"], screenshot_dir=tmp_path / "screenshots",
+             ui_prefix="/v2")

@@ -1,0 +1,160 @@
+"""Models, data and measurement helpers shared by the issue-8 benchmarks (train_bench, two_versions_bench).
+
+Why a module of its own: the GPU check (bench/gpu_check.sh) runs on a machine that has torch, transformers and
+peft but no web-server packages and no download access, so everything here builds from config and the bundled
+BANKING77 files, and imports only ``lifecycle`` (pydantic, yaml) and ``training`` — never fastapi, uvicorn,
+httpx or prefect (gpu_check.sh proves it by running the benchmarks with those imports blocked, bench/noweb.py).
+
+Shapes:
+
+- ``tiny``: hidden 64, 2 layers (~0.3M parameters with the 2,000-token BPE vocabulary). Random init.
+  For dry runs and unit-sized checks.
+- ``demo``: the shape of ``configs/base_model.yaml`` (~1.2M parameters). The pretrained demo base from
+  ``.slm/cache`` when one is there (what ``make demo`` serves and retrains), else random init.
+- ``smollm2-135m``: SmolLM2-135M's shape (hidden 576, 30 layers, 9 heads, 3 KV heads, MLP 1536, vocabulary
+  49,152, tied embeddings, RoPE theta 100,000), random init. The byte-level BPE tokenizer uses only the first
+  2,000 ids; the other rows of the embedding and output head still cost what they cost in the real model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+SHAPE_NAMES = ("tiny", "demo", "smollm2-135m")
+TOKENIZER_VOCAB = 2000
+MAX_LENGTH = 192  # the demo base's tokenizer limit: longest BANKING77 row is ~150 tokens
+
+
+@dataclass(frozen=True)
+class Shape:
+    hidden: int
+    intermediate: int
+    layers: int
+    heads: int
+    kv_heads: int
+    vocab: int | None  # None: the tokenizer's size
+    tie: bool
+    positions: int
+    rope_theta: float = 10_000.0
+
+
+SHAPES = {
+    "tiny": Shape(hidden=64, intermediate=128, layers=2, heads=4, kv_heads=4, vocab=None, tie=False, positions=256),
+    "demo": Shape(hidden=128, intermediate=256, layers=4, heads=4, kv_heads=4, vocab=None, tie=False, positions=256),
+    "smollm2-135m": Shape(hidden=576, intermediate=1536, layers=30, heads=9, kv_heads=3, vocab=49_152, tie=True,
+                          positions=8192, rope_theta=100_000.0),
+}
+
+
+def pct(values: list[float], q: float) -> float:
+    """Nearest-rank percentile (q in 0..100) of a non-empty list."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
+
+
+def spread(values: list[float], digits: int = 3) -> dict:
+    """Median and range of repeated measurements: on a shared machine one run says little."""
+    return {"median": round(statistics.median(values), digits), "min": round(min(values), digits),
+            "max": round(max(values), digits), "runs": [round(v, digits) for v in values]}
+
+
+def machine(device: str) -> dict:
+    """What ran the benchmark: load average (other people share these cores), threads, versions, GPU."""
+    import torch
+
+    info = {"load_average": [round(x, 2) for x in os.getloadavg()], "cpu_count": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(), "python": platform.python_version(),
+            "torch": torch.__version__, "device": device}
+    if device.startswith("cuda"):
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def emit(report: dict, json_out: Path | None) -> None:
+    """Print the report as JSON (the last thing a bench prints) and keep a copy when asked."""
+    text = json.dumps(report, indent=2)
+    if json_out:
+        json_out.write_text(text)
+    print(text)
+
+
+def require_device(device: str) -> None:
+    import torch
+
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise SystemExit(f"--device {device} asked for, but torch {torch.__version__} sees no CUDA device "
+                         f"(CUDA build: {torch.version.cuda}); use --device cpu or run on a GPU machine")
+
+
+def task_pairs(train_rows: int | None = None, eval_rows: int = 300):
+    """The demo retrain's data (every drifted row + 3,000 replayed "before" rows) and a held-out eval set
+    (golden items of both worlds, never trained on)."""
+    from lifecycle.task import load_task
+    from training.task_data import retrain_mix, split_worlds
+
+    spec = load_task(REPO / "configs/task.yaml", REPO)
+    worlds = split_worlds(spec)
+    train = retrain_mix(worlds.drifted_labelled, worlds.before_train, 3000, seed=0)
+    if train_rows is not None:
+        train = train[:train_rows]
+    half = eval_rows // 2
+    return train, worlds.golden_before[:half] + worlds.golden_drifted[: eval_rows - half]
+
+
+def cached_demo_base() -> Path | None:
+    """The pretrained demo base ``make demo`` leaves in ``.slm/cache``, if any (newest first)."""
+    home = Path(os.environ.get("SLM_HOME", REPO / ".slm"))
+    found = sorted((home / "cache").glob("base-*/model.safetensors"), key=lambda p: p.stat().st_mtime, reverse=True)
+    return found[0].parent if found else None
+
+
+def build_base(shape_name: str, out_dir: Path, seed: int = 0) -> tuple[Path, str]:
+    """A base model folder for ``shape_name`` (loads with AutoModelForCausalLM/AutoTokenizer) and where it came
+    from. ``demo`` reuses the pretrained cached base when present; everything else is random init."""
+    if shape_name not in SHAPES:
+        raise SystemExit(f"unknown shape {shape_name!r}; choose one of {', '.join(SHAPE_NAMES)}")
+    if shape_name == "demo" and (cached := cached_demo_base()) is not None:
+        return cached, f"pretrained demo base {cached.name}"
+    import torch
+    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+
+    from lifecycle.prompting import INTENT_V1
+    from training.tokenizer import train_tokenizer
+
+    shape = SHAPES[shape_name]
+    train, _ = task_pairs()
+    tokenizer = train_tokenizer(("".join(INTENT_V1.training_text(p.prompt, p.completion)) for p in train),
+                                TOKENIZER_VOCAB, model_max_length=MAX_LENGTH)
+    pad, eos = tokenizer.pad_token_id, tokenizer.eos_token_id
+    config = LlamaConfig(vocab_size=shape.vocab or len(tokenizer), hidden_size=shape.hidden,
+                         intermediate_size=shape.intermediate, num_hidden_layers=shape.layers,
+                         num_attention_heads=shape.heads, num_key_value_heads=shape.kv_heads,
+                         max_position_embeddings=shape.positions, tie_word_embeddings=shape.tie,
+                         rope_theta=shape.rope_theta, rms_norm_eps=1e-5,
+                         pad_token_id=pad, bos_token_id=eos, eos_token_id=eos)
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(config)
+    model.generation_config = GenerationConfig(pad_token_id=pad, eos_token_id=eos, bos_token_id=eos, do_sample=False)
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    n = sum(p.numel() for p in model.parameters())
+    (out_dir / "bench_shape.json").write_text(json.dumps({"shape": shape_name, "parameters": n}))
+    return out_dir, f"random init from config, {n / 1e6:.1f}M parameters"
+
+
+def parameters(base_dir: Path) -> int:
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(base_dir, local_files_only=True)
+    with __import__("torch").device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    return sum(p.numel() for p in model.parameters())

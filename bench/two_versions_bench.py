@@ -1,0 +1,193 @@
+"""Two live versions against one merged model, through the in-process backend (issue #8, item 2).
+
+The question: what does serving champion + challenger side by side cost against serving one model? Cells, each a
+closed loop of ``concurrency`` callers through ``serving.batcher.MicroBatcher`` (max batch 32, as the gateway)
+into ``serving.backend.InProcessBackend`` — the code the gateway serves with — for ``--seconds``:
+
+- ``one``: the baseline, the challenger's adapter merged into the base weights, served alone (one plain model);
+- ``merged_90_10`` / ``merged_50_50``: champion + challenger on one backend in ``adapter_mode="merged"``
+  (a merged copy per version: what ``auto`` picks for small models), split 90/10 and 50/50 by caller request;
+- ``unmerged_90_10`` / ``unmerged_50_50``: the same in ``adapter_mode="unmerged"`` (one base, peft adapters).
+
+Both versions are real adapters, trained by ``training.lora.train_lora`` with the shipped recipe for
+``--adapter-steps`` (champion seed 1, challenger seed 0) — as after the first promotion, when the champion is an
+adapter too. Why not the bare base as champion: on the random-init shapes the bare base never writes the stop
+token, so its rows would always run to ``max_new_tokens`` while the adapters stop early, and tokens/s would
+compare output lengths, not serving cost. Each cell reports tokens per request so that stays visible.
+Prompts are held-out BANKING77 queries. Cells run interleaved — every round visits every cell, the order rotating
+— and the report gives medians and ranges over rounds, and ratios to ``one`` (per round and of medians).
+Only torch/transformers/peft and the project's ``lifecycle``/``training``/``serving.backend``/``serving.batcher``
+are imported, so it runs on a GPU machine without web packages (bench/gpu_check.sh).
+
+Run:  ``.venv/bin/python bench/two_versions_bench.py --shape demo [--device cuda] [--seconds 4 --rounds 3]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import shapes  # noqa: E402  (bench/ is not a package; the path line above makes this import work)
+
+CHAMPION, CHALLENGER = "champion", "challenger"
+SPLITS = {"90_10": 0.9, "50_50": 0.5}
+
+
+def closed_loop(batcher, prompts: list[str], versions: tuple[str | None, str | None], champion_share: float,
+                concurrency: int, seconds: float) -> dict:
+    """``concurrency`` callers, each sending its next request when the last one returns; a request goes to
+    ``versions[0]`` (the champion) when a deterministic spread over [0, 1) falls under ``champion_share``, else to
+    ``versions[1]``. ``None`` is a backend's bare model (the baseline's merged model)."""
+    tokens, latencies, lock = [0], [], threading.Lock()
+    stop = time.monotonic() + seconds
+
+    def caller(k: int) -> None:
+        i = 0
+        while time.monotonic() < stop:
+            u = ((k * 7919 + i * 104729) % 10_000) / 10_000
+            adapter = versions[0] if u < champion_share else versions[1]
+            t = time.perf_counter()
+            gen = batcher.submit(prompts[(k * 31 + i) % len(prompts)], adapter).result()
+            with lock:
+                latencies.append((time.perf_counter() - t) * 1000)
+                tokens[0] += gen.completion_tokens
+            i += 1
+
+    start = time.monotonic()
+    threads = [threading.Thread(target=caller, args=(k,)) for k in range(concurrency)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    elapsed = time.monotonic() - start
+    return {"tokens_per_s": round(tokens[0] / elapsed, 1), "tokens_per_request": round(tokens[0] / len(latencies), 2),
+            "p50_ms": round(shapes.pct(latencies, 50), 2),
+            "p99_ms": round(shapes.pct(latencies, 99), 2), "requests": len(latencies),
+            "load_1min": round(os.getloadavg()[0], 2)}
+
+
+def merge(base_dir: Path, adapter_dir: Path, out: Path) -> Path:
+    """The challenger as one plain model (its adapter folded into the base weights): the baseline."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    base = AutoModelForCausalLM.from_pretrained(base_dir, local_files_only=True)
+    PeftModel.from_pretrained(base, adapter_dir).merge_and_unload().save_pretrained(out)
+    AutoTokenizer.from_pretrained(base_dir, local_files_only=True).save_pretrained(out)
+    return out
+
+
+def train_adapter(base_dir: Path, out: Path, steps: int, seed: int, device: str, threads: int) -> Path:
+    from training.lora import LoraRecipe, train_lora
+
+    recipe = LoraRecipe.from_yaml(shapes.REPO / "configs/recipe_lora.yaml")
+    recipe = recipe.model_copy(update={"max_steps": steps, "log_every": min(recipe.log_every, steps), "seed": seed})
+    train, _ = shapes.task_pairs()
+    train_lora(base_dir, train, recipe, out, threads=threads, device=device)
+    return out
+
+
+def backends(base_dir: Path, merged_dir: Path, adapters: dict[str, Path], modes: list[str], device: str,
+             threads: int):
+    from lifecycle.prompting import INTENT_V1
+    from serving.backend import InProcessBackend
+
+    made = {"one": InProcessBackend(merged_dir, INTENT_V1, threads=threads, device=device, adapter_mode="merged")}
+    for mode in modes:
+        backend = InProcessBackend(base_dir, INTENT_V1, threads=threads, device=device, adapter_mode=mode)
+        for name, folder in adapters.items():
+            backend.load_adapter(name, folder)
+        made[mode] = backend
+    return made
+
+
+def run(shape: str, device: str, concurrency: list[int], seconds: float, rounds: int, threads: int,
+        modes: list[str], adapter_steps: int, work: Path | None = None) -> dict:
+    import torch
+
+    from serving.batcher import MicroBatcher
+
+    shapes.require_device(device)
+    torch.set_num_threads(threads)
+    _, evals = shapes.task_pairs(eval_rows=300)
+    prompts = [p.prompt for p in evals]
+    with tempfile.TemporaryDirectory(dir=work) as tmp:
+        root = Path(tmp)
+        base_dir, origin = shapes.build_base(shape, root / "base")
+        adapters = {name: train_adapter(base_dir, root / name, adapter_steps, seed, device, threads)
+                    for name, seed in ((CHAMPION, 1), (CHALLENGER, 0))}
+        models = backends(base_dir, merge(base_dir, adapters[CHALLENGER], root / "merged"), adapters, modes,
+                          device, threads)
+        cells = [("one", "one", 1.0)] + [(f"{m}_{s}", m, share) for m in modes for s, share in SPLITS.items()]
+        for backend in models.values():  # warm-up: first calls (CUDA context, kernels, allocator) are slow
+            mixed = [None] * 32 if backend is models["one"] else [CHAMPION, CHALLENGER] * 16
+            backend.generate(prompts[:32], mixed)
+        report = {"benchmark": "two live versions vs one merged model", "shape": shape, "base": origin,
+                  "parameters": shapes.parameters(base_dir), "modes": {m: models[m].mode for m in modes},
+                  "seconds_per_cell": seconds, "rounds": rounds, "max_batch": 32,
+                  "machine_before": shapes.machine(device), "results": {}}
+        for c in concurrency:
+            raw: dict[str, list[dict]] = {name: [] for name, _, _ in cells}
+            for r in range(rounds):
+                shift = r % len(cells)
+                for name, key, share in cells[shift:] + cells[:shift]:
+                    batcher = MicroBatcher(models[key].generate, max_batch=32)
+                    versions = (None, None) if key == "one" else (CHAMPION, CHALLENGER)
+                    raw[name].append(closed_loop(batcher, prompts, versions, share, c, seconds))
+                    batcher.close()
+                print(f"concurrency {c} round {r + 1}/{rounds}: "
+                      + ", ".join(f"{n} {raw[n][-1]['tokens_per_s']}" for n in raw), file=sys.stderr, flush=True)
+            report["results"][f"concurrency_{c}"] = summarize(raw)
+        report["machine_after"] = shapes.machine(device)
+    return report
+
+
+def summarize(raw: dict[str, list[dict]]) -> dict:
+    out = {}
+    one = raw["one"]
+    for name, rows in raw.items():
+        cell = {"tokens_per_s": shapes.spread([r["tokens_per_s"] for r in rows], 1),
+                "p99_ms": shapes.spread([r["p99_ms"] for r in rows], 2),
+                "p50_ms_median": round(statistics.median(r["p50_ms"] for r in rows), 2),
+                "tokens_per_request": round(statistics.median(r["tokens_per_request"] for r in rows), 2),
+                "load_1min": [r["load_1min"] for r in rows]}
+        if name != "one":
+            per_round = [r["tokens_per_s"] / o["tokens_per_s"] for r, o in zip(rows, one, strict=True)]
+            cell["ratio_per_round"] = shapes.spread(per_round, 3)
+            cell["ratio_of_medians"] = round(cell["tokens_per_s"]["median"]
+                                             / statistics.median(o["tokens_per_s"] for o in one), 3)
+            cell["target_0_95x_met"] = cell["ratio_of_medians"] >= 0.95
+        out[name] = cell
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (fails loudly when CUDA is absent)")
+    parser.add_argument("--shape", default="demo", choices=shapes.SHAPE_NAMES)
+    parser.add_argument("--concurrency", default="1,8,32", help="comma-separated caller counts")
+    parser.add_argument("--seconds", type=float, default=4.0, help="per cell per round")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (FACTS.md: set it)")
+    parser.add_argument("--modes", default="merged,unmerged", help="backend adapter modes to compare")
+    parser.add_argument("--adapter-steps", type=int, default=60, help="LoRA steps that make each version's adapter")
+    parser.add_argument("--json-out", type=Path, default=None)
+    args = parser.parse_args()
+    report = run(args.shape, args.device, [int(c) for c in args.concurrency.split(",")], args.seconds, args.rounds,
+                 args.threads, args.modes.split(","), args.adapter_steps)
+    shapes.emit(report, args.json_out)
+
+
+if __name__ == "__main__":
+    main()
