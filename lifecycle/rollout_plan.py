@@ -7,7 +7,8 @@ direction and the regression worth catching.
 
 ``decide_stage`` compares the two arms' aggregates over the stage's window (``lifecycle.sequential``):
 
-* a silent arm (zero requests) or fewer requests than the stage's minimum is INCONCLUSIVE: never a pass;
+* a silent arm (no requests, or none answered: every one an infra error) or fewer answered requests than
+  the stage's minimum is INCONCLUSIVE: never a pass;
 * a sample-ratio mismatch of the split is FAIL: the comparison is biased, so nothing it says can be trusted;
 * a rate metric FAILs when the one-sided mSPRT rejects "challenger no worse" (always-valid p <= alpha), at
   any look; it PASSes when the anytime-valid interval rules out a regression as large as the one worth
@@ -235,11 +236,29 @@ def _latency_finding(g: Guardrail, champion: VersionAggregate, challenger: Versi
                           f"{a:.1f} ms)")
 
 
+def _answered(agg: VersionAggregate) -> int:
+    """Requests the version answered (ok or a model error). An infra error (backend down, timeout, circuit
+    open) or a refused input is a request the model never saw: it tells nothing about the model."""
+    return agg.requests - agg.infra_errors - agg.input_errors
+
+
+def _silent(role: str, agg: VersionAggregate) -> Finding | None:
+    # Why answers, not requests: an arm whose backend is down still receives (and logs) its requests, all
+    # infra errors, so its model error rate is 0 of N — which, without this, passed a plan that does not
+    # guard infra_error_rate: a challenger that never answered advanced.
+    if agg.requests == 0:
+        reason = f"the {role} arm received no requests: a silent arm is never a pass"
+    elif _answered(agg) == 0:
+        reason = (f"the {role} arm answered none of its {agg.requests} requests ({agg.infra_errors} infra errors): "
+                  "a silent arm is never a pass")
+    else:
+        return None
+    return Finding(check=f"{role}: traffic", verdict=Verdict.INCONCLUSIVE, observed=0.0, reason=reason)
+
+
 def _traffic_findings(stage: Stage, champion: VersionAggregate,
                       challenger: VersionAggregate) -> tuple[list[Finding], SRMCheck | None]:
-    findings = [Finding(check=f"{role}: traffic", verdict=Verdict.INCONCLUSIVE, observed=0.0,
-                        reason=f"the {role} arm received no requests: a silent arm is never a pass")
-                for role, agg in (("champion", champion), ("challenger", challenger)) if agg.requests == 0]
+    findings = [f for f in (_silent("champion", champion), _silent("challenger", challenger)) if f is not None]
     srm = None
     if stage.share < 100:  # at 100 % the champion serves nothing; its aggregate is a reference window
         # Shadow mirrors every request, so the two arms should see equal counts.
@@ -257,11 +276,12 @@ def _traffic_findings(stage: Stage, champion: VersionAggregate,
             threshold=stage.srm_threshold,
             reason=f"challenger share of {unit} {seen} vs planned {expected:.4f} ({a} / {b}), chi2 {srm.chi2:.2f}, "
                    f"p {srm.p_value:.2g}"))
-    least = min(champion.requests, challenger.requests)
+    least = min(_answered(champion), _answered(challenger))  # answers: the evidence, not the attempts
     enough = least >= stage.min_requests_per_arm
     findings.append(Finding(check="minimum sample", verdict=Verdict.PASS if enough else Verdict.INCONCLUSIVE,
                             observed=float(least), threshold=float(stage.min_requests_per_arm),
-                            reason=f"{least} requests on the smaller arm, need {stage.min_requests_per_arm}"))
+                            reason=f"{least} answered requests on the smaller arm, need "
+                                   f"{stage.min_requests_per_arm}"))
     return findings, srm
 
 
@@ -269,7 +289,7 @@ def decide_stage(plan_stage: Stage, champion: VersionAggregate, challenger: Vers
                  elapsed_s: float) -> StageVerdict:
     """Decide one look at a stage. Pure: the same aggregates and elapsed time give the same verdict."""
     findings, srm = _traffic_findings(plan_stage, champion, challenger)
-    enough = min(champion.requests, challenger.requests) >= plan_stage.min_requests_per_arm
+    enough = min(_answered(champion), _answered(challenger)) >= plan_stage.min_requests_per_arm
     tests: dict[str, RateTest] = {}
     mean_tests: dict[str, MeanDifferenceCS] = {}
     for g in plan_stage.guardrails:

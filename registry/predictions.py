@@ -283,7 +283,9 @@ class PredictionWriter:
                 self._cond.wait(remaining)
             self._queue.append(prediction)
             self._accepted += 1
-            if len(self._queue) == self._max_batch:
+            # Wake the thread on the first row (it sleeps without a timeout on an empty queue, and the flush
+            # interval counts from here) and on a full batch.
+            if len(self._queue) in (1, self._max_batch):
                 self._cond.notify_all()
 
     def flush(self, timeout: float | None = None) -> bool:

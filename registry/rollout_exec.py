@@ -125,7 +125,8 @@ def begin(store: RegistryStore, model: str, candidate: int, plan: RolloutPlan, *
     A rollout the statistics or a person finished (promoted, rolled back) is returned as it is: it never
     runs twice; one an operator aborted starts again from the first stage. Refused (:class:`RolloutRefused`) when
     the candidate is not a ``candidate`` or the model has no champion; another unfinished rollout of the
-    model raises :class:`registry.rollouts.RolloutInProgress`.
+    model raises :class:`registry.rollouts.RolloutInProgress` — and so does a concurrent start of the same
+    candidate that got there first (it runs the rollout; two drivers would carry out the same effects).
     """
     stored = get_rollout(store, model, candidate)
     if stored is None or stored.phase == "aborted":  # an operator's abort may be retried from the start
@@ -138,7 +139,8 @@ def begin(store: RegistryStore, model: str, candidate: int, plan: RolloutPlan, *
             raise RolloutRefused(f"{model} has no champion to compare v{candidate} with; promote one first")
         state, effects = start(model, candidate, champion, plan, _iso(store.clock()))
         state = state.model_copy(update={"pending": effects, "flow_run_id": flow_run_id})
-        stored = start_rollout(store, state, actor=actor)
+        # resume=False: no unfinished row was there a moment ago, so one there now is a concurrent start's.
+        stored = start_rollout(store, state, actor=actor, resume=False)
     elif flow_run_id and stored.flow_run_id != flow_run_id and not stored.terminal:
         stored = save_rollout(store, stored.model_copy(update={"flow_run_id": flow_run_id}), actor=actor,
                               expected_revision=stored.revision)

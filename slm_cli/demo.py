@@ -329,7 +329,7 @@ class Story:
             state = get_rollout(registry.store, ref.model, ref.number)
         plan_stage = state.history[-1].stage if state.history else "?"
         failed = [r for r in (state.history[-1].reasons if state.history else []) if r.startswith("[fail]")]
-        self.result.rollouts[version] = f"{state.phase} at {plan_stage}"
+        self.result.rollouts[version] = f"{state.phase.replace('_', ' ')} at {plan_stage}"
         return state.phase, failed
 
 
@@ -493,17 +493,18 @@ def _finish(story: Story) -> None:
 
     result = story.result
     story.step(9, "the end")
-    table = Table("version", "status", "aliases", "golden-before", "golden-drifted", "rollout",
-                  title="the registry after the story")
+    table = Table("version", "status", "aliases", "before", "drifted", "rollout",
+                  title=f"{MODEL} after the story (exact match on the golden sets)")
     with open_registry() as registry:
         aliases: dict[int, list[str]] = {}
         for alias in ("champion", "previous", "challenger"):
             number = registry.store.get_alias(MODEL, alias)
             if number is not None:
                 aliases.setdefault(number, []).append(alias)
-        for version in registry.store.list_versions(MODEL):
+        for listed in registry.store.list_versions(MODEL):
+            version = registry.get(listed.ref)  # with its evals
             scores = {e.benchmark: f"{e.exact_match:.3f}" for e in version.evals}
-            table.add_row(version.ref, version.status.value, ", ".join(aliases.get(version.number, [])) or "—",
+            table.add_row(f"v{version.number}", version.status.value, ", ".join(aliases.get(version.number, [])) or "—",
                           scores.get("golden-before", "—"), scores.get("golden-drifted", "—"),
                           result.rollouts.get(version.ref, "—"))
         audit = registry.store.verify_audit()

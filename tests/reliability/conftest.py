@@ -52,3 +52,14 @@ def tiny_registry(slm_home, tiny_base_model) -> Path:
     return slm_home
 
 
+
+
+@pytest.fixture(scope="module")
+def weightless_candidate(weightless_champion) -> Path:
+    """v2 beside the weightless champion: a candidate on the same (never loaded) base, for an upstream to serve."""
+    from registry.service import open_registry
+
+    with open_registry() as reg:
+        lineage = reg.get(f"{MODEL}:v1").lineage
+        register_base_version(reg, MODEL, lineage.model_copy(update={"parent": f"{MODEL}:v1"}), "reliability candidate")
+    return weightless_champion

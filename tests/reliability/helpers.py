@@ -75,3 +75,91 @@ def write_golden_sets(home: Path) -> dict[str, list[Pair]]:
     for name, pairs in golden.items():
         write_jsonl(home / "data" / f"{name}.jsonl", pairs)
     return golden
+
+
+class FakeUpstream:
+    """An OpenAI-compatible upstream on loopback (the two endpoints the gateway's upstream backend calls), its
+    behaviour set per model name: ``ok`` answers ``answer``, ``error`` answers 500, ``slow`` waits ``slow_s``
+    before answering. ``received`` counts the completions asked of each name: what reached the backend.
+
+    ``with FakeUpstream({...}) as up:`` serves; ``up.stop()`` closes the port (connection refused from then on),
+    ``up.start()`` opens it again on the same port. HTTP/1.0, so no kept-alive connection outlives a stop.
+    """
+
+    def __init__(self, modes: dict[str, str], answer: str = "card_arrival", slow_s: float = 5.0) -> None:
+        import threading
+        from collections import Counter
+
+        self.modes, self.answer, self.slow_s = dict(modes), answer, slow_s
+        self.received: Counter[str] = Counter()
+        self.release = threading.Event()  # set on exit: slow handlers stop waiting
+        self.port: int | None = None
+        self._server = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def start(self) -> None:
+        import threading
+        from http.server import ThreadingHTTPServer
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", self.port or 0), _upstream_handler(self))
+        self._server.daemon_threads = True
+        self.port = self._server.server_address[1]
+        threading.Thread(target=self._server.serve_forever, name="fake-upstream", daemon=True).start()
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+    def __enter__(self) -> FakeUpstream:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release.set()
+        self.stop()
+
+
+def _upstream_handler(upstream: FakeUpstream):
+    import json
+    from http.server import BaseHTTPRequestHandler
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args) -> None:  # keep the test output quiet
+            pass
+
+        def _send(self, status: int, body: dict) -> None:
+            data = json.dumps(body).encode()
+            try:
+                self.send_response(status)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+            except OSError:
+                pass  # the client gave up (timed out) before the answer: what a slow server sees
+
+        def do_GET(self) -> None:
+            self._send(200, {"object": "list", "data": [{"id": name, "object": "model"} for name in upstream.modes]})
+
+        def do_POST(self) -> None:
+            body = json.loads(self.rfile.read(int(self.headers.get("content-length", 0))) or b"{}")
+            name = body.get("model")
+            upstream.received[name] += 1
+            mode = upstream.modes.get(name)
+            if mode == "slow":
+                upstream.release.wait(upstream.slow_s)
+            if mode == "error":
+                self._send(500, {"error": {"message": "CUDA error: device-side assert", "type": "server_error"}})
+            elif mode is None:
+                self._send(404, {"error": {"message": f"model {name} not found", "type": "invalid_request_error"}})
+            else:
+                self._send(200, {"id": "cmpl-fake", "object": "text_completion", "model": name,
+                                 "choices": [{"index": 0, "text": upstream.answer, "finish_reason": "stop"}],
+                                 "usage": {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7}})
+
+    return Handler

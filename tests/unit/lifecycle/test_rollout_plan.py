@@ -230,3 +230,28 @@ def test_the_split_is_checked_on_callers_when_the_log_counts_them():
     by_callers = decide_stage(canary, champion, challenger, 60)
     assert not by_callers.srm.mismatch
     assert any(f.check == "sample ratio" and "share of callers" in f.reason for f in by_callers.findings)
+
+
+MODEL_ERRORS_ONLY = Stage(
+    name="canary", share=50, min_requests_per_arm=100, max_duration_s=3600,
+    guardrails=[{"metric": "model_error_rate", "direction": "lower_is_better", "regression": 0.04}])
+
+
+@pytest.mark.parametrize(("challenger", "check"), [
+    (agg(600, infra=600), "challenger: traffic"),  # backend down: every request an infra error, 0 model errors
+    (agg(600, infra=550), "minimum sample"),  # 50 answers: below the minimum of 100, however many attempts
+], ids=["all-infra-errors", "too-few-answers"])
+def test_an_arm_that_does_not_answer_never_passes_even_unguarded(challenger, check):
+    """A plan without an infra_error_rate guardrail: a down challenger's model error rate is 0 of 600 — it
+    advanced before requests were counted by answers."""
+    v = decide_stage(MODEL_ERRORS_ONLY, agg(600, 3), challenger, 60)
+    assert (v.verdict, v.action) == (Verdict.INCONCLUSIVE, "hold"), v.reasons()
+    assert any(f.check == check and f.verdict is Verdict.INCONCLUSIVE for f in v.findings), v.reasons()
+    control = decide_stage(MODEL_ERRORS_ONLY, agg(600, 3), agg(600, 3, role="challenger"), 60)
+    assert control.action == "advance", control.reasons()  # the same arm answering does pass
+
+
+def test_a_down_challenger_rolls_back_where_the_plan_guards_infra_errors():
+    v = decide_stage(stage("canary-50"), agg(600, 6, fb=GOOD_FB), agg(600, infra=600), 60)
+    assert (v.verdict, v.action) == (Verdict.FAIL, "rollback"), v.reasons()
+    assert any(f.check == "infra_error_rate" and f.verdict is Verdict.FAIL for f in v.findings)

@@ -142,3 +142,19 @@ def test_read_back_carries_the_stored_revision(store):
     start_rollout(store, fresh(2), actor="flow")
     got = get_rollout(store, "router", 2)
     assert isinstance(got, RolloutState) and got.revision == 1
+
+
+def test_a_start_that_finds_a_concurrent_start_of_the_same_candidate_is_refused(store):
+    """``resume=False`` (what ``rollout_exec.begin`` passes after reading no row): the row that appeared in
+    between belongs to a concurrent start of the same candidate, which drives it; returning it would give
+    the rollout two drivers. Resume (the default) still returns it, and a finished rollout is returned as is."""
+    register(store)
+    running = start_rollout(store, fresh(2), actor="flow-a")
+    with pytest.raises(RolloutInProgress, match=r"v2 \(phase running") as refused:
+        start_rollout(store, fresh(2), actor="flow-b", resume=False)
+    assert refused.value.running == running
+    assert start_rollout(store, fresh(2), actor="flow-b") == running
+    done = save_rollout(store, step(running, "rollback"), actor="flow-a", expected_revision=1)
+    assert start_rollout(store, fresh(2), actor="flow-b", resume=False) == done
+    assert [e.action for e in store.audit_events() if e.action.startswith("rollout.")] == [
+        "rollout.started", "rollout.state"]

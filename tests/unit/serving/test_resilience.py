@@ -230,3 +230,13 @@ def test_breaker_counts_timeouts_as_failures(clock):
     finally:
         release.set()
     assert breaker.state is CircuitState.OPEN
+
+
+def test_a_backend_timeout_is_a_timeout_and_an_infra_failure(clock):
+    """The gateway maps TimeoutError to 504 and BackendError to 502: a BackendTimeout (the upstream's own HTTP
+    timeout, or call_with_timeout's) must land on 504 wherever it is raised, and still count for the breaker."""
+    assert issubclass(BackendTimeout, TimeoutError) and not issubclass(BackendError, TimeoutError)
+    breaker = CircuitBreaker("b", failure_threshold=1, reset_after_s=1.0, clock=clock)
+    with pytest.raises(TimeoutError, match="timed out after 0.5 s"), breaker.guard():
+        raise BackendTimeout("upstream timed out after 0.5 s")
+    assert breaker.state is CircuitState.OPEN
