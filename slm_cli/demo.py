@@ -186,32 +186,6 @@ class Story:
             raise DemoError(f"the gateway fails most requests ({errors} errors); see {self.record.logs['gateway']}")
 
     # -- Prefect ---------------------------------------------------------------------------------------------
-    def hold_schedules(self, deployments: Sequence[str]) -> None:
-        """Deactivate these deployments' schedules and drop their scheduled runs: a monitor run at :15 with the
-        production policy would start a second story (the demo starts the runs itself when the story needs them).
-        """
-        from prefect.client.orchestration import get_client
-        from prefect.client.schemas.filters import (
-            DeploymentFilter,
-            DeploymentFilterName,
-            FlowRunFilter,
-            FlowRunFilterState,
-            FlowRunFilterStateType,
-        )
-        from prefect.client.schemas.objects import StateType
-
-        with get_client(sync_client=True) as client:
-            for name in deployments:
-                deployment = client.read_deployment_by_name(name)
-                for schedule in client.read_deployment_schedules(deployment.id):
-                    client.update_deployment_schedule(deployment.id, schedule.id, active=False)
-                pending = client.read_flow_runs(
-                    deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=[deployment.name])),
-                    flow_run_filter=FlowRunFilter(state=FlowRunFilterState(
-                        type=FlowRunFilterStateType(any_=[StateType.SCHEDULED]))))
-                for run in pending:
-                    client.delete_flow_run(run.id)
-
     def run_deployment(self, name: str, parameters: dict, what: str):
         """Start a deployment's run (as the UI's Run button does) and follow it to its end."""
         from prefect.deployments import run_deployment
@@ -351,7 +325,7 @@ def tell(scale: Scale, *, keep: bool = False, console: Console | None = None) ->
     prefect_env()
     story = Story(scale, console, record)
     try:
-        story.hold_schedules(["monitor/monitor", "decommission/decommission"])
+        stack.hold_schedules(record.api_url, ["monitor/monitor", "decommission/decommission"])
         console.print("   the monitor's and decommission's schedules are paused for the story, which starts their "
                       "runs")
         story.result.steps["up"] = round(time.perf_counter() - step_start, 1)

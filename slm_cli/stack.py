@@ -144,6 +144,29 @@ def up(*, prefect_port: int = 4200, gateway_port: int | None = 8000, worker: boo
     return record
 
 
+def hold_schedules(api_url: str, deployments: list[str]) -> None:
+    """Deactivate the schedules of these deployments (``flow/deployment``) and delete their scheduled runs.
+
+    For stories that start those runs themselves (`slm demo`, the stack tests): a monitor run at :15 with the
+    production policy would otherwise start a retrain of its own in the middle of them.
+    """
+    with httpx.Client(base_url=api_url, timeout=30) as api:
+        for name in deployments:
+            flow, deployment = name.split("/", 1)
+            found = api.get(f"/deployments/name/{flow}/{deployment}")
+            found.raise_for_status()
+            body = found.json()
+            for schedule in body.get("schedules", []):
+                api.patch(f"/deployments/{body['id']}/schedules/{schedule['id']}",
+                          json={"active": False}).raise_for_status()
+            runs = api.post("/flow_runs/filter", json={
+                "deployments": {"id": {"any_": [body["id"]]}},
+                "flow_runs": {"state": {"type": {"any_": ["SCHEDULED"]}}}})
+            runs.raise_for_status()
+            for run in runs.json():
+                api.delete(f"/flow_runs/{run['id']}").raise_for_status()
+
+
 def start_gateway(record: StackRecord, port: int) -> StackRecord:
     """Add the gateway to a running stack (it needs a champion in the registry: `slm bootstrap`)."""
     record.gateway_url = f"http://127.0.0.1:{port}"

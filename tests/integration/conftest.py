@@ -137,6 +137,9 @@ def shared_stack(tmp_path_factory, write_tiny_configs):
         record = stack.up(prefect_port=free_port(), gateway_port=None, status=lambda _m: None)
     shared = SharedStack(record=record, configs=configs, home=home)
     try:
+        # The tests start the monitor themselves: a scheduled run crossing a quarter-hour would start a second
+        # retrain (test_stack expects exactly one) and clutter the UI's runs page.
+        stack.hold_schedules(record.api_url, ["monitor/monitor", "decommission/decommission"])
         yield shared
     finally:
         shared.stop()
