@@ -44,7 +44,7 @@ class RolloutParams(Frozen):
     @classmethod
     def _blank_is_default(cls, value: object) -> object:
         # The trigger templates "{{ event.payload.rollout_plan }}" to "" for an event that names no plan.
-        return "configs/rollout.yaml" if isinstance(value, str) and not value.strip() else value
+        return cls.model_fields["plan"].default if isinstance(value, str) and not value.strip() else value
 
 
 class Approval(RunInput):
