@@ -1,0 +1,17 @@
+"""An automation templates "{{ event.payload.x }}" to "" when an older event has no x: the flows' parameters
+take that blank as "not given" (the config's or the field's default), never as a path named ""."""
+
+from lifecycle.config import RetrainParams
+from tasks.rollout import RolloutParams
+
+
+def test_a_blank_rollout_plan_is_the_default_plan():
+    assert RolloutParams(version="m:v1", plan="").plan == "configs/rollout.yaml"
+    assert RolloutParams(version="m:v1", plan="  ").plan == "configs/rollout.yaml"
+    assert RolloutParams(version="m:v1", plan="configs/rollout-demo.yaml").plan == "configs/rollout-demo.yaml"
+
+
+def test_blank_retrain_overrides_are_unset():
+    params = RetrainParams(data="", gate=" ", rollout_plan="", benchmarks="")
+    assert (params.data, params.gate, params.rollout_plan, params.benchmarks) == (None, None, None, None)
+    assert RetrainParams(rollout_plan="configs/smoke/rollout.yaml").rollout_plan == "configs/smoke/rollout.yaml"
