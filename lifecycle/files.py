@@ -64,6 +64,7 @@ def write_bytes_atomic(path: str | Path, body: bytes) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o644)  # mkstemp makes 0600; the file is a plain artifact or report, readable as open() makes it
         with os.fdopen(fd, "wb") as handle:
             handle.write(body)
             handle.flush()

@@ -20,7 +20,7 @@ from serving.gateway import create_app
 from serving.guardrails import Guardrails
 from serving.live import LiveModel
 from serving.loader import open_backend
-from serving.resilience import CircuitBreaker
+from serving.resilience import CircuitBreakers
 from serving.state import GatewayState
 from serving.upstream import UpstreamBackend
 
@@ -48,8 +48,8 @@ def build_state(config: ServeConfig, registry: Registry | None = None) -> Gatewa
         batcher=MicroBatcher(backend.generate, max_batch=config.max_batch, max_wait_s=config.max_wait_ms / 1000),
         writer=PredictionWriter(store, store_text=config.store_text), predictions=store,
         guardrails=Guardrails(config.guardrails),
-        breaker=CircuitBreaker("in-process", failure_threshold=config.breaker_failures,
-                               reset_after_s=config.breaker_reset_s),
+        breakers=CircuitBreakers("upstream" if config.upstream else "in-process",
+                                 failure_threshold=config.breaker_failures, reset_after_s=config.breaker_reset_s),
         allowed=frozenset(load_task(config.task, project_root()).labels),
         admin_token=os.environ.get("SLM_ADMIN_TOKEN") or None, api_keys=keys)
     state.batcher.on_batch = state.account_batch

@@ -22,7 +22,8 @@ class ServeConfig(Frozen):
     max_wait_ms: float = Field(default=0.0, ge=0, description="extra wait for company before a batch runs")
     request_timeout_s: float = Field(default=10.0, gt=0, description="a backend call slower than this is a 504")
     split_poll_s: float = Field(default=0.25, gt=0, description="how often replicas check the shared split")
-    breaker_failures: int = Field(default=5, ge=1, description="consecutive infra failures that open the circuit")
+    breaker_failures: int = Field(default=5, ge=1,
+                                  description="consecutive infra failures of one version that open its circuit")
     breaker_reset_s: float = Field(default=10.0, gt=0, description="open circuit waits this long, then probes")
     store_text: bool = Field(default=True, description="False: the prediction log keeps hashes, not text")
     torch_threads: int = Field(default=1, ge=1)

@@ -22,12 +22,16 @@ class LoadGenerator:
     """``with LoadGenerator(url, pairs): ...`` sends until the block ends (or :meth:`stop`)."""
 
     def __init__(self, base_url: str, pairs: Sequence[Pair], *, model: str, users: int = 500, threads: int = 2,
-                 seed: int = 0, api_key: str = "none", feedback: bool = True) -> None:
+                 seed: int = 0, api_key: str = "none", feedback: bool = True, keep_ids: bool = False) -> None:
         if not pairs:
             raise ValueError("the load generator needs at least one labelled prompt")
         self.base_url, self.pairs, self.model = base_url.rstrip("/"), list(pairs), model
         self.users, self.seed, self.api_key, self.feedback = users, seed, api_key, feedback
         self.counts: Counter[str] = Counter()
+        # keep_ids: what each answered request was told, by request id — (version served, right?) — for
+        # checking the prediction log against what the callers saw.
+        self.answered: dict[str, tuple[str, bool]] | None = {} if keep_ids else None
+        self.error_samples: list[str] = []  # the first few failures, as the caller saw them
         self._lock = threading.Lock()
         self._halt = threading.Event()
         self._go = threading.Event()
@@ -84,16 +88,26 @@ class LoadGenerator:
                 try:
                     raw = api.completions.with_raw_response.create(
                         model=self.model, prompt=pair.prompt, max_tokens=8, extra_headers={"x-user-id": user})
-                except APIError:
+                except APIError as exc:
                     self._count("errors")
+                    if len(self.error_samples) < 20:
+                        self.error_samples.append(f"{type(exc).__name__}: {exc}"[:500])
                     continue
                 answer = raw.parse().choices[0].text.strip()
                 right = answer == pair.completion
+                version = raw.headers.get("x-slm-version", "?")
                 self._count("requests")
-                self._count(f"served:{raw.headers.get('x-slm-version', '?')}")
+                self._count(f"served:{version}")
+                if self.answered is not None:
+                    self.answered[raw.headers["x-request-id"]] = (version, right)
                 if self.feedback:
-                    http.post("/v1/feedback", json={"request_id": raw.headers["x-request-id"],
-                                                    "outcome": "success" if right else "failure"})
+                    try:
+                        sent = http.post("/v1/feedback", json={"request_id": raw.headers["x-request-id"],
+                                                               "outcome": "success" if right else "failure"})
+                        if sent.status_code != 200:
+                            self._count("feedback_errors")
+                    except httpx.TransportError:
+                        self._count("feedback_errors")
         finally:
             api.close()
             http.close()

@@ -24,8 +24,8 @@ class GatewayMetrics:
                                        labels + ("flag",), registry=self.registry)
         self.split = Gauge("slm_traffic_percent", "Traffic share per live role", ("model", "role", "version"),
                            registry=self.registry)
-        self.breaker_open = Gauge("slm_backend_circuit_open", "1 while the backend circuit is open",
-                                  registry=self.registry)
+        self.breaker_open = Gauge("slm_backend_circuit_open", "1 while the version's backend circuit is open",
+                                  ("model", "version"), registry=self.registry)
         self.log_pending = Gauge("slm_prediction_log_pending", "Predictions queued, not yet stored",
                                  registry=self.registry)
         self.log_dropped = Counter("slm_prediction_log_dropped", "Predictions the log could not take (full or "

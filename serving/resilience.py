@@ -211,6 +211,54 @@ class CircuitBreaker:
             self._failures = 0
 
 
+class CircuitBreakers:
+    """One :class:`CircuitBreaker` per key (the gateway keys them by version), made on first use.
+
+    A challenger whose adapter fails on every call must not close the door on the champion's traffic: each
+    version's calls open only its own circuit. A backend that is down for everyone still fails fast
+    everywhere — every version's breaker opens after its own ``failure_threshold`` failures.
+
+    >>> breakers = CircuitBreakers("upstream", failure_threshold=1)
+    >>> breakers[2].record_failure()
+    >>> breakers[1].allow(), breakers[2].allow(), breakers[2].name
+    (True, False, 'upstream v2')
+    """
+
+    def __init__(self, name: str, failure_threshold: int = 5, reset_after_s: float = 10.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        CircuitBreaker(name, failure_threshold, reset_after_s)  # refuses bad settings now, not at the first call
+        self.name, self.failure_threshold, self.reset_after_s = name, failure_threshold, reset_after_s
+        self.clock = clock
+        self._lock = threading.Lock()
+        self._breakers: dict[int, CircuitBreaker] = {}
+
+    def __getitem__(self, key: int) -> CircuitBreaker:
+        with self._lock:
+            breaker = self._breakers.get(key)
+            if breaker is None:
+                breaker = self._breakers[key] = CircuitBreaker(
+                    f"{self.name} v{key}", self.failure_threshold, self.reset_after_s,
+                    clock=lambda: self.clock())  # late-bound: a test moving the clock moves every breaker
+            return breaker
+
+    def state(self, key: int) -> CircuitState:
+        """The state of ``key``'s circuit; closed for a key that never made a call."""
+        with self._lock:
+            breaker = self._breakers.get(key)
+        return breaker.state if breaker is not None else CircuitState.CLOSED
+
+    def snapshots(self) -> dict[int, CircuitSnapshot]:
+        with self._lock:
+            breakers = dict(self._breakers)
+        return {key: breaker.snapshot() for key, breaker in sorted(breakers.items())}
+
+    def forget(self, keep: set[int] | frozenset[int]) -> None:
+        """Drop the breakers of keys not in ``keep`` (versions no longer served)."""
+        with self._lock:
+            for key in set(self._breakers) - set(keep):
+                del self._breakers[key]
+
+
 _pool: concurrent.futures.ThreadPoolExecutor | None = None
 _pool_lock = threading.Lock()
 

@@ -20,15 +20,17 @@ from serving.config import ServeConfig
 from serving.guardrails import Guardrails
 from serving.live import LiveModel, VersionNotLive
 from serving.metrics import GatewayMetrics
-from serving.resilience import BackendError, CircuitBreaker, CircuitOpen
+from serving.resilience import BackendError, CircuitBreakers, CircuitOpen
 
 log = logging.getLogger(__name__)
 
 
 def _bearer(authorization: str | None) -> bytes:
-    """The token of an ``Authorization: Bearer`` header as bytes (headers may hold any latin-1 text, and
-    hmac.compare_digest refuses non-ASCII str)."""
-    return (authorization or "").removeprefix("Bearer ").strip().encode("utf-8", "surrogateescape")
+    """The token of an ``Authorization: Bearer <token>`` header as bytes (headers may hold any latin-1 text, and
+    hmac.compare_digest refuses non-ASCII str); empty unless the scheme is Bearer (any case, RFC 7235): a bare
+    token, or one sent under another scheme, is no credential."""
+    scheme, _, token = (authorization or "").strip().partition(" ")
+    return token.strip().encode("utf-8", "surrogateescape") if scheme.lower() == "bearer" else b""
 
 
 @dataclass(frozen=True)
@@ -53,7 +55,7 @@ class GatewayState:
     writer: PredictionWriter
     predictions: PredictionStore
     guardrails: Guardrails
-    breaker: CircuitBreaker
+    breakers: CircuitBreakers  # one per version: a failing challenger opens only its own circuit
     allowed: frozenset[str]
     # repr=False: a state printed in a log or a traceback must not carry the secrets.
     admin_token: str | None = field(default=None, repr=False)
@@ -114,13 +116,15 @@ class GatewayState:
 
     async def _call_backend(self, assignment: Assignment, prompt: str):
         """One backend call under the circuit breaker: timeouts and backend exceptions are infra failures.
-        Shadow calls stay outside the breaker: a failing shadow must not close the door on real traffic."""
+        Each version has its own breaker, so a challenger failing on every call leaves the champion's traffic
+        alone; shadow calls stay outside the breakers: a failing shadow must not close the door on real traffic."""
         with self.live.in_flight(assignment.version):
             try:
                 adapter = self.live.adapter(assignment.version)
             except KeyError:
                 raise VersionNotLive(f"v{assignment.version}") from None
-            guard = contextlib.nullcontext() if assignment.role == "shadow" else self.breaker.guard()
+            shadow = assignment.role == "shadow"
+            guard = contextlib.nullcontext() if shadow else self.breakers[assignment.version].guard()
             with guard:
                 try:
                     # An upstream server batches by itself: its requests do not queue behind each other here.
@@ -180,16 +184,24 @@ class GatewayState:
 
     def ready(self) -> tuple[bool, dict]:
         live = self.live.live()
+        champion = self.breakers.state(self.live.split.champion)
         detail = {"model": self.model, "split_revision": self.live.split.revision,
-                  "live_versions": [f"v{v}" for v in sorted(live)], "circuit": self.breaker.state}
-        return bool(live) and self.breaker.state != "open", detail
+                  "live_versions": [f"v{v}" for v in sorted(live)], "circuit": champion,
+                  "circuits": {f"v{v}": self.breakers.state(v) for v in sorted(live)}}
+        return bool(live) and champion != "open", detail  # not ready when most traffic would fail fast
 
     def update_gauges(self) -> None:
         split = self.live.split
         for role, share in split.weights.items():
             version = split.champion if role == "champion" else split.challenger
             self.metrics.split.labels(self.model, role, f"v{version}").set(share)
-        self.metrics.breaker_open.set(1 if self.breaker.snapshot().state == "open" else 0)
+        live = set(self.live.live())
+        for version in set(self.breakers.snapshots()) - live:  # unloaded: its circuit no longer means anything
+            with contextlib.suppress(KeyError):
+                self.metrics.breaker_open.remove(self.model, f"v{version}")
+        self.breakers.forget(live)
+        for version in live:
+            self.metrics.breaker_open.labels(self.model, f"v{version}").set(self.breakers.state(version) == "open")
         self.metrics.log_pending.set(self.writer.pending())
         self.metrics.peak_memory.set(self.live.backend.peak_memory_mb() if hasattr(self.live.backend,
                                                                                    "peak_memory_mb") else 0)

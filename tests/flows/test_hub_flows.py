@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import httpx
@@ -13,6 +12,7 @@ from huggingface_hub import ModelCard
 from lifecycle.config import RetrainParams
 from lifecycle.data import read_pairs, write_jsonl
 from lifecycle.settings import get_settings
+from tests.env import environment
 from tests.hub_double import HubDouble
 
 pytestmark = [pytest.mark.prefect, pytest.mark.slow]
@@ -27,16 +27,8 @@ def hub_project(slm_project, tmp_path_factory):
     with HubDouble(root / "hub", token=TOKEN) as hub:
         env = {"SLM_HOME": str(root / "home"), "SLM_ARTIFACT_STORE": "hub", "SLM_HUB_NAMESPACE": "acme",
                "SLM_HUB_RETRY_WAIT_S": "0.05", "HF_ENDPOINT": hub.url, "HF_TOKEN": TOKEN}
-        old = {name: os.environ.get(name) for name in env}
-        os.environ.update(env)
-        try:
+        with environment(**env):
             yield slm_project, hub
-        finally:
-            for name, value in old.items():
-                if value is None:
-                    os.environ.pop(name, None)
-                else:
-                    os.environ[name] = value
 
 
 def test_bootstrap_and_retrain_publish_to_the_hub_and_the_gateway_serves_from_it(hub_project, tmp_path):

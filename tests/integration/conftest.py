@@ -3,7 +3,6 @@ the gateway started with uvicorn on a free port, and one `slm up` stack shared b
 
 from __future__ import annotations
 
-import contextlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +14,7 @@ from lifecycle.prompting import INTENT_V1
 from lifecycle.records import BaseModelRef, Lineage
 from lifecycle.status import VersionStatus
 from serving.server import BackgroundServer
+from tests.env import environment
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -22,13 +22,8 @@ REPO = Path(__file__).resolve().parents[2]
 @pytest.fixture(scope="module")
 def slm_home(tmp_path_factory):
     home = tmp_path_factory.mktemp("slm-home")
-    old = os.environ.get("SLM_HOME")
-    os.environ["SLM_HOME"] = str(home)
-    yield home
-    if old is None:
-        os.environ.pop("SLM_HOME", None)
-    else:
-        os.environ["SLM_HOME"] = old
+    with environment(SLM_HOME=str(home)):
+        yield home
 
 
 @pytest.fixture(scope="module")
@@ -98,24 +93,9 @@ class SharedStack:
         from slm_cli import stack
 
         if not self.stopped:
-            with _environ(SLM_HOME=str(self.home)):
+            with environment(SLM_HOME=str(self.home)):
                 stack.down(status=lambda _m: None)
             self.stopped = True
-
-
-@contextlib.contextmanager
-def _environ(**values: str):
-    """Set environment variables for a block, then put back exactly what was there (or nothing)."""
-    saved = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 @pytest.fixture(scope="session")
@@ -133,7 +113,7 @@ def shared_stack(tmp_path_factory, write_tiny_configs):
     policy = yaml.safe_load((stack.project_root() / "configs/monitor.yaml").read_text())
     policy["retrain_config"] = str(configs / "retrain.yaml")
     (configs / "monitor.yaml").write_text(yaml.safe_dump(policy))
-    with _environ(SLM_HOME=str(home)):
+    with environment(SLM_HOME=str(home)):
         record = stack.up(prefect_port=free_port(), gateway_port=None, status=lambda _m: None)
     shared = SharedStack(record=record, configs=configs, home=home)
     try:
@@ -152,7 +132,7 @@ def stack(request, shared_stack):
 
     The last module of the run that uses it stops the stack: left up until the session ends, its worker
     would run the scheduled monitor (every 15 min) while the unit tests run on the same two cores."""
-    with _environ(SLM_HOME=str(shared_stack.home)):
+    with environment(SLM_HOME=str(shared_stack.home)):
         yield shared_stack.record, shared_stack.configs
     if not _used_after(request, "stack"):
         shared_stack.stop()

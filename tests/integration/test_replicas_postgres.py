@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import os
 import time
 
 import httpx
 import pytest
+
+from tests.env import environment
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 ADMIN = {"Authorization": "Bearer admin-secret-for-tests"}
@@ -15,18 +16,10 @@ ADMIN = {"Authorization": "Bearer admin-secret-for-tests"}
 @pytest.fixture(scope="module")
 def slm_home(tmp_path_factory, pg_database):
     """Overrides the SQLite home of conftest: artifacts on disk, the registry in PostgreSQL."""
-    saved = {k: os.environ.get(k) for k in ("SLM_HOME", "SLM_DATABASE_URL", "SLM_ADMIN_TOKEN")}
-    with pg_database() as url:
-        os.environ.update(SLM_HOME=str(tmp_path_factory.mktemp("slm-pg")), SLM_DATABASE_URL=url,
-                          SLM_ADMIN_TOKEN="admin-secret-for-tests")
-        try:
-            yield os.environ["SLM_HOME"]
-        finally:
-            for key, value in saved.items():
-                if value is None:
-                    os.environ.pop(key, None)
-                else:
-                    os.environ[key] = value
+    home = str(tmp_path_factory.mktemp("slm-pg"))
+    with pg_database() as url, environment(SLM_HOME=home, SLM_DATABASE_URL=url,
+                                           SLM_ADMIN_TOKEN="admin-secret-for-tests"):
+        yield home
 
 
 def test_replicas_on_postgres_follow_each_other(tiny_registry, launch_gateway):

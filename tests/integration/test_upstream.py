@@ -41,6 +41,7 @@ def test_upstream_failures_become_502_then_503(gateway, launch_gateway):
         statuses = [httpx.post(f"{front.url}/v1/completions", json=body).status_code for _ in range(4)]
         assert statuses[:2] == [502, 502] and statuses[2:] == [503, 503]
         metrics = httpx.get(f"{front.url}/metrics").text
-        assert 'category="infra"' in metrics and "slm_backend_circuit_open 1.0" in metrics
+        assert 'category="infra"' in metrics
+        assert 'slm_backend_circuit_open{model="intent-router",version="v1"} 1.0' in metrics
         ready = httpx.get(f"{front.url}/readyz")
         assert ready.status_code == 503

@@ -14,7 +14,8 @@ import pytest
 
 from lifecycle.prompting import INTENT_V1
 from lifecycle.records import BaseModelRef, Lineage
-from tests.reliability.helpers import MODEL, environment, register_base_version
+from tests.env import environment
+from tests.reliability.helpers import MODEL, register_base_version
 
 
 @pytest.fixture(scope="module")

@@ -4,13 +4,19 @@ from __future__ import annotations
 
 import csv
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager
+import subprocess
+import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
+
+import httpx
+import yaml
 
 from lifecycle.data import Pair, write_jsonl
 from lifecycle.records import Lineage
 from lifecycle.status import VersionStatus
+from tests.env import environment  # noqa: F401 - the reliability suite's modules import it from here
 
 REPO = Path(__file__).resolve().parents[2]
 MODEL = "intent-router"
@@ -28,25 +34,6 @@ def banking_rows(intents: tuple[str, ...], per_intent: int, split: str, skip: in
                 if seen[intent] > skip and len(by_intent[intent]) < per_intent:
                     by_intent[intent].append(Pair(prompt=row["text"], completion=intent))
     return [rows[k] for k in range(per_intent) for rows in by_intent.values() if k < len(rows)]
-
-
-@contextmanager
-def environment(**values: str | None) -> Iterator[None]:
-    """Set (or, with None, remove) environment variables for the block; restore them afterwards."""
-    old = {k: os.environ.get(k) for k in values}
-    try:
-        for key, value in values.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-        yield
-    finally:
-        for key, value in old.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 def register_base_version(reg, model: str, lineage: Lineage, reason: str) -> int:
@@ -68,6 +55,38 @@ def start_gateway(**overrides):
     return server
 
 
+def serve_config(folder: Path, upstream: FakeUpstream, **overrides) -> Path:
+    """configs/serve.yaml with ``upstream`` as the backend (nothing generates in-process), written to ``folder``."""
+    config = yaml.safe_load((REPO / "configs/serve.yaml").read_text())
+    config.update(upstream={"base_url": upstream.url, "render_prompt": False, "timeout_s": 10}, split_poll_s=0.1,
+                  **overrides)
+    path = folder / "serve.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+SLM = Path(sys.executable).parent / "slm"  # the console script of this environment: the real `slm serve`
+
+
+def start_serving(config: Path, port: int, log: Path) -> subprocess.Popen:
+    """``slm serve`` in its own process (SLM_HOME from this process's environment); returns once /readyz says
+    ready."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "SLM_ADMIN_TOKEN": ""}
+    with log.open("ab") as out:
+        proc = subprocess.Popen([str(SLM), "serve", "--config", str(config), "--port", str(port)], cwd=REPO, env=env,
+                                stdout=out, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 120
+    while True:
+        assert proc.poll() is None, log.read_text()[-2000:]
+        assert time.monotonic() < deadline, "slm serve never became ready"
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
+                return proc
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+
+
 def write_golden_sets(home: Path) -> dict[str, list[Pair]]:
     """The golden sets plan_retrain expects under SLM_HOME/data (small: only their prompts are read)."""
     golden = {"golden-before": banking_rows(("card_arrival", "exchange_rate"), 20, "test"),
@@ -84,13 +103,16 @@ class FakeUpstream:
 
     ``with FakeUpstream({...}) as up:`` serves; ``up.stop()`` closes the port (connection refused from then on),
     ``up.start()`` opens it again on the same port. HTTP/1.0, so no kept-alive connection outlives a stop.
+    ``answers(model, prompt)``, when given, writes each answer instead of the fixed ``answer`` (versions that
+    differ in what they say, not in whether they answer).
     """
 
-    def __init__(self, modes: dict[str, str], answer: str = "card_arrival", slow_s: float = 5.0) -> None:
+    def __init__(self, modes: dict[str, str], answer: str = "card_arrival", slow_s: float = 5.0,
+                 answers: Callable[[str, str], str] | None = None) -> None:
         import threading
         from collections import Counter
 
-        self.modes, self.answer, self.slow_s = dict(modes), answer, slow_s
+        self.modes, self.answer, self.slow_s, self.answers = dict(modes), answer, slow_s, answers
         self.received: Counter[str] = Counter()
         self.release = threading.Event()  # set on exit: slow handlers stop waiting
         self.port: int | None = None
@@ -104,7 +126,10 @@ class FakeUpstream:
         import threading
         from http.server import ThreadingHTTPServer
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", self.port or 0), _upstream_handler(self))
+        class Server(ThreadingHTTPServer):
+            request_queue_size = 128  # the default 5 drops connections under 16 callers plus their shadow copies
+
+        self._server = Server(("127.0.0.1", self.port or 0), _upstream_handler(self))
         self._server.daemon_threads = True
         self.port = self._server.server_address[1]
         threading.Thread(target=self._server.serve_forever, name="fake-upstream", daemon=True).start()
@@ -158,8 +183,9 @@ def _upstream_handler(upstream: FakeUpstream):
             elif mode is None:
                 self._send(404, {"error": {"message": f"model {name} not found", "type": "invalid_request_error"}})
             else:
+                text = upstream.answers(name, body.get("prompt", "")) if upstream.answers else upstream.answer
                 self._send(200, {"id": "cmpl-fake", "object": "text_completion", "model": name,
-                                 "choices": [{"index": 0, "text": upstream.answer, "finish_reason": "stop"}],
+                                 "choices": [{"index": 0, "text": text, "finish_reason": "stop"}],
                                  "usage": {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7}})
 
     return Handler

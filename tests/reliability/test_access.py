@@ -17,7 +17,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.reliability.helpers import MODEL, environment, start_gateway
+from tests.env import environment
+from tests.reliability.helpers import MODEL, start_gateway
 
 ADMIN_TOKEN = f"adm-{uuid.uuid4().hex}"
 API_KEY = f"key-{uuid.uuid4().hex}"
@@ -39,6 +40,8 @@ BAD_AUTH = {
     "truncated": f"Bearer {ADMIN_TOKEN[:-1]}",
     "extended": f"Bearer {ADMIN_TOKEN}x",
     "basic_scheme": "Basic " + base64.b64encode(f"admin:{ADMIN_TOKEN}".encode()).decode(),
+    "bare_token": ADMIN_TOKEN,  # no scheme: not a credential, even when it is the right token
+    "other_scheme": f"Token {ADMIN_TOKEN}",
     "api_key_is_not_admin": f"Bearer {API_KEY}",
 }
 
@@ -94,7 +97,7 @@ def test_the_right_token_does_change_the_split(gateway):
     assert changed.status_code == 200, changed.text
     after = observable(gateway)
     assert after["split"]["challenger"] == 2 and after["audit"] > before["audit"]
-    restored = call(gateway, "PUT", "/admin/split", {"reason": "back"}, f"Bearer {ADMIN_TOKEN}")
+    restored = call(gateway, "PUT", "/admin/split", {"reason": "back"}, f"bearer {ADMIN_TOKEN}")  # scheme: any case
     assert restored.status_code == 200 and restored.json()["challenger"] is None
 
 

@@ -89,7 +89,7 @@ def test_a_down_backend_gets_its_category_then_fast_503s_and_comes_back(weightle
         assert all("circuit open" in a.json()["error"]["message"] for a in answers[THRESHOLD:])
         # No retry storm: each failing request reached the backend once; the open circuit sent it nothing.
         assert upstream.received[V1] - served_before == (0 if mode == "closed" else THRESHOLD)
-        breaker = gw.state.breaker.snapshot()
+        breaker = gw.state.breakers[1].snapshot()
         assert (breaker.state, breaker.failures, breaker.rejected) == ("open", THRESHOLD, AFTER_OPEN)
         rows = logged_since(gw, since)
         assert [(r.version, r.role, r.outcome) for r in rows] == [(1, "champion", "infra_error")] * len(answers)
@@ -101,9 +101,9 @@ def test_a_down_backend_gets_its_category_then_fast_503s_and_comes_back(weightle
         if mode == "closed":
             upstream.start()
         upstream.modes[V1] = "ok"
-        gw.state.breaker._clock = lambda: time.monotonic() + 61
+        gw.state.breakers.clock = lambda: time.monotonic() + 61
         assert complete(gw, "after").status_code == 200
-        assert gw.state.breaker.snapshot().state == "closed"
+        assert gw.state.breakers[1].snapshot().state == "closed"
         assert httpx.get(f"{gw.url}/readyz").status_code == 200
 
 
@@ -174,12 +174,17 @@ def test_a_rollout_whose_challenger_is_down_never_advances(weightless_candidate)
         assert store.verify_audit().ok
 
 
-@pytest.mark.xfail(strict=True, reason="one circuit breaker for every version (serving/state.py GatewayState."
-                   "breaker): a failing challenger opens it for the champion's traffic too")
 def test_a_failing_challenger_does_not_open_the_circuit_for_the_champion(tiny_home_with_split):
     gw = tiny_home_with_split
     assert [complete(gw, f"c-{k}", model=V2).status_code for k in range(THRESHOLD)] == [502] * THRESHOLD
+    assert complete(gw, "challenger-after", model=V2).status_code == 503  # v2's own circuit is open: fail fast
     assert complete(gw, "champion-user", model=V1).status_code == 200
+    assert (gw.state.breakers[1].state, gw.state.breakers[2].state) == ("closed", "open")
+    ready = httpx.get(f"{gw.url}/readyz")  # the champion still serves: the gateway stays in the load balancer
+    assert ready.status_code == 200 and ready.json()["circuits"] == {"v1": "closed", "v2": "open"}, ready.text
+    metrics = httpx.get(f"{gw.url}/metrics").text
+    assert 'slm_backend_circuit_open{model="intent-router",version="v2"} 1.0' in metrics
+    assert 'slm_backend_circuit_open{model="intent-router",version="v1"} 0.0' in metrics
 
 
 @pytest.fixture

@@ -19,7 +19,8 @@ from collections import Counter
 import httpx
 import pytest
 
-from tests.reliability.helpers import MODEL, environment, start_gateway
+from tests.env import environment
+from tests.reliability.helpers import MODEL, start_gateway
 
 TOKEN = "bad-requests-admin-token"
 ADMIN = {"Authorization": f"Bearer {TOKEN}"}

@@ -13,53 +13,23 @@ from __future__ import annotations
 import os
 import signal
 import sqlite3
-import subprocess
-import sys
 import threading
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
-import yaml
 
 from lifecycle.rollout_plan import RolloutPlan
 from serving.server import free_port
-from tests.reliability.helpers import MODEL, REPO, FakeUpstream
+from tests.reliability.helpers import MODEL, FakeUpstream, serve_config, start_serving
 
 V1, V2 = f"{MODEL}:v1", f"{MODEL}:v2"
-SLM = Path(sys.executable).parent / "slm"  # the console script of this environment: the real `slm serve`
 GUARD = [{"metric": "model_error_rate", "direction": "lower_is_better", "regression": 0.3}]
 PLAN = RolloutPlan.model_validate({
     "name": "crash", "version": 1, "approval_before_last_stage": False, "settle_s": 0,
     "stage_defaults": {"min_requests_per_arm": 1000, "max_duration_s": 3600, "guardrails": GUARD},
     "stages": [{"name": "shadow", "share": 0}, {"name": "full", "share": 100}]})
-
-
-def serve_config(folder: Path, upstream: FakeUpstream) -> Path:
-    config = yaml.safe_load((REPO / "configs/serve.yaml").read_text())
-    config.update(upstream={"base_url": upstream.url, "render_prompt": False, "timeout_s": 10}, split_poll_s=0.1)
-    path = folder / "serve.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
-
-
-def start_serving(config: Path, port: int, log: Path) -> subprocess.Popen:
-    """``slm serve`` in its own process; returns once /readyz says ready."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "SLM_ADMIN_TOKEN": ""}
-    with log.open("ab") as out:
-        proc = subprocess.Popen([str(SLM), "serve", "--config", str(config), "--port", str(port)], cwd=REPO, env=env,
-                                stdout=out, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 120
-    while True:
-        assert proc.poll() is None, log.read_text()[-2000:]
-        assert time.monotonic() < deadline, "slm serve never became ready"
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
-                return proc
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
 
 
 def complete(port: int, user: str) -> httpx.Response:

@@ -20,7 +20,8 @@ from typer.testing import CliRunner
 from lifecycle.audit import event_hash
 from lifecycle.prompting import INTENT_V1
 from lifecycle.records import BaseModelRef, Lineage
-from tests.reliability.helpers import MODEL, environment, register_base_version, start_gateway
+from tests.env import environment
+from tests.reliability.helpers import MODEL, register_base_version, start_gateway
 
 # --- the audit chain ---------------------------------------------------------------------------------------
 
