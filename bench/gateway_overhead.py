@@ -2,8 +2,8 @@
 
 Run through ``bench/gateway_bench.py --overhead``. One gateway app, one state, one backend, served on two loopback
 ports by two uvicorn servers: on the *full* port every request is routed (sticky weighted split 90/10 from the
-registry) and logged (a ``Prediction`` row built and queued for the batched SQLite writer); on the *bare* port
-the same app answers with routing and logging switched off (the champion fixed, no row built or queued) —
+registry) and logged (the row's fields queued for the writer, which validates and stores them in batches); on
+the *bare* port the same app answers with routing and logging switched off (the champion fixed, no row queued) —
 everything else (HTTP, validation, micro-batcher, guardrails, metrics) is the same code. LiteLLM's proxy
 (``litellm --config``, its own venv) is put in front of the bare port as the peer: a separate proxy hop, which is
 what LiteLLM is. Paths, all ``POST /v1/chat/completions`` over loopback from one httpx client, one request at a
@@ -14,9 +14,11 @@ A/A pair whose difference is the noise floor of the comparison):
 - gateway added = full - bare (p50 and p99 per round, medians and ranges over rounds);
 - LiteLLM added = litellm->bare - bare;
 - in-situ: the routing and logging calls timed inside the full path (wall ``perf_counter_ns`` and the thread's CPU
-  time around ``LiveModel.assign``, ``Prediction(...)`` and ``GatewayState.log_prediction``) — the cost itself,
-  free of the HTTP noise that dominates a p99 difference on a shared 2-core machine. Not counted there: the
-  writer thread's batched SQLite inserts, which the HTTP-level difference does include.
+  time around ``LiveModel.assign`` and ``GatewayState.log_answer``, which queues the row's fields) — the cost
+  itself, free of the HTTP noise that dominates a p99 difference on a shared 2-core machine. Not counted there:
+  the writer thread's work (validating rows into ``Prediction``s, batched SQLite inserts), which the HTTP-level
+  difference does include. Until 2026-11-27 the row was validated on the request path (``build_row``, ~53 µs
+  CPU p50 in situ, the largest part); it is now the writer's.
 
 The model answers a constant (``Generation`` built without running a model) unless ``--real-model``: what is
 measured is the gateway, and a 14 ms generation's jitter would bury a microsecond difference. The registry is a
@@ -64,11 +66,10 @@ def switchable(app, bare: bool):
 
 def instrument(state, timings: dict[str, list[int]]) -> None:
     """Switch routing/logging off when BARE is set, and time them when it is not."""
-    import serving.gateway as gateway
     from lifecycle.routing import Assignment
 
     champion = state.live.split.champion
-    assign, log_prediction, prediction = state.live.assign, state.log_prediction, gateway.Prediction
+    assign, log_answer = state.live.assign, state.log_answer
 
     def timed(name: str, fn, *args, **kwargs):
         # Wall time includes waiting for the GIL and the CPU (other threads, other jobs on the cores); thread
@@ -83,14 +84,11 @@ def instrument(state, timings: dict[str, list[int]]) -> None:
     def routed(key, pinned=None):
         return Assignment(version=champion, role="champion") if BARE.get() else timed("route", assign, key, pinned)
 
-    def row(**fields):
-        return None if BARE.get() else timed("build_row", prediction, **fields)
+    def logged(*args) -> None:  # the whole request-path part of logging: the row's fields built and queued
+        if not BARE.get():
+            timed("log_row", log_answer, *args)
 
-    def logged(p) -> None:
-        if p is not None:
-            timed("queue_row", log_prediction, p)
-
-    state.live.assign, state.log_prediction, gateway.Prediction = routed, logged, row
+    state.live.assign, state.log_answer = routed, logged
 
 
 def constant_model(state) -> None:
@@ -227,8 +225,8 @@ def summarize(rounds: list[dict[str, list[float]]], timings: dict[str, list[int]
     report["in_situ_us"] = {name: {"p50": round(shapes.pct(v, 50) / 1000, 2), "p99": round(shapes.pct(v, 99) / 1000, 2),
                                    "n": len(v)} for name, v in timings.items()}
     for suffix in ("", "_cpu"):  # per request: the three parts summed (requests were sequential, lists aligned)
-        per_request = [sum(parts) / 1000 for parts in zip(*(timings[k + suffix] for k in ("route", "build_row",
-                                                                                          "queue_row")), strict=True)]
+        per_request = [sum(parts) / 1000 for parts in zip(*(timings[k + suffix] for k in ("route", "log_row")),
+                                                          strict=True)]
         report["in_situ_us"][f"routing_plus_logging{suffix}"] = {"p50": round(shapes.pct(per_request, 50), 2),
                                                                  "p99": round(shapes.pct(per_request, 99), 2)}
     if "litellm" in paths:
@@ -266,7 +264,7 @@ def main(args) -> dict:
         adapters = [v for v in registry.store.list_versions(state.model) if v.number != state.live.split.champion]
         if not args.real_model:
             constant_model(state)
-        timings: dict[str, list[int]] = {k: [] for part in ("route", "build_row", "queue_row")
+        timings: dict[str, list[int]] = {k: [] for part in ("route", "log_row")
                                          for k in (part, f"{part}_cpu")}
         report = {"date": time.strftime("%Y-%m-%d"), "model": "constant answer" if not args.real_model else "real",
                   "rounds": args.rounds, "requests_per_path_per_round": args.requests,

@@ -15,6 +15,7 @@ Worked examples (the rows of ``tests/unit/lifecycle/test_routing.py``):
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from typing import Literal
 
@@ -73,5 +74,11 @@ class Assignment(Frozen):
 def route(split: TrafficSplit, key: str) -> Assignment:
     """Which version answers the user with this sticky key."""
     if split.challenger is not None and bucket(split.model, key) < split.challenger_percent:
-        return Assignment(version=split.challenger, role="challenger")
-    return Assignment(version=split.champion, role="champion")
+        return assignment(split.challenger, "challenger")
+    return assignment(split.champion, "champion")
+
+
+@functools.lru_cache(maxsize=1024)
+def assignment(version: int, role: Role) -> Assignment:
+    """The (immutable, so shared) Assignment of a version in a role: the request path validates none."""
+    return Assignment(version=version, role=role)

@@ -24,7 +24,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException
 
-from lifecycle.predictions import Feedback, Prediction
+from lifecycle.predictions import Feedback
 from lifecycle.routing import Assignment
 from serving import schemas as s
 from serving.admin import AdminError, admin_error_handler, admin_router
@@ -163,11 +163,7 @@ async def _answer(state: GatewayState, body: s._Request, prompt: str, request: R
     assignment, request_id, user_hash = _target(state, body, prompt, request)
     arrived = datetime.now(UTC)
     result = await state.generate(assignment, prompt, request_id)
-    state.log_prediction(Prediction(
-        ts=arrived, request_id=request_id, model=state.model, version=assignment.version, role=assignment.role,
-        user_hash=user_hash, prompt=prompt, completion=result.text, latency_ms=result.latency_ms,
-        prompt_tokens=result.prompt_tokens, completion_tokens=result.completion_tokens, outcome=result.outcome,
-        error=result.error, guardrail_flags=result.flags, served=True))
+    state.log_answer(request_id, assignment, user_hash, prompt, arrived, result)
     state.shadow(request_id, user_hash, prompt, arrived)
     if result.status != 200:
         return _error(result.status, result.error or "backend error", "server_error", result.outcome)

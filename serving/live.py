@@ -20,7 +20,7 @@ import time
 from collections import Counter
 from contextlib import contextmanager
 
-from lifecycle.routing import Assignment, TrafficSplit, route
+from lifecycle.routing import Assignment, TrafficSplit, assignment, route
 from lifecycle.status import VersionStatus
 from registry.service import Registry
 from registry.store import ConcurrentChangeError
@@ -125,7 +125,7 @@ class LiveModel:
             raise VersionNotLive(f"{self.model}:v{pinned} is not routable here; pin the champion "
                                  f"(v{split.champion})" + (f" or the challenger (v{split.challenger})"
                                                            if split.challenger else ""))
-        return Assignment(version=pinned, role=roles[pinned])
+        return assignment(pinned, roles[pinned])
 
     def routable(self) -> list[int]:
         """Versions a client may pin: the split's champion and challenger."""

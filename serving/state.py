@@ -10,6 +10,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from lifecycle import routing
 from lifecycle.names import VersionRef
 from lifecycle.predictions import Feedback, Prediction
 from lifecycle.routing import Assignment
@@ -63,6 +64,7 @@ class GatewayState:
     metrics: GatewayMetrics = field(default_factory=GatewayMetrics)
     _shadow_tasks: set = field(default_factory=set)
     _usage: dict = field(default_factory=dict)  # version -> [rows, compute s, cpu s] since start
+    _invalid_seen: int = 0  # the writer's invalid rows already counted in metrics.log_dropped
 
     @property
     def model(self) -> str:
@@ -150,29 +152,38 @@ class GatewayState:
         for flag in flags:
             self.metrics.guardrail_flags.labels(*labels, flag).inc()
 
-    def log_prediction(self, prediction: Prediction) -> None:
-        """Queue the row. The answer is already computed: a full or closed log costs the row, not the
-        response — and that loss is logged and counted, never silent."""
+    def log_prediction(self, prediction: Prediction | dict) -> None:
+        """Queue the row (a Prediction or the dict of its fields). The answer is already computed: a full or
+        closed log costs the row, not the response — and that loss is logged and counted, never silent."""
         try:
             self.writer.write(prediction)
         except (BackpressureError, RuntimeError) as exc:
             self.metrics.log_dropped.inc()
-            log.error("prediction of %s not logged: %s", prediction.request_id, exc)
+            request_id = prediction["request_id"] if isinstance(prediction, dict) else prediction.request_id
+            log.error("prediction of %s not logged: %s", request_id, exc)
+
+    def log_answer(self, request_id: str, assignment: Assignment, user_hash: str, prompt: str, arrived: datetime,
+                   answer: Answer) -> None:
+        """Queue the row of one answer, served or shadow. Only its fields are queued on the request path; the
+        writer's thread validates them into a :class:`Prediction` and hashes the texts."""
+        served = assignment.role != "shadow"
+        self.log_prediction({
+            "ts": arrived, "request_id": request_id, "model": self.model, "version": assignment.version,
+            "role": assignment.role, "user_hash": user_hash, "prompt": prompt,
+            "completion": answer.text if served else (answer.text or None), "latency_ms": answer.latency_ms,
+            "prompt_tokens": answer.prompt_tokens, "completion_tokens": answer.completion_tokens,
+            "outcome": answer.outcome, "error": answer.error, "guardrail_flags": answer.flags, "served": served})
 
     def shadow(self, request_id: str, user_hash: str, prompt: str, arrived: datetime) -> None:
         """Send a copy to the shadow version, if any; its answer is logged, never returned."""
         number = self.live.split.shadow
         if number is None:
             return
-        assignment = Assignment(version=number, role="shadow")
+        copy = routing.assignment(number, "shadow")
 
         async def run() -> None:
-            result = await self.generate(assignment, prompt, request_id)
-            self.log_prediction(Prediction(
-                ts=arrived, request_id=request_id, model=self.model, version=number, role="shadow",
-                user_hash=user_hash, prompt=prompt, completion=result.text or None, latency_ms=result.latency_ms,
-                prompt_tokens=result.prompt_tokens, completion_tokens=result.completion_tokens,
-                outcome=result.outcome, error=result.error, guardrail_flags=result.flags, served=False))
+            result = await self.generate(copy, prompt, request_id)
+            self.log_answer(request_id, copy, user_hash, prompt, arrived, result)
 
         task = asyncio.get_running_loop().create_task(run())
         self._shadow_tasks.add(task)  # the loop keeps only weak references to tasks
@@ -203,6 +214,9 @@ class GatewayState:
         for version in live:
             self.metrics.breaker_open.labels(self.model, f"v{version}").set(self.breakers.state(version) == "open")
         self.metrics.log_pending.set(self.writer.pending())
+        if (invalid := self.writer.invalid - self._invalid_seen) > 0:  # rows its thread could not validate
+            self.metrics.log_dropped.inc(invalid)
+            self._invalid_seen += invalid
         self.metrics.peak_memory.set(self.live.backend.peak_memory_mb() if hasattr(self.live.backend,
                                                                                    "peak_memory_mb") else 0)
         for row in self.usage():

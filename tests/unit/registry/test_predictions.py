@@ -89,6 +89,39 @@ def test_hash_only_writer_drops_text_before_queuing():
     assert (p.prompt, p.completion, p.prompt_sha256) == (None, None, sha256_text("prompt 1"))
 
 
+def fields(i: int, **kw) -> dict:
+    """The mapping of a prediction's fields, as the gateway queues it (no hashes: the writer's thread adds them)."""
+    return pred(i, **kw).model_dump(exclude={"prompt_sha256", "completion_sha256"})
+
+
+def test_the_writer_validates_mappings_in_its_thread_and_drops_only_the_invalid_one(log, caplog):
+    with PredictionWriter(log, flush_interval_s=60) as writer:
+        writer.write(fields(1))
+        writer.write({**fields(2), "version": 0})  # a version number below 1: a bug in whoever built the row
+        writer.write(pred(3))
+        with pytest.raises(TypeError, match="mapping"):
+            writer.write(["not", "a", "row"])
+        assert writer.flush(timeout=10)  # the invalid row does not keep a flush waiting
+        assert writer.invalid == 1 and writer.pending() == 0
+    rows = log.window("m", T0, T0 + timedelta(hours=1))
+    assert [r.request_id for r in rows] == ["req-1", "req-3"]
+    assert rows[0].prompt_sha256 == sha256_text("prompt 1") and rows[0].completion_sha256 == sha256_text("answer 1")
+    assert "req-2" in caplog.text and "do not validate" in caplog.text
+
+
+def test_hash_only_writer_drops_the_text_of_mappings_too():
+    seen = []
+
+    class Sink:
+        def insert_many(self, predictions):
+            seen.extend(predictions)
+
+    with PredictionWriter(Sink(), store_text=False) as writer:
+        writer.write(fields(1))
+    (p,) = seen
+    assert (p.prompt, p.completion, p.prompt_sha256) == (None, None, sha256_text("prompt 1"))
+
+
 def test_nul_characters_are_stored_on_both_backends(log):
     log.insert_many([pred(1).model_copy(update={"prompt": "a\x00b"})])
     (back,) = log.window("m", T0, T0 + timedelta(hours=1))
