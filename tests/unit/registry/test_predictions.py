@@ -76,22 +76,26 @@ def test_hash_only_mode_stores_no_text(engine):
     assert back.prompt is None and back.prompt_sha256 == sha256_text("prompt 1")
 
 
-def test_hash_only_writer_drops_text_before_queuing():
-    seen = []
-
-    class Sink:
-        def insert_many(self, predictions):
-            seen.extend(predictions)
-
-    with PredictionWriter(Sink(), store_text=False) as writer:
-        writer.write(pred(1))
-    (p,) = seen
-    assert (p.prompt, p.completion, p.prompt_sha256) == (None, None, sha256_text("prompt 1"))
-
-
 def fields(i: int, **kw) -> dict:
     """The mapping of a prediction's fields, as the gateway queues it (no hashes: the writer's thread adds them)."""
     return pred(i, **kw).model_dump(exclude={"prompt_sha256", "completion_sha256"})
+
+
+class ListSink(list):
+    """A store that keeps what it is given, in memory."""
+
+    def insert_many(self, predictions):
+        self.extend(predictions)
+
+
+@pytest.mark.parametrize("row", [pred(1), fields(1)], ids=["prediction", "mapping"])
+def test_hash_only_writer_drops_the_text(row):
+    """A Prediction's texts go before it is queued; a mapping's as soon as the writer's thread hashed them."""
+    seen = ListSink()
+    with PredictionWriter(seen, store_text=False) as writer:
+        writer.write(row)
+    (p,) = seen
+    assert (p.prompt, p.completion, p.prompt_sha256) == (None, None, sha256_text("prompt 1"))
 
 
 def test_the_writer_validates_mappings_in_its_thread_and_drops_only_the_invalid_one(log, caplog):
@@ -107,19 +111,6 @@ def test_the_writer_validates_mappings_in_its_thread_and_drops_only_the_invalid_
     assert [r.request_id for r in rows] == ["req-1", "req-3"]
     assert rows[0].prompt_sha256 == sha256_text("prompt 1") and rows[0].completion_sha256 == sha256_text("answer 1")
     assert "req-2" in caplog.text and "do not validate" in caplog.text
-
-
-def test_hash_only_writer_drops_the_text_of_mappings_too():
-    seen = []
-
-    class Sink:
-        def insert_many(self, predictions):
-            seen.extend(predictions)
-
-    with PredictionWriter(Sink(), store_text=False) as writer:
-        writer.write(fields(1))
-    (p,) = seen
-    assert (p.prompt, p.completion, p.prompt_sha256) == (None, None, sha256_text("prompt 1"))
 
 
 def test_nul_characters_are_stored_on_both_backends(log):
