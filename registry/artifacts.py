@@ -124,7 +124,12 @@ class LocalArtifactStore:
         return f"local://models/{model}/v{number}", files
 
     def unpublish_version(self, model: str, number: int) -> None:
-        shutil.rmtree(self._version_path(model, number), ignore_errors=True)
+        """Remove the version's folder, and the temporary copy (``.vN.tmp-PID``) a registration killed before
+        its rename left: numbers are allocated under the model lock, so any copy of vN here is an orphan."""
+        target = self._version_path(model, number)
+        shutil.rmtree(target, ignore_errors=True)
+        for orphan in target.parent.glob(f".{target.name}.tmp-*"):
+            shutil.rmtree(orphan, ignore_errors=True)
 
     def version_dir(self, model: str, number: int, files: dict[str, str]) -> Path:
         folder = self._version_path(model, number)

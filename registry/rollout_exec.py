@@ -141,7 +141,9 @@ def begin(store: RegistryStore, model: str, candidate: int, plan: RolloutPlan, *
         state = state.model_copy(update={"pending": effects, "flow_run_id": flow_run_id})
         # resume=False: no unfinished row was there a moment ago, so one there now is a concurrent start's.
         stored = start_rollout(store, state, actor=actor, resume=False)
-    elif flow_run_id and stored.flow_run_id != flow_run_id and not stored.terminal:
+    elif flow_run_id and stored.flow_run_id != flow_run_id and (not stored.terminal or stored.pending):
+        # A run with work left to do (a decision to carry on, or a finished one's effects a crash cut short)
+        # takes over as the driver: the one approvals resume, and the one the task layer checks in Prefect.
         stored = save_rollout(store, stored.model_copy(update={"flow_run_id": flow_run_id}), actor=actor,
                               expected_revision=stored.revision)
     return drain(store, stored, actor=actor, emit=emit)

@@ -21,6 +21,7 @@ from lifecycle.rollout_state import RolloutState
 from lifecycle.settings import project_root
 from registry import rollout_exec
 from registry.predictions import PredictionStore
+from registry.rollouts import get_rollout
 from registry.store import ConcurrentChangeError
 from tasks.connect import open_registry
 from tasks.events import resource
@@ -80,8 +81,32 @@ def load_plan(params: RolloutParams) -> RolloutPlan:
 def begin(params: RolloutParams, plan: RolloutPlan, flow_run_id: str | None) -> RolloutState:
     with open_registry() as registry:
         model, number = registry.resolve(params.version)
+        before = get_rollout(registry.store, model, number)
+        # Before the pending effects are carried out: this run may die there too, and the next must see it drove.
+        if (before is not None and (not before.terminal or before.pending)
+                and before.flow_run_id not in (None, flow_run_id)):
+            _supersede(before.flow_run_id, flow_run_id)
         return rollout_exec.begin(registry.store, model, number, plan, actor=params.actor, emit=emit_rollout_event,
                                   flow_run_id=flow_run_id)
+
+
+def _supersede(old_run_id: str, new_run_id: str | None) -> None:
+    """Mark the flow run that drove the rollout before this one Crashed, if Prefect still shows it running or
+    paused: it was killed (nothing reports a SIGKILL), and left so the UI would show two runs driving one rollout."""
+    import httpx
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+    from prefect.states import Crashed
+
+    try:
+        with get_client(sync_client=True) as client:
+            old = client.read_flow_run(uuid.UUID(old_run_id))
+            if old.state is not None and not old.state.is_final():
+                client.set_flow_run_state(old.id, Crashed(message=(
+                    f"superseded: flow run {new_run_id} resumed this rollout from the registry; this run had "
+                    "stopped without reporting (killed?)")), force=True)
+    except (ObjectNotFound, httpx.HTTPError, OSError, ValueError):  # another Prefect API, or gone: nothing to mark
+        pass
 
 
 @task(name="look", cache_policy=NO_CACHE)

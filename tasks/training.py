@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from prefect import task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
@@ -11,7 +13,19 @@ from lifecycle.settings import get_settings
 from tasks.connect import open_registry
 from tasks.data import TrainingData
 from tasks.plan import RetrainPlan
+from training.loop import Progress
 from training.lora import LoraRecipe, TrainResult, train_lora
+
+
+def training_log(path: Path) -> Progress:
+    """Append each loss point to the run's ``training.log``: what an operator tails, and what shows a run is
+    training (a run killed meanwhile leaves the log and no adapter; its re-run trains afresh in its own folder)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+
+    def progress(step: int, total: int, loss: float) -> None:
+        with path.open("a") as fh:
+            fh.write(f"step {step}/{total} loss {loss:.4f}\n")
+    return progress
 
 
 @task(name="fine-tune", cache_policy=NO_CACHE)
@@ -22,7 +36,7 @@ def fine_tune(plan: RetrainPlan, data: TrainingData) -> TrainResult:
         champion_dir = registry.version_dir(plan.champion)
     init = champion_dir if recipe.init_from_champion and (champion_dir / "adapter_config.json").is_file() else None
     result = train_lora(base_dir, data.pairs, recipe, plan.run_dir / "adapter", init_adapter=init,
-                        threads=get_settings().torch_threads)
+                        threads=get_settings().torch_threads, progress=training_log(plan.run_dir / "training.log"))
     curve = "\n".join(f"| {step} | {loss:.4f} |" for step, loss in result.loss_curve)
     create_markdown_artifact(key="training-summary", description="LoRA fine-tune", markdown=(
         f"**LoRA** r={recipe.r}, {result.steps} steps on {len(data.pairs)} rows in {result.wall_seconds:.1f} s "

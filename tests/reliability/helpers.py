@@ -16,7 +16,6 @@ import yaml
 from lifecycle.data import Pair, write_jsonl
 from lifecycle.records import Lineage
 from lifecycle.status import VersionStatus
-from tests.env import environment  # noqa: F401 - the reliability suite's modules import it from here
 
 REPO = Path(__file__).resolve().parents[2]
 MODEL = "intent-router"
