@@ -11,8 +11,8 @@
 #    fused AdamW) and with the naive baseline (HF Trainer + peft, padded to max length, fp32), interleaved
 #    (bench/train_bench.py);
 # 3. runs the two-version throughput test on the GPU through serving.backend directly: champion + challenger at
-#    90/10 and 50/50 (merged and unmerged adapter modes) against one merged model, concurrency 1, 8 and 32
-#    (bench/two_versions_bench.py);
+#    90/10 and 50/50 (auto, fused, merged and unmerged adapter modes) against one merged model, concurrency 1, 8 and
+#    32 (bench/two_versions_bench.py);
 # 4. prints a short table last. JSON reports go to $OUT (the device runner's folder) or a temporary folder.
 #
 # Every Python step runs through bench/noweb.py, which makes fastapi/uvicorn/httpx/prefect/sqlalchemy
@@ -40,7 +40,7 @@ if [[ $MODE == gpu ]]; then
   # a hard limit, so an overrun fails loudly instead of eating the device budget.
   DEVICE=cuda SHAPE=smollm2-135m THREADS=4 TRAIN_LIMIT=150 TWO_LIMIT=120
   TRAIN_ARGS=(--steps 50 --rounds 2 --ladder 1.5,2)
-  TWO_ARGS=(--seconds 2 --rounds 2 --adapter-steps 30)
+  TWO_ARGS=(--seconds 1.2 --rounds 2 --adapter-steps 30)   # 9 cells (auto, fused added) in the time 5 took at 2 s
 else
   DEVICE=cpu SHAPE=tiny THREADS=1 TRAIN_LIMIT=600 TWO_LIMIT=600   # FACTS.md: one torch thread on shared cores
   export OMP_NUM_THREADS=1

@@ -5,9 +5,18 @@ closed loop of ``concurrency`` callers through ``serving.batcher.MicroBatcher`` 
 into ``serving.backend.InProcessBackend`` — the code the gateway serves with — for ``--seconds``:
 
 - ``one``: the baseline, the challenger's adapter merged into the base weights, served alone (one plain model);
-- ``merged_90_10`` / ``merged_50_50``: champion + challenger on one backend in ``adapter_mode="merged"``
-  (a merged copy per version: what ``auto`` picks for small models), split 90/10 and 50/50 by caller request;
+- ``fused_90_10`` / ``fused_50_50``: champion + challenger on one backend in ``adapter_mode="fused"`` (what
+  ``auto`` picks: one base with the majority version merged in, the other as a per-row low-rank delta inside
+  the same forward pass), split 90/10 and 50/50 by caller request;
+- ``auto_90_10`` / ``auto_50_50``: the default mode: fused, plus a merged copy per version (small models), so a
+  batch of one non-home version runs plain and only mixed batches take the fused pass;
+- ``merged_90_10`` / ``merged_50_50``: the same in ``adapter_mode="merged"`` (a merged copy per version, one
+  ``generate`` per version in a mixed batch: the default before fused mode);
 - ``unmerged_90_10`` / ``unmerged_50_50``: the same in ``adapter_mode="unmerged"`` (one base, peft adapters).
+
+In fused mode the home (the version merged into the base) follows the traffic: after the warm-up and the
+first 90/10 cell it is the champion, as in production; at 50/50 it stays where it is (the move needs a 2:1
+majority), so half the rows take the delta path — the harder case. The report names the home at the end.
 
 Both versions are real adapters, trained by ``training.lora.train_lora`` with the shipped recipe for
 ``--adapter-steps`` (champion seed 1, challenger seed 0) — as after the first promotion, when the champion is an
@@ -71,7 +80,8 @@ def closed_loop(batcher, prompts: list[str], versions: tuple[str | None, str | N
     for t in threads:
         t.join()
     elapsed = time.monotonic() - start
-    return {"tokens_per_s": round(tokens[0] / elapsed, 1), "tokens_per_request": round(tokens[0] / len(latencies), 2),
+    return {"tokens": tokens[0], "tokens_per_s": round(tokens[0] / elapsed, 1),
+            "tokens_per_request": round(tokens[0] / len(latencies), 2),
             "p50_ms": round(shapes.pct(latencies, 50), 2),
             "p99_ms": round(shapes.pct(latencies, 99), 2), "requests": len(latencies),
             "load_1min": round(os.getloadavg()[0], 2)}
@@ -137,19 +147,31 @@ def run(shape: str, device: str, concurrency: list[int], seconds: float, rounds:
                   "parameters": shapes.parameters(base_dir), "modes": {m: models[m].mode for m in modes},
                   "seconds_per_cell": seconds, "rounds": rounds, "max_batch": 32,
                   "machine_before": shapes.machine(device), "results": {}}
+        for mode in ("fused", "auto"):  # the version merged into the base: the warm-up's mixed batch leaves none
+            if mode in models:
+                models[mode].generate(prompts[:64], [CHAMPION] * 58 + [CHALLENGER] * 6)
+                report[f"{mode}_home_before"] = models[mode].home
         for c in concurrency:
             raw: dict[str, list[dict]] = {name: [] for name, _, _ in cells}
             for r in range(rounds):
                 shift = r % len(cells)
                 for name, key, share in cells[shift:] + cells[:shift]:
-                    batcher = MicroBatcher(models[key].generate, max_batch=32)
+                    cpu = [0.0]  # the worker thread's CPU seconds: less shaken by other people's load than wall time
+                    batcher = MicroBatcher(models[key].generate, max_batch=32,
+                                           on_batch=lambda _a, _w, s, cpu=cpu: cpu.__setitem__(0, cpu[0] + s))
                     versions = (None, None) if key == "one" else (CHAMPION, CHALLENGER)
-                    raw[name].append(closed_loop(batcher, prompts, versions, share, c, seconds))
+                    cell = closed_loop(batcher, prompts, versions, share, c, seconds)
                     batcher.close()
+                    cell["cpu_ms_per_token"] = round(cpu[0] * 1000 / max(cell.pop("tokens"), 1), 3)
+                    raw[name].append(cell)
                 print(f"concurrency {c} round {r + 1}/{rounds}: "
-                      + ", ".join(f"{n} {raw[n][-1]['tokens_per_s']}" for n in raw), file=sys.stderr, flush=True)
+                      + ", ".join(f"{n} {raw[n][-1]['tokens_per_s']} ({raw[n][-1]['cpu_ms_per_token']} cpu-ms/t)"
+                                  for n in raw), file=sys.stderr, flush=True)
             report["results"][f"concurrency_{c}"] = summarize(raw)
         report["machine_after"] = shapes.machine(device)
+        for mode in ("fused", "auto"):
+            if mode in models:
+                report[f"{mode}_home_after"] = models[mode].home
     return report
 
 
@@ -159,6 +181,7 @@ def summarize(raw: dict[str, list[dict]]) -> dict:
     for name, rows in raw.items():
         cell = {"tokens_per_s": shapes.spread([r["tokens_per_s"] for r in rows], 1),
                 "p99_ms": shapes.spread([r["p99_ms"] for r in rows], 2),
+                "cpu_ms_per_token": shapes.spread([r["cpu_ms_per_token"] for r in rows], 3),
                 "p50_ms_median": round(statistics.median(r["p50_ms"] for r in rows), 2),
                 "tokens_per_request": round(statistics.median(r["tokens_per_request"] for r in rows), 2),
                 "load_1min": [r["load_1min"] for r in rows]}
@@ -168,6 +191,9 @@ def summarize(raw: dict[str, list[dict]]) -> dict:
             cell["ratio_of_medians"] = round(cell["tokens_per_s"]["median"]
                                              / statistics.median(o["tokens_per_s"] for o in one), 3)
             cell["target_0_95x_met"] = cell["ratio_of_medians"] >= 0.95
+            # The same ratio on the worker's CPU time per token (one over it: higher is better, as tokens/s).
+            cell["cpu_ratio_of_medians"] = round(statistics.median(o["cpu_ms_per_token"] for o in one)
+                                                 / cell["cpu_ms_per_token"]["median"], 3)
         out[name] = cell
     return out
 
@@ -180,7 +206,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=4.0, help="per cell per round")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (FACTS.md: set it)")
-    parser.add_argument("--modes", default="merged,unmerged", help="backend adapter modes to compare")
+    parser.add_argument("--modes", default="auto,fused,merged,unmerged", help="backend adapter modes to compare")
     parser.add_argument("--adapter-steps", type=int, default=60, help="LoRA steps that make each version's adapter")
     parser.add_argument("--json-out", type=Path, default=None)
     args = parser.parse_args()

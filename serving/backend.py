@@ -3,23 +3,35 @@
 This is the only code that loads a model version and generates with it; the benchmark and the gateway
 both call it, so what was benchmarked is what is served.
 
-Two ways to serve several versions of one base model (``adapter_mode``):
+Four ways to serve several versions of one base model (``adapter_mode``):
 
-- "merged": each adapter is merged into its own copy of the base weights (a plain model per version); the
-  base itself stays unwrapped. A batch is split by version and each group runs through its own model at
-  full speed. Measured on CPU (bench/gateway_bench.py's closed loop, 1 thread, the 1.2M-parameter demo
-  model, splits 90/10 and 50/50): against one merged model alone, two versions unmerged reach 0.47-0.76x
-  the tokens/s, merged 0.6-0.8x at concurrency 8 and 32 and ~1x at concurrency 1, with lower p99. What
-  is left is the second pass: each version group is its own ``generate`` call, and on a tiny model the
-  per-step overhead, not the FLOPs, dominates. The price: every merged version costs one full model of
-  memory — fine for a small model, wrong for a 7B, where multi-LoRA kernels (vLLM/S-LoRA style: the
-  base runs once, per-row LoRA deltas are batched) are the answer.
+- "fused": one copy of the base weights, with the *home* version — the one that served most of the recent
+  rows, i.e. the champion — merged into them, so a batch of home rows costs exactly one plain model. Every
+  other version is a low-rank delta applied only to its own rows, inside each targeted Linear, in the SAME
+  ``generate`` call as the home rows: for a version v and home h, W_v - W_h = B_v·s_v·A_v - B_h·s_h·A_h is
+  itself a LoRA of rank r_v + r_h (A = [A_v; A_h], B = [B_v·s_v, -B_h·s_h]). A batch of home rows only does
+  no delta work at all; the other rows are gathered, take two small matmuls per targeted layer and are
+  added back (a 0/1 column mask sorts several other versions apart). Memory: one base plus the factors.
+  When the traffic's majority moves (a promotion), the home moves with it: the old home's layers are reread
+  from the base checkpoint (exact, no drift from repeated merge/unmerge) and the new home is merged in.
+  Greedy answers equal each version served alone except where float rounding (merged weights against a
+  low-rank delta) flips an argmax: none in the tests' prompts. Linear LoRA layers only (no DoRA, LoRA bias,
+  embedding LoRA or ``modules_to_save``): load those in "unmerged" mode.
+- "auto" (the default): fused, plus a merged copy of each version while the copies fit in
+  ``merged_memory_limit_mb``: a batch holding one non-home version only (what a lone caller sends) then runs
+  through its plain copy, while mixed batches still take one fused pass. Over the limit it is plain fused.
+  Measured on the 1.2M-parameter demo model (bench/RESULTS.md, "Two live versions"), tokens/s against one
+  merged model: concurrency 8 at 50/50, fused 0.86-0.94x where merged drops to 0.52-0.72x; concurrency 1,
+  auto ~1.0x where pure fused pays the delta on each challenger request (0.81-0.89x). At 50/50 under full
+  load all modes sit near 0.85-0.95x: the rank r1 + r2 delta is ~30 % more arithmetic for the rows it
+  touches on a model 128 wide (a few percent on a real one).
+- "merged": each adapter merged into its own copy of the base weights (a plain model per version). A batch is
+  split by version, each group its own ``generate`` call: on a tiny model the per-step overhead, not the
+  FLOPs, dominates, so a mixed batch costs nearly two batches (0.68-0.94x one model), and every version costs
+  one full model of memory. Kept as the reference the fused mode is tested against.
 - "unmerged": one base model with every adapter on top through peft; batches mixing adapters go through
-  peft's per-row ``adapter_names`` path ("__base__" for rows without an adapter). One model of memory
-  whatever the number of versions.
-- "auto" (the default): "merged" while the base's parameter bytes times (merged versions + 1) stay within
-  ``merged_memory_limit_mb``, else "unmerged"; loading or unloading a version may switch the mode (the
-  loaded versions are rebuilt in the new one).
+  peft's per-row ``adapter_names`` path ("__base__" for rows without an adapter). One model of memory, any
+  adapter peft supports; the slowest (0.28-0.55x on the demo model: peft's per-layer Python overhead).
 
 torch, transformers and peft are imported inside the methods: ``import serving.backend`` stays fast.
 """
@@ -27,7 +39,6 @@ torch, transformers and peft are imported inside the methods: ``import serving.b
 from __future__ import annotations
 
 import contextlib
-import copy
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -38,9 +49,10 @@ from pydantic import Field
 
 from lifecycle.prompting import PromptFormat
 from lifecycle.records import Frozen
+from serving.fused_lora import FusedLora, lora_factors
 
 BASE_ADAPTER = "__base__"
-AdapterMode = Literal["merged", "unmerged", "auto"]
+AdapterMode = Literal["fused", "merged", "unmerged", "auto"]
 
 
 class Generation(Frozen):
@@ -48,7 +60,7 @@ class Generation(Frozen):
     completion: str = Field(description="prompt_format.parse(text)")
     prompt_tokens: int
     completion_tokens: int
-    latency_ms: float = Field(description="wall time of the batch this row was generated in (unmerged mode), or "
+    latency_ms: float = Field(description="wall time of the batch this row was generated in (fused, unmerged), or "
                                           "of the whole generate call (merged mode: what a caller in it waited)")
     adapter: str | None = Field(description="adapter name, None for the bare base model")
 
@@ -56,15 +68,14 @@ class Generation(Frozen):
 class InProcessBackend:
     """Thread-safe: one lock serializes model use (a 1-thread CPU model gains nothing from overlap).
 
-    ``mode`` is the resolved adapter mode, "merged" or "unmerged" (see the module docstring); with
-    ``adapter_mode="auto"`` it can change when versions are loaded or unloaded.
+    ``mode`` is the resolved adapter mode, "fused", "merged" or "unmerged" (see the module docstring).
     """
 
     def __init__(self, base_dir: Path, prompt_format: PromptFormat, threads: int = 1,
                  device: str | None = None, adapter_mode: AdapterMode = "auto",
                  merged_memory_limit_mb: float = 2048) -> None:
-        if adapter_mode not in ("merged", "unmerged", "auto"):
-            raise ValueError(f"adapter_mode must be 'merged', 'unmerged' or 'auto', got {adapter_mode!r}")
+        if adapter_mode not in ("fused", "merged", "unmerged", "auto"):
+            raise ValueError(f"adapter_mode must be 'fused', 'merged', 'unmerged' or 'auto', got {adapter_mode!r}")
         base_dir = Path(base_dir)
         if not (base_dir / "config.json").is_file():
             raise FileNotFoundError(f"base model folder {base_dir} does not exist or has no config.json; "
@@ -86,13 +97,21 @@ class InProcessBackend:
         self._peft = None
         self._adapters: dict[str, Path] = {}
         self._merged: dict[str, object] = {}  # merged mode: adapter name -> its own plain merged model
-        self.adapter_mode, self.merged_memory_limit_mb = adapter_mode, merged_memory_limit_mb
+        self.mode: Literal["fused", "merged", "unmerged"] = "fused" if adapter_mode == "auto" else adapter_mode
+        self._fused = FusedLora(self._model, base_dir) if self.mode == "fused" else None
+        # "auto" also keeps a merged copy per version while the copies fit in merged_memory_limit_mb: a batch of
+        # one non-home version then runs plain (what a lone caller sends), mixed batches still run fused.
         self._param_bytes = sum(p.numel() * p.element_size() for p in self._model.parameters())
-        self.mode: Literal["merged", "unmerged"] = self._wanted_mode(1)
+        self._copy_budget_mb = merged_memory_limit_mb if adapter_mode == "auto" else 0.0
         self._stop_ids = self._single_token_stops()
         positions = getattr(self._model.config, "max_position_embeddings", None) or 2048
         window = min(positions, self.tokenizer.model_max_length or positions)
         self._max_prompt_tokens = window - prompt_format.max_new_tokens
+
+    @property
+    def home(self) -> str | None:
+        """Fused mode: the version merged into the base weights (None: the bare base, or another mode)."""
+        return self._fused.home if self._fused is not None else None
 
     def _set_threads(self) -> None:
         import torch
@@ -109,19 +128,14 @@ class InProcessBackend:
         eos = self.tokenizer.eos_token_id
         return ids + ([eos] if eos is not None and eos != ids[0] else [])
 
-    def _wanted_mode(self, versions: int) -> Literal["merged", "unmerged"]:
-        """The mode for ``versions`` loaded adapters (at least one is planned for: a backend exists to serve one)."""
-        if self.adapter_mode != "auto":
-            return self.adapter_mode
-        needed_mb = self._param_bytes * (max(versions, 1) + 1) / 2**20
-        return "merged" if needed_mb <= self.merged_memory_limit_mb else "unmerged"
-
     def _build_merged(self, adapter_dir: Path) -> object:
-        """A plain model with the adapter merged into a copy of the base weights (the base stays untouched)."""
+        """A plain model with the adapter merged into a fresh copy of the base weights (fused mode's own base may
+        hold its home version)."""
         from peft import PeftModel
+        from transformers import AutoModelForCausalLM
 
-        merged = PeftModel.from_pretrained(copy.deepcopy(self._model), adapter_dir,
-                                           torch_device=str(self.device)).merge_and_unload()
+        base = AutoModelForCausalLM.from_pretrained(self.base_dir, local_files_only=True).to(self.device)
+        merged = PeftModel.from_pretrained(base, adapter_dir, torch_device=str(self.device)).merge_and_unload()
         return merged.to(self.device).eval()
 
     def _attach_unmerged(self, name: str, adapter_dir: Path) -> None:
@@ -134,21 +148,6 @@ class InProcessBackend:
         else:
             self._peft.load_adapter(adapter_dir, adapter_name=name, torch_device=str(self.device))
 
-    def _switch_mode(self, mode: Literal["merged", "unmerged"]) -> None:
-        """Rebuild every loaded adapter in ``mode`` (auto mode, after a load or unload). Under the lock."""
-        if mode == self.mode:
-            return
-        if mode == "unmerged":
-            self._merged.clear()
-            for name, folder in self._adapters.items():
-                self._attach_unmerged(name, folder)
-        else:
-            if self._peft is not None:
-                self._model = self._peft.unload()
-                self._peft = None
-            self._merged = {name: self._build_merged(folder) for name, folder in self._adapters.items()}
-        self.mode = mode
-
     def load_adapter(self, name: str, adapter_dir: Path) -> None:
         adapter_dir = Path(adapter_dir)
         if not name or name == BASE_ADAPTER:
@@ -159,8 +158,11 @@ class InProcessBackend:
             if name in self._adapters:
                 raise ValueError(f"adapter {name!r} is already loaded (from {self._adapters[name]}); "
                                  "unload it first or use another name")
-            self._switch_mode(self._wanted_mode(len(self._adapters) + 1))
-            if self.mode == "merged":
+            if self.mode == "fused":
+                self._fused.add(name, lora_factors(self._model, adapter_dir, self.device))
+                if self._param_bytes * (len(self._merged) + 2) / 2**20 <= self._copy_budget_mb:
+                    self._merged[name] = self._build_merged(adapter_dir)
+            elif self.mode == "merged":
                 self._merged[name] = self._build_merged(adapter_dir)
             else:
                 self._attach_unmerged(name, adapter_dir)
@@ -170,7 +172,10 @@ class InProcessBackend:
         with self._lock:
             if name not in self._adapters:
                 raise KeyError(f"adapter {name!r} is not loaded; loaded: {sorted(self._adapters)}")
-            if self.mode == "merged":
+            if self.mode == "fused":
+                self._fused.remove(name)  # the home goes back to the bare base first if it was this one
+                self._merged.pop(name, None)
+            elif self.mode == "merged":
                 del self._merged[name]  # its copy of the weights goes with it
             elif len(self._adapters) == 1:
                 # The last adapter: strip the LoRA layers so the base runs bare again.
@@ -179,7 +184,6 @@ class InProcessBackend:
             else:
                 self._peft.delete_adapter(name)
             del self._adapters[name]
-            self._switch_mode(self._wanted_mode(len(self._adapters)))
 
     def loaded(self) -> list[str]:
         with self._lock:
@@ -227,6 +231,8 @@ class InProcessBackend:
                 rows = order[start:start + max_batch]
                 batch = self._generate_batch([encoded[i] for i in rows], [adapters[i] for i in rows])
                 results.update(zip(rows, batch, strict=True))
+            if self._fused is not None:
+                self._fused.observe(adapters)  # may move the home, between calls
         return [results[i] for i in range(len(prompts))]
 
     def _generate_merged(self, encoded: list[list[int]], adapters: Sequence[str | None], order: list[int],
@@ -273,11 +279,17 @@ class InProcessBackend:
     def _adapter_context(self, adapters: list[str | None]) -> Iterator[tuple[object, dict[str, object]]]:
         """The model to call and its extra kwargs for this batch's adapters.
 
-        A batch with one adapter (or none) runs as plain LoRA: peft's per-row ``adapter_names`` path
-        costs ~40 % more on CPU. Mixed batches take the per-row path, "__base__" marking bare rows.
+        Fused mode: the plain model, with the other versions' deltas hooked in for this batch only.
+        Unmerged mode: a batch with one adapter (or none) runs as plain LoRA: peft's per-row ``adapter_names``
+        path costs ~40 % more on CPU. Mixed batches take the per-row path, "__base__" marking bare rows.
         """
         distinct = set(adapters)
-        if self._peft is None:
+        if self._fused is not None and len(distinct) == 1 and adapters[0] != self.home and adapters[0] in self._merged:
+            yield self._merged[adapters[0]], {}  # auto: one non-home version, and its merged copy is there
+        elif self._fused is not None:
+            with self._fused.applied(adapters):
+                yield self._model, {}
+        elif self._peft is None:
             yield self._model, {}
         elif distinct == {None}:
             with self._peft.disable_adapter():

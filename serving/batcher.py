@@ -2,9 +2,10 @@
 
 One worker thread owns the backend. It takes the first waiting request, then everything else already
 queued (up to ``max_batch``), optionally waiting up to ``max_wait_s`` for more, and runs them as one batch —
-mixed adapters included, which the backend serves in one pass through peft's per-row adapter path. While a
-batch runs, new requests queue up and form the next batch, so under load batches fill by themselves; the
-default wait is 0, so a lone request never waits for company that is not coming.
+mixed adapters included, which the backend serves in one forward pass (its fused mode: the champion merged
+into the base, the other versions as per-row low-rank deltas). While a batch runs, new requests queue up
+and form the next batch, so under load batches fill by themselves; the default wait is 0, so a lone
+request never waits for company that is not coming.
 """
 
 from __future__ import annotations

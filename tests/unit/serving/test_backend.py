@@ -15,9 +15,10 @@ from serving.backend import InProcessBackend
 REPO = Path(__file__).resolve().parents[3]
 
 
-@pytest.fixture(scope="module", params=["merged", "unmerged"])
+@pytest.fixture(scope="module", params=["fused", "merged", "unmerged"])
 def backend(request, tiny_base_model, adapters) -> InProcessBackend:
-    """Both adapter modes answer every test alike (test_backend_merged.py compares them row by row)."""
+    """Every adapter mode answers every test alike (test_backend_merged.py and test_backend_fused.py compare
+    them row by row)."""
     b = InProcessBackend(tiny_base_model[0], INTENT_V1, threads=1, device="cpu", adapter_mode=request.param)
     assert b.mode == request.param
     for name, folder in adapters.items():
@@ -81,7 +82,7 @@ def test_a_mixed_batch_answers_each_row_as_its_own_adapter_would(backend, tiny_b
     assert [g.text for g in single["drift"]] != [g.text for g in single["mixed"]]
 
 
-@pytest.mark.parametrize("mode", ["merged", "unmerged"])
+@pytest.mark.parametrize("mode", ["fused", "merged", "unmerged"])
 def test_unload_and_reload_give_the_same_generations(tiny_base_model, adapters, tiny_before_pairs,
                                                      tiny_drifted_pairs, mode):
     prompts = [p.prompt for p in tiny_before_pairs[:16] + tiny_drifted_pairs[:16]]

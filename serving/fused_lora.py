@@ -1,0 +1,210 @@
+"""The "fused" serving mode's machinery (serving.backend): one base with the *home* version merged in, every
+other version a per-row low-rank delta inside each targeted Linear, all in one forward pass.
+
+For a version v and home h, W_v - W_h = B_v·s_v·A_v - B_h·s_h·A_h is itself a LoRA of rank r_v + r_h
+(A = [A_v; A_h], B = [B_v·s_v, -B_h·s_h]): only the rows of v are gathered, take two small matmuls per layer and
+are added back. torch and peft are imported inside the functions, as in serving.backend.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+
+def lora_factors(model, adapter_dir: Path, device) -> dict[str, tuple[object, object, float]]:
+    """An adapter's Linear LoRA factors by module name: (A, B, scaling), as peft reads them.
+
+    peft attaches the adapter to ``model`` for the moment of reading (so rank and alpha patterns, rsLoRA and
+    target-module rules are peft's own) and is unloaded again: ``model`` comes back with its own modules.
+    """
+    import torch
+    from peft import PeftModel
+    from peft.tuners.lora import Linear as LoraLinear
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    wrapped = PeftModel.from_pretrained(model, adapter_dir, adapter_name="read", torch_device=str(device))
+    try:
+        config = wrapped.peft_config["read"]
+        if getattr(config, "modules_to_save", None) or getattr(config, "trainable_token_indices", None):
+            raise ValueError(f"{adapter_dir}: modules_to_save / trainable tokens are not LoRA deltas; load it "
+                             "with adapter_mode='unmerged'")
+        factors = {}
+        for name, module in wrapped.base_model.model.named_modules():
+            if not isinstance(module, BaseTunerLayer):
+                continue
+            plain = (isinstance(module, LoraLinear) and isinstance(module.get_base_layer(), torch.nn.Linear)
+                     and not module.fan_in_fan_out and "read" not in module.lora_variant
+                     and not module.lora_bias.get("read", False))
+            if not plain:
+                raise ValueError(f"{adapter_dir}: layer {name} is not a plain Linear LoRA (DoRA, LoRA bias, "
+                                 "embedding or conv); load it with adapter_mode='unmerged'")
+            factors[name] = (module.lora_A["read"].weight.detach().clone(),
+                             module.lora_B["read"].weight.detach().clone(), float(module.scaling["read"]))
+    finally:
+        wrapped.unload()  # the modules go back in place; ``model`` is the same object, its weights untouched
+    return factors
+
+
+def _delta_forward(linear, a, b, rows, mask):
+    """``linear``'s forward plus a low-rank delta on some rows: y = x·Wᵀ + bias; y[rows] += ((x[rows]·Aᵀ)*mask)·Bᵀ.
+
+    ``rows`` None: every row (no gather); ``mask`` None: every column of A belongs to every row in ``rows``.
+    As few torch calls as possible: on a small model each call's overhead, not its arithmetic, is the cost.
+    The gather keeps the arithmetic to the rows that need it (the delta has rank r_v + r_h: on the demo
+    model that is ~30 % of a layer's FLOPs, paid only by the other version's rows).
+    """
+    import torch.nn.functional as F  # noqa: N812 (torch's own convention)
+
+    weight, bias = linear.weight, linear.bias
+    if rows is None and mask is None:
+        return lambda x: F.linear(x, weight, bias) + F.linear(F.linear(x, a), b)
+    if rows is None:
+        return lambda x: F.linear(x, weight, bias) + F.linear(F.linear(x, a) * mask, b)
+    if mask is None:
+        return lambda x: F.linear(x, weight, bias).index_add_(
+            0, rows, F.linear(F.linear(x.index_select(0, rows), a), b))
+    return lambda x: F.linear(x, weight, bias).index_add_(
+        0, rows, F.linear(F.linear(x.index_select(0, rows), a) * mask, b))
+
+
+class FusedLora:
+    """Fused mode's state (module docstring): the home version merged into the base, the others as deltas.
+
+    Called under the backend's lock only. A delta is hooked in by setting a Linear's ``forward`` for one
+    batch and deleting it after: the modules outside a mixed batch carry no hook, no wrapper, no check.
+    """
+
+    # Each row served decays the counts by this factor: the home follows the majority of the last ~500 rows.
+    DECAY = 0.998
+    # Move the home only when another version served twice the home's recent rows (and at least MIN_ROWS):
+    # a 50/50 split never flaps, a promotion moves it after a few hundred requests.
+    MARGIN, MIN_ROWS = 2.0, 32
+
+    def __init__(self, model, base_dir: Path) -> None:
+        import torch
+        from safetensors import safe_open
+
+        self.model, self.device = model, model.device
+        self.linears = {name: m for name, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+        self.factors: dict[str, dict[str, tuple[object, object, float]]] = {}
+        self.home: str | None = None
+        self.traffic: dict[str | None, float] = {}
+        self._plans: dict[tuple, dict] = {}
+        # Where each base weight lives on disk: a home's layers are reread from there when it leaves.
+        self._files: dict[str, Path] = {}
+        for file in sorted(Path(base_dir).glob("*.safetensors")):
+            with safe_open(file, "pt") as f:
+                self._files.update(dict.fromkeys(f.keys(), file))
+        head, embed = model.get_output_embeddings(), model.get_input_embeddings()
+        tied = head is not None and embed is not None and head.weight is embed.weight
+        self._tied = next((n for n, m in self.linears.items() if m is head), None) if tied else None
+        self._embed = embed
+
+    def add(self, name: str, factors: dict) -> None:
+        self.factors[name] = factors
+        self._plans.clear()
+
+    def remove(self, name: str) -> None:
+        if self.home == name:
+            self.rehome(None)
+        del self.factors[name]
+        self.traffic.pop(name, None)
+        self._plans.clear()
+
+    def _homeable(self, name: str | None) -> bool:
+        """Its layers can be restored exactly later: the weight is in the base checkpoint, or is the tied head."""
+        return name is None or all(f"{m}.weight" in self._files or m == self._tied for m in self.factors[name])
+
+    def rehome(self, name: str | None) -> None:
+        """Merge ``name`` into the base weights instead of the current home (None: the bare base)."""
+        import torch
+        from safetensors import safe_open
+
+        if name == self.home:
+            return
+        if self.home is not None:
+            for m in self.factors[self.home]:
+                linear = self.linears[m]
+                if m == self._tied:
+                    linear.weight = self._embed.weight  # tie the head again: the embedding was never changed
+                    continue
+                with safe_open(self._files[f"{m}.weight"], "pt") as f:
+                    linear.weight.data.copy_(f.get_tensor(f"{m}.weight"))
+        if name is not None:
+            for m, (a, b, scaling) in self.factors[name].items():
+                linear = self.linears[m]
+                if m == self._tied:  # untie: the home's head delta must not leak into the input embedding
+                    linear.weight = torch.nn.Parameter(linear.weight.detach().clone(), requires_grad=False)
+                # (B @ A) * s added in place: bit for bit what peft's merge does (merged mode, the baseline).
+                linear.weight.data += ((b @ a) * scaling).to(linear.weight.dtype)
+        self.home = name
+        self._plans.clear()
+
+    def observe(self, adapters: Sequence[str | None]) -> None:
+        """Count the rows served; move the home when another version clearly carries the traffic."""
+        decay = self.DECAY ** len(adapters)
+        for key in self.traffic:
+            self.traffic[key] *= decay
+        for a in adapters:
+            self.traffic[a] = self.traffic.get(a, 0.0) + 1.0
+        best = max(self.traffic, key=self.traffic.__getitem__)
+        if (best != self.home and self.traffic[best] >= max(self.MIN_ROWS, self.MARGIN * self.traffic.get(self.home, 0))
+                and self._homeable(best)):
+            self.rehome(best)
+
+    def _plan(self, versions: tuple[str | None, ...]) -> dict[str, tuple[object, object, tuple[int, ...]]]:
+        """Per targeted module: A (R, in) and B (out, R) stacking each version's delta to the home, and which
+        version (index into ``versions``) owns each of the R columns. Cached until the home or the set changes."""
+        import torch
+
+        plan = self._plans.get(versions)
+        if plan is not None:
+            return plan
+        home = self.factors[self.home] if self.home is not None else {}
+        plan = {}
+        for m in sorted(set(home).union(*(self.factors[v] for v in versions if v is not None))):
+            a_parts, b_parts, owners = [], [], []
+            for i, v in enumerate(versions):
+                own = self.factors[v].get(m) if v is not None else None
+                signed = ([(*own, 1.0)] if own else []) + ([(*home[m], -1.0)] if m in home else [])
+                for a, b, scaling, sign in signed:
+                    a_parts.append(a)
+                    b_parts.append(b * (sign * scaling))
+                    owners += [i] * a.shape[0]
+            weight = self.linears[m].weight
+            plan[m] = (torch.cat(a_parts).to(weight.dtype), torch.cat(b_parts, dim=1).to(weight.dtype),
+                       tuple(owners))
+        self._plans[versions] = plan
+        return plan
+
+    @contextlib.contextmanager
+    def applied(self, adapters: Sequence[str | None]) -> Iterator[None]:
+        """The other versions' deltas hooked into their rows for one batch; nothing when all rows are home."""
+        import torch
+
+        versions = tuple(sorted({a for a in adapters if a != self.home}, key=str))
+        if not versions:
+            yield
+            return
+        plan = self._plan(versions)
+        # Only the other versions' rows take the delta (gathered, unless that is every row); the mask sorts
+        # their columns out when several other versions share the batch.
+        owner = [versions.index(a) for a in adapters if a != self.home]
+        rows = None if len(owner) == len(adapters) else torch.tensor(
+            [i for i, a in enumerate(adapters) if a != self.home], device=self.device)
+        masks: dict[tuple[int, ...], object] = {}
+        for m, (a, b, owners) in plan.items():
+            mask = None
+            if len(versions) > 1:
+                if owners not in masks:
+                    hit = torch.tensor(owner)[:, None] == torch.tensor(owners)[None, :]
+                    masks[owners] = hit.to(device=a.device, dtype=a.dtype).unsqueeze(1)
+                mask = masks[owners]
+            self.linears[m].forward = _delta_forward(self.linears[m], a, b, rows, mask)
+        try:
+            yield
+        finally:
+            for m in plan:
+                del self.linears[m].forward

@@ -1,0 +1,199 @@
+"""Fused mode: one base with the home version merged in, the other versions as per-row deltas in one pass.
+
+The reference is merged mode (a plain merged model per version, each group its own ``generate``): every row
+of a fused batch, mixed or not, must answer what its version answers there, whichever version is home.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from lifecycle.prompting import INTENT_V1
+from serving.backend import InProcessBackend
+
+
+def open_with(base, adapters, mode: str) -> InProcessBackend:
+    b = InProcessBackend(base, INTENT_V1, device="cpu", adapter_mode=mode)
+    for name, folder in adapters.items():
+        b.load_adapter(name, folder)
+    return b
+
+
+@pytest.fixture(scope="module")
+def more_adapters(tiny_base_model, tiny_drifted_pairs, adapters, tmp_path_factory) -> dict:
+    """The session's two adapters plus one without the output head (attention and MLP layers only)."""
+    from training.lora import LoraRecipe, train_lora
+
+    out = tmp_path_factory.mktemp("headless") / "headless"
+    recipe = LoraRecipe(r=8, alpha=16, max_steps=60, batch_size=16, log_every=10, lr=2e-2, seed=2,
+                        include_output_head=False)
+    train_lora(tiny_base_model[0], tiny_drifted_pairs, recipe, out, device="cpu")
+    return {**adapters, "headless": out}
+
+
+@pytest.fixture(scope="module")
+def merged(tiny_base_model, more_adapters) -> InProcessBackend:
+    return open_with(tiny_base_model[0], more_adapters, "merged")
+
+
+@pytest.fixture(scope="module")
+def fused(tiny_base_model, more_adapters) -> InProcessBackend:
+    return open_with(tiny_base_model[0], more_adapters, "fused")
+
+
+@pytest.fixture(scope="module")
+def prompts(tiny_before_pairs, tiny_drifted_pairs) -> list[str]:
+    """Every prompt of both worlds the fixtures hold (200), unseen ones included."""
+    return [p.prompt for p in tiny_before_pairs + tiny_drifted_pairs]
+
+
+NAMES = ("drift", "mixed", "headless", None)
+
+
+def texts(backend, prompts, names) -> list[str]:
+    return [g.text for g in backend.generate(prompts, names, max_batch=32)]
+
+
+def pin(backend: InProcessBackend, home: str | None) -> None:
+    """Make ``home`` the merged version and let no traffic count move it during the test."""
+    backend._fused.rehome(home)
+    backend._fused.traffic = {home: 1e9}
+
+
+@pytest.fixture(scope="module")
+def alone(merged, prompts) -> dict[str | None, list[str]]:
+    """Each version's answers, served alone by the reference (merged mode)."""
+    return {n: texts(merged, prompts, [n] * len(prompts)) for n in NAMES}
+
+
+def test_auto_is_fused_and_the_factors_are_read_as_peft_has_them(fused, more_adapters, tiny_base_model):
+    assert fused.mode == "fused" and InProcessBackend(tiny_base_model[0], INTENT_V1, device="cpu").mode == "fused"
+    assert fused.loaded() == ["drift", "headless", "mixed"] and fused._peft is None
+    assert not any("lora" in n for n, _ in fused._model.named_parameters())  # peft was unloaded after reading
+    assert "lm_head" in fused._fused.factors["drift"] and "lm_head" not in fused._fused.factors["headless"]
+    assert len(fused._fused.factors["headless"]) == len(fused._fused.factors["drift"]) - 1
+
+
+@pytest.mark.parametrize("home", [None, "drift", "headless"])
+def test_every_row_answers_as_its_version_alone_whichever_version_is_home(fused, alone, prompts, home):
+    pin(fused, home)
+    names = [NAMES[i % len(NAMES)] for i in range(len(prompts))]
+    got = fused.generate(prompts, names, max_batch=32)
+    assert [g.text for g in got] == [alone[n][i] for i, n in enumerate(names)]
+    assert [g.adapter for g in got] == names
+    for n in NAMES:  # one-version batches: the home's plain, the others' delta on every row
+        assert texts(fused, prompts, [n] * len(prompts)) == alone[n], n
+    for i, n in enumerate(NAMES):  # 1-row batches, as a lone caller sends them
+        assert texts(fused, prompts[i:i + 1], [n]) == [alone[n][i]]
+    assert fused.home == home
+    assert len({tuple(v) for v in alone.values()}) == len(NAMES)  # the versions really answer differently
+
+
+def test_a_batch_of_home_rows_does_no_delta_work(fused, prompts):
+    pin(fused, "mixed")
+    assert fused._fused._plans == {}
+    fused.generate(prompts[:8], ["mixed"] * 8)
+    assert fused._fused._plans == {}  # no delta was ever built: the merged base served them as it is
+    fused.generate(prompts[:8], ["mixed", "drift"] * 4)
+    assert list(fused._fused._plans) == [("drift",)]
+    assert not any("forward" in vars(m) for m in fused._fused.linears.values())  # hooks gone after the batch
+
+
+def test_the_home_follows_the_traffic_and_a_50_50_split_does_not_flap(tiny_base_model, adapters, prompts):
+    b = open_with(tiny_base_model[0], adapters, "fused")
+    assert b.home is None
+    b.generate(prompts[:16], ["drift"] * 16)
+    assert b.home is None  # too few rows to move the weights for
+    b.generate(prompts[:40], ["drift"] * 36 + [None] * 4)
+    assert b.home == "drift"
+    for _ in range(10):
+        b.generate(prompts[:40], ["drift", "mixed"] * 20)
+    assert b.home == "drift"
+    for _ in range(10):  # a promotion: all traffic to the other version
+        b.generate(prompts[:40], ["mixed"] * 40)
+    assert b.home == "mixed"
+
+
+def test_unloading_the_home_restores_the_base_bit_for_bit(tiny_base_model, adapters, prompts):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    b = open_with(tiny_base_model[0], adapters, "fused")
+    bare = texts(b, prompts[:40], [None] * 40)
+    b._fused.rehome("drift")
+    first = texts(b, prompts[:40], ["drift"] * 40)
+    b.unload_adapter("drift")
+    assert b.home is None and b.loaded() == ["mixed"]
+    pristine = AutoModelForCausalLM.from_pretrained(tiny_base_model[0], local_files_only=True).state_dict()
+    now = b._model.state_dict()
+    assert all(torch.equal(now[k], v) for k, v in pristine.items())
+    with pytest.raises(KeyError, match="not loaded"):
+        b.generate(prompts[:1], ["drift"])
+    b.load_adapter("drift", adapters["drift"])
+    assert texts(b, prompts[:40], ["drift"] * 40) == first
+    b._fused.rehome("mixed")
+    b.unload_adapter("drift")
+    b.unload_adapter("mixed")
+    assert b.loaded() == [] and b.home is None and b._fused.factors == {}
+    assert texts(b, prompts[:40], [None] * 40) == bare
+
+
+def test_a_tied_output_head_is_untied_for_the_home_and_tied_again_after(tiny_base_config, tiny_before_pairs,
+                                                                        tiny_drifted_pairs, tmp_path):
+    """A base whose head shares the input embedding: merging the home's head delta must leave the embedding
+    alone (peft's unmerged adapter, the reference here, changes only the head's output)."""
+    import torch
+
+    from training.base_model import build_base_model
+    from training.lora import LoraRecipe, train_lora
+
+    base = tmp_path / "tied"
+    build_base_model(tiny_before_pairs, base, tiny_base_config.model_copy(update={"tie_embeddings": True}),
+                     threads=1, device="cpu")
+    recipe = LoraRecipe(r=4, alpha=8, max_steps=40, batch_size=16, log_every=10, lr=2e-2)
+    train_lora(base, tiny_drifted_pairs, recipe, tmp_path / "head", device="cpu")
+    fused = open_with(base, {"head": tmp_path / "head"}, "fused")
+    unmerged = open_with(base, {"head": tmp_path / "head"}, "unmerged")
+    embed = fused._model.get_input_embeddings().weight
+    assert fused._model.get_output_embeddings().weight is embed and fused._fused._tied == "lm_head"
+    before = embed.detach().clone()
+    prompts = [p.prompt for p in tiny_before_pairs[:20] + tiny_drifted_pairs[:20]]
+    names = ["head", None] * 20
+    want = texts(unmerged, prompts, names)
+    fused._fused.rehome("head")
+    assert fused._model.get_output_embeddings().weight is not embed and torch.equal(embed, before)
+    assert texts(fused, prompts, names) == want
+    fused.unload_adapter("head")
+    assert fused._model.get_output_embeddings().weight is embed and torch.equal(embed, before)
+
+
+def test_an_adapter_that_is_not_plain_linear_lora_is_refused_with_the_way_out(tiny_base_model, tmp_path):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_base_model[0], local_files_only=True)
+    get_peft_model(model, LoraConfig(r=2, target_modules=["q_proj"], use_dora=True)).save_pretrained(tmp_path)
+    b = InProcessBackend(tiny_base_model[0], INTENT_V1, device="cpu", adapter_mode="fused")
+    with pytest.raises(ValueError, match="adapter_mode='unmerged'"):
+        b.load_adapter("dora", tmp_path)
+    assert b.loaded() == [] and not any("lora" in n for n, _ in b._model.named_parameters())
+
+
+def test_auto_runs_a_lone_version_through_its_merged_copy_while_copies_fit(tiny_base_model, more_adapters, alone,
+                                                                          prompts):
+    b = open_with(tiny_base_model[0], more_adapters, "auto")
+    assert b.mode == "fused" and sorted(b._merged) == ["drift", "headless", "mixed"]
+    pin(b, "drift")
+    assert texts(b, prompts, ["mixed"] * len(prompts)) == alone["mixed"]
+    assert b._fused._plans == {}  # the copy served it: no delta was built
+    names = [NAMES[i % len(NAMES)] for i in range(len(prompts))]
+    assert texts(b, prompts, names) == [alone[n][i] for i, n in enumerate(names)]
+    assert b._fused._plans  # the mixed batch took the fused pass
+    b.unload_adapter("mixed")
+    assert sorted(b._merged) == ["drift", "headless"]
+    one_mb = b._param_bytes / 2**20  # room for the base and one copy: the second version is served fused only
+    small = InProcessBackend(tiny_base_model[0], INTENT_V1, device="cpu", merged_memory_limit_mb=2.5 * one_mb)
+    small.load_adapter("drift", more_adapters["drift"])
+    small.load_adapter("mixed", more_adapters["mixed"])
+    assert list(small._merged) == ["drift"]
+    assert texts(small, prompts, ["mixed"] * len(prompts)) == alone["mixed"]
