@@ -146,7 +146,12 @@ class LocalArtifactStore:
         return f"local://base/{target.name}", revision
 
     def base_dir(self, uri: str, revision: str | None = None) -> Path:
-        """The folder; ``Registry.base_dir`` checks it against ``revision`` (its tree digest)."""
+        """The folder; ``Registry.base_dir`` checks it against ``revision`` (its tree digest). An upstream Hub base
+        (``hf://OWNER/NAME`` at a commit) comes from the Hub cache: registry.hub_models."""
+        if uri.startswith("hf://"):
+            from registry.hub_models import base_model_dir
+
+            return base_model_dir(uri, revision)
         return self._local(uri, "base")
 
     def put_dataset(self, sha256: str, content: bytes, name: str = "data") -> str:

@@ -27,9 +27,10 @@ def render_model_card(*, ref: str, status: str, reason: str, lineage: Lineage, e
         for r in evals
     ]
     base = lineage.base_model
-    on_hub = "://" not in base.model_id  # a Hub repo id, pinned by commit sha (local bases are local:// uris)
+    hub_id = base.model_id.removeprefix("hf://")  # an upstream Hub base (hf://OWNER/NAME) names its repo plainly
+    on_hub = "://" not in hub_id  # a Hub repo id, pinned by commit sha (local bases are local:// uris)
     data = ModelCardData(
-        base_model=base.model_id if on_hub else None,
+        base_model=hub_id if on_hub else None,
         base_model_revision=base.revision if on_hub else None,  # the Hub's base_model has no revision field
         datasets=[_dataset_id(d) for d in lineage.datasets if d.name.startswith("train")] or None,
         library_name="peft" if lineage.parent is not None or lineage.recipe.get("r") else "transformers",

@@ -189,8 +189,8 @@ class HubArtifactStore:
 
     def base_dir(self, uri: str, revision: str | None = None) -> Path:
         """The base at ``revision`` (a commit sha; main if None), each file checked against the Hub's tree."""
-        if uri.startswith("local://"):
-            return self.local.base_dir(uri)
+        if uri.startswith(("local://", "hf://")):  # hf://: an upstream Hub base, not in this store's namespace
+            return self.local.base_dir(uri, revision)
         key = (uri, revision or "main")
         if key in self._verified_bases:
             return self._verified_bases[key]

@@ -30,22 +30,34 @@ def prefect_env() -> None:
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # transformers' "Loading weights" bars too
 
 
-def run_bootstrap(model: str | None = None) -> str:
+def run_bootstrap(model: str | None = None, *, task: str = "configs/task.yaml", hub_base: str | None = None) -> str:
     prefect_env()
     from flows.bootstrap import BootstrapParams, bootstrap
     from lifecycle.settings import get_settings
 
     start = time.perf_counter()
-    outcome = bootstrap(BootstrapParams(model=model or get_settings().model_name))
+    try:
+        params = BootstrapParams(model=model or get_settings().model_name, task=task, hub_base=hub_base)
+    except ValueError as exc:  # pydantic's ValidationError: an unpinned Hub reference, before anything runs
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+    outcome = bootstrap(params)
     verb = "built and promoted" if outcome.created else "already bootstrapped:"
     console.print(f"[green]✓[/green] bootstrap {verb} {outcome.champion} as champion "
                   f"({time.perf_counter() - start:.0f} s)")
     return outcome.champion
 
 
-def bootstrap_cmd() -> None:
-    """Build the offline base model and register it as version 1, the first champion (cached)."""
-    run_bootstrap()
+def bootstrap_cmd(
+    task: Annotated[str, typer.Option(help="task config YAML (its hub_dataset, if set, is downloaded pinned)")]
+    = "configs/task.yaml",
+    hub_base: Annotated[str | None, typer.Option(help="a Hub causal LM as v1's base, OWNER/NAME@<40-hex commit sha>"
+                                                 " (downloaded into the Hub cache) instead of the offline base")]
+    = None,
+) -> None:
+    """Build the offline base model (cached) — or take a pinned Hub model — and register it as version 1, the
+    first champion."""
+    run_bootstrap(task=task, hub_base=hub_base)
 
 
 def run_retrain(params) -> object:

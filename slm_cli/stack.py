@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -72,7 +73,8 @@ def stack_env(api_url: str, extra: dict[str, str] | None = None) -> dict[str, st
                 "PREFECT_HOME": str(settings.home / "prefect"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
                 "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
                 "HF_HUB_DISABLE_PROGRESS_BARS": "1",
-                # The worker asks for work every 2 s, not 10: waiting must not be what a demo measures.
+                # The worker asks for work every 2 s, not 10: waiting must not be what a demo measures. (1 s was
+                # tried: ~0.5 s less per flow run, more writers on the server's SQLite; not worth it.)
                 "PREFECT_WORKER_QUERY_SECONDS": "2", "PREFECT_WORKER_PREFETCH_SECONDS": "5"})
     env.update(extra or {})
     return env
@@ -104,16 +106,45 @@ def _wait_http(url: str, name: str, proc: subprocess.Popen, log: str, timeout_s:
 
 
 def _prefect(args: list[str], env: dict[str, str], what: str) -> str:
-    done = subprocess.run([sys.executable, "-m", "prefect", *args], cwd=project_root(), env=env,
-                          capture_output=True, text=True, timeout=600)
-    if done.returncode != 0:
-        raise StackError(f"{what} failed (prefect {' '.join(args)}):\n{done.stdout[-2000:]}{done.stderr[-2000:]}")
-    return done.stdout
+    return _prefect_wait(_prefect_start(args, env), args, what)
+
+
+def _prefect_start(args: list[str], env: dict[str, str]) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "prefect", *args], cwd=project_root(), env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _prefect_wait(proc: subprocess.Popen, args: list[str], what: str) -> str:
+    try:
+        out, err = proc.communicate(timeout=600)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate()
+    if proc.returncode != 0:
+        raise StackError(f"{what} failed (prefect {' '.join(args)}):\n{out[-2000:]}{err[-2000:]}")
+    return out
+
+
+def _ensure_pool(env: dict[str, str]) -> None:
+    """Create the work pool unless it exists: one CLI call, not a listing and then a creation (an existing
+    pool, perhaps with a job template a user edited, is left as it is)."""
+    args = ["work-pool", "create", POOL, "--type", "process"]
+    proc = _prefect_start(args, env)
+    try:
+        _prefect_wait(proc, args, f"creating work pool {POOL}")
+    except StackError as exc:
+        if "already exists" not in str(exc):
+            raise
 
 
 def up(*, prefect_port: int = 4200, gateway_port: int | None = 8000, worker: bool = True,
-       database_url: str | None = None, status=print) -> StackRecord:
-    """Start everything (refused if a recorded stack is still running: `slm down` first)."""
+       database_url: str | None = None, status=print, while_deploying: Callable[[], object] | None = None
+       ) -> StackRecord:
+    """Start everything (refused if a recorded stack is still running: `slm down` first).
+
+    ``while_deploying``: work that needs only the server (the demo's bootstrap), done while ``prefect deploy``
+    and the worker start in their own processes; one CLI start-up (~3-5 s on 2 busy cores) is not waited twice.
+    """
     existing = read_record()
     if existing and any(_alive(pid) for pid in existing.pids.values()):
         raise StackError(f"a stack is already up (UI {existing.ui_url}); run `slm down` first")
@@ -128,13 +159,20 @@ def up(*, prefect_port: int = 4200, gateway_port: int | None = 8000, worker: boo
                                            "127.0.0.1", "--port", str(prefect_port)], env, record)
         _wait_http(f"{api_url}/health", "the Prefect server", server, record.logs["prefect-server"], 180)
         status(f"work pool {POOL} (process) and the deployments of prefect.yaml, with their automations")
-        pools = _prefect(["work-pool", "ls"], env, "listing work pools")
-        if POOL not in pools:
-            _prefect(["work-pool", "create", POOL, "--type", "process"], env, f"creating work pool {POOL}")
-        _prefect(["--no-prompt", "deploy", "--all"], env, "deploying prefect.yaml")
-        if worker:
-            status(f"worker on {POOL}")
-            _spawn("worker", [sys.executable, "-m", "prefect", "worker", "start", "--pool", POOL], env, record)
+        _ensure_pool(env)
+        deploy_args = ["--no-prompt", "deploy", "--all"]
+        deploying = _prefect_start(deploy_args, env)
+        try:
+            if worker:
+                status(f"worker on {POOL}")
+                _spawn("worker", [sys.executable, "-m", "prefect", "worker", "start", "--pool", POOL], env, record)
+            if while_deploying is not None:
+                while_deploying()
+        except BaseException:
+            deploying.kill()
+            deploying.communicate()
+            raise
+        _prefect_wait(deploying, deploy_args, "deploying prefect.yaml")
         if gateway_port:
             status(f"gateway on {record.gateway_url}/v1")
             start_gateway(record, gateway_port)
@@ -153,18 +191,27 @@ def hold_schedules(api_url: str, deployments: list[str]) -> None:
     with httpx.Client(base_url=api_url, timeout=30) as api:
         for name in deployments:
             flow, deployment = name.split("/", 1)
-            found = api.get(f"/deployments/name/{flow}/{deployment}")
-            found.raise_for_status()
-            body = found.json()
+            body = _api(api, "GET", f"/deployments/name/{flow}/{deployment}").json()
             for schedule in body.get("schedules", []):
-                api.patch(f"/deployments/{body['id']}/schedules/{schedule['id']}",
-                          json={"active": False}).raise_for_status()
-            runs = api.post("/flow_runs/filter", json={
+                _api(api, "PATCH", f"/deployments/{body['id']}/schedules/{schedule['id']}", json={"active": False})
+            runs = _api(api, "POST", "/flow_runs/filter", json={
                 "deployments": {"id": {"any_": [body["id"]]}},
                 "flow_runs": {"state": {"type": {"any_": ["SCHEDULED"]}}}})
-            runs.raise_for_status()
             for run in runs.json():
-                api.delete(f"/flow_runs/{run['id']}").raise_for_status()
+                _api(api, "DELETE", f"/flow_runs/{run['id']}")
+
+
+def _api(api: httpx.Client, method: str, url: str, attempts: int = 6, **kwargs) -> httpx.Response:
+    """One Prefect API call, retried while the server answers 503: on SQLite a write that meets another
+    writer's lock (the scheduler filling in runs of the deployments just created, a flow run starting) is
+    answered 503 and succeeds a moment later."""
+    for attempt in range(attempts):
+        response = api.request(method, url, **kwargs)
+        if response.status_code != 503 or attempt == attempts - 1:
+            response.raise_for_status()
+            return response
+        time.sleep(0.5 * 2**attempt)
+    raise AssertionError("unreachable")
 
 
 def start_gateway(record: StackRecord, port: int) -> StackRecord:

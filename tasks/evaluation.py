@@ -1,7 +1,13 @@
-"""Benchmark task: champion and challenger answer the same golden items in one run."""
+"""Benchmark task: champion and challenger answer the same golden items in one run.
+
+The champion's answers are stored by content (``evaluation.answers``: weights, golden set, decoding) and reused
+by the next retrain, which then re-answers only a spot-check sample of them; the challenger's answers are stored
+too, so once promoted it is not re-answered either.
+"""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from prefect import task
@@ -9,14 +15,18 @@ from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 from data_checks.readers import read_jsonl
-from evaluation.benchmark import GoldenSet, run_benchmark
+from evaluation.answers import AnswerKey, AnswerStore, decoding_settings
+from evaluation.benchmark import GoldenSet, StaleAnswers, run_benchmark
+from lifecycle.files import hash_tree
 from lifecycle.records import EvalReport, Frozen, ModelVersion
 from lifecycle.settings import get_settings
 from serving.loader import load_version, open_backend
 from tasks.connect import open_registry
 from tasks.plan import RetrainPlan
+from training.artifacts import weights_digest
 
 CHALLENGER = "challenger"
+log = logging.getLogger(__name__)
 
 
 class Scores(Frozen):
@@ -24,12 +34,60 @@ class Scores(Frozen):
     challenger: list[EvalReport]
 
 
+class Weights(Frozen):
+    """What a version's answers depend on besides the items and the decoding: its base and adapter weights."""
+
+    base: str  # model id@revision
+    adapter: str  # weights sha256, "none" for the bare base
+
+
+def answer_store() -> AnswerStore:
+    return AnswerStore(get_settings().home / "benchmarks" / "answers")
+
+
+def version_weights(version: ModelVersion) -> Weights | None:
+    """A registered version's weights (None when its lineage names no base: nothing to key its answers by)."""
+    base = version.lineage.base_model if version.lineage else None
+    if base is None:
+        return None
+    try:
+        adapter = weights_digest(version.files)
+    except ValueError:  # no .safetensors among its files: the base model itself
+        adapter = "none"
+    return Weights(base=f"{base.model_id}@{base.revision}", adapter=adapter)
+
+
 def score_on(backend, versions: dict[str, str | None], golden: dict[str, Path], allowed: set[str],
-             batch_size: int = 64) -> dict[str, list[EvalReport]]:
-    """Every version (ref -> adapter name) on every golden set, same items in the same run."""
-    per_set = [run_benchmark(backend, versions, GoldenSet.of(name, read_jsonl(path)), allowed,
-                             batch_size=batch_size) for name, path in golden.items()]
-    return {ref: [reports[ref] for reports in per_set] for ref in versions}
+             batch_size: int = 64, weights: dict[str, Weights] | None = None,
+             store: AnswerStore | None = None) -> dict[str, list[EvalReport]]:
+    """Every version (ref -> adapter name) on every golden set, same items in the same run.
+
+    With ``store``, versions named in ``weights`` reuse their stored answers (spot-checked) and store fresh ones.
+    """
+    reports: dict[str, list[EvalReport]] = {ref: [] for ref in versions}
+    for name, path in golden.items():
+        gold = GoldenSet.of(name, read_jsonl(path))
+        keys = {ref: _key(w, gold, backend) for ref, w in (weights or {}).items() if ref in versions}
+        known = {ref: report for ref, key in keys.items()
+                 if store is not None and (report := store.get(key, ref)) is not None}
+        try:
+            scored = run_benchmark(backend, versions, gold, allowed, batch_size=batch_size, known=known)
+        except StaleAnswers as exc:
+            log.warning("stored answers not reused, every version answers %s afresh: %s", name, exc)
+            known = {}
+            scored = run_benchmark(backend, versions, gold, allowed, batch_size=batch_size)
+        for ref, report in scored.items():
+            reports[ref].append(report)
+            if store is not None and ref in keys and ref not in known:
+                store.put(keys[ref], report)
+    return reports
+
+
+def _key(weights: Weights, golden: GoldenSet, backend) -> AnswerKey:
+    fmt = backend.prompt_format
+    return AnswerKey(base=weights.base, adapter=weights.adapter, benchmark=golden.name,
+                     benchmark_sha256=golden.sha256, n_items=len(golden.items),
+                     decoding=decoding_settings(fmt.identity, fmt.stop, fmt.max_new_tokens))
 
 
 def score_versions(champion: ModelVersion, challenger_adapter: Path, golden: dict[str, Path],
@@ -39,8 +97,33 @@ def score_versions(champion: ModelVersion, challenger_adapter: Path, golden: dic
         backend = open_backend(registry, champion, threads=get_settings().torch_threads)
         versions = {champion.ref: load_version(backend, registry, champion), CHALLENGER: CHALLENGER}
     backend.load_adapter(CHALLENGER, challenger_adapter)
-    reports = score_on(backend, versions, golden, allowed, batch_size)
+    weights: dict[str, Weights] = {}
+    if (champ := version_weights(champion)) is not None:
+        # The challenger is trained on the champion's base; its adapter is keyed by its own file hashes.
+        weights = {champion.ref: champ,
+                   CHALLENGER: Weights(base=champ.base, adapter=weights_digest(hash_tree(challenger_adapter)))}
+    reports = score_on(backend, versions, golden, allowed, batch_size, weights, answer_store())
     return Scores(champion=reports[champion.ref], challenger=reports[CHALLENGER])
+
+
+def remember_answers(version: ModelVersion, store: AnswerStore | None = None) -> int:
+    """Store the answers a version was registered with, keyed as the benchmark keys them; the number stored.
+
+    Only for evals this very code generated a moment ago (the bootstrap flow's v1): the key asserts the decoding.
+    """
+    from lifecycle.prompting import format_by_identity
+
+    weights = version_weights(version)
+    if weights is None:
+        return 0
+    store = store or answer_store()
+    fmt = format_by_identity(version.prompt_format)
+    decoding = decoding_settings(fmt.identity, fmt.stop, fmt.max_new_tokens)
+    for report in version.evals:
+        store.put(AnswerKey(base=weights.base, adapter=weights.adapter, benchmark=report.benchmark,
+                            benchmark_sha256=report.benchmark_sha256, n_items=len(report.items), decoding=decoding),
+                  report)
+    return len(version.evals)
 
 
 def publish_scores_table(scores: Scores) -> None:
@@ -58,3 +141,11 @@ def benchmark(plan: RetrainPlan, adapter_dir: Path) -> Scores:
                             plan.config.benchmark_batch_size)
     publish_scores_table(scores)
     return scores
+
+
+@task(name="remember-answers", cache_policy=NO_CACHE)
+def remember_registered_answers(ref: str) -> int:
+    """The bootstrap's v1: its golden answers, just generated, stored for the first retrain's benchmark."""
+    with open_registry() as registry:
+        version = registry.get(ref)
+    return remember_answers(version)

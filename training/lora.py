@@ -111,6 +111,8 @@ def train_lora(base_dir: Path, pairs: list[Pair], recipe: LoraRecipe, out_dir: P
     with torch_threads(threads):
         target = pick_device(device)
         tokenizer = AutoTokenizer.from_pretrained(base_dir, local_files_only=True)
+        if tokenizer.pad_token_id is None:  # a Hub base such as SmolLM2 has none: pad with eos, as serving does
+            tokenizer.pad_token = tokenizer.eos_token
         base = AutoModelForCausalLM.from_pretrained(base_dir, local_files_only=True)
         model = _with_adapter(base, recipe, init_adapter).to(target)
         max_length = min(tokenizer.model_max_length, base.config.max_position_embeddings)

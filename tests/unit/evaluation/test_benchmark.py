@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from evaluation.benchmark import GoldenSet, run_benchmark
+from evaluation.benchmark import GoldenSet, StaleAnswers, run_benchmark
 from lifecycle.data import Pair
 
 
@@ -43,7 +43,9 @@ def test_versions_answer_the_same_items_in_alternating_order():
     champ, chall = reports["m:v1"], reports["m:v2"]
     assert [i.item_id for i in champ.items] == [i.item_id for i in chall.items]
     assert champ.exact_match == pytest.approx(0.5) and chall.exact_match == 1.0
-    assert [c[0] for c in backend.calls] == [None, "good", "good", None, None, "good"]
+    # one untimed warm-up row each, then batches alternating who goes first
+    assert backend.calls[:2] == [(None, 1), ("good", 1)]
+    assert [c[0] for c in backend.calls[2:]] == [None, "good", "good", None, None, "good"]
     assert chall.per_route_accuracy == {"label0": 1.0, "label1": 1.0, "label2": 1.0}
     assert champ.malformed_rate == 0.0
     assert chall.benchmark_sha256 == GOLDEN.sha256 and chall.n_items == 10
@@ -67,3 +69,41 @@ def test_empty_inputs_are_refused():
         run_benchmark(Scripted(), {}, GOLDEN, ALLOWED)
     with pytest.raises(ValueError, match="is empty"):
         GoldenSet.of("empty", [])
+
+
+def test_known_answers_are_reused_and_only_every_nth_batch_is_answered_again():
+    first = run_benchmark(Scripted(), {"m:v1": None}, GOLDEN, ALLOWED, batch_size=2)["m:v1"]
+    backend = Scripted()
+    reports = run_benchmark(backend, {"m:v1": None, "m:v2": "good"}, GOLDEN, ALLOWED, batch_size=2,
+                            known={"m:v1": first}, spot_check_every=2)
+    champion_batches = [n for adapter, n in backend.calls[2:] if adapter is None]
+    assert champion_batches == [2, 2, 2]  # batches 0, 2 and 4 of five: the spot check
+    assert [c[0] for c in backend.calls[2:]].count("good") == 5  # the challenger answers everything
+    champ = reports["m:v1"]
+    assert [(i.item_id, i.predicted) for i in champ.items] == [(i.item_id, i.predicted) for i in first.items]
+    assert champ.exact_match == first.exact_match == pytest.approx(0.5)
+    # latency from this run's spot-check batches only (2 items each: 20 ms), for both: the comparison stays paired
+    assert champ.latency_p95_ms == pytest.approx(20.0) and champ.tokens_per_s == pytest.approx(12 / 0.06)
+    chall = reports["m:v2"]
+    assert chall.exact_match == 1.0 and len(chall.items) == 10
+    assert chall.tokens_per_s == pytest.approx(12 / 0.06) and chall.latency_p50_ms == pytest.approx(20.0)
+
+
+def test_a_spot_check_that_disagrees_with_the_stored_answers_raises():
+    stored = run_benchmark(Scripted(), {"m:v1": "good"}, GOLDEN, ALLOWED, batch_size=4)["m:v1"]
+    with pytest.raises(StaleAnswers, match="stored answer"):
+        run_benchmark(Scripted(), {"m:v1": None}, GOLDEN, ALLOWED, batch_size=4, known={"m:v1": stored})
+
+
+def test_stored_answers_of_another_golden_set_are_refused():
+    stored = run_benchmark(Scripted(), {"m:v1": None}, GOLDEN, ALLOWED)["m:v1"]
+    other = GoldenSet.of("g", [Pair(prompt=f"item {i}", completion=f"label{i % 3}") for i in range(11)])
+    with pytest.raises(StaleAnswers, match="another g"):
+        run_benchmark(Scripted(), {"m:v1": None}, other, ALLOWED, known={"m:v1": stored})
+
+
+def test_stored_answers_are_judged_against_this_runs_allowed_set():
+    stored = run_benchmark(Scripted(), {"m:v1": None}, GOLDEN, ALLOWED)["m:v1"]
+    report = run_benchmark(Scripted(), {"m:v1": None}, GOLDEN, {"label0", "label1", "label2"}, batch_size=2,
+                           known={"m:v1": stored}, spot_check_every=100)["m:v1"]
+    assert report.malformed_rate == pytest.approx(0.5)  # label9 is no longer an allowed answer

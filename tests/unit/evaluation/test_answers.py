@@ -1,0 +1,58 @@
+"""The answer store: a hit only for exactly the key it was stored under; anything else is a miss."""
+
+import pytest
+
+from evaluation.answers import AnswerKey, AnswerStore, decoding_settings
+from evaluation.benchmark import GoldenSet, run_benchmark
+from lifecycle.data import Pair
+from tests.unit.evaluation.test_benchmark import ALLOWED, GOLDEN, Scripted
+
+
+def key(**change) -> AnswerKey:
+    fields = {"base": "intent-router-base@abc", "adapter": "none", "benchmark": "g", "benchmark_sha256": GOLDEN.sha256,
+              "n_items": len(GOLDEN.items), "decoding": decoding_settings("intent-v1@x", "\n", 16)}
+    return AnswerKey(**{**fields, **change})
+
+
+@pytest.fixture
+def report():
+    return run_benchmark(Scripted(), {"m:v1": None}, GOLDEN, ALLOWED)["m:v1"]
+
+
+def test_a_stored_report_comes_back_under_its_key_relabelled(tmp_path, report):
+    store = AnswerStore(tmp_path)
+    store.put(key(), report)
+    got = store.get(key(), "m:v7")
+    assert got is not None and got.version == "m:v7"
+    assert [i.predicted for i in got.items] == [i.predicted for i in report.items]
+
+
+@pytest.mark.parametrize("change", [
+    {"adapter": "0" * 64},                                          # another champion's weights
+    {"base": "intent-router-base@def"},                             # another base revision
+    {"benchmark_sha256": "f" * 64},                                 # another golden set
+    {"decoding": decoding_settings("intent-v1@x", "\n", 8)},        # another token budget
+    {"decoding": decoding_settings("intent-v2@y", "\n", 16)},       # another prompt format
+])
+def test_any_other_key_is_a_miss(tmp_path, report, change):
+    store = AnswerStore(tmp_path)
+    store.put(key(), report)
+    assert store.get(key(**change), "m:v1") is None
+
+
+def test_a_corrupt_or_mismatched_file_is_a_miss(tmp_path, report):
+    store = AnswerStore(tmp_path)
+    store.put(key(), report)
+    store.path(key()).write_text("{not json")
+    assert store.get(key(), "m:v1") is None
+
+
+def test_a_report_that_does_not_match_its_key_is_refused(tmp_path, report):
+    other = GoldenSet.of("g", [Pair(prompt="item 1", completion="label1")])
+    with pytest.raises(ValueError, match="does not match its key"):
+        AnswerStore(tmp_path).put(key(benchmark_sha256=other.sha256), report)
+
+
+def test_decoding_settings_name_the_libraries():
+    settings = decoding_settings("intent-v1@x", "\n", 16)
+    assert settings["do_sample"] is False and {"torch", "transformers", "peft"} <= settings.keys()
