@@ -19,3 +19,19 @@ def slm_project(tmp_path_factory, prefect_harness, write_tiny_configs):
         os.environ.pop("SLM_HOME", None)
     else:
         os.environ["SLM_HOME"] = old
+
+
+def ask_gateway(config, prompt: str, timeout: float = 60.0):
+    """One completion through a gateway of ``config`` on loopback (its registry closed afterwards): the response."""
+    import httpx
+
+    from serving.app import build_app
+    from serving.server import BackgroundServer
+
+    app, state = build_app(config)
+    try:
+        with BackgroundServer(app) as gateway:
+            return httpx.post(f"{gateway.url}/v1/completions", json={"model": config.model, "prompt": prompt},
+                              timeout=timeout)
+    finally:
+        state.registry.close()

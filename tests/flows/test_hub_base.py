@@ -11,7 +11,6 @@ import csv
 import shutil
 from pathlib import Path
 
-import httpx
 import pytest
 import yaml
 from huggingface_hub import HfApi
@@ -22,6 +21,7 @@ from lifecycle.records import BaseModelRef
 from lifecycle.settings import get_settings
 from tests.conftest import BEFORE_INTENTS, DRIFTED_INTENTS
 from tests.env import environment
+from tests.flows.conftest import ask_gateway
 from tests.hub_double import HubDouble
 
 pytestmark = [pytest.mark.prefect, pytest.mark.slow]
@@ -102,8 +102,7 @@ def _versions(model: str) -> list:
 def test_bootstrap_pins_hub_base_and_dataset_serves_and_retrains(hub_world, tmp_path):
     from flows.retrain import retrain
     from registry.service import open_registry
-    from serving.app import build_app, load_serve_config
-    from serving.server import BackgroundServer
+    from serving.app import load_serve_config
 
     sha, data_sha = hub_world["model_sha"], hub_world["data_sha"]
     assert _bootstrap(hub_world, f"{MODEL_REPO}@{sha}").champion == "hubrouter:v1"
@@ -130,11 +129,7 @@ def test_bootstrap_pins_hub_base_and_dataset_serves_and_retrains(hub_world, tmp_
 
     config = load_serve_config(REPO / "configs/serve.yaml").model_copy(update={
         "model": "hubrouter", "task": hub_world["configs"] / "task.yaml", "max_wait_ms": 2.0})
-    app, state = build_app(config)
-    with BackgroundServer(app) as gateway:
-        answer = httpx.post(f"{gateway.url}/v1/completions", json={"model": "hubrouter", "prompt": "card lost"},
-                            timeout=60)
-    state.registry.close()
+    answer = ask_gateway(config, "card lost")
     assert answer.status_code == 200 and answer.json()["model"] == "hubrouter:v1", answer.text
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import httpx
 import pytest
 from huggingface_hub import ModelCard
 
@@ -13,6 +12,7 @@ from lifecycle.config import RetrainParams
 from lifecycle.data import read_pairs, write_jsonl
 from lifecycle.settings import get_settings
 from tests.env import environment
+from tests.flows.conftest import ask_gateway
 from tests.hub_double import HubDouble
 
 pytestmark = [pytest.mark.prefect, pytest.mark.slow]
@@ -35,8 +35,7 @@ def test_bootstrap_and_retrain_publish_to_the_hub_and_the_gateway_serves_from_it
     from flows.bootstrap import BootstrapParams, bootstrap
     from flows.retrain import retrain
     from registry.service import open_registry
-    from serving.app import build_app, load_serve_config
-    from serving.server import BackgroundServer
+    from serving.app import load_serve_config
 
     configs, hub = hub_project
     assert bootstrap(BootstrapParams(model="router", task=str(configs / "task.yaml"),
@@ -58,9 +57,5 @@ def test_bootstrap_and_retrain_publish_to_the_hub_and_the_gateway_serves_from_it
         assert train.snapshot.startswith("hf://datasets/acme/intent-router-data@")
 
     config = load_serve_config(REPO / "configs/serve.yaml").model_copy(update={"model": "router", "max_wait_ms": 2.0})
-    app, state = build_app(config)
-    with BackgroundServer(app) as gateway:
-        answer = httpx.post(f"{gateway.url}/v1/completions", json={"model": "router", "prompt": "card lost"},
-                            timeout=30)
-    state.registry.close()
+    answer = ask_gateway(config, "card lost")
     assert answer.status_code == 200 and answer.json()["model"] == "router:v1", answer.text
