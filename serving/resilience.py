@@ -247,16 +247,13 @@ class CircuitBreakers:
             breaker = self._breakers.get(key)
         return breaker.state if breaker is not None else CircuitState.CLOSED
 
-    def snapshots(self) -> dict[int, CircuitSnapshot]:
+    def forget(self, keep: set[int] | frozenset[int]) -> set[int]:
+        """Drop the breakers of keys not in ``keep`` (versions no longer served); returns the keys dropped."""
         with self._lock:
-            breakers = dict(self._breakers)
-        return {key: breaker.snapshot() for key, breaker in sorted(breakers.items())}
-
-    def forget(self, keep: set[int] | frozenset[int]) -> None:
-        """Drop the breakers of keys not in ``keep`` (versions no longer served)."""
-        with self._lock:
-            for key in set(self._breakers) - set(keep):
+            dropped = set(self._breakers) - set(keep)
+            for key in dropped:
                 del self._breakers[key]
+        return dropped
 
 
 _pool: concurrent.futures.ThreadPoolExecutor | None = None

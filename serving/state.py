@@ -12,7 +12,7 @@ from datetime import datetime
 
 from lifecycle import routing
 from lifecycle.names import VersionRef
-from lifecycle.predictions import Feedback, Prediction
+from lifecycle.predictions import Feedback
 from lifecycle.routing import Assignment
 from registry.predictions import BackpressureError, PredictionStore, PredictionWriter
 from registry.service import Registry
@@ -152,27 +152,22 @@ class GatewayState:
         for flag in flags:
             self.metrics.guardrail_flags.labels(*labels, flag).inc()
 
-    def log_prediction(self, prediction: Prediction | dict) -> None:
-        """Queue the row (a Prediction or the dict of its fields). The answer is already computed: a full or
-        closed log costs the row, not the response — and that loss is logged and counted, never silent."""
-        try:
-            self.writer.write(prediction)
-        except (BackpressureError, RuntimeError) as exc:
-            self.metrics.log_dropped.inc()
-            request_id = prediction["request_id"] if isinstance(prediction, dict) else prediction.request_id
-            log.error("prediction of %s not logged: %s", request_id, exc)
-
     def log_answer(self, request_id: str, assignment: Assignment, user_hash: str, prompt: str, arrived: datetime,
                    answer: Answer) -> None:
         """Queue the row of one answer, served or shadow. Only its fields are queued on the request path; the
-        writer's thread validates them into a :class:`Prediction` and hashes the texts."""
+        writer's thread validates them into a Prediction and hashes the texts. The answer is already computed: a
+        full or closed log costs the row, not the response — and that loss is logged and counted, never silent."""
         served = assignment.role != "shadow"
-        self.log_prediction({
-            "ts": arrived, "request_id": request_id, "model": self.model, "version": assignment.version,
-            "role": assignment.role, "user_hash": user_hash, "prompt": prompt,
-            "completion": answer.text if served else (answer.text or None), "latency_ms": answer.latency_ms,
-            "prompt_tokens": answer.prompt_tokens, "completion_tokens": answer.completion_tokens,
-            "outcome": answer.outcome, "error": answer.error, "guardrail_flags": answer.flags, "served": served})
+        try:
+            self.writer.write({
+                "ts": arrived, "request_id": request_id, "model": self.model, "version": assignment.version,
+                "role": assignment.role, "user_hash": user_hash, "prompt": prompt,
+                "completion": answer.text if served else (answer.text or None), "latency_ms": answer.latency_ms,
+                "prompt_tokens": answer.prompt_tokens, "completion_tokens": answer.completion_tokens,
+                "outcome": answer.outcome, "error": answer.error, "guardrail_flags": answer.flags, "served": served})
+        except (BackpressureError, RuntimeError) as exc:
+            self.metrics.log_dropped.inc()
+            log.error("prediction of %s not logged: %s", request_id, exc)
 
     def shadow(self, request_id: str, user_hash: str, prompt: str, arrived: datetime) -> None:
         """Send a copy to the shadow version, if any; its answer is logged, never returned."""
@@ -207,10 +202,9 @@ class GatewayState:
             version = split.champion if role == "champion" else split.challenger
             self.metrics.split.labels(self.model, role, f"v{version}").set(share)
         live = set(self.live.live())
-        for version in set(self.breakers.snapshots()) - live:  # unloaded: its circuit no longer means anything
+        for version in self.breakers.forget(live):  # unloaded: its circuit no longer means anything
             with contextlib.suppress(KeyError):
                 self.metrics.breaker_open.remove(self.model, f"v{version}")
-        self.breakers.forget(live)
         for version in live:
             self.metrics.breaker_open.labels(self.model, f"v{version}").set(self.breakers.state(version) == "open")
         self.metrics.log_pending.set(self.writer.pending())
