@@ -11,8 +11,8 @@ The story, each step a real component (nothing here calls the retrain or rollout
 5. the retrain publishes a candidate; ``slm.candidate.published`` starts the rollout deployment, which takes
    the candidate through shadow and canary stages to champion on live traffic;
 6. a data scientist launches a quick retrain (configs/recipe_lora-quick.yaml: fewer steps) from the deployment (as
-   from the UI's form) on the drifted drop alone, judged by a gate that sees the new intents only: it passes, and
-   live traffic rolls it back;
+   from the UI's form) on the drifted drop alone, judged by a gate that sees the new intents only: it passes, goes
+   live (the demo's shadow stage rules out a broken model only) and the canary's users roll it back;
 7. decommission: the retention policy retires what it may;
 8. the end: audit chain, a summary table, the report, where the UI is.
 
@@ -426,9 +426,13 @@ def _tell(story: Story) -> None:
     story.note(f"{bad.ref} registered as [bold]{bad.status.value}[/bold]: {_scores(bad)}")
     if bad.status.value != "candidate":  # the story needs it to slip through: say why it did not
         raise DemoError(f"{bad.ref} did not pass its blind gate ({scale.blind_gate}): {bad.reason}")
+    story.note(f"{bad.ref} goes live: shadow looks only for a broken model; the canary's users judge it")
     with story.timed("rollback"):
         phase, failed = story.rollout_of(bad.ref)
     story.note(_phase_line(bad.ref, phase, failed))
+    if phase != "rolled_back":
+        raise DemoError(f"{bad.ref} forgot the old intents, yet its rollout ended {phase}: see its rollout history "
+                        f"(SLM_HOME={result.home} slm rollout status --version {bad.ref})")
 
     story.step(8, f"decommission: the retention policy ({scale.retention}) retires what nothing holds")
     with story.timed("decommission"):

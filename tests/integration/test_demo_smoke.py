@@ -66,6 +66,19 @@ def test_the_story_ends_with_v2_champion_and_the_forgetful_v3_rolled_back_and_re
     assert (split.champion, split.challenger, split.shadow) == (2, None, None)
 
 
+def test_the_forgetful_v3_passed_shadow_and_the_canary_rolled_it_back(registry):
+    """The story's step 7: shadow rules out a broken model only, so the candidate that forgot the old intents goes
+    live, and the canary's users (their feedback, its garbled labels) roll it back."""
+    from registry.rollouts import get_rollout
+
+    state = get_rollout(registry.store, MODEL, 3)
+    decided = [(h.stage, h.action) for h in state.history if h.action in ("advance", "rollback")]
+    assert state.phase == "rolled_back"
+    assert decided[0] == ("shadow", "advance"), state.history
+    assert decided[-1][1] == "rollback" and decided[-1][0].startswith("canary"), state.history
+    assert any(r.startswith("[fail]") for r in state.history[-1].reasons), state.history[-1]
+
+
 def test_events_not_the_demo_started_the_retrain_and_the_rollouts(registry):
     events = registry.store.audit_events()
     seq = {}
