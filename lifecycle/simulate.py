@@ -1,10 +1,14 @@
 """The canary simulator: how the rollout's rate test behaves on synthetic traffic, against its baselines.
 
-Each run draws one Bernoulli error per request for champion and challenger (``max_per_arm`` requests per
-arm, more where a baseline's plan needs more). Five rules judge the same draws:
+Each run draws one Bernoulli event per request for champion and challenger (``max_per_arm`` requests per
+arm, more where a baseline's plan needs more): an error (``harmful="higher"``, e.g. the model error rate) or
+a success (``harmful="lower"``, e.g. feedback success 0.85 -> 0.80). Six rules judge the same draws:
 
-* sequential — the one-sided mSPRT of :func:`lifecycle.sequential.msprt_two_proportions`, looked at after
-  every ``batch`` requests per arm, rolling back at the first rejection (what the rollout flow does);
+* sequential — the one-sided mSPRT of :func:`lifecycle.sequential.msprt_two_proportions` (its very statistic,
+  :func:`lifecycle.sequential.one_sided_log_lr`, no tolerance), looked at after every ``batch`` requests per
+  arm, rolling back at the first rejection (what the rollout flow does);
+* previous mSPRT — the same looks with the folded ``N(0, tau^2)`` mixing law the rollout used until
+  2026-11-27 (:func:`lifecycle.sequential.folded_normal_log_lr`);
 * fixed horizon — one pooled z-test at exactly :func:`fixed_horizon_n_per_arm` requests per arm;
 * group sequential, O'Brien-Fleming and Pocock type — ``looks`` planned z-tests at the design's exact look
   sizes (:func:`lifecycle.group_sequential.group_sequential_design`, same alpha and power);
@@ -13,12 +17,14 @@ arm, more where a baseline's plan needs more). Five rules judge the same draws:
 The baselines look exactly where their plan says, a best case for them: the rollout flow looks whenever
 a batch arrives, at irregular times, which only the mSPRT allows. A/A runs give the false rollback rate
 (both arms at ``p_champion``); regression runs give the detection rate and the mean requests per arm
-until rollback (challenger at ``p_challenger``). Pure and seeded: the same scenario gives the same report.
+until rollback, over the runs rolled back (challenger at ``p_challenger``). Pure and seeded: the same
+scenario gives the same report.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 from pydantic import Field, model_validator
@@ -26,16 +32,26 @@ from scipy import stats
 
 from lifecycle.group_sequential import Spending, group_sequential_design
 from lifecycle.records import Frozen
-from lifecycle.sequential import always_valid_p, fixed_horizon_n_per_arm, one_sided_log_lr, pooled_variance
+from lifecycle.sequential import (
+    Harmful,
+    always_valid_p,
+    fixed_horizon_n_per_arm,
+    folded_normal_log_lr,
+    one_sided_log_lr,
+    pooled_variance,
+)
 
 
 class Scenario(Frozen):
-    p_champion: float = Field(default=0.01, gt=0, lt=1, description="error rate of the champion (and A/A arms)")
-    p_challenger: float = Field(default=0.05, gt=0, lt=1, description="error rate of the regressed challenger")
+    p_champion: float = Field(default=0.01, gt=0, lt=1, description="rate of the champion (and A/A arms)")
+    p_challenger: float = Field(default=0.05, gt=0, lt=1, description="rate of the regressed challenger")
+    harmful: Harmful = Field(default="higher", description="higher: the rate is an error rate; lower: a success "
+                             "rate, and the regressed challenger's is below the champion's")
     runs: int = Field(default=1000, ge=10)
     batch: int = Field(default=50, ge=1, description="requests per arm between looks")
     max_per_arm: int = Field(default=2000, ge=1, description="a run that never rejects stops here")
-    tau: float = Field(default=0.04, gt=0, description="mSPRT mixing scale: the regression worth catching")
+    tau: float = Field(default=0.04, gt=0, description="the regression worth catching (a rate difference): "
+                       "the centre of the mSPRT's mixing law, and the scale of the previous one")
     alpha: float = Field(default=0.05, gt=0, lt=0.5)
     power: float = Field(default=0.95, gt=0.5, lt=1, description="power the fixed and group-sequential "
                          "baselines are sized for")
@@ -50,13 +66,19 @@ class Scenario(Frozen):
     def designed_for(self) -> float:
         return self.p_challenger if self.design_p_challenger is None else self.design_p_challenger
 
+    @property
+    def sign(self) -> int:
+        """+1 where a higher rate is harmful, -1 where a lower one is: ``sign * (p_b - p_a) > 0`` is harm."""
+        return 1 if self.harmful == "higher" else -1
+
     @model_validator(mode="after")
     def _worse(self) -> Scenario:
-        if self.p_challenger <= self.p_champion:
-            raise ValueError(f"p_challenger ({self.p_challenger}) must be above p_champion ({self.p_champion}): "
-                             "the regression scenario needs a worse challenger")
-        if self.designed_for <= self.p_champion:
-            raise ValueError(f"design_p_challenger ({self.design_p_challenger}) must be above p_champion "
+        side = "above" if self.harmful == "higher" else "below"
+        if self.sign * (self.p_challenger - self.p_champion) <= 0:
+            raise ValueError(f"p_challenger ({self.p_challenger}) must be {side} p_champion ({self.p_champion}): "
+                             f"the regression scenario needs a worse challenger (harmful={self.harmful})")
+        if self.sign * (self.designed_for - self.p_champion) <= 0:
+            raise ValueError(f"design_p_challenger ({self.design_p_challenger}) must be {side} p_champion "
                              f"({self.p_champion}): the baselines are sized for a regression")
         return self
 
@@ -105,16 +127,17 @@ class SimulationReport(Frozen):
     group_sequential: GroupSequentialResult = Field(description="O'Brien-Fleming-type spending")
     group_sequential_pocock: GroupSequentialResult = Field(description="Pocock-type spending")
     naive_repeated_z: RuleResult
+    previous_msprt: RuleResult = Field(description="the folded N(0, tau^2) mixing law, same looks as the rollout's")
 
 
 def _paths(rng: np.random.Generator, p: float, runs: int, length: int) -> np.ndarray:
-    """Cumulative errors: ``[run, n - 1]`` is the number of errors among an arm's first ``n`` requests."""
+    """Cumulative events: ``[run, n - 1]`` is the number of events among an arm's first ``n`` requests."""
     return (rng.random((runs, length)) < p).cumsum(axis=1, dtype=np.int32)
 
 
-def _z(xa: np.ndarray, xb: np.ndarray, n: int) -> np.ndarray:
-    """Pooled (Laplace-smoothed) two-proportion z of challenger minus champion; vectorized over runs."""
-    return (xb - xa) / n / np.sqrt(pooled_variance(xa, n, xb, n))
+def _z(xa: np.ndarray, xb: np.ndarray, n: int, sign: int) -> np.ndarray:
+    """Pooled (Laplace-smoothed) two-proportion z of the harm, ``sign`` (challenger - champion); vectorized."""
+    return sign * (xb - xa) / n / np.sqrt(pooled_variance(xa, n, xb, n))
 
 
 def _first_stop(rejected: np.ndarray, sizes: list[int]) -> np.ndarray:
@@ -129,22 +152,24 @@ def _result(aa: np.ndarray, regression: np.ndarray) -> RuleResult:
                       mean_requests_per_arm=float(hits.mean()) if len(hits) else None)
 
 
-def _msprt(xa: np.ndarray, xb: np.ndarray, sizes: list[int], s: Scenario) -> np.ndarray:
-    # The very arithmetic of msprt_two_proportions (harmful = higher), on all runs of a look at once.
-    rejected = [always_valid_p(one_sided_log_lr((xb[:, n - 1] - xa[:, n - 1]) / n,
-                                                pooled_variance(xa[:, n - 1], n, xb[:, n - 1], n), s.tau)) <= s.alpha
+def _msprt(xa: np.ndarray, xb: np.ndarray, sizes: list[int], s: Scenario,
+           statistic: Callable[..., np.ndarray] = one_sided_log_lr) -> np.ndarray:
+    # The very arithmetic of msprt_two_proportions (no tolerance), on all runs of a look at once.
+    rejected = [always_valid_p(statistic(s.sign * (xb[:, n - 1] - xa[:, n - 1]) / n,
+                                         pooled_variance(xa[:, n - 1], n, xb[:, n - 1], n), s.tau)) <= s.alpha
                 for n in sizes]
     return _first_stop(np.stack(rejected, axis=1), sizes)
 
 
-def _z_rule(xa: np.ndarray, xb: np.ndarray, sizes: list[int], bounds: list[float]) -> np.ndarray:
-    rejected = [_z(xa[:, n - 1], xb[:, n - 1], n) >= b for n, b in zip(sizes, bounds, strict=True)]
+def _z_rule(xa: np.ndarray, xb: np.ndarray, sizes: list[int], bounds: list[float], sign: int) -> np.ndarray:
+    rejected = [_z(xa[:, n - 1], xb[:, n - 1], n, sign) >= b for n, b in zip(sizes, bounds, strict=True)]
     return _first_stop(np.stack(rejected, axis=1), sizes)
 
 
 def _group_sequential(aa, reg, s: Scenario, horizon: int, spending: Spending) -> GroupSequentialResult:
     d = group_sequential_design(horizon, s.looks, alpha=s.alpha, power=s.power, spending=spending)
-    rule = _result(_z_rule(*aa, d.n_per_look, d.z_boundaries), _z_rule(*reg, d.n_per_look, d.z_boundaries))
+    rule = _result(_z_rule(*aa, d.n_per_look, d.z_boundaries, s.sign),
+                   _z_rule(*reg, d.n_per_look, d.z_boundaries, s.sign))
     return GroupSequentialResult(**rule.model_dump(), spending=spending, looks=s.looks,
                                  requests_per_look=d.n_per_look, z_boundaries=d.z_boundaries,
                                  max_requests_per_arm=d.max_n_per_arm, inflation_factor=d.inflation_factor,
@@ -161,8 +186,9 @@ def simulate(s: Scenario) -> SimulationReport:
     aa = (_paths(rng, s.p_champion, s.runs, length), _paths(rng, s.p_champion, s.runs, length))
     reg = (_paths(rng, s.p_champion, s.runs, length), _paths(rng, s.p_challenger, s.runs, length))
     sequential = _result(_msprt(*aa, looks, s), _msprt(*reg, looks, s))
+    previous = _result(_msprt(*aa, looks, s, folded_normal_log_lr), _msprt(*reg, looks, s, folded_normal_log_lr))
     z_one_look = [float(stats.norm.isf(s.alpha))]
-    one_look = _result(_z_rule(*aa, [horizon], z_one_look), _z_rule(*reg, [horizon], z_one_look))
+    one_look = _result(_z_rule(*aa, [horizon], z_one_look, s.sign), _z_rule(*reg, [horizon], z_one_look, s.sign))
     naive_bounds = z_one_look * len(looks)
     return SimulationReport(
         scenario=s, aa=AAResult(false_rollback_rate=sequential.false_rollback_rate, runs=s.runs),
@@ -172,4 +198,5 @@ def simulate(s: Scenario) -> SimulationReport:
                                          detection_rate=one_look.detection_rate),
         group_sequential=_group_sequential(aa, reg, s, horizon, "obrien_fleming"),
         group_sequential_pocock=_group_sequential(aa, reg, s, horizon, "pocock"),
-        naive_repeated_z=_result(_z_rule(*aa, looks, naive_bounds), _z_rule(*reg, looks, naive_bounds)))
+        naive_repeated_z=_result(_z_rule(*aa, looks, naive_bounds, s.sign), _z_rule(*reg, looks, naive_bounds, s.sign)),
+        previous_msprt=previous)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 from rich.console import Console
@@ -19,12 +19,17 @@ def _n(value: float | None) -> str:
 @rollout_app.command("simulate")
 def simulate_cmd(
     runs: Annotated[int, typer.Option(help="simulated rollouts per scenario")] = 1000,
-    p_champion: Annotated[float, typer.Option(help="champion error rate")] = 0.01,
-    p_challenger: Annotated[float, typer.Option(help="regressed challenger error rate")] = 0.05,
+    p_champion: Annotated[float, typer.Option(help="champion rate (an error rate; a success rate with --harmful "
+                                              "lower)")] = 0.01,
+    p_challenger: Annotated[float, typer.Option(help="regressed challenger rate")] = 0.05,
+    harmful: Annotated[Literal["higher", "lower"], typer.Option(
+        help="higher: the rate is an error rate; lower: a success rate, e.g. --p-champion 0.85 --p-challenger 0.80",
+    )] = "higher",
     batch: Annotated[int, typer.Option(help="requests per arm between looks")] = 50,
     max_per_arm: Annotated[int, typer.Option(help="the mSPRT stops looking here")] = 2000,
     alpha: Annotated[float, typer.Option(help="one-sided error rate of every rule")] = 0.05,
-    tau: Annotated[float, typer.Option(help="mSPRT mixing scale: the regression worth catching")] = 0.04,
+    tau: Annotated[float, typer.Option(help="the regression worth catching: where the mSPRT's mixing law is "
+                                       "centred")] = 0.04,
     looks: Annotated[int, typer.Option(help="planned looks of the group-sequential baselines")] = 5,
     design_p_challenger: Annotated[float | None, typer.Option(
         help="challenger rate the fixed and group-sequential baselines are sized for (default: --p-challenger)",
@@ -37,7 +42,7 @@ def simulate_cmd(
     from lifecycle.simulate import Scenario, simulate
 
     try:
-        scenario = Scenario(runs=runs, p_champion=p_champion, p_challenger=p_challenger, batch=batch,
+        scenario = Scenario(runs=runs, p_champion=p_champion, p_challenger=p_challenger, harmful=harmful, batch=batch,
                             max_per_arm=max_per_arm, alpha=alpha, tau=tau, looks=looks,
                             design_p_challenger=design_p_challenger, seed=seed)
     except ValueError as exc:
@@ -51,6 +56,9 @@ def simulate_cmd(
     table.add_row(f"mSPRT, every {batch} (rollout)", f"{report.aa.false_rollback_rate:.1%}",
                   f"{report.regression.detection_rate:.1%}", _n(report.regression.mean_requests_per_arm),
                   str(max_per_arm))
+    prev = report.previous_msprt
+    table.add_row(f"previous mSPRT, N(0, tau^2), every {batch}", f"{prev.false_rollback_rate:.1%}",
+                  f"{prev.detection_rate:.1%}", _n(prev.mean_requests_per_arm), str(max_per_arm))
     fixed = report.fixed_horizon
     table.add_row("fixed horizon", f"{fixed.false_rollback_rate:.1%}", f"{fixed.detection_rate:.1%}",
                   str(fixed.requests_per_arm), str(fixed.requests_per_arm))
@@ -63,6 +71,7 @@ def simulate_cmd(
     table.add_row(f"naive z, every {batch}", f"{naive.false_rollback_rate:.1%}", f"{naive.detection_rate:.1%}",
                   _n(naive.mean_requests_per_arm), str(max_per_arm))
     designed = "" if design_p_challenger is None else f" (baselines sized for {design_p_challenger:.1%})"
-    console.print(f"{runs} runs each; error rate {p_champion:.1%} vs {p_challenger:.1%}{designed}, "
+    rate = "error rate" if harmful == "higher" else "success rate"
+    console.print(f"{runs} runs each; {rate} {p_champion:.1%} vs {p_challenger:.1%}{designed}, tau {tau}, "
                   f"one-sided alpha {alpha}; n: requests per arm")
     console.print(table)
