@@ -10,7 +10,8 @@ champion's of the next once it is promoted, and a different golden set, a change
 format or another torch/transformers build is a different key — re-answered, never reused.
 
 Stored under ``SLM_HOME/benchmarks/answers/<key digest>.json``: the key itself (checked on read, so a corrupt or
-colliding file is a miss) and the full :class:`lifecycle.records.EvalReport`, items included.
+colliding file is a miss) and the full :class:`lifecycle.records.EvalReport`, items included. The decommission
+flow drops a retired version's files (``AnswerStore.drop``): ~275 KB a version on the demo's golden sets.
 """
 
 from __future__ import annotations
@@ -77,6 +78,21 @@ class AnswerStore:
         if stored_key != key or report.benchmark_sha256 != key.benchmark_sha256 or len(report.items) != key.n_items:
             return None
         return report.model_copy(update={"version": ref})
+
+    def drop(self, base: str, adapter: str) -> list[Path]:
+        """Delete every stored answer of the weights ``base`` + ``adapter`` (a retired version's: nothing benchmarks
+        it again); the deleted files. Another golden set or decoding of the same weights goes too; a file that
+        cannot be read is left (it is a miss on read anyway, and not provably these weights')."""
+        dropped = []
+        for path in sorted(self.folder.glob("*.json")):
+            try:
+                stored = AnswerKey.model_validate(json.loads(path.read_text())["key"])
+            except (OSError, ValueError, KeyError, TypeError, ValidationError):
+                continue
+            if stored.base == base and stored.adapter == adapter:
+                path.unlink(missing_ok=True)
+                dropped.append(path)
+        return dropped
 
     def put(self, key: AnswerKey, report: EvalReport) -> Path:
         if report.benchmark_sha256 != key.benchmark_sha256 or len(report.items) != key.n_items:

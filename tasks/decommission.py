@@ -36,6 +36,7 @@ class RetireOutcome(Frozen):
     reasons: list[str]
     tombstone_uri: str | None = None
     archive_uri: str | None = None
+    answers_dropped: int = 0  # stored benchmark answers of its weights deleted (evaluation.answers)
 
 
 def load_policy(policy_path: str) -> tuple[RetentionPolicy, Path]:
@@ -70,6 +71,10 @@ def retire(plan: DecommissionPlan, decision: RetentionDecision) -> RetireOutcome
                                   reason="; ".join(decision.reasons))
         except RetirementRefused as exc:
             return RetireOutcome(ref=decision.ref, outcome="refused", reasons=exc.holds)
+        # Imported here: the benchmark module (and its serving imports) is needed by this step only.
+        from tasks.evaluation import answer_store, forget_answers
+
+        dropped = forget_answers(answer_store(), registry.store.list_versions(plan.model), decision.number)
         if done.steps:  # not when another run had already finished it
             announce(registry, "slm.version.decommissioned", plan.model, {
                 "model": plan.model, "version": done.ref, "artifacts": done.artifacts,
@@ -77,7 +82,7 @@ def retire(plan: DecommissionPlan, decision: RetentionDecision) -> RetireOutcome
                 "policy": plan.policy.name, "policy_version": plan.policy.version, "reasons": decision.reasons,
             }, actor=ACTOR, subject=done.ref)
     return RetireOutcome(ref=done.ref, outcome="retired", reasons=decision.reasons, tombstone_uri=done.tombstone_uri,
-                         archive_uri=done.archive_uri)
+                         archive_uri=done.archive_uri, answers_dropped=len(dropped))
 
 
 def report_rows(decisions: list[RetentionDecision], outcomes: list[RetireOutcome],

@@ -57,6 +57,18 @@ def version_weights(version: ModelVersion) -> Weights | None:
     return Weights(base=f"{base.model_id}@{base.revision}", adapter=adapter)
 
 
+def forget_answers(store: AnswerStore, versions: list[ModelVersion], retired: int) -> list[Path]:
+    """Drop the stored answers of version ``retired`` (one of ``versions``, a model's whole list), which nothing
+    benchmarks again, unless a version not retired has the very same weights: then they are its answers too."""
+    by_number = {v.number: v for v in versions}
+    weights = version_weights(by_number[retired])
+    live = {version_weights(v) for v in versions
+            if v.number != retired and v.status.value not in ("archived", "decommissioned")}
+    if weights is None or weights in live:
+        return []
+    return store.drop(weights.base, weights.adapter)
+
+
 def score_on(backend, versions: dict[str, str | None], golden: dict[str, Path], allowed: set[str],
              batch_size: int = 64, weights: dict[str, Weights] | None = None,
              store: AnswerStore | None = None) -> dict[str, list[EvalReport]]:

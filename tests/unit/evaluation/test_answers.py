@@ -56,3 +56,21 @@ def test_a_report_that_does_not_match_its_key_is_refused(tmp_path, report):
 def test_decoding_settings_name_the_libraries():
     settings = decoding_settings("intent-v1@x", "\n", 16)
     assert settings["do_sample"] is False and {"torch", "transformers", "peft"} <= settings.keys()
+
+
+def test_drop_deletes_every_answer_of_those_weights_and_nothing_else(tmp_path, report):
+    store = AnswerStore(tmp_path)
+    retired = [key(adapter="a" * 64), key(adapter="a" * 64, decoding=decoding_settings("intent-v1@x", "\n", 8))]
+    kept = [key(), key(adapter="b" * 64), key(adapter="a" * 64, base="intent-router-base@def")]
+    for k in retired + kept:
+        store.put(k, report)
+    (tmp_path / "unreadable.json").write_text("{not json")
+    assert sorted(store.drop("intent-router-base@abc", "a" * 64)) == sorted(store.path(k) for k in retired)
+    assert all(store.get(k, "m:v1") is None for k in retired)
+    assert all(store.get(k, "m:v1") is not None for k in kept)
+    assert (tmp_path / "unreadable.json").exists()
+    assert store.drop("intent-router-base@abc", "a" * 64) == []
+
+
+def test_drop_on_a_store_never_written_is_a_no_op(tmp_path):
+    assert AnswerStore(tmp_path / "absent").drop("b@r", "none") == []

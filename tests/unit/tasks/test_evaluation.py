@@ -60,3 +60,32 @@ def test_stale_stored_answers_fall_back_to_answering_everything(tmp_path):
     backend = Backend()
     reports = score_on(backend, {"m:v1": None}, gold, ALLOWED, 2, weights, store)
     assert reports["m:v1"][0].exact_match == 0.5
+
+
+def test_a_retired_versions_answers_are_forgotten_unless_a_live_version_has_its_weights(tmp_path):
+    from datetime import UTC, datetime
+
+    from lifecycle.records import BaseModelRef, Lineage, ModelVersion
+    from lifecycle.status import VersionStatus
+    from tasks.evaluation import forget_answers
+
+    def version(number, status, adapter_sha):
+        return ModelVersion(model="m", number=number, status=status, created_at=datetime.now(UTC), artifact_uri="x",
+                            prompt_format=INTENT_V1.identity,
+                            lineage=Lineage(base_model=BaseModelRef(model_id="b", revision="1"),
+                                            prompt_format=INTENT_V1.identity),
+                            files={"adapter_model.safetensors": adapter_sha, "adapter_config.json": "c" * 64})
+
+    store, gold = AnswerStore(tmp_path / "answers"), golden(tmp_path)
+    for sha in ("a" * 64, "b" * 64):
+        score_on(Backend(), {"m:v": "good"}, gold, ALLOWED, 2, {"m:v": Weights(base="b@1", adapter=sha)}, store)
+    assert len(list((tmp_path / "answers").glob("*.json"))) == 2
+    versions = [version(1, "promoted", "a" * 64), version(2, "archived", "b" * 64), version(3, "archived", "a" * 64)]
+    # v3 shares v1's weights and v1 still serves: its answers stay
+    assert forget_answers(store, versions, 3) == []
+    dropped = forget_answers(store, versions, 2)
+    assert len(dropped) == 1 and not dropped[0].exists()
+    assert len(list((tmp_path / "answers").glob("*.json"))) == 1
+    retired_too = [v.model_copy(update={"status": VersionStatus.DECOMMISSIONED}) if v.number == 1 else v
+                   for v in versions]
+    assert len(forget_answers(store, retired_too, 3)) == 1
