@@ -9,7 +9,11 @@ into ``serving.backend.InProcessBackend`` â€” the code the gateway serves with â
   ``auto`` picks: one base with the majority version merged in, the other as a per-row low-rank delta inside
   the same forward pass), split 90/10 and 50/50 by caller request;
 - ``auto_90_10`` / ``auto_50_50``: the default mode: fused, plus a merged copy per version (small models), so a
-  batch of one non-home version runs plain and only mixed batches take the fused pass;
+  batch of one non-home version runs plain, a mixed batch whose version groups all hold at least
+  ``serving.backend.SPLIT_MIN_ROWS`` rows runs as plain passes on the copies, and only small mixed batches take
+  the fused pass;
+- ``auto_nosplit_90_10`` / ``auto_nosplit_50_50``: auto with that split turned off (``split_min_rows=None``):
+  the default before the split, for a before/after inside one run;
 - ``merged_90_10`` / ``merged_50_50``: the same in ``adapter_mode="merged"`` (a merged copy per version, one
   ``generate`` per version in a mixed batch: the default before fused mode);
 - ``unmerged_90_10`` / ``unmerged_50_50``: the same in ``adapter_mode="unmerged"`` (one base, peft adapters).
@@ -115,7 +119,9 @@ def backends(base_dir: Path, merged_dir: Path, adapters: dict[str, Path], modes:
 
     made = {"one": InProcessBackend(merged_dir, INTENT_V1, threads=threads, device=device, adapter_mode="merged")}
     for mode in modes:
-        backend = InProcessBackend(base_dir, INTENT_V1, threads=threads, device=device, adapter_mode=mode)
+        extra = {"split_min_rows": None} if mode == "auto_nosplit" else {}
+        backend = InProcessBackend(base_dir, INTENT_V1, threads=threads, device=device,
+                                   adapter_mode=mode.removesuffix("_nosplit"), **extra)
         for name, folder in adapters.items():
             backend.load_adapter(name, folder)
         made[mode] = backend
@@ -147,7 +153,7 @@ def run(shape: str, device: str, concurrency: list[int], seconds: float, rounds:
                   "parameters": shapes.parameters(base_dir), "modes": {m: models[m].mode for m in modes},
                   "seconds_per_cell": seconds, "rounds": rounds, "max_batch": 32,
                   "machine_before": shapes.machine(device), "results": {}}
-        for mode in ("fused", "auto"):  # the version merged into the base: the warm-up's mixed batch leaves none
+        for mode in ("fused", "auto", "auto_nosplit"):  # the version merged into the base: the warm-up leaves none
             if mode in models:
                 models[mode].generate(prompts[:64], [CHAMPION] * 58 + [CHALLENGER] * 6)
                 report[f"{mode}_home_before"] = models[mode].home
@@ -156,20 +162,26 @@ def run(shape: str, device: str, concurrency: list[int], seconds: float, rounds:
             for r in range(rounds):
                 shift = r % len(cells)
                 for name, key, share in cells[shift:] + cells[:shift]:
-                    cpu = [0.0]  # the worker thread's CPU seconds: less shaken by other people's load than wall time
-                    batcher = MicroBatcher(models[key].generate, max_batch=32,
-                                           on_batch=lambda _a, _w, s, cpu=cpu: cpu.__setitem__(0, cpu[0] + s))
+                    # The worker thread's CPU seconds (less shaken by other people's load than wall time), batches.
+                    cpu = [0.0, 0]
+
+                    def account(_adapters, _wall, seconds, cpu=cpu):
+                        cpu[0] += seconds
+                        cpu[1] += 1
+
+                    batcher = MicroBatcher(models[key].generate, max_batch=32, on_batch=account)
                     versions = (None, None) if key == "one" else (CHAMPION, CHALLENGER)
                     cell = closed_loop(batcher, prompts, versions, share, c, seconds)
                     batcher.close()
                     cell["cpu_ms_per_token"] = round(cpu[0] * 1000 / max(cell.pop("tokens"), 1), 3)
+                    cell["rows_per_batch"] = round(cell["requests"] / max(cpu[1], 1), 2)
                     raw[name].append(cell)
                 print(f"concurrency {c} round {r + 1}/{rounds}: "
                       + ", ".join(f"{n} {raw[n][-1]['tokens_per_s']} ({raw[n][-1]['cpu_ms_per_token']} cpu-ms/t)"
                                   for n in raw), file=sys.stderr, flush=True)
             report["results"][f"concurrency_{c}"] = summarize(raw)
         report["machine_after"] = shapes.machine(device)
-        for mode in ("fused", "auto"):
+        for mode in ("fused", "auto", "auto_nosplit"):
             if mode in models:
                 report[f"{mode}_home_after"] = models[mode].home
     return report
@@ -184,6 +196,7 @@ def summarize(raw: dict[str, list[dict]]) -> dict:
                 "cpu_ms_per_token": shapes.spread([r["cpu_ms_per_token"] for r in rows], 3),
                 "p50_ms_median": round(statistics.median(r["p50_ms"] for r in rows), 2),
                 "tokens_per_request": round(statistics.median(r["tokens_per_request"] for r in rows), 2),
+                "rows_per_batch": round(statistics.median(r["rows_per_batch"] for r in rows), 2),
                 "load_1min": [r["load_1min"] for r in rows]}
         if name != "one":
             per_round = [r["tokens_per_s"] / o["tokens_per_s"] for r, o in zip(rows, one, strict=True)]
@@ -206,7 +219,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=4.0, help="per cell per round")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (FACTS.md: set it)")
-    parser.add_argument("--modes", default="auto,fused,merged,unmerged", help="backend adapter modes to compare")
+    parser.add_argument("--modes", default="auto,fused,merged,unmerged",
+                        help="backend adapter modes to compare; also auto_nosplit: auto without the split of mixed "
+                             "batches (opt-in: bench/gpu_check.sh's time budget counts the default cells)")
     parser.add_argument("--adapter-steps", type=int, default=60, help="LoRA steps that make each version's adapter")
     parser.add_argument("--json-out", type=Path, default=None)
     args = parser.parse_args()

@@ -10,8 +10,9 @@ Four ways to serve several versions of one base model (``adapter_mode``):
   other version is a low-rank delta applied only to its own rows, inside each targeted Linear, in the SAME
   ``generate`` call as the home rows: for a version v and home h, W_v - W_h = B_v·s_v·A_v - B_h·s_h·A_h is
   itself a LoRA of rank r_v + r_h (A = [A_v; A_h], B = [B_v·s_v, -B_h·s_h]). A batch of home rows only does
-  no delta work at all; the other rows are gathered, take two small matmuls per targeted layer and are
-  added back (a 0/1 column mask sorts several other versions apart). Memory: one base plus the factors.
+  no delta work at all; the other rows, placed after the home rows so they form one block (a view, not a
+  gather), take two small matmuls per targeted layer, added back in place (a 0/1 column mask sorts several
+  other versions apart). Memory: one base plus the factors.
   When the traffic's majority moves (a promotion), the home moves with it: the old home's layers are reread
   from the base checkpoint (exact, no drift from repeated merge/unmerge) and the new home is merged in.
   Greedy answers equal each version served alone except where float rounding (merged weights against a
@@ -19,12 +20,19 @@ Four ways to serve several versions of one base model (``adapter_mode``):
   embedding LoRA or ``modules_to_save``): load those in "unmerged" mode.
 - "auto" (the default): fused, plus a merged copy of each version while the copies fit in
   ``merged_memory_limit_mb``: a batch holding one non-home version only (what a lone caller sends) then runs
-  through its plain copy, while mixed batches still take one fused pass. Over the limit it is plain fused.
-  Measured on the 1.2M-parameter demo model (bench/RESULTS.md, "Two live versions"), tokens/s against one
-  merged model: concurrency 8 at 50/50, fused 0.86-0.94x where merged drops to 0.52-0.72x; concurrency 1,
-  auto ~1.0x where pure fused pays the delta on each challenger request (0.81-0.89x). At 50/50 under full
-  load all modes sit near 0.85-0.95x: the rank r1 + r2 delta is ~30 % more arithmetic for the rows it
-  touches on a model 128 wide (a few percent on a real one).
+  through its plain copy, and a mixed batch whose groups are all big enough runs as plain passes: each
+  non-home version with a copy and at least ``split_min_rows`` rows (default ``SPLIT_MIN_ROWS``, 8) on its
+  copy, the rest (at least as many rows; the home's) on the base, one ``generate`` each. Smaller mixed
+  batches take one fused pass. Over the limit it is plain fused. Why the threshold: on the 1.2M-parameter
+  demo model (CPU, 1 thread, CPU time per batch, the same rows both ways) a second pass's fixed per-step
+  cost outweighs the delta for small groups (split / fused 1.18 for 4 + 4 rows, 1.03-1.09 for 4-6 + 6-8,
+  1.01 for 6 + 14) and wins from 8 rows a group (0.97 at 8 + 8, 0.90 at 8 + 16, 0.88-0.93 at 8 + 24 and
+  16 + 16). Through the micro-batcher (bench/two_versions_bench.py, bench/RESULTS.md "Two live versions")
+  tokens/s against one merged model: at concurrency 32 and 50/50 the split lifts auto from 0.83-0.90x to
+  0.90-1.07x (two runs, split off and on in each); the other cells sit at 0.85-1.02x, not robustly at
+  0.95x: two weight sets in turn cost 1-6 % even at concurrency 1, and the fused pass of a small mixed batch
+  costs 19-23 % more per forward than a plain one (4-32 rows): on a model this small that is per-call
+  overhead, not FLOPs.
 - "merged": each adapter merged into its own copy of the base weights (a plain model per version). A batch is
   split by version, each group its own ``generate`` call: on a tiny model the per-step overhead, not the
   FLOPs, dominates, so a mixed batch costs nearly two batches (0.68-0.94x one model), and every version costs
@@ -53,6 +61,10 @@ from serving.fused_lora import FusedLora, lora_factors
 
 BASE_ADAPTER = "__base__"
 AdapterMode = Literal["fused", "merged", "unmerged", "auto"]
+#: Auto mode: a mixed batch runs as plain passes on the merged copies when every pass gets at least this many
+#: rows, else as one fused pass. Measured on the demo model, CPU (module docstring, "auto"): the smallest group
+#: size at which the split won in every measured batch shape; 4-6 lost in some.
+SPLIT_MIN_ROWS = 8
 
 
 class Generation(Frozen):
@@ -60,8 +72,9 @@ class Generation(Frozen):
     completion: str = Field(description="prompt_format.parse(text)")
     prompt_tokens: int
     completion_tokens: int
-    latency_ms: float = Field(description="wall time of the batch this row was generated in (fused, unmerged), or "
-                                          "of the whole generate call (merged mode: what a caller in it waited)")
+    latency_ms: float = Field(description="wall time of the batch this row was generated in, all its passes "
+                                          "(fused, auto, unmerged), or of the whole generate call (merged mode: "
+                                          "what a caller in it waited)")
     adapter: str | None = Field(description="adapter name, None for the bare base model")
 
 
@@ -73,9 +86,11 @@ class InProcessBackend:
 
     def __init__(self, base_dir: Path, prompt_format: PromptFormat, threads: int = 1,
                  device: str | None = None, adapter_mode: AdapterMode = "auto",
-                 merged_memory_limit_mb: float = 2048) -> None:
+                 merged_memory_limit_mb: float = 2048, split_min_rows: int | None = SPLIT_MIN_ROWS) -> None:
         if adapter_mode not in ("fused", "merged", "unmerged", "auto"):
             raise ValueError(f"adapter_mode must be 'fused', 'merged', 'unmerged' or 'auto', got {adapter_mode!r}")
+        if split_min_rows is not None and split_min_rows < 1:
+            raise ValueError(f"split_min_rows must be at least 1 (or None: never split), got {split_min_rows}")
         base_dir = Path(base_dir)
         if not (base_dir / "config.json").is_file():
             raise FileNotFoundError(f"base model folder {base_dir} does not exist or has no config.json; "
@@ -84,6 +99,7 @@ class InProcessBackend:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         self.base_dir, self.prompt_format, self.threads = base_dir, prompt_format, threads
+        self.split_min_rows = split_min_rows
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self._lock = threading.Lock()
         self._set_threads()
@@ -228,9 +244,14 @@ class InProcessBackend:
                 return self._generate_merged(encoded, adapters, order, max_batch)
             results: dict[int, Generation] = {}
             for start in range(0, len(order), max_batch):
-                rows = order[start:start + max_batch]
-                batch = self._generate_batch([encoded[i] for i in rows], [adapters[i] for i in rows])
-                results.update(zip(rows, batch, strict=True))
+                rows = order[start:start + max_batch]  # length-sorted, and so is every pass taken from it
+                started, new = time.perf_counter(), {}
+                for part in self._passes([adapters[i] for i in rows]):
+                    members = [rows[j] for j in part]
+                    ids = self._generate_ids([encoded[i] for i in members], [adapters[i] for i in members])
+                    new.update(zip(members, ids, strict=True))
+                latency_ms = (time.perf_counter() - started) * 1000  # every row waits for all the batch's passes
+                results.update((i, self._row(new[i], encoded[i], adapters[i], latency_ms)) for i in rows)
             if self._fused is not None:
                 self._fused.observe(adapters)  # may move the home, between calls
         return [results[i] for i in range(len(prompts))]
@@ -263,17 +284,39 @@ class InProcessBackend:
         return Generation(text=text, completion=self.prompt_format.parse(text), prompt_tokens=len(prompt_ids),
                           completion_tokens=len(ids), latency_ms=latency_ms, adapter=adapter)
 
-    def _generate_batch(self, encoded: list[list[int]], adapters: list[str | None]) -> list[Generation]:
+    def _passes(self, adapters: list[str | None]) -> list[list[int]]:
+        """How one batch runs: lists of row positions, one ``generate`` pass each (module docstring, "auto").
+
+        Auto mode (fused with merged copies): a non-home version with a merged copy and at least
+        ``split_min_rows`` rows in the batch runs as its own plain pass when at least ``split_min_rows`` rows
+        stay for the rest, which takes one fused pass (plain when only home rows are left). Fused and auto
+        mode put the home rows of the fused pass first, so the other versions' rows are one contiguous block
+        (a view for the delta, not a gather). Every other mode: the whole batch, in order, one pass.
+        """
+        everything = list(range(len(adapters)))
+        if self._fused is None:
+            return [everything]
+        passes, left, limit = [], len(adapters), self.split_min_rows
+        if self._merged and limit is not None and left >= 2 * limit:
+            groups: dict[str | None, list[int]] = {}
+            for j, a in enumerate(adapters):
+                groups.setdefault(a, []).append(j)
+            for a, members in sorted(groups.items(), key=lambda g: -len(g[1])):  # the biggest groups first
+                if a != self.home and a in self._merged and len(members) >= limit and left - len(members) >= limit:
+                    passes.append(members)
+                    left -= len(members)
+        split = {j for members in passes for j in members}
+        rest = sorted((j for j in everything if j not in split), key=lambda j: adapters[j] != self.home)  # stable
+        return passes + [rest]
+
+    def _generate_ids(self, encoded: list[list[int]], adapters: list[str | None]) -> list[list[int]]:
+        """One ``generate`` pass: the new token ids of each row, padding and stop tokens included."""
         import torch
 
-        started = time.perf_counter()
         enc = self.tokenizer.pad({"input_ids": encoded}, padding=True, return_tensors="pt").to(self.device)
         with torch.inference_mode(), self._adapter_context(adapters) as (model, kwargs):
             output = model.generate(**enc, **kwargs, **self._generate_kwargs())
-        new = output[:, enc["input_ids"].shape[1]:].tolist()
-        latency_ms = (time.perf_counter() - started) * 1000
-        return [self._row(ids, prompt_ids, adapter, latency_ms)
-                for ids, prompt_ids, adapter in zip(new, encoded, adapters, strict=True)]
+        return output[:, enc["input_ids"].shape[1]:].tolist()
 
     @contextlib.contextmanager
     def _adapter_context(self, adapters: list[str | None]) -> Iterator[tuple[object, dict[str, object]]]:

@@ -6,10 +6,13 @@ of a fused batch, mixed or not, must answer what its version answers there, whic
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import pytest
 
 from lifecycle.prompting import INTENT_V1
-from serving.backend import InProcessBackend
+from serving.backend import SPLIT_MIN_ROWS, InProcessBackend
 
 
 def open_with(base, adapters, mode: str) -> InProcessBackend:
@@ -197,3 +200,104 @@ def test_auto_runs_a_lone_version_through_its_merged_copy_while_copies_fit(tiny_
     small.load_adapter("mixed", more_adapters["mixed"])
     assert list(small._merged) == ["drift"]
     assert texts(small, prompts, ["mixed"] * len(prompts)) == alone["mixed"]
+
+
+@pytest.fixture(scope="module")
+def auto(tiny_base_model, more_adapters) -> InProcessBackend:
+    return open_with(tiny_base_model[0], more_adapters, "auto")
+
+
+@contextlib.contextmanager
+def passes_of(backend: InProcessBackend, split_min_rows: int | None) -> Iterator[list[list[str | None]]]:
+    """The adapters of every ``generate`` pass the backend makes, with ``split_min_rows`` set for the moment."""
+    passes: list[list[str | None]] = []
+    plain, before = backend._generate_ids, backend.split_min_rows
+
+    def spy(encoded, adapters):
+        passes.append(list(adapters))
+        return plain(encoded, adapters)
+
+    backend._generate_ids, backend.split_min_rows = spy, split_min_rows
+    try:
+        yield passes
+    finally:
+        del backend._generate_ids
+        backend.split_min_rows = before
+
+
+def test_auto_splits_a_mixed_batch_only_when_every_pass_gets_enough_rows(auto, merged):
+    pin(auto, "drift")
+    n = auto.split_min_rows
+    assert n == SPLIT_MIN_ROWS >= 2
+
+    def r(start: int, stop: int) -> list[int]:
+        return list(range(start, stop))
+
+    assert auto._passes(["mixed", "drift"] * n) == [r(0, 2 * n)[0::2], r(0, 2 * n)[1::2]]
+    # No split: one fused pass, the home's rows first (the other version's rows then form one block).
+    assert auto._passes(["mixed"] * n + ["drift"] * (n - 1)) == [r(n, 2 * n - 1) + r(0, n)]  # too few home rows
+    assert auto._passes(["mixed"] * (n - 1) + ["drift"] * n) == [r(n - 1, 2 * n - 1) + r(0, n - 1)]  # too few others
+    assert auto._passes(["mixed"] * (2 * n)) == [r(0, 2 * n)]
+    # Several versions: the biggest non-home groups with a merged copy first, each its own pass while n rows stay
+    # for the last pass, which takes the rest in one fused pass (here the home and the bare base: no copy).
+    names = ["headless"] * n + ["mixed"] * (n + 1) + [None] * 2 + ["drift"] * (n - 2)
+    assert auto._passes(names) == [r(n, 2 * n + 1), r(0, n), r(2 * n + 3, len(names)) + [2 * n + 1, 2 * n + 2]]
+    with passes_of(auto, None):  # None: never split
+        assert auto._passes(["mixed", "drift"] * n) == [r(0, 2 * n)[1::2] + r(0, 2 * n)[0::2]]
+    fused = InProcessBackend(auto.base_dir, INTENT_V1, device="cpu", adapter_mode="fused")  # no copies to split to
+    assert fused._merged == {} and fused._passes(["mixed", "drift"] * n) == [r(0, 2 * n)]  # no home: no order
+    assert merged._passes(["mixed", "drift"] * n) == [r(0, 2 * n)]  # other modes: the batch as it is
+    for bad in (0, -1):
+        with pytest.raises(ValueError, match="split_min_rows"):
+            InProcessBackend(auto.base_dir, INTENT_V1, device="cpu", split_min_rows=bad)
+
+
+def test_the_delta_on_a_block_of_rows_equals_the_gathered_delta_and_the_plain_sum():
+    """The three ways a delta reaches its rows (all rows, a contiguous block, a gather) add the same numbers."""
+    import torch
+
+    from serving.fused_lora import _delta_forward
+
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(16, 24)
+    a, b = torch.randn(6, 16), torch.randn(24, 6)
+    x = torch.randn(5, 3, 16)
+    want = linear(x).detach()
+    want[2:] += (x[2:] @ a.T) @ b.T
+    mask = torch.tensor([[1.0] * 3 + [0.0] * 3, [0.0] * 3 + [1.0] * 3, [1.0] * 6]).unsqueeze(1)
+    masked = linear(x).detach()
+    masked[2:] += ((x[2:] @ a.T) * mask) @ b.T
+    with torch.inference_mode():
+        block = _delta_forward(linear, a, b, slice(2, 5), None)(x)
+        gathered = _delta_forward(linear, a, b, torch.tensor([2, 3, 4]), None)(x)
+        assert torch.allclose(block, want, atol=1e-5) and torch.equal(block, gathered)
+        assert torch.equal(block[:2], linear(x)[:2])  # the rows outside the block are untouched
+        block = _delta_forward(linear, a, b, slice(2, 5), mask)(x)
+        assert torch.allclose(block, masked, atol=1e-5)
+        assert torch.equal(block, _delta_forward(linear, a, b, torch.tensor([2, 3, 4]), mask)(x))
+        every = _delta_forward(linear, a, b, None, None)(x)
+        assert torch.allclose(every, linear(x) + (x @ a.T) @ b.T, atol=1e-5)
+
+
+@pytest.mark.parametrize("home", ["drift", "headless", None])
+def test_split_batches_answer_as_each_version_alone(auto, alone, prompts, home):
+    pin(auto, home)
+    names = [NAMES[i % len(NAMES)] for i in range(len(prompts))]
+    with passes_of(auto, 4) as passes:
+        got = auto.generate(prompts, names, max_batch=32)
+    assert [g.text for g in got] == [alone[n][i] for i, n in enumerate(names)]
+    assert [g.adapter for g in got] == names
+    batches = -(-len(prompts) // 32)
+    assert len(passes) > batches and all(len(p) >= 4 for p in passes)  # split, and no pass below the limit
+    assert sum(map(len, passes)) == len(prompts)
+    assert any(len(set(p)) == 1 and p[0] != home for p in passes)  # a plain pass on a merged copy
+    # Two versions with merged copies or home: every pass is plain, no delta is built, and every row of a batch
+    # waited for all of its batch's passes.
+    other = "mixed" if home is not None else "drift"
+    two = [(home or "headless", other)[i % 2] for i in range(64)]
+    auto._fused._plans.clear()
+    with passes_of(auto, 4) as passes:
+        got = auto.generate(prompts[:64], two, max_batch=32)
+    assert [g.text for g in got] == [alone[n][i] for i, n in enumerate(two)]
+    assert len(passes) == 4 and all(len(set(p)) == 1 for p in passes) and auto._fused._plans == {}
+    assert len({g.latency_ms for g in got}) == 2
