@@ -42,6 +42,9 @@ ALLOWED_TRANSITIONS: dict[VersionStatus, frozenset[VersionStatus]] = {
 #: statuses a version may be registered with.
 INITIAL_STATUSES = frozenset({S.CANDIDATE, S.REJECTED})
 
+#: retired by the decommission flow: weights archived (then a tombstone only); nothing serves or benchmarks it again.
+RETIRED = frozenset({S.ARCHIVED, S.DECOMMISSIONED})
+
 
 class TransitionError(ValueError):
     """A status change that the transition table does not allow."""

@@ -32,7 +32,7 @@ from lifecycle.records import Frozen, ModelVersion
 from lifecycle.retention import RetentionPolicy, RunningRollout, VersionFacts, holds
 from lifecycle.rollout_state import RolloutState
 from lifecycle.routing import TrafficSplit
-from lifecycle.status import Alias, VersionStatus
+from lifecycle.status import RETIRED, Alias, VersionStatus
 from registry import schema as t
 from registry import tombstone as tomb
 from registry.hub import HubArtifactStore
@@ -45,7 +45,6 @@ if TYPE_CHECKING:
 
 S = VersionStatus
 RETIRING = "retiring: "  # status-history reason prefix of step 1
-_GONE = frozenset({S.ARCHIVED, S.DECOMMISSIONED})
 
 
 class RetirementRefused(RuntimeError):
@@ -101,9 +100,9 @@ def _running(state: RolloutState | None) -> RunningRollout | None:
 
 
 def _facts(version: ModelVersion, history: list, root: Path) -> VersionFacts:
-    settled = [_utc(h.at) for h in history if S(h.to_status) not in _GONE]
+    settled = [_utc(h.at) for h in history if S(h.to_status) not in RETIRED]
     retiring = False
-    if version.status in _GONE:
+    if version.status in RETIRED:
         marked = version.status is S.ARCHIVED and bool(history) and history[-1].reason.startswith(RETIRING)
         stone = tomb.read_tombstone(root, version.model, version.number)
         retiring = marked or (stone is not None and stone["state"] != "decommissioned")

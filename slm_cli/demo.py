@@ -473,11 +473,11 @@ def _scores(version) -> str:
 
 
 def _retired() -> list[str]:
+    from lifecycle.status import RETIRED
     from registry.service import open_registry
 
     with open_registry() as registry:
-        return [v.ref for v in registry.store.list_versions(MODEL)
-                if v.status.value in ("archived", "decommissioned")]
+        return [v.ref for v in registry.store.list_versions(MODEL) if v.status in RETIRED]
 
 
 def _write_report(registry) -> Path:

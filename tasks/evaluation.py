@@ -20,6 +20,7 @@ from evaluation.benchmark import GoldenSet, StaleAnswers, run_benchmark
 from lifecycle.files import hash_tree
 from lifecycle.records import EvalReport, Frozen, ModelVersion
 from lifecycle.settings import get_settings
+from lifecycle.status import RETIRED
 from serving.loader import load_version, open_backend
 from tasks.connect import open_registry
 from tasks.plan import RetrainPlan
@@ -63,7 +64,7 @@ def forget_answers(store: AnswerStore, versions: list[ModelVersion], retired: in
     by_number = {v.number: v for v in versions}
     weights = version_weights(by_number[retired])
     live = {version_weights(v) for v in versions
-            if v.number != retired and v.status.value not in ("archived", "decommissioned")}
+            if v.number != retired and v.status not in RETIRED}
     if weights is None or weights in live:
         return []
     return store.drop(weights.base, weights.adapter)
@@ -79,7 +80,8 @@ def score_on(backend, versions: dict[str, str | None], golden: dict[str, Path], 
     reports: dict[str, list[EvalReport]] = {ref: [] for ref in versions}
     for name, path in golden.items():
         gold = GoldenSet.of(name, read_jsonl(path))
-        keys = {ref: _key(w, gold, backend) for ref, w in (weights or {}).items() if ref in versions}
+        keys = {ref: _key(w, gold.name, gold.sha256, len(gold.items), backend.prompt_format)
+                for ref, w in (weights or {}).items() if ref in versions}
         known = {ref: report for ref, key in keys.items()
                  if store is not None and (report := store.get(key, ref)) is not None}
         try:
@@ -95,10 +97,10 @@ def score_on(backend, versions: dict[str, str | None], golden: dict[str, Path], 
     return reports
 
 
-def _key(weights: Weights, golden: GoldenSet, backend) -> AnswerKey:
-    fmt = backend.prompt_format
-    return AnswerKey(base=weights.base, adapter=weights.adapter, benchmark=golden.name,
-                     benchmark_sha256=golden.sha256, n_items=len(golden.items),
+def _key(weights: Weights, benchmark: str, benchmark_sha256: str, n_items: int, fmt) -> AnswerKey:
+    """The store's key of one version's answers on one golden set, decoded as the in-process backend does."""
+    return AnswerKey(base=weights.base, adapter=weights.adapter, benchmark=benchmark,
+                     benchmark_sha256=benchmark_sha256, n_items=n_items,
                      decoding=decoding_settings(fmt.identity, fmt.stop, fmt.max_new_tokens))
 
 
@@ -130,11 +132,8 @@ def remember_answers(version: ModelVersion, store: AnswerStore | None = None) ->
         return 0
     store = store or answer_store()
     fmt = format_by_identity(version.prompt_format)
-    decoding = decoding_settings(fmt.identity, fmt.stop, fmt.max_new_tokens)
     for report in version.evals:
-        store.put(AnswerKey(base=weights.base, adapter=weights.adapter, benchmark=report.benchmark,
-                            benchmark_sha256=report.benchmark_sha256, n_items=len(report.items), decoding=decoding),
-                  report)
+        store.put(_key(weights, report.benchmark, report.benchmark_sha256, len(report.items), fmt), report)
     return len(version.evals)
 
 

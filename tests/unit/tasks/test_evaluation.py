@@ -89,3 +89,21 @@ def test_a_retired_versions_answers_are_forgotten_unless_a_live_version_has_its_
     retired_too = [v.model_copy(update={"status": VersionStatus.DECOMMISSIONED}) if v.number == 1 else v
                    for v in versions]
     assert len(forget_answers(store, retired_too, 3)) == 1
+
+
+def test_answers_remembered_at_registration_are_the_ones_the_next_benchmark_reuses(tmp_path):
+    from datetime import UTC, datetime
+
+    from lifecycle.records import BaseModelRef, Lineage, ModelVersion
+    from tasks.evaluation import remember_answers
+
+    store, gold = AnswerStore(tmp_path / "answers"), golden(tmp_path)
+    first = score_on(Backend(), {"m:v1": None}, gold, ALLOWED, 2)  # no store: as the bootstrap scores v1
+    v1 = ModelVersion(model="m", number=1, status="promoted", created_at=datetime.now(UTC), artifact_uri="x",
+                      prompt_format=INTENT_V1.identity, evals=first["m:v1"],
+                      lineage=Lineage(base_model=BaseModelRef(model_id="b", revision="1"),
+                                      prompt_format=INTENT_V1.identity))
+    assert remember_answers(v1, store) == 1
+    again = Backend()
+    score_on(again, {"m:v1": None}, gold, ALLOWED, 2, {"m:v1": Weights(base="b@1", adapter="none")}, store)
+    assert champion_rows(again) == 1 + 2 * 2  # warm-up + the spot check only: the remembered answers were found
