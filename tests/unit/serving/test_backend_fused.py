@@ -301,3 +301,9 @@ def test_split_batches_answer_as_each_version_alone(auto, alone, prompts, home):
     assert [g.text for g in got] == [alone[n][i] for i, n in enumerate(two)]
     assert len(passes) == 4 and all(len(set(p)) == 1 for p in passes) and auto._fused._plans == {}
     assert len({g.latency_ms for g in got}) == 2
+
+
+@pytest.mark.parametrize("bad", [0, -8])
+def test_a_split_threshold_below_one_row_is_refused_with_its_meaning(tiny_base_model, bad):
+    with pytest.raises(ValueError, match=f"split_min_rows must be at least 1 .*got {bad}"):
+        InProcessBackend(tiny_base_model[0], INTENT_V1, device="cpu", split_min_rows=bad)
