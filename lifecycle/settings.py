@@ -43,6 +43,9 @@ class Settings(BaseSettings):
                                          "training-data snapshots; default <model_name>-data")
     hub_retries: int = Field(default=4, ge=0, description="retries of a Hub call on 408/429/5xx or connection errors")
     hub_retry_wait_s: float = Field(default=1.0, ge=0, description="first retry wait; doubles each retry, 30 s cap")
+    crash_after_s: float = Field(default=600, ge=90, description="`slm up`: a flow run with no heartbeat nor state "
+                                 "change for this long is marked Crashed (Prefect's default heartbeat is every 180 s, "
+                                 "the stack's every 30 s)")
     model_name: str = Field(default="intent-router", description="the default model")
     torch_threads: int = Field(default=1, ge=1,
                                description="torch intra-op threads; 1 on 2 cores (FACTS.md: 2 collapse)")

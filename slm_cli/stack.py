@@ -1,6 +1,7 @@
 """The local stack of ``slm up``: a Prefect server, the work pool, the deployments of prefect.yaml (with their
 automations), a worker and the gateway — each a real process, their pids recorded so ``slm down`` stops
-exactly what ``slm up`` started.
+exactly what ``slm up`` started. One more automation watches every flow run: a run that goes silent (killed with
+SIGKILL, its machine lost) is marked Crashed after ``SLM_CRASH_AFTER_S`` (``crash_automation``).
 
 Prefect's own state lives under ``SLM_HOME/prefect`` (SQLite); give ``database_url`` (a
 ``postgresql+asyncpg://`` URL) to put the Prefect server on PostgreSQL instead. The record is
@@ -25,6 +26,10 @@ import httpx
 from lifecycle.settings import get_settings, project_root
 
 POOL = "slm-local"
+#: Every process of the stack (worker, its flow runs, the gateway) sends a flow-run heartbeat this often: Prefect's
+#: minimum (its default is 180 s).
+HEARTBEAT_S = 30
+CRASH_AUTOMATION = "slm: mark unresponsive flow runs Crashed"
 
 
 class StackError(RuntimeError):
@@ -75,9 +80,54 @@ def stack_env(api_url: str, extra: dict[str, str] | None = None) -> dict[str, st
                 "HF_HUB_DISABLE_PROGRESS_BARS": "1",
                 # The worker asks for work every 2 s, not 10: waiting must not be what a demo measures. (1 s was
                 # tried: ~0.5 s less per flow run, more writers on the server's SQLite; not worth it.)
-                "PREFECT_WORKER_QUERY_SECONDS": "2", "PREFECT_WORKER_PREFETCH_SECONDS": "5"})
+                "PREFECT_WORKER_QUERY_SECONDS": "2", "PREFECT_WORKER_PREFETCH_SECONDS": "5",
+                "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": str(HEARTBEAT_S)})
     env.update(extra or {})
     return env
+
+
+def crash_automation(after_s: float) -> dict:
+    """The automation that marks a flow run Crashed once it has gone ``after_s`` seconds without a heartbeat or a
+    state change (the body of Prefect's ``POST /automations/``).
+
+    A flow run killed with SIGKILL (an out-of-memory kill, a lost worker machine, ``kill -9``) reports nothing and
+    would stay Running for ever — and while a retrain stays Running the drift monitor holds off every trigger
+    (lifecycle.drift_policy.decide_trigger), so one killed retrain would stop the loop. This is Prefect's
+    zombie-run automation (a proactive trigger per flow run), with two additions: the Running state arms it too
+    (a run killed before its first heartbeat reached the server is caught), and the states a live run may sit in
+    without heartbeats (scheduled for a retry, suspended) answer it.
+    """
+    from datetime import timedelta
+
+    from prefect.client.schemas.objects import StateType
+    from prefect.events.actions import ChangeFlowRunState
+    from prefect.events.schemas.automations import AutomationCore, EventTrigger, Posture
+    from prefect.events.schemas.events import ResourceSpecification
+
+    answers = {f"prefect.flow-run.{state}" for state in (
+        "heartbeat", "Completed", "Failed", "Cancelled", "Crashed", "TimedOut", "Cancelling", "Paused", "Suspended",
+        "AwaitingRetry", "Scheduled")}
+    core = AutomationCore(
+        name=CRASH_AUTOMATION,
+        description=f"A flow run that sends no heartbeat (every {HEARTBEAT_S} s from the stack's processes, 180 s "
+                    f"from Prefect's default) and no state for {after_s:g} s is dead: mark it Crashed.",
+        trigger=EventTrigger(after={"prefect.flow-run.heartbeat", "prefect.flow-run.Running"}, expect=answers,
+                             match=ResourceSpecification({"prefect.resource.id": ["prefect.flow-run.*"]}),
+                             for_each={"prefect.resource.id"}, posture=Posture.Proactive, threshold=1,
+                             within=timedelta(seconds=after_s)),
+        actions=[ChangeFlowRunState(state=StateType.CRASHED,
+                                    message=f"no heartbeat for {after_s:g} s: the flow run's process is gone")])
+    return core.model_dump(mode="json")
+
+
+def ensure_crash_automation(api_url: str, after_s: float) -> None:
+    """Create (or replace: the window may have changed) the stack's crash automation on this Prefect server."""
+    with httpx.Client(base_url=api_url, timeout=30) as api:
+        found = _api(api, "POST", "/automations/filter",
+                     json={"automations": {"name": {"any_": [CRASH_AUTOMATION]}}}).json()
+        for automation in found:
+            _api(api, "DELETE", f"/automations/{automation['id']}")
+        _api(api, "POST", "/automations/", json=crash_automation(after_s))
 
 
 def _spawn(name: str, argv: list[str], env: dict[str, str], record: StackRecord) -> subprocess.Popen:
@@ -160,6 +210,7 @@ def up(*, prefect_port: int = 4200, gateway_port: int | None = 8000, worker: boo
         _wait_http(f"{api_url}/health", "the Prefect server", server, record.logs["prefect-server"], 180)
         status(f"work pool {POOL} (process) and the deployments of prefect.yaml, with their automations")
         _ensure_pool(env)
+        ensure_crash_automation(api_url, get_settings().crash_after_s)
         deploy_args = ["--no-prompt", "deploy", "--all"]
         deploying = _prefect_start(deploy_args, env)
         try:

@@ -25,6 +25,9 @@ DRIFTED_INTENTS = ("top_up_failed", "getting_virtual_card")
 def pytest_configure(config):
     # Before any test module imports torch: torch reads OMP_NUM_THREADS once, at import.
     os.environ["OMP_NUM_THREADS"] = "1"
+    # Before Prefect is imported: every flow run of the tests sends a heartbeat at the stack's rate, so the test
+    # stack's crash automation (90 s without one, tests/integration/conftest.py) never takes a live run for dead.
+    os.environ["PREFECT_FLOWS_HEARTBEAT_FREQUENCY"] = "30"
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -79,6 +79,7 @@ def gateway(tiny_registry):
 
 # The stack's tiny configs (retrain.yaml, monitor.yaml) name this model: test_stack drives it through the loop.
 STACK_MODEL = "intent-router"
+CRASH_AFTER_S = 90  # the shared stack's crash automation window (seconds without a heartbeat)
 
 
 @dataclass
@@ -113,7 +114,8 @@ def shared_stack(tmp_path_factory, write_tiny_configs):
     policy = yaml.safe_load((stack.project_root() / "configs/monitor.yaml").read_text())
     policy["retrain_config"] = str(configs / "retrain.yaml")
     (configs / "monitor.yaml").write_text(yaml.safe_dump(policy))
-    with environment(SLM_HOME=str(home)):
+    # A flow run silent for 90 s (three heartbeats) is marked Crashed: test_stack kills one and waits for it.
+    with environment(SLM_HOME=str(home), SLM_CRASH_AFTER_S=str(CRASH_AFTER_S)):
         record = stack.up(prefect_port=free_port(), gateway_port=None, status=lambda _m: None)
     shared = SharedStack(record=record, configs=configs, home=home)
     try:

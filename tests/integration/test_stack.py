@@ -1,7 +1,8 @@
 """The loop closes by itself on a real local stack: `slm up` (Prefect server, work pool, the deployments and
 automations of prefect.yaml, a worker), a tiny champion, the gateway, drifted traffic through it, the
 monitor deployment — and the automation starts a retrain flow run with the drift event's parameters,
-which the worker runs to a registered version. Nothing here calls the retrain flow.
+which the worker runs to a registered version. Nothing here calls the retrain flow. And a retrain run killed with
+SIGKILL is marked Crashed by the stack's crash automation, so it stops holding off the monitor's triggers.
 """
 
 from __future__ import annotations
@@ -74,3 +75,62 @@ def test_drifted_traffic_makes_the_automation_start_a_retrain(stack, tiny_drifte
         assert v2.lineage.trigger.startswith("drift")
         seq = {(e.action, e.subject): e.seq for e in reg.store.audit_events()}
         assert seq[("slm.drift.detected", MODEL)] < seq[("version.registered", f"{MODEL}:v2")]
+
+
+def test_a_killed_flow_run_is_marked_crashed_and_holds_off_drift_triggers_no_longer(stack, tmp_path):
+    """A retrain run killed with SIGKILL (an OOM kill, a lost worker) reports no final state: without the stack's
+    crash automation it stays Running for ever, and the monitor holds off every drift trigger while a retrain runs."""
+    import subprocess
+    import sys
+    import textwrap
+    from datetime import UTC, datetime
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowFilter, FlowFilterName
+    from prefect.client.schemas.objects import StateType
+
+    from slm_cli.stack import CRASH_AUTOMATION, stack_env
+    from tasks.monitor import running_retrain_since
+    from tests.integration.conftest import CRASH_AFTER_S
+
+    record, _ = stack
+    script = tmp_path / "stuck_retrain.py"
+    script.write_text(textwrap.dedent("""
+        import time
+
+        from prefect import flow
+
+
+        @flow(name="retrain")
+        def stuck():
+            time.sleep(900)
+
+
+        stuck()
+    """))
+    retrains = FlowFilter(name=FlowFilterName(any_=["retrain"]))
+    with on_stack(record), get_client(sync_client=True) as client:
+        [automation] = client.read_automations_by_name(CRASH_AUTOMATION)  # `slm up` set it, with the window asked
+        assert automation.trigger.within.total_seconds() == CRASH_AFTER_S
+        before = {r.id for r in client.read_flow_runs(flow_filter=retrains)}
+        proc = subprocess.Popen([sys.executable, str(script)], env=stack_env(record.api_url),
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            deadline = time.monotonic() + 120
+            while not (new := [r for r in client.read_flow_runs(flow_filter=retrains) if r.id not in before
+                               and r.state_type == StateType.RUNNING]):
+                assert proc.poll() is None and time.monotonic() < deadline, "the stuck retrain never ran"
+                time.sleep(1)
+        finally:
+            proc.kill()
+            proc.wait()
+        [run] = new
+        killed = time.monotonic()
+        assert running_retrain_since(datetime.now(UTC)) is not None  # dead, yet "Running": it holds off triggers
+        while (state := client.read_flow_run(run.id).state).type != StateType.CRASHED:
+            assert time.monotonic() < killed + CRASH_AFTER_S + 120, f"still {state.name} after the kill"
+            time.sleep(3)
+        assert "no heartbeat" in state.message
+        assert running_retrain_since(datetime.now(UTC)) is None  # the monitor may trigger a retrain again
+    print(f"\nkilled retrain run marked Crashed {time.monotonic() - killed:.0f} s after the kill "
+          f"(window {CRASH_AFTER_S} s)")

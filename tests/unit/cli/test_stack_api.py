@@ -33,3 +33,34 @@ def test_other_errors_and_a_lasting_503_raise(monkeypatch):
     with pytest.raises(httpx.HTTPStatusError):
         stack._api(api, "GET", "/deployments/name/a/b", attempts=3)
     assert len(seen) == 3
+
+
+def test_the_crash_automation_watches_every_flow_run_for_silence():
+    from prefect.events.schemas.automations import AutomationCore, Posture
+
+    body = stack.crash_automation(600)
+    automation = AutomationCore.model_validate(body)  # what the server validates the POST against
+    trigger = automation.trigger
+    assert trigger.posture == Posture.Proactive and trigger.within.total_seconds() == 600
+    assert trigger.for_each == {"prefect.resource.id"}  # one window per flow run
+    assert trigger.after == {"prefect.flow-run.heartbeat", "prefect.flow-run.Running"}
+    # A heartbeat re-arms the window; a final state or a heartbeat-less wait (a retry, a suspension) answers it.
+    assert {"prefect.flow-run.heartbeat", "prefect.flow-run.Completed", "prefect.flow-run.Crashed",
+            "prefect.flow-run.AwaitingRetry", "prefect.flow-run.Suspended"} <= trigger.expect
+    assert [(a.type, a.state.value) for a in automation.actions] == [("change-flow-run-state", "CRASHED")]
+
+
+def test_setting_the_crash_automation_replaces_the_old_one():
+    seen = []
+
+    def handler(request):
+        seen.append((request.method, request.url.path))
+        found = [{"id": "old-1"}] if request.url.path.endswith("/filter") else {}
+        return httpx.Response(200, json=found)
+
+    real = httpx.Client
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(stack.httpx, "Client", lambda **kw: real(transport=httpx.MockTransport(handler), **kw))
+        stack.ensure_crash_automation("http://prefect.test/api", 120)
+    assert seen == [("POST", "/api/automations/filter"), ("DELETE", "/api/automations/old-1"),
+                    ("POST", "/api/automations/")]
