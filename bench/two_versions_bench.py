@@ -9,11 +9,13 @@ into ``serving.backend.InProcessBackend`` â€” the code the gateway serves with â
   ``auto`` picks: one base with the majority version merged in, the other as a per-row low-rank delta inside
   the same forward pass), split 90/10 and 50/50 by caller request;
 - ``auto_90_10`` / ``auto_50_50``: the default mode: fused, plus a merged copy per version (small models), so a
-  batch of one non-home version runs plain, a mixed batch whose version groups all hold at least
-  ``serving.backend.SPLIT_MIN_ROWS`` rows runs as plain passes on the copies, and only small mixed batches take
-  the fused pass;
-- ``auto_nosplit_90_10`` / ``auto_nosplit_50_50``: auto with that split turned off (``split_min_rows=None``):
-  the default before the split, for a before/after inside one run;
+  batch of one non-home version runs plain; on models up to ``serving.backend.STACK_MAX_PARAMS`` a mixed batch of
+  up to ``STACK_MAX_ROWS`` rows whose version groups are (nearly) equal runs as one stacked pass (one batched
+  matmul per Linear over the versions' full weights); a mixed batch whose version groups all hold at least
+  ``SPLIT_MIN_ROWS`` rows runs as plain passes on the copies; the other mixed batches take the fused pass;
+- ``auto_nosplit_90_10`` / ``auto_nosplit_50_50``: auto with that split turned off (``split_min_rows=None``),
+  and ``auto_nostack_*``: auto without stacked passes (``stack_max_params=None``, the default before them), for
+  a before/after inside one run;
 - ``merged_90_10`` / ``merged_50_50``: the same in ``adapter_mode="merged"`` (a merged copy per version, one
   ``generate`` per version in a mixed batch: the default before fused mode);
 - ``unmerged_90_10`` / ``unmerged_50_50``: the same in ``adapter_mode="unmerged"`` (one base, peft adapters).
@@ -55,6 +57,8 @@ import shapes  # noqa: E402  (bench/ is not a package; the path line above makes
 
 CHAMPION, CHALLENGER = "champion", "challenger"
 SPLITS = {"90_10": 0.9, "50_50": 0.5}
+# auto with one of its choices turned off, for a before/after inside one run: mode "auto_no<key>".
+VARIANTS = {"": {}, "split": {"split_min_rows": None}, "stack": {"stack_max_params": None}}
 
 
 def closed_loop(batcher, prompts: list[str], versions: tuple[str | None, str | None], champion_share: float,
@@ -119,9 +123,11 @@ def backends(base_dir: Path, merged_dir: Path, adapters: dict[str, Path], modes:
 
     made = {"one": InProcessBackend(merged_dir, INTENT_V1, threads=threads, device=device, adapter_mode="merged")}
     for mode in modes:
-        extra = {"split_min_rows": None} if mode == "auto_nosplit" else {}
-        backend = InProcessBackend(base_dir, INTENT_V1, threads=threads, device=device,
-                                   adapter_mode=mode.removesuffix("_nosplit"), **extra)
+        base_mode, _, without = mode.partition("_no")
+        if without not in VARIANTS or (without and base_mode != "auto"):
+            raise SystemExit(f"unknown mode {mode!r}: a backend adapter mode, or auto_nosplit / auto_nostack")
+        backend = InProcessBackend(base_dir, INTENT_V1, threads=threads, device=device, adapter_mode=base_mode,
+                                   **VARIANTS[without])
         for name, folder in adapters.items():
             backend.load_adapter(name, folder)
         made[mode] = backend
@@ -153,8 +159,8 @@ def run(shape: str, device: str, concurrency: list[int], seconds: float, rounds:
                   "parameters": shapes.parameters(base_dir), "modes": {m: models[m].mode for m in modes},
                   "seconds_per_cell": seconds, "rounds": rounds, "max_batch": 32,
                   "machine_before": shapes.machine(device), "results": {}}
-        for mode in ("fused", "auto", "auto_nosplit"):  # the version merged into the base: the warm-up leaves none
-            if mode in models:
+        for mode in modes:  # the version merged into the base: the warm-up leaves none
+            if models[mode].mode == "fused":
                 models[mode].generate(prompts[:64], [CHAMPION] * 58 + [CHALLENGER] * 6)
                 report[f"{mode}_home_before"] = models[mode].home
         for c in concurrency:
@@ -181,8 +187,8 @@ def run(shape: str, device: str, concurrency: list[int], seconds: float, rounds:
                                   for n in raw), file=sys.stderr, flush=True)
             report["results"][f"concurrency_{c}"] = summarize(raw)
         report["machine_after"] = shapes.machine(device)
-        for mode in ("fused", "auto", "auto_nosplit"):
-            if mode in models:
+        for mode in modes:
+            if models[mode].mode == "fused":
                 report[f"{mode}_home_after"] = models[mode].home
     return report
 
@@ -220,8 +226,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (FACTS.md: set it)")
     parser.add_argument("--modes", default="auto,fused,merged,unmerged",
-                        help="backend adapter modes to compare; also auto_nosplit: auto without the split of mixed "
-                             "batches (opt-in: bench/gpu_check.sh's time budget counts the default cells)")
+                        help="backend adapter modes to compare; also auto_nosplit / auto_nostack: auto without the "
+                             "split of mixed batches / without stacked passes (opt-in: bench/gpu_check.sh's time "
+                             "budget counts the default cells)")
     parser.add_argument("--adapter-steps", type=int, default=60, help="LoRA steps that make each version's adapter")
     parser.add_argument("--json-out", type=Path, default=None)
     args = parser.parse_args()

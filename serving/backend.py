@@ -20,19 +20,27 @@ Four ways to serve several versions of one base model (``adapter_mode``):
   embedding LoRA or ``modules_to_save``): load those in "unmerged" mode.
 - "auto" (the default): fused, plus a merged copy of each version while the copies fit in
   ``merged_memory_limit_mb``: a batch holding one non-home version only (what a lone caller sends) then runs
-  through its plain copy, and a mixed batch whose groups are all big enough runs as plain passes: each
-  non-home version with a copy and at least ``split_min_rows`` rows (default ``SPLIT_MIN_ROWS``, 8) on its
-  copy, the rest (at least as many rows; the home's) on the base, one ``generate`` each. Smaller mixed
-  batches take one fused pass. Over the limit it is plain fused. Why the threshold: on the 1.2M-parameter
-  demo model (CPU, 1 thread, CPU time per batch, the same rows both ways) a second pass's fixed per-step
-  cost outweighs the delta for small groups (split / fused 1.18 for 4 + 4 rows, 1.03-1.09 for 4-6 + 6-8,
-  1.01 for 6 + 14) and wins from 8 rows a group (0.97 at 8 + 8, 0.90 at 8 + 16, 0.88-0.93 at 8 + 24 and
-  16 + 16). Through the micro-batcher (bench/two_versions_bench.py, bench/RESULTS.md "Two live versions")
-  tokens/s against one merged model: at concurrency 32 and 50/50 the split lifts auto from 0.83-0.90x to
-  0.90-1.07x (two runs, split off and on in each); the other cells sit at 0.85-1.02x, not robustly at
-  0.95x: two weight sets in turn cost 1-6 % even at concurrency 1, and the fused pass of a small mixed batch
-  costs 19-23 % more per forward than a plain one (4-32 rows): on a model this small that is per-call
-  overhead, not FLOPs.
+  through its plain copy. A mixed batch takes the cheapest of three ways, by thresholds measured on the
+  1.2M-parameter demo model (CPU, 1 thread, CPU time per batch, the same rows every way; bench/RESULTS.md
+  "Two live versions"):
+  * stacked, on models of at most ``stack_max_params`` parameters (default ``STACK_MAX_PARAMS``, 8M): when every
+    version of the batch has full weights (the home, or a merged copy) and padding its version groups to equal
+    size adds at most ``STACK_MAX_PADDING`` (15 %) of its rows (each group is padded with repeats of its own last
+    row, whose answers are dropped), one pass in which every Linear the versions' adapters touch is ONE batched
+    matmul over the versions' stacked weights, each group of rows on its own (serving.fused_lora): one call where
+    the fused delta takes five. Stacked / fused: 0.89-0.93 at 2+2 to 16+16 rows, 0.92-0.96 with 9-14 % padding
+    (6+5, 5+4, 4+3, 9+7), 0.98-1.02 at 17-25 % (7+5, 3+2, 5+3). It reads every version's weights, so it pays
+    only where calls, not weight reads, are the cost: small models. Memory: per set of versions served together,
+    one more copy of each version's adapted layers (the stacks, kept until the home or the set of versions changes);
+  * split, when the batch has more than ``STACK_MAX_ROWS`` (16) rows or cannot stack: each non-home version with
+    a copy and at least ``split_min_rows`` rows (default ``SPLIT_MIN_ROWS``, 8) on its copy, the rest (at least
+    as many rows; the home's) on the base, one ``generate`` each. Split / fused: 1.18 for 4 + 4 rows, 1.03-1.09
+    for 4-6 + 6-8, 0.96-0.97 at 8 + 8, 0.80-0.93 from 12 + 10 (stacked there: 0.87-0.96);
+  * fused: the rest (unequal small groups, the bare base beside a home, no copies).
+  Over the memory limit it is plain fused. Through the micro-batcher (bench/two_versions_bench.py) tokens/s
+  against one merged model: see bench/RESULTS.md; two weight sets in turn cost 1-6 % even at concurrency 1,
+  and a fused pass of a small mixed batch costs 12-22 % more per step than a plain one on a model this small
+  (per-call overhead, not FLOPs).
 - "merged": each adapter merged into its own copy of the base weights (a plain model per version). A batch is
   split by version, each group its own ``generate`` call: on a tiny model the per-step overhead, not the
   FLOPs, dominates, so a mixed batch costs nearly two batches (0.68-0.94x one model), and every version costs
@@ -65,6 +73,12 @@ AdapterMode = Literal["fused", "merged", "unmerged", "auto"]
 #: rows, else as one fused pass. Measured on the demo model, CPU (module docstring, "auto"): the smallest group
 #: size at which the split won in every measured batch shape; 4-6 lost in some.
 SPLIT_MIN_ROWS = 8
+#: Auto mode: a mixed batch runs as one stacked pass (module docstring) on models of at most STACK_MAX_PARAMS
+#: parameters, when padding its version groups to equal size adds at most STACK_MAX_PADDING of its rows; batches of
+#: more than STACK_MAX_ROWS rows split first where they can. Measured on the demo model (module docstring, "auto").
+STACK_MAX_PARAMS = 8_000_000
+STACK_MAX_PADDING = 0.15
+STACK_MAX_ROWS = 16
 
 
 class Generation(Frozen):
@@ -86,7 +100,8 @@ class InProcessBackend:
 
     def __init__(self, base_dir: Path, prompt_format: PromptFormat, threads: int = 1,
                  device: str | None = None, adapter_mode: AdapterMode = "auto",
-                 merged_memory_limit_mb: float = 2048, split_min_rows: int | None = SPLIT_MIN_ROWS) -> None:
+                 merged_memory_limit_mb: float = 2048, split_min_rows: int | None = SPLIT_MIN_ROWS,
+                 stack_max_params: int | None = STACK_MAX_PARAMS) -> None:
         if adapter_mode not in ("fused", "merged", "unmerged", "auto"):
             raise ValueError(f"adapter_mode must be 'fused', 'merged', 'unmerged' or 'auto', got {adapter_mode!r}")
         if split_min_rows is not None and split_min_rows < 1:
@@ -99,7 +114,7 @@ class InProcessBackend:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         self.base_dir, self.prompt_format, self.threads = base_dir, prompt_format, threads
-        self.split_min_rows = split_min_rows
+        self.split_min_rows, self.stack_max_padding = split_min_rows, STACK_MAX_PADDING
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self._lock = threading.Lock()
         self._set_threads()
@@ -119,6 +134,8 @@ class InProcessBackend:
         # one non-home version then runs plain (what a lone caller sends), mixed batches still run fused.
         self._param_bytes = sum(p.numel() * p.element_size() for p in self._model.parameters())
         self._copy_budget_mb = merged_memory_limit_mb if adapter_mode == "auto" else 0.0
+        n_params = sum(p.numel() for p in self._model.parameters())
+        self._stack = adapter_mode == "auto" and stack_max_params is not None and n_params <= stack_max_params
         self._stop_ids = self._single_token_stops()
         positions = getattr(self._model.config, "max_position_embeddings", None) or 2048
         window = min(positions, self.tokenizer.model_max_length or positions)
@@ -287,14 +304,15 @@ class InProcessBackend:
     def _passes(self, adapters: list[str | None]) -> list[list[int]]:
         """How one batch runs: lists of row positions, one ``generate`` pass each (module docstring, "auto").
 
-        Auto mode (fused with merged copies): a non-home version with a merged copy and at least
+        Auto mode (fused with merged copies): a batch of up to ``STACK_MAX_ROWS`` rows that can stack is one pass
+        (``_generate_ids`` stacks it). Otherwise a non-home version with a merged copy and at least
         ``split_min_rows`` rows in the batch runs as its own plain pass when at least ``split_min_rows`` rows
-        stay for the rest, which takes one fused pass (plain when only home rows are left). Fused and auto
-        mode put the home rows of the fused pass first, so the other versions' rows are one contiguous block
-        (a view for the delta, not a gather). Every other mode: the whole batch, in order, one pass.
+        stay for the rest, which takes one pass (stacked if it can, else fused; plain when only home rows are
+        left). Fused and auto mode put the home rows of that pass first, so the other versions' rows are one
+        contiguous block (a view for the delta, not a gather). Every other mode: the whole batch, in order, one pass.
         """
         everything = list(range(len(adapters)))
-        if self._fused is None:
+        if self._fused is None or (len(adapters) <= STACK_MAX_ROWS and self._stack_groups(adapters) is not None):
             return [everything]
         passes, left, limit = [], len(adapters), self.split_min_rows
         if self._merged and limit is not None and left >= 2 * limit:
@@ -309,14 +327,51 @@ class InProcessBackend:
         rest = sorted((j for j in everything if j not in split), key=lambda j: adapters[j] != self.home)  # stable
         return passes + [rest]
 
+    def _stack_groups(self, adapters: Sequence[str | None]) -> dict[str | None, list[int]] | None:
+        """The row positions of each version when this batch runs as one stacked pass (home first), else None.
+
+        Auto mode, small models (``stack_max_params``): every version of a mixed batch has full weights (the home,
+        or a merged copy), and padding the groups to equal size adds at most ``stack_max_padding`` of the rows.
+        """
+        if not self._stack:
+            return None
+        groups: dict[str | None, list[int]] = {}
+        for j, a in enumerate(adapters):
+            groups.setdefault(a, []).append(j)
+        if len(groups) < 2 or not all(self._fused.stackable(v, self._merged) for v in groups):
+            return None
+        if len(groups) * max(map(len, groups.values())) - len(adapters) > self.stack_max_padding * len(adapters):
+            return None
+        return dict(sorted(groups.items(), key=lambda g: (g[0] != self.home, str(g[0]))))
+
     def _generate_ids(self, encoded: list[list[int]], adapters: list[str | None]) -> list[list[int]]:
-        """One ``generate`` pass: the new token ids of each row, padding and stop tokens included."""
+        """One ``generate`` pass: the new token ids of each row, padding and stop tokens included.
+
+        A stacked pass lays its version groups out one after the other, each padded to the biggest with repeats of
+        its own last row (whose answers are dropped).
+        """
         import torch
 
-        enc = self.tokenizer.pad({"input_ids": encoded}, padding=True, return_tensors="pt").to(self.device)
-        with torch.inference_mode(), self._adapter_context(adapters) as (model, kwargs):
+        groups = self._stack_groups(adapters)
+        if groups is None:
+            layout, context = list(range(len(encoded))), self._adapter_context(adapters)
+        else:
+            n = max(map(len, groups.values()))
+            layout = [j for rows in groups.values() for j in rows + rows[-1:] * (n - len(rows))]
+            context = self._stacked_context(list(groups))
+        enc = self.tokenizer.pad({"input_ids": [encoded[j] for j in layout]}, padding=True,
+                                 return_tensors="pt").to(self.device)
+        with torch.inference_mode(), context as (model, kwargs):
             output = model.generate(**enc, **kwargs, **self._generate_kwargs())
-        return output[:, enc["input_ids"].shape[1]:].tolist()
+        new: dict[int, list[int]] = {}
+        for j, ids in zip(layout, output[:, enc["input_ids"].shape[1]:].tolist(), strict=True):
+            new.setdefault(j, ids)  # a padding row's answer is its original's: the original's is kept
+        return [new[j] for j in range(len(encoded))]
+
+    @contextlib.contextmanager
+    def _stacked_context(self, versions: list[str | None]) -> Iterator[tuple[object, dict[str, object]]]:
+        with self._fused.stacked(versions, self._merged):
+            yield self._model, {}
 
     @contextlib.contextmanager
     def _adapter_context(self, adapters: list[str | None]) -> Iterator[tuple[object, dict[str, object]]]:

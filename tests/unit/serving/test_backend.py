@@ -18,7 +18,7 @@ REPO = Path(__file__).resolve().parents[3]
 @pytest.fixture(scope="module", params=["fused", "merged", "unmerged", "auto"])
 def backend(request, tiny_base_model, adapters) -> InProcessBackend:
     """Every adapter mode answers every test alike (test_backend_merged.py and test_backend_fused.py compare
-    them row by row). "auto" is fused with merged copies: its mixed batches here split into plain passes."""
+    them row by row). "auto" is fused with merged copies: its mixed batches here run stacked or split."""
     b = InProcessBackend(tiny_base_model[0], INTENT_V1, threads=1, device="cpu", adapter_mode=request.param)
     assert b.mode == ("fused" if request.param == "auto" else request.param)
     for name, folder in adapters.items():

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import pytest
 
 from lifecycle.prompting import INTENT_V1
-from serving.backend import SPLIT_MIN_ROWS, InProcessBackend
+from serving.backend import SPLIT_MIN_ROWS, STACK_MAX_ROWS, InProcessBackend
 
 
 def open_with(base, adapters, mode: str) -> InProcessBackend:
@@ -208,31 +208,44 @@ def auto(tiny_base_model, more_adapters) -> InProcessBackend:
 
 
 @contextlib.contextmanager
-def passes_of(backend: InProcessBackend, split_min_rows: int | None) -> Iterator[list[list[str | None]]]:
-    """The adapters of every ``generate`` pass the backend makes, with ``split_min_rows`` set for the moment."""
+def passes_of(backend: InProcessBackend, split_min_rows: int | None,
+              stack: bool = True) -> Iterator[list[list[str | None]]]:
+    """The adapters of every ``generate`` pass the backend makes, with ``split_min_rows`` set and stacked passes
+    allowed or not for the moment."""
     passes: list[list[str | None]] = []
-    plain, before = backend._generate_ids, backend.split_min_rows
+    plain, before = backend._generate_ids, (backend.split_min_rows, backend._stack)
 
     def spy(encoded, adapters):
         passes.append(list(adapters))
         return plain(encoded, adapters)
 
-    backend._generate_ids, backend.split_min_rows = spy, split_min_rows
+    backend._generate_ids, backend.split_min_rows, backend._stack = spy, split_min_rows, stack and backend._stack
     try:
         yield passes
     finally:
         del backend._generate_ids
-        backend.split_min_rows = before
+        backend.split_min_rows, backend._stack = before
+
+
+def r(start: int, stop: int) -> list[int]:
+    return list(range(start, stop))
 
 
 def test_auto_splits_a_mixed_batch_only_when_every_pass_gets_enough_rows(auto, merged):
     pin(auto, "drift")
     n = auto.split_min_rows
     assert n == SPLIT_MIN_ROWS >= 2
+    with passes_of(auto, n, stack=False):
+        split_decisions(auto, n)
+    fused = InProcessBackend(auto.base_dir, INTENT_V1, device="cpu", adapter_mode="fused")  # no copies to split to
+    assert fused._merged == {} and fused._passes(["mixed", "drift"] * n) == [r(0, 2 * n)]  # no home: no order
+    assert merged._passes(["mixed", "drift"] * n) == [r(0, 2 * n)]  # other modes: the batch as it is
+    for bad in (0, -1):
+        with pytest.raises(ValueError, match="split_min_rows"):
+            InProcessBackend(auto.base_dir, INTENT_V1, device="cpu", split_min_rows=bad)
 
-    def r(start: int, stop: int) -> list[int]:
-        return list(range(start, stop))
 
+def split_decisions(auto: InProcessBackend, n: int) -> None:
     assert auto._passes(["mixed", "drift"] * n) == [r(0, 2 * n)[0::2], r(0, 2 * n)[1::2]]
     # No split: one fused pass, the home's rows first (the other version's rows then form one block).
     assert auto._passes(["mixed"] * n + ["drift"] * (n - 1)) == [r(n, 2 * n - 1) + r(0, n)]  # too few home rows
@@ -242,18 +255,13 @@ def test_auto_splits_a_mixed_batch_only_when_every_pass_gets_enough_rows(auto, m
     # for the last pass, which takes the rest in one fused pass (here the home and the bare base: no copy).
     names = ["headless"] * n + ["mixed"] * (n + 1) + [None] * 2 + ["drift"] * (n - 2)
     assert auto._passes(names) == [r(n, 2 * n + 1), r(0, n), r(2 * n + 3, len(names)) + [2 * n + 1, 2 * n + 2]]
-    with passes_of(auto, None):  # None: never split
-        assert auto._passes(["mixed", "drift"] * n) == [r(0, 2 * n)[1::2] + r(0, 2 * n)[0::2]]
-    fused = InProcessBackend(auto.base_dir, INTENT_V1, device="cpu", adapter_mode="fused")  # no copies to split to
-    assert fused._merged == {} and fused._passes(["mixed", "drift"] * n) == [r(0, 2 * n)]  # no home: no order
-    assert merged._passes(["mixed", "drift"] * n) == [r(0, 2 * n)]  # other modes: the batch as it is
-    for bad in (0, -1):
-        with pytest.raises(ValueError, match="split_min_rows"):
-            InProcessBackend(auto.base_dir, INTENT_V1, device="cpu", split_min_rows=bad)
+    auto.split_min_rows = None  # None: never split
+    assert auto._passes(["mixed", "drift"] * n) == [r(0, 2 * n)[1::2] + r(0, 2 * n)[0::2]]
 
 
 def test_the_delta_on_a_block_of_rows_equals_the_gathered_delta_and_the_plain_sum():
-    """The three ways a delta reaches its rows (all rows, a contiguous block, a gather) add the same numbers."""
+    """The three ways a delta reaches its rows (all rows, a contiguous block, a gather) add the same numbers (up to
+    rounding: the block adds inside the matmul)."""
     import torch
 
     from serving.fused_lora import _delta_forward
@@ -270,8 +278,11 @@ def test_the_delta_on_a_block_of_rows_equals_the_gathered_delta_and_the_plain_su
     with torch.inference_mode():
         block = _delta_forward(linear, a, b, slice(2, 5), None)(x)
         gathered = _delta_forward(linear, a, b, torch.tensor([2, 3, 4]), None)(x)
-        assert torch.allclose(block, want, atol=1e-5) and torch.equal(block, gathered)
+        assert torch.allclose(block, want, atol=1e-5) and torch.allclose(block, gathered, atol=1e-5)
         assert torch.equal(block[:2], linear(x)[:2])  # the rows outside the block are untouched
+        last = torch.randn(5, 4, 16)[:, -1:, :]  # the output head sees the last position only: not contiguous
+        assert torch.allclose(_delta_forward(linear, a, b, slice(2, 5), None)(last),
+                              _delta_forward(linear, a, b, torch.tensor([2, 3, 4]), None)(last), atol=1e-5)
         block = _delta_forward(linear, a, b, slice(2, 5), mask)(x)
         assert torch.allclose(block, masked, atol=1e-5)
         assert torch.equal(block, _delta_forward(linear, a, b, torch.tensor([2, 3, 4]), mask)(x))
@@ -301,6 +312,59 @@ def test_split_batches_answer_as_each_version_alone(auto, alone, prompts, home):
     assert [g.text for g in got] == [alone[n][i] for i, n in enumerate(two)]
     assert len(passes) == 4 and all(len(set(p)) == 1 for p in passes) and auto._fused._plans == {}
     assert len({g.latency_ms for g in got}) == 2
+
+
+def test_the_stacked_forward_runs_each_group_of_rows_through_its_own_weights():
+    import torch
+
+    from serving.fused_lora import _stacked_forward
+
+    torch.manual_seed(0)
+    one, two = torch.nn.Linear(16, 24), torch.nn.Linear(16, 24)
+    weights = torch.stack([one.weight.detach().t(), two.weight.detach().t()]).contiguous()
+    bias = torch.stack([one.bias.detach(), two.bias.detach()]).unsqueeze(1)
+    with torch.inference_mode():
+        for x in (torch.randn(6, 3, 16), torch.randn(6, 5, 16)[:, -1:, :]):  # the head sees a non-contiguous slice
+            want = torch.cat([one(x[:3]), two(x[3:])])
+            assert torch.allclose(_stacked_forward(weights, bias, 2)(x), want, atol=1e-5)
+            without = want - torch.cat([one.bias.expand(3, x.shape[1], 24), two.bias.expand(3, x.shape[1], 24)])
+            assert torch.allclose(_stacked_forward(weights, None, 2)(x), without, atol=1e-5)
+
+
+def test_auto_stacks_small_mixed_batches_whose_groups_need_little_padding(auto, tiny_base_model):
+    pin(auto, "drift")
+    groups = auto._stack_groups
+    assert groups(["mixed", "drift", "drift", "mixed"]) == {"drift": [1, 2], "mixed": [0, 3]}  # the home's first
+    assert groups(["mixed"] * 4 + ["drift"] * 3) is not None  # one padding row in 8
+    assert groups(["mixed"] * 3 + ["drift"]) is None  # two in 6: the fused pass costs less
+    assert groups(["mixed", None]) is None  # the bare base has no weights of its own while "drift" is home
+    assert groups(["mixed"] * 4) is None  # one version: a plain pass
+    assert auto._passes(["mixed", "drift"] * (STACK_MAX_ROWS // 2)) == [r(0, STACK_MAX_ROWS)]  # one stacked pass
+    many = ["mixed", "drift"] * (STACK_MAX_ROWS // 2 + 1)  # more rows: the split goes first (two plain passes)
+    assert auto._passes(many) == [r(0, len(many))[0::2], r(0, len(many))[1::2]]
+    three = ["mixed", "drift", "headless"] * 6  # no group big enough to split: one pass, stacked
+    assert auto._passes(three) == [r(0, 18)[1::3] + [j for j in r(0, 18) if j % 3 != 1]]  # home first, as fused
+    assert groups(three) is not None
+    for off in ({"stack_max_params": None}, {"stack_max_params": 1000}, {"adapter_mode": "fused"}):
+        assert not InProcessBackend(tiny_base_model[0], INTENT_V1, device="cpu", **off)._stack, off
+
+
+@pytest.mark.parametrize("home", ["drift", "headless", None])
+def test_stacked_batches_answer_as_each_version_alone(auto, alone, prompts, home):
+    pin(auto, home)
+    assert auto._fused._stacks == {}  # a new home: stacks built for the old one are gone
+    first, second = [n for n in ("drift", "mixed", "headless") if n != home][:2]
+    shapes = ([home, first] * 6, [first, second] * 5 + [first], [first, second, home] * 4)  # 6+6, 6+5, 4+4+4
+    auto._fused._plans.clear()
+    for k, start in enumerate(range(0, len(prompts) - 12, 12)):
+        names = shapes[k % len(shapes)][: len(prompts) - start]
+        with passes_of(auto, SPLIT_MIN_ROWS) as passes:
+            got = auto.generate(prompts[start:start + len(names)], names)
+        assert [g.text for g in got] == [alone[n][start + i] for i, n in enumerate(names)], names
+        assert len(passes) == 1 and auto._stack_groups(passes[0]) is not None
+    assert auto._fused._plans == {}  # no delta was built: every batch ran stacked
+    assert len(auto._fused._stacks) == 3  # one stack per set of versions, kept for the next batch
+    assert not any("forward" in vars(m) for m in auto._fused.linears.values())  # hooks gone after the batch
 
 
 @pytest.mark.parametrize("bad", [0, -8])
