@@ -31,12 +31,18 @@ retire_after_days=30, ``now`` = day 100; "vN status@day" is the version and the 
   candidate; retire after 30``; the same candidate referenced by the running rollout → keep.
 
 Every decision carries its reasons in order: the first says what decided it.
+
+The policy also bounds the prediction log (``prediction_log_days``): :func:`plan_log_purge` gives the time
+before which the model's logged answers (and the feedback on them) go — ``now`` minus that many days, but never
+after the start of the running rollout, whose decisions read its whole window. Example: 90 days, ``now`` =
+day 100 → cutoff day 10; a rollout running since day 4 → cutoff day 4 (``the running rollout reads the log
+since ...``). ``null`` keeps the log for ever.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Literal
 
 from pydantic import Field, field_validator
@@ -62,12 +68,23 @@ class RetentionPolicy(Frozen):
                                      "many days ago")
     artifacts: Literal["archive", "delete"] = Field(default="archive", description="what happens to a retired "
                                                     "version's weights: moved to the archive area, or deleted")
+    prediction_log_days: float | None = Field(default=90.0, description="logged answers (prompts included) and "
+                                              "their feedback older than this are deleted; null keeps them for ever")
 
     @field_validator("keep_recent")
     @classmethod
     def _keep(cls, value: int) -> int:
         if value < 0:
             raise ValueError(f"keep_recent is {value}: it counts versions to keep; use 0 or more")
+        return value
+
+    @field_validator("prediction_log_days")
+    @classmethod
+    def _log_days(cls, value: float | None) -> float | None:
+        # Why at least 1: the monitor and the rollouts read the last hours of the log; a purge must never reach them.
+        if value is not None and not value >= 1:
+            raise ValueError(f"prediction_log_days is {value}: give at least 1 day (e.g. 90), or null to keep the "
+                             "log for ever; the drift monitor and running rollouts read the recent log")
         return value
 
     @field_validator("retire_after_days")
@@ -95,6 +112,7 @@ class RunningRollout(Frozen):
     candidate: int = Field(ge=1)
     champion: int = Field(ge=1)
     phase: str = Field(description="running, paused or awaiting_approval: any phase that is not terminal")
+    started_at: datetime | None = Field(default=None, description="its start: its decisions read the log from here")
 
 
 class RetentionDecision(Frozen):
@@ -123,6 +141,29 @@ def holds(number: int, *, aliases: dict[str, int], split: TrafficSplit | None,
         if rollout.champion == number:
             found.append(f"champion of the running rollout of v{rollout.candidate}")
     return found
+
+
+class LogPurge(Frozen):
+    """Which of a model's logged answers go: those logged before ``cutoff`` (None: none)."""
+
+    model: str
+    cutoff: datetime | None
+    reasons: list[str] = Field(min_length=1)
+
+
+def plan_log_purge(model: str, *, policy: RetentionPolicy, rollout: RunningRollout | None,
+                   now: datetime) -> LogPurge:
+    """The prediction-log cutoff for ``model`` (module docstring): ``now - prediction_log_days``, held back to the
+    running rollout's start."""
+    days = policy.prediction_log_days
+    if days is None:
+        return LogPurge(model=model, cutoff=None, reasons=["the policy keeps the prediction log for ever"])
+    cutoff, reasons = now - timedelta(days=days), [f"answers logged more than {_days(days)} days ago go"]
+    if rollout is not None and rollout.started_at is not None and rollout.started_at < cutoff:
+        cutoff = rollout.started_at
+        reasons.append(f"but the running rollout of v{rollout.candidate} reads the log since "
+                       f"{rollout.started_at:%Y-%m-%d %H:%M} UTC: kept from there")
+    return LogPurge(model=model, cutoff=cutoff, reasons=reasons)
 
 
 def plan_retention(model: str, versions: Sequence[VersionFacts], *, aliases: dict[str, int],

@@ -22,7 +22,7 @@ from datetime import UTC, datetime
 from typing import Protocol
 
 import numpy as np
-from sqlalchemy import Engine, Float, and_, case, distinct, func, literal, select
+from sqlalchemy import Engine, Float, and_, case, delete, distinct, func, literal, select
 from sqlalchemy.dialects import postgresql, sqlite
 
 from lifecycle.predictions import Feedback, LoggedPrediction, Prediction, VersionAggregate, as_utc
@@ -194,9 +194,29 @@ class PredictionStore:
         return ServedColumns(prompt=[r[0] for r in rows], completion=[r[1] for r in rows],
                              outcome=[r[2] for r in rows], latency_ms=[r[3] for r in rows])
 
-    def count(self, model: str) -> int:
+    def count(self, model: str, before: datetime | None = None) -> int:
+        """The model's logged rows (served and shadow), or those logged before ``before``."""
+        where = P.c.model == model if before is None else and_(P.c.model == model, P.c.ts < as_utc(before))
         with self.engine.connect() as conn:
-            return conn.execute(select(func.count()).select_from(P).where(P.c.model == model)).scalar_one()
+            return conn.execute(select(func.count()).select_from(P).where(where)).scalar_one()
+
+    def purge_before(self, model: str, cutoff: datetime, batch: int = 2000) -> tuple[int, int]:
+        """Delete the model's rows logged before ``cutoff`` and the feedback on their requests: (rows, feedback).
+
+        ``batch`` rows a transaction, oldest first: the gateways keep writing meanwhile (SQLite has one writer),
+        and a purge stopped halfway leaves a log that is whole after some cutoff — the next run finishes it.
+        """
+        if batch < 1:
+            raise ValueError(f"batch must be at least 1 row, got {batch}")
+        end, rows, feedback = as_utc(cutoff), 0, 0
+        while True:
+            with write_tx(self.engine) as conn:
+                old = conn.execute(select(P.c.id, P.c.request_id).where(P.c.model == model, P.c.ts < end)
+                                   .order_by(P.c.ts, P.c.id).limit(batch)).all()
+                if not old:
+                    return rows, feedback
+                feedback += conn.execute(delete(F).where(F.c.request_id.in_({r.request_id for r in old}))).rowcount
+                rows += conn.execute(delete(P).where(P.c.id.in_([r.id for r in old]))).rowcount
 
 
 def _logged(row) -> LoggedPrediction:

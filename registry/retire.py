@@ -96,7 +96,8 @@ def retention_inputs(registry: Registry, model: str) -> RetentionInputs:
 def _running(state: RolloutState | None) -> RunningRollout | None:
     if state is None:  # registry.rollouts only returns an unfinished rollout
         return None
-    return RunningRollout(candidate=state.candidate, champion=state.champion, phase=state.phase)
+    return RunningRollout(candidate=state.candidate, champion=state.champion, phase=state.phase,
+                          started_at=_utc(datetime.fromisoformat(state.started_at)))
 
 
 def _facts(version: ModelVersion, history: list, root: Path) -> VersionFacts:

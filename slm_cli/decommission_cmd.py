@@ -30,7 +30,7 @@ def decommission_cmd(
     from flows.decommission import decommission
     from lifecycle.settings import project_root
     from registry.store import NotFoundError
-    from tasks.decommission import report_rows
+    from tasks.decommission import purge_line, report_rows
 
     if not (project_root() / policy).is_file():  # an absolute path stays itself under `/`
         console.print(f"[red]error:[/red] policy {policy} does not exist")
@@ -54,3 +54,4 @@ def decommission_cmd(
         console.print(f"{outcome.model}: dry run, would retire {sum(r['action'] == 'would retire' for r in rows)}")
     else:
         console.print(f"{outcome.model}: retired {len(outcome.retired)}, refused {len(outcome.refused)}")
+    console.print(purge_line(outcome.log_plan, outcome.log_rows_due, outcome.log_purge))

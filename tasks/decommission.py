@@ -1,4 +1,5 @@
-"""Decommission tasks: plan by the retention policy (pure, lifecycle.retention), retire (registry.retire), report."""
+"""Decommission tasks: plan by the retention policy (pure, lifecycle.retention), retire (registry.retire), purge the
+prediction log (registry.predictions), report."""
 
 from __future__ import annotations
 
@@ -13,8 +14,9 @@ from prefect.cache_policies import NO_CACHE
 
 from lifecycle.config import load_yaml_config
 from lifecycle.records import Frozen
-from lifecycle.retention import RetentionDecision, RetentionPolicy, plan_retention
+from lifecycle.retention import LogPurge, RetentionDecision, RetentionPolicy, plan_log_purge, plan_retention
 from lifecycle.settings import project_root
+from registry.predictions import PredictionStore
 from registry.retire import RetirementRefused, retention_inputs, retire_version
 from tasks.connect import open_registry
 from tasks.events import announce
@@ -28,6 +30,8 @@ class DecommissionPlan(Frozen):
     policy_path: str
     decided_at: datetime
     decisions: list[RetentionDecision]
+    log_purge: LogPurge
+    log_rows_due: int = 0  # logged rows (served and shadow) before the cutoff when planned
 
 
 class RetireOutcome(Frozen):
@@ -37,6 +41,12 @@ class RetireOutcome(Frozen):
     tombstone_uri: str | None = None
     archive_uri: str | None = None
     answers_dropped: int = 0  # stored benchmark answers of its weights deleted (evaluation.answers)
+
+
+class PurgeOutcome(Frozen):
+    cutoff: datetime
+    rows: int  # logged answers deleted (served and shadow rows)
+    feedback: int  # feedback records of their requests deleted
 
 
 def load_policy(policy_path: str) -> tuple[RetentionPolicy, Path]:
@@ -54,12 +64,32 @@ def plan_decommission(model: str | None, policy_path: str, dry_run: bool) -> Dec
         now = registry.store.clock()
         decisions = plan_retention(model, inputs.versions, aliases=inputs.aliases, split=inputs.split,
                                    rollout=inputs.rollout, policy=policy, now=now)
+        purge = plan_log_purge(model, policy=policy, rollout=inputs.rollout, now=now)
+        due = 0 if purge.cutoff is None else PredictionStore(registry.store.engine).count(model, before=purge.cutoff)
         if not dry_run:
             registry.store.append_audit(actor=ACTOR, action="retention.planned", subject=model, payload={
                 "policy": policy.model_dump(mode="json"), "policy_path": str(path),
                 "decisions": [{"version": d.ref, "status": d.status.value, "action": d.action, "reasons": d.reasons}
-                              for d in decisions]})
-    return DecommissionPlan(model=model, policy=policy, policy_path=str(path), decided_at=now, decisions=decisions)
+                              for d in decisions],
+                "prediction_log": {"cutoff": purge.cutoff.isoformat() if purge.cutoff else None,
+                                   "reasons": purge.reasons, "rows_due": due}})
+    return DecommissionPlan(model=model, policy=policy, policy_path=str(path), decided_at=now, decisions=decisions,
+                            log_purge=purge, log_rows_due=due)
+
+
+@task(name="purge-prediction-log", cache_policy=NO_CACHE)
+def purge_log(plan: DecommissionPlan) -> PurgeOutcome | None:
+    """Delete the answers the policy no longer keeps (and the feedback on them); audited with the counts."""
+    cutoff = plan.log_purge.cutoff
+    if cutoff is None:
+        return None
+    with open_registry() as registry:
+        rows, feedback = PredictionStore(registry.store.engine).purge_before(plan.model, cutoff)
+        if rows or feedback:
+            registry.store.append_audit(actor=ACTOR, action="predictions.purged", subject=plan.model, payload={
+                "cutoff": cutoff.isoformat(), "rows": rows, "feedback": feedback, "reasons": plan.log_purge.reasons,
+                "policy": plan.policy.name, "policy_version": plan.policy.version})
+    return PurgeOutcome(cutoff=cutoff, rows=rows, feedback=feedback)
 
 
 @task(name="retire-version", cache_policy=NO_CACHE)
@@ -98,8 +128,20 @@ def report_rows(decisions: list[RetentionDecision], outcomes: list[RetireOutcome
     return rows
 
 
+def purge_line(plan: LogPurge, due: int, purge: PurgeOutcome | None) -> str:
+    """One sentence on the prediction log, for the report and the CLI: what went, or would go."""
+    if plan.cutoff is None:
+        return "Prediction log: kept for ever (the policy sets no prediction_log_days)."
+    when = f"{plan.cutoff:%Y-%m-%d %H:%M} UTC"
+    if purge is None:
+        return f"Prediction log: {due} answers logged before {when} would be deleted ({'; '.join(plan.reasons)})."
+    return (f"Prediction log: {purge.rows} answers logged before {when} deleted, with {purge.feedback} feedback "
+            f"records ({'; '.join(plan.reasons)}).")
+
+
 @task(name="report-decommission", cache_policy=NO_CACHE)
-def report(plan: DecommissionPlan, outcomes: list[RetireOutcome], dry_run: bool) -> list[dict[str, str]]:
+def report(plan: DecommissionPlan, outcomes: list[RetireOutcome], dry_run: bool,
+           purge: PurgeOutcome | None = None) -> list[dict[str, str]]:
     rows = report_rows(plan.decisions, outcomes, dry_run)
     key = "decommission-" + re.sub(r"[^a-z0-9-]+", "-", plan.model.lower())
     p = plan.policy
@@ -109,5 +151,6 @@ def report(plan: DecommissionPlan, outcomes: list[RetireOutcome], dry_run: bool)
         f"**{plan.model}** — policy `{p.name}` v{p.version} from `{plan.policy_path}`: keep the {p.keep_recent} most "
         f"recent resting versions, retire the rest after {p.retire_after_days:g} days, weights: {p.artifacts}."
         f"{' **Dry run: nothing changed.**' if dry_run else ''}\n\n"
-        + ", ".join(f"{n} {a}" for a, n in counts.items())))
+        + ", ".join(f"{n} {a}" for a, n in counts.items())
+        + "\n\n" + purge_line(plan.log_purge, plan.log_rows_due, purge)))
     return rows

@@ -61,11 +61,41 @@ def world(slm_project, tmp_path_factory):
     reg.register(MODEL, staged=adapter, status=S.CANDIDATE, reason="t", actor="t", lineage=LINEAGE, evals=[],
                  task="banking77")
     set_split(reg.store, TrafficSplit(model=MODEL, champion=4, shadow=6), actor="t", reason="serve")
+    log_answers(reg.store.engine)
     reg.close()
     policy = tmp_path_factory.mktemp("policy") / "retention.yaml"
     policy.write_text(yaml.safe_dump({"name": "test", "version": 2, "keep_recent": 1, "retire_after_days": 30,
                                       "artifacts": "archive"}))
     return str(policy)
+
+
+OLD_ANSWERS, NEW_ANSWERS = 6, 4  # 100 and 1 days old; the policy keeps the log 90 days (its default)
+
+
+def log_answers(engine) -> None:
+    """Answers of v4 logged 100 days ago (two with feedback) and yesterday (one with feedback); another model's old
+    answers, which this model's policy must not touch."""
+    from lifecycle.predictions import Feedback, Prediction
+    from registry.predictions import PredictionStore
+
+    log, now = PredictionStore(engine), datetime.now(UTC)
+
+    def answer(i: int, days: float, model: str = MODEL) -> Prediction:
+        return Prediction(ts=now - timedelta(days=days, minutes=i), request_id=f"{model}-{days}-{i}", model=model,
+                          version=4, role="champion", user_hash="u" * 16, prompt="p", completion="c", latency_ms=5.0,
+                          prompt_tokens=1, completion_tokens=1, outcome="ok", served=True)
+
+    log.insert_many([answer(i, 100) for i in range(OLD_ANSWERS)] + [answer(i, 1) for i in range(NEW_ANSWERS)]
+                    + [answer(i, 100, model="someone-else") for i in range(3)])
+    for request in (f"{MODEL}-100-0", f"{MODEL}-100-1", f"{MODEL}-1-0"):
+        log.record_feedback(Feedback(request_id=request, outcome="success", ts=now))
+
+
+def logged(model: str = MODEL) -> int:
+    from registry.predictions import PredictionStore
+
+    with registry() as reg:
+        return PredictionStore(reg.store.engine).count(model)
 
 
 def statuses() -> dict[int, str]:
@@ -91,6 +121,8 @@ def test_dry_run_plans_and_changes_nothing(world):
     assert reasons[8].startswith("candidate waiting for its rollout: only 2")
     assert outcome.outcomes == [] and statuses() == before
     assert audit_count() == events
+    assert outcome.log_rows_due == OLD_ANSWERS and outcome.log_purge is None  # counted, not deleted
+    assert logged() == OLD_ANSWERS + NEW_ANSWERS
 
 
 def test_retires_what_the_policy_says_and_keeps_the_rest(world):
@@ -116,8 +148,18 @@ def test_retires_what_the_policy_says_and_keeps_the_rest(world):
         assert planned.payload["policy"]["name"] == "test" and len(planned.payload["decisions"]) == 8
         assert reg.store.verify_audit().ok
 
+    # The prediction log: the answers older than 90 days went with their feedback; yesterday's and another
+    # model's stayed.
+    assert (outcome.log_purge.rows, outcome.log_purge.feedback) == (OLD_ANSWERS, 2)
+    assert logged() == NEW_ANSWERS and logged("someone-else") == 3
+    with registry() as reg:
+        [purged] = [e for e in reg.store.audit_events() if e.action == "predictions.purged"]
+        assert (purged.subject, purged.payload["rows"], purged.payload["feedback"]) == (MODEL, OLD_ANSWERS, 2)
+        assert planned.payload["prediction_log"]["rows_due"] == OLD_ANSWERS
+
     again = decommission(model=MODEL, policy_path=world)
     assert again.outcomes == [] and {d.number for d in again.decisions if d.action == "done"} == {1, 2, 5}
+    assert (again.log_rows_due, again.log_purge.rows) == (0, 0)
 
 
 def test_a_stale_plan_is_refused_at_retirement(world):
@@ -144,5 +186,6 @@ def test_cli_dry_run_prints_the_plan(world):
     table = CliRunner().invoke(app, ["--model", MODEL, "--policy", world, "--dry-run"])
     assert table.exit_code == 0, table.output
     assert f"{MODEL}:v5" in table.output and "dry run, would retire" in table.output
+    assert "Prediction log:" in table.output and "would be deleted" in table.output
     missing = CliRunner().invoke(app, ["--policy", "no/such.yaml"])
     assert missing.exit_code == 2 and "does not exist" in missing.output

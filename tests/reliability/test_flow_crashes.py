@@ -17,7 +17,8 @@ session's Prefect API and the module's SLM_HOME; the test kills it with ``kill -
   the artifact store.
 
 A killed rollout run is marked Crashed in Prefect by the run that resumes the rollout; a killed retrain run stays
-``Running`` there (nothing reports a SIGKILL, and nothing resumes it); the file prints the count.
+``Running`` on this module's Prefect server (an ephemeral test server runs no proactive automations); on the
+``slm up`` stack the crash automation marks it Crashed (tests/integration/test_stack.py). The file prints the count.
 """
 
 from __future__ import annotations

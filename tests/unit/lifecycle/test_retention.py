@@ -6,7 +6,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lifecycle.retention import RetentionPolicy, RunningRollout, VersionFacts, holds, plan_retention
+from lifecycle.retention import (
+    RetentionPolicy,
+    RunningRollout,
+    VersionFacts,
+    holds,
+    plan_log_purge,
+    plan_retention,
+)
 from lifecycle.routing import TrafficSplit
 from lifecycle.status import VersionStatus as S
 
@@ -90,6 +97,7 @@ def test_a_former_champion_without_alias_is_a_resting_version():
     ({"retire_after_days": 0}, "retire_after_days is 0.0: give a positive number of days"),
     ({"artifacts": "shred"}, "'archive' or 'delete'"),
     ({"keep_recnt": 2}, "keep_recnt"),
+    ({"prediction_log_days": 0.5}, "prediction_log_days is 0.5: give at least 1 day"),
 ])
 def test_policy_errors_say_what_to_fix(fields, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
@@ -103,6 +111,23 @@ def test_the_shipped_policy_loads():
 
     policy = load_yaml_config(RetentionPolicy, Path(__file__).resolve().parents[3] / "configs/retention.yaml")
     assert (policy.keep_recent, policy.retire_after_days, policy.artifacts) == (3, 30, "archive")
+    assert policy.prediction_log_days == 90
+
+
+# -- the prediction log (the module docstring's example: 90 days, now = day 100) ------------------------------
+
+def test_the_log_keeps_the_policys_days_and_a_running_rollouts_window():
+    policy = RetentionPolicy(prediction_log_days=90)
+    plain = plan_log_purge("m", policy=policy, rollout=None, now=NOW)
+    assert plain.cutoff == DAY0 + timedelta(days=10) and plain.reasons == ["answers logged more than 90 days ago go"]
+    started = RunningRollout(candidate=5, champion=4, phase="running", started_at=DAY0 + timedelta(days=4))
+    held = plan_log_purge("m", policy=policy, rollout=started, now=NOW)
+    assert held.cutoff == DAY0 + timedelta(days=4)
+    assert held.reasons[1] == "but the running rollout of v5 reads the log since 2026-01-05 00:00 UTC: kept from there"
+    late = started.model_copy(update={"started_at": DAY0 + timedelta(days=50)})  # inside the 90 days: no effect
+    assert plan_log_purge("m", policy=policy, rollout=late, now=NOW) == plain
+    forever = plan_log_purge("m", policy=RetentionPolicy(prediction_log_days=None), rollout=started, now=NOW)
+    assert forever.cutoff is None and forever.reasons == ["the policy keeps the prediction log for ever"]
 
 
 # -- invariants --------------------------------------------------------------------------------------------

@@ -55,6 +55,26 @@ def test_insert_many_is_idempotent(log):
         [(f"req-{i}", "champion") for i in range(7)] + [("req-3", "shadow")])
 
 
+def test_purge_deletes_the_old_rows_and_their_feedback_only(log):
+    old = [pred(i, ts=T0 - timedelta(days=100) + timedelta(minutes=i)) for i in range(7)]
+    shadow = [pred(2, role="shadow", version=2, ts=T0 - timedelta(days=100) + timedelta(minutes=2))]
+    new = [pred(i) for i in range(10, 14)]
+    other = [pred(i, model="other", request_id=f"other-{i}", ts=T0 - timedelta(days=100)) for i in range(3)]
+    log.insert_many(old + shadow + new + other)
+    for request in ("req-1", "req-2", "req-11"):
+        log.record_feedback(Feedback(request_id=request, outcome="success", ts=T0))
+    cutoff = T0 - timedelta(days=90)
+    assert log.count("m", before=cutoff) == 8
+    assert log.purge_before("m", cutoff, batch=3) == (8, 2)  # three transactions of 3, 3 and 2 rows
+    assert log.count("m") == 4 and log.count("m", before=cutoff) == 0 and log.count("other") == 3
+    kept = log.window("m", T0 - timedelta(days=200), T0 + timedelta(hours=1))
+    assert [r.request_id for r in kept] == [f"req-{i}" for i in range(10, 14)]
+    assert [r.feedback for r in kept] == [None, "success", None, None]  # the new request's feedback stays
+    assert log.purge_before("m", cutoff) == (0, 0)  # nothing left before the cutoff: a re-run is a no-op
+    with pytest.raises(ValueError, match="batch must be at least 1 row, got 0"):
+        log.purge_before("m", cutoff, batch=0)
+
+
 def test_round_trip_keeps_every_field(log):
     original = pred(1, flags=("pii", "toxicity"), outcome="model_error",
                     ts=datetime(2026, 3, 1, 14, 0, 0, 123456, tzinfo=timezone(timedelta(hours=2))))
