@@ -39,7 +39,7 @@ Four ways to serve several versions of one base model (``adapter_mode``):
   * fused: the rest (unequal small groups, the bare base beside a home, no copies).
   Over the memory limit it is plain fused. Through the micro-batcher (bench/two_versions_bench.py) tokens/s
   against one merged model: see bench/RESULTS.md; two weight sets in turn cost 1-6 % even at concurrency 1,
-  and a fused pass of a small mixed batch costs 12-22 % more per step than a plain one on a model this small
+  and a fused pass of a small mixed batch costs 7-22 % more per step than a plain one on a model this small
   (per-call overhead, not FLOPs).
 - "merged": each adapter merged into its own copy of the base weights (a plain model per version). A batch is
   split by version, each group its own ``generate`` call: on a tiny model the per-step overhead, not the
