@@ -66,10 +66,12 @@ def gate_result(version: ModelVersion, events: list[AuditEvent]) -> GateResult:
         event = announced[-1]
         verdict, against = event.payload.get("verdict"), event.payload.get("champion")
         reasons = list(event.payload.get("reasons") or reasons)
-        # gate.decided does not name the version (it is decided before the number exists); the same champion and
-        # the same reasons, word for word, written just before the announcement, identify it.
+        # gate.decided is written before the version's number exists: the retrain run both name identifies it;
+        # events from before the run was recorded fall back to the same champion and reasons, word for word.
+        run = event.payload.get("run")
         decided = [e for e in events if e.action == "gate.decided" and e.seq < event.seq
-                   and e.payload.get("champion") == against and e.payload.get("reasons") == reasons]
+                   and (e.payload.get("run") == run if run else
+                        e.payload.get("champion") == against and e.payload.get("reasons") == reasons)]
         if decided:
             intervals = {k: Interval.model_validate(v) for k, v in (decided[-1].payload.get("intervals") or {}).items()}
     elif registered is not None and "gate" in registered.payload:

@@ -26,6 +26,7 @@ def gate(plan: RetrainPlan, scores: Scores) -> GateDecision:
     with open_registry() as registry:
         registry.store.append_audit(actor=plan.config.actor, action="gate.decided", subject=plan.config.model,
                                     payload={"verdict": str(decision.verdict), "champion": plan.champion.ref,
+                                             "run": plan.run_dir.name,  # the version's number does not exist yet
                                              "reasons": decision.reasons(),
                                              "intervals": {k: v.model_dump() for k, v in decision.intervals.items()},
                                              "policy": plan.gate.model_dump(mode="json")})

@@ -39,10 +39,10 @@ def register(plan: RetrainPlan, data: TrainingData, trained: TrainResult, scores
         version = registry.register(
             plan.config.model, staged=trained.adapter_dir, status=status, reason=reason, actor=plan.config.actor,
             lineage=build_lineage(plan, data, trained), evals=scores.challenger, task=plan.task.name,
-            audit_payload={"gate": str(decision.verdict), "champion": plan.champion.ref})
+            audit_payload={"gate": str(decision.verdict), "champion": plan.champion.ref, "run": plan.run_dir.name})
         payload = {"model": version.model, "version": version.ref, "champion": plan.champion.ref,
                    "verdict": str(decision.verdict), "reasons": decision.reasons(),
-                   "rollout_plan": plan.config.rollout_plan}
+                   "rollout_plan": plan.config.rollout_plan, "run": plan.run_dir.name}
         event = "slm.candidate.published" if decision.passed else "slm.gate.failed"
         announce(registry, event, version.model, payload, actor=plan.config.actor, subject=version.ref)
     shutil.rmtree(trained.adapter_dir, ignore_errors=True)  # the registry holds its copy now

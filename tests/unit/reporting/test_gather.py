@@ -122,3 +122,32 @@ def test_a_model_without_versions_is_a_clear_error(tmp_path):
             gather(store, MODEL)
     finally:
         store.close()
+
+
+def test_a_gate_decision_is_matched_to_its_version_by_the_retrain_run():
+    """Two retrains against the same champion can fail with the same reasons, word for word: the run both events
+    name tells their intervals apart (events from before runs were recorded fall back to the latest match)."""
+    from datetime import UTC, datetime
+
+    from lifecycle.records import ModelVersion
+    from lifecycle.status import VersionStatus
+    from reporting.gather import gate_result
+
+    def event(seq, action, subject, **payload):
+        return AuditEvent(seq=seq, ts="2026-11-27T00:00:00+00:00", actor="retrain-flow", action=action,
+                          subject=subject, payload=payload, prev_hash="0" * 64, hash=f"{seq:064d}")
+
+    def interval(n):
+        return {"golden-before": {"mean": 0.0, "lower": -0.1, "upper": 0.1, "confidence": 0.95, "n": n}}
+
+    same = {"champion": "m:v1", "reasons": ["golden-before: no better"], "verdict": "fail"}
+    events = [event(1, "gate.decided", "m", run="run-a", intervals=interval(100), **same),
+              event(2, "gate.decided", "m", run="run-b", intervals=interval(200), **same),
+              event(3, "slm.gate.failed", "m:v3", run="run-a", version="m:v3", **same),
+              event(4, "slm.gate.failed", "m:v4", run="run-b", version="m:v4", **same)]
+    v3, v4 = (ModelVersion(model="m", number=n, status=VersionStatus.REJECTED, created_at=datetime.now(UTC),
+                           artifact_uri=f"local://models/m/v{n}", prompt_format="f") for n in (3, 4))
+    assert gate_result(v3, events).intervals["golden-before"].n == 100  # run-a's, though run-b's came later
+    assert gate_result(v4, events).intervals["golden-before"].n == 200
+    unnamed = [e.model_copy(update={"payload": {k: v for k, v in e.payload.items() if k != "run"}}) for e in events]
+    assert gate_result(v3, unnamed).intervals["golden-before"].n == 200  # the old heuristic: the latest match
