@@ -123,11 +123,11 @@ def two_versions_vs_merged(registry, champion, challenger, seconds: float) -> di
 
 
 def merge_adapter(base_dir: Path, adapter_dir: Path, out: Path) -> Path:
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
-    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_dir), adapter_dir).merge_and_unload()
-    model.save_pretrained(out / "merged")
+    from serving.backend import merged_model
+
+    merged_model(base_dir, adapter_dir).save_pretrained(out / "merged")
     AutoTokenizer.from_pretrained(base_dir).save_pretrained(out / "merged")
     return out / "merged"
 

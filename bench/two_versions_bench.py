@@ -97,11 +97,11 @@ def closed_loop(batcher, prompts: list[str], versions: tuple[str | None, str | N
 
 def merge(base_dir: Path, adapter_dir: Path, out: Path) -> Path:
     """The challenger as one plain model (its adapter folded into the base weights): the baseline."""
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
-    base = AutoModelForCausalLM.from_pretrained(base_dir, local_files_only=True)
-    PeftModel.from_pretrained(base, adapter_dir).merge_and_unload().save_pretrained(out)
+    from serving.backend import merged_model
+
+    merged_model(base_dir, adapter_dir).save_pretrained(out)
     AutoTokenizer.from_pretrained(base_dir, local_files_only=True).save_pretrained(out)
     return out
 

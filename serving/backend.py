@@ -81,6 +81,25 @@ STACK_MAX_PADDING = 0.15
 STACK_MAX_ROWS = 16
 
 
+def merged_model(base_dir: Path, adapter_dir: Path, device="cpu") -> object:
+    """A plain model: the base from ``base_dir`` with the LoRA adapter in ``adapter_dir`` merged into its weights.
+
+    A base whose output head shares the input embedding (tied, as SmolLM2's) is untied first: merging would fold
+    the head's delta into the shared matrix and so change the input embedding too (by up to 0.55 on a tiny tied
+    test model), while training and peft's unmerged forward apply it to the head only.
+    """
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(base_dir, local_files_only=True).to(device)
+    head, embed = base.get_output_embeddings(), base.get_input_embeddings()
+    if head is not None and embed is not None and head.weight is embed.weight:
+        head.weight = torch.nn.Parameter(embed.weight.detach().clone(), requires_grad=False)
+        base.config.tie_word_embeddings = False  # saved copies stay untied too
+    return PeftModel.from_pretrained(base, adapter_dir, torch_device=str(device)).merge_and_unload().to(device)
+
+
 class Generation(Frozen):
     text: str = Field(description="the raw decoded continuation, up to and including the stop string")
     completion: str = Field(description="prompt_format.parse(text)")
@@ -164,12 +183,7 @@ class InProcessBackend:
     def _build_merged(self, adapter_dir: Path) -> object:
         """A plain model with the adapter merged into a fresh copy of the base weights (fused mode's own base may
         hold its home version)."""
-        from peft import PeftModel
-        from transformers import AutoModelForCausalLM
-
-        base = AutoModelForCausalLM.from_pretrained(self.base_dir, local_files_only=True).to(self.device)
-        merged = PeftModel.from_pretrained(base, adapter_dir, torch_device=str(self.device)).merge_and_unload()
-        return merged.to(self.device).eval()
+        return merged_model(self.base_dir, adapter_dir, self.device).eval()
 
     def _attach_unmerged(self, name: str, adapter_dir: Path) -> None:
         from peft import PeftModel

@@ -168,6 +168,15 @@ def test_a_tied_output_head_is_untied_for_the_home_and_tied_again_after(tiny_bas
     assert texts(fused, prompts, names) == want
     fused.unload_adapter("head")
     assert fused._model.get_output_embeddings().weight is embed and torch.equal(embed, before)
+    # Merged copies (merged mode, and auto's copy for a lone version's batches) untie before merging: the head
+    # takes the delta, the input embedding stays the base's, and they answer as the unmerged adapter does.
+    for mode in ("merged", "auto"):
+        other = open_with(base, {"head": tmp_path / "head"}, mode)
+        copy = other._merged["head"]
+        assert torch.equal(copy.get_input_embeddings().weight, before), mode
+        assert not torch.equal(copy.get_output_embeddings().weight, before), mode
+        assert texts(other, prompts, names) == want, mode
+        assert texts(other, prompts, ["head"] * len(prompts)) == texts(unmerged, prompts, ["head"] * len(prompts))
 
 
 def test_an_adapter_that_is_not_plain_linear_lora_is_refused_with_the_way_out(tiny_base_model, tmp_path):
