@@ -6,10 +6,11 @@ import json
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-console = Console()
+from slm_cli.console import make_console
+
+console = make_console()
 _COLOUR = {"retired": "red", "retire": "yellow", "would retire": "yellow", "refused": "magenta", "keep": "green",
            "done": "dim"}
 

@@ -38,6 +38,8 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from slm_cli.console import make_console
+
 MODEL = "intent-router"
 
 
@@ -319,7 +321,7 @@ class Story:
 
 def tell(scale: Scale, *, keep: bool = False, console: Console | None = None) -> StoryResult:
     """The whole story (module docstring); stops the stack at the end unless ``keep``."""
-    console = console or Console()
+    console = console or make_console()
     from slm_cli.flows_cmd import prefect_env
 
     console.rule(f"[bold]slm-lifecycle demo[/bold]{' (smoke)' if scale.name == 'smoke' else ''}")

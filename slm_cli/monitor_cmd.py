@@ -26,11 +26,10 @@ def monitor_cmd(
     """Check the prediction log for drift against the champion's reference; on drift, call for a retrain."""
     from datetime import UTC
 
-    from rich.console import Console
-
+    from slm_cli.console import make_console
     from slm_cli.flows_cmd import prefect_env
 
-    console = Console()
+    console = make_console()
     prefect_env()
     from flows.monitor import monitor
     from lifecycle.drift_policy import MonitorParams

@@ -7,11 +7,11 @@ import os
 from typing import Annotated
 
 import typer
-from rich.console import Console
 
+from slm_cli.console import make_console
 from slm_cli.registry_cmd import _registry
 
-console = Console()
+console = make_console()
 traffic_app = typer.Typer(help="The traffic split the gateways serve.", no_args_is_help=True)
 Reason = Annotated[str, typer.Option("--reason", help="why: recorded in the audit log (required)")]
 

@@ -6,12 +6,13 @@ import json
 from contextlib import contextmanager
 
 import typer
-from rich.console import Console
 from rich.table import Table
+
+from slm_cli.console import make_console
 
 registry_app = typer.Typer(help="Versions, aliases and lineage in the registry.", no_args_is_help=True)
 audit_app = typer.Typer(help="The hash-chained audit log of every decision.", no_args_is_help=True)
-console = Console()
+console = make_console()
 
 
 @contextmanager

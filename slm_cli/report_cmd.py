@@ -18,12 +18,11 @@ def report_cmd(
     out: Annotated[Path | None, typer.Option(help="HTML file to write; default SLM_HOME/reports/<model>.html")] = None,
 ) -> None:
     """Versions, traffic share over time, rollout stages with intervals, drift, gates, rollbacks, audit chain."""
-    from rich.console import Console
-
     from lifecycle.settings import get_settings
     from registry.service import open_registry
     from reporting.gather import NothingToReport
     from reporting.publish import default_path, write_report
+    from slm_cli.console import make_console
 
     settings = get_settings()
     model = model or settings.model_name
@@ -32,6 +31,6 @@ def report_cmd(
         with open_registry(settings) as registry:
             write_report(registry.store, model, path)
     except (NothingToReport, OSError) as exc:
-        Console(stderr=True).print(f"[red]error:[/red] {exc}")
+        make_console(stderr=True).print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from None
     print(path)

@@ -5,11 +5,12 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from slm_cli.console import make_console
+
 rollout_app = typer.Typer(help="Rollouts: shadow, canary stages, promotion or rollback.", no_args_is_help=True)
-console = Console()
+console = make_console()
 
 
 def _n(value: float | None) -> str:

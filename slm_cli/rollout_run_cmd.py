@@ -6,15 +6,15 @@ import json
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from slm_cli.console import make_console
 from slm_cli.flows_cmd import prefect_env
 from slm_cli.ops_cmd import Reason, _actor, _check
 from slm_cli.registry_cmd import _registry
 from slm_cli.rollout_cmd import rollout_app
 
-console = Console()
+console = make_console()
 Ref = Annotated[str, typer.Argument(help="the candidate, MODEL:vN")]
 Plan = Annotated[str, typer.Option(help="rollout plan (YAML)")]
 

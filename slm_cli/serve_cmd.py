@@ -7,9 +7,10 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 
-console = Console()
+from slm_cli.console import make_console
+
+console = make_console()
 
 
 def serve(

@@ -36,15 +36,15 @@ def validate(
 ) -> None:
     """Validate training data (prompt/completion pairs) before it may be used to fine-tune."""
     # Heavy imports (pandas, Great Expectations) happen here, so `slm --help` stays fast.
-    from rich.console import Console
     from rich.text import Text
 
     from data_checks.readers import DataFileError
     from data_checks.validation import validate_file
     from lifecycle.settings import Settings
+    from slm_cli.console import make_console
     from training.task_data import ensure_task_data, golden_prompts
 
-    out, err = Console(), Console(stderr=True)
+    out, err = make_console(), make_console(stderr=True)
     settings = Settings()
     try:
         spec = _load_spec(task)

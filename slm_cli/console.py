@@ -1,0 +1,21 @@
+"""The CLI's rich consoles: a terminal's own width, or 120 columns where the output is piped or logged.
+
+Rich falls back to 80 columns when its output is not a terminal (CI logs, ``make demo > demo.log``, a pipe into
+``less``), folding tables and long status lines; 120 keeps a registry listing or the demo's steps one line each.
+``COLUMNS`` in the environment still wins, as rich reads it first.
+"""
+
+from __future__ import annotations
+
+import os
+
+from rich.console import Console
+
+PIPED_WIDTH = 120
+
+
+def make_console(*, stderr: bool = False) -> Console:
+    console = Console(stderr=stderr)
+    if console.is_terminal or "COLUMNS" in os.environ:
+        return console
+    return Console(stderr=stderr, width=PIPED_WIDTH)
