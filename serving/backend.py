@@ -57,7 +57,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -98,6 +98,14 @@ def merged_model(base_dir: Path, adapter_dir: Path, device="cpu") -> object:
         head.weight = torch.nn.Parameter(embed.weight.detach().clone(), requires_grad=False)
         base.config.tie_word_embeddings = False  # saved copies stay untied too
     return PeftModel.from_pretrained(base, adapter_dir, torch_device=str(device)).merge_and_unload().to(device)
+
+
+def _by_version(adapters: Sequence[str | None], rows: Iterable[int]) -> dict[str | None, list[int]]:
+    """``rows`` (positions into ``adapters``) grouped by the version each asks for, every group in ``rows``' order."""
+    groups: dict[str | None, list[int]] = {}
+    for j in rows:
+        groups.setdefault(adapters[j], []).append(j)
+    return groups
 
 
 class Generation(Frozen):
@@ -293,9 +301,7 @@ class InProcessBackend:
         import torch
 
         started = time.perf_counter()
-        groups: dict[str | None, list[int]] = {}
-        for i in order:  # ``order`` is length-sorted, so each group stays length-sorted
-            groups.setdefault(adapters[i], []).append(i)
+        groups = _by_version(adapters, order)  # ``order`` is length-sorted, so each group stays length-sorted
         outputs: dict[int, list[int]] = {}
         for adapter, members in groups.items():
             model = self._model if adapter is None else self._merged[adapter]
@@ -330,10 +336,8 @@ class InProcessBackend:
             return [everything]
         passes, left, limit = [], len(adapters), self.split_min_rows
         if self._merged and limit is not None and left >= 2 * limit:
-            groups: dict[str | None, list[int]] = {}
-            for j, a in enumerate(adapters):
-                groups.setdefault(a, []).append(j)
-            for a, members in sorted(groups.items(), key=lambda g: -len(g[1])):  # the biggest groups first
+            biggest_first = sorted(_by_version(adapters, everything).items(), key=lambda g: -len(g[1]))
+            for a, members in biggest_first:
                 if a != self.home and a in self._merged and len(members) >= limit and left - len(members) >= limit:
                     passes.append(members)
                     left -= len(members)
@@ -349,9 +353,7 @@ class InProcessBackend:
         """
         if not self._stack:
             return None
-        groups: dict[str | None, list[int]] = {}
-        for j, a in enumerate(adapters):
-            groups.setdefault(a, []).append(j)
+        groups = _by_version(adapters, range(len(adapters)))
         if len(groups) < 2 or not all(self._fused.stackable(v, self._merged) for v in groups):
             return None
         if len(groups) * max(map(len, groups.values())) - len(adapters) > self.stack_max_padding * len(adapters):
