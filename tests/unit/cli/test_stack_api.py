@@ -64,3 +64,15 @@ def test_setting_the_crash_automation_replaces_the_old_one():
         stack.ensure_crash_automation("http://prefect.test/api", 120)
     assert seen == [("POST", "/api/automations/filter"), ("DELETE", "/api/automations/old-1"),
                     ("POST", "/api/automations/")]
+
+
+def test_a_crash_window_shorter_than_three_heartbeats_is_refused_by_name(monkeypatch):
+    from pydantic import ValidationError
+
+    from lifecycle.settings import get_settings
+
+    monkeypatch.setenv("SLM_CRASH_AFTER_S", "45")
+    with pytest.raises(ValidationError, match=r"crash_after_s\n  Input should be greater than or equal to 90"):
+        get_settings()
+    monkeypatch.setenv("SLM_CRASH_AFTER_S", "120")
+    assert get_settings().crash_after_s == 120
