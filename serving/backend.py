@@ -28,7 +28,7 @@ Four ways to serve several versions of one base model (``adapter_mode``):
     size adds at most ``STACK_MAX_PADDING`` (15 %) of its rows (each group is padded with repeats of its own last
     row, whose answers are dropped), one pass in which every Linear the versions' adapters touch is ONE batched
     matmul over the versions' stacked weights, each group of rows on its own (serving.fused_lora): one call where
-    the fused delta takes five. Stacked / fused: 0.89-0.93 at 2+2 to 16+16 rows, 0.92-0.96 with 9-14 % padding
+    the fused delta takes five. Stacked / fused: 0.87-0.93 at 2+2 to 16+16 rows, 0.92-0.96 with 9-14 % padding
     (6+5, 5+4, 4+3, 9+7), 0.98-1.02 at 17-25 % (7+5, 3+2, 5+3). It reads every version's weights, so it pays
     only where calls, not weight reads, are the cost: small models. Memory: per set of versions served together,
     one more copy of each version's adapted layers (the stacks, kept until the home or the set of versions changes);
