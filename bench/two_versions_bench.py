@@ -14,8 +14,9 @@ into ``serving.backend.InProcessBackend`` â€” the code the gateway serves with â
   matmul per Linear over the versions' full weights); a mixed batch whose version groups all hold at least
   ``SPLIT_MIN_ROWS`` rows runs as plain passes on the copies; the other mixed batches take the fused pass;
 - ``auto_nosplit_90_10`` / ``auto_nosplit_50_50``: auto with that split turned off (``split_min_rows=None``),
-  and ``auto_nostack_*``: auto without stacked passes (``stack_max_params=None``, the default before them), for
-  a before/after inside one run;
+  ``auto_nostack_*``: auto without stacked passes (``stack_max_params=None``, the default before them), and
+  ``auto_nodecodestack_*``: auto whose unequal groups never stack their decode steps alone
+  (``stack_max_decode_padding=0``, the default before session 7), for a before/after inside one run;
 - ``merged_90_10`` / ``merged_50_50``: the same in ``adapter_mode="merged"`` (a merged copy per version, one
   ``generate`` per version in a mixed batch: the default before fused mode);
 - ``unmerged_90_10`` / ``unmerged_50_50``: the same in ``adapter_mode="unmerged"`` (one base, peft adapters).
@@ -58,7 +59,8 @@ import shapes  # noqa: E402  (bench/ is not a package; the path line above makes
 CHAMPION, CHALLENGER = "champion", "challenger"
 SPLITS = {"90_10": 0.9, "50_50": 0.5}
 # auto with one of its choices turned off, for a before/after inside one run: mode "auto_no<key>".
-VARIANTS = {"": {}, "split": {"split_min_rows": None}, "stack": {"stack_max_params": None}}
+VARIANTS = {"": {}, "split": {"split_min_rows": None}, "stack": {"stack_max_params": None},
+            "decodestack": {"stack_max_decode_padding": 0.0}}
 
 
 def closed_loop(batcher, prompts: list[str], versions: tuple[str | None, str | None], champion_share: float,
@@ -125,7 +127,8 @@ def backends(base_dir: Path, merged_dir: Path, adapters: dict[str, Path], modes:
     for mode in modes:
         base_mode, _, without = mode.partition("_no")
         if without not in VARIANTS or (without and base_mode != "auto"):
-            raise SystemExit(f"unknown mode {mode!r}: a backend adapter mode, or auto_nosplit / auto_nostack")
+            raise SystemExit(f"unknown mode {mode!r}: a backend adapter mode, or auto_no"
+                             + " / auto_no".join(k for k in VARIANTS if k))
         backend = InProcessBackend(base_dir, INTENT_V1, threads=threads, device=device, adapter_mode=base_mode,
                                    **VARIANTS[without])
         for name, folder in adapters.items():
@@ -226,9 +229,10 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (FACTS.md: set it)")
     parser.add_argument("--modes", default="auto,fused,merged,unmerged",
-                        help="backend adapter modes to compare; also auto_nosplit / auto_nostack: auto without the "
-                             "split of mixed batches / without stacked passes (opt-in: bench/gpu_check.sh's time "
-                             "budget counts the default cells)")
+                        help="backend adapter modes to compare; also auto_nosplit / auto_nostack / "
+                             "auto_nodecodestack: auto without the split of mixed batches / without stacked passes / "
+                             "without decode-only stacking (opt-in: bench/gpu_check.sh's time budget counts the "
+                             "default cells)")
     parser.add_argument("--adapter-steps", type=int, default=60, help="LoRA steps that make each version's adapter")
     parser.add_argument("--json-out", type=Path, default=None)
     args = parser.parse_args()

@@ -79,6 +79,11 @@ SPLIT_MIN_ROWS = 8
 STACK_MAX_PARAMS = 8_000_000
 STACK_MAX_PADDING = 0.15
 STACK_MAX_ROWS = 16
+#: Auto mode: a small mixed batch whose groups need more padding than STACK_MAX_PADDING, up to this share of its
+#: rows (and STACK_MAX_ROWS rows in all), reads its prompts in one fused pass and runs only its decode steps stacked
+#: (``_decode_stacked``): a padded row costs a whole prompt's work in the first, next to nothing in the second.
+#: Measured on the demo model (module docstring).
+STACK_MAX_DECODE_PADDING = 0.5
 
 
 def merged_model(base_dir: Path, adapter_dir: Path, device="cpu") -> object:
@@ -128,11 +133,15 @@ class InProcessBackend:
     def __init__(self, base_dir: Path, prompt_format: PromptFormat, threads: int = 1,
                  device: str | None = None, adapter_mode: AdapterMode = "auto",
                  merged_memory_limit_mb: float = 2048, split_min_rows: int | None = SPLIT_MIN_ROWS,
-                 stack_max_params: int | None = STACK_MAX_PARAMS) -> None:
+                 stack_max_params: int | None = STACK_MAX_PARAMS,
+                 stack_max_decode_padding: float = STACK_MAX_DECODE_PADDING) -> None:
         if adapter_mode not in ("fused", "merged", "unmerged", "auto"):
             raise ValueError(f"adapter_mode must be 'fused', 'merged', 'unmerged' or 'auto', got {adapter_mode!r}")
         if split_min_rows is not None and split_min_rows < 1:
             raise ValueError(f"split_min_rows must be at least 1 (or None: never split), got {split_min_rows}")
+        if not stack_max_decode_padding >= 0:
+            raise ValueError(f"stack_max_decode_padding must be a share of a batch's rows, 0 or more (0: never "
+                             f"stack the decode steps alone), got {stack_max_decode_padding}")
         base_dir = Path(base_dir)
         if not (base_dir / "config.json").is_file():
             raise FileNotFoundError(f"base model folder {base_dir} does not exist or has no config.json; "
@@ -142,6 +151,7 @@ class InProcessBackend:
 
         self.base_dir, self.prompt_format, self.threads = base_dir, prompt_format, threads
         self.split_min_rows, self.stack_max_padding = split_min_rows, STACK_MAX_PADDING
+        self.stack_max_decode_padding = stack_max_decode_padding
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self._lock = threading.Lock()
         self._set_threads()
@@ -349,22 +359,33 @@ class InProcessBackend:
         """The row positions of each version when this batch runs as one stacked pass (home first), else None.
 
         Auto mode, small models (``stack_max_params``): every version of a mixed batch has full weights (the home,
-        or a merged copy), and padding the groups to equal size adds at most ``stack_max_padding`` of the rows.
+        or a merged copy), and padding the groups to equal size adds at most ``stack_max_padding`` of the rows, or
+        at most ``stack_max_decode_padding`` of them and no more than ``STACK_MAX_ROWS`` in all when only the decode
+        steps will be stacked (``_decode_stacked``: it needs the one-token stops of ``_single_token_stops``).
         """
         if not self._stack:
             return None
         groups = _by_version(adapters, range(len(adapters)))
         if len(groups) < 2 or not all(self._fused.stackable(v, self._merged) for v in groups):
             return None
-        if len(groups) * max(map(len, groups.values())) - len(adapters) > self.stack_max_padding * len(adapters):
+        padding, rows = self._padding(groups), len(adapters)
+        if padding > self.stack_max_padding * rows and (
+                self._stop_ids is None or padding > self.stack_max_decode_padding * rows
+                or rows + padding > STACK_MAX_ROWS):
             return None
         return dict(sorted(groups.items(), key=lambda g: (g[0] != self.home, str(g[0]))))
+
+    @staticmethod
+    def _padding(groups: dict[str | None, list[int]]) -> int:
+        """Rows added when every group is padded to the biggest one's size."""
+        return len(groups) * max(map(len, groups.values())) - sum(map(len, groups.values()))
 
     def _generate_ids(self, encoded: list[list[int]], adapters: list[str | None]) -> list[list[int]]:
         """One ``generate`` pass: the new token ids of each row, padding and stop tokens included.
 
         A stacked pass lays its version groups out one after the other, each padded to the biggest with repeats of
-        its own last row (whose answers are dropped).
+        its own last row (whose answers are dropped). With little padding the whole pass is stacked; with more, the
+        prompts are read in one fused pass of the rows themselves and only the decode steps run stacked.
         """
         import torch
 
@@ -374,15 +395,66 @@ class InProcessBackend:
         else:
             n = max(map(len, groups.values()))
             layout = [j for rows in groups.values() for j in rows + rows[-1:] * (n - len(rows))]
+            if self._padding(groups) > self.stack_max_padding * len(encoded):
+                return self._decode_stacked(encoded, adapters, groups, layout)
             context = self._stacked_context(list(groups))
         enc = self.tokenizer.pad({"input_ids": [encoded[j] for j in layout]}, padding=True,
                                  return_tensors="pt").to(self.device)
         with torch.inference_mode(), context as (model, kwargs):
             output = model.generate(**enc, **kwargs, **self._generate_kwargs())
+        return self._unpad(layout, output[:, enc["input_ids"].shape[1]:].tolist())
+
+    @staticmethod
+    def _unpad(layout: list[int], rows: list[list[int]]) -> list[list[int]]:
+        """Each row's new ids from a pass laid out as ``layout`` (row positions, a padding row repeating one)."""
         new: dict[int, list[int]] = {}
-        for j, ids in zip(layout, output[:, enc["input_ids"].shape[1]:].tolist(), strict=True):
+        for j, ids in zip(layout, rows, strict=True):
             new.setdefault(j, ids)  # a padding row's answer is its original's: the original's is kept
-        return [new[j] for j in range(len(encoded))]
+        return [new[j] for j in sorted(new)]  # the layout holds every row position at least once
+
+    def _decode_stacked(self, encoded: list[list[int]], adapters: list[str | None],
+                        groups: dict[str | None, list[int]], layout: list[int]) -> list[list[int]]:
+        """Greedy decoding, as ``generate`` does it, of a mixed batch whose prompts are read in one fused pass of its
+        own rows (home first, each version one block) and whose decode steps run stacked on ``layout``.
+
+        Why not ``generate``: its batch is the same for every step, so padding rows would read their whole prompts
+        too. Here the prompt cache is copied out to the padded layout once (a repeated row's keys and values are
+        its original's), and each step costs one batched matmul per adapted Linear instead of the fused delta's
+        five calls. Positions and masks as ``generate`` makes them (left padding); finished rows get the pad token;
+        the loop ends when every row has stopped or after ``max_new_tokens``.
+        """
+        import torch
+
+        order = [j for rows in groups.values() for j in rows]
+        enc = self.tokenizer.pad({"input_ids": [encoded[j] for j in order]}, padding=True,
+                                 return_tensors="pt").to(self.device)
+        mask = enc["attention_mask"]
+        positions = (mask.cumsum(-1) - 1).masked_fill_(mask == 0, 0)
+        slot = {j: k for k, j in enumerate(order)}
+        index = torch.tensor([slot[j] for j in layout], device=self.device)
+        stops = torch.tensor(self._stop_ids, device=self.device)
+        pad = self.tokenizer.pad_token_id
+        with torch.inference_mode():
+            with self._adapter_context([adapters[j] for j in order]) as (model, kwargs):
+                out = model(**enc, position_ids=positions, use_cache=True, logits_to_keep=1, **kwargs)
+            cache, logits = out.cache, out.logits[:, -1].index_select(0, index)
+            cache.reorder_cache(index)
+            mask, position = mask.index_select(0, index), positions[:, -1:].index_select(0, index)
+            ones = mask.new_ones(len(layout), 1)
+            running = torch.ones(len(layout), dtype=torch.bool, device=self.device)
+            steps = []
+            with self._stacked_context(list(groups)) as (model, kwargs):
+                for step in range(self.prompt_format.max_new_tokens):
+                    token = logits.argmax(-1).masked_fill_(~running, pad)
+                    steps.append(token)
+                    running &= ~torch.isin(token, stops)
+                    if step + 1 == self.prompt_format.max_new_tokens or not running.any():
+                        break
+                    mask, position = torch.cat([mask, ones], dim=1), position + 1
+                    out = model(input_ids=token[:, None], attention_mask=mask, position_ids=position, cache=cache,
+                                use_cache=True, logits_to_keep=1, **kwargs)
+                    logits = out.logits[:, -1]
+        return self._unpad(layout, torch.stack(steps, dim=1).tolist())
 
     @contextlib.contextmanager
     def _stacked_context(self, versions: list[str | None]) -> Iterator[tuple[object, dict[str, object]]]:

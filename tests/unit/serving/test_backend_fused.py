@@ -344,8 +344,12 @@ def test_auto_stacks_small_mixed_batches_whose_groups_need_little_padding(auto, 
     pin(auto, "drift")
     groups = auto._stack_groups
     assert groups(["mixed", "drift", "drift", "mixed"]) == {"drift": [1, 2], "mixed": [0, 3]}  # the home's first
-    assert groups(["mixed"] * 4 + ["drift"] * 3) is not None  # one padding row in 8
-    assert groups(["mixed"] * 3 + ["drift"]) is None  # two in 6: the fused pass costs less
+    assert groups(["mixed"] * 4 + ["drift"] * 3) is not None  # one padding row in 8: stacked throughout
+    assert auto._stop_ids is not None  # one-token stops: more padding can go to stacked decode steps only
+    assert groups(["mixed"] * 3 + ["drift"]) == {"drift": [3], "mixed": [0, 1, 2]}  # 2 padding rows to 4 rows
+    assert groups(["mixed"] * 7 + ["drift"] * 3) is not None  # 4 to 10, 14 in all
+    assert groups(["mixed"] * 5 + ["drift"]) is None  # 4 to 6: more than half, the fused pass costs less
+    assert groups(["mixed"] * 9 + ["drift"] * 5) is None  # 4 to 14, but 18 rows a step: more than STACK_MAX_ROWS
     assert groups(["mixed", None]) is None  # the bare base has no weights of its own while "drift" is home
     assert groups(["mixed"] * 4) is None  # one version: a plain pass
     assert auto._passes(["mixed", "drift"] * (STACK_MAX_ROWS // 2)) == [r(0, STACK_MAX_ROWS)]  # one stacked pass
@@ -376,7 +380,60 @@ def test_stacked_batches_answer_as_each_version_alone(auto, alone, prompts, home
     assert not any("forward" in vars(m) for m in auto._fused.linears.values())  # hooks gone after the batch
 
 
+@pytest.mark.parametrize("home", ["drift", None])
+def test_batches_stacked_in_their_decode_steps_only_answer_as_each_version_alone(auto, alone, prompts, home):
+    """Groups too unequal to pad their prompts (3+1, 5+3, 1+2, 3+1+1 rows) read them in one fused pass and run only
+    the decode steps stacked: every answer is the version's own, rows stopping at different steps included."""
+    pin(auto, home)
+    first, second = [n for n in ("drift", "mixed", "headless") if n != home][:2]
+    shapes = ([home] * 3 + [first], [first] * 5 + [home] * 3, [second, home, second],
+              [first, home, second, home, home, first, second, home])  # 3+1, 5+3, 1+2, 4+2+2
+    decoded, plain = [], auto._decode_stacked
+
+    def spy(encoded, adapters, groups, layout):
+        decoded.append(len(layout) - len(encoded))  # the padding rows of the decode steps
+        return plain(encoded, adapters, groups, layout)
+
+    auto._decode_stacked, lengths = spy, set()
+    try:
+        for k, start in enumerate(range(0, len(prompts) - 8, 8)):
+            names = shapes[k % len(shapes)]
+            got = auto.generate(prompts[start:start + len(names)], names)
+            assert [g.text for g in got] == [alone[n][start + i] for i, n in enumerate(names)], names
+            assert len(decoded) == k + 1  # every batch took the path
+            lengths.add(tuple(sorted(g.completion_tokens for g in got)))
+    finally:
+        del auto._decode_stacked
+    assert set(decoded) == {1, 2, 4}  # padding rows: 2 to 3+1 and to 5+3, 1 to 1+2, 4 to 4+2+2
+    assert any(len(set(batch)) > 1 for batch in lengths)  # rows of one batch stopped at different steps
+    assert not any("forward" in vars(m) for m in auto._fused.linears.values())  # hooks gone after the batch
+
+
+def test_without_one_token_stops_unequal_groups_take_the_fused_pass(auto, alone, prompts, monkeypatch):
+    pin(auto, "drift")
+    monkeypatch.setattr(auto, "_stop_ids", None)  # a multi-token stop string: generate's own criteria must end rows
+    names = ["drift"] * 3 + ["mixed"]
+    assert auto._stack_groups(names) is None and auto._stack_groups(["drift", "mixed"] * 2) is not None
+    got = auto.generate(prompts[:4], names)
+    assert [g.text for g in got] == [alone[n][i] for i, n in enumerate(names)]
+
+
 @pytest.mark.parametrize("bad", [0, -8])
 def test_a_split_threshold_below_one_row_is_refused_with_its_meaning(tiny_base_model, bad):
     with pytest.raises(ValueError, match=f"split_min_rows must be at least 1 .*got {bad}"):
         InProcessBackend(tiny_base_model[0], INTENT_V1, device="cpu", split_min_rows=bad)
+
+
+def test_decode_stacked_rows_that_do_not_stop_end_at_the_token_budget(tiny_base_model, more_adapters, prompts):
+    short = INTENT_V1.model_copy(update={"max_new_tokens": 3})  # no intent name fits: every row runs to the budget
+    auto, reference = (InProcessBackend(tiny_base_model[0], short, device="cpu", adapter_mode=mode)
+                       for mode in ("auto", "merged"))
+    for b in (auto, reference):
+        for name in ("drift", "mixed"):
+            b.load_adapter(name, more_adapters[name])
+    pin(auto, "drift")
+    names = ["drift"] * 3 + ["mixed"]
+    assert auto._stack_groups(names) is not None and auto._padding(auto._stack_groups(names)) == 2
+    got, want = auto.generate(prompts[:4], names), reference.generate(prompts[:4], names)
+    assert [g.completion_tokens for g in got] == [3] * 4
+    assert [g.text for g in got] == [g.text for g in want]
