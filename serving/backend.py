@@ -31,12 +31,21 @@ Four ways to serve several versions of one base model (``adapter_mode``):
     the fused delta takes five. Stacked / fused: 0.87-0.93 at 2+2 to 16+16 rows, 0.92-0.96 with 9-14 % padding
     (6+5, 5+4, 4+3, 9+7), 0.98-1.02 at 17-25 % (7+5, 3+2, 5+3). It reads every version's weights, so it pays
     only where calls, not weight reads, are the cost: small models. Memory: per set of versions served together,
-    one more copy of each version's adapted layers (the stacks, kept until the home or the set of versions changes);
+    one more copy of each version's adapted layers (the stacks, kept until the home or the set of versions changes).
+    Groups that need more padding — up to ``stack_max_decode_padding`` (default ``STACK_MAX_DECODE_PADDING``, half
+    the rows) and ``STACK_MAX_ROWS`` rows a step — are stacked in their decode steps only (``_decode_stacked``, a
+    greedy loop of our own: ``generate`` keeps one batch for every step): the prompts are read in one fused pass of
+    the rows themselves, the prompt cache is copied out to the padded layout once, and each step is stacked, where
+    a padding row costs next to nothing. Against the fused pass, CPU per batch (same rows, 8 batches each, min of 3,
+    fused prefill + stacked decode / fused): 0.96 at 3+1, 0.93-0.95 at 1+3, 0.93 at 5+3, 0.95 at 6+2, 0.89 at 2+1,
+    0.93 at 5+2; at 7+1, 12+4 and 14+2 (75 % padding or more than 16 rows a step) 1.02-1.06, hence the limits.
+    It needs one-token stops (``_single_token_stops``); with a multi-token stop string such groups take the fused
+    pass;
   * split, when the batch has more than ``STACK_MAX_ROWS`` (16) rows or cannot stack: each non-home version with
     a copy and at least ``split_min_rows`` rows (default ``SPLIT_MIN_ROWS``, 8) on its copy, the rest (at least
     as many rows; the home's) on the base, one ``generate`` each. Split / fused: 1.18 for 4 + 4 rows, 1.03-1.09
     for 4-6 + 6-8, 0.96-0.97 at 8 + 8, 0.80-0.93 from 12 + 10 (stacked there: 0.87-0.96);
-  * fused: the rest (unequal small groups, the bare base beside a home, no copies).
+  * fused: the rest (groups too unequal for either stacking, the bare base beside a home, no copies).
   Over the memory limit it is plain fused. Through the micro-batcher (bench/two_versions_bench.py) tokens/s
   against one merged model: see bench/RESULTS.md; two weight sets in turn cost 1-6 % even at concurrency 1,
   and a fused pass of a small mixed batch costs 7-22 % more per step than a plain one on a model this small
