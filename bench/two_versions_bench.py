@@ -11,8 +11,9 @@ into ``serving.backend.InProcessBackend`` â€” the code the gateway serves with â
 - ``auto_90_10`` / ``auto_50_50``: the default mode: fused, plus a merged copy per version (small models), so a
   batch of one non-home version runs plain; on models up to ``serving.backend.STACK_MAX_PARAMS`` a mixed batch of
   up to ``STACK_MAX_ROWS`` rows whose version groups are (nearly) equal runs as one stacked pass (one batched
-  matmul per Linear over the versions' full weights); a mixed batch whose version groups all hold at least
-  ``SPLIT_MIN_ROWS`` rows runs as plain passes on the copies; the other mixed batches take the fused pass;
+  matmul per Linear over the versions' full weights), and one whose groups differ more (up to half its rows of
+  padding) reads its prompts fused and stacks its decode steps only; a mixed batch whose version groups all hold
+  at least ``SPLIT_MIN_ROWS`` rows runs as plain passes on the copies; the other mixed batches take the fused pass;
 - ``auto_nosplit_90_10`` / ``auto_nosplit_50_50``: auto with that split turned off (``split_min_rows=None``),
   ``auto_nostack_*``: auto without stacked passes (``stack_max_params=None``, the default before them), and
   ``auto_nodecodestack_*``: auto whose unequal groups never stack their decode steps alone

@@ -7,11 +7,13 @@ Each version to retire is then retired by ``registry.retire.retire_version``, wh
 under the registry lock (refusing, and auditing the refusal, if the plan went stale), unloads it from every
 gateway replica (split revision bump), writes its tombstone, archives or deletes its weights, and marks it
 ``decommissioned``. A run killed midway is completed by the next run. Then the prediction log: the answers logged
-before the policy's cutoff (``prediction_log_days``, held back to a running rollout's start; ``plan_log_purge``)
-are deleted with the feedback on them, in batches, and the count audited (``predictions.purged``).
+before the policy's cutoff (``prediction_log_days``, held back to a running rollout's start and to the drift
+monitor's pinned reference window; ``plan_log_purge``) are deleted with the feedback on them, in batches, and the
+count audited (``predictions.purged``).
 
 Inputs: ``model`` (default: SLM_MODEL_NAME), ``policy_path`` (``configs/retention.yaml``, relative to the
-project root), ``dry_run`` (plan and report only: nothing changes, nothing is audited).
+project root), ``dry_run`` (plan and report only: nothing changes, nothing is audited), ``monitor_policy``
+(``configs/monitor.yaml``: a ``reference: {kind: window}`` there is kept from its ``since``; empty: none).
 
 Outputs: :class:`DecommissionOutcome`; a table artifact ``decommission-<model>`` listing every version with
 its action (keep, retire(d), refused, done) and reasons, plus a summary; the event
@@ -53,15 +55,17 @@ class DecommissionOutcome(Frozen):
 
 @flow(name="decommission", log_prints=True)
 def decommission(model: str | None = None, policy_path: str = "configs/retention.yaml",
-                 dry_run: bool = False) -> DecommissionOutcome:
+                 dry_run: bool = False, monitor_policy: str | None = "configs/monitor.yaml") -> DecommissionOutcome:
     """Retire the versions the retention policy lets go; never an aliased, split or rollout version.
 
     Args:
         model: registry model; empty: SLM_MODEL_NAME
         policy_path: retention policy YAML (lifecycle.retention.RetentionPolicy), relative to the project root
         dry_run: plan and report only: nothing changes, nothing is audited
+        monitor_policy: the drift monitor's policy YAML, whose pinned reference window (if any) the log purge
+            keeps; empty: none
     """
-    plan = plan_decommission(model, policy_path, dry_run)
+    plan = plan_decommission(model, policy_path, dry_run, monitor_policy)
     to_retire = [d for d in plan.decisions if d.action == "retire"]
     outcomes = [] if dry_run else [retire(plan, d) for d in to_retire]
     purged = None if dry_run else purge_log(plan)

@@ -34,9 +34,11 @@ Every decision carries its reasons in order: the first says what decided it.
 
 The policy also bounds the prediction log (``prediction_log_days``): :func:`plan_log_purge` gives the time
 before which the model's logged answers (and the feedback on them) go — ``now`` minus that many days, but never
-after the start of the running rollout, whose decisions read its whole window. Example: 90 days, ``now`` =
-day 100 → cutoff day 10; a rollout running since day 4 → cutoff day 4 (``the running rollout reads the log
-since ...``). ``null`` keeps the log for ever.
+after the start of anything that still reads the log: the running rollout, whose decisions read its whole window,
+and any other reader named (the decommission flow names the drift monitor's pinned reference window). Example:
+90 days, ``now`` = day 100 → cutoff day 10; a rollout running since day 4 → cutoff day 4 (``the running rollout
+of v5 reads the log since ...``); a monitor reference window from day 2 → cutoff day 2. ``null`` keeps the log for
+ever.
 """
 
 from __future__ import annotations
@@ -151,18 +153,20 @@ class LogPurge(Frozen):
     reasons: list[str] = Field(min_length=1)
 
 
-def plan_log_purge(model: str, *, policy: RetentionPolicy, rollout: RunningRollout | None,
-                   now: datetime) -> LogPurge:
+def plan_log_purge(model: str, *, policy: RetentionPolicy, rollout: RunningRollout | None, now: datetime,
+                   readers: Sequence[tuple[str, datetime]] = ()) -> LogPurge:
     """The prediction-log cutoff for ``model`` (module docstring): ``now - prediction_log_days``, held back to the
-    running rollout's start."""
+    running rollout's start and to the start of each other reader of the log, ``(what reads it, since when)``."""
     days = policy.prediction_log_days
     if days is None:
         return LogPurge(model=model, cutoff=None, reasons=["the policy keeps the prediction log for ever"])
     cutoff, reasons = now - timedelta(days=days), [f"answers logged more than {_days(days)} days ago go"]
-    if rollout is not None and rollout.started_at is not None and rollout.started_at < cutoff:
-        cutoff = rollout.started_at
-        reasons.append(f"but the running rollout of v{rollout.candidate} reads the log since "
-                       f"{rollout.started_at:%Y-%m-%d %H:%M} UTC: kept from there")
+    if rollout is not None and rollout.started_at is not None:
+        readers = [(f"the running rollout of v{rollout.candidate}", rollout.started_at), *readers]
+    for what, since in sorted(readers, key=lambda r: r[1]):
+        if since < cutoff:
+            cutoff = since
+            reasons.append(f"but {what} reads the log since {since:%Y-%m-%d %H:%M} UTC: kept from there")
     return LogPurge(model=model, cutoff=cutoff, reasons=reasons)
 
 

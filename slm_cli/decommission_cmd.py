@@ -20,6 +20,8 @@ def decommission_cmd(
     policy: Annotated[str, typer.Option(help="retention policy YAML")] = "configs/retention.yaml",
     dry_run: Annotated[bool, typer.Option("--dry-run", help="plan and report only; change nothing")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+    monitor_policy: Annotated[str, typer.Option(help="drift monitor policy YAML: the log purge keeps its pinned "
+                                                     "reference window; '' for none")] = "configs/monitor.yaml",
 ) -> None:
     """Retire versions by the retention policy: unload, archive or delete weights, keep a tombstone.
 
@@ -33,11 +35,12 @@ def decommission_cmd(
     from registry.store import NotFoundError
     from tasks.decommission import purge_line, report_rows
 
-    if not (project_root() / policy).is_file():  # an absolute path stays itself under `/`
-        console.print(f"[red]error:[/red] policy {policy} does not exist")
-        raise typer.Exit(2)
+    for what, path in (("policy", policy), ("monitor policy", monitor_policy)):
+        if path and not (project_root() / path).is_file():  # an absolute path stays itself under `/`
+            console.print(f"[red]error:[/red] {what} {path} does not exist")
+            raise typer.Exit(2)
     try:
-        outcome = decommission(model=model, policy_path=policy, dry_run=dry_run)
+        outcome = decommission(model=model, policy_path=policy, dry_run=dry_run, monitor_policy=monitor_policy or None)
     except (NotFoundError, ValueError) as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from None

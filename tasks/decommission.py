@@ -13,6 +13,8 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 from lifecycle.config import load_yaml_config
+from lifecycle.drift_policy import DriftPolicy
+from lifecycle.predictions import as_utc
 from lifecycle.records import Frozen
 from lifecycle.retention import LogPurge, RetentionDecision, RetentionPolicy, plan_log_purge, plan_retention
 from lifecycle.settings import project_root
@@ -49,22 +51,39 @@ class PurgeOutcome(Frozen):
     feedback: int  # feedback records of their requests deleted
 
 
+def _in_project(path_text: str) -> Path:
+    path = Path(path_text)
+    return path if path.is_absolute() else project_root() / path
+
+
 def load_policy(policy_path: str) -> tuple[RetentionPolicy, Path]:
-    path = Path(policy_path)
-    path = path if path.is_absolute() else project_root() / path
+    path = _in_project(policy_path)
     return load_yaml_config(RetentionPolicy, path), path
 
 
+def log_readers(monitor_policy: str | None) -> list[tuple[str, datetime]]:
+    """Who else reads the prediction log, and since when: the drift monitor's pinned reference window, when its
+    policy (``configs/monitor.yaml``; None: none) compares against one (``reference: {kind: window}``)."""
+    if not monitor_policy:
+        return []
+    reference = load_yaml_config(DriftPolicy, _in_project(monitor_policy)).reference
+    if reference.kind != "window":
+        return []
+    return [(f"the drift monitor's reference window ({monitor_policy})", as_utc(reference.since))]
+
+
 @task(name="plan-decommission", cache_policy=NO_CACHE)
-def plan_decommission(model: str | None, policy_path: str, dry_run: bool) -> DecommissionPlan:
+def plan_decommission(model: str | None, policy_path: str, dry_run: bool,
+                      monitor_policy: str | None = None) -> DecommissionPlan:
     policy, path = load_policy(policy_path)
+    readers = log_readers(monitor_policy)
     with open_registry() as registry:
         model = model or registry.default_model
         inputs = retention_inputs(registry, model)
         now = registry.store.clock()
         decisions = plan_retention(model, inputs.versions, aliases=inputs.aliases, split=inputs.split,
                                    rollout=inputs.rollout, policy=policy, now=now)
-        purge = plan_log_purge(model, policy=policy, rollout=inputs.rollout, now=now)
+        purge = plan_log_purge(model, policy=policy, rollout=inputs.rollout, now=now, readers=readers)
         due = 0 if purge.cutoff is None else PredictionStore(registry.store.engine).count(model, before=purge.cutoff)
         if not dry_run:
             registry.store.append_audit(actor=ACTOR, action="retention.planned", subject=model, payload={

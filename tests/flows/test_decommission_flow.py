@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 import typer
@@ -174,6 +175,31 @@ def test_a_stale_plan_is_refused_at_retirement(world):
     assert statuses()[4] == "promoted"
 
 
+def test_the_monitors_pinned_reference_window_is_kept_from_its_start(world, tmp_path):
+    from flows.decommission import decommission
+    from lifecycle.predictions import Prediction
+    from registry.predictions import PredictionStore
+
+    since = datetime.now(UTC) - timedelta(days=120)  # older than the policy's 90 days and than every logged answer
+    with registry() as reg:  # answers inside the window (whatever the tests before this one purged)
+        PredictionStore(reg.store.engine).insert_many([Prediction(
+            ts=since + timedelta(days=1, minutes=i), request_id=f"window-{i}", model=MODEL, version=4, role="champion",
+            user_hash="u" * 16, prompt="p", completion="c", latency_ms=5.0, prompt_tokens=1, completion_tokens=1,
+            outcome="ok", served=True) for i in range(2)])
+    monitor = tmp_path / "monitor.yaml"
+    monitor.write_text(yaml.safe_dump({
+        **yaml.safe_load((Path(__file__).parents[2] / "configs/monitor.yaml").read_text()),
+        "reference": {"kind": "window", "since": since.isoformat(), "until": (since + timedelta(days=7)).isoformat()}}))
+    outcome = decommission(model=MODEL, policy_path=world, dry_run=True, monitor_policy=str(monitor))
+    assert outcome.log_plan.cutoff == since and outcome.log_rows_due == 0
+    assert outcome.log_plan.reasons[-1].startswith(f"but the drift monitor's reference window ({monitor}) reads")
+    plain = decommission(model=MODEL, policy_path=world, dry_run=True)  # the shipped monitor compares to training
+    assert plain.log_rows_due >= 2 and len(plain.log_plan.reasons) == 1  # the window's answers would go
+    monitor.write_text("reference: {kind: window}\n")
+    with pytest.raises(ValueError, match="needs both `since` and `until`"):
+        decommission(model=MODEL, policy_path=world, dry_run=True, monitor_policy=str(monitor))
+
+
 def test_cli_dry_run_prints_the_plan(world):
     from slm_cli.decommission_cmd import decommission_cmd
 
@@ -189,3 +215,5 @@ def test_cli_dry_run_prints_the_plan(world):
     assert "Prediction log:" in table.output and "would be deleted" in table.output
     missing = CliRunner().invoke(app, ["--policy", "no/such.yaml"])
     assert missing.exit_code == 2 and "does not exist" in missing.output
+    no_monitor = CliRunner().invoke(app, ["--policy", world, "--monitor-policy", "no/monitor.yaml"])
+    assert no_monitor.exit_code == 2 and "monitor policy no/monitor.yaml does not exist" in no_monitor.output

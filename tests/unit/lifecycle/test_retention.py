@@ -130,6 +130,20 @@ def test_the_log_keeps_the_policys_days_and_a_running_rollouts_window():
     assert forever.cutoff is None and forever.reasons == ["the policy keeps the prediction log for ever"]
 
 
+def test_the_log_is_kept_from_the_earliest_start_of_its_other_readers():
+    policy = RetentionPolicy(prediction_log_days=90)
+    started = RunningRollout(candidate=5, champion=4, phase="running", started_at=DAY0 + timedelta(days=4))
+    window = ("the drift monitor's reference window (monitor.yaml)", DAY0 + timedelta(days=2))
+    held = plan_log_purge("m", policy=policy, rollout=started, now=NOW, readers=[window])
+    assert held.cutoff == DAY0 + timedelta(days=2)  # the window starts before the rollout: the window decides
+    assert held.reasons[1:] == ["but the drift monitor's reference window (monitor.yaml) reads the log since "
+                                "2026-01-03 00:00 UTC: kept from there"]
+    late = ("a window", DAY0 + timedelta(days=20))  # inside the 90 days: only the rollout holds the cutoff back
+    assert plan_log_purge("m", policy=policy, rollout=started, now=NOW, readers=[late]).cutoff == started.started_at
+    alone = plan_log_purge("m", policy=policy, rollout=None, now=NOW, readers=[late, window])
+    assert alone.cutoff == window[1] and len(alone.reasons) == 2
+
+
 # -- invariants --------------------------------------------------------------------------------------------
 
 statuses = st.sampled_from(list(S))
