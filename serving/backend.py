@@ -64,6 +64,7 @@ torch, transformers and peft are imported inside the methods: ``import serving.b
 from __future__ import annotations
 
 import contextlib
+import inspect
 import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -183,6 +184,9 @@ class InProcessBackend:
         n_params = sum(p.numel() for p in self._model.parameters())
         self._stack = adapter_mode == "auto" and stack_max_params is not None and n_params <= stack_max_params
         self._stop_ids = self._single_token_stops()
+        # _decode_stacked calls the model itself: one-token stops, and a forward that takes what it passes.
+        accepts = set(inspect.signature(self._model.forward).parameters)
+        self._own_decode = self._stop_ids is not None and {"cache", "position_ids", "logits_to_keep"} <= accepts
         positions = getattr(self._model.config, "max_position_embeddings", None) or 2048
         window = min(positions, self.tokenizer.model_max_length or positions)
         self._max_prompt_tokens = window - prompt_format.max_new_tokens
@@ -370,7 +374,8 @@ class InProcessBackend:
         Auto mode, small models (``stack_max_params``): every version of a mixed batch has full weights (the home,
         or a merged copy), and padding the groups to equal size adds at most ``stack_max_padding`` of the rows, or
         at most ``stack_max_decode_padding`` of them and no more than ``STACK_MAX_ROWS`` in all when only the decode
-        steps will be stacked (``_decode_stacked``: it needs the one-token stops of ``_single_token_stops``).
+        steps will be stacked (``_decode_stacked``: it needs the one-token stops of ``_single_token_stops`` and a
+        model forward that takes ``cache``, ``position_ids`` and ``logits_to_keep``, as transformers' causal LMs do).
         """
         if not self._stack:
             return None
@@ -379,7 +384,7 @@ class InProcessBackend:
             return None
         padding, rows = self._padding(groups), len(adapters)
         if padding > self.stack_max_padding * rows and (
-                self._stop_ids is None or padding > self.stack_max_decode_padding * rows
+                not self._own_decode or padding > self.stack_max_decode_padding * rows
                 or rows + padding > STACK_MAX_ROWS):
             return None
         return dict(sorted(groups.items(), key=lambda g: (g[0] != self.home, str(g[0]))))
