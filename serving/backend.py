@@ -36,9 +36,9 @@ Four ways to serve several versions of one base model (``adapter_mode``):
     the rows) and ``STACK_MAX_ROWS`` rows a step — are stacked in their decode steps only (``_decode_stacked``, a
     greedy loop of our own: ``generate`` keeps one batch for every step): the prompts are read in one fused pass of
     the rows themselves, the prompt cache is copied out to the padded layout once, and each step is stacked, where
-    a padding row costs next to nothing. Against the fused pass, CPU per batch (same rows, 8 batches each, min of 3,
-    fused prefill + stacked decode / fused): 0.96 at 3+1, 0.93-0.95 at 1+3, 0.93 at 5+3, 0.95 at 6+2, 0.89 at 2+1,
-    0.93 at 5+2; at 7+1, 12+4 and 14+2 (75 % padding or more than 16 rows a step) 1.02-1.06, hence the limits.
+    a padding row costs next to nothing. Against the fused pass, CPU per batch (bench/mixed_batches.py: same rows,
+    8 batches a shape, min of 3): 0.94 at 3+1 and 1+3, 0.91 at 2+1, 0.94 at 5+3 and 5+2, 0.97 at 6+2; at 7+1, 12+4
+    and 14+2 (75 % padding, or more than 16 rows a step) 1.02-1.06, hence the limits.
     It needs one-token stops (``_single_token_stops``); with a multi-token stop string such groups take the fused
     pass;
   * split, when the batch has more than ``STACK_MAX_ROWS`` (16) rows or cannot stack: each non-home version with
