@@ -395,7 +395,8 @@ class InProcessBackend:
         return len(groups) * max(map(len, groups.values())) - sum(map(len, groups.values()))
 
     def _generate_ids(self, encoded: list[list[int]], adapters: list[str | None]) -> list[list[int]]:
-        """One ``generate`` pass: the new token ids of each row, padding and stop tokens included.
+        """One pass (``generate``, or ``_decode_stacked``): the new token ids of each row, padding and stop tokens
+        included.
 
         A stacked pass lays its version groups out one after the other, each padded to the biggest with repeats of
         its own last row (whose answers are dropped). With little padding the whole pass is stacked; with more, the
