@@ -22,6 +22,12 @@ def project_root() -> Path:
     return Path.cwd().resolve()
 
 
+def in_project(path: str | Path) -> Path:
+    """A config or data path as the flows and the CLI take it: relative to the project root unless absolute."""
+    path = Path(path)
+    return path if path.is_absolute() else project_root() / path
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="SLM_", extra="ignore")
 

@@ -31,12 +31,12 @@ def decommission_cmd(
 
     prefect_env()
     from flows.decommission import decommission
-    from lifecycle.settings import project_root
+    from lifecycle.settings import in_project
     from registry.store import NotFoundError
     from tasks.decommission import purge_line, report_rows
 
     for what, path in (("policy", policy), ("monitor policy", monitor_policy)):
-        if path and not (project_root() / path).is_file():  # an absolute path stays itself under `/`
+        if path and not in_project(path).is_file():
             console.print(f"[red]error:[/red] {what} {path} does not exist")
             raise typer.Exit(2)
     try:

@@ -90,9 +90,9 @@ def retrain_cmd(
 ) -> None:
     """Validate data, fine-tune a LoRA challenger, benchmark it against the champion, gate, register."""
     from lifecycle.config import RetrainParams
-    from lifecycle.settings import project_root
+    from lifecycle.settings import in_project
 
-    if not (project_root() / config).is_file():  # an absolute path stays itself under `/`
+    if not in_project(config).is_file():
         console.print(f"[red]error:[/red] config {config} does not exist")
         raise typer.Exit(2)
     run_retrain(RetrainParams(config=config, data=data, replay_rows=replay_rows, benchmarks=benchmarks,

@@ -17,7 +17,7 @@ from lifecycle.drift_policy import DriftPolicy
 from lifecycle.predictions import as_utc
 from lifecycle.records import Frozen
 from lifecycle.retention import LogPurge, RetentionDecision, RetentionPolicy, plan_log_purge, plan_retention
-from lifecycle.settings import project_root
+from lifecycle.settings import in_project
 from registry.predictions import PredictionStore
 from registry.retire import RetirementRefused, retention_inputs, retire_version
 from tasks.connect import open_registry
@@ -51,13 +51,8 @@ class PurgeOutcome(Frozen):
     feedback: int  # feedback records of their requests deleted
 
 
-def _in_project(path_text: str) -> Path:
-    path = Path(path_text)
-    return path if path.is_absolute() else project_root() / path
-
-
 def load_policy(policy_path: str) -> tuple[RetentionPolicy, Path]:
-    path = _in_project(policy_path)
+    path = in_project(policy_path)
     return load_yaml_config(RetentionPolicy, path), path
 
 
@@ -66,7 +61,7 @@ def log_readers(monitor_policy: str | None) -> list[tuple[str, datetime]]:
     policy (``configs/monitor.yaml``; None: none) compares against one (``reference: {kind: window}``)."""
     if not monitor_policy:
         return []
-    reference = load_yaml_config(DriftPolicy, _in_project(monitor_policy)).reference
+    reference = load_yaml_config(DriftPolicy, in_project(monitor_policy)).reference
     if reference.kind != "window":
         return []
     return [(f"the drift monitor's reference window ({monitor_policy})", as_utc(reference.since))]

@@ -23,7 +23,7 @@ from lifecycle.drift_policy import (
 )
 from lifecycle.predictions import as_utc
 from lifecycle.records import Frozen, ModelVersion
-from lifecycle.settings import get_settings, project_root
+from lifecycle.settings import get_settings, in_project
 from registry.predictions import PredictionStore
 from registry.service import Registry
 from tasks.connect import open_registry
@@ -47,21 +47,16 @@ class MonitorPlan(Frozen):
     run_id: str
 
 
-def _path(value: str, root: Path) -> Path:
-    path = Path(value)
-    return path if path.is_absolute() else root / path
-
-
 @task(name="plan-monitor", cache_policy=NO_CACHE)
 def plan_monitor(params: MonitorParams, run_id: str) -> MonitorPlan:
-    root, settings = project_root(), get_settings()
-    policy = load_yaml_config(DriftPolicy, _path(params.policy, root), rollout_plan=params.rollout_plan)
+    settings = get_settings()
+    policy = load_yaml_config(DriftPolicy, in_project(params.policy), rollout_plan=params.rollout_plan)
     model = params.model or settings.model_name
     since, until = params.window(datetime.now(UTC))
     with open_registry() as registry:
         champion = registry.get(f"{model}:champion")
     drop = params.data or policy.labelled_drop
-    data_path = str(_path(drop, root)) if drop else str(settings.home / "data" / "drifted-labelled.jsonl")
+    data_path = str(in_project(drop)) if drop else str(settings.home / "data" / "drifted-labelled.jsonl")
     report = settings.home / "reports" / model / f"drift-{until:%Y%m%dT%H%M%SZ}-{run_id[:8]}.html"
     return MonitorPlan(model=model, policy=policy, policy_path=params.policy, champion=champion, since=since,
                        until=until, data_path=data_path, report_path=report, run_id=run_id)

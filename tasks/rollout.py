@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 import uuid
-from pathlib import Path
 from typing import Any
 
 from prefect import task
@@ -18,7 +17,7 @@ from lifecycle.config import load_yaml_config
 from lifecycle.records import Frozen
 from lifecycle.rollout_plan import RolloutPlan, StageVerdict
 from lifecycle.rollout_state import RolloutState
-from lifecycle.settings import project_root
+from lifecycle.settings import in_project
 from registry import rollout_exec
 from registry.predictions import PredictionStore
 from registry.rollouts import get_rollout
@@ -60,14 +59,9 @@ def emit_rollout_event(event: str, payload: dict[str, Any], event_id: uuid.UUID)
     emit_event(event=event, resource=resource(payload["model"]), payload=payload, id=event_id)
 
 
-def plan_path(plan: str) -> Path:
-    path = Path(plan)
-    return path if path.is_absolute() else project_root() / path
-
-
 def read_plan(plan: str) -> RolloutPlan:
     """The rollout plan YAML, relative to the repository unless absolute."""
-    return load_yaml_config(RolloutPlan, plan_path(plan))
+    return load_yaml_config(RolloutPlan, in_project(plan))
 
 
 @task(name="load-rollout-plan", cache_policy=NO_CACHE)
