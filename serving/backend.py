@@ -184,9 +184,9 @@ class InProcessBackend:
         n_params = sum(p.numel() for p in self._model.parameters())
         self._stack = adapter_mode == "auto" and stack_max_params is not None and n_params <= stack_max_params
         self._stop_ids = self._single_token_stops()
-        # _decode_stacked calls the model itself: one-token stops, and a forward that takes what it passes.
+        # _decode_stacked calls the model itself, with these (and needs one-token stops too).
         accepts = set(inspect.signature(self._model.forward).parameters)
-        self._own_decode = self._stop_ids is not None and {"cache", "position_ids", "logits_to_keep"} <= accepts
+        self._forward_takes_cache = {"cache", "position_ids", "logits_to_keep"} <= accepts
         positions = getattr(self._model.config, "max_position_embeddings", None) or 2048
         window = min(positions, self.tokenizer.model_max_length or positions)
         self._max_prompt_tokens = window - prompt_format.max_new_tokens
@@ -384,7 +384,8 @@ class InProcessBackend:
             return None
         padding, rows = self._padding(groups), len(adapters)
         if padding > self.stack_max_padding * rows and (
-                not self._own_decode or padding > self.stack_max_decode_padding * rows
+                self._stop_ids is None or not self._forward_takes_cache
+                or padding > self.stack_max_decode_padding * rows
                 or rows + padding > STACK_MAX_ROWS):
             return None
         return dict(sorted(groups.items(), key=lambda g: (g[0] != self.home, str(g[0]))))

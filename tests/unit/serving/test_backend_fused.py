@@ -345,7 +345,7 @@ def test_auto_stacks_small_mixed_batches_whose_groups_need_little_padding(auto, 
     groups = auto._stack_groups
     assert groups(["mixed", "drift", "drift", "mixed"]) == {"drift": [1, 2], "mixed": [0, 3]}  # the home's first
     assert groups(["mixed"] * 4 + ["drift"] * 3) is not None  # one padding row in 8: stacked throughout
-    assert auto._own_decode  # one-token stops and a causal LM: more padding can go to stacked decode steps only
+    assert auto._stop_ids is not None and auto._forward_takes_cache  # so more padding can go to decode steps only
     assert groups(["mixed"] * 3 + ["drift"]) == {"drift": [3], "mixed": [0, 1, 2]}  # 2 padding rows to 4 rows
     assert groups(["mixed"] * 7 + ["drift"] * 3) is not None  # 4 to 10, 14 in all
     assert groups(["mixed"] * 5 + ["drift"]) is None  # 4 to 6: more than half, the fused pass costs less
@@ -412,7 +412,6 @@ def test_batches_stacked_in_their_decode_steps_only_answer_as_each_version_alone
 def test_without_one_token_stops_unequal_groups_take_the_fused_pass(auto, alone, prompts, monkeypatch):
     pin(auto, "drift")
     monkeypatch.setattr(auto, "_stop_ids", None)  # a multi-token stop string: generate's own criteria must end rows
-    monkeypatch.setattr(auto, "_own_decode", False)  # (what __init__ derives from it)
     names = ["drift"] * 3 + ["mixed"]
     assert auto._stack_groups(names) is None and auto._stack_groups(["drift", "mixed"] * 2) is not None
     got = auto.generate(prompts[:4], names)
@@ -423,6 +422,13 @@ def test_without_one_token_stops_unequal_groups_take_the_fused_pass(auto, alone,
 def test_a_split_threshold_below_one_row_is_refused_with_its_meaning(tiny_base_model, bad):
     with pytest.raises(ValueError, match=f"split_min_rows must be at least 1 .*got {bad}"):
         InProcessBackend(tiny_base_model[0], INTENT_V1, device="cpu", split_min_rows=bad)
+
+
+@pytest.mark.parametrize("bad", [-0.1, float("nan")])
+def test_a_negative_decode_padding_share_is_refused_with_its_meaning(tiny_base_model, bad):
+    with pytest.raises(ValueError, match=f"stack_max_decode_padding must be a share of a batch's rows, 0 or more .*"
+                                         f"got {bad}"):
+        InProcessBackend(tiny_base_model[0], INTENT_V1, device="cpu", stack_max_decode_padding=bad)
 
 
 def test_decode_stacked_rows_that_do_not_stop_end_at_the_token_budget(tiny_base_model, more_adapters, prompts):
