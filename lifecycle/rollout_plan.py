@@ -12,7 +12,9 @@ direction and the regression worth catching.
 * a sample-ratio mismatch of the split is FAIL: the comparison is biased, so nothing it says can be trusted;
 * a rate metric FAILs when the one-sided mSPRT rejects "challenger no worse" (always-valid p <= alpha), at
   any look; it PASSes when the anytime-valid interval rules out a regression as large as the one worth
-  catching; otherwise INCONCLUSIVE;
+  catching; otherwise INCONCLUSIVE. Its variance counts callers, not requests, where the aggregates carry the
+  callers' moments (``lifecycle.sequential.clustered_rate_variance``): one busy caller's failing requests are
+  one caller's evidence, not hundreds of independent ones;
 * latency mean is an anytime-valid test (:func:`lifecycle.sequential.relative_margin_cs` on the ok answers'
   latency sums): FAIL when the challenger's mean is, at confidence ``1 - alpha`` valid at every look, above
   ``(1 + regression) x`` the champion's; PASS when that much slowdown is ruled out; INCONCLUSIVE otherwise,
@@ -40,11 +42,11 @@ from lifecycle.records import Frozen
 from lifecycle.sequential import (
     MeanDifferenceCS,
     RateTest,
-    SRMCheck,
+    clustered_rate_variance,
     msprt_two_proportions,
     relative_margin_cs,
-    sample_ratio_mismatch,
 )
+from lifecycle.srm import SRMCheck, sample_ratio_mismatch
 from lifecycle.verdict import Finding, Verdict, worst
 
 MetricName = Literal["model_error_rate", "infra_error_rate", "guardrail_rate", "feedback_success_rate",
@@ -58,11 +60,12 @@ _NATURAL: dict[str, Direction] = {
     "latency_mean_ms": "lower_is_better", "latency_p95_ms": "lower_is_better",
 }
 # (events, trials) of each rate metric, as exact counts: the sequential test needs counts, not rates.
-_COUNTS: dict[str, Callable[[VersionAggregate], tuple[int, int]]] = {
-    "model_error_rate": lambda a: (a.model_errors, a.requests),
-    "infra_error_rate": lambda a: (a.infra_errors, a.requests),
-    "guardrail_rate": lambda a: (a.guardrail_flagged, a.requests),
-    "feedback_success_rate": lambda a: (a.feedback_success, a.feedback_count),
+# (events, trials): the aggregate's fields each rate metric counts.
+_COUNTS: dict[str, tuple[str, str]] = {
+    "model_error_rate": ("model_errors", "requests"),
+    "infra_error_rate": ("infra_errors", "requests"),
+    "guardrail_rate": ("guardrail_flagged", "requests"),
+    "feedback_success_rate": ("feedback_success", "feedback_count"),
 }
 # (mean, sample variance, n) of each mean metric, over the ok answers.
 _MEANS: dict[str, Callable[[VersionAggregate], tuple[float | None, float | None, int]]] = {
@@ -182,15 +185,17 @@ class StageVerdict(Frozen):
 
 def _rate_finding(g: Guardrail, stage: Stage, champion: VersionAggregate,
                   challenger: VersionAggregate) -> tuple[Finding, RateTest | None]:
-    (x_a, n_a), (x_b, n_b) = _COUNTS[g.metric](champion), _COUNTS[g.metric](challenger)
+    events, trials = _COUNTS[g.metric]
+    (x_a, n_a), (x_b, n_b) = ((getattr(a, events), getattr(a, trials)) for a in (champion, challenger))
     if n_a == 0 or n_b == 0:
         return Finding(check=g.metric, verdict=Verdict.INCONCLUSIVE,
                        reason=f"no data on an arm (champion {n_a}, challenger {n_b}): not a pass"), None
     harmful = "higher" if g.direction == "lower_is_better" else "lower"
     t = msprt_two_proportions(x_a, n_a, x_b, n_b, tau=g.regression, alpha=stage.alpha, harmful=harmful,
-                              margin=g.tolerance)
+                              margin=g.tolerance, clustered=_clustered(events, champion, challenger))
+    clustering = f", callers' design effect {t.design_effect:.2f}" if t.design_effect > 1 else ""
     span = (f"{x_b}/{n_b} vs champion {x_a}/{n_a}, diff {t.difference:+.4f}, "
-            f"interval [{t.lower:+.4f}, {t.upper:+.4f}], always-valid p {t.p_value:.4f}")
+            f"interval [{t.lower:+.4f}, {t.upper:+.4f}], always-valid p {t.p_value:.4f}{clustering}")
     bound = t.upper if harmful == "higher" else -t.lower
     if t.reject:
         worse = f"worse by more than {g.tolerance}" if g.tolerance else "worse"
@@ -201,6 +206,20 @@ def _rate_finding(g: Guardrail, stage: Stage, champion: VersionAggregate,
         verdict, why = Verdict.INCONCLUSIVE, f"a regression of {g.regression} is not yet ruled out"
     return Finding(check=g.metric, verdict=verdict, observed=t.p_value, threshold=stage.alpha,
                    reason=f"{span}; {why}"), t
+
+
+def _clustered(events: str, *arms: VersionAggregate) -> tuple[float | None, ...] | None:
+    """Each arm's caller-clustered variance of the rate counting ``events``; None where no arm has the moments
+    (aggregates from before they existed: the test then assumes independent requests, as it did)."""
+    if all(a.user_moments is None or events not in a.user_moments for a in arms):
+        return None
+    trials = next(t for e, t in _COUNTS.values() if e == events)
+    out = []
+    for a in arms:
+        m = (a.user_moments or {}).get(events)
+        out.append(None if m is None else clustered_rate_variance(
+            getattr(a, events), getattr(a, trials), m.events_sq, m.cross, m.trials_sq, m.callers))
+    return tuple(out)
 
 
 def _mean_finding(g: Guardrail, stage: Stage, champion: VersionAggregate,

@@ -23,7 +23,9 @@ look the caller stops at, after any number of looks at any times.
   It bounds the difference from both sides (the rollout PASSes on its bound), so it keeps the symmetric law;
   it is not the inverse of the rate test, and a test can reject while the interval still holds 0.
 
-Assumptions, stated once: requests are independent; each arm's share is fixed within a stage window (so
+Assumptions, stated once: requests are independent — or, for the rate tests given the callers' moments,
+callers are (:func:`clustered_rate_variance`; ``lifecycle.simulate_callers`` shows what the binomial variance
+does when they are not); each arm's share is fixed within a stage window (so
 the estimate's variance shrinks like 1/n); the estimate is close to normal (large-sample CLT: asymptotic
 validity in the sense of Waudby-Smith et al. 2021).
 
@@ -130,6 +132,46 @@ def pooled_variance(x_champion, n_champion, x_challenger, n_challenger):
     return pbar * (1 - pbar) * (1 / n_champion + 1 / n_challenger)
 
 
+def clustered_rate_variance(events: int, trials: int, events_sq: float, cross: float, trials_sq: float,
+                            callers: int) -> float | None:
+    """Variance of the rate ``events / trials`` when requests come in clusters (callers), not one by one.
+
+    The sticky router sends all of a caller's requests to one arm, and one caller's requests fail together
+    (the same odd prompts, the same client), so the binomial ``p (1 - p) / n`` understates the noise of an
+    arm's rate whenever a few callers send many requests. The cluster-robust (sandwich) variance of a ratio
+    (Cochran 1977, ch. 6; Deng et al. 2018, "Applying the delta method in metric analytics"):
+    ``K / (K - 1) * sum_u (x_u - p n_u)^2 / n^2``, ``p = events / trials``, expanded as
+    ``events_sq - 2 p cross + p^2 trials_sq`` (:class:`lifecycle.predictions.UserMoments`). None below two
+    callers (no spread between callers to see).
+
+    Worked examples: one request per caller (x of n fail): ``p (1 - p) / (n - 1)``, the binomial's. Ten callers
+    of 10 requests, five with 2 errors and five with none: p 0.1, variance 0.001111 against the binomial 0.0009
+    (design effect 1.23); all ten errors from one of them: 0.01, 11 times the binomial.
+    """
+    if callers < 2 or trials <= 0:
+        return None
+    p = events / trials
+    spread = max(0.0, events_sq - 2 * p * cross + p * p * trials_sq)
+    return callers / (callers - 1) * spread / (trials * trials)
+
+
+def rate_test_variances(x_champion: float, n_champion: float, x_challenger: float, n_challenger: float,
+                        clustered: tuple[float | None, float | None] | None = None) -> tuple[float, float]:
+    """(the test's ``V``, the interval's variance) of :func:`msprt_two_proportions`, shared with the simulators.
+
+    Without ``clustered``: the pooled smoothed variance, and the sum of the arms' unpooled smoothed ones
+    (``q (1 - q) / n``, ``q = (x + 1) / (n + 2)``). With it, each arm's caller-clustered variance (None: that
+    arm's smoothed one) summed, and each of the two replaced by that sum where it is larger.
+    """
+    independent = [(x + 1) / (n + 2) * (1 - (x + 1) / (n + 2)) / n
+                   for x, n in ((x_champion, n_champion), (x_challenger, n_challenger))]
+    pooled = float(pooled_variance(x_champion, n_champion, x_challenger, n_challenger))
+    if clustered is None:
+        return pooled, sum(independent)
+    by_caller = sum(c if c is not None else i for c, i in zip(clustered, independent, strict=True))
+    return max(pooled, by_caller), max(sum(independent), by_caller)
+
+
 def mixture_radius(variance: float, tau: float, alpha: float) -> float:
     """Half-width of the normal-mixture confidence sequence for an estimate of variance ``variance``.
 
@@ -158,6 +200,8 @@ class RateTest(Frozen):
     tau: float = Field(description="the regression worth catching: the test's law is centred at tau - margin; "
                        "the interval's normal mixture has scale tau")
     margin: float = Field(default=0.0, description="tolerated harm: H0 is 'worse by at most margin'")
+    design_effect: float = Field(default=1.0, ge=1, description=(
+        "the test's variance over the independent-requests one: above 1 when callers' requests vary together"))
     lower: float = Field(description="anytime-valid (1 - alpha) lower bound of the difference")
     upper: float
 
@@ -170,6 +214,7 @@ class RateTest(Frozen):
 def msprt_two_proportions(
     x_champion: int, n_champion: int, x_challenger: int, n_challenger: int,
     *, tau: float, alpha: float = 0.05, harmful: Harmful = "higher", margin: float = 0.0,
+    clustered: tuple[float | None, float | None] | None = None,
 ) -> RateTest:
     """One-sided mixture SPRT of ``H0: the challenger's rate is no worse than the champion's``
     (with ``margin`` m > 0: ``H0: worse by at most m`` — a tolerated harm, as the offline gate tolerates
@@ -186,6 +231,12 @@ def msprt_two_proportions(
     running minimum of p over looks; rejecting when any single look has ``p <= alpha`` is already valid (Ville).
     The interval is the two-sided normal-mixture sequence (scale ``tau``, no margin) with unpooled smoothed
     variances: not the inverse of this test (see the module docstring).
+
+    ``clustered``: each arm's caller-clustered variance (:func:`clustered_rate_variance`; None for an arm: its
+    independent-requests one). Their sum replaces ``V`` (and the interval's variance) where it is larger, so
+    requests that fail together by caller count as the less evidence they are; never smaller than the
+    independent-requests variance, so where callers are alike the test is unchanged. The ratio is
+    ``design_effect``.
 
     Worked examples (``tau = 0.04``, ``alpha = 0.05``) — the rows of ``test_sequential.py``:
 
@@ -210,20 +261,15 @@ def msprt_two_proportions(
     diff = p_b - p_a
     if not 0 <= margin < min(tau, 1):
         raise ValueError(f"need 0 <= margin < tau (a tolerated harm below the regression), got {margin}, tau {tau}")
-    v = pooled_variance(x_champion, n_champion, x_challenger, n_challenger)
+    v, v_interval = rate_test_variances(x_champion, n_champion, x_challenger, n_challenger, clustered)
     log_lr = float(one_sided_log_lr(diff if harmful == "higher" else -diff, v, tau, margin))
     p_value = float(always_valid_p(log_lr))
-
-    def smoothed_var(x: int, n: int) -> float:
-        q = (x + 1) / (n + 2)
-        return q * (1 - q) / n
-
-    radius = mixture_radius(smoothed_var(x_champion, n_champion) + smoothed_var(x_challenger, n_challenger),
-                            tau, alpha)
+    radius = mixture_radius(v_interval, tau, alpha)
+    pooled = pooled_variance(x_champion, n_champion, x_challenger, n_challenger)
     return RateTest(x_champion=x_champion, n_champion=n_champion, x_challenger=x_challenger,
                     n_challenger=n_challenger, difference=diff, harmful=harmful, log_lr=log_lr,
                     p_value=p_value, alpha=alpha, tau=tau, lower=diff - radius, upper=diff + radius,
-                    margin=margin)
+                    margin=margin, design_effect=v / pooled)
 
 
 class MeanDifferenceCS(Frozen):
@@ -305,66 +351,3 @@ def relative_margin_cs(
     k = 1 + margin
     return mean_difference_cs(k * mean_champion, k * k * var_champion, n_champion,
                               mean_challenger, var_challenger, n_challenger, tau=margin * mean_champion, alpha=alpha)
-
-
-class SRMCheck(Frozen):
-    """Sample-ratio mismatch: did the split send each arm the share the plan asked for?"""
-
-    n_champion: int
-    n_challenger: int
-    expected_share: float = Field(description="planned challenger share of the two arms' requests")
-    observed_share: float | None
-    chi2: float
-    p_value: float
-    threshold: float
-
-    @property
-    def mismatch(self) -> bool:
-        return self.p_value < self.threshold
-
-
-def sample_ratio_mismatch(
-    n_champion: int, n_challenger: int, expected_share: float, *, threshold: float = 0.001,
-) -> SRMCheck:
-    """Pearson chi-square (1 df) of the observed split against the planned challenger share.
-
-    ``chi2 = (n_chall - N s)^2 / (N s) + (n_champ - N (1 - s))^2 / (N (1 - s))``, ``N = n_champ + n_chall``.
-    Why 0.001: the check runs at every look and is not corrected for it; at 0.001 a sound router trips it
-    rarely over a rollout's few dozen looks, while a real mismatch (a broken split, a crashing arm
-    whose requests vanish) gives p far below it within a few hundred requests. A mismatch means the
-    comparison is biased: never a pass. Assumes each request is routed independently with the planned
-    probability (hash-based sticky routing of many users approximates this).
-
-    Worked examples: 950 / 50 at 5 %: chi2 = 0, p = 1. 980 / 20 at 5 %: chi2 = 18.95, p = 1.3e-5:
-    mismatch. 5000 / 5100 at 50 %: chi2 = 0.990, p = 0.320.
-    """
-    if not 0 < expected_share < 1:
-        raise ValueError(f"expected challenger share must be in (0, 1), got {expected_share}")
-    if n_champion < 0 or n_challenger < 0:
-        raise ValueError(f"request counts must be >= 0, got {n_champion}, {n_challenger}")
-    total = n_champion + n_challenger
-    if total == 0:
-        return SRMCheck(n_champion=0, n_challenger=0, expected_share=expected_share, observed_share=None,
-                        chi2=0.0, p_value=1.0, threshold=threshold)
-    exp_b, exp_a = total * expected_share, total * (1 - expected_share)
-    chi2 = (n_challenger - exp_b) ** 2 / exp_b + (n_champion - exp_a) ** 2 / exp_a
-    return SRMCheck(n_champion=n_champion, n_challenger=n_challenger, expected_share=expected_share,
-                    observed_share=n_challenger / total, chi2=chi2, p_value=float(stats.chi2.sf(chi2, 1)),
-                    threshold=threshold)
-
-
-def fixed_horizon_n_per_arm(p_champion: float, p_challenger: float, *, alpha: float = 0.05,
-                            power: float = 0.8, sides: Literal[1, 2] = 1) -> int:
-    """Requests per arm a one-look two-proportion z-test needs: the baseline the sequential test is compared to.
-
-    ``n = (z_a sqrt(2 pbar (1 - pbar)) + z_b sqrt(p0 (1 - p0) + p1 (1 - p1)))^2 / (p1 - p0)^2``,
-    ``z_a = z(1 - alpha / sides)``, ``z_b = z(power)``. 1 % -> 5 %: one-sided alpha 0.05, power 0.95:
-    391; two-sided alpha 0.05, power 0.8: 285 (FACTS.md).
-    """
-    if p_champion == p_challenger:
-        raise ValueError("the two rates are equal: no finite sample detects a zero difference")
-    pbar = (p_champion + p_challenger) / 2
-    z_a, z_b = stats.norm.ppf(1 - alpha / sides), stats.norm.ppf(power)
-    num = (z_a * math.sqrt(2 * pbar * (1 - pbar))
-           + z_b * math.sqrt(p_champion * (1 - p_champion) + p_challenger * (1 - p_challenger)))
-    return math.ceil(num**2 / (p_challenger - p_champion) ** 2)

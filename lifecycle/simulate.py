@@ -30,12 +30,11 @@ import numpy as np
 from pydantic import Field, model_validator
 from scipy import stats
 
-from lifecycle.group_sequential import Spending, group_sequential_design
+from lifecycle.group_sequential import Spending, fixed_horizon_n_per_arm, group_sequential_design
 from lifecycle.records import Frozen
 from lifecycle.sequential import (
     Harmful,
     always_valid_p,
-    fixed_horizon_n_per_arm,
     folded_normal_log_lr,
     one_sided_log_lr,
     pooled_variance,

@@ -25,7 +25,7 @@ import numpy as np
 from sqlalchemy import Engine, Float, and_, case, delete, distinct, func, literal, select
 from sqlalchemy.dialects import postgresql, sqlite
 
-from lifecycle.predictions import Feedback, LoggedPrediction, Prediction, VersionAggregate, as_utc
+from lifecycle.predictions import Feedback, LoggedPrediction, Prediction, UserMoments, VersionAggregate, as_utc
 from registry import schema as t
 from registry.db import write_tx
 
@@ -33,6 +33,9 @@ log = logging.getLogger(__name__)
 P, F = t.predictions, t.feedback
 _PREDICTION_FIELDS = list(Prediction.model_fields)
 _FLOAT_SUMS = ("latency_sum_ms", "latency_sum_sq_ms2")
+# The rates the rollout tests, as (events, trials) counts per caller: their moments go into user_moments.
+_RATES = (("model_errors", "requests"), ("infra_errors", "requests"), ("guardrail_flagged", "requests"),
+          ("feedback_success", "feedback_count"))
 
 
 class UnknownRequestError(LookupError):
@@ -132,23 +135,17 @@ class PredictionStore:
         """
         start, end, joined, in_window = self._window(model, since, until)
 
-        def n(condition):
-            return func.sum(case((condition, 1), else_=0))
+        n = _count_where
 
         def ok_sum(value):
             # A float zero on both dialects (PostgreSQL would otherwise widen to numeric).
             return func.sum(case((P.c.outcome == "ok", value), else_=literal(0.0, Float)))
 
-        counts = (select(P.c.version, P.c.role, func.count().label("requests"),
+        counts = (select(P.c.version, P.c.role, *_rate_counts(),
                          func.count(distinct(P.c.user_hash)).label("users"), n(P.c.served).label("served"),
-                         n(P.c.outcome == "ok").label("ok"), n(P.c.outcome == "model_error").label("model_errors"),
-                         n(P.c.outcome == "infra_error").label("infra_errors"),
-                         n(P.c.outcome == "input_error").label("input_errors"),
-                         n(P.c.guardrail_flags != "[]").label("guardrail_flagged"),
+                         n(P.c.outcome == "ok").label("ok"), n(P.c.outcome == "input_error").label("input_errors"),
                          func.sum(P.c.prompt_tokens).label("prompt_tokens"),
                          func.sum(P.c.completion_tokens).label("completion_tokens"),
-                         func.count(F.c.request_id).label("feedback_count"),
-                         n(F.c.outcome == "success").label("feedback_success"),
                          ok_sum(P.c.latency_ms).label("latency_sum_ms"),
                          ok_sum(P.c.latency_ms * P.c.latency_ms).label("latency_sum_sq_ms2"))
                   .select_from(joined).where(in_window).group_by(P.c.version, P.c.role)
@@ -159,6 +156,7 @@ class PredictionStore:
             by_group: dict[tuple[int, str], list[float]] = defaultdict(list)
             for version, role, ms in conn.execute(latencies):
                 by_group[(version, role)].append(ms)
+            moments = _user_moments(conn, joined, in_window)
         result = []
         for g in groups:
             ms = by_group.get((g.version, g.role))
@@ -167,7 +165,8 @@ class PredictionStore:
             fields.update({k: float(g._mapping[k]) for k in _FLOAT_SUMS})
             result.append(VersionAggregate(
                 model=model, version=g.version, role=g.role, latency_p50_ms=p50, latency_p95_ms=p95,
-                latency_p99_ms=p99, window_start=start, window_end=end, **fields))
+                latency_p99_ms=p99, window_start=start, window_end=end,
+                user_moments=moments.get((g.version, g.role)), **fields))
         return result
 
     def window(self, model: str, since: datetime, until: datetime,
@@ -217,6 +216,41 @@ class PredictionStore:
                     return rows, feedback
                 feedback += conn.execute(delete(F).where(F.c.request_id.in_({r.request_id for r in old}))).rowcount
                 rows += conn.execute(delete(P).where(P.c.id.in_([r.id for r in old]))).rowcount
+
+
+def _count_where(condition):
+    return func.sum(case((condition, 1), else_=0))
+
+
+def _rate_counts() -> list:
+    """The counts the rate tests use, labelled as VersionAggregate's fields: one definition for the aggregate's
+    totals and for the per-caller counts their moments are made of."""
+    return [func.count().label("requests"), _count_where(P.c.outcome == "model_error").label("model_errors"),
+            _count_where(P.c.outcome == "infra_error").label("infra_errors"),
+            _count_where(P.c.guardrail_flags != "[]").label("guardrail_flagged"),
+            func.count(F.c.request_id).label("feedback_count"),
+            _count_where(F.c.outcome == "success").label("feedback_success")]
+
+
+def _user_moments(conn, joined, in_window) -> dict[tuple[int, str], dict[str, UserMoments]]:
+    """Per (version, role), the per-caller moments of each rate's counts (lifecycle.predictions.UserMoments):
+    callers' counts in a subquery grouped by user_hash, their squares and products summed in SQL (integers:
+    exact on SQLite and PostgreSQL alike)."""
+    per_caller = (select(P.c.version, P.c.role, *_rate_counts()).select_from(joined).where(in_window)
+                  .group_by(P.c.version, P.c.role, P.c.user_hash).subquery())
+    c = per_caller.c
+    columns = []
+    for events, trials in _RATES:
+        columns += [func.sum(c[events] * c[events]), func.sum(c[events] * c[trials]),
+                    func.sum(c[trials] * c[trials]), _count_where(c[trials] > 0)]
+    query = select(c.version, c.role, *columns).group_by(c.version, c.role)
+    out: dict[tuple[int, str], dict[str, UserMoments]] = {}
+    for row in conn.execute(query):
+        sums = iter(row[2:])
+        out[(row.version, row.role)] = {
+            events: UserMoments(events_sq=float(next(sums)), cross=float(next(sums)), trials_sq=float(next(sums)),
+                                callers=int(next(sums))) for events, _trials in _RATES}
+    return out
 
 
 def _logged(row) -> LoggedPrediction:

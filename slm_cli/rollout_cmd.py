@@ -76,3 +76,44 @@ def simulate_cmd(
     console.print(f"{runs} runs each; {rate} {p_champion:.1%} vs {p_challenger:.1%}{designed}, tau {tau}, "
                   f"one-sided alpha {alpha}; n: requests per arm")
     console.print(table)
+
+
+@rollout_app.command("simulate-callers")
+def simulate_callers_cmd(
+    runs: Annotated[int, typer.Option(help="simulated rollouts per scenario")] = 1000,
+    p_champion: Annotated[float, typer.Option(help="mean error rate of the champion's callers")] = 0.05,
+    p_challenger: Annotated[float, typer.Option(help="mean error rate of the regressed challenger's callers")] = 0.09,
+    callers: Annotated[int, typer.Option(help="callers per run, half on each arm")] = 400,
+    volume_skew: Annotated[float, typer.Option(help="Zipf exponent of requests per caller (0: all equal)")] = 1.0,
+    icc: Annotated[float, typer.Option(help="intra-caller correlation of errors (0: independent requests)")] = 0.05,
+    batch: Annotated[int, typer.Option(help="requests (both arms) between looks")] = 50,
+    max_requests: Annotated[int, typer.Option(help="requests per run (both arms)")] = 4000,
+    alpha: Annotated[float, typer.Option(help="one-sided error rate")] = 0.05,
+    tau: Annotated[float, typer.Option(help="the regression worth catching")] = 0.04,
+    seed: Annotated[int, typer.Option()] = 0,
+    as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
+) -> None:
+    """Replay traffic from sticky callers (a few busy ones, errors that come by caller) against the rollout's rate
+    test, with the binomial variance and with the caller-clustered one the rollout uses."""
+    from lifecycle.simulate_callers import CallerScenario, simulate_callers
+
+    try:
+        scenario = CallerScenario(runs=runs, p_champion=p_champion, p_challenger=p_challenger, callers=callers,
+                                  volume_skew=volume_skew, icc=icc, batch=batch, max_requests=max_requests,
+                                  alpha=alpha, tau=tau, seed=seed)
+    except ValueError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+    report = simulate_callers(scenario)
+    if as_json:
+        print(report.model_dump_json(indent=2))
+        return
+    table = Table("variance", "A/A rolled back", "regression caught", "mean challenger n to rollback")
+    for name, rule in (("binomial (independent requests)", report.independent),
+                       ("by caller (the rollout's)", report.by_caller)):
+        table.add_row(name, f"{rule.false_rollback_rate:.1%}", f"{rule.detection_rate:.1%}",
+                      _n(rule.mean_requests_per_arm))
+    console.print(f"{runs} runs each; {callers} callers (busiest: {report.top_caller_share:.1%} of requests), icc "
+                  f"{icc}; error rate {p_champion:.1%} vs {p_challenger:.1%}, tau {tau}, one-sided alpha {alpha}, "
+                  f"a look every {batch} requests up to {max_requests}")
+    console.print(table)

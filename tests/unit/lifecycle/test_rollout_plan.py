@@ -1,13 +1,14 @@
 from datetime import UTC, datetime
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lifecycle.config import load_yaml_config
-from lifecycle.predictions import VersionAggregate
+from lifecycle.predictions import UserMoments, VersionAggregate
 from lifecycle.rollout_plan import RolloutPlan, Stage, decide_stage
 from lifecycle.verdict import Verdict
 
@@ -255,3 +256,31 @@ def test_a_down_challenger_rolls_back_where_the_plan_guards_infra_errors():
     v = decide_stage(stage("canary-50"), agg(600, 6, fb=GOOD_FB), agg(600, infra=600), 60)
     assert (v.verdict, v.action) == (Verdict.FAIL, "rollback"), v.reasons()
     assert any(f.check == "infra_error_rate" and f.verdict is Verdict.FAIL for f in v.findings)
+
+
+def test_errors_bunched_in_one_caller_are_weighed_as_one_callers_evidence():
+    """600 vs 600 requests, 6 against 30 model errors: a rollback under independence (the table). When 24 of the
+    challenger's 30 are one caller's 24 requests, the per-caller moments make it the evidence of one bad caller:
+    held, with the design effect in the reason; spread over many callers, the same counts still roll back."""
+    champion, challenger = agg(600, 6, fb=GOOD_FB), agg(600, 30, fb=GOOD_FB, role="challenger", version=2)
+    c = "canary-50"
+    assert decide_stage(stage(c), champion, challenger, 600).action == "rollback"
+
+    def moments(a, per_caller_errors, requests_per_caller):
+        x = np.asarray(per_caller_errors, dtype=float)
+        n = np.asarray(requests_per_caller, dtype=float)
+        m = UserMoments(callers=len(n), events_sq=float(x @ x), cross=float(x @ n), trials_sq=float(n @ n))
+        zero = UserMoments(callers=len(n), events_sq=0, cross=0, trials_sq=float(n @ n))
+        return a.model_copy(update={"user_moments": {"model_errors": m, "infra_errors": zero,
+                                                     "guardrail_flagged": zero}})
+
+    steady = moments(champion, [1] * 6 + [0] * 54, [10] * 60)  # 60 callers of 10, six with one error
+    bunched = moments(challenger, [24] + [1] * 6 + [0] * 52, [24] + [10] * 57 + [6])  # 600 in all
+    verdict = decide_stage(stage(c), steady, bunched, 600)
+    assert verdict.action == "hold"
+    test = verdict.tests["model_error_rate"]
+    assert test.design_effect > 3 and not test.reject
+    assert "design effect" in next(f.reason for f in verdict.findings if f.check == "model_error_rate")
+    spread = moments(challenger, [1] * 30 + [0] * 30, [10] * 60)
+    again = decide_stage(stage(c), steady, spread, 600)
+    assert again.action == "rollback" and again.tests["model_error_rate"].design_effect < 1.2

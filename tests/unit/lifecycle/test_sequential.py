@@ -6,10 +6,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import integrate, stats
 
+from lifecycle.group_sequential import fixed_horizon_n_per_arm
 from lifecycle.sequential import (
     SPREAD,
     always_valid_p,
-    fixed_horizon_n_per_arm,
+    clustered_rate_variance,
     folded_normal_log_lr,
     mean_difference_cs,
     mixture_log_lr,
@@ -18,9 +19,10 @@ from lifecycle.sequential import (
     one_sided_log_lr,
     pooled_variance,
     relative_margin_cs,
-    sample_ratio_mismatch,
 )
 from lifecycle.simulate import Scenario, simulate
+from lifecycle.simulate_callers import CallerScenario, simulate_callers
+from lifecycle.srm import sample_ratio_mismatch
 
 
 # The worked examples of the docstrings.
@@ -365,3 +367,53 @@ def test_msprt_with_a_tolerated_margin(x_a, n_a, x_b, n_b, margin, log_lr, p):
     t = msprt_two_proportions(x_a, n_a, x_b, n_b, tau=0.04, alpha=0.05, margin=margin)
     assert t.log_lr == pytest.approx(log_lr, abs=1e-3)
     assert t.p_value == pytest.approx(p, abs=1e-4) and t.margin == margin
+
+
+# -- callers as the unit -----------------------------------------------------------------------------
+
+def test_clustered_variance_worked_examples():
+    # One request per caller: the binomial variance with n - 1.
+    assert clustered_rate_variance(10, 100, 10, 10, 100, 100) == pytest.approx(0.1 * 0.9 / 99)
+    # Ten callers of 10 requests; five with 2 errors: design effect 1.23 over the binomial 0.0009.
+    assert clustered_rate_variance(10, 100, 5 * 4, 5 * 2 * 10, 10 * 100, 10) == pytest.approx(0.0011111, rel=1e-4)
+    # All ten errors from one caller: 11 times the binomial.
+    assert clustered_rate_variance(10, 100, 100, 100, 1000, 10) == pytest.approx(0.01)
+    # One caller: no spread between callers to see.
+    assert clustered_rate_variance(3, 10, 9, 30, 100, 1) is None
+
+
+def test_msprt_counts_correlated_callers_as_less_evidence():
+    # 5/500 against 25/500 rejects under independence (docstring). But if 20 of the challenger's 25 errors are
+    # one caller's 20 requests (the other 5: one each for 5 of its 48 callers of 10), that is one bad caller.
+    plain = msprt_two_proportions(5, 500, 25, 500, tau=0.04)
+    v_b = clustered_rate_variance(25, 500, 20 * 20 + 5, 20 * 20 + 5 * 10, 20 * 20 + 48 * 100, 49)
+    v_a = clustered_rate_variance(5, 500, 5, 50, 50 * 100, 50)  # 50 callers of 10, five with one error
+    clustered = msprt_two_proportions(5, 500, 25, 500, tau=0.04, clustered=(v_a, v_b))
+    assert plain.reject and plain.design_effect == 1.0
+    assert not clustered.reject and clustered.design_effect > 5
+    assert clustered.lower < 0 < clustered.upper and clustered.difference == plain.difference
+    # Where callers are alike (variances below the binomial's) the test is exactly the independent one.
+    alike = msprt_two_proportions(5, 500, 25, 500, tau=0.04, clustered=(1e-6, 1e-6))
+    assert (alike.log_lr, alike.lower, alike.design_effect) == (plain.log_lr, plain.lower, 1.0)
+    # An arm without moments (None) keeps its own smoothed binomial variance in the sum.
+    half = msprt_two_proportions(5, 500, 25, 500, tau=0.04, clustered=(None, v_b))
+    assert 1 < half.design_effect < clustered.design_effect + 0.5
+
+
+def test_callers_simulation_independent_variance_rolls_back_sound_challengers():
+    # A few busy callers (the busiest sends 15 % of requests) whose errors come by caller (icc 0.1).
+    report = simulate_callers(CallerScenario(runs=400, icc=0.1, volume_skew=1.0, seed=3))
+    assert report.top_caller_share > 0.15
+    assert report.independent.false_rollback_rate > 3 * 0.05
+    assert report.by_caller.false_rollback_rate <= 0.05 + 0.02  # 400 runs: about two binomial errors
+    # The price: what the binomial called evidence was partly one caller's luck, so a real regression takes
+    # longer to show and is caught less often within the run.
+    assert 0.2 < report.by_caller.detection_rate < report.independent.detection_rate
+
+
+def test_callers_simulation_agrees_with_the_binomial_when_requests_are_independent():
+    report = simulate_callers(CallerScenario(runs=400, icc=0.0, volume_skew=0.0, seed=4))
+    for rule in (report.independent, report.by_caller):
+        assert rule.false_rollback_rate <= 0.05 + 0.02
+        assert rule.detection_rate > 0.95
+    assert abs(report.by_caller.detection_rate - report.independent.detection_rate) <= 0.02

@@ -327,3 +327,30 @@ def test_aggregates_count_distinct_callers(log):
     by_version = {a.version: a for a in log.aggregates("m", T0, T0 + timedelta(hours=1))}
     assert (by_version[1].requests, by_version[1].users) == (12, 3)
     assert (by_version[2].requests, by_version[2].users) == (5, 1)
+
+
+def test_aggregates_carry_each_rates_per_caller_moments(log):
+    # Champion: caller a sends 4 requests (2 model errors, 1 flagged), b sends 2 (none), c sends 1 (an infra error).
+    rows = [pred(0, user_hash="a", outcome="model_error"), pred(1, user_hash="a", outcome="model_error"),
+            pred(2, user_hash="a", flags=("pii",)), pred(3, user_hash="a"),
+            pred(4, user_hash="b"), pred(5, user_hash="b"), pred(6, user_hash="c", outcome="infra_error")]
+    rows += [pred(100 + i, version=2, role="challenger", user_hash="z") for i in range(3)]  # one caller
+    log.insert_many(rows)
+    # Feedback: a 2 successes of 3 answers judged, b 1 failure; c none.
+    for request, outcome in (("req-0", "success"), ("req-2", "success"), ("req-3", "failure"), ("req-4", "failure")):
+        log.record_feedback(Feedback(request_id=request, outcome=outcome, ts=T0))
+    champion, challenger = log.aggregates("m", T0, T0 + timedelta(hours=1))
+    m = champion.user_moments
+    # requests per caller 4, 2, 1: sum of squares 21; model errors 2, 0, 0: x^2 4, x n 8.
+    assert (m["model_errors"].events_sq, m["model_errors"].cross, m["model_errors"].trials_sq,
+            m["model_errors"].callers) == (4, 8, 21, 3)
+    assert (m["infra_errors"].events_sq, m["infra_errors"].cross) == (1, 1)
+    assert (m["guardrail_flagged"].events_sq, m["guardrail_flagged"].cross) == (1, 4)
+    # Feedback per caller 3, 1, 0 with successes 2, 0, 0: only a and b have trials.
+    f = m["feedback_success"]
+    assert (f.events_sq, f.cross, f.trials_sq, f.callers) == (4, 6, 10, 2)
+    # The totals are unchanged by the second query.
+    c = champion
+    assert (c.requests, c.model_errors, c.feedback_count, c.feedback_success) == (7, 2, 4, 2)
+    z = challenger.user_moments["model_errors"]
+    assert (z.events_sq, z.cross, z.trials_sq, z.callers) == (0, 0, 9, 1)
