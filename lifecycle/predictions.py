@@ -136,7 +136,8 @@ def _rate(numerator: int, denominator: int) -> float | None:
 class UserMoments(Frozen):
     """Second moments of one rate's per-caller counts over a window: what the caller-clustered variance needs.
 
-    For a rate ``events / trials`` (e.g. model errors of requests, successes of feedback), ``x_u`` and ``n_u``
+    For a rate ``events / trials`` (e.g. model errors of requests, successes of feedback; or a mean: the ok
+    answers' latency sum of their count), ``x_u`` and ``n_u``
     are caller ``u``'s events and trials in the window (callers by ``user_hash``, the unit the sticky router
     assigns). Sums over callers; ``callers`` counts those with at least one trial. Callers 2 and 1 requests,
     1 and 0 errors: ``events_sq = 1``, ``cross = 2``, ``trials_sq = 5``, ``callers = 2``.
@@ -187,9 +188,9 @@ class VersionAggregate(Frozen):
     latency_sum_ms: float | None = Field(default=None, ge=0, description="sum of the ok answers' latencies")
     latency_sum_sq_ms2: float | None = Field(default=None, ge=0, description="sum of their squares")
     user_moments: dict[str, UserMoments] | None = Field(default=None, description=(
-        "per rate's events field (model_errors, infra_errors, guardrail_flagged: of requests; feedback_success: "
-        "of feedback_count), the per-caller moments of its counts; None: not computed (the rate tests then "
-        "assume independent requests)"))
+        "per tested sum (model_errors, infra_errors, guardrail_flagged: of requests; feedback_success: of "
+        "feedback_count; latency_sum_ms: of ok), the per-caller moments of it and its count; None: not computed "
+        "(the rollout's tests then assume independent requests)"))
 
     @property
     def ref(self) -> str:

@@ -12,15 +12,16 @@ direction and the regression worth catching.
 * a sample-ratio mismatch of the split is FAIL: the comparison is biased, so nothing it says can be trusted;
 * a rate metric FAILs when the one-sided mSPRT rejects "challenger no worse" (always-valid p <= alpha), at
   any look; it PASSes when the anytime-valid interval rules out a regression as large as the one worth
-  catching; otherwise INCONCLUSIVE. Its variance counts callers, not requests, where the aggregates carry the
-  callers' moments (``lifecycle.sequential.clustered_rate_variance``): one busy caller's failing requests are
-  one caller's evidence, not hundreds of independent ones;
+  catching; otherwise INCONCLUSIVE;
 * latency mean is an anytime-valid test (:func:`lifecycle.sequential.relative_margin_cs` on the ok answers'
   latency sums): FAIL when the challenger's mean is, at confidence ``1 - alpha`` valid at every look, above
   ``(1 + regression) x`` the champion's; PASS when that much slowdown is ruled out; INCONCLUSIVE otherwise,
   and below 30 ok answers on an arm (the plug-in variance of skewed latencies is unreliable there). Why
   a margin and not "any slowdown" as for rates: the plan accepts a stated cost (an adapter is slower),
   so only a slowdown beyond it is a regression — the same line the p95 budget draws;
+* both tests count callers, not requests, where the aggregates carry the callers' moments
+  (``lifecycle.sequential.clustered_ratio_variance``): one busy caller's failing or slow requests are one
+  caller's evidence, not hundreds of independent ones (the reason then gives the design effect);
 * latency p95 is a budget, not a test (percentiles have no sums to test): judged once the minimum
   sample is in, FAIL above ``(1 + regression) x`` the champion's p95.
 
@@ -42,7 +43,7 @@ from lifecycle.records import Frozen
 from lifecycle.sequential import (
     MeanDifferenceCS,
     RateTest,
-    clustered_rate_variance,
+    clustered_ratio_variance,
     msprt_two_proportions,
     relative_margin_cs,
 )
@@ -217,9 +218,18 @@ def _clustered(events: str, *arms: VersionAggregate) -> tuple[float | None, ...]
     out = []
     for a in arms:
         m = (a.user_moments or {}).get(events)
-        out.append(None if m is None else clustered_rate_variance(
+        out.append(None if m is None else clustered_ratio_variance(
             getattr(a, events), getattr(a, trials), m.events_sq, m.cross, m.trials_sq, m.callers))
     return tuple(out)
+
+
+def _by_caller(agg: VersionAggregate, variance: float) -> float:
+    """The ok latencies' variance, or n x the caller-clustered variance of their mean where that is larger."""
+    m = (agg.user_moments or {}).get("latency_sum_ms")
+    if m is None or agg.latency_sum_ms is None:
+        return variance
+    clustered = clustered_ratio_variance(agg.latency_sum_ms, agg.ok, m.events_sq, m.cross, m.trials_sq, m.callers)
+    return variance if clustered is None else max(variance, clustered * agg.ok)
 
 
 def _mean_finding(g: Guardrail, stage: Stage, champion: VersionAggregate,
@@ -229,10 +239,15 @@ def _mean_finding(g: Guardrail, stage: Stage, champion: VersionAggregate,
         return Finding(check=g.metric, verdict=Verdict.INCONCLUSIVE,
                        reason=f"needs {_MIN_FOR_MEANS} ok answers with latency sums on each arm (champion {n_a}, "
                               f"challenger {n_b}): not a pass"), None
-    cs = relative_margin_cs(m_a, v_a, n_a, m_b, v_b, n_b, margin=g.regression, alpha=stage.alpha)
+    # By caller: each arm's variance is raised to what its callers' spread says, where that is more.
+    w_a, w_b = _by_caller(champion, v_a), _by_caller(challenger, v_b)
+    cs = relative_margin_cs(m_a, w_a, n_a, m_b, w_b, n_b, margin=g.regression, alpha=stage.alpha)
     limit = (1 + g.regression) * m_a
+    effect = (w_a / n_a * (1 + g.regression) ** 2 + w_b / n_b) / (v_a / n_a * (1 + g.regression) ** 2 + v_b / n_b)
+    clustering = f", callers' design effect {effect:.2f}" if effect > 1 else ""
     span = (f"{m_b:.1f} ms vs limit {limit:.1f} ms ({1 + g.regression:.2f}x champion's {m_a:.1f} ms; n {n_b} / "
-            f"{n_a}); challenger - limit {cs.difference:+.1f} ms, anytime interval [{cs.lower:+.1f}, {cs.upper:+.1f}]")
+            f"{n_a}); challenger - limit {cs.difference:+.1f} ms, anytime interval [{cs.lower:+.1f}, {cs.upper:+.1f}]"
+            f"{clustering}")
     if cs.lower > 0:
         verdict, why = Verdict.FAIL, f"slower than the limit, at confidence {1 - stage.alpha:.0%}"
     elif cs.upper < 0:

@@ -23,8 +23,8 @@ look the caller stops at, after any number of looks at any times.
   It bounds the difference from both sides (the rollout PASSes on its bound), so it keeps the symmetric law;
   it is not the inverse of the rate test, and a test can reject while the interval still holds 0.
 
-Assumptions, stated once: requests are independent — or, for the rate tests given the callers' moments,
-callers are (:func:`clustered_rate_variance`; ``lifecycle.simulate_callers`` shows what the binomial variance
+Assumptions, stated once: requests are independent — or, for the rollout's tests given the callers' moments,
+callers are (:func:`clustered_ratio_variance`; ``lifecycle.simulate_callers`` shows what the binomial variance
 does when they are not); each arm's share is fixed within a stage window (so
 the estimate's variance shrinks like 1/n); the estimate is close to normal (large-sample CLT: asymptotic
 validity in the sense of Waudby-Smith et al. 2021).
@@ -132,9 +132,10 @@ def pooled_variance(x_champion, n_champion, x_challenger, n_challenger):
     return pbar * (1 - pbar) * (1 / n_champion + 1 / n_challenger)
 
 
-def clustered_rate_variance(events: int, trials: int, events_sq: float, cross: float, trials_sq: float,
-                            callers: int) -> float | None:
-    """Variance of the rate ``events / trials`` when requests come in clusters (callers), not one by one.
+def clustered_ratio_variance(events: float, trials: float, events_sq: float, cross: float, trials_sq: float,
+                             callers: int) -> float | None:
+    """Variance of the rate ``events / trials`` when requests come in clusters (callers), not one by one; the
+    same for a mean (``events``: the sum of the ok answers' latencies, ``trials``: their count).
 
     The sticky router sends all of a caller's requests to one arm, and one caller's requests fail together
     (the same odd prompts, the same client), so the binomial ``p (1 - p) / n`` understates the noise of an
@@ -232,7 +233,7 @@ def msprt_two_proportions(
     The interval is the two-sided normal-mixture sequence (scale ``tau``, no margin) with unpooled smoothed
     variances: not the inverse of this test (see the module docstring).
 
-    ``clustered``: each arm's caller-clustered variance (:func:`clustered_rate_variance`; None for an arm: its
+    ``clustered``: each arm's caller-clustered variance (:func:`clustered_ratio_variance`; None for an arm: its
     independent-requests one). Their sum replaces ``V`` (and the interval's variance) where it is larger, so
     requests that fail together by caller count as the less evidence they are; never smaller than the
     independent-requests variance, so where callers are alike the test is unchanged. The ratio is

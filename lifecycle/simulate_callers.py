@@ -16,7 +16,7 @@ Two variances judge the same draws, with the arithmetic of :func:`lifecycle.sequ
 * independent — the pooled binomial variance (what the rollout used until 2026-11-27, and still uses for
   aggregates without caller moments);
 * by caller — the larger of that and the sum of the arms' caller-clustered variances
-  (:func:`lifecycle.sequential.clustered_rate_variance`), what the rollout uses now.
+  (:func:`lifecycle.sequential.clustered_ratio_variance`), what the rollout uses now.
 
 Pure and seeded: the same scenario gives the same report.
 """
@@ -27,7 +27,7 @@ import numpy as np
 from pydantic import Field
 
 from lifecycle.records import Frozen
-from lifecycle.sequential import always_valid_p, clustered_rate_variance, one_sided_log_lr, rate_test_variances
+from lifecycle.sequential import always_valid_p, clustered_ratio_variance, one_sided_log_lr, rate_test_variances
 
 
 class CallerScenario(Frozen):
@@ -68,7 +68,7 @@ def _rates(rng: np.random.Generator, p: float, icc: float, size: int) -> np.ndar
 def _arm(x_u: np.ndarray, n_u: np.ndarray) -> tuple[float, float, float | None]:
     """(events, trials, clustered variance or None) of one arm from its callers' running counts."""
     x, n = float(x_u.sum()), float(n_u.sum())
-    return x, n, clustered_rate_variance(int(x), int(n), float(x_u @ x_u), float(x_u @ n_u), float(n_u @ n_u),
+    return x, n, clustered_ratio_variance(int(x), int(n), float(x_u @ x_u), float(x_u @ n_u), float(n_u @ n_u),
                                          int(np.count_nonzero(n_u)))
 
 

@@ -33,9 +33,10 @@ log = logging.getLogger(__name__)
 P, F = t.predictions, t.feedback
 _PREDICTION_FIELDS = list(Prediction.model_fields)
 _FLOAT_SUMS = ("latency_sum_ms", "latency_sum_sq_ms2")
-# The rates the rollout tests, as (events, trials) counts per caller: their moments go into user_moments.
-_RATES = (("model_errors", "requests"), ("infra_errors", "requests"), ("guardrail_flagged", "requests"),
-          ("feedback_success", "feedback_count"))
+# What the rollout tests, as (events, trials) sums: rates, and the mean latency of the ok answers. Their
+# per-caller moments go into VersionAggregate.user_moments.
+_TESTED = (("model_errors", "requests"), ("infra_errors", "requests"), ("guardrail_flagged", "requests"),
+           ("feedback_success", "feedback_count"), ("latency_sum_ms", "ok"))
 
 
 class UnknownRequestError(LookupError):
@@ -135,19 +136,12 @@ class PredictionStore:
         """
         start, end, joined, in_window = self._window(model, since, until)
 
-        n = _count_where
-
-        def ok_sum(value):
-            # A float zero on both dialects (PostgreSQL would otherwise widen to numeric).
-            return func.sum(case((P.c.outcome == "ok", value), else_=literal(0.0, Float)))
-
-        counts = (select(P.c.version, P.c.role, *_rate_counts(),
-                         func.count(distinct(P.c.user_hash)).label("users"), n(P.c.served).label("served"),
-                         n(P.c.outcome == "ok").label("ok"), n(P.c.outcome == "input_error").label("input_errors"),
+        counts = (select(P.c.version, P.c.role, *_tested_sums(),
+                         func.count(distinct(P.c.user_hash)).label("users"), _count_where(P.c.served).label("served"),
+                         _count_where(P.c.outcome == "input_error").label("input_errors"),
                          func.sum(P.c.prompt_tokens).label("prompt_tokens"),
                          func.sum(P.c.completion_tokens).label("completion_tokens"),
-                         ok_sum(P.c.latency_ms).label("latency_sum_ms"),
-                         ok_sum(P.c.latency_ms * P.c.latency_ms).label("latency_sum_sq_ms2"))
+                         _ok_sum(P.c.latency_ms * P.c.latency_ms).label("latency_sum_sq_ms2"))
                   .select_from(joined).where(in_window).group_by(P.c.version, P.c.role)
                   .order_by(P.c.version, P.c.role))
         latencies = select(P.c.version, P.c.role, P.c.latency_ms).where(in_window, P.c.outcome == "ok")
@@ -222,25 +216,31 @@ def _count_where(condition):
     return func.sum(case((condition, 1), else_=0))
 
 
-def _rate_counts() -> list:
-    """The counts the rate tests use, labelled as VersionAggregate's fields: one definition for the aggregate's
-    totals and for the per-caller counts their moments are made of."""
+def _ok_sum(value):
+    # A float zero on both dialects (PostgreSQL would otherwise widen to numeric).
+    return func.sum(case((P.c.outcome == "ok", value), else_=literal(0.0, Float)))
+
+
+def _tested_sums() -> list:
+    """The sums the rollout's tests use (_TESTED), labelled as VersionAggregate's fields: one definition for the
+    aggregate's totals and for the per-caller sums their moments are made of."""
     return [func.count().label("requests"), _count_where(P.c.outcome == "model_error").label("model_errors"),
             _count_where(P.c.outcome == "infra_error").label("infra_errors"),
             _count_where(P.c.guardrail_flags != "[]").label("guardrail_flagged"),
             func.count(F.c.request_id).label("feedback_count"),
-            _count_where(F.c.outcome == "success").label("feedback_success")]
+            _count_where(F.c.outcome == "success").label("feedback_success"),
+            _count_where(P.c.outcome == "ok").label("ok"), _ok_sum(P.c.latency_ms).label("latency_sum_ms")]
 
 
 def _user_moments(conn, joined, in_window) -> dict[tuple[int, str], dict[str, UserMoments]]:
-    """Per (version, role), the per-caller moments of each rate's counts (lifecycle.predictions.UserMoments):
-    callers' counts in a subquery grouped by user_hash, their squares and products summed in SQL (integers:
-    exact on SQLite and PostgreSQL alike)."""
-    per_caller = (select(P.c.version, P.c.role, *_rate_counts()).select_from(joined).where(in_window)
+    """Per (version, role), the per-caller moments of each tested sum (lifecycle.predictions.UserMoments):
+    callers' sums in a subquery grouped by user_hash, their squares and products summed in SQL (exact integers
+    for the counts, on SQLite and PostgreSQL alike)."""
+    per_caller = (select(P.c.version, P.c.role, *_tested_sums()).select_from(joined).where(in_window)
                   .group_by(P.c.version, P.c.role, P.c.user_hash).subquery())
     c = per_caller.c
     columns = []
-    for events, trials in _RATES:
+    for events, trials in _TESTED:
         columns += [func.sum(c[events] * c[events]), func.sum(c[events] * c[trials]),
                     func.sum(c[trials] * c[trials]), _count_where(c[trials] > 0)]
     query = select(c.version, c.role, *columns).group_by(c.version, c.role)
@@ -249,7 +249,7 @@ def _user_moments(conn, joined, in_window) -> dict[tuple[int, str], dict[str, Us
         sums = iter(row[2:])
         out[(row.version, row.role)] = {
             events: UserMoments(events_sq=float(next(sums)), cross=float(next(sums)), trials_sq=float(next(sums)),
-                                callers=int(next(sums))) for events, _trials in _RATES}
+                                callers=int(next(sums))) for events, _trials in _TESTED}
     return out
 
 

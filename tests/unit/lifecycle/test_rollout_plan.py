@@ -284,3 +284,26 @@ def test_errors_bunched_in_one_caller_are_weighed_as_one_callers_evidence():
     spread = moments(challenger, [1] * 30 + [0] * 30, [10] * 60)
     again = decide_stage(stage(c), steady, spread, 600)
     assert again.action == "rollback" and again.tests["model_error_rate"].design_effect < 1.2
+
+
+def test_a_slow_mean_from_a_few_slow_callers_is_weighed_by_caller(tmp_path):
+    """400 ok answers a side, from 40 callers of 10. The challenger's mean is 150 ms against a limit of 125: all
+    of it four callers at 600 ms (the other 36 at 100). As 400 independent answers that is a rollback; as 40
+    callers, four of them slow, it is not yet evidence about the version: held, with the design effect given."""
+    canary = next(s for s in plan_with_latency_mean(tmp_path).stages if s.name == "canary-50")
+    lat = (150.0, (40 * 450.0**2 + 360 * 50.0**2) / 399)  # the 400 answers' own mean and variance
+    champion, challenger = agg(400, lat=CHAMPION_LAT), agg(400, lat=lat, role="challenger", version=2)
+    assert decide_stage(canary, champion, challenger, 60).action == "rollback"
+
+    def by_caller(a, per_caller_sums):
+        x, n = np.asarray(per_caller_sums), np.full(len(per_caller_sums), 10.0)
+        moments = UserMoments(callers=len(n), events_sq=float(x @ x), cross=float(x @ n), trials_sq=float(n @ n))
+        return a.model_copy(update={"user_moments": {"latency_sum_ms": moments}})
+
+    verdict = decide_stage(canary, by_caller(champion, [1000.0] * 40),
+                           by_caller(challenger, [6000.0] * 4 + [1000.0] * 36), 60)
+    (finding,) = [f for f in verdict.findings if f.check == "latency_mean_ms"]
+    assert finding.verdict is Verdict.INCONCLUSIVE and verdict.action == "hold", finding.reason
+    assert "design effect" in finding.reason
+    cs = verdict.mean_tests["latency_mean_ms"]
+    assert cs.lower < 0 < cs.upper

@@ -10,7 +10,7 @@ from lifecycle.group_sequential import fixed_horizon_n_per_arm
 from lifecycle.sequential import (
     SPREAD,
     always_valid_p,
-    clustered_rate_variance,
+    clustered_ratio_variance,
     folded_normal_log_lr,
     mean_difference_cs,
     mixture_log_lr,
@@ -373,21 +373,21 @@ def test_msprt_with_a_tolerated_margin(x_a, n_a, x_b, n_b, margin, log_lr, p):
 
 def test_clustered_variance_worked_examples():
     # One request per caller: the binomial variance with n - 1.
-    assert clustered_rate_variance(10, 100, 10, 10, 100, 100) == pytest.approx(0.1 * 0.9 / 99)
+    assert clustered_ratio_variance(10, 100, 10, 10, 100, 100) == pytest.approx(0.1 * 0.9 / 99)
     # Ten callers of 10 requests; five with 2 errors: design effect 1.23 over the binomial 0.0009.
-    assert clustered_rate_variance(10, 100, 5 * 4, 5 * 2 * 10, 10 * 100, 10) == pytest.approx(0.0011111, rel=1e-4)
+    assert clustered_ratio_variance(10, 100, 5 * 4, 5 * 2 * 10, 10 * 100, 10) == pytest.approx(0.0011111, rel=1e-4)
     # All ten errors from one caller: 11 times the binomial.
-    assert clustered_rate_variance(10, 100, 100, 100, 1000, 10) == pytest.approx(0.01)
+    assert clustered_ratio_variance(10, 100, 100, 100, 1000, 10) == pytest.approx(0.01)
     # One caller: no spread between callers to see.
-    assert clustered_rate_variance(3, 10, 9, 30, 100, 1) is None
+    assert clustered_ratio_variance(3, 10, 9, 30, 100, 1) is None
 
 
 def test_msprt_counts_correlated_callers_as_less_evidence():
     # 5/500 against 25/500 rejects under independence (docstring). But if 20 of the challenger's 25 errors are
     # one caller's 20 requests (the other 5: one each for 5 of its 48 callers of 10), that is one bad caller.
     plain = msprt_two_proportions(5, 500, 25, 500, tau=0.04)
-    v_b = clustered_rate_variance(25, 500, 20 * 20 + 5, 20 * 20 + 5 * 10, 20 * 20 + 48 * 100, 49)
-    v_a = clustered_rate_variance(5, 500, 5, 50, 50 * 100, 50)  # 50 callers of 10, five with one error
+    v_b = clustered_ratio_variance(25, 500, 20 * 20 + 5, 20 * 20 + 5 * 10, 20 * 20 + 48 * 100, 49)
+    v_a = clustered_ratio_variance(5, 500, 5, 50, 50 * 100, 50)  # 50 callers of 10, five with one error
     clustered = msprt_two_proportions(5, 500, 25, 500, tau=0.04, clustered=(v_a, v_b))
     assert plain.reject and plain.design_effect == 1.0
     assert not clustered.reject and clustered.design_effect > 5

@@ -349,6 +349,9 @@ def test_aggregates_carry_each_rates_per_caller_moments(log):
     # Feedback per caller 3, 1, 0 with successes 2, 0, 0: only a and b have trials.
     f = m["feedback_success"]
     assert (f.events_sq, f.cross, f.trials_sq, f.callers) == (4, 6, 10, 2)
+    # ok answers' latencies (10 ms each): a 2 (sum 20), b 2 (sum 20), c none.
+    lat = m["latency_sum_ms"]
+    assert (lat.events_sq, lat.cross, lat.trials_sq, lat.callers) == (800.0, 80.0, 8, 2)
     # The totals are unchanged by the second query.
     c = champion
     assert (c.requests, c.model_errors, c.feedback_count, c.feedback_success) == (7, 2, 4, 2)
