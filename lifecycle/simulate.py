@@ -145,7 +145,8 @@ def _first_stop(rejected: np.ndarray, sizes: list[int]) -> np.ndarray:
     return np.where(rejected.any(axis=1), stops, np.nan)
 
 
-def _result(aa: np.ndarray, regression: np.ndarray) -> RuleResult:
+def rule_result(aa: np.ndarray, regression: np.ndarray) -> RuleResult:
+    """A rule's A/A and regression outcomes from the requests at each run's rollback (NaN: never)."""
     hits = regression[~np.isnan(regression)]
     return RuleResult(false_rollback_rate=float(np.mean(~np.isnan(aa))), detection_rate=len(hits) / len(regression),
                       mean_requests_per_arm=float(hits.mean()) if len(hits) else None)
@@ -167,7 +168,7 @@ def _z_rule(xa: np.ndarray, xb: np.ndarray, sizes: list[int], bounds: list[float
 
 def _group_sequential(aa, reg, s: Scenario, horizon: int, spending: Spending) -> GroupSequentialResult:
     d = group_sequential_design(horizon, s.looks, alpha=s.alpha, power=s.power, spending=spending)
-    rule = _result(_z_rule(*aa, d.n_per_look, d.z_boundaries, s.sign),
+    rule = rule_result(_z_rule(*aa, d.n_per_look, d.z_boundaries, s.sign),
                    _z_rule(*reg, d.n_per_look, d.z_boundaries, s.sign))
     return GroupSequentialResult(**rule.model_dump(), spending=spending, looks=s.looks,
                                  requests_per_look=d.n_per_look, z_boundaries=d.z_boundaries,
@@ -184,10 +185,10 @@ def simulate(s: Scenario) -> SimulationReport:
     rng = np.random.default_rng(s.seed)
     aa = (_paths(rng, s.p_champion, s.runs, length), _paths(rng, s.p_champion, s.runs, length))
     reg = (_paths(rng, s.p_champion, s.runs, length), _paths(rng, s.p_challenger, s.runs, length))
-    sequential = _result(_msprt(*aa, looks, s), _msprt(*reg, looks, s))
-    previous = _result(_msprt(*aa, looks, s, folded_normal_log_lr), _msprt(*reg, looks, s, folded_normal_log_lr))
+    sequential = rule_result(_msprt(*aa, looks, s), _msprt(*reg, looks, s))
+    previous = rule_result(_msprt(*aa, looks, s, folded_normal_log_lr), _msprt(*reg, looks, s, folded_normal_log_lr))
     z_one_look = [float(stats.norm.isf(s.alpha))]
-    one_look = _result(_z_rule(*aa, [horizon], z_one_look, s.sign), _z_rule(*reg, [horizon], z_one_look, s.sign))
+    one_look = rule_result(_z_rule(*aa, [horizon], z_one_look, s.sign), _z_rule(*reg, [horizon], z_one_look, s.sign))
     naive_bounds = z_one_look * len(looks)
     return SimulationReport(
         scenario=s, aa=AAResult(false_rollback_rate=sequential.false_rollback_rate, runs=s.runs),
@@ -197,5 +198,6 @@ def simulate(s: Scenario) -> SimulationReport:
                                          detection_rate=one_look.detection_rate),
         group_sequential=_group_sequential(aa, reg, s, horizon, "obrien_fleming"),
         group_sequential_pocock=_group_sequential(aa, reg, s, horizon, "pocock"),
-        naive_repeated_z=_result(_z_rule(*aa, looks, naive_bounds, s.sign), _z_rule(*reg, looks, naive_bounds, s.sign)),
+        naive_repeated_z=rule_result(_z_rule(*aa, looks, naive_bounds, s.sign),
+                                     _z_rule(*reg, looks, naive_bounds, s.sign)),
         previous_msprt=previous)

@@ -24,10 +24,11 @@ Pure and seeded: the same scenario gives the same report.
 from __future__ import annotations
 
 import numpy as np
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from lifecycle.records import Frozen
 from lifecycle.sequential import always_valid_p, clustered_ratio_variance, one_sided_log_lr, rate_test_variances
+from lifecycle.simulate import RuleResult, rule_result
 
 
 class CallerScenario(Frozen):
@@ -44,17 +45,20 @@ class CallerScenario(Frozen):
     alpha: float = Field(default=0.05, gt=0, lt=0.5)
     seed: int = 0
 
-
-class CallerRule(Frozen):
-    false_rollback_rate: float = Field(description="share of A/A runs rolled back")
-    detection_rate: float = Field(description="share of regression runs rolled back")
-    mean_requests_per_arm: float | None = Field(description="mean challenger requests at rollback (regression)")
+    @model_validator(mode="after")
+    def _worse(self) -> CallerScenario:
+        if self.p_challenger <= self.p_champion:
+            raise ValueError(f"p_challenger ({self.p_challenger}) must be above p_champion ({self.p_champion}): the "
+                             "regression runs need a challenger with more errors")
+        return self
 
 
 class CallerReport(Frozen):
+    """Each variance's outcomes; requests per arm are the challenger's (arms differ here: callers are split)."""
+
     scenario: CallerScenario
-    independent: CallerRule
-    by_caller: CallerRule
+    independent: RuleResult
+    by_caller: RuleResult
     top_caller_share: float = Field(description="the busiest caller's share of all requests")
 
 
@@ -98,17 +102,12 @@ def _run(rng: np.random.Generator, s: CallerScenario, weights: np.ndarray, p_cha
     return stops[0], stops[1]
 
 
-def _rule(aa: np.ndarray, regression: np.ndarray) -> CallerRule:
-    hits = regression[~np.isnan(regression)]
-    return CallerRule(false_rollback_rate=float(np.mean(~np.isnan(aa))), detection_rate=len(hits) / len(regression),
-                      mean_requests_per_arm=float(hits.mean()) if len(hits) else None)
-
-
 def simulate_callers(s: CallerScenario) -> CallerReport:
     rng = np.random.default_rng(s.seed)
     weights = 1.0 / np.arange(1, s.callers + 1) ** s.volume_skew
     weights /= weights.sum()
     aa = np.array([_run(rng, s, weights, s.p_champion) for _ in range(s.runs)])
     reg = np.array([_run(rng, s, weights, s.p_challenger) for _ in range(s.runs)])
-    return CallerReport(scenario=s, independent=_rule(aa[:, 0], reg[:, 0]), by_caller=_rule(aa[:, 1], reg[:, 1]),
+    return CallerReport(scenario=s, independent=rule_result(aa[:, 0], reg[:, 0]),
+                        by_caller=rule_result(aa[:, 1], reg[:, 1]),
                         top_caller_share=float(weights[0]))

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from collections.abc import Callable
+from typing import Annotated, Any, Literal
 
 import typer
 from rich.table import Table
@@ -15,6 +16,20 @@ console = make_console()
 
 def _n(value: float | None) -> str:
     return "—" if value is None else f"{value:.0f}"
+
+
+def _simulated(scenario: Callable[[], Any], simulate: Callable[[Any], Any], as_json: bool) -> Any:
+    """Build the scenario (a bad option: its error, exit 2), simulate it; printed here and None with --json."""
+    try:
+        built = scenario()
+    except ValueError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+    report = simulate(built)
+    if as_json:
+        print(report.model_dump_json(indent=2))
+        return None
+    return report
 
 
 @rollout_app.command("simulate")
@@ -42,16 +57,11 @@ def simulate_cmd(
     regression and requests to rollback, beside fixed-horizon, group-sequential and naive repeated z-tests."""
     from lifecycle.simulate import Scenario, simulate
 
-    try:
-        scenario = Scenario(runs=runs, p_champion=p_champion, p_challenger=p_challenger, harmful=harmful, batch=batch,
-                            max_per_arm=max_per_arm, alpha=alpha, tau=tau, looks=looks,
-                            design_p_challenger=design_p_challenger, seed=seed)
-    except ValueError as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from None
-    report = simulate(scenario)
-    if as_json:
-        print(report.model_dump_json(indent=2))
+    report = _simulated(lambda: Scenario(
+        runs=runs, p_champion=p_champion, p_challenger=p_challenger, harmful=harmful, batch=batch,
+        max_per_arm=max_per_arm, alpha=alpha, tau=tau, looks=looks, design_p_challenger=design_p_challenger,
+        seed=seed), simulate, as_json)
+    if report is None:
         return
     table = Table("rule", "A/A rolled back", "regression caught", "mean n to rollback", "max n")
     table.add_row(f"mSPRT, every {batch} (rollout)", f"{report.aa.false_rollback_rate:.1%}",
@@ -97,16 +107,10 @@ def simulate_callers_cmd(
     test, with the binomial variance and with the caller-clustered one the rollout uses."""
     from lifecycle.simulate_callers import CallerScenario, simulate_callers
 
-    try:
-        scenario = CallerScenario(runs=runs, p_champion=p_champion, p_challenger=p_challenger, callers=callers,
-                                  volume_skew=volume_skew, icc=icc, batch=batch, max_requests=max_requests,
-                                  alpha=alpha, tau=tau, seed=seed)
-    except ValueError as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from None
-    report = simulate_callers(scenario)
-    if as_json:
-        print(report.model_dump_json(indent=2))
+    report = _simulated(lambda: CallerScenario(
+        runs=runs, p_champion=p_champion, p_challenger=p_challenger, callers=callers, volume_skew=volume_skew,
+        icc=icc, batch=batch, max_requests=max_requests, alpha=alpha, tau=tau, seed=seed), simulate_callers, as_json)
+    if report is None:
         return
     table = Table("variance", "A/A rolled back", "regression caught", "mean challenger n to rollback")
     for name, rule in (("binomial (independent requests)", report.independent),

@@ -48,3 +48,21 @@ def test_simulate_refuses_a_scenario_without_a_regression():
     result = CliRunner().invoke(app, ["rollout", "simulate", "--harmful", "lower", "--p-champion", "0.85",
                                       "--p-challenger", "0.9"])
     assert result.exit_code == 2 and "must be below p_champion" in result.output
+
+
+def test_simulate_callers_reports_both_variances():
+    args = ["rollout", "simulate-callers", "--runs", "100", "--icc", "0.1", "--json"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert report["scenario"]["icc"] == 0.1 and report["top_caller_share"] > 0.1
+    assert report["by_caller"]["false_rollback_rate"] < report["independent"]["false_rollback_rate"]
+    table = CliRunner(env={"COLUMNS": "200"}).invoke(app, args[:-1])
+    assert table.exit_code == 0 and "by caller (the rollout's)" in table.output and "busiest" in table.output
+
+
+def test_simulate_callers_names_a_bad_option():
+    result = CliRunner().invoke(app, ["rollout", "simulate-callers", "--p-challenger", "0.01"])
+    assert result.exit_code == 2 and "must be above p_champion" in result.output
+    result = CliRunner().invoke(app, ["rollout", "simulate-callers", "--icc", "1"])
+    assert result.exit_code == 2 and "icc" in result.output
