@@ -133,20 +133,20 @@ def _rate(numerator: int, denominator: int) -> float | None:
     return numerator / denominator if denominator else None
 
 
-class UserMoments(Frozen):
-    """Second moments of one rate's per-caller counts over a window: what the caller-clustered variance needs.
+class ByCaller(Frozen):
+    """One tested sum of a window seen by caller: what the rollout's tests need to count callers, not requests.
 
     For a rate ``events / trials`` (e.g. model errors of requests, successes of feedback; or a mean: the ok
-    answers' latency sum of their count), ``x_u`` and ``n_u``
-    are caller ``u``'s events and trials in the window (callers by ``user_hash``, the unit the sticky router
-    assigns). Sums over callers; ``callers`` counts those with at least one trial. Callers 2 and 1 requests,
-    1 and 0 errors: ``events_sq = 1``, ``cross = 2``, ``trials_sq = 5``, ``callers = 2``.
+    answers' latency sum of their count), over the callers (``user_hash``, the unit the sticky router assigns)
+    with at least one trial: how many, the totals, and the caller-clustered variance of the ratio
+    (``lifecycle.sequential.clustered_ratio_variance``; None below two callers). All from one read of the log,
+    so they describe the same rows.
     """
 
     callers: int = Field(ge=0)
-    events_sq: float = Field(ge=0, description="sum over callers of x_u^2")
-    cross: float = Field(ge=0, description="sum over callers of x_u n_u")
-    trials_sq: float = Field(ge=0, description="sum over callers of n_u^2")
+    events: float = Field(ge=0)
+    trials: float = Field(ge=0)
+    variance: float | None = Field(default=None, ge=0)
 
 
 class VersionAggregate(Frozen):
@@ -187,10 +187,10 @@ class VersionAggregate(Frozen):
     window_end: datetime
     latency_sum_ms: float | None = Field(default=None, ge=0, description="sum of the ok answers' latencies")
     latency_sum_sq_ms2: float | None = Field(default=None, ge=0, description="sum of their squares")
-    user_moments: dict[str, UserMoments] | None = Field(default=None, description=(
+    by_caller: dict[str, ByCaller] | None = Field(default=None, description=(
         "per tested sum (model_errors, infra_errors, guardrail_flagged: of requests; feedback_success: of "
-        "feedback_count; latency_sum_ms: of ok), the per-caller moments of it and its count; None: not computed "
-        "(the rollout's tests then assume independent requests)"))
+        "feedback_count; latency_sum_ms: of ok), its view by caller; None: not read (the rollout's tests then "
+        "assume independent requests)"))
 
     @property
     def ref(self) -> str:

@@ -43,7 +43,7 @@ from lifecycle.records import Frozen
 from lifecycle.sequential import (
     MeanDifferenceCS,
     RateTest,
-    clustered_ratio_variance,
+    arm_design_effect,
     msprt_two_proportions,
     relative_margin_cs,
 )
@@ -192,11 +192,12 @@ def _rate_finding(g: Guardrail, stage: Stage, champion: VersionAggregate,
         return Finding(check=g.metric, verdict=Verdict.INCONCLUSIVE,
                        reason=f"no data on an arm (champion {n_a}, challenger {n_b}): not a pass"), None
     harmful = "higher" if g.direction == "lower_is_better" else "lower"
+    effects = tuple(_design_effect(events, a) for a in (champion, challenger))
     t = msprt_two_proportions(x_a, n_a, x_b, n_b, tau=g.regression, alpha=stage.alpha, harmful=harmful,
-                              margin=g.tolerance, clustered=_clustered(events, champion, challenger))
-    clustering = f", callers' design effect {t.design_effect:.2f}" if t.design_effect > 1 else ""
+                              margin=g.tolerance, design_effects=effects)
     span = (f"{x_b}/{n_b} vs champion {x_a}/{n_a}, diff {t.difference:+.4f}, "
-            f"interval [{t.lower:+.4f}, {t.upper:+.4f}], always-valid p {t.p_value:.4f}{clustering}")
+            f"interval [{t.lower:+.4f}, {t.upper:+.4f}], always-valid p {t.p_value:.4f}"
+            f"{_by_caller_note(t.design_effect, events, champion, challenger)}")
     bound = t.upper if harmful == "higher" else -t.lower
     if t.reject:
         worse = f"worse by more than {g.tolerance}" if g.tolerance else "worse"
@@ -209,27 +210,27 @@ def _rate_finding(g: Guardrail, stage: Stage, champion: VersionAggregate,
                    reason=f"{span}; {why}"), t
 
 
-def _clustered(events: str, *arms: VersionAggregate) -> tuple[float | None, ...] | None:
-    """Each arm's caller-clustered variance of the rate counting ``events``; None where no arm has the moments
-    (aggregates from before they existed: the test then assumes independent requests, as it did)."""
-    if all(a.user_moments is None or events not in a.user_moments for a in arms):
-        return None
-    trials = next(t for e, t in _COUNTS.values() if e == events)
-    out = []
-    for a in arms:
-        m = (a.user_moments or {}).get(events)
-        out.append(None if m is None else clustered_ratio_variance(
-            getattr(a, events), getattr(a, trials), m.events_sq, m.cross, m.trials_sq, m.callers))
-    return tuple(out)
+def _design_effect(events: str, agg: VersionAggregate) -> float:
+    """The arm's design effect for the sum ``events`` (``lifecycle.sequential.arm_design_effect``); 1 where the
+    aggregate was read without its callers (or predates them: the test then assumes independent requests)."""
+    c = (agg.by_caller or {}).get(events)
+    return 1.0 if c is None else arm_design_effect(c.events, c.trials, c.variance)
 
 
-def _by_caller(agg: VersionAggregate, variance: float) -> float:
-    """The ok latencies' variance, or n x the caller-clustered variance of their mean where that is larger."""
-    m = (agg.user_moments or {}).get("latency_sum_ms")
-    if m is None or agg.latency_sum_ms is None:
-        return variance
-    clustered = clustered_ratio_variance(agg.latency_sum_ms, agg.ok, m.events_sq, m.cross, m.trials_sq, m.callers)
-    return variance if clustered is None else max(variance, clustered * agg.ok)
+def _by_caller_note(effect: float, events: str, *arms: VersionAggregate) -> str:
+    """What the reason says about callers: the design effect where it matters; that an arm's callers are too few
+    to see their spread (one caller: its requests are read as independent, the most optimistic reading)."""
+    note = f", callers' design effect {effect:.2f}" if effect > 1.005 else ""
+    alone = [a.role for a in arms if (c := (a.by_caller or {}).get(events)) is not None and c.callers == 1]
+    if alone:
+        note += f"; one caller on the {' and '.join(alone)} arm: read as independent requests"
+    return note
+
+
+def _latency_variance(agg: VersionAggregate, variance: float) -> float:
+    """The ok latencies' variance, or ok x the caller-clustered variance of their mean where that is larger."""
+    c = (agg.by_caller or {}).get("latency_sum_ms")
+    return variance if c is None or c.variance is None else max(variance, c.variance * agg.ok)
 
 
 def _mean_finding(g: Guardrail, stage: Stage, champion: VersionAggregate,
@@ -240,11 +241,13 @@ def _mean_finding(g: Guardrail, stage: Stage, champion: VersionAggregate,
                        reason=f"needs {_MIN_FOR_MEANS} ok answers with latency sums on each arm (champion {n_a}, "
                               f"challenger {n_b}): not a pass"), None
     # By caller: each arm's variance is raised to what its callers' spread says, where that is more.
-    w_a, w_b = _by_caller(champion, v_a), _by_caller(challenger, v_b)
+    w_a, w_b = _latency_variance(champion, v_a), _latency_variance(challenger, v_b)
     cs = relative_margin_cs(m_a, w_a, n_a, m_b, w_b, n_b, margin=g.regression, alpha=stage.alpha)
     limit = (1 + g.regression) * m_a
-    effect = (w_a / n_a * (1 + g.regression) ** 2 + w_b / n_b) / (v_a / n_a * (1 + g.regression) ** 2 + v_b / n_b)
-    clustering = f", callers' design effect {effect:.2f}" if effect > 1 else ""
+    k2 = (1 + g.regression) ** 2  # relative_margin_cs compares with (1 + regression) x the champion's mean
+    plain = v_a / n_a * k2 + v_b / n_b
+    effect = (w_a / n_a * k2 + w_b / n_b) / plain if plain > 0 else 1.0
+    clustering = _by_caller_note(effect, "latency_sum_ms", champion, challenger)
     span = (f"{m_b:.1f} ms vs limit {limit:.1f} ms ({1 + g.regression:.2f}x champion's {m_a:.1f} ms; n {n_b} / "
             f"{n_a}); challenger - limit {cs.difference:+.1f} ms, anytime interval [{cs.lower:+.1f}, {cs.upper:+.1f}]"
             f"{clustering}")

@@ -4,19 +4,19 @@
 sends all of a caller's requests to one arm, a few callers send most requests, and a caller's requests fail
 together (its odd prompts, its client). Then an arm's error rate is noisier than ``p (1 - p) / n`` says, and a
 test that believes the binomial variance rolls back sound challengers. Here each run draws ``callers`` callers,
-splits them 50/50 between the arms (the sticky router at a 50 % canary), gives each a request volume from a
-Zipf law (exponent ``volume_skew``) and its own rate from a Beta law with mean ``p`` and intra-caller
-correlation ``icc`` (``Beta(p (1 - icc) / icc, (1 - p) (1 - icc) / icc)``; ``icc = 0``: every caller has
-rate ``p``, requests independent). Requests arrive one by one from callers drawn by volume; the rate test
-looks every ``batch`` requests, as the rollout does.
+sends each to the challenger with probability ``challenger_share`` (the sticky router at that canary share; 0.5
+by default), gives each a request volume from a Zipf law (exponent ``volume_skew``) and its own rate from a Beta
+law with mean ``p`` and intra-caller correlation ``icc`` (``Beta(p (1 - icc) / icc, (1 - p) (1 - icc) / icc)``;
+``icc = 0``: every caller has rate ``p``, requests independent). Requests arrive one by one from callers drawn
+by volume; the rate test looks every ``batch`` requests, as the rollout does.
 
 Two variances judge the same draws, with the arithmetic of :func:`lifecycle.sequential.msprt_two_proportions`
 (its statistic :func:`lifecycle.sequential.one_sided_log_lr`, no tolerance):
 
 * independent — the pooled binomial variance (what the rollout used until 2026-11-27, and still uses for
   aggregates without caller moments);
-* by caller — the larger of that and the sum of the arms' caller-clustered variances
-  (:func:`lifecycle.sequential.clustered_ratio_variance`), what the rollout uses now.
+* by caller — each arm's part of that variance scaled by the arm's design effect
+  (:func:`lifecycle.sequential.arm_design_effect`), what the rollout uses now.
 
 Pure and seeded: the same scenario gives the same report.
 """
@@ -27,7 +27,13 @@ import numpy as np
 from pydantic import Field, model_validator
 
 from lifecycle.records import Frozen
-from lifecycle.sequential import always_valid_p, clustered_ratio_variance, one_sided_log_lr, rate_test_variances
+from lifecycle.sequential import (
+    always_valid_p,
+    arm_design_effect,
+    clustered_ratio_variance,
+    one_sided_log_lr,
+    rate_test_variances,
+)
 from lifecycle.simulate import RuleResult, rule_result
 
 
@@ -35,7 +41,9 @@ class CallerScenario(Frozen):
     p_champion: float = Field(default=0.05, gt=0, lt=1, description="mean error rate of the champion's callers")
     p_challenger: float = Field(default=0.09, gt=0, lt=1, description="mean rate of the challenger's callers in "
                                 "regression runs")
-    callers: int = Field(default=400, ge=4, description="callers per run, split 50/50 between the arms")
+    callers: int = Field(default=400, ge=4, description="callers per run")
+    challenger_share: float = Field(default=0.5, gt=0, lt=1, description="the canary's share: each caller goes to "
+                                    "the challenger with this probability")
     volume_skew: float = Field(default=1.0, ge=0, description="Zipf exponent of requests per caller (0: equal)")
     icc: float = Field(default=0.05, ge=0, lt=1, description="intra-caller correlation of the error events")
     runs: int = Field(default=1000, ge=10)
@@ -69,16 +77,15 @@ def _rates(rng: np.random.Generator, p: float, icc: float, size: int) -> np.ndar
     return rng.beta(p * k, (1 - p) * k, size)
 
 
-def _arm(x_u: np.ndarray, n_u: np.ndarray) -> tuple[float, float, float | None]:
-    """(events, trials, clustered variance or None) of one arm from its callers' running counts."""
+def _arm(x_u: np.ndarray, n_u: np.ndarray) -> tuple[float, float, float]:
+    """(events, trials, design effect) of one arm from its callers' running counts."""
     x, n = float(x_u.sum()), float(n_u.sum())
-    return x, n, clustered_ratio_variance(int(x), int(n), float(x_u @ x_u), float(x_u @ n_u), float(n_u @ n_u),
-                                         int(np.count_nonzero(n_u)))
+    return x, n, arm_design_effect(x, n, clustered_ratio_variance(x_u, n_u))
 
 
 def _run(rng: np.random.Generator, s: CallerScenario, weights: np.ndarray, p_challenger: float) -> tuple[float, float]:
     """Challenger requests at the first rejection with each variance (NaN: never)."""
-    on_b = rng.random(s.callers) < 0.5  # the sticky router: a caller's requests all go to one arm
+    on_b = rng.random(s.callers) < s.challenger_share  # sticky: a caller's requests all go to one arm
     rate = np.where(on_b, _rates(rng, p_challenger, s.icc, s.callers), _rates(rng, s.p_champion, s.icc, s.callers))
     who = rng.choice(s.callers, size=s.max_requests, p=weights)
     events = (rng.random(s.max_requests) < rate[who]).astype(float)
@@ -88,10 +95,10 @@ def _run(rng: np.random.Generator, s: CallerScenario, weights: np.ndarray, p_cha
         w = who[k:k + s.batch]
         n_u += np.bincount(w, minlength=s.callers)
         x_u += np.bincount(w, weights=events[k:k + s.batch], minlength=s.callers)
-        (xa, na, va), (xb, nb, vb) = _arm(x_u[~on_b], n_u[~on_b]), _arm(x_u[on_b], n_u[on_b])
+        (xa, na, da), (xb, nb, db) = _arm(x_u[~on_b], n_u[~on_b]), _arm(x_u[on_b], n_u[on_b])
         if na and nb:
             looks.append((nb, xb / nb - xa / na, rate_test_variances(xa, na, xb, nb)[0],
-                          rate_test_variances(xa, na, xb, nb, (va, vb))[0]))
+                          rate_test_variances(xa, na, xb, nb, (da, db))[0]))
     if not looks:
         return np.nan, np.nan
     n, d, *variances = np.array(looks).T

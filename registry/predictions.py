@@ -25,7 +25,8 @@ import numpy as np
 from sqlalchemy import Engine, Float, and_, case, delete, distinct, func, literal, select
 from sqlalchemy.dialects import postgresql, sqlite
 
-from lifecycle.predictions import Feedback, LoggedPrediction, Prediction, UserMoments, VersionAggregate, as_utc
+from lifecycle.predictions import ByCaller, Feedback, LoggedPrediction, Prediction, VersionAggregate, as_utc
+from lifecycle.sequential import clustered_ratio_variance
 from registry import schema as t
 from registry.db import write_tx
 
@@ -33,8 +34,8 @@ log = logging.getLogger(__name__)
 P, F = t.predictions, t.feedback
 _PREDICTION_FIELDS = list(Prediction.model_fields)
 _FLOAT_SUMS = ("latency_sum_ms", "latency_sum_sq_ms2")
-# What the rollout tests, as (events, trials) sums: rates, and the mean latency of the ok answers. Their
-# per-caller moments go into VersionAggregate.user_moments.
+# What the rollout tests, as (events, trials) sums: rates, and the mean latency of the ok answers. Seen by
+# caller in VersionAggregate.by_caller.
 _TESTED = (("model_errors", "requests"), ("infra_errors", "requests"), ("guardrail_flagged", "requests"),
            ("feedback_success", "feedback_count"), ("latency_sum_ms", "ok"))
 
@@ -127,8 +128,11 @@ class PredictionStore:
         joined = P.outerjoin(F, and_(F.c.request_id == P.c.request_id, P.c.served))
         return start, end, joined, and_(P.c.model == model, P.c.ts >= start, P.c.ts < end)
 
-    def aggregates(self, model: str, since: datetime, until: datetime) -> list[VersionAggregate]:
+    def aggregates(self, model: str, since: datetime, until: datetime,
+                   by_caller: bool = False) -> list[VersionAggregate]:
         """One aggregate per (version, role) with rows in ``[since, until)``, sorted by version then role.
+        ``by_caller``: also each tested sum seen by caller (``VersionAggregate.by_caller``; one more query,
+        grouped by caller), what the rollout's tests need; other readers leave it out.
 
         Counts and the sums of ``ok`` latencies and of their squares (for the latency mean test) come from
         SQL; latency percentiles from the window's ``ok`` latencies with numpy, so SQLite and PostgreSQL give
@@ -150,7 +154,7 @@ class PredictionStore:
             by_group: dict[tuple[int, str], list[float]] = defaultdict(list)
             for version, role, ms in conn.execute(latencies):
                 by_group[(version, role)].append(ms)
-            moments = _user_moments(conn, joined, in_window)
+            callers = _by_caller(conn, joined, in_window) if by_caller else {}
         result = []
         for g in groups:
             ms = by_group.get((g.version, g.role))
@@ -160,7 +164,7 @@ class PredictionStore:
             result.append(VersionAggregate(
                 model=model, version=g.version, role=g.role, latency_p50_ms=p50, latency_p95_ms=p95,
                 latency_p99_ms=p99, window_start=start, window_end=end,
-                user_moments=moments.get((g.version, g.role)), **fields))
+                by_caller=callers.get((g.version, g.role)), **fields))
         return result
 
     def window(self, model: str, since: datetime, until: datetime,
@@ -232,24 +236,22 @@ def _tested_sums() -> list:
             _count_where(P.c.outcome == "ok").label("ok"), _ok_sum(P.c.latency_ms).label("latency_sum_ms")]
 
 
-def _user_moments(conn, joined, in_window) -> dict[tuple[int, str], dict[str, UserMoments]]:
-    """Per (version, role), the per-caller moments of each tested sum (lifecycle.predictions.UserMoments):
-    callers' sums in a subquery grouped by user_hash, their squares and products summed in SQL (exact integers
-    for the counts, on SQLite and PostgreSQL alike)."""
+def _by_caller(conn, joined, in_window) -> dict[tuple[int, str], dict[str, ByCaller]]:
+    """Per (version, role), each tested sum seen by caller (lifecycle.predictions.ByCaller): the callers' sums
+    from one grouped query, their clustered variance in numpy (it weighs each caller by its share: not a sum)."""
     per_caller = (select(P.c.version, P.c.role, *_tested_sums()).select_from(joined).where(in_window)
-                  .group_by(P.c.version, P.c.role, P.c.user_hash).subquery())
-    c = per_caller.c
-    columns = []
-    for events, trials in _TESTED:
-        columns += [func.sum(c[events] * c[events]), func.sum(c[events] * c[trials]),
-                    func.sum(c[trials] * c[trials]), _count_where(c[trials] > 0)]
-    query = select(c.version, c.role, *columns).group_by(c.version, c.role)
-    out: dict[tuple[int, str], dict[str, UserMoments]] = {}
-    for row in conn.execute(query):
-        sums = iter(row[2:])
-        out[(row.version, row.role)] = {
-            events: UserMoments(events_sq=float(next(sums)), cross=float(next(sums)), trials_sq=float(next(sums)),
-                                callers=int(next(sums))) for events, _trials in _TESTED}
+                  .group_by(P.c.version, P.c.role, P.c.user_hash))
+    rows: dict[tuple[int, str], list] = defaultdict(list)
+    for row in conn.execute(per_caller):
+        rows[(row.version, row.role)].append(row._mapping)
+    out: dict[tuple[int, str], dict[str, ByCaller]] = {}
+    for key, callers in rows.items():
+        out[key] = {}
+        for events, trials in _TESTED:
+            x = np.array([float(c[events]) for c in callers])
+            n = np.array([float(c[trials]) for c in callers])
+            out[key][events] = ByCaller(callers=int(np.count_nonzero(n)), events=float(x.sum()),
+                                        trials=float(n.sum()), variance=clustered_ratio_variance(x, n))
     return out
 
 

@@ -93,7 +93,9 @@ def simulate_callers_cmd(
     runs: Annotated[int, typer.Option(help="simulated rollouts per scenario")] = 1000,
     p_champion: Annotated[float, typer.Option(help="mean error rate of the champion's callers")] = 0.05,
     p_challenger: Annotated[float, typer.Option(help="mean error rate of the regressed challenger's callers")] = 0.09,
-    callers: Annotated[int, typer.Option(help="callers per run, half on each arm")] = 400,
+    callers: Annotated[int, typer.Option(help="callers per run")] = 400,
+    challenger_share: Annotated[float, typer.Option(help="each caller goes to the challenger with this "
+                                                    "probability (the canary's share)")] = 0.5,
     volume_skew: Annotated[float, typer.Option(help="Zipf exponent of requests per caller (0: all equal)")] = 1.0,
     icc: Annotated[float, typer.Option(help="intra-caller correlation of errors (0: independent requests)")] = 0.05,
     batch: Annotated[int, typer.Option(help="requests (both arms) between looks")] = 50,
@@ -108,7 +110,8 @@ def simulate_callers_cmd(
     from lifecycle.simulate_callers import CallerScenario, simulate_callers
 
     report = _simulated(lambda: CallerScenario(
-        runs=runs, p_champion=p_champion, p_challenger=p_challenger, callers=callers, volume_skew=volume_skew,
+        runs=runs, p_champion=p_champion, p_challenger=p_challenger, callers=callers,
+        challenger_share=challenger_share, volume_skew=volume_skew,
         icc=icc, batch=batch, max_requests=max_requests, alpha=alpha, tau=tau, seed=seed), simulate_callers, as_json)
     if report is None:
         return
@@ -117,7 +120,8 @@ def simulate_callers_cmd(
                        ("by caller (the rollout's)", report.by_caller)):
         table.add_row(name, f"{rule.false_rollback_rate:.1%}", f"{rule.detection_rate:.1%}",
                       _n(rule.mean_requests_per_arm))
-    console.print(f"{runs} runs each; {callers} callers (busiest: {report.top_caller_share:.1%} of requests), icc "
+    console.print(f"{runs} runs each; {callers} callers, {challenger_share:.0%} on the challenger (busiest: "
+                  f"{report.top_caller_share:.1%} of requests), icc "
                   f"{icc}; error rate {p_champion:.1%} vs {p_challenger:.1%}, tau {tau}, one-sided alpha {alpha}, "
                   f"a look every {batch} requests up to {max_requests}")
     console.print(table)

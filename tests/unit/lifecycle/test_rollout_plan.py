@@ -8,8 +8,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lifecycle.config import load_yaml_config
-from lifecycle.predictions import UserMoments, VersionAggregate
+from lifecycle.predictions import ByCaller, VersionAggregate
 from lifecycle.rollout_plan import RolloutPlan, Stage, decide_stage
+from lifecycle.sequential import clustered_ratio_variance
 from lifecycle.verdict import Verdict
 
 REPO = Path(__file__).resolve().parents[3]
@@ -258,6 +259,13 @@ def test_a_down_challenger_rolls_back_where_the_plan_guards_infra_errors():
     assert any(f.check == "infra_error_rate" and f.verdict is Verdict.FAIL for f in v.findings)
 
 
+def moments_of(x, n) -> ByCaller:
+    """A tested sum seen by caller: per-caller sums ``x`` over per-caller counts ``n``."""
+    x, n = np.asarray(x, dtype=float), np.asarray(n, dtype=float)
+    return ByCaller(callers=int(np.count_nonzero(n)), events=float(x.sum()), trials=float(n.sum()),
+                    variance=clustered_ratio_variance(x, n))
+
+
 def test_errors_bunched_in_one_caller_are_weighed_as_one_callers_evidence():
     """600 vs 600 requests, 6 against 30 model errors: a rollback under independence (the table). When 24 of the
     challenger's 30 are one caller's 24 requests, the per-caller moments make it the evidence of one bad caller:
@@ -269,9 +277,9 @@ def test_errors_bunched_in_one_caller_are_weighed_as_one_callers_evidence():
     def moments(a, per_caller_errors, requests_per_caller):
         x = np.asarray(per_caller_errors, dtype=float)
         n = np.asarray(requests_per_caller, dtype=float)
-        m = UserMoments(callers=len(n), events_sq=float(x @ x), cross=float(x @ n), trials_sq=float(n @ n))
-        zero = UserMoments(callers=len(n), events_sq=0, cross=0, trials_sq=float(n @ n))
-        return a.model_copy(update={"user_moments": {"model_errors": m, "infra_errors": zero,
+        m = moments_of(x, n)
+        zero = moments_of(np.zeros(len(n)), n)
+        return a.model_copy(update={"by_caller": {"model_errors": m, "infra_errors": zero,
                                                      "guardrail_flagged": zero}})
 
     steady = moments(champion, [1] * 6 + [0] * 54, [10] * 60)  # 60 callers of 10, six with one error
@@ -296,9 +304,8 @@ def test_a_slow_mean_from_a_few_slow_callers_is_weighed_by_caller(tmp_path):
     assert decide_stage(canary, champion, challenger, 60).action == "rollback"
 
     def by_caller(a, per_caller_sums):
-        x, n = np.asarray(per_caller_sums), np.full(len(per_caller_sums), 10.0)
-        moments = UserMoments(callers=len(n), events_sq=float(x @ x), cross=float(x @ n), trials_sq=float(n @ n))
-        return a.model_copy(update={"user_moments": {"latency_sum_ms": moments}})
+        moments = moments_of(np.asarray(per_caller_sums), np.full(len(per_caller_sums), 10.0))
+        return a.model_copy(update={"by_caller": {"latency_sum_ms": moments}})
 
     verdict = decide_stage(canary, by_caller(champion, [1000.0] * 40),
                            by_caller(challenger, [6000.0] * 4 + [1000.0] * 36), 60)
@@ -307,3 +314,42 @@ def test_a_slow_mean_from_a_few_slow_callers_is_weighed_by_caller(tmp_path):
     assert "design effect" in finding.reason
     cs = verdict.mean_tests["latency_mean_ms"]
     assert cs.lower < 0 < cs.upper
+
+
+def test_one_request_per_caller_at_a_5_percent_canary_is_judged_as_before():
+    """Unequal arms with a real difference (1 % -> 4 %), every caller sending one request: no clustering, so the
+    verdict, its numbers and its reason are those without the moments."""
+    canary = stage("canary-5")
+    champion, challenger = agg(7600, 76, fb=(0, 0)), agg(400, 16, fb=(0, 0), role="challenger", version=2)
+    plain = decide_stage(canary, champion, challenger, 600)
+
+    def singles(a, errors, requests):
+        each = moments_of([1] * errors + [0] * (requests - errors), [1] * requests)
+        return a.model_copy(update={"by_caller": {"model_errors": each}})
+
+    by_caller = decide_stage(canary, singles(champion, 76, 7600), singles(challenger, 16, 400), 600)
+    assert plain.action == by_caller.action == "rollback"
+    assert by_caller.tests["model_error_rate"].design_effect == 1.0
+    assert [f.reason for f in plain.findings if f.check == "model_error_rate"] == [
+        f.reason for f in by_caller.findings if f.check == "model_error_rate"]
+
+
+def test_a_lone_caller_on_an_arm_is_named_in_the_reason():
+    champion = agg(600, 6, fb=GOOD_FB).model_copy(update={"by_caller": {
+        "model_errors": moments_of([1] * 6 + [0] * 54, [10] * 60)}})
+    challenger = agg(600, 30, fb=GOOD_FB, role="challenger", version=2).model_copy(update={"by_caller": {
+        "model_errors": moments_of([30], [600])}})
+    verdict = decide_stage(stage("canary-50"), champion, challenger, 600)
+    (reason,) = [f.reason for f in verdict.findings if f.check == "model_error_rate"]
+    assert "one caller on the challenger arm: read as independent requests" in reason
+
+
+def test_constant_latencies_on_both_arms_are_judged_not_divided_by_zero(tmp_path):
+    canary = next(s for s in plan_with_latency_mean(tmp_path).stages if s.name == "canary-50")
+    steady = moments_of([1000.0] * 40, [10] * 40)  # 40 callers, 10 answers of 100 ms each
+    champion = agg(400, lat=(100.0, 0.0)).model_copy(update={"by_caller": {"latency_sum_ms": steady}})
+    challenger = agg(400, lat=(100.0, 0.0), role="challenger", version=2).model_copy(
+        update={"by_caller": {"latency_sum_ms": steady}})
+    verdict = decide_stage(canary, champion, challenger, 60)
+    (finding,) = [f for f in verdict.findings if f.check == "latency_mean_ms"]
+    assert finding.verdict is Verdict.PASS and "design effect" not in finding.reason

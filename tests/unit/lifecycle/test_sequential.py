@@ -10,6 +10,7 @@ from lifecycle.group_sequential import fixed_horizon_n_per_arm
 from lifecycle.sequential import (
     SPREAD,
     always_valid_p,
+    arm_design_effect,
     clustered_ratio_variance,
     folded_normal_log_lr,
     mean_difference_cs,
@@ -373,31 +374,59 @@ def test_msprt_with_a_tolerated_margin(x_a, n_a, x_b, n_b, margin, log_lr, p):
 
 def test_clustered_variance_worked_examples():
     # One request per caller: the binomial variance with n - 1.
-    assert clustered_ratio_variance(10, 100, 10, 10, 100, 100) == pytest.approx(0.1 * 0.9 / 99)
+    assert clustered_ratio_variance([1] * 10 + [0] * 90, [1] * 100) == pytest.approx(0.1 * 0.9 / 99)
     # Ten callers of 10 requests; five with 2 errors: design effect 1.23 over the binomial 0.0009.
-    assert clustered_ratio_variance(10, 100, 5 * 4, 5 * 2 * 10, 10 * 100, 10) == pytest.approx(0.0011111, rel=1e-4)
+    assert clustered_ratio_variance([2] * 5 + [0] * 5, [10] * 10) == pytest.approx(0.0011111, rel=1e-4)
     # All ten errors from one caller: 11 times the binomial.
-    assert clustered_ratio_variance(10, 100, 100, 100, 1000, 10) == pytest.approx(0.01)
-    # One caller: no spread between callers to see.
-    assert clustered_ratio_variance(3, 10, 9, 30, 100, 1) is None
+    assert clustered_ratio_variance([10] + [0] * 9, [10] * 10) == pytest.approx(0.01)
+    # One caller (callers without trials do not count): no spread between callers to see.
+    assert clustered_ratio_variance([3], [10]) is None and clustered_ratio_variance([3, 0], [10, 0]) is None
+
+
+def test_clustered_variance_does_not_let_a_busy_caller_hide_its_own_residual():
+    # One caller with 90 of 100 requests and 9 errors, ten with one request and none: the busy caller pulls p to
+    # 0.09, near its own 0.1. CR1's K/(K-1) sum r^2 would give 9.8e-5; the leverage correction 7.4e-3.
+    x, n = [9] + [0] * 10, [90] + [1] * 10
+    p = 9 / 100
+    residuals = np.array(x) - p * np.array(n)
+    cr1 = 11 / 10 * (residuals @ residuals) / 100**2
+    assert clustered_ratio_variance(x, n) > 10 * cr1
+
+
+def test_arm_design_effect_worked_examples():
+    assert arm_design_effect(10, 100, 0.0011111) == pytest.approx(1.2222, abs=1e-4)
+    assert arm_design_effect(10, 100, clustered_ratio_variance([1] * 10 + [0] * 90, [1] * 100)) == 1.0  # one each
+    assert arm_design_effect(10, 100, 1e-6) == 1.0  # never below 1
+    assert arm_design_effect(10, 100, None) == 1.0 and arm_design_effect(0, 100, 0.5) == 1.0
 
 
 def test_msprt_counts_correlated_callers_as_less_evidence():
     # 5/500 against 25/500 rejects under independence (docstring). But if 20 of the challenger's 25 errors are
     # one caller's 20 requests (the other 5: one each for 5 of its 48 callers of 10), that is one bad caller.
     plain = msprt_two_proportions(5, 500, 25, 500, tau=0.04)
-    v_b = clustered_ratio_variance(25, 500, 20 * 20 + 5, 20 * 20 + 5 * 10, 20 * 20 + 48 * 100, 49)
-    v_a = clustered_ratio_variance(5, 500, 5, 50, 50 * 100, 50)  # 50 callers of 10, five with one error
-    clustered = msprt_two_proportions(5, 500, 25, 500, tau=0.04, clustered=(v_a, v_b))
+    d_b = arm_design_effect(25, 500, clustered_ratio_variance([20] + [1] * 5 + [0] * 43, [20] + [10] * 48))
+    # 50 callers of 10, five with one error: as good as independent requests.
+    d_a = arm_design_effect(5, 500, clustered_ratio_variance([1] * 5 + [0] * 45, [10] * 50))
+    assert d_b > 10 and d_a < 1.1
+    clustered = msprt_two_proportions(5, 500, 25, 500, tau=0.04, design_effects=(d_a, d_b))
     assert plain.reject and plain.design_effect == 1.0
     assert not clustered.reject and clustered.design_effect > 5
     assert clustered.lower < 0 < clustered.upper and clustered.difference == plain.difference
-    # Where callers are alike (variances below the binomial's) the test is exactly the independent one.
-    alike = msprt_two_proportions(5, 500, 25, 500, tau=0.04, clustered=(1e-6, 1e-6))
-    assert (alike.log_lr, alike.lower, alike.design_effect) == (plain.log_lr, plain.lower, 1.0)
-    # An arm without moments (None) keeps its own smoothed binomial variance in the sum.
-    half = msprt_two_proportions(5, 500, 25, 500, tau=0.04, clustered=(None, v_b))
-    assert 1 < half.design_effect < clustered.design_effect + 0.5
+    with pytest.raises(ValueError, match="at least 1"):
+        msprt_two_proportions(5, 500, 25, 500, tau=0.04, design_effects=(0.5, 1.0))
+
+
+@pytest.mark.parametrize(("x_a", "n_a", "x_b", "n_b"), [(76, 7600, 16, 400), (10, 1000, 5, 50), (5, 500, 25, 500)])
+def test_one_request_per_caller_is_the_independent_test_exactly_at_any_split(x_a, n_a, x_b, n_b):
+    # A real difference between unequal arms (a 5 % canary's 1 % -> 4 %) is not clustering.
+    def effect(x, n):
+        return arm_design_effect(x, n, clustered_ratio_variance([1] * x + [0] * (n - x), [1] * n))
+
+    plain = msprt_two_proportions(x_a, n_a, x_b, n_b, tau=0.04)
+    by_caller = msprt_two_proportions(x_a, n_a, x_b, n_b, tau=0.04, design_effects=(effect(x_a, n_a), effect(x_b, n_b)))
+    assert (by_caller.log_lr, by_caller.lower, by_caller.upper, by_caller.design_effect) == (
+        plain.log_lr, plain.lower, plain.upper, 1.0)
+    assert plain.reject
 
 
 def test_callers_simulation_independent_variance_rolls_back_sound_challengers():

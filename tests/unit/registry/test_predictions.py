@@ -12,6 +12,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
 
 from lifecycle.predictions import Feedback, Prediction, sha256_text
+from lifecycle.sequential import clustered_ratio_variance
 from registry import schema as t
 from registry.predictions import BackpressureError, PredictionStore, PredictionWriter, UnknownRequestError
 from registry.store import RegistryStore
@@ -329,7 +330,7 @@ def test_aggregates_count_distinct_callers(log):
     assert (by_version[2].requests, by_version[2].users) == (5, 1)
 
 
-def test_aggregates_carry_each_rates_per_caller_moments(log):
+def test_aggregates_by_caller_carry_each_tested_sum_per_caller(log):
     # Champion: caller a sends 4 requests (2 model errors, 1 flagged), b sends 2 (none), c sends 1 (an infra error).
     rows = [pred(0, user_hash="a", outcome="model_error"), pred(1, user_hash="a", outcome="model_error"),
             pred(2, user_hash="a", flags=("pii",)), pred(3, user_hash="a"),
@@ -339,21 +340,24 @@ def test_aggregates_carry_each_rates_per_caller_moments(log):
     # Feedback: a 2 successes of 3 answers judged, b 1 failure; c none.
     for request, outcome in (("req-0", "success"), ("req-2", "success"), ("req-3", "failure"), ("req-4", "failure")):
         log.record_feedback(Feedback(request_id=request, outcome=outcome, ts=T0))
-    champion, challenger = log.aggregates("m", T0, T0 + timedelta(hours=1))
-    m = champion.user_moments
-    # requests per caller 4, 2, 1: sum of squares 21; model errors 2, 0, 0: x^2 4, x n 8.
-    assert (m["model_errors"].events_sq, m["model_errors"].cross, m["model_errors"].trials_sq,
-            m["model_errors"].callers) == (4, 8, 21, 3)
-    assert (m["infra_errors"].events_sq, m["infra_errors"].cross) == (1, 1)
-    assert (m["guardrail_flagged"].events_sq, m["guardrail_flagged"].cross) == (1, 4)
+    assert all(a.by_caller is None for a in log.aggregates("m", T0, T0 + timedelta(hours=1)))  # not asked for
+    champion, challenger = log.aggregates("m", T0, T0 + timedelta(hours=1), by_caller=True)
+    m = champion.by_caller
+    # Requests per caller 4, 2, 1; model errors 2, 0, 0: the sums a caller at a time, into the clustered variance.
+    me = m["model_errors"]
+    assert (me.callers, me.events, me.trials) == (3, 2, 7)
+    assert me.variance == pytest.approx(clustered_ratio_variance([2, 0, 0], [4, 2, 1]))
+    assert m["infra_errors"].variance == pytest.approx(clustered_ratio_variance([0, 0, 1], [4, 2, 1]))
+    assert m["guardrail_flagged"].variance == pytest.approx(clustered_ratio_variance([1, 0, 0], [4, 2, 1]))
     # Feedback per caller 3, 1, 0 with successes 2, 0, 0: only a and b have trials.
     f = m["feedback_success"]
-    assert (f.events_sq, f.cross, f.trials_sq, f.callers) == (4, 6, 10, 2)
-    # ok answers' latencies (10 ms each): a 2 (sum 20), b 2 (sum 20), c none.
+    assert (f.callers, f.events, f.trials) == (2, 2, 4)
+    assert f.variance == pytest.approx(clustered_ratio_variance([2, 0], [3, 1]))
+    # ok answers' latencies (10 ms each): a 2 (sum 20), b 2 (sum 20), c none: equal means, no spread.
     lat = m["latency_sum_ms"]
-    assert (lat.events_sq, lat.cross, lat.trials_sq, lat.callers) == (800.0, 80.0, 8, 2)
+    assert (lat.callers, lat.events, lat.trials, lat.variance) == (2, 40, 4, 0.0)
     # The totals are unchanged by the second query.
     c = champion
     assert (c.requests, c.model_errors, c.feedback_count, c.feedback_success) == (7, 2, 4, 2)
-    z = challenger.user_moments["model_errors"]
-    assert (z.events_sq, z.cross, z.trials_sq, z.callers) == (0, 0, 9, 1)
+    z = challenger.by_caller["model_errors"]
+    assert (z.callers, z.events, z.trials, z.variance) == (1, 0, 3, None)  # one caller: no spread to see
