@@ -19,9 +19,9 @@ direction and the regression worth catching.
   and below 30 ok answers on an arm (the plug-in variance of skewed latencies is unreliable there). Why
   a margin and not "any slowdown" as for rates: the plan accepts a stated cost (an adapter is slower),
   so only a slowdown beyond it is a regression — the same line the p95 budget draws;
-* both tests count callers, not requests, where the aggregates carry the callers' moments
-  (``lifecycle.sequential.clustered_ratio_variance``): one busy caller's failing or slow requests are one
-  caller's evidence, not hundreds of independent ones (the reason then gives the design effect);
+* both tests count callers, not requests, where the aggregates were read by caller (``VersionAggregate.by_caller``;
+  ``lifecycle.sequential.arm_design_effect``): one busy caller's failing or slow requests are one caller's
+  evidence, not hundreds of independent ones (the reason then gives the design effect);
 * latency p95 is a budget, not a test (percentiles have no sums to test): judged once the minimum
   sample is in, FAIL above ``(1 + regression) x`` the champion's p95.
 
@@ -60,8 +60,8 @@ _NATURAL: dict[str, Direction] = {
     "guardrail_rate": "lower_is_better", "feedback_success_rate": "higher_is_better",
     "latency_mean_ms": "lower_is_better", "latency_p95_ms": "lower_is_better",
 }
-# (events, trials) of each rate metric, as exact counts: the sequential test needs counts, not rates.
-# (events, trials): the aggregate's fields each rate metric counts.
+# (events, trials) of each rate metric: the aggregate's fields holding them, exact counts (the sequential test needs
+# counts, not rates; VersionAggregate.by_caller is keyed by the events field).
 _COUNTS: dict[str, tuple[str, str]] = {
     "model_error_rate": ("model_errors", "requests"),
     "infra_error_rate": ("infra_errors", "requests"),

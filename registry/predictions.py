@@ -227,7 +227,7 @@ def _ok_sum(value):
 
 def _tested_sums() -> list:
     """The sums the rollout's tests use (_TESTED), labelled as VersionAggregate's fields: one definition for the
-    aggregate's totals and for the per-caller sums their moments are made of."""
+    aggregate's totals and for the per-caller sums of VersionAggregate.by_caller."""
     return [func.count().label("requests"), _count_where(P.c.outcome == "model_error").label("model_errors"),
             _count_where(P.c.outcome == "infra_error").label("infra_errors"),
             _count_where(P.c.guardrail_flags != "[]").label("guardrail_flagged"),
