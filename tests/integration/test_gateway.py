@@ -263,7 +263,8 @@ def test_a_split_change_on_one_replica_reaches_another(gateway, launch_gateway):
     """Two gateways on one registry store: a change through either admin API reaches the other."""
     with launch_gateway(split_poll_s=0.1) as replica:
         changed = set_split(gateway, challenger=2, challenger_percent=30, reason="replica test")
-        deadline = time.monotonic() + 1.0
+        # Generous: this asserts that the change arrives, not how fast (a loaded CI machine took over 1 s once).
+        deadline = time.monotonic() + 30
         while replica.state.live.split.revision != changed["revision"] and time.monotonic() < deadline:
             time.sleep(0.02)
         assert replica.state.live.split.revision == changed["revision"]
