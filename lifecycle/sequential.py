@@ -127,10 +127,12 @@ def always_valid_p(log_lr: np.ndarray | float) -> np.ndarray:
     return np.where(log_lr <= 0, 1.0, np.exp(-np.maximum(log_lr, 0.0)))
 
 
-def pooled_variance(x_champion, n_champion, x_challenger, n_challenger):
-    """``pbar (1 - pbar) (1/n_a + 1/n_b)``, ``pbar`` Laplace-smoothed; works on numbers and numpy arrays."""
+def pooled_variance(x_champion, n_champion, x_challenger, n_challenger, design_effects=(1.0, 1.0)):
+    """``pbar (1 - pbar) (d_a/n_a + d_b/n_b)``, ``pbar`` Laplace-smoothed, ``d`` each arm's design effect (1:
+    independent requests); works on numbers and numpy arrays."""
+    d_a, d_b = design_effects
     pbar = (x_champion + x_challenger + 1) / (n_champion + n_challenger + 2)
-    return pbar * (1 - pbar) * (1 / n_champion + 1 / n_challenger)
+    return pbar * (1 - pbar) * (d_a / n_champion + d_b / n_challenger)
 
 
 def clustered_ratio_variance(events: Sequence[float], trials: Sequence[float]) -> float | None:
@@ -182,19 +184,17 @@ def arm_design_effect(events: float, trials: float, clustered: float | None) -> 
 
 def rate_test_variances(x_champion: float, n_champion: float, x_challenger: float, n_challenger: float,
                         design_effects: tuple[float, float] = (1.0, 1.0)) -> tuple[float, float]:
-    """(the test's ``V``, the interval's variance) of :func:`msprt_two_proportions`, shared with
-    ``lifecycle.simulate_callers``.
+    """(the test's ``V``, the interval's variance) of :func:`msprt_two_proportions`.
 
     ``V = pbar (1 - pbar) (d_a / n_a + d_b / n_b)`` (pooled smoothed rate ``pbar``, as :func:`pooled_variance`)
     and ``d_a q_a (1 - q_a) / n_a + d_b q_b (1 - q_b) / n_b`` (unpooled smoothed ``q = (x + 1) / (n + 2)``), each
     arm's term scaled by its design effect ``d`` (:func:`arm_design_effect`; Rao & Scott 1981's adjustment of a
     two-sample test to clustered samples). With both at 1, the independent-requests test exactly.
     """
-    d_a, d_b = design_effects
-    pbar = (x_champion + x_challenger + 1) / (n_champion + n_challenger + 2)
-    v = pbar * (1 - pbar) * (d_a / n_champion + d_b / n_challenger)
+    v = pooled_variance(x_champion, n_champion, x_challenger, n_challenger, design_effects)
     interval = sum(d * (x + 1) / (n + 2) * (1 - (x + 1) / (n + 2)) / n
-                   for d, x, n in ((d_a, x_champion, n_champion), (d_b, x_challenger, n_challenger)))
+                   for d, x, n in zip(design_effects, (x_champion, x_challenger), (n_champion, n_challenger),
+                                     strict=True))
     return v, interval
 
 
@@ -292,11 +292,11 @@ def msprt_two_proportions(
     log_lr = float(one_sided_log_lr(diff if harmful == "higher" else -diff, v, tau, margin))
     p_value = float(always_valid_p(log_lr))
     radius = mixture_radius(v_interval, tau, alpha)
-    pooled = pooled_variance(x_champion, n_champion, x_challenger, n_challenger)
     return RateTest(x_champion=x_champion, n_champion=n_champion, x_challenger=x_challenger,
                     n_challenger=n_challenger, difference=diff, harmful=harmful, log_lr=log_lr,
                     p_value=p_value, alpha=alpha, tau=tau, lower=diff - radius, upper=diff + radius,
-                    margin=margin, design_effect=v / pooled)
+                    margin=margin,
+                    design_effect=v / pooled_variance(x_champion, n_champion, x_challenger, n_challenger))
 
 
 class MeanDifferenceCS(Frozen):

@@ -32,7 +32,7 @@ from lifecycle.sequential import (
     arm_design_effect,
     clustered_ratio_variance,
     one_sided_log_lr,
-    rate_test_variances,
+    pooled_variance,
 )
 from lifecycle.simulate import RuleResult, rule_result
 
@@ -97,8 +97,8 @@ def _run(rng: np.random.Generator, s: CallerScenario, weights: np.ndarray, p_cha
         x_u += np.bincount(w, weights=events[k:k + s.batch], minlength=s.callers)
         (xa, na, da), (xb, nb, db) = _arm(x_u[~on_b], n_u[~on_b]), _arm(x_u[on_b], n_u[on_b])
         if na and nb:
-            looks.append((nb, xb / nb - xa / na, rate_test_variances(xa, na, xb, nb)[0],
-                          rate_test_variances(xa, na, xb, nb, (da, db))[0]))
+            looks.append((nb, xb / nb - xa / na, pooled_variance(xa, na, xb, nb),
+                          pooled_variance(xa, na, xb, nb, (da, db))))
     if not looks:
         return np.nan, np.nan
     n, d, *variances = np.array(looks).T

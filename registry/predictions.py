@@ -239,17 +239,19 @@ def _tested_sums() -> list:
 def _by_caller(conn, joined, in_window) -> dict[tuple[int, str], dict[str, ByCaller]]:
     """Per (version, role), each tested sum seen by caller (lifecycle.predictions.ByCaller): the callers' sums
     from one grouped query, their clustered variance in numpy (it weighs each caller by its share: not a sum)."""
-    per_caller = (select(P.c.version, P.c.role, *_tested_sums()).select_from(joined).where(in_window)
+    sums = _tested_sums()
+    per_caller = (select(P.c.version, P.c.role, *sums).select_from(joined).where(in_window)
                   .group_by(P.c.version, P.c.role, P.c.user_hash))
     rows: dict[tuple[int, str], list] = defaultdict(list)
     for row in conn.execute(per_caller):
-        rows[(row.version, row.role)].append(row._mapping)
+        rows[(row.version, row.role)].append(row[2:])
+    column = {s.name: k for k, s in enumerate(sums)}
     out: dict[tuple[int, str], dict[str, ByCaller]] = {}
     for key, callers in rows.items():
+        table = np.array(callers, dtype=float)  # one row per caller, one column per sum: converted once
         out[key] = {}
         for events, trials in _TESTED:
-            x = np.array([float(c[events]) for c in callers])
-            n = np.array([float(c[trials]) for c in callers])
+            x, n = table[:, column[events]], table[:, column[trials]]
             out[key][events] = ByCaller(callers=int(np.count_nonzero(n)), events=float(x.sum()),
                                         trials=float(n.sum()), variance=clustered_ratio_variance(x, n))
     return out
