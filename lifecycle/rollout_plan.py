@@ -7,8 +7,8 @@ direction and the regression worth catching.
 
 ``decide_stage`` compares the two arms' aggregates over the stage's window (``lifecycle.sequential``):
 
-* a silent arm (no requests, or none answered: every one an infra error) or fewer answered requests than
-  the stage's minimum is INCONCLUSIVE: never a pass;
+* a silent arm (no requests, or none answered: every one an infra error), fewer answered requests than
+  the stage's minimum, or fewer distinct callers than its ``min_callers_per_arm`` is INCONCLUSIVE: never a pass;
 * a sample-ratio mismatch of the split is FAIL: the comparison is biased, so nothing it says can be trusted;
 * a rate metric FAILs when the one-sided mSPRT rejects "challenger no worse" (always-valid p <= alpha), at
   any look; it PASSes when the anytime-valid interval rules out a regression as large as the one worth
@@ -107,6 +107,10 @@ class Stage(Frozen):
     name: str = Field(min_length=1)
     share: int = Field(ge=0, le=100, description="challenger's percent of served traffic; 0 = shadow")
     min_requests_per_arm: int = Field(ge=1)
+    min_callers_per_arm: int = Field(default=1, ge=1, description=(
+        "distinct callers each arm needs before the stage can pass (1: no minimum). The tests read each arm's "
+        "spread between callers (the design effect); with a handful of callers that spread is barely seen and an "
+        "arm of one caller is read as independent requests, the most optimistic reading"))
     max_duration_s: float = Field(gt=0)
     guardrails: list[Guardrail] = Field(min_length=1)
     on_inconclusive: Literal["pause", "rollback"] = Field(
@@ -319,7 +323,23 @@ def _traffic_findings(stage: Stage, champion: VersionAggregate,
                             observed=float(least), threshold=float(stage.min_requests_per_arm),
                             reason=f"{least} answered requests on the smaller arm, need "
                                    f"{stage.min_requests_per_arm}"))
+    if stage.min_callers_per_arm > 1:
+        findings.append(_callers_finding(stage, champion, challenger))
     return findings, srm
+
+
+def _callers_finding(stage: Stage, champion: VersionAggregate, challenger: VersionAggregate) -> Finding:
+    """Enough distinct callers on each arm (``Stage.min_callers_per_arm``): INCONCLUSIVE, never FAIL, below it."""
+    need = stage.min_callers_per_arm
+    if champion.users is None or challenger.users is None:
+        return Finding(check="minimum callers", verdict=Verdict.INCONCLUSIVE, threshold=float(need),
+                       reason=f"callers were not counted in this window's aggregates; the plan needs {need} "
+                              "on each arm: not a pass")
+    least = min(champion.users, challenger.users)
+    return Finding(check="minimum callers", verdict=Verdict.PASS if least >= need else Verdict.INCONCLUSIVE,
+                   observed=float(least), threshold=float(need),
+                   reason=f"{least} distinct callers on the smaller arm (champion {champion.users}, challenger "
+                          f"{challenger.users}), need {need}")
 
 
 def decide_stage(plan_stage: Stage, champion: VersionAggregate, challenger: VersionAggregate,

@@ -21,8 +21,9 @@ STEADY = (100.0, 1600.0)  # ok latencies of mean 100 ms, sd 40: the same on both
 
 
 def agg(requests, model_errors=0, *, infra=0, flagged=0, fb=(0, 0), p95=100.0, role="champion", version=1,
-        lat=STEADY):
-    """``lat=(mean, variance)`` of the ok latencies fills the sums; None leaves them out (older aggregates)."""
+        lat=STEADY, users=None):
+    """``lat=(mean, variance)`` of the ok latencies fills the sums; None leaves them out (older aggregates).
+    ``users``: distinct callers, by default one per request."""
     ok = requests - model_errors - infra
     sums = {}
     if lat is not None and ok > 0:
@@ -30,7 +31,8 @@ def agg(requests, model_errors=0, *, infra=0, flagged=0, fb=(0, 0), p95=100.0, r
         sums = {"latency_sum_ms": ok * mean, "latency_sum_sq_ms2": (ok - 1) * var + ok * mean**2}
     return VersionAggregate(
         model="m", version=version, role=role, requests=requests, served=requests,
-        ok=ok, model_errors=model_errors, infra_errors=infra, input_errors=0,
+        users=requests if users is None else users, ok=ok, model_errors=model_errors, infra_errors=infra,
+        input_errors=0,
         guardrail_flagged=flagged, prompt_tokens=0, completion_tokens=0, latency_p50_ms=p95 / 2 if requests else None,
         latency_p95_ms=p95 if requests else None, latency_p99_ms=p95 if requests else None,
         feedback_count=fb[0], feedback_success=fb[1], window_start=T0, window_end=T1, **sums)
@@ -353,3 +355,38 @@ def test_constant_latencies_on_both_arms_are_judged_not_divided_by_zero(tmp_path
     verdict = decide_stage(canary, champion, challenger, 60)
     (finding,) = [f for f in verdict.findings if f.check == "latency_mean_ms"]
     assert finding.verdict is Verdict.PASS and "design effect" not in finding.reason
+
+
+def test_too_few_callers_on_an_arm_holds_and_says_how_many():
+    """The shipped plan needs 30 callers an arm: 600 requests from 12 challenger callers are not enough to see
+    their spread, however clean the requests look."""
+    canary = stage("canary-50")
+    assert canary.min_callers_per_arm == 30
+    few = decide_stage(canary, agg(2000, 20, fb=(2000, 1800), users=14), agg(2000, 20, fb=(2000, 1810), users=12),
+                       600)
+    assert (few.verdict, few.action) == (Verdict.INCONCLUSIVE, "hold"), few.reasons()
+    (finding,) = [f for f in few.findings if f.check == "minimum callers"]
+    assert (finding.verdict, finding.observed, finding.threshold) == (Verdict.INCONCLUSIVE, 12.0, 30.0)
+    assert "12 distinct callers on the smaller arm (champion 14, challenger 12), need 30" in finding.reason
+    enough = decide_stage(canary, agg(2000, 20, fb=(2000, 1800), users=32), agg(2000, 20, fb=(2000, 1810), users=30),
+                          600)
+    assert enough.action == "advance", enough.reasons()
+    # At the stage's maximum duration, too few callers is what any INCONCLUSIVE stage is: the plan's choice.
+    assert decide_stage(canary, agg(2000, 20, fb=(2000, 1800), users=14), agg(2000, 20, fb=(2000, 1810), users=12),
+                        3600).action == "pause"
+
+
+def test_callers_not_counted_are_not_a_pass_when_the_plan_needs_them():
+    uncounted = agg(2000, 20, fb=(2000, 1810)).model_copy(update={"users": None})
+    v = decide_stage(stage("canary-50"), agg(2000, 20, fb=(2000, 1800)), uncounted, 600)
+    assert v.action == "hold"
+    assert any(f.check == "minimum callers" and "not counted" in f.reason for f in v.findings), v.reasons()
+    # A stage without a minimum (the default, 1) does not look at callers at all.
+    assert "minimum callers" not in [f.check for f in decide_stage(MODEL_ERRORS_ONLY, agg(600, 3), uncounted,
+                                                                    60).findings]
+
+
+def test_a_minimum_of_callers_below_one_is_refused_by_name():
+    with pytest.raises(ValueError, match="min_callers_per_arm"):
+        Stage(name="canary", share=50, min_requests_per_arm=100, min_callers_per_arm=0, max_duration_s=60,
+              guardrails=[{"metric": "model_error_rate", "direction": "lower_is_better", "regression": 0.04}])
