@@ -141,9 +141,11 @@ def backends(base_dir: Path, merged_dir: Path, adapters: dict[str, Path], modes:
     return made
 
 
-def measure(backend, prompts: list[str], champion_share: float | None, concurrency: int, seconds: float) -> dict:
-    """One cell: ``concurrency`` closed-loop callers through a fresh micro-batcher into ``backend`` for ``seconds``;
-    ``champion_share`` None: the baseline's one model (every request to its bare model)."""
+def measure(backend, prompts: list[str], champion_share: float | None, concurrency: int, seconds: float,
+            rejoin_share: float) -> dict:
+    """One cell: ``concurrency`` closed-loop callers through a fresh micro-batcher (the gateway's settings, with
+    ``rejoin_share``) into ``backend`` for ``seconds``; ``champion_share`` None: the baseline's one model (every
+    request to its bare model)."""
     from serving.batcher import MicroBatcher
 
     cpu = [0.0, 0]  # the worker thread's CPU seconds (less shaken by other people's load than wall time), batches
@@ -152,7 +154,7 @@ def measure(backend, prompts: list[str], champion_share: float | None, concurren
         cpu[0] += seconds
         cpu[1] += 1
 
-    batcher = MicroBatcher(backend.generate, max_batch=32, on_batch=account)
+    batcher = MicroBatcher(backend.generate, max_batch=32, rejoin_share=rejoin_share, on_batch=account)
     versions = (None, None) if champion_share is None else (CHAMPION, CHALLENGER)
     cell = closed_loop(batcher, prompts, versions, 1.0 if champion_share is None else champion_share, concurrency,
                        seconds)
@@ -163,11 +165,14 @@ def measure(backend, prompts: list[str], champion_share: float | None, concurren
 
 
 def run(shape: str, device: str, concurrency: list[int], seconds: float, rounds: int, threads: int,
-        modes: list[str], adapter_steps: int, work: Path | None = None) -> dict:
+        modes: list[str], adapter_steps: int, work: Path | None = None, rejoin_share: float | None = None) -> dict:
     import torch
+
+    from serving.batcher import REJOIN_SHARE
 
     shapes.require_device(device)
     torch.set_num_threads(threads)
+    rejoin_share = REJOIN_SHARE if rejoin_share is None else rejoin_share
     _, evals = shapes.task_pairs(eval_rows=300)
     prompts = [p.prompt for p in evals]
     with tempfile.TemporaryDirectory(dir=work) as tmp:
@@ -184,7 +189,7 @@ def run(shape: str, device: str, concurrency: list[int], seconds: float, rounds:
             backend.generate(prompts[:32], mixed)
         report = {"benchmark": "two live versions vs one merged model", "shape": shape, "base": origin,
                   "parameters": shapes.parameters(base_dir), "modes": {m: models[m].mode for m in modes},
-                  "seconds_per_cell": seconds, "rounds": rounds, "max_batch": 32,
+                  "seconds_per_cell": seconds, "rounds": rounds, "max_batch": 32, "rejoin_share": rejoin_share,
                   "machine_before": shapes.machine(device), "results": {}}
         for mode in modes:  # the version merged into the base: the warm-up leaves none
             if models[mode].mode == "fused":
@@ -197,11 +202,11 @@ def run(shape: str, device: str, concurrency: list[int], seconds: float, rounds:
                 # the mean of the two ``one`` runs around it: the machine's speed drifts by 10-30 % over a minute
                 # here, which a pairing across a whole round (35 s and more) does not cancel.
                 shift = r % len(others)
-                before = measure(models["one"], prompts, None, c, seconds)
+                before = measure(models["one"], prompts, None, c, seconds, rejoin_share)
                 raw["one"].append(before)
                 for name, key, share in others[shift:] + others[:shift]:
-                    cell = measure(models[key], prompts, share, c, seconds)
-                    after = measure(models["one"], prompts, None, c, seconds)
+                    cell = measure(models[key], prompts, share, c, seconds, rejoin_share)
+                    after = measure(models["one"], prompts, None, c, seconds, rejoin_share)
                     cell["baseline_tokens_per_s"] = round((before["tokens_per_s"] + after["tokens_per_s"]) / 2, 1)
                     raw[name].append(cell)
                     raw["one"].append(after)
@@ -258,10 +263,13 @@ def main() -> None:
                              "without decode-only stacking (opt-in: bench/gpu_check.sh's time budget counts the "
                              "default cells)")
     parser.add_argument("--adapter-steps", type=int, default=60, help="LoRA steps that make each version's adapter")
+    parser.add_argument("--rejoin-share", type=float, default=None,
+                        help="the micro-batcher's rejoin wait for every cell (default: the gateway's, "
+                             "serving.batcher.REJOIN_SHARE; 0: off, the batcher before 2026-11-28)")
     parser.add_argument("--json-out", type=Path, default=None)
     args = parser.parse_args()
     report = run(args.shape, args.device, [int(c) for c in args.concurrency.split(",")], args.seconds, args.rounds,
-                 args.threads, args.modes.split(","), args.adapter_steps)
+                 args.threads, args.modes.split(","), args.adapter_steps, rejoin_share=args.rejoin_share)
     shapes.emit(report, args.json_out)
 
 

@@ -6,6 +6,16 @@ mixed adapters included, which the backend serves in one forward pass (its fused
 into the base, the other versions as per-row low-rank deltas). While a batch runs, new requests queue up
 and form the next batch, so under load batches fill by themselves; the default wait is 0, so a lone
 request never waits for company that is not coming.
+
+The rejoin wait (``rejoin_share``; 0 turns it off): callers that send their next request as soon as an answer comes
+back (a chat client, an agent, a pipeline, a load test) otherwise split into cohorts. With eight such callers
+the worker finishes a batch, finds the one request that queued meanwhile and runs it ALONE while the seven just
+answered send again; those seven form the next batch, during which the lone one returns: batches of 1 and 7 for
+ever, and a batch of one row costs most of what seven cost (each decode step reads all the weights). So after a
+batch of ``k`` rows, the next batch waits until it holds ``k`` more rows than were queued when that batch
+ended — the callers just answered, coming back — or until ``rejoin_share`` of the last batch's wall time has
+passed (at most ``rejoin_max_s``). A lone caller (a batch of one, nothing queued) never waits; where callers do
+not come back, a batch waits at most that share of the previous one's time.
 """
 
 from __future__ import annotations
@@ -22,6 +32,9 @@ Generate = Callable[[Sequence[str], Sequence[str | None]], list]
 OnBatch = Callable[[Sequence[str | None], float, float], None]
 _STOP = object()
 log = logging.getLogger(__name__)
+#: The rejoin wait's defaults (module docstring), the gateway's too (serving.config): up to 10 % of the last batch's
+#: wall time, at most 50 ms. Measured in bench/RESULTS.md ("The rejoin wait").
+REJOIN_SHARE, REJOIN_MAX_S = 0.1, 0.05
 
 
 class BatcherClosed(RuntimeError):
@@ -30,10 +43,17 @@ class BatcherClosed(RuntimeError):
 
 class MicroBatcher:
     def __init__(self, generate: Generate, *, max_batch: int = 32, max_wait_s: float = 0.0,
+                 rejoin_share: float = REJOIN_SHARE, rejoin_max_s: float = REJOIN_MAX_S,
                  on_batch: OnBatch | None = None) -> None:
+        if not 0 <= rejoin_share <= 1 or not rejoin_max_s >= 0:
+            raise ValueError(f"rejoin_share must be within [0, 1] and rejoin_max_s 0 or more, got {rejoin_share} "
+                             f"and {rejoin_max_s}")
         self._generate = generate
         self.on_batch = on_batch
         self.max_batch, self.max_wait_s = max_batch, max_wait_s
+        self.rejoin_share, self.rejoin_max_s = rejoin_share, rejoin_max_s
+        # The last batch: its rows, its wall seconds, and how many requests were queued when it ended.
+        self._last: tuple[int, float, int] = (0, 0.0, 0)
         self._queue: queue.Queue = queue.Queue()
         self._closed = False
         self._thread = threading.Thread(target=self._run, name="slm-batcher", daemon=True)
@@ -55,11 +75,14 @@ class MicroBatcher:
 
     def _gather(self, first) -> tuple[list, bool]:
         batch, stop = [first], False
-        deadline = time.monotonic() + self.max_wait_s
+        now = time.monotonic()
+        want, seconds = self.rejoin_target()
+        rejoin, deadline = now + seconds, now + self.max_wait_s
         while len(batch) < self.max_batch:
-            remaining = deadline - time.monotonic()
+            until = max(deadline, rejoin) if len(batch) < want else deadline
+            remaining = until - time.monotonic()
             try:
-                item = self._queue.get(timeout=max(remaining, 0)) if remaining > 0 else self._queue.get_nowait()
+                item = self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait()
             except queue.Empty:
                 break
             if item is _STOP:
@@ -67,6 +90,14 @@ class MicroBatcher:
                 break
             batch.append(item)
         return batch, stop
+
+    def rejoin_target(self) -> tuple[int, float]:
+        """(rows the next batch waits for, at most how many seconds) by the rejoin wait (module docstring): the
+        last batch's rows come back on top of what was queued when it ended; (0, 0.0) when it is off."""
+        rows, wall, queued = self._last
+        if self.rejoin_share <= 0 or rows == 0:
+            return 0, 0.0
+        return min(self.max_batch, rows + queued), min(self.rejoin_share * wall, self.rejoin_max_s)
 
     def _run(self) -> None:
         stop = False
@@ -92,6 +123,7 @@ class MicroBatcher:
             results = self._generate(list(prompts), list(adapters))
         except Exception as exc:
             self._account(adapters, wall, cpu)
+            self._last = (0, 0.0, 0)
             if len(batch) == 1:
                 futures[0].set_exception(exc)
             else:  # one bad row must not fail its neighbours: answer each alone
@@ -99,6 +131,8 @@ class MicroBatcher:
                     self._single(*item)
             return
         self._account(adapters, wall, cpu)
+        # Before the answers go out: what is queued now came while the batch ran, not from its callers.
+        self._last = (len(batch), time.perf_counter() - wall, self._queue.qsize())
         for future, result in zip(futures, results, strict=True):
             future.set_result(result)
 

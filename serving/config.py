@@ -8,6 +8,7 @@ from pathlib import Path
 from pydantic import Field
 
 from lifecycle.records import Frozen
+from serving.batcher import REJOIN_MAX_S, REJOIN_SHARE
 from serving.guardrails import GuardrailPolicy
 from serving.upstream import UpstreamConfig
 
@@ -20,6 +21,10 @@ class ServeConfig(Frozen):
     max_body_bytes: int = Field(default=65_536, ge=1024, description="larger request bodies get 413")
     max_batch: int = Field(default=32, ge=1, description="requests generated together")
     max_wait_ms: float = Field(default=0.0, ge=0, description="extra wait for company before a batch runs")
+    rejoin_share: float = Field(default=REJOIN_SHARE, ge=0, le=1, description=(
+        "after a batch, the next one waits up to this share of its wall time for the callers just answered to "
+        "send again (serving.batcher: closed-loop callers otherwise split into a lone batch and a big one); 0: off"))
+    rejoin_max_ms: float = Field(default=REJOIN_MAX_S * 1000, ge=0, description="the longest that rejoin wait may be")
     request_timeout_s: float = Field(default=10.0, gt=0, description="a backend call slower than this is a 504")
     split_poll_s: float = Field(default=0.25, gt=0, description="how often replicas check the shared split")
     breaker_failures: int = Field(default=5, ge=1,

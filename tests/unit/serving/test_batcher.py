@@ -95,3 +95,61 @@ def test_one_bad_row_does_not_fail_its_neighbours():
     with pytest.raises(TypeError):
         futures[1].result(timeout=5)
     batcher.close()
+
+
+def closed_loop_batches(callers: int, requests_each: int, **batcher_kwargs) -> list[int]:
+    """Batch sizes when ``callers`` threads each send their next request as soon as the last is answered."""
+    sizes = []
+    batcher = MicroBatcher(lambda p, a: (time.sleep(0.02), sizes.append(len(p)), list(p))[2], max_batch=32,
+                           **batcher_kwargs)
+
+    def caller(k: int) -> None:
+        for i in range(requests_each):
+            batcher.submit(f"{k}-{i}", None).result(timeout=30)
+
+    threads = [threading.Thread(target=caller, args=(k,)) for k in range(callers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    batcher.close()
+    return sizes
+
+
+def test_callers_that_come_back_at_once_ride_together_with_the_rejoin_wait():
+    """Eight closed-loop callers: without the wait they may split into cohorts (a lone batch and a big one);
+    with it, once the first batch is answered, every batch carries all eight. The window is generous (1 s) so that
+    a loaded machine cannot miss it; the wait ends as soon as the eight are in, so it costs nothing here."""
+    sizes = closed_loop_batches(8, 6, rejoin_share=1.0, rejoin_max_s=1.0)
+    # The first batch takes whoever is in first (k rows); every later batch carries all eight, but the last, where
+    # the k callers of the first batch, a request ahead, are done: [k, 8, 8, 8, 8, 8, 8 - k].
+    assert sum(sizes) == 48 and len(sizes) >= 6
+    assert sizes[1:-1] == [8] * (len(sizes) - 2), sizes
+    assert sizes[0] + sizes[-1] == 8 or sizes == [8] * 6, sizes
+
+
+def test_the_rejoin_target_follows_the_last_batch_and_a_lone_caller_never_waits():
+    batcher = MicroBatcher(Recorder(), max_batch=10, rejoin_share=0.1, rejoin_max_s=0.05)
+    assert batcher.rejoin_target() == (0, 0.0)  # nothing served yet
+    batcher._last = (1, 0.2, 0)  # a lone caller's batch, nothing queued meanwhile: wait for one row, i.e. none
+    assert batcher.rejoin_target() == (1, pytest.approx(0.02))
+    batcher._last = (7, 0.2, 1)  # seven answered, one queued while they ran: wait for all eight
+    assert batcher.rejoin_target() == (8, pytest.approx(0.02))
+    batcher._last = (7, 2.0, 6)  # capped by max_batch and by rejoin_max_s
+    assert batcher.rejoin_target() == (10, 0.05)
+    batcher.close()
+    off = MicroBatcher(Recorder(), rejoin_share=0.0)
+    off._last = (7, 0.2, 1)
+    assert off.rejoin_target() == (0, 0.0)
+    off.close()
+
+
+def test_a_lone_caller_is_answered_without_the_rejoin_wait():
+    """One caller at a time: every batch is one row and never waits for company (a window of 30 s would show)."""
+    assert closed_loop_batches(1, 5, rejoin_share=1.0, rejoin_max_s=30.0) == [1] * 5
+
+
+@pytest.mark.parametrize("kwargs", [{"rejoin_share": -0.1}, {"rejoin_share": 1.5}, {"rejoin_max_s": -1}])
+def test_a_bad_rejoin_setting_is_refused_by_name(kwargs):
+    with pytest.raises(ValueError, match="rejoin"):
+        MicroBatcher(Recorder(), **kwargs)
