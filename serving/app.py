@@ -46,7 +46,8 @@ def build_state(config: ServeConfig, registry: Registry | None = None) -> Gatewa
     state = GatewayState(
         config=config, registry=registry, live=LiveModel(registry, config.model, backend, config.split_poll_s),
         batcher=MicroBatcher(backend.generate, max_batch=config.max_batch, max_wait_s=config.max_wait_ms / 1000,
-                             rejoin_share=config.rejoin_share, rejoin_max_s=config.rejoin_max_ms / 1000),
+                             rejoin_share=config.rejoin_share, rejoin_max_s=config.rejoin_max_ms / 1000,
+                             rejoin_gap_s=config.rejoin_gap_ms / 1000),
         writer=PredictionWriter(store, store_text=config.store_text), predictions=store,
         guardrails=Guardrails(config.guardrails),
         breakers=CircuitBreakers("upstream" if config.upstream else "in-process",

@@ -14,8 +14,9 @@ answered send again; those seven form the next batch, during which the lone one 
 ever, and a batch of one row costs most of what seven cost (each decode step reads all the weights). So after a
 batch of ``k`` rows, the next batch waits until it holds ``k`` more rows than were queued when that batch
 ended — the callers just answered, coming back — or until ``rejoin_share`` of the last batch's wall time has
-passed (at most ``rejoin_max_s``). A lone caller (a batch of one, nothing queued) never waits; where callers do
-not come back, a batch waits at most that share of the previous one's time.
+passed (at most ``rejoin_max_s``) — but only where those callers would at least double the batch (a batch that
+is already half full runs: see ``rejoin_target``). A lone caller (a batch of one, nothing queued) never waits;
+where callers do not come back, a batch waits at most that share of the previous one's time.
 """
 
 from __future__ import annotations
@@ -33,8 +34,11 @@ OnBatch = Callable[[Sequence[str | None], float, float], None]
 _STOP = object()
 log = logging.getLogger(__name__)
 #: The rejoin wait's defaults (module docstring), the gateway's too (serving.config): up to 10 % of the last batch's
-#: wall time, at most 50 ms. Measured in bench/RESULTS.md ("The rejoin wait").
+#: wall time, at most 50 ms, and no longer than 3 ms after the last request came in (callers that come back at once
+#: come in a burst; a wait past it would idle the worker for stragglers). Measured in bench/RESULTS.md ("The rejoin
+#: wait").
 REJOIN_SHARE, REJOIN_MAX_S = 0.1, 0.05
+REJOIN_GAP_S = 0.003
 
 
 class BatcherClosed(RuntimeError):
@@ -44,14 +48,14 @@ class BatcherClosed(RuntimeError):
 class MicroBatcher:
     def __init__(self, generate: Generate, *, max_batch: int = 32, max_wait_s: float = 0.0,
                  rejoin_share: float = REJOIN_SHARE, rejoin_max_s: float = REJOIN_MAX_S,
-                 on_batch: OnBatch | None = None) -> None:
-        if not 0 <= rejoin_share <= 1 or not rejoin_max_s >= 0:
-            raise ValueError(f"rejoin_share must be within [0, 1] and rejoin_max_s 0 or more, got {rejoin_share} "
-                             f"and {rejoin_max_s}")
+                 rejoin_gap_s: float = REJOIN_GAP_S, on_batch: OnBatch | None = None) -> None:
+        if not 0 <= rejoin_share <= 1 or not rejoin_max_s >= 0 or not rejoin_gap_s > 0:
+            raise ValueError(f"rejoin_share must be within [0, 1], rejoin_max_s 0 or more and rejoin_gap_s above 0, "
+                             f"got {rejoin_share}, {rejoin_max_s} and {rejoin_gap_s}")
         self._generate = generate
         self.on_batch = on_batch
         self.max_batch, self.max_wait_s = max_batch, max_wait_s
-        self.rejoin_share, self.rejoin_max_s = rejoin_share, rejoin_max_s
+        self.rejoin_share, self.rejoin_max_s, self.rejoin_gap_s = rejoin_share, rejoin_max_s, rejoin_gap_s
         # The last batch: its rows, its wall seconds, and how many requests were queued when it ended.
         self._last: tuple[int, float, int] = (0, 0.0, 0)
         self._queue: queue.Queue = queue.Queue()
@@ -77,9 +81,11 @@ class MicroBatcher:
         batch, stop = [first], False
         now = time.monotonic()
         want, seconds = self.rejoin_target()
-        rejoin, deadline = now + seconds, now + self.max_wait_s
+        deadline, rejoin = now + self.max_wait_s, now + seconds
         while len(batch) < self.max_batch:
-            until = max(deadline, rejoin) if len(batch) < want else deadline
+            until = deadline
+            if len(batch) < want:  # the rejoin wait, cut short when the callers stop coming
+                until = max(deadline, min(rejoin, time.monotonic() + self.rejoin_gap_s))
             remaining = until - time.monotonic()
             try:
                 item = self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait()

@@ -8,7 +8,7 @@ from pathlib import Path
 from pydantic import Field
 
 from lifecycle.records import Frozen
-from serving.batcher import REJOIN_MAX_S, REJOIN_SHARE
+from serving.batcher import REJOIN_GAP_S, REJOIN_MAX_S, REJOIN_SHARE
 from serving.guardrails import GuardrailPolicy
 from serving.upstream import UpstreamConfig
 
@@ -25,6 +25,8 @@ class ServeConfig(Frozen):
         "after a batch, the next one waits up to this share of its wall time for the callers just answered to "
         "send again (serving.batcher: closed-loop callers otherwise split into a lone batch and a big one); 0: off"))
     rejoin_max_ms: float = Field(default=REJOIN_MAX_S * 1000, ge=0, description="the longest that rejoin wait may be")
+    rejoin_gap_ms: float = Field(default=REJOIN_GAP_S * 1000, gt=0, description=(
+        "the rejoin wait ends once no request came for this long (the callers coming back arrive in a burst)"))
     request_timeout_s: float = Field(default=10.0, gt=0, description="a backend call slower than this is a 504")
     split_poll_s: float = Field(default=0.25, gt=0, description="how often replicas check the shared split")
     breaker_failures: int = Field(default=5, ge=1,

@@ -118,9 +118,10 @@ def closed_loop_batches(callers: int, requests_each: int, **batcher_kwargs) -> l
 
 def test_callers_that_come_back_at_once_ride_together_with_the_rejoin_wait():
     """Eight closed-loop callers: without the wait they may split into cohorts (a lone batch and a big one);
-    with it, once the first batch is answered, every batch carries all eight. The window is generous (1 s) so that
-    a loaded machine cannot miss it; the wait ends as soon as the eight are in, so it costs nothing here."""
-    sizes = closed_loop_batches(8, 6, rejoin_share=1.0, rejoin_max_s=1.0)
+    with it, once the first batch is answered, every batch carries all eight. The window and the gap are generous
+    (1 s) so that a loaded machine cannot miss them; the wait ends as soon as the eight are in, so it costs nothing
+    here."""
+    sizes = closed_loop_batches(8, 6, rejoin_share=1.0, rejoin_max_s=1.0, rejoin_gap_s=1.0)
     # The first batch takes whoever is in first (k rows); every later batch carries all eight, but the last, where
     # the k callers of the first batch, a request ahead, are done: [k, 8, 8, 8, 8, 8, 8 - k].
     assert sum(sizes) == 48 and len(sizes) >= 6
@@ -144,12 +145,27 @@ def test_the_rejoin_target_follows_the_last_batch_and_a_lone_caller_never_waits(
     off.close()
 
 
+def test_the_rejoin_wait_ends_when_the_callers_stop_coming():
+    """Two of eight callers come back, the other six never do: the batch runs once no request came for the gap
+    (0.2 s), not at the end of the window (30 s here: waiting it out would time the test out)."""
+    sizes, gate = [], threading.Event()
+    batcher = MicroBatcher(lambda p, a: (gate.wait(30), sizes.append(len(p)), list(p))[2], max_batch=32,
+                           rejoin_share=1.0, rejoin_max_s=30.0, rejoin_gap_s=0.2)
+    batcher._last = (8, 30.0, 0)  # as after a batch of eight
+    futures = [batcher.submit(str(i), None) for i in range(2)]
+    gate.set()
+    assert [f.result(timeout=20) for f in futures] == ["0", "1"]
+    assert sizes == [2]
+    batcher.close()
+
+
 def test_a_lone_caller_is_answered_without_the_rejoin_wait():
     """One caller at a time: every batch is one row and never waits for company (a window of 30 s would show)."""
-    assert closed_loop_batches(1, 5, rejoin_share=1.0, rejoin_max_s=30.0) == [1] * 5
+    assert closed_loop_batches(1, 5, rejoin_share=1.0, rejoin_max_s=30.0, rejoin_gap_s=30.0) == [1] * 5
 
 
-@pytest.mark.parametrize("kwargs", [{"rejoin_share": -0.1}, {"rejoin_share": 1.5}, {"rejoin_max_s": -1}])
+@pytest.mark.parametrize("kwargs", [{"rejoin_share": -0.1}, {"rejoin_share": 1.5}, {"rejoin_max_s": -1},
+                                    {"rejoin_gap_s": 0}])
 def test_a_bad_rejoin_setting_is_refused_by_name(kwargs):
     with pytest.raises(ValueError, match="rejoin"):
         MicroBatcher(Recorder(), **kwargs)
