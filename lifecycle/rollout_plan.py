@@ -8,7 +8,8 @@ direction and the regression worth catching.
 ``decide_stage`` compares the two arms' aggregates over the stage's window (``lifecycle.sequential``):
 
 * a silent arm (no requests, or none answered: every one an infra error), fewer answered requests than
-  the stage's minimum, or fewer distinct callers than its ``min_callers_per_arm`` is INCONCLUSIVE: never a pass;
+  the stage's minimum, or fewer distinct callers than its ``min_callers_per_arm`` is INCONCLUSIVE: never a pass
+  (and a test whose own sums hold fewer callers than that, e.g. few callers gave feedback, does not pass either);
 * a sample-ratio mismatch of the split is FAIL: the comparison is biased, so nothing it says can be trusted;
 * a rate metric FAILs when the one-sided mSPRT rejects "challenger no worse" (always-valid p <= alpha), at
   any look; it PASSes when the anytime-valid interval rules out a regression as large as the one worth
@@ -108,9 +109,10 @@ class Stage(Frozen):
     share: int = Field(ge=0, le=100, description="challenger's percent of served traffic; 0 = shadow")
     min_requests_per_arm: int = Field(ge=1)
     min_callers_per_arm: int = Field(default=1, ge=1, description=(
-        "distinct callers each arm needs before the stage can pass (1: no minimum). The tests read each arm's "
-        "spread between callers (the design effect); with a handful of callers that spread is barely seen and an "
-        "arm of one caller is read as independent requests, the most optimistic reading"))
+        "distinct callers each arm needs before the stage can pass, and each test's own callers (those who gave "
+        "feedback, those with ok answers) before that test can (1: no minimum). The tests read each arm's spread "
+        "between callers (the design effect); with a handful of callers that spread is barely seen and an arm of "
+        "one caller is read as independent requests, the most optimistic reading. Never blocks a FAIL"))
     max_duration_s: float = Field(gt=0)
     guardrails: list[Guardrail] = Field(min_length=1)
     on_inconclusive: Literal["pause", "rollback"] = Field(
@@ -207,7 +209,9 @@ def _rate_finding(g: Guardrail, stage: Stage, champion: VersionAggregate,
         worse = f"worse by more than {g.tolerance}" if g.tolerance else "worse"
         verdict, why = Verdict.FAIL, f"challenger {worse}: p <= alpha {stage.alpha}"
     elif bound < g.regression:
-        verdict, why = Verdict.PASS, f"a regression of {g.regression} is ruled out"
+        few = _too_few_callers(stage, events, champion, challenger)
+        verdict = Verdict.INCONCLUSIVE if few else Verdict.PASS
+        why = f"a regression of {g.regression} is ruled out{few or ''}"
     else:
         verdict, why = Verdict.INCONCLUSIVE, f"a regression of {g.regression} is not yet ruled out"
     return Finding(check=g.metric, verdict=verdict, observed=t.p_value, threshold=stage.alpha,
@@ -229,6 +233,16 @@ def _by_caller_note(effect: float, events: str, *arms: VersionAggregate) -> str:
     if alone:
         note += f"; one caller on the {' and '.join(alone)} arm: read as independent requests"
     return note
+
+
+def _too_few_callers(stage: Stage, events: str, *arms: VersionAggregate) -> str | None:
+    """Why a test's PASS must wait, or None: the callers in its own sums (those who gave feedback, those with ok
+    answers) are fewer on an arm than the plan's ``min_callers_per_arm``, however many called."""
+    counts = [c.callers for a in arms if (c := (a.by_caller or {}).get(events)) is not None]
+    need = stage.min_callers_per_arm
+    if need > 1 and counts and min(counts) < need:
+        return f", but on {min(counts)} callers on the smaller arm: the plan needs {need} before a pass"
+    return None
 
 
 def _latency_variance(agg: VersionAggregate, variance: float) -> float:
@@ -258,7 +272,9 @@ def _mean_finding(g: Guardrail, stage: Stage, champion: VersionAggregate,
     if cs.lower > 0:
         verdict, why = Verdict.FAIL, f"slower than the limit, at confidence {1 - stage.alpha:.0%}"
     elif cs.upper < 0:
-        verdict, why = Verdict.PASS, f"a slowdown beyond {g.regression:.0%} is ruled out"
+        few = _too_few_callers(stage, "latency_sum_ms", champion, challenger)
+        verdict = Verdict.INCONCLUSIVE if few else Verdict.PASS
+        why = f"a slowdown beyond {g.regression:.0%} is ruled out{few or ''}"
     else:
         verdict, why = Verdict.INCONCLUSIVE, f"a slowdown beyond {g.regression:.0%} is not yet ruled out"
     return Finding(check=g.metric, verdict=verdict, observed=m_b, threshold=limit, reason=f"{span}; {why}"), cs

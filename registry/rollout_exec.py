@@ -183,7 +183,7 @@ def arms(predictions: PredictionStore, state: RolloutState, plan: RolloutPlan, n
 def _silent(state: RolloutState, version: int, role: str, since: datetime, until: datetime) -> VersionAggregate:
     zero = dict.fromkeys(("requests", "served", "ok", "model_errors", "infra_errors", "input_errors",
                           "guardrail_flagged", "prompt_tokens", "completion_tokens", "feedback_count",
-                          "feedback_success"), 0)
+                          "feedback_success", "users"), 0)
     return VersionAggregate(model=state.model, version=version, role=role, latency_p50_ms=None, latency_p95_ms=None,
                             latency_p99_ms=None, window_start=since, window_end=until, **zero)
 

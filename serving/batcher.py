@@ -4,8 +4,7 @@ One worker thread owns the backend. It takes the first waiting request, then eve
 queued (up to ``max_batch``), optionally waiting up to ``max_wait_s`` for more, and runs them as one batch —
 mixed adapters included, which the backend serves in one forward pass (its fused mode: the champion merged
 into the base, the other versions as per-row low-rank deltas). While a batch runs, new requests queue up
-and form the next batch, so under load batches fill by themselves; the default wait is 0, so a lone
-request never waits for company that is not coming.
+and form the next batch, so under load batches fill by themselves; ``max_wait_s`` is 0 by default.
 
 The rejoin wait (``rejoin_share``; 0 turns it off): callers that send their next request as soon as an answer comes
 back (a chat client, an agent, a pipeline, a load test) otherwise split into cohorts. With eight such callers
@@ -13,10 +12,10 @@ the worker finishes a batch, finds the one request that queued meanwhile and run
 answered send again; those seven form the next batch, during which the lone one returns: batches of 1 and 7 for
 ever, and a batch of one row costs most of what seven cost (each decode step reads all the weights). So after a
 batch of ``k`` rows, the next batch waits until it holds ``k`` more rows than were queued when that batch
-ended — the callers just answered, coming back — or until ``rejoin_share`` of the last batch's wall time has
-passed (at most ``rejoin_max_s``) — but only where those callers would at least double the batch (a batch that
-is already half full runs: see ``rejoin_target``). A lone caller (a batch of one, nothing queued) never waits;
-where callers do not come back, a batch waits at most that share of the previous one's time.
+ended — the callers just answered, coming back — for at most ``rejoin_share`` of the last batch's wall time
+(and ``rejoin_max_s``), and no longer than ``rejoin_gap_s`` after the last request came in. A lone caller (a
+batch of one, nothing queued) never waits. Where the callers do not come back (independent arrivals), a request
+may wait up to that gap (3 ms by default) for company that is not coming.
 """
 
 from __future__ import annotations
@@ -122,6 +121,7 @@ class MicroBatcher:
         # A caller that timed out cancelled its future: skip it. After this call no future can be cancelled.
         batch = [item for item in batch if item[2].set_running_or_notify_cancel()]
         if not batch:
+            self._last = (0, 0.0, 0)  # nobody to come back
             return
         prompts, adapters, futures = zip(*batch, strict=True)
         wall, cpu = time.perf_counter(), time.thread_time()

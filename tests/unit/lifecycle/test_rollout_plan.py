@@ -390,3 +390,22 @@ def test_a_minimum_of_callers_below_one_is_refused_by_name():
     with pytest.raises(ValueError, match="min_callers_per_arm"):
         Stage(name="canary", share=50, min_requests_per_arm=100, min_callers_per_arm=0, max_duration_s=60,
               guardrails=[{"metric": "model_error_rate", "direction": "lower_is_better", "regression": 0.04}])
+
+
+def test_a_pass_waits_for_enough_callers_in_the_tests_own_sums():
+    """Plenty of callers on each arm (users), but the feedback of only 12 of them on the challenger: the feedback
+    test's spread between callers is barely seen, so its "ruled out" holds the stage instead of passing it."""
+    canary = stage("canary-50")
+    def with_feedback_callers(a, k):
+        per = a.feedback_count // k
+        return a.model_copy(update={"users": 100, "by_caller": {"feedback_success": moments_of(
+            [a.feedback_success / k] * k, [per] * k)}})
+    champion = with_feedback_callers(agg(2000, 20, fb=(2000, 1800)), 40)
+    few = decide_stage(canary, champion, with_feedback_callers(agg(2000, 20, fb=(2000, 1810), role="challenger",
+                                                                   version=2), 12), 600)
+    (finding,) = [f for f in few.findings if f.check == "feedback_success_rate"]
+    assert finding.verdict is Verdict.INCONCLUSIVE and few.action == "hold", few.reasons()
+    assert "ruled out, but on 12 callers on the smaller arm: the plan needs 30 before a pass" in finding.reason
+    enough = decide_stage(canary, champion, with_feedback_callers(agg(2000, 20, fb=(2000, 1810), role="challenger",
+                                                                      version=2), 40), 600)
+    assert enough.action == "advance", enough.reasons()
