@@ -1,0 +1,104 @@
+"""The micro-batcher's rejoin wait on and off, side by side (serving/batcher.py; bench/RESULTS.md "The rejoin wait").
+
+The claim: closed-loop callers (each sends its next request as soon as the last is answered) split into cohorts
+without the wait (eight callers: batches of 1 and 7), and the wait makes every mode faster. Each cell is a closed
+loop of ``concurrency`` callers through ``serving.batcher.MicroBatcher`` into ``serving.backend.InProcessBackend``
+for ``--seconds`` (bench/two_versions_bench.py's ``measure``), with the gateway's rejoin wait (``on``) and without
+it (``off``, ``rejoin_share=0``), run back to back in an order that alternates by round, so each round gives one
+paired ratio on / off per cell. Cells: ``one`` (the challenger merged into the base, served alone) and
+``auto_50_50`` (champion and challenger at 50/50 on the default backend). Reports tokens/s, rows per batch and p99
+of each, the paired ratio (median over rounds, and its range), and each side's two-versions / one-model ratio.
+
+Run:  ``.venv/bin/python bench/rejoin_bench.py --shape demo [--concurrency 8,32 --seconds 3 --rounds 6]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import shapes  # noqa: E402  (bench/ is not a package; the path line above makes this import work)
+import two_versions_bench as tvb  # noqa: E402
+
+CELLS = {"one": None, "auto_50_50": 0.5}  # cell -> champion share (None: the one merged model)
+
+
+def run(shape: str, concurrency: list[int], seconds: float, rounds: int, threads: int, adapter_steps: int) -> dict:
+    import torch
+
+    from serving.batcher import REJOIN_GAP_S, REJOIN_MAX_S, REJOIN_SHARE
+
+    torch.set_num_threads(threads)
+    _, evals = shapes.task_pairs(eval_rows=300)
+    prompts = [p.prompt for p in evals]
+    sides = {"off": 0.0, "on": REJOIN_SHARE}
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        base_dir, origin = shapes.build_base(shape, root / "base")
+        adapters = {name: tvb.train_adapter(base_dir, root / name, adapter_steps, seed, "cpu", threads)
+                    for name, seed in ((tvb.CHAMPION, 1), (tvb.CHALLENGER, 0))}
+        models = tvb.backends(base_dir, tvb.merge(base_dir, adapters[tvb.CHALLENGER], root / "merged"), adapters,
+                              ["auto"], "cpu", threads)
+        models["auto_50_50"] = models.pop("auto")
+        for name, backend in models.items():  # warm-up
+            backend.generate(prompts[:32], [None] * 32 if name == "one" else [tvb.CHAMPION, tvb.CHALLENGER] * 16)
+        report = {"benchmark": "rejoin wait on / off", "shape": shape, "base": origin,
+                  "parameters": shapes.parameters(base_dir), "seconds_per_cell": seconds, "rounds": rounds,
+                  "rejoin": {"share": REJOIN_SHARE, "max_s": REJOIN_MAX_S, "gap_s": REJOIN_GAP_S},
+                  "machine_before": shapes.machine("cpu"), "results": {}}
+        for c in concurrency:
+            raw = {(cell, side): [] for cell in CELLS for side in sides}
+            for r in range(rounds):
+                order = list(sides) if r % 2 == 0 else list(reversed(sides))
+                for cell, share in CELLS.items():
+                    for side in order:
+                        raw[(cell, side)].append(tvb.measure(models[cell], prompts, share, c, seconds, sides[side]))
+                print(f"concurrency {c} round {r + 1}/{rounds}: " + ", ".join(
+                    f"{cell} {side} {raw[(cell, side)][-1]['tokens_per_s']}" for cell, side in raw),
+                    file=sys.stderr, flush=True)
+            report["results"][f"concurrency_{c}"] = summarize(raw, rounds)
+        report["machine_after"] = shapes.machine("cpu")
+    return report
+
+
+def summarize(raw: dict[tuple[str, str], list[dict]], rounds: int) -> dict:
+    out: dict[str, dict] = {}
+    for (cell, side), rows in raw.items():
+        out.setdefault(cell, {})[side] = {
+            "tokens_per_s": shapes.spread([x["tokens_per_s"] for x in rows], 1),
+            "rows_per_batch": shapes.spread([x["rows_per_batch"] for x in rows], 2),
+            "p99_ms": shapes.spread([x["p99_ms"] for x in rows], 1)}
+    for cell in CELLS:
+        on, off = raw[(cell, "on")], raw[(cell, "off")]
+        out[cell]["on_over_off"] = shapes.spread([a["tokens_per_s"] / b["tokens_per_s"] for a, b in zip(on, off,
+                                                                                                        strict=True)])
+    for side in ("off", "on"):  # two versions against one model, the same batcher on both (issue #8 item 2's ratio)
+        out[f"two_over_one_{side}"] = shapes.spread([raw[("auto_50_50", side)][r]["tokens_per_s"]
+                                                     / raw[("one", side)][r]["tokens_per_s"] for r in range(rounds)])
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shape", default="demo", choices=shapes.SHAPE_NAMES)
+    parser.add_argument("--concurrency", default="8,32", help="comma-separated caller counts")
+    parser.add_argument("--seconds", type=float, default=3.0, help="per cell per round")
+    parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (FACTS.md: set it)")
+    parser.add_argument("--adapter-steps", type=int, default=60, help="LoRA steps that make each version's adapter")
+    parser.add_argument("--json-out", type=Path, default=None)
+    args = parser.parse_args()
+    shapes.emit(run(args.shape, [int(c) for c in args.concurrency.split(",")], args.seconds, args.rounds,
+                    args.threads, args.adapter_steps), args.json_out)
+
+
+if __name__ == "__main__":
+    main()
