@@ -165,14 +165,11 @@ def measure(backend, prompts: list[str], champion_share: float | None, concurren
 
 
 def run(shape: str, device: str, concurrency: list[int], seconds: float, rounds: int, threads: int,
-        modes: list[str], adapter_steps: int, work: Path | None = None, rejoin_share: float | None = None) -> dict:
+        modes: list[str], adapter_steps: int, rejoin_share: float, work: Path | None = None) -> dict:
     import torch
-
-    from serving.batcher import REJOIN_SHARE
 
     shapes.require_device(device)
     torch.set_num_threads(threads)
-    rejoin_share = REJOIN_SHARE if rejoin_share is None else rejoin_share
     _, evals = shapes.task_pairs(eval_rows=300)
     prompts = [p.prompt for p in evals]
     with tempfile.TemporaryDirectory(dir=work) as tmp:
@@ -250,6 +247,8 @@ def summarize(raw: dict[str, list[dict]]) -> dict:
 
 
 def main() -> None:
+    from serving.batcher import REJOIN_SHARE  # imports no torch and no web package
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu", help="cpu or cuda (fails loudly when CUDA is absent)")
     parser.add_argument("--shape", default="demo", choices=shapes.SHAPE_NAMES)
@@ -263,13 +262,13 @@ def main() -> None:
                              "without decode-only stacking (opt-in: bench/gpu_check.sh's time budget counts the "
                              "default cells)")
     parser.add_argument("--adapter-steps", type=int, default=60, help="LoRA steps that make each version's adapter")
-    parser.add_argument("--rejoin-share", type=float, default=None,
+    parser.add_argument("--rejoin-share", type=float, default=REJOIN_SHARE,
                         help="the micro-batcher's rejoin wait for every cell (default: the gateway's, "
-                             "serving.batcher.REJOIN_SHARE; 0: off, the batcher before 2026-11-28)")
+                             "%(default)s; 0: off, the batcher before 2026-11-28)")
     parser.add_argument("--json-out", type=Path, default=None)
     args = parser.parse_args()
     report = run(args.shape, args.device, [int(c) for c in args.concurrency.split(",")], args.seconds, args.rounds,
-                 args.threads, args.modes.split(","), args.adapter_steps, rejoin_share=args.rejoin_share)
+                 args.threads, args.modes.split(","), args.adapter_steps, args.rejoin_share)
     shapes.emit(report, args.json_out)
 
 

@@ -209,9 +209,7 @@ def _rate_finding(g: Guardrail, stage: Stage, champion: VersionAggregate,
         worse = f"worse by more than {g.tolerance}" if g.tolerance else "worse"
         verdict, why = Verdict.FAIL, f"challenger {worse}: p <= alpha {stage.alpha}"
     elif bound < g.regression:
-        few = _too_few_callers(stage, events, champion, challenger)
-        verdict = Verdict.INCONCLUSIVE if few else Verdict.PASS
-        why = f"a regression of {g.regression} is ruled out{few or ''}"
+        verdict, why = _ruled_out(stage, events, f"a regression of {g.regression}", champion, challenger)
     else:
         verdict, why = Verdict.INCONCLUSIVE, f"a regression of {g.regression} is not yet ruled out"
     return Finding(check=g.metric, verdict=verdict, observed=t.p_value, threshold=stage.alpha,
@@ -235,14 +233,16 @@ def _by_caller_note(effect: float, events: str, *arms: VersionAggregate) -> str:
     return note
 
 
-def _too_few_callers(stage: Stage, events: str, *arms: VersionAggregate) -> str | None:
-    """Why a test's PASS must wait, or None: the callers in its own sums (those who gave feedback, those with ok
-    answers) are fewer on an arm than the plan's ``min_callers_per_arm``, however many called."""
+def _ruled_out(stage: Stage, events: str, harm: str, *arms: VersionAggregate) -> tuple[Verdict, str]:
+    """The verdict and reason of a test whose interval rules ``harm`` out: PASS, unless the callers in its own sums
+    (those who gave feedback, those with ok answers) are fewer on an arm than the plan's ``min_callers_per_arm``,
+    however many called; then INCONCLUSIVE, saying so."""
     counts = [c.callers for a in arms if (c := (a.by_caller or {}).get(events)) is not None]
     need = stage.min_callers_per_arm
     if need > 1 and counts and min(counts) < need:
-        return f", but on {min(counts)} callers on the smaller arm: the plan needs {need} before a pass"
-    return None
+        return (Verdict.INCONCLUSIVE, f"{harm} is ruled out, but on {min(counts)} callers on the smaller arm: "
+                                      f"the plan needs {need} before a pass")
+    return Verdict.PASS, f"{harm} is ruled out"
 
 
 def _latency_variance(agg: VersionAggregate, variance: float) -> float:
@@ -272,9 +272,8 @@ def _mean_finding(g: Guardrail, stage: Stage, champion: VersionAggregate,
     if cs.lower > 0:
         verdict, why = Verdict.FAIL, f"slower than the limit, at confidence {1 - stage.alpha:.0%}"
     elif cs.upper < 0:
-        few = _too_few_callers(stage, "latency_sum_ms", champion, challenger)
-        verdict = Verdict.INCONCLUSIVE if few else Verdict.PASS
-        why = f"a slowdown beyond {g.regression:.0%} is ruled out{few or ''}"
+        verdict, why = _ruled_out(stage, "latency_sum_ms", f"a slowdown beyond {g.regression:.0%}", champion,
+                                  challenger)
     else:
         verdict, why = Verdict.INCONCLUSIVE, f"a slowdown beyond {g.regression:.0%} is not yet ruled out"
     return Finding(check=g.metric, verdict=verdict, observed=m_b, threshold=limit, reason=f"{span}; {why}"), cs

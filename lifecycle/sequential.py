@@ -289,6 +289,7 @@ def msprt_two_proportions(
     if not min(design_effects) >= 1:
         raise ValueError(f"design effects are at least 1, got {design_effects}")
     v, v_interval = rate_test_variances(x_champion, n_champion, x_challenger, n_challenger, design_effects)
+    d_a, d_b = design_effects  # V over the independent-requests V: pbar (1 - pbar) cancels
     log_lr = float(one_sided_log_lr(diff if harmful == "higher" else -diff, v, tau, margin))
     p_value = float(always_valid_p(log_lr))
     radius = mixture_radius(v_interval, tau, alpha)
@@ -296,7 +297,7 @@ def msprt_two_proportions(
                     n_challenger=n_challenger, difference=diff, harmful=harmful, log_lr=log_lr,
                     p_value=p_value, alpha=alpha, tau=tau, lower=diff - radius, upper=diff + radius,
                     margin=margin,
-                    design_effect=v / pooled_variance(x_champion, n_champion, x_challenger, n_challenger))
+                    design_effect=(d_a / n_champion + d_b / n_challenger) / (1 / n_champion + 1 / n_challenger))
 
 
 class MeanDifferenceCS(Frozen):
