@@ -9,7 +9,14 @@ paired ratio on / off per cell. Cells: ``one`` (the challenger merged into the b
 ``auto_50_50`` (champion and challenger at 50/50 on the default backend). Reports tokens/s, rows per batch and p99
 of each, the paired ratio (median over rounds, and its range), and each side's two-versions / one-model ratio.
 
-Run:  ``.venv/bin/python bench/rejoin_bench.py --shape demo [--concurrency 8,32 --seconds 3 --rounds 6]``
+The wait's cost (``--open-loads``): where callers do not come back, a batch may wait up to the 3 ms gap for
+company that is not coming. Each load is a share of the cell's capacity (its requests/s in a closed loop of 32
+callers without the wait, measured first); each round sends the SAME seeded Poisson arrivals through the batcher
+with and without the wait (order alternating by round) and reports p50 / p99 latency from the planned arrival time,
+and their paired ratios on / off.
+
+Run:  ``.venv/bin/python bench/rejoin_bench.py --shape demo [--concurrency 8,32 --seconds 3 --rounds 6]
+[--open-loads 0.3,0.6,0.85]``
 """
 
 from __future__ import annotations
@@ -31,7 +38,8 @@ import two_versions_bench as tvb  # noqa: E402
 CELLS = {"one": None, "auto_50_50": 0.5}  # cell -> champion share (None: the one merged model)
 
 
-def run(shape: str, concurrency: list[int], seconds: float, rounds: int, threads: int, adapter_steps: int) -> dict:
+def run(shape: str, concurrency: list[int], seconds: float, rounds: int, threads: int, adapter_steps: int,
+        open_loads: list[float] = ()) -> dict:
     import torch
 
     from serving.batcher import REJOIN_GAP_S, REJOIN_MAX_S, REJOIN_SHARE
@@ -65,8 +73,38 @@ def run(shape: str, concurrency: list[int], seconds: float, rounds: int, threads
                     f"{cell} {side} {raw[(cell, side)][-1]['tokens_per_s']}" for cell, side in raw),
                     file=sys.stderr, flush=True)
             report["results"][f"concurrency_{c}"] = summarize(raw, rounds)
+        if open_loads:
+            report["open_loop"] = open_loop(models, prompts, sides, open_loads, seconds, rounds)
         report["machine_after"] = shapes.machine("cpu")
     return report
+
+
+def open_loop(models: dict, prompts: list[str], sides: dict[str, float], loads: list[float], seconds: float,
+              rounds: int) -> dict:
+    """Independent (Poisson) arrivals at shares of each cell's capacity, the wait on and off on the same arrivals."""
+    out: dict[str, dict] = {}
+    for cell, share in CELLS.items():
+        full = tvb.measure(models[cell], prompts, share, 32, seconds, 0.0)  # capacity: saturated, no wait
+        capacity = full["requests"] / seconds
+        out[cell] = {"capacity_per_s": round(capacity, 2)}
+        for load in loads:
+            raw: dict[str, list[dict]] = {side: [] for side in sides}
+            for r in range(rounds):
+                for side in (list(sides) if r % 2 == 0 else list(reversed(sides))):
+                    raw[side].append(tvb.measure(models[cell], prompts, share, 0, seconds, sides[side],
+                                                 rate=load * capacity, seed=r))
+            print(f"open loop {cell} load {load}: " + ", ".join(
+                f"{side} p50 {[x['p50_ms'] for x in rows]} p99 {[x['p99_ms'] for x in rows]}"
+                for side, rows in raw.items()), file=sys.stderr, flush=True)
+            row = {side: {key: shapes.spread([x[key] for x in rows], 2)
+                          for key in ("p50_ms", "p99_ms", "rows_per_batch", "tokens_per_s")}
+                   for side, rows in raw.items()}
+            row["failed"] = sum(x["failed"] for rows in raw.values() for x in rows)
+            for key in ("p50_ms", "p99_ms"):
+                row[f"{key}_on_over_off"] = shapes.spread([a[key] / b[key] for a, b in zip(raw["on"], raw["off"],
+                                                                                            strict=True)])
+            out[cell][f"load_{load}"] = row
+    return out
 
 
 def summarize(raw: dict[tuple[str, str], list[dict]], rounds: int) -> dict:
@@ -94,10 +132,14 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (FACTS.md: set it)")
     parser.add_argument("--adapter-steps", type=int, default=60, help="LoRA steps that make each version's adapter")
+    parser.add_argument("--open-loads", default="",
+                        help="comma-separated shares of capacity for independent (Poisson) arrivals, e.g. 0.3,0.6,0.85 "
+                             "(default: none)")
     parser.add_argument("--json-out", type=Path, default=None)
     args = parser.parse_args()
-    shapes.emit(run(args.shape, [int(c) for c in args.concurrency.split(",")], args.seconds, args.rounds,
-                    args.threads, args.adapter_steps), args.json_out)
+    shapes.emit(run(args.shape, [int(c) for c in args.concurrency.split(",") if c], args.seconds, args.rounds,
+                    args.threads, args.adapter_steps, [float(x) for x in args.open_loads.split(",") if x]),
+                args.json_out)
 
 
 if __name__ == "__main__":

@@ -101,6 +101,50 @@ def closed_loop(batcher, prompts: list[str], versions: tuple[str | None, str | N
             "load_1min": round(os.getloadavg()[0], 2)}
 
 
+def open_loop(batcher, prompts: list[str], versions: tuple[str | None, str | None], champion_share: float,
+              rate: float, seconds: float, seed: int = 0) -> dict:
+    """Independent arrivals: requests at the times of a seeded Poisson process of ``rate`` a second for ``seconds``,
+    whether or not earlier ones were answered (callers that do not wait on each other: many users, few requests
+    each); then every answer is awaited. The same ``seed`` gives the same arrival times, prompts and versions, so two
+    batchers can be compared on identical traffic. Latency is from the planned arrival time, so a sender that falls
+    behind its schedule shows as latency, not as a lighter load."""
+    import random
+
+    rng = random.Random(seed)
+    plan, t = [], rng.expovariate(rate)
+    while t < seconds:
+        plan.append((t, prompts[rng.randrange(len(prompts))],
+                     versions[0] if rng.random() < champion_share else versions[1]))
+        t += rng.expovariate(rate)
+    latencies, tokens, lock, done = [], [0], threading.Lock(), threading.Event()
+    left = [len(plan)]
+
+    def answered(future, due: float) -> None:
+        with lock:
+            if future.exception() is None:  # a failed request counts as not answered (``failed``)
+                latencies.append((time.perf_counter() - due) * 1000)
+                tokens[0] += future.result().completion_tokens
+            left[0] -= 1
+            if left[0] == 0:
+                done.set()
+
+    start = time.perf_counter()
+    for at, prompt, adapter in plan:
+        delay = start + at - time.perf_counter()
+        if delay > 0:
+            time.sleep(delay)
+        batcher.submit(prompt, adapter).add_done_callback(lambda f, due=start + at: answered(f, due))
+    if plan:
+        done.wait()
+    elapsed = time.perf_counter() - start
+    return {"tokens": tokens[0], "tokens_per_s": round(tokens[0] / elapsed, 1),
+            "tokens_per_request": round(tokens[0] / max(len(latencies), 1), 2),
+            "p50_ms": round(shapes.pct(latencies, 50), 2) if latencies else None,
+            "p99_ms": round(shapes.pct(latencies, 99), 2) if latencies else None, "requests": len(latencies),
+            "failed": len(plan) - len(latencies), "offered_per_s": round(len(plan) / seconds, 2),
+            "load_1min": round(os.getloadavg()[0], 2)}
+
+
 def merge(base_dir: Path, adapter_dir: Path, out: Path) -> Path:
     """The challenger as one plain model (its adapter folded into the base weights): the baseline."""
     from transformers import AutoTokenizer
@@ -142,10 +186,11 @@ def backends(base_dir: Path, merged_dir: Path, adapters: dict[str, Path], modes:
 
 
 def measure(backend, prompts: list[str], champion_share: float | None, concurrency: int, seconds: float,
-            rejoin_share: float) -> dict:
+            rejoin_share: float, rate: float | None = None, seed: int = 0) -> dict:
     """One cell: ``concurrency`` closed-loop callers through a fresh micro-batcher (the gateway's settings, with
     ``rejoin_share``) into ``backend`` for ``seconds``; ``champion_share`` None: the baseline's one model (every
-    request to its bare model)."""
+    request to its bare model). With ``rate``: independent arrivals at that rate instead (``open_loop``, ``seed``),
+    ``concurrency`` unused."""
     from serving.batcher import MicroBatcher
 
     cpu = [0.0, 0]  # the worker thread's CPU seconds (less shaken by other people's load than wall time), batches
@@ -156,8 +201,9 @@ def measure(backend, prompts: list[str], champion_share: float | None, concurren
 
     batcher = MicroBatcher(backend.generate, max_batch=32, rejoin_share=rejoin_share, on_batch=account)
     versions = (None, None) if champion_share is None else (CHAMPION, CHALLENGER)
-    cell = closed_loop(batcher, prompts, versions, 1.0 if champion_share is None else champion_share, concurrency,
-                       seconds)
+    share = 1.0 if champion_share is None else champion_share
+    cell = (closed_loop(batcher, prompts, versions, share, concurrency, seconds) if rate is None
+            else open_loop(batcher, prompts, versions, share, rate, seconds, seed))
     batcher.close()
     cell["cpu_ms_per_token"] = round(cpu[0] * 1000 / max(cell.pop("tokens"), 1), 3)
     cell["rows_per_batch"] = round(cell["requests"] / max(cpu[1], 1), 2)

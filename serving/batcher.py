@@ -14,8 +14,15 @@ ever, and a batch of one row costs most of what seven cost (each decode step rea
 batch of ``k`` rows, the next batch waits until it holds ``k`` more rows than were queued when that batch
 ended — the callers just answered, coming back — for at most ``rejoin_share`` of the last batch's wall time
 (and ``rejoin_max_s``), and no longer than ``rejoin_gap_s`` after the last request came in. A lone caller (a
-batch of one, nothing queued) never waits. Where the callers do not come back (independent arrivals), a request
-may wait up to that gap (3 ms by default) for company that is not coming.
+batch of one, nothing queued) never waits.
+
+Where the callers do not come back (independent arrivals: many users, a request each now and then), a batch would
+wait up to that gap (3 ms by default) for company that is not coming: on a small model whose batches take 30 ms,
+and near saturation the waits do catch a trickle of arrivals, but too few to matter: +7 % p50 at 60 % of capacity,
++19 % p50 / +37 % p99 at 85 % (bench/rejoin_bench.py --open-loads; bench/RESULTS.md). So the wait watches itself:
+a wait is fruitful when at least half the rows it waited for came (callers coming back come nearly all at once;
+independent arrivals bring a few in a tenth of a batch's time); after ``REJOIN_SUSPEND_AFTER`` fruitless waits in
+a row it stops, and tries again once every ``REJOIN_PROBE_EVERY`` batches; one fruitful wait turns it back on.
 """
 
 from __future__ import annotations
@@ -38,6 +45,9 @@ log = logging.getLogger(__name__)
 #: wait").
 REJOIN_SHARE, REJOIN_MAX_S = 0.1, 0.05
 REJOIN_GAP_S = 0.003
+#: Fruitless rejoin waits (under half the rows waited for came) in a row after which the wait stops, and how often
+#: (in batches) it is tried again then.
+REJOIN_SUSPEND_AFTER, REJOIN_PROBE_EVERY = 3, 8
 
 
 class BatcherClosed(RuntimeError):
@@ -57,6 +67,8 @@ class MicroBatcher:
         self.rejoin_share, self.rejoin_max_s, self.rejoin_gap_s = rejoin_share, rejoin_max_s, rejoin_gap_s
         # The last batch: its rows, its wall seconds, and how many requests were queued when it ended.
         self._last: tuple[int, float, int] = (0, 0.0, 0)
+        self._batches = 0  # batches run so far (the suspended wait's probes fall on every REJOIN_PROBE_EVERY-th)
+        self._fruitless = 0  # rejoin waits in a row that brought under half the rows they waited for
         self._queue: queue.Queue = queue.Queue()
         self._closed = False
         self._thread = threading.Thread(target=self._run, name="slm-batcher", daemon=True)
@@ -78,7 +90,7 @@ class MicroBatcher:
 
     def _gather(self, first) -> tuple[list, bool]:
         batch, stop = [first], False
-        now = time.monotonic()
+        now, ready = time.monotonic(), self._queue.qsize()  # requests there already, before any wait
         want, seconds = self.rejoin_target()
         deadline, rejoin = now + self.max_wait_s, now + seconds
         while len(batch) < self.max_batch:
@@ -94,13 +106,19 @@ class MicroBatcher:
                 stop = True
                 break
             batch.append(item)
+        if want > 1 + ready and not stop:  # a rejoin wait ran: did the callers come back (half of them, at least)?
+            fruitful = 2 * (len(batch) - 1 - ready) >= want - 1 - ready
+            self._fruitless = 0 if fruitful else self._fruitless + 1
         return batch, stop
 
     def rejoin_target(self) -> tuple[int, float]:
         """(rows the next batch waits for, at most how many seconds) by the rejoin wait (module docstring): the
-        last batch's rows come back on top of what was queued when it ended; (0, 0.0) when it is off."""
+        last batch's rows come back on top of what was queued when it ended; (0, 0.0) when it is off, or suspended
+        after fruitless waits (but on a probe batch)."""
         rows, wall, queued = self._last
         if self.rejoin_share <= 0 or rows == 0:
+            return 0, 0.0
+        if self._fruitless >= REJOIN_SUSPEND_AFTER and self._batches % REJOIN_PROBE_EVERY:
             return 0, 0.0
         return min(self.max_batch, rows + queued), min(self.rejoin_share * wall, self.rejoin_max_s)
 
@@ -120,6 +138,7 @@ class MicroBatcher:
     def _execute(self, batch: list) -> None:
         # A caller that timed out cancelled its future: skip it. After this call no future can be cancelled.
         batch = [item for item in batch if item[2].set_running_or_notify_cancel()]
+        self._batches += 1
         if not batch:
             self._last = (0, 0.0, 0)  # nobody to come back
             return

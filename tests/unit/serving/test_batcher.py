@@ -3,7 +3,7 @@ import time
 
 import pytest
 
-from serving.batcher import BatcherClosed, MicroBatcher
+from serving.batcher import REJOIN_PROBE_EVERY, REJOIN_SUSPEND_AFTER, BatcherClosed, MicroBatcher
 
 
 class Recorder:
@@ -170,6 +170,41 @@ def test_a_lone_caller_is_answered_without_the_rejoin_wait():
     batcher = MicroBatcher(Recorder(), rejoin_share=1.0, rejoin_max_s=30.0, rejoin_gap_s=30.0)
     batcher._last = (1, 30.0, 0)  # as after a lone caller's batch that took 30 s
     assert batcher.submit("again", None).result(timeout=10) == "again|None"
+    batcher.close()
+
+
+def test_fruitless_rejoin_waits_suspend_it_and_a_probe_that_brings_the_callers_back_resumes_it():
+    """Independent arrivals: a batch that waits for callers who never come back pays the gap every time. After
+    REJOIN_SUSPEND_AFTER such waits the batcher stops waiting (a 30 s gap would time the test out), tries again on
+    every REJOIN_PROBE_EVERY-th batch, where a trickle (one of seven rows waited for) does not count and half of
+    them coming does: the wait is on again."""
+    backend = Recorder()
+    batcher = MicroBatcher(backend, rejoin_share=1.0, rejoin_max_s=60.0, rejoin_gap_s=0.05)
+    for i in range(REJOIN_SUSPEND_AFTER):
+        batcher._last = (8, 60.0, 0)  # as after a batch of eight: wait for seven more
+        assert batcher.submit(f"alone-{i}", None).result(timeout=10) == f"alone-{i}|None"
+    assert batcher._fruitless == REJOIN_SUSPEND_AFTER
+    batcher._last, batcher.rejoin_gap_s = (8, 60.0, 0), 30.0
+    assert batcher.rejoin_target() == (0, 0.0)  # suspended
+    assert batcher.submit("no wait", None).result(timeout=10) == "no wait|None"
+
+    def probe(company: int) -> list[str]:
+        batcher._last, batcher.rejoin_gap_s = (8, 60.0, 0), 2.0
+        batcher._batches = REJOIN_PROBE_EVERY * 3  # the next batch is a probe
+        assert batcher.rejoin_target() == (8, 60.0)
+        futures = [batcher.submit("probe", None)]
+        time.sleep(0.05)
+        futures += [batcher.submit(f"company-{k}", None) for k in range(company)]
+        return [f.result(timeout=20) for f in futures]
+
+    assert probe(1) == ["probe|None", "company-0|None"]  # one of the seven waited for: a trickle
+    assert backend.batches[-1] == ["probe", "company-0"]
+    assert batcher._fruitless == REJOIN_SUSPEND_AFTER + 1
+    assert len(probe(4)) == 5  # four of seven: they came back
+    assert backend.batches[-1] == ["probe", "company-0", "company-1", "company-2", "company-3"]
+    assert batcher._fruitless == 0
+    batcher._last = (8, 60.0, 0)
+    assert batcher.rejoin_target() == (8, 60.0)  # on again, whatever the batch count
     batcher.close()
 
 

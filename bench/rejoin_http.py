@@ -1,0 +1,201 @@
+"""The micro-batcher's rejoin wait on and off through the gateway over HTTP (bench/RESULTS.md "The rejoin wait").
+
+bench/rejoin_bench.py measures the wait in process; here real requests go through the gateway on loopback with the
+``openai`` client (HTTP, validation, routing, guardrails, the prediction log: everything a caller's request passes).
+The registry is a temporary one as bench/gateway_overhead.py makes it (the cached demo base as champion v1, a 30-step
+adapter as v2) with v2 at ``--challenger-percent`` (sticky by user). One server; each round runs every cell with the
+wait on (the gateway's settings) and off (``rejoin_share`` 0), in an order that alternates by round, so each round
+gives one paired ratio per cell:
+
+- ``closed_C``: C callers, each its own client and user, sending again as soon as it is answered, for ``--seconds``;
+- ``open_L``: independent arrivals (a seeded Poisson process, a new user each request, the same arrivals on both
+  sides) at L x the answers/s of 32 closed-loop callers without the wait (measured first); latency from the planned
+  arrival time.
+
+Reports answers/s and p50 / p99 latency per cell and side, and the paired on / off ratios (median, range).
+
+Run:  ``.venv/bin/python bench/rejoin_http.py [--concurrency 8,16 --open-loads 0.3,0.6 --seconds 5 --rounds 6]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("SLM_ADMIN_TOKEN", "bench-token")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import gateway_bench  # noqa: E402  (bench/ is not a package; the path line above makes these imports work)
+import gateway_overhead  # noqa: E402
+import shapes  # noqa: E402
+
+PROMPTS = gateway_bench.PROMPTS
+
+
+def client(url: str):
+    import openai
+
+    return openai.OpenAI(base_url=f"{url}/v1", api_key="bench", max_retries=0, timeout=60)
+
+
+def ask(api, model: str, user: str, i: int) -> None:
+    api.chat.completions.create(model=model, user=user,
+                                messages=[{"role": "user", "content": PROMPTS[i % len(PROMPTS)]}])
+
+
+def closed(url: str, model: str, callers: int, seconds: float) -> dict:
+    """``callers`` closed-loop callers (each its own client and sticky user) for ``seconds``."""
+    latencies, lock, failed = [], threading.Lock(), [0]
+    stop = time.monotonic() + seconds
+
+    def caller(k: int) -> None:
+        api, i = client(url), 0
+        while time.monotonic() < stop:
+            t = time.perf_counter()
+            try:
+                ask(api, model, f"closed-{k}", k + i)
+            except Exception:
+                with lock:
+                    failed[0] += 1
+            else:
+                with lock:
+                    latencies.append((time.perf_counter() - t) * 1000)
+            i += 1
+
+    start = time.monotonic()
+    threads = [threading.Thread(target=caller, args=(k,)) for k in range(callers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return _cell(latencies, time.monotonic() - start, failed[0])
+
+
+def open_loop(url: str, model: str, rate: float, seconds: float, seed: int) -> dict:
+    """Seeded Poisson arrivals at ``rate`` a second for ``seconds`` (a new user each), each sent at its time by a
+    pool of clients whatever came back; every answer awaited. Latency from the planned arrival time."""
+    rng = random.Random(seed)
+    plan, t = [], rng.expovariate(rate)
+    while t < seconds:
+        plan.append(t)
+        t += rng.expovariate(rate)
+    latencies, lock, failed = [], threading.Lock(), [0]
+    local = threading.local()
+
+    def send(i: int, due: float) -> None:
+        if not hasattr(local, "api"):
+            local.api = client(url)
+        try:
+            ask(local.api, model, f"open-{seed}-{i}", i)
+        except Exception:
+            with lock:
+                failed[0] += 1
+        else:
+            with lock:
+                latencies.append((time.perf_counter() - due) * 1000)
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=64) as pool:
+        for i, at in enumerate(plan):
+            delay = start + at - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+            pool.submit(send, i, start + at)
+    return _cell(latencies, time.perf_counter() - start, failed[0])
+
+
+def _cell(latencies: list[float], elapsed: float, failed: int) -> dict:
+    return {"answers_per_s": round(len(latencies) / elapsed, 2), "answers": len(latencies), "failed": failed,
+            "p50_ms": round(shapes.pct(latencies, 50), 2) if latencies else None,
+            "p99_ms": round(shapes.pct(latencies, 99), 2) if latencies else None,
+            "load_1min": round(os.getloadavg()[0], 2)}
+
+
+def run(concurrency: list[int], open_loads: list[float], seconds: float, rounds: int, percent: int) -> dict:
+    import httpx
+
+    from serving.server import BackgroundServer
+
+    with tempfile.TemporaryDirectory(prefix="slm-rejoin-http-") as tmp:
+        gateway_overhead.temporary_registry(Path(tmp))
+        from registry.service import open_registry
+        from serving.app import build_app, load_serve_config
+
+        registry = open_registry()
+        config = load_serve_config()
+        app, state = build_app(config, registry)
+        batcher = state.batcher
+        sides = {"off": 0.0, "on": config.rejoin_share}
+
+        def use(side: str) -> None:  # the same batcher, its wait switched; its memory of the last batch reset
+            batcher.rejoin_share, batcher._fruitless = sides[side], 0
+
+        report = {"benchmark": "rejoin wait on / off over HTTP", "rounds": rounds, "seconds_per_cell": seconds,
+                  "challenger_percent": percent, "rejoin": {"share": config.rejoin_share,
+                                                            "max_ms": config.rejoin_max_ms,
+                                                            "gap_ms": config.rejoin_gap_ms},
+                  "machine_before": shapes.machine("cpu")}
+        with BackgroundServer(app) as server:
+            versions = [v for v in registry.store.list_versions(state.model) if v.number != state.live.split.champion]
+            httpx.put(f"{server.url}/admin/split", json={"challenger": versions[-1].number,
+                      "challenger_percent": percent, "reason": "rejoin bench"},
+                      headers=gateway_bench.ADMIN).raise_for_status()
+            time.sleep(3 * config.split_poll_s + 1)
+            use("off")
+            closed(server.url, state.model, 8, 3.0)  # warm-up: connections, first-call paths
+            capacity = closed(server.url, state.model, 32, seconds)["answers_per_s"]
+            report["capacity_per_s"] = capacity
+            cells = {f"closed_{c}": (lambda r, c=c: closed(server.url, state.model, c, seconds)) for c in concurrency}
+            cells.update({f"open_{load}": (lambda r, load=load: open_loop(server.url, state.model, load * capacity,
+                                                                          seconds, r)) for load in open_loads})
+            raw = {(cell, side): [] for cell in cells for side in sides}
+            for r in range(rounds):
+                for cell, measure in cells.items():
+                    for side in (list(sides) if r % 2 == 0 else list(reversed(sides))):
+                        use(side)
+                        raw[(cell, side)].append(measure(r))
+                print(f"round {r + 1}/{rounds}: " + ", ".join(
+                    f"{cell} {side} {rows[-1]['answers_per_s']}/s p99 {rows[-1]['p99_ms']}"
+                    for (cell, side), rows in raw.items()), file=sys.stderr, flush=True)
+            state.writer.flush(timeout=60)
+        registry.close()
+    report["results"] = {}
+    for cell in cells:
+        on, off = raw[(cell, "on")], raw[(cell, "off")]
+        row = {side: {key: shapes.spread([x[key] for x in raw[(cell, side)]], 2)
+                      for key in ("answers_per_s", "p50_ms", "p99_ms")} for side in sides}
+        row["failed"] = sum(x["failed"] for x in on + off)
+        for key in ("answers_per_s", "p50_ms", "p99_ms"):
+            row[f"{key}_on_over_off"] = shapes.spread([a[key] / b[key] for a, b in zip(on, off, strict=True)])
+        report["results"][cell] = row
+    report["machine_after"] = shapes.machine("cpu")
+    return report
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--concurrency", default="8,16", help="closed-loop caller counts, comma-separated")
+    parser.add_argument("--open-loads", default="0.3,0.6",
+                        help="shares of capacity for independent arrivals, comma-separated")
+    parser.add_argument("--seconds", type=float, default=5.0, help="per cell per side per round")
+    parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--challenger-percent", type=int, default=50)
+    parser.add_argument("--json-out", type=Path, default=None)
+    args = parser.parse_args()
+    shapes.emit(run([int(c) for c in args.concurrency.split(",") if c],
+                    [float(x) for x in args.open_loads.split(",") if x], args.seconds, args.rounds,
+                    args.challenger_percent), args.json_out)
+
+
+if __name__ == "__main__":
+    main()
