@@ -46,6 +46,27 @@ def _error(status: int, message: str, kind: str, code: str | None = None, param:
     return JSONResponse(s.error_body(message, kind, code, param), status_code=status)
 
 
+class ApiKeys:
+    """ASGI middleware: ``/v1/`` requests need one of the gateway's API keys when it has any (401 otherwise).
+
+    Plain ASGI, not Starlette's ``@app.middleware("http")``: that one runs the app in a task group of its own, where
+    the body limit's refusal (``serving.limits``, raised while the endpoint reads the body) became "No response
+    returned" in the log, and it costs a task and a memory stream per request."""
+
+    def __init__(self, app, state: GatewayState) -> None:
+        self.app, self.state = app, state
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http" and scope["path"].startswith("/v1/"):
+            authorization = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"authorization"), None)
+            if not self.state.api_key_ok(authorization):
+                self.state.metrics.reject("auth", self.state.model)
+                response = _error(401, "missing or invalid API key", "authentication_error", "invalid_api_key")
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
 def create_app(state: GatewayState) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_app: FastAPI):
@@ -78,13 +99,6 @@ def create_app(state: GatewayState) -> FastAPI:
     async def _refused(_request: Request, exc: InputError) -> JSONResponse:
         state.metrics.reject(exc.code, state.model)
         return _error(exc.status, str(exc), "invalid_request_error", exc.code, exc.param)
-
-    @app.middleware("http")
-    async def _api_keys(request: Request, call_next):
-        if request.url.path.startswith("/v1/") and not state.api_key_ok(request.headers.get("authorization")):
-            state.metrics.reject("auth", state.model)
-            return _error(401, "missing or invalid API key", "authentication_error", "invalid_api_key")
-        return await call_next(request)
 
     @app.get("/healthz")
     async def healthz() -> dict:
@@ -131,6 +145,7 @@ def create_app(state: GatewayState) -> FastAPI:
             raise InputError(str(exc), status=404, code="unknown_request", param="request_id") from None
         return {"request_id": body.request_id, "recorded": True}
 
+    app.add_middleware(ApiKeys, state=state)
     app.add_middleware(BodyLimit, limit=state.config.max_body_bytes,
                        on_reject=lambda: state.metrics.reject("too_large", state.model))
     app.add_exception_handler(AdminError, admin_error_handler)

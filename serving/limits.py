@@ -44,7 +44,7 @@ class BodyLimit:
 
         try:
             await self.app(scope, limited, send)
-        except* _TooLarge:  # except*: Starlette's HTTP middleware may wrap it in an exception group
+        except* _TooLarge:  # except*: a middleware that runs the app in a task group wraps it in a group
             await self._refuse(scope, receive, send)
 
     async def _refuse(self, scope, receive, send) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections import Counter
@@ -106,7 +107,26 @@ def test_only_the_champion_and_challenger_can_be_pinned(gateway):
     set_split(gateway)
 
 
+class _Errors(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
 def test_oversized_body_is_413(gateway):
+    errors = _Errors()  # the server's own error log: a refused body is not a server error
+    logging.getLogger("uvicorn.error").addHandler(errors)
+    try:
+        _oversized_bodies_are_refused(gateway)
+    finally:
+        logging.getLogger("uvicorn.error").removeHandler(errors)
+    assert [r.getMessage() for r in errors.records] == []  # was "Exception in ASGI application" on the chunked one
+
+
+def _oversized_bodies_are_refused(gateway):
     response = httpx.post(f"{gateway.url}/v1/completions", content=b"x" * 70_000,
                           headers={"content-type": "application/json"})
     assert response.status_code == 413
