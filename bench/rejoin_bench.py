@@ -4,16 +4,17 @@ The claim: closed-loop callers (each sends its next request as soon as the last 
 without the wait (eight callers: batches of 1 and 7), and the wait makes every mode faster. Each cell is a closed
 loop of ``concurrency`` callers through ``serving.batcher.MicroBatcher`` into ``serving.backend.InProcessBackend``
 for ``--seconds`` (bench/two_versions_bench.py's ``measure``), with the gateway's rejoin wait (``on``) and without
-it (``off``, ``rejoin_share=0``), run back to back in an order that alternates by round, so each round gives one
-paired ratio on / off per cell. Cells: ``one`` (the challenger merged into the base, served alone) and
+it (``off``, ``rejoin_share=0``) and with it but never suspended (``on_always``: the wait before it learned to
+stop under independent arrivals), run back to back in an order that rotates by round, so each round gives one
+paired ratio to ``off`` per cell and side. Cells: ``one`` (the challenger merged into the base, served alone) and
 ``auto_50_50`` (champion and challenger at 50/50 on the default backend). Reports tokens/s, rows per batch and p99
 of each, the paired ratio (median over rounds, and its range), and each side's two-versions / one-model ratio.
 
 The wait's cost (``--open-loads``): where callers do not come back, a batch may wait up to the 3 ms gap for
 company that is not coming. Each load is a share of the cell's capacity (its requests/s in a closed loop of 32
 callers without the wait, measured first); each round sends the SAME seeded Poisson arrivals through the batcher
-with and without the wait (order alternating by round) and reports p50 / p99 latency from the planned arrival time,
-and their paired ratios on / off.
+on every side (order rotating by round) and reports p50 / p99 latency from the planned arrival time, and their
+paired ratios to ``off``.
 
 Run:  ``.venv/bin/python bench/rejoin_bench.py --shape demo [--concurrency 8,32 --seconds 3 --rounds 6]
 [--open-loads 0.3,0.6,0.85]``
@@ -38,16 +39,31 @@ import two_versions_bench as tvb  # noqa: E402
 CELLS = {"one": None, "auto_50_50": 0.5}  # cell -> champion share (None: the one merged model)
 
 
+def sides() -> dict[str, dict]:
+    """The batcher settings compared: the wait off, on (the gateway's defaults), and on without its suspension
+    (``rejoin_suspend_after`` None: the wait as it was before 2026-11-28's session 10)."""
+    from serving.batcher import REJOIN_SHARE
+
+    return {"off": {"rejoin_share": 0.0}, "on": {"rejoin_share": REJOIN_SHARE},
+            "on_always": {"rejoin_share": REJOIN_SHARE, "rejoin_suspend_after": None}}
+
+
+def rotated(names: list[str], r: int) -> list[str]:
+    """Round ``r``'s order: each side goes first, second, ... in turn (drift in machine speed hits all alike)."""
+    k = r % len(names)
+    return names[k:] + names[:k]
+
+
 def run(shape: str, concurrency: list[int], seconds: float, rounds: int, threads: int, adapter_steps: int,
         open_loads: list[float] = ()) -> dict:
     import torch
 
-    from serving.batcher import REJOIN_GAP_S, REJOIN_MAX_S, REJOIN_SHARE
+    from serving.batcher import REJOIN_GAP_S, REJOIN_MAX_S, REJOIN_PROBE_EVERY, REJOIN_SHARE, REJOIN_SUSPEND_AFTER
 
     torch.set_num_threads(threads)
     _, evals = shapes.task_pairs(eval_rows=300)
     prompts = [p.prompt for p in evals]
-    sides = {"off": 0.0, "on": REJOIN_SHARE}
+    settings = sides()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         base_dir, origin = shapes.build_base(shape, root / "base")
@@ -60,39 +76,40 @@ def run(shape: str, concurrency: list[int], seconds: float, rounds: int, threads
             backend.generate(prompts[:32], [None] * 32 if name == "one" else [tvb.CHAMPION, tvb.CHALLENGER] * 16)
         report = {"benchmark": "rejoin wait on / off", "shape": shape, "base": origin,
                   "parameters": shapes.parameters(base_dir), "seconds_per_cell": seconds, "rounds": rounds,
-                  "rejoin": {"share": REJOIN_SHARE, "max_s": REJOIN_MAX_S, "gap_s": REJOIN_GAP_S},
-                  "machine_before": shapes.machine("cpu"), "results": {}}
+                  "rejoin": {"share": REJOIN_SHARE, "max_s": REJOIN_MAX_S, "gap_s": REJOIN_GAP_S,
+                             "suspend_after": REJOIN_SUSPEND_AFTER, "probe_every": REJOIN_PROBE_EVERY},
+                  "sides": settings, "machine_before": shapes.machine("cpu"), "results": {}}
         for c in concurrency:
-            raw = {(cell, side): [] for cell in CELLS for side in sides}
+            raw = {(cell, side): [] for cell in CELLS for side in settings}
             for r in range(rounds):
-                order = list(sides) if r % 2 == 0 else list(reversed(sides))
                 for cell, share in CELLS.items():
-                    for side in order:
-                        raw[(cell, side)].append(tvb.measure(models[cell], prompts, share, c, seconds, sides[side]))
+                    for side in rotated(list(settings), r):
+                        raw[(cell, side)].append(tvb.measure(models[cell], prompts, share, c, seconds,
+                                                             **settings[side]))
                 print(f"concurrency {c} round {r + 1}/{rounds}: " + ", ".join(
                     f"{cell} {side} {raw[(cell, side)][-1]['tokens_per_s']}" for cell, side in raw),
                     file=sys.stderr, flush=True)
-            report["results"][f"concurrency_{c}"] = summarize(raw, rounds)
+            report["results"][f"concurrency_{c}"] = summarize(raw, list(settings), rounds)
         if open_loads:
-            report["open_loop"] = open_loop(models, prompts, sides, open_loads, seconds, rounds)
+            report["open_loop"] = open_loop(models, prompts, settings, open_loads, seconds, rounds)
         report["machine_after"] = shapes.machine("cpu")
     return report
 
 
-def open_loop(models: dict, prompts: list[str], sides: dict[str, float], loads: list[float], seconds: float,
+def open_loop(models: dict, prompts: list[str], settings: dict[str, dict], loads: list[float], seconds: float,
               rounds: int) -> dict:
-    """Independent (Poisson) arrivals at shares of each cell's capacity, the wait on and off on the same arrivals."""
+    """Independent (Poisson) arrivals at shares of each cell's capacity, every side on the same arrivals."""
     out: dict[str, dict] = {}
     for cell, share in CELLS.items():
-        full = tvb.measure(models[cell], prompts, share, 32, seconds, 0.0)  # capacity: saturated, no wait
+        full = tvb.measure(models[cell], prompts, share, 32, seconds, rejoin_share=0.0)  # capacity: saturated
         capacity = full["requests"] / seconds
         out[cell] = {"capacity_per_s": round(capacity, 2)}
         for load in loads:
-            raw: dict[str, list[dict]] = {side: [] for side in sides}
+            raw: dict[str, list[dict]] = {side: [] for side in settings}
             for r in range(rounds):
-                for side in (list(sides) if r % 2 == 0 else list(reversed(sides))):
-                    raw[side].append(tvb.measure(models[cell], prompts, share, 0, seconds, sides[side],
-                                                 rate=load * capacity, seed=r))
+                for side in rotated(list(settings), r):
+                    raw[side].append(tvb.measure(models[cell], prompts, share, 0, seconds, rate=load * capacity,
+                                                 seed=r, **settings[side]))
             print(f"open loop {cell} load {load}: " + ", ".join(
                 f"{side} p50 {[x['p50_ms'] for x in rows]} p99 {[x['p99_ms'] for x in rows]}"
                 for side, rows in raw.items()), file=sys.stderr, flush=True)
@@ -100,14 +117,16 @@ def open_loop(models: dict, prompts: list[str], sides: dict[str, float], loads: 
                           for key in ("p50_ms", "p99_ms", "rows_per_batch", "tokens_per_s")}
                    for side, rows in raw.items()}
             row["failed"] = sum(x["failed"] for rows in raw.values() for x in rows)
-            for key in ("p50_ms", "p99_ms"):
-                row[f"{key}_on_over_off"] = shapes.spread([a[key] / b[key] for a, b in zip(raw["on"], raw["off"],
-                                                                                            strict=True)])
+            for side in settings:
+                if side != "off":
+                    for key in ("p50_ms", "p99_ms"):
+                        row[f"{key}_{side}_over_off"] = shapes.spread(
+                            [a[key] / b[key] for a, b in zip(raw[side], raw["off"], strict=True)])
             out[cell][f"load_{load}"] = row
     return out
 
 
-def summarize(raw: dict[tuple[str, str], list[dict]], rounds: int) -> dict:
+def summarize(raw: dict[tuple[str, str], list[dict]], names: list[str], rounds: int) -> dict:
     out: dict[str, dict] = {}
     for (cell, side), rows in raw.items():
         out.setdefault(cell, {})[side] = {
@@ -115,10 +134,12 @@ def summarize(raw: dict[tuple[str, str], list[dict]], rounds: int) -> dict:
             "rows_per_batch": shapes.spread([x["rows_per_batch"] for x in rows], 2),
             "p99_ms": shapes.spread([x["p99_ms"] for x in rows], 1)}
     for cell in CELLS:
-        on, off = raw[(cell, "on")], raw[(cell, "off")]
-        out[cell]["on_over_off"] = shapes.spread([a["tokens_per_s"] / b["tokens_per_s"] for a, b in zip(on, off,
-                                                                                                        strict=True)])
-    for side in ("off", "on"):  # two versions against one model, the same batcher on both (issue #8 item 2's ratio)
+        for side in names:
+            if side != "off":
+                out[cell][f"{side}_over_off"] = shapes.spread(
+                    [a["tokens_per_s"] / b["tokens_per_s"] for a, b in zip(raw[(cell, side)], raw[(cell, "off")],
+                                                                           strict=True)])
+    for side in names:  # two versions against one model, the same batcher on both (issue #8 item 2's ratio)
         out[f"two_over_one_{side}"] = shapes.spread([raw[("auto_50_50", side)][r]["tokens_per_s"]
                                                      / raw[("one", side)][r]["tokens_per_s"] for r in range(rounds)])
     return out

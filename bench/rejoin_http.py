@@ -3,16 +3,16 @@
 bench/rejoin_bench.py measures the wait in process; here real requests go through the gateway on loopback with the
 ``openai`` client (HTTP, validation, routing, guardrails, the prediction log: everything a caller's request passes).
 The registry is a temporary one as bench/gateway_overhead.py makes it (the cached demo base as champion v1, a 30-step
-adapter as v2) with v2 at ``--challenger-percent`` (sticky by user). One server; each round runs every cell with the
-wait on (the gateway's settings) and off (``rejoin_share`` 0), in an order that alternates by round, so each round
-gives one paired ratio per cell:
+adapter as v2) with v2 at ``--challenger-percent`` (sticky by user). One server; each round runs every cell on each
+side of bench/rejoin_bench.py (the wait off, on, on without its suspension), switched on the gateway's one batcher,
+in an order that rotates by round, so each round gives one paired ratio to ``off`` per cell and side:
 
 - ``closed_C``: C callers, each its own client and user, sending again as soon as it is answered, for ``--seconds``;
 - ``open_L``: independent arrivals (a seeded Poisson process, a new user each request, the same arrivals on both
   sides) at L x the answers/s of 32 closed-loop callers without the wait (measured first); latency from the planned
   arrival time.
 
-Reports answers/s and p50 / p99 latency per cell and side, and the paired on / off ratios (median, range).
+Reports answers/s and p50 / p99 latency per cell and side, and the paired ratios to ``off`` (median, range).
 
 Run:  ``.venv/bin/python bench/rejoin_http.py [--concurrency 8,16 --open-loads 0.3,0.6 --seconds 5 --rounds 6]``
 """
@@ -37,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import gateway_bench  # noqa: E402  (bench/ is not a package; the path line above makes these imports work)
 import gateway_overhead  # noqa: E402
+import rejoin_bench  # noqa: E402
 import shapes  # noqa: E402
 
 PROMPTS = gateway_bench.PROMPTS
@@ -135,15 +136,18 @@ def run(concurrency: list[int], open_loads: list[float], seconds: float, rounds:
         config = load_serve_config()
         app, state = build_app(config, registry)
         batcher = state.batcher
-        sides = {"off": 0.0, "on": config.rejoin_share}
+        sides = rejoin_bench.sides()
+        defaults = {"rejoin_share": batcher.rejoin_share, "rejoin_suspend_after": batcher.rejoin_suspend_after}
 
-        def use(side: str) -> None:  # the same batcher, its wait switched; its memory of the last batch reset
-            batcher.rejoin_share, batcher._fruitless = sides[side], 0
+        def use(side: str) -> None:  # the same batcher, its wait switched, and its count of fruitless waits reset
+            for key, value in {**defaults, **sides[side]}.items():
+                setattr(batcher, key, value)
+            batcher._fruitless = 0
 
         report = {"benchmark": "rejoin wait on / off over HTTP", "rounds": rounds, "seconds_per_cell": seconds,
-                  "challenger_percent": percent, "rejoin": {"share": config.rejoin_share,
-                                                            "max_ms": config.rejoin_max_ms,
-                                                            "gap_ms": config.rejoin_gap_ms},
+                  "challenger_percent": percent, "sides": sides,
+                  "rejoin": {"share": config.rejoin_share, "max_ms": config.rejoin_max_ms,
+                             "gap_ms": config.rejoin_gap_ms},
                   "machine_before": shapes.machine("cpu")}
         with BackgroundServer(app) as server:
             versions = [v for v in registry.store.list_versions(state.model) if v.number != state.live.split.champion]
@@ -161,7 +165,7 @@ def run(concurrency: list[int], open_loads: list[float], seconds: float, rounds:
             raw = {(cell, side): [] for cell in cells for side in sides}
             for r in range(rounds):
                 for cell, measure in cells.items():
-                    for side in (list(sides) if r % 2 == 0 else list(reversed(sides))):
+                    for side in rejoin_bench.rotated(list(sides), r):
                         use(side)
                         raw[(cell, side)].append(measure(r))
                 print(f"round {r + 1}/{rounds}: " + ", ".join(
@@ -171,12 +175,14 @@ def run(concurrency: list[int], open_loads: list[float], seconds: float, rounds:
         registry.close()
     report["results"] = {}
     for cell in cells:
-        on, off = raw[(cell, "on")], raw[(cell, "off")]
         row = {side: {key: shapes.spread([x[key] for x in raw[(cell, side)]], 2)
                       for key in ("answers_per_s", "p50_ms", "p99_ms")} for side in sides}
-        row["failed"] = sum(x["failed"] for x in on + off)
-        for key in ("answers_per_s", "p50_ms", "p99_ms"):
-            row[f"{key}_on_over_off"] = shapes.spread([a[key] / b[key] for a, b in zip(on, off, strict=True)])
+        row["failed"] = sum(x["failed"] for side in sides for x in raw[(cell, side)])
+        for side in sides:
+            if side != "off":
+                for key in ("answers_per_s", "p50_ms", "p99_ms"):
+                    row[f"{key}_{side}_over_off"] = shapes.spread(
+                        [a[key] / b[key] for a, b in zip(raw[(cell, side)], raw[(cell, "off")], strict=True)])
         report["results"][cell] = row
     report["machine_after"] = shapes.machine("cpu")
     return report

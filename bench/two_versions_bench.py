@@ -186,11 +186,11 @@ def backends(base_dir: Path, merged_dir: Path, adapters: dict[str, Path], modes:
 
 
 def measure(backend, prompts: list[str], champion_share: float | None, concurrency: int, seconds: float,
-            rejoin_share: float, rate: float | None = None, seed: int = 0) -> dict:
-    """One cell: ``concurrency`` closed-loop callers through a fresh micro-batcher (the gateway's settings, with
-    ``rejoin_share``) into ``backend`` for ``seconds``; ``champion_share`` None: the baseline's one model (every
-    request to its bare model). With ``rate``: independent arrivals at that rate instead (``open_loop``, ``seed``),
-    ``concurrency`` unused."""
+            rate: float | None = None, seed: int = 0, **batcher_settings) -> dict:
+    """One cell: ``concurrency`` closed-loop callers through a fresh micro-batcher (the gateway's settings but
+    ``batcher_settings``, e.g. ``rejoin_share``) into ``backend`` for ``seconds``; ``champion_share`` None: the
+    baseline's one model (every request to its bare model). With ``rate``: independent arrivals at that rate instead
+    (``open_loop``, ``seed``), ``concurrency`` unused."""
     from serving.batcher import MicroBatcher
 
     cpu = [0.0, 0]  # the worker thread's CPU seconds (less shaken by other people's load than wall time), batches
@@ -199,7 +199,7 @@ def measure(backend, prompts: list[str], champion_share: float | None, concurren
         cpu[0] += seconds
         cpu[1] += 1
 
-    batcher = MicroBatcher(backend.generate, max_batch=32, rejoin_share=rejoin_share, on_batch=account)
+    batcher = MicroBatcher(backend.generate, max_batch=32, on_batch=account, **batcher_settings)
     versions = (None, None) if champion_share is None else (CHAMPION, CHALLENGER)
     share = 1.0 if champion_share is None else champion_share
     cell = (closed_loop(batcher, prompts, versions, share, concurrency, seconds) if rate is None
@@ -245,11 +245,11 @@ def run(shape: str, device: str, concurrency: list[int], seconds: float, rounds:
                 # the mean of the two ``one`` runs around it: the machine's speed drifts by 10-30 % over a minute
                 # here, which a pairing across a whole round (35 s and more) does not cancel.
                 shift = r % len(others)
-                before = measure(models["one"], prompts, None, c, seconds, rejoin_share)
+                before = measure(models["one"], prompts, None, c, seconds, rejoin_share=rejoin_share)
                 raw["one"].append(before)
                 for name, key, share in others[shift:] + others[:shift]:
-                    cell = measure(models[key], prompts, share, c, seconds, rejoin_share)
-                    after = measure(models["one"], prompts, None, c, seconds, rejoin_share)
+                    cell = measure(models[key], prompts, share, c, seconds, rejoin_share=rejoin_share)
+                    after = measure(models["one"], prompts, None, c, seconds, rejoin_share=rejoin_share)
                     cell["baseline_tokens_per_s"] = round((before["tokens_per_s"] + after["tokens_per_s"]) / 2, 1)
                     raw[name].append(cell)
                     raw["one"].append(after)

@@ -16,13 +16,13 @@ ended — the callers just answered, coming back — for at most ``rejoin_share`
 (and ``rejoin_max_s``), and no longer than ``rejoin_gap_s`` after the last request came in. A lone caller (a
 batch of one, nothing queued) never waits.
 
-Where the callers do not come back (independent arrivals: many users, a request each now and then), a batch would
-wait up to that gap (3 ms by default) for company that is not coming: on a small model whose batches take 30 ms,
-and near saturation the waits do catch a trickle of arrivals, but too few to matter: +7 % p50 at 60 % of capacity,
-+19 % p50 / +37 % p99 at 85 % (bench/rejoin_bench.py --open-loads; bench/RESULTS.md). So the wait watches itself:
-a wait is fruitful when at least half the rows it waited for came (callers coming back come nearly all at once;
-independent arrivals bring a few in a tenth of a batch's time); after ``REJOIN_SUSPEND_AFTER`` fruitless waits in
+Where the callers do not come back (independent arrivals: many users, a request each now and then), every batch
+would wait up to that gap (3 ms by default) for company that is not coming, and near saturation the waits catch a
+trickle of arrivals that delays each batch without filling it. So the wait watches itself: a wait is fruitful when
+at least half the rows it waited for came (callers coming back come nearly all at once; independent arrivals bring
+a few in a tenth of a batch's time); after ``rejoin_suspend_after`` (``REJOIN_SUSPEND_AFTER``) fruitless waits in
 a row it stops, and tries again once every ``REJOIN_PROBE_EVERY`` batches; one fruitful wait turns it back on.
+Measured with bench/rejoin_bench.py --open-loads (bench/RESULTS.md, "The rejoin wait").
 """
 
 from __future__ import annotations
@@ -57,14 +57,19 @@ class BatcherClosed(RuntimeError):
 class MicroBatcher:
     def __init__(self, generate: Generate, *, max_batch: int = 32, max_wait_s: float = 0.0,
                  rejoin_share: float = REJOIN_SHARE, rejoin_max_s: float = REJOIN_MAX_S,
-                 rejoin_gap_s: float = REJOIN_GAP_S, on_batch: OnBatch | None = None) -> None:
+                 rejoin_gap_s: float = REJOIN_GAP_S, rejoin_suspend_after: int | None = REJOIN_SUSPEND_AFTER,
+                 on_batch: OnBatch | None = None) -> None:
         if not 0 <= rejoin_share <= 1 or not rejoin_max_s >= 0 or not rejoin_gap_s > 0:
             raise ValueError(f"rejoin_share must be within [0, 1], rejoin_max_s 0 or more and rejoin_gap_s above 0, "
                              f"got {rejoin_share}, {rejoin_max_s} and {rejoin_gap_s}")
+        if rejoin_suspend_after is not None and rejoin_suspend_after < 1:
+            raise ValueError(f"rejoin_suspend_after must be 1 or more (None: never suspend), "
+                             f"got {rejoin_suspend_after}")
         self._generate = generate
         self.on_batch = on_batch
         self.max_batch, self.max_wait_s = max_batch, max_wait_s
         self.rejoin_share, self.rejoin_max_s, self.rejoin_gap_s = rejoin_share, rejoin_max_s, rejoin_gap_s
+        self.rejoin_suspend_after = rejoin_suspend_after
         # The last batch: its rows, its wall seconds, and how many requests were queued when it ended.
         self._last: tuple[int, float, int] = (0, 0.0, 0)
         self._batches = 0  # batches run so far (the suspended wait's probes fall on every REJOIN_PROBE_EVERY-th)
@@ -118,7 +123,8 @@ class MicroBatcher:
         rows, wall, queued = self._last
         if self.rejoin_share <= 0 or rows == 0:
             return 0, 0.0
-        if self._fruitless >= REJOIN_SUSPEND_AFTER and self._batches % REJOIN_PROBE_EVERY:
+        suspend = self.rejoin_suspend_after
+        if suspend is not None and self._fruitless >= suspend and self._batches % REJOIN_PROBE_EVERY:
             return 0, 0.0
         return min(self.max_batch, rows + queued), min(self.rejoin_share * wall, self.rejoin_max_s)
 

@@ -209,7 +209,7 @@ def test_fruitless_rejoin_waits_suspend_it_and_a_probe_that_brings_the_callers_b
 
 
 @pytest.mark.parametrize("kwargs", [{"rejoin_share": -0.1}, {"rejoin_share": 1.5}, {"rejoin_max_s": -1},
-                                    {"rejoin_gap_s": 0}])
+                                    {"rejoin_gap_s": 0}, {"rejoin_suspend_after": 0}])
 def test_a_bad_rejoin_setting_is_refused_by_name(kwargs):
     with pytest.raises(ValueError, match="rejoin"):
         MicroBatcher(Recorder(), **kwargs)
