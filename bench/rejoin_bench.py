@@ -89,7 +89,7 @@ def run(shape: str, concurrency: list[int], seconds: float, rounds: int, threads
                 print(f"concurrency {c} round {r + 1}/{rounds}: " + ", ".join(
                     f"{cell} {side} {raw[(cell, side)][-1]['tokens_per_s']}" for cell, side in raw),
                     file=sys.stderr, flush=True)
-            report["results"][f"concurrency_{c}"] = summarize(raw, list(settings), rounds)
+            report["results"][f"concurrency_{c}"] = summarize(raw, list(settings))
         if open_loads:
             report["open_loop"] = open_loop(models, prompts, settings, open_loads, seconds, rounds)
         report["machine_after"] = shapes.machine("cpu")
@@ -100,6 +100,8 @@ def open_loop(models: dict, prompts: list[str], settings: dict[str, dict], loads
               rounds: int) -> dict:
     """Independent (Poisson) arrivals at shares of each cell's capacity, every side on the same arrivals."""
     out: dict[str, dict] = {}
+    if not all(load > 0 for load in loads):
+        raise SystemExit(f"--open-loads are shares of capacity above 0, got {loads}")
     for cell, share in CELLS.items():
         full = tvb.measure(models[cell], prompts, share, 32, seconds, rejoin_share=0.0)  # capacity: saturated
         capacity = full["requests"] / seconds
@@ -113,20 +115,19 @@ def open_loop(models: dict, prompts: list[str], settings: dict[str, dict], loads
             print(f"open loop {cell} load {load}: " + ", ".join(
                 f"{side} p50 {[x['p50_ms'] for x in rows]} p99 {[x['p99_ms'] for x in rows]}"
                 for side, rows in raw.items()), file=sys.stderr, flush=True)
-            row = {side: {key: shapes.spread([x[key] for x in rows], 2)
+            row = {side: {key: shapes.spread_of(rows, key, 2)
                           for key in ("p50_ms", "p99_ms", "rows_per_batch", "tokens_per_s")}
                    for side, rows in raw.items()}
             row["failed"] = sum(x["failed"] for rows in raw.values() for x in rows)
             for side in settings:
                 if side != "off":
                     for key in ("p50_ms", "p99_ms"):
-                        row[f"{key}_{side}_over_off"] = shapes.spread(
-                            [a[key] / b[key] for a, b in zip(raw[side], raw["off"], strict=True)])
+                        row[f"{key}_{side}_over_off"] = shapes.ratios(raw[side], raw["off"], key)
             out[cell][f"load_{load}"] = row
     return out
 
 
-def summarize(raw: dict[tuple[str, str], list[dict]], names: list[str], rounds: int) -> dict:
+def summarize(raw: dict[tuple[str, str], list[dict]], names: list[str]) -> dict:
     out: dict[str, dict] = {}
     for (cell, side), rows in raw.items():
         out.setdefault(cell, {})[side] = {
@@ -136,12 +137,9 @@ def summarize(raw: dict[tuple[str, str], list[dict]], names: list[str], rounds: 
     for cell in CELLS:
         for side in names:
             if side != "off":
-                out[cell][f"{side}_over_off"] = shapes.spread(
-                    [a["tokens_per_s"] / b["tokens_per_s"] for a, b in zip(raw[(cell, side)], raw[(cell, "off")],
-                                                                           strict=True)])
+                out[cell][f"{side}_over_off"] = shapes.ratios(raw[(cell, side)], raw[(cell, "off")], "tokens_per_s")
     for side in names:  # two versions against one model, the same batcher on both (issue #8 item 2's ratio)
-        out[f"two_over_one_{side}"] = shapes.spread([raw[("auto_50_50", side)][r]["tokens_per_s"]
-                                                     / raw[("one", side)][r]["tokens_per_s"] for r in range(rounds)])
+        out[f"two_over_one_{side}"] = shapes.ratios(raw[("auto_50_50", side)], raw[("one", side)], "tokens_per_s")
     return out
 
 

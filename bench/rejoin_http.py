@@ -12,7 +12,12 @@ in an order that rotates by round, so each round gives one paired ratio to ``off
   sides) at L x the answers/s of 32 closed-loop callers without the wait (measured first); latency from the planned
   arrival time.
 
-Reports answers/s and p50 / p99 latency per cell and side, and the paired ratios to ``off`` (median, range).
+Reports answers/s and p50 / p99 latency per cell and side, and the paired ratios to ``off`` (median, range; a round
+without answers on either side is left out of them).
+
+The clients run in the gateway's process (as in bench/gateway_overhead.py): they share its 2 cores and its GIL, whose
+5 ms switch interval is longer than the wait's 3 ms gap, so arrivals reach the batcher in bursts that the clients'
+threads shape; both sides get the same.
 
 Run:  ``.venv/bin/python bench/rejoin_http.py [--concurrency 8,16 --open-loads 0.3,0.6 --seconds 5 --rounds 6]``
 """
@@ -85,6 +90,8 @@ def closed(url: str, model: str, callers: int, seconds: float) -> dict:
 def open_loop(url: str, model: str, rate: float, seconds: float, seed: int) -> dict:
     """Seeded Poisson arrivals at ``rate`` a second for ``seconds`` (a new user each), each sent at its time by a
     pool of clients whatever came back; every answer awaited. Latency from the planned arrival time."""
+    if not rate > 0:
+        raise ValueError(f"an open loop needs a rate above 0 requests a second, got {rate}")
     rng = random.Random(seed)
     plan, t = [], rng.expovariate(rate)
     while t < seconds:
@@ -175,14 +182,13 @@ def run(concurrency: list[int], open_loads: list[float], seconds: float, rounds:
         registry.close()
     report["results"] = {}
     for cell in cells:
-        row = {side: {key: shapes.spread([x[key] for x in raw[(cell, side)]], 2)
+        row = {side: {key: shapes.spread_of(raw[(cell, side)], key, 2)
                       for key in ("answers_per_s", "p50_ms", "p99_ms")} for side in sides}
         row["failed"] = sum(x["failed"] for side in sides for x in raw[(cell, side)])
         for side in sides:
             if side != "off":
                 for key in ("answers_per_s", "p50_ms", "p99_ms"):
-                    row[f"{key}_{side}_over_off"] = shapes.spread(
-                        [a[key] / b[key] for a, b in zip(raw[(cell, side)], raw[(cell, "off")], strict=True)])
+                    row[f"{key}_{side}_over_off"] = shapes.ratios(raw[(cell, side)], raw[(cell, "off")], key)
         report["results"][cell] = row
     report["machine_after"] = shapes.machine("cpu")
     return report

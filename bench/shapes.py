@@ -65,6 +65,20 @@ def spread(values: list[float], digits: int = 3) -> dict:
             "max": round(max(values), digits), "runs": [round(v, digits) for v in values]}
 
 
+def spread_of(rows: list[dict], key: str, digits: int = 3) -> dict | None:
+    """``spread`` of ``key`` over the rows that have it (an open loop without answers has no p50): None if none."""
+    values = [x[key] for x in rows if x.get(key) is not None]
+    return spread(values, digits) if values else None
+
+
+def ratios(rows: list[dict], baseline: list[dict], key: str) -> dict | None:
+    """``spread`` of the paired ratios ``rows[r][key] / baseline[r][key]``, leaving out rounds where either is missing
+    or the baseline is 0; None if no round is left."""
+    pairs = [(a.get(key), b.get(key)) for a, b in zip(rows, baseline, strict=True)]
+    values = [a / b for a, b in pairs if a is not None and b]
+    return spread(values) if values else None
+
+
 def machine(device: str) -> dict:
     """What ran the benchmark: load average (other people share these cores), threads, versions, GPU."""
     import torch

@@ -110,6 +110,8 @@ def open_loop(batcher, prompts: list[str], versions: tuple[str | None, str | Non
     behind its schedule shows as latency, not as a lighter load."""
     import random
 
+    if not rate > 0:
+        raise ValueError(f"an open loop needs a rate above 0 requests a second, got {rate}")
     rng = random.Random(seed)
     plan, t = [], rng.expovariate(rate)
     while t < seconds:
@@ -121,12 +123,14 @@ def open_loop(batcher, prompts: list[str], versions: tuple[str | None, str | Non
 
     def answered(future, due: float) -> None:
         with lock:
-            if future.exception() is None:  # a failed request counts as not answered (``failed``)
-                latencies.append((time.perf_counter() - due) * 1000)
-                tokens[0] += future.result().completion_tokens
-            left[0] -= 1
-            if left[0] == 0:
-                done.set()
+            try:
+                if future.exception() is None:  # a failed request counts as not answered (``failed``)
+                    latencies.append((time.perf_counter() - due) * 1000)
+                    tokens[0] += future.result().completion_tokens
+            finally:
+                left[0] -= 1
+                if left[0] == 0:
+                    done.set()
 
     start = time.perf_counter()
     for at, prompt, adapter in plan:
@@ -134,8 +138,8 @@ def open_loop(batcher, prompts: list[str], versions: tuple[str | None, str | Non
         if delay > 0:
             time.sleep(delay)
         batcher.submit(prompt, adapter).add_done_callback(lambda f, due=start + at: answered(f, due))
-    if plan:
-        done.wait()
+    if plan and not done.wait(timeout=seconds + 600):
+        raise RuntimeError(f"{left[0]} of {len(plan)} open-loop requests still unanswered 10 minutes after the last")
     elapsed = time.perf_counter() - start
     return {"tokens": tokens[0], "tokens_per_s": round(tokens[0] / elapsed, 1),
             "tokens_per_request": round(tokens[0] / max(len(latencies), 1), 2),

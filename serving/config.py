@@ -23,7 +23,8 @@ class ServeConfig(Frozen):
     max_wait_ms: float = Field(default=0.0, ge=0, description="extra wait for company before a batch runs")
     rejoin_share: float = Field(default=REJOIN_SHARE, ge=0, le=1, description=(
         "after a batch, the next one waits up to this share of its wall time for the callers just answered to "
-        "send again (serving.batcher: closed-loop callers otherwise split into a lone batch and a big one); 0: off"))
+        "send again (serving.batcher: closed-loop callers otherwise split into a lone batch and a big one; it stops "
+        "itself under independent arrivals, after 3 waits in a row that bring under half the rows); 0: off"))
     rejoin_max_ms: float = Field(default=REJOIN_MAX_S * 1000, ge=0, description="the longest that rejoin wait may be")
     rejoin_gap_ms: float = Field(default=REJOIN_GAP_S * 1000, gt=0, description=(
         "the rejoin wait ends once no request came for this long (the callers coming back arrive in a burst)"))

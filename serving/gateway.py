@@ -46,6 +46,13 @@ def _error(status: int, message: str, kind: str, code: str | None = None, param:
     return JSONResponse(s.error_body(message, kind, code, param), status_code=status)
 
 
+def _route_path(scope) -> str:
+    """The path the router matches: ``scope["path"]`` holds the ``root_path`` a proxy mounts the gateway under
+    (``uvicorn --root-path /api``: "/api/v1/completions"), which the router strips and the key check must too."""
+    path, root = scope["path"], scope.get("root_path", "")
+    return path[len(root):] if root and path.startswith(root) else path
+
+
 class ApiKeys:
     """ASGI middleware: ``/v1/`` requests need one of the gateway's API keys when it has any (401 otherwise).
 
@@ -57,7 +64,7 @@ class ApiKeys:
         self.app, self.state = app, state
 
     async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] == "http" and scope["path"].startswith("/v1/"):
+        if scope["type"] == "http" and _route_path(scope).startswith("/v1/"):
             authorization = next((v.decode("latin-1") for k, v in scope["headers"] if k == b"authorization"), None)
             if not self.state.api_key_ok(authorization):
                 self.state.metrics.reject("auth", self.state.model)

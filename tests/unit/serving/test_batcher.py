@@ -193,6 +193,8 @@ def test_fruitless_rejoin_waits_suspend_it_and_a_probe_that_brings_the_callers_b
         batcher._batches = REJOIN_PROBE_EVERY * 3  # the next batch is a probe
         assert batcher.rejoin_target() == (8, 60.0)
         futures = [batcher.submit("probe", None)]
+        while batcher._queue.qsize():  # the worker has taken the probe (its count of waiting rows is then 0)
+            time.sleep(0.001)
         time.sleep(0.05)
         futures += [batcher.submit(f"company-{k}", None) for k in range(company)]
         return [f.result(timeout=20) for f in futures]
