@@ -119,6 +119,8 @@ def open_loop(models: dict, prompts: list[str], settings: dict[str, dict], loads
                           for key in ("p50_ms", "p99_ms", "rows_per_batch", "tokens_per_s")}
                    for side, rows in raw.items()}
             row["failed"] = sum(x["failed"] for rows in raw.values() for x in rows)
+            for side, rows in raw.items():
+                row[side]["rejoin_counts"] = shapes.summed([x["rejoin_counts"] for x in rows])
             for side in settings:
                 if side != "off":
                     for key in ("p50_ms", "p99_ms"):
@@ -133,7 +135,8 @@ def summarize(raw: dict[tuple[str, str], list[dict]], names: list[str]) -> dict:
         out.setdefault(cell, {})[side] = {
             "tokens_per_s": shapes.spread([x["tokens_per_s"] for x in rows], 1),
             "rows_per_batch": shapes.spread([x["rows_per_batch"] for x in rows], 2),
-            "p99_ms": shapes.spread([x["p99_ms"] for x in rows], 1)}
+            "p99_ms": shapes.spread([x["p99_ms"] for x in rows], 1),
+            "rejoin_counts": shapes.summed([x["rejoin_counts"] for x in rows])}
     for cell in CELLS:
         for side in names:
             if side != "off":

@@ -174,7 +174,10 @@ def run(concurrency: list[int], open_loads: list[float], seconds: float, rounds:
                 for cell, measure in cells.items():
                     for side in rejoin_bench.rotated(list(sides), r):
                         use(side)
-                        raw[(cell, side)].append(measure(r))
+                        before = dict(batcher.rejoin_counts)
+                        row = measure(r)
+                        row["rejoin_counts"] = {k: v - before[k] for k, v in batcher.rejoin_counts.items()}
+                        raw[(cell, side)].append(row)
                 print(f"round {r + 1}/{rounds}: " + ", ".join(
                     f"{cell} {side} {rows[-1]['answers_per_s']}/s p99 {rows[-1]['p99_ms']}"
                     for (cell, side), rows in raw.items()), file=sys.stderr, flush=True)
@@ -185,6 +188,8 @@ def run(concurrency: list[int], open_loads: list[float], seconds: float, rounds:
         row = {side: {key: shapes.spread_of(raw[(cell, side)], key, 2)
                       for key in ("answers_per_s", "p50_ms", "p99_ms")} for side in sides}
         row["failed"] = sum(x["failed"] for side in sides for x in raw[(cell, side)])
+        for side in sides:
+            row[side]["rejoin_counts"] = shapes.summed([x["rejoin_counts"] for x in raw[(cell, side)]])
         for side in sides:
             if side != "off":
                 for key in ("answers_per_s", "p50_ms", "p99_ms"):

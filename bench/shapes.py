@@ -79,6 +79,15 @@ def ratios(rows: list[dict], baseline: list[dict], key: str) -> dict | None:
     return spread(values) if values else None
 
 
+def summed(counts: list[dict[str, int]]) -> dict[str, int]:
+    """Counters added key by key (e.g. each round's ``rejoin_counts``)."""
+    total: dict[str, int] = {}
+    for c in counts:
+        for k, v in c.items():
+            total[k] = total.get(k, 0) + v
+    return total
+
+
 def machine(device: str) -> dict:
     """What ran the benchmark: load average (other people share these cores), threads, versions, GPU."""
     import torch

@@ -211,6 +211,7 @@ def measure(backend, prompts: list[str], champion_share: float | None, concurren
     batcher.close()
     cell["cpu_ms_per_token"] = round(cpu[0] * 1000 / max(cell.pop("tokens"), 1), 3)
     cell["rows_per_batch"] = round(cell["requests"] / max(cpu[1], 1), 2)
+    cell["rejoin_counts"] = dict(batcher.rejoin_counts)
     return cell
 
 

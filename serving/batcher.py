@@ -74,6 +74,9 @@ class MicroBatcher:
         self._last: tuple[int, float, int] = (0, 0.0, 0)
         self._batches = 0  # batches run so far (the suspended wait's probes fall on every REJOIN_PROBE_EVERY-th)
         self._fruitless = 0  # rejoin waits in a row that brought under half the rows they waited for
+        #: Batches whose rejoin wait was fruitful / fruitless, and batches that skipped it while it was suspended
+        #: (bench/rejoin_bench.py reports them; written by the worker thread only).
+        self.rejoin_counts = {"fruitful": 0, "fruitless": 0, "suspended": 0}
         self._queue: queue.Queue = queue.Queue()
         self._closed = False
         self._thread = threading.Thread(target=self._run, name="slm-batcher", daemon=True)
@@ -97,6 +100,8 @@ class MicroBatcher:
         batch, stop = [first], False
         now, ready = time.monotonic(), self._queue.qsize()  # requests there already, before any wait
         want, seconds = self.rejoin_target()
+        if want == 0 and self._last[0] and self.rejoin_share > 0 and self._suspended():
+            self.rejoin_counts["suspended"] += 1
         deadline, rejoin = now + self.max_wait_s, now + seconds
         while len(batch) < self.max_batch:
             until = deadline
@@ -114,6 +119,7 @@ class MicroBatcher:
         if want > 1 + ready and not stop:  # a rejoin wait ran: did the callers come back (half of them, at least)?
             fruitful = 2 * (len(batch) - 1 - ready) >= want - 1 - ready
             self._fruitless = 0 if fruitful else self._fruitless + 1
+            self.rejoin_counts["fruitful" if fruitful else "fruitless"] += 1
         return batch, stop
 
     def rejoin_target(self) -> tuple[int, float]:
@@ -123,10 +129,14 @@ class MicroBatcher:
         rows, wall, queued = self._last
         if self.rejoin_share <= 0 or rows == 0:
             return 0, 0.0
-        suspend = self.rejoin_suspend_after
-        if suspend is not None and self._fruitless >= suspend and self._batches % REJOIN_PROBE_EVERY:
+        if self._suspended():
             return 0, 0.0
         return min(self.max_batch, rows + queued), min(self.rejoin_share * wall, self.rejoin_max_s)
+
+    def _suspended(self) -> bool:
+        """The wait is suspended after fruitless waits, and this batch is not a probe."""
+        limit = self.rejoin_suspend_after
+        return limit is not None and self._fruitless >= limit and self._batches % REJOIN_PROBE_EVERY != 0
 
     def _run(self) -> None:
         stop = False

@@ -187,6 +187,7 @@ def test_fruitless_rejoin_waits_suspend_it_and_a_probe_that_brings_the_callers_b
     batcher._last, batcher.rejoin_gap_s = (8, 60.0, 0), 30.0
     assert batcher.rejoin_target() == (0, 0.0)  # suspended
     assert batcher.submit("no wait", None).result(timeout=10) == "no wait|None"
+    assert batcher.rejoin_counts == {"fruitful": 0, "fruitless": REJOIN_SUSPEND_AFTER, "suspended": 1}
 
     def probe(company: int) -> list[str]:
         batcher._last, batcher.rejoin_gap_s = (8, 60.0, 0), 2.0
@@ -205,6 +206,7 @@ def test_fruitless_rejoin_waits_suspend_it_and_a_probe_that_brings_the_callers_b
     assert len(probe(4)) == 5  # four of seven: they came back
     assert backend.batches[-1] == ["probe", "company-0", "company-1", "company-2", "company-3"]
     assert batcher._fruitless == 0
+    assert batcher.rejoin_counts == {"fruitful": 1, "fruitless": REJOIN_SUSPEND_AFTER + 1, "suspended": 1}
     batcher._last = (8, 60.0, 0)
     assert batcher.rejoin_target() == (8, 60.0)  # on again, whatever the batch count
     batcher.close()
