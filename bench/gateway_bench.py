@@ -34,6 +34,8 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("SLM_ADMIN_TOKEN", "bench-token")
 
+import shapes  # noqa: E402  (bench/ is not a package: run as a script, bench/ is on the path)
+
 PROMPTS = ["I still have not received my card", "my top up failed", "how do I get a virtual card",
            "what is the exchange rate", "I lost my card yesterday", "why was I charged a fee"]
 ADMIN = {"Authorization": f"Bearer {os.environ['SLM_ADMIN_TOKEN']}"}
@@ -84,13 +86,7 @@ def closed_loop(batcher, adapters: list[str | None], weights: list[float], concu
                 tokens[0] += gen.completion_tokens
             i += 1
 
-    start = time.monotonic()
-    threads = [threading.Thread(target=worker, args=(k,)) for k in range(concurrency)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    elapsed = time.monotonic() - start
+    elapsed = shapes.in_threads(concurrency, worker)
     return {"tokens_per_s": round(tokens[0] / elapsed, 1), "p99_ms": round(pct(latencies, 99), 1),
             "requests": len(latencies)}
 

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import random
 import sys
 import tempfile
 import threading
@@ -54,63 +53,56 @@ def client(url: str):
     return openai.OpenAI(base_url=f"{url}/v1", api_key="bench", max_retries=0, timeout=60)
 
 
-def ask(api, model: str, user: str, i: int) -> None:
-    api.chat.completions.create(model=model, user=user,
-                                messages=[{"role": "user", "content": PROMPTS[i % len(PROMPTS)]}])
+class Tally:
+    """Answers' latencies and failures of one cell, from any thread."""
+
+    def __init__(self) -> None:
+        self.latencies: list[float] = []
+        self.failed = 0
+        self._lock = threading.Lock()
+
+    def ask(self, api, model: str, user: str, i: int, since: float) -> None:
+        """One chat completion; its latency counted from ``since`` (perf_counter), or a failure."""
+        try:
+            api.chat.completions.create(model=model, user=user,
+                                        messages=[{"role": "user", "content": PROMPTS[i % len(PROMPTS)]}])
+        except Exception:
+            with self._lock:
+                self.failed += 1
+        else:
+            with self._lock:
+                self.latencies.append((time.perf_counter() - since) * 1000)
+
+    def cell(self, elapsed: float) -> dict:
+        return {"answers_per_s": round(len(self.latencies) / elapsed, 2), "answers": len(self.latencies),
+                "failed": self.failed,
+                "p50_ms": round(shapes.pct(self.latencies, 50), 2) if self.latencies else None,
+                "p99_ms": round(shapes.pct(self.latencies, 99), 2) if self.latencies else None,
+                "load_1min": round(os.getloadavg()[0], 2)}
 
 
 def closed(url: str, model: str, callers: int, seconds: float) -> dict:
     """``callers`` closed-loop callers (each its own client and sticky user) for ``seconds``."""
-    latencies, lock, failed = [], threading.Lock(), [0]
-    stop = time.monotonic() + seconds
+    tally, stop = Tally(), time.monotonic() + seconds
 
     def caller(k: int) -> None:
         api, i = client(url), 0
         while time.monotonic() < stop:
-            t = time.perf_counter()
-            try:
-                ask(api, model, f"closed-{k}", k + i)
-            except Exception:
-                with lock:
-                    failed[0] += 1
-            else:
-                with lock:
-                    latencies.append((time.perf_counter() - t) * 1000)
+            tally.ask(api, model, f"closed-{k}", k + i, time.perf_counter())
             i += 1
 
-    start = time.monotonic()
-    threads = [threading.Thread(target=caller, args=(k,)) for k in range(callers)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return _cell(latencies, time.monotonic() - start, failed[0])
+    return tally.cell(shapes.in_threads(callers, caller))
 
 
 def open_loop(url: str, model: str, rate: float, seconds: float, seed: int) -> dict:
     """Seeded Poisson arrivals at ``rate`` a second for ``seconds`` (a new user each), each sent at its time by a
     pool of clients whatever came back; every answer awaited. Latency from the planned arrival time."""
-    if not rate > 0:
-        raise ValueError(f"an open loop needs a rate above 0 requests a second, got {rate}")
-    rng = random.Random(seed)
-    plan, t = [], rng.expovariate(rate)
-    while t < seconds:
-        plan.append(t)
-        t += rng.expovariate(rate)
-    latencies, lock, failed = [], threading.Lock(), [0]
-    local = threading.local()
+    plan, tally, local = shapes.poisson_times(rate, seconds, seed), Tally(), threading.local()
 
     def send(i: int, due: float) -> None:
         if not hasattr(local, "api"):
             local.api = client(url)
-        try:
-            ask(local.api, model, f"open-{seed}-{i}", i)
-        except Exception:
-            with lock:
-                failed[0] += 1
-        else:
-            with lock:
-                latencies.append((time.perf_counter() - due) * 1000)
+        tally.ask(local.api, model, f"open-{seed}-{i}", i, due)
 
     start = time.perf_counter()
     with ThreadPoolExecutor(max_workers=64) as pool:
@@ -119,14 +111,7 @@ def open_loop(url: str, model: str, rate: float, seconds: float, seed: int) -> d
             if delay > 0:
                 time.sleep(delay)
             pool.submit(send, i, start + at)
-    return _cell(latencies, time.perf_counter() - start, failed[0])
-
-
-def _cell(latencies: list[float], elapsed: float, failed: int) -> dict:
-    return {"answers_per_s": round(len(latencies) / elapsed, 2), "answers": len(latencies), "failed": failed,
-            "p50_ms": round(shapes.pct(latencies, 50), 2) if latencies else None,
-            "p99_ms": round(shapes.pct(latencies, 99), 2) if latencies else None,
-            "load_1min": round(os.getloadavg()[0], 2)}
+    return tally.cell(time.perf_counter() - start)
 
 
 def run(concurrency: list[int], open_loads: list[float], seconds: float, rounds: int, percent: int) -> dict:

@@ -79,6 +79,35 @@ def ratios(rows: list[dict], baseline: list[dict], key: str) -> dict | None:
     return spread(values) if values else None
 
 
+def in_threads(n: int, target) -> float:
+    """Run ``target(k)`` for k in 0..n-1 on ``n`` threads started together; seconds until the last returns."""
+    import threading
+    import time
+
+    start = time.monotonic()
+    threads = [threading.Thread(target=target, args=(k,)) for k in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return time.monotonic() - start
+
+
+def poisson_times(rate: float, seconds: float, seed: int) -> list[float]:
+    """Arrival times (seconds from 0) of a Poisson process of ``rate`` a second over ``seconds``, seeded: the same
+    arrivals for every side an open-loop benchmark compares."""
+    import random
+
+    if not rate > 0:
+        raise ValueError(f"an open loop needs a rate above 0 requests a second, got {rate}")
+    rng, times = random.Random(seed), []
+    t = rng.expovariate(rate)
+    while t < seconds:
+        times.append(t)
+        t += rng.expovariate(rate)
+    return times
+
+
 def summed(counts: list[dict[str, int]]) -> dict[str, int]:
     """Counters added key by key (e.g. each round's ``rejoin_counts``)."""
     total: dict[str, int] = {}

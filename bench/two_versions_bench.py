@@ -87,13 +87,7 @@ def closed_loop(batcher, prompts: list[str], versions: tuple[str | None, str | N
                 tokens[0] += gen.completion_tokens
             i += 1
 
-    start = time.monotonic()
-    threads = [threading.Thread(target=caller, args=(k,)) for k in range(concurrency)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    elapsed = time.monotonic() - start
+    elapsed = shapes.in_threads(concurrency, caller)
     return {"tokens": tokens[0], "tokens_per_s": round(tokens[0] / elapsed, 1),
             "tokens_per_request": round(tokens[0] / len(latencies), 2),
             "p50_ms": round(shapes.pct(latencies, 50), 2),
@@ -110,14 +104,9 @@ def open_loop(batcher, prompts: list[str], versions: tuple[str | None, str | Non
     behind its schedule shows as latency, not as a lighter load."""
     import random
 
-    if not rate > 0:
-        raise ValueError(f"an open loop needs a rate above 0 requests a second, got {rate}")
-    rng = random.Random(seed)
-    plan, t = [], rng.expovariate(rate)
-    while t < seconds:
-        plan.append((t, prompts[rng.randrange(len(prompts))],
-                     versions[0] if rng.random() < champion_share else versions[1]))
-        t += rng.expovariate(rate)
+    pick = random.Random(seed + 1_000_003)  # prompts and versions: a stream of their own, seeded too
+    plan = [(t, prompts[pick.randrange(len(prompts))], versions[0] if pick.random() < champion_share else versions[1])
+            for t in shapes.poisson_times(rate, seconds, seed)]
     latencies, tokens, lock, done = [], [0], threading.Lock(), threading.Event()
     left = [len(plan)]
 
