@@ -7,6 +7,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 
 # Buckets in seconds: batched CPU generation sits between 20 ms and 1 s; the tail matters for canaries.
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.35, 0.5, 0.75, 1.0, 1.5, 2.5, 5.0, 10.0)
+# Rows a batch, up to the batcher's largest (serve.yaml max_batch 32; 64 for a raised one).
+BATCH_ROWS_BUCKETS = (1, 2, 4, 8, 16, 32, 64)
 
 
 class GatewayMetrics:
@@ -38,6 +40,12 @@ class GatewayMetrics:
                           ("model", "version"), registry=self.registry)
         self.peak_memory = Gauge("slm_process_peak_memory_mb", "Peak memory of the serving process (CUDA peak on "
                                  "a GPU)", registry=self.registry)
+        self.batch_rows = Histogram("slm_batch_rows", "Rows a generated batch held (callers split into a lone "
+                                    "batch and a big one show as two humps)", buckets=BATCH_ROWS_BUCKETS,
+                                    registry=self.registry)
+        self.rejoin_waits = Counter("slm_batch_rejoin_waits", "The micro-batcher's rejoin wait, per batch: fruitful "
+                                    "(the callers came back), fruitless, or suspended (skipped after fruitless "
+                                    "ones)", ("outcome",), registry=self.registry)
         self.rejected = Counter("slm_rejected_requests", "Requests refused before routing (bad input, auth)",
                                 ("reason",), registry=self.registry)
 

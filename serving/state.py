@@ -65,6 +65,7 @@ class GatewayState:
     _shadow_tasks: set = field(default_factory=set)
     _usage: dict = field(default_factory=dict)  # version -> [rows, compute s, cpu s] since start
     _invalid_seen: int = 0  # the writer's invalid rows already counted in metrics.log_dropped
+    _rejoin_seen: dict = field(default_factory=dict)  # the batcher's rejoin_counts already counted in metrics
 
     @property
     def model(self) -> str:
@@ -211,6 +212,10 @@ class GatewayState:
         if (invalid := self.writer.invalid - self._invalid_seen) > 0:  # rows its thread could not validate
             self.metrics.log_dropped.inc(invalid)
             self._invalid_seen += invalid
+        for outcome, count in dict(self.batcher.rejoin_counts).items():  # the worker's counts, as counters
+            if (new := count - self._rejoin_seen.get(outcome, 0)) > 0:
+                self.metrics.rejoin_waits.labels(outcome).inc(new)
+                self._rejoin_seen[outcome] = count
         self.metrics.peak_memory.set(self.live.backend.peak_memory_mb() if hasattr(self.live.backend,
                                                                                    "peak_memory_mb") else 0)
         for row in self.usage():
@@ -219,6 +224,7 @@ class GatewayState:
 
     def account_batch(self, adapters, wall_s: float, cpu_s: float) -> None:
         """Share a batch's wall and CPU time equally among its rows, per version (batcher callback)."""
+        self.metrics.batch_rows.observe(len(adapters))
         by_adapter = {adapter: version for version, adapter in self.live.live().items()}
         share = 1 / len(adapters)
         for adapter in adapters:

@@ -206,6 +206,11 @@ def test_feedback_joins_a_logged_request(gateway):
     assert unknown.status_code == 404 and unknown.json()["error"]["code"] == "unknown_request"
 
 
+def _sample(text: str, name: str) -> float:
+    """A sample's value in Prometheus text (0 when the series has not appeared yet)."""
+    return next((float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name + " ")), 0.0)
+
+
 def test_metrics_health_and_readiness(gateway):
     client(gateway).completions.create(model="intent-router", prompt="hello")
     text = httpx.get(f"{gateway.url}/metrics").text
@@ -214,6 +219,14 @@ def test_metrics_health_and_readiness(gateway):
     assert 'slm_compute_seconds_total{model="intent-router",version="v1"}' in text
     assert 'slm_cost_per_1k_requests{model="intent-router",version="v1"}' in text
     assert "slm_process_peak_memory_mb" in text
+    assert _sample(text, "slm_batch_rows_count") >= 1
+    # The batcher's own counts become counters at each scrape (deltas: a count seen once is not added twice).
+    before = _sample(text, 'slm_batch_rejoin_waits_total{outcome="fruitless"}')
+    gateway.state.batcher.rejoin_counts["fruitless"] += 2  # as if two waits had brought nobody
+    assert _sample(httpx.get(f"{gateway.url}/metrics").text,
+                   'slm_batch_rejoin_waits_total{outcome="fruitless"}') == before + 2
+    assert _sample(httpx.get(f"{gateway.url}/metrics").text,
+                   'slm_batch_rejoin_waits_total{outcome="fruitless"}') == before + 2  # not added twice
     httpx.post(f"{gateway.url}/v1/completions", json={"model": "intent-router"})
     text = httpx.get(f"{gateway.url}/metrics").text
     assert 'category="input",model="intent-router"' in text and 'slm_rejected_requests_total{reason="invalid"}' in text
