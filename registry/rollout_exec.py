@@ -37,8 +37,8 @@ from lifecycle.rollout_state import (
 from lifecycle.status import Alias, VersionStatus
 from registry.artifacts import sync_champion
 from registry.predictions import PredictionStore
-from registry.rollouts import get_rollout, save_rollout, start_rollout
-from registry.store import NotFoundError, RegistryStore
+from registry.rollouts import RolloutInProgress, get_rollout, save_rollout, start_rollout
+from registry.store import ConcurrentChangeError, NotFoundError, RegistryStore
 from registry.traffic import get_split, set_split
 
 Emitter = Callable[[str, dict[str, Any], uuid.UUID], None]
@@ -126,7 +126,9 @@ def begin(store: RegistryStore, model: str, candidate: int, plan: RolloutPlan, *
     runs twice; one an operator aborted starts again from the first stage. Refused (:class:`RolloutRefused`) when
     the candidate is not a ``candidate`` or the model has no champion; another unfinished rollout of the
     model raises :class:`registry.rollouts.RolloutInProgress` — and so does a concurrent start of the same
-    candidate that got there first (it runs the rollout; two drivers would carry out the same effects).
+    candidate that got there first (it runs the rollout; two drivers would carry out the same effects), whether
+    this start read no row (``start_rollout(resume=False)``) or read that run's row and then lost the takeover to
+    its next write; and a start whose row another run took over while it carried out its start effects.
     """
     stored = get_rollout(store, model, candidate)
     if stored is None or stored.phase == "aborted":  # an operator's abort may be retried from the start
@@ -144,9 +146,22 @@ def begin(store: RegistryStore, model: str, candidate: int, plan: RolloutPlan, *
     elif flow_run_id and stored.flow_run_id != flow_run_id and (not stored.terminal or stored.pending):
         # A run with work left to do (a decision to carry on, or a finished one's effects a crash cut short)
         # takes over as the driver: the one approvals resume, and the one the task layer checks in Prefect.
-        stored = save_rollout(store, stored.model_copy(update={"flow_run_id": flow_run_id}), actor=actor,
-                              expected_revision=stored.revision)
-    return drain(store, stored, actor=actor, emit=emit)
+        try:
+            stored = save_rollout(store, stored.model_copy(update={"flow_run_id": flow_run_id}), actor=actor,
+                                  expected_revision=stored.revision)
+        except ConcurrentChangeError:
+            # Moved between the read and this write: its driver is alive (a concurrent start of the same candidate
+            # carrying out its start effects, or another run that took over first). It keeps the rollout.
+            raise RolloutInProgress(get_rollout(store, model, candidate)) from None
+    try:
+        return drain(store, stored, actor=actor, emit=emit)
+    except ConcurrentChangeError:
+        current = get_rollout(store, model, candidate)
+        if flow_run_id and current is not None and current.flow_run_id != flow_run_id:
+            # Another run took over as driver while this one carried out the start's effects (it read the row
+            # with them pending): it carries them out (idempotent) and drives the rollout from here.
+            raise RolloutInProgress(current) from None
+        raise
 
 
 def stage_window(state: RolloutState, now: datetime, settle_s: float) -> tuple[datetime, datetime]:

@@ -145,6 +145,51 @@ def test_second_candidate_is_refused_and_a_non_candidate_too(world):
         rollout_exec.begin(store, "router", 4, make_plan(), actor="flow", emit=lambda *a: None)
 
 
+def test_a_start_that_loses_the_takeover_to_the_running_driver_is_told_it_is_in_progress(world, monkeypatch):
+    """Two runs start the same candidate at once: the second reads the first's row (revision 1, its start effects
+    pending) and tries to take over as driver while the first, carrying them out, moves it on. Its write fails
+    on the revision; it is told the rollout is in progress (it lost to a live driver), not "re-read and decide
+    again", and the first run keeps the rollout."""
+    store, _preds, _clock = world
+    plan = make_plan()
+    first = rollout_exec.begin(store, "router", 2, plan, actor="run-0", emit=lambda *a: None, flow_run_id="run-0")
+    assert first.revision > 1
+    read = iter([first.model_copy(update={"revision": 1})])  # what the second run read before the first moved on
+    real = rollout_exec.get_rollout
+    monkeypatch.setattr(rollout_exec, "get_rollout", lambda *a: next(read, None) or real(*a))
+    with pytest.raises(RolloutInProgress, match="already has a rollout in progress: v2"):
+        rollout_exec.begin(store, "router", 2, plan, actor="run-1", emit=lambda *a: None, flow_run_id="run-1")
+    running = get_rollout(store, "router", 2)
+    assert running.flow_run_id == "run-0" and running.revision == first.revision
+
+
+def test_a_start_whose_row_another_run_takes_over_midway_is_told_it_is_in_progress(world, monkeypatch):
+    """The other order of the same race: the first run has stored its row and is carrying out the start's effects
+    when the second reads the row (effects pending) and takes over. The first's save then fails on the revision:
+    it is told the rollout is in progress; the second carries the effects out (again: they are idempotent) and
+    drives. One split written, one rollout."""
+    store, _preds, _clock = world
+    plan = make_plan()
+    real = rollout_exec._carry_out
+    second, started = [], []
+
+    def carry_out(*args, **kwargs):
+        real(*args, **kwargs)
+        if not started:  # after the first run's first effect, the second run starts the same candidate
+            started.append(True)
+            second.append(rollout_exec.begin(store, "router", 2, plan, actor="run-1", emit=lambda *a: None,
+                                             flow_run_id="run-1"))
+
+    monkeypatch.setattr(rollout_exec, "_carry_out", carry_out)
+    with pytest.raises(RolloutInProgress, match="already has a rollout in progress: v2"):
+        rollout_exec.begin(store, "router", 2, plan, actor="run-0", emit=lambda *a: None, flow_run_id="run-0")
+    running = get_rollout(store, "router", 2)
+    assert second[0].flow_run_id == running.flow_run_id == "run-1" and running.pending == []
+    split = get_split(store, "router")
+    assert (split.champion, split.shadow, split.revision) == (1, 2, 2)  # "start" above was revision 1
+    assert [e.action for e in store.audit_events() if e.action.startswith("traffic.")].count("traffic.split") == 2
+
+
 def test_abort_restores_the_champion_and_keeps_the_candidate(world):
     store, preds, clock = world
     plan = make_plan()
