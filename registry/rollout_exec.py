@@ -143,23 +143,20 @@ def begin(store: RegistryStore, model: str, candidate: int, plan: RolloutPlan, *
         state = state.model_copy(update={"pending": effects, "flow_run_id": flow_run_id})
         # resume=False: no unfinished row was there a moment ago, so one there now is a concurrent start's.
         stored = start_rollout(store, state, actor=actor, resume=False)
-    elif flow_run_id and stored.flow_run_id != flow_run_id and (not stored.terminal or stored.pending):
-        # A run with work left to do (a decision to carry on, or a finished one's effects a crash cut short)
-        # takes over as the driver: the one approvals resume, and the one the task layer checks in Prefect.
-        try:
+    # A run with work left to do (a decision to carry on, or a finished one's effects a crash cut short) takes
+    # over as the driver: the one approvals resume, and the one the task layer checks in Prefect.
+    take_over = bool(flow_run_id) and stored.flow_run_id != flow_run_id and (not stored.terminal or stored.pending)
+    try:
+        if take_over:
             stored = save_rollout(store, stored.model_copy(update={"flow_run_id": flow_run_id}), actor=actor,
                                   expected_revision=stored.revision)
-        except ConcurrentChangeError:
-            # Moved between the read and this write: its driver is alive (a concurrent start of the same candidate
-            # carrying out its start effects, or another run that took over first). It keeps the rollout.
-            raise RolloutInProgress(get_rollout(store, model, candidate)) from None
-    try:
         return drain(store, stored, actor=actor, emit=emit)
     except ConcurrentChangeError:
         current = get_rollout(store, model, candidate)
         if flow_run_id and current is not None and current.flow_run_id != flow_run_id:
-            # Another run took over as driver while this one carried out the start's effects (it read the row
-            # with them pending): it carries them out (idempotent) and drives the rollout from here.
+            # Another run's write came first: a concurrent start of the same candidate carrying out its start
+            # effects (this take-over lost), or one that took over while this run carried them out (it carries
+            # them out again, idempotent). That run is alive and drives the rollout from here.
             raise RolloutInProgress(current) from None
         raise
 
