@@ -12,8 +12,9 @@ direction and the regression worth catching.
   (and a test whose own sums hold fewer callers than that, e.g. few callers gave feedback, does not pass either);
 * a sample-ratio mismatch of the split is FAIL: the comparison is biased, so nothing it says can be trusted;
 * a rate metric FAILs when the one-sided mSPRT rejects "challenger no worse" (always-valid p <= alpha), at
-  any look; it PASSes when the anytime-valid interval rules out a regression as large as the one worth
-  catching; otherwise INCONCLUSIVE;
+  any look; it PASSes when a regression as large as the one worth catching is ruled out, also at any look
+  (:attr:`lifecycle.sequential.RateTest.rules_out`: the mirrored test, centred on equal arms, from 10 expected
+  events at the regression's rate on; the wider anytime-valid interval below that); otherwise INCONCLUSIVE;
 * latency mean is an anytime-valid test (:func:`lifecycle.sequential.relative_margin_cs` on the ok answers'
   latency sums): FAIL when the challenger's mean is, at confidence ``1 - alpha`` valid at every look, above
   ``(1 + regression) x`` the champion's; PASS when that much slowdown is ruled out; INCONCLUSIVE otherwise,
@@ -201,14 +202,16 @@ def _rate_finding(g: Guardrail, stage: Stage, champion: VersionAggregate,
     effects = tuple(_design_effect(events, a) for a in (champion, challenger))
     t = msprt_two_proportions(x_a, n_a, x_b, n_b, tau=g.regression, alpha=stage.alpha, harmful=harmful,
                               margin=g.tolerance, design_effects=effects)
+    # From its floor of trials the no-regression test decides a pass; below it, the interval (RateTest.rules_out).
+    pass_basis = (f"no-regression p {t.pass_p_value:.4f}" if min(n_a, n_b) >= t.pass_floor
+                  else f"below {t.pass_floor} per arm a pass is the interval's")
     span = (f"{x_b}/{n_b} vs champion {x_a}/{n_a}, diff {t.difference:+.4f}, "
-            f"interval [{t.lower:+.4f}, {t.upper:+.4f}], always-valid p {t.p_value:.4f}"
+            f"interval [{t.lower:+.4f}, {t.upper:+.4f}], always-valid p {t.p_value:.4f}, {pass_basis}"
             f"{_by_caller_note(t.design_effect, events, champion, challenger)}")
-    bound = t.upper if harmful == "higher" else -t.lower
     if t.reject:
         worse = f"worse by more than {g.tolerance}" if g.tolerance else "worse"
         verdict, why = Verdict.FAIL, f"challenger {worse}: p <= alpha {stage.alpha}"
-    elif bound < g.regression:
+    elif t.rules_out:
         verdict, why = _ruled_out(stage, events, f"a regression of {g.regression}", champion, challenger)
     else:
         verdict, why = Verdict.INCONCLUSIVE, f"a regression of {g.regression} is not yet ruled out"

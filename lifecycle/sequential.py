@@ -20,8 +20,17 @@ look the caller stops at, after any number of looks at any times.
       L2(d, V) = sqrt(V / (V + tau^2)) * exp(tau^2 d^2 / (2 V (V + tau^2)))
       r(V) = sqrt(V (V + tau^2) / tau^2 * (2 ln(1/alpha) + ln((V + tau^2) / V)))
 
-  It bounds the difference from both sides (the rollout PASSes on its bound), so it keeps the symmetric law;
-  it is not the inverse of the rate test, and a test can reject while the interval still holds 0.
+  It bounds the difference from both sides (shown at every look; it decides a rate's pass below the pass
+  test's floor, and both sides of the latency mean), so it keeps the symmetric law; it is not the inverse of the
+  rate test, and a test can reject while the interval still holds 0.
+* The pass side of a rate (:func:`no_regression_log_lr`, :attr:`RateTest.rules_out`) is the rate test turned
+  round: ``H0': worse by tau or more``, its law centred on equal arms. From :func:`pass_floor` trials per arm
+  (10 expected events at the null's boundary rate) it decides a pass; below that, the interval's bound does.
+  Until 2026-11-28 the interval alone decided; on the same draws the rule passes equal arms in 0.74x the
+  requests at feedback success 85 % (``tau`` 0.05) and 0.94x at errors 1 % (``tau`` 0.04, where the floor
+  binds), with false passes of a challenger exactly ``tau`` worse at 3.6-4.8 % looking every 10 requests
+  (5.0 % at a base rate near 0, where the interval alone gave 4.7 %; bench/RESULTS.md, "The rollout's pass
+  rule").
 
 Assumptions, stated once: requests are independent — or, for the rollout's tests given the callers' moments,
 callers are (:func:`clustered_ratio_variance`; ``lifecycle.simulate_callers`` shows what the binomial variance
@@ -115,6 +124,42 @@ def one_sided_log_lr(d: np.ndarray | float, v: np.ndarray | float, tau: float, m
     return mixture_log_lr(np.asarray(d, dtype=float) - margin, v, centre, SPREAD * centre)
 
 
+def no_regression_log_lr(d: np.ndarray | float, v: np.ndarray | float, tau: float) -> np.ndarray:
+    """The PASS side's statistic: evidence that the harm ``d`` (signed so that positive is harmful) is below ``tau``.
+
+    Tests ``H0': d >= tau`` (the regression worth catching, or worse) against ``d < tau`` by the FAIL side's
+    mixture turned round: :func:`one_sided_log_lr` of the distance ``tau - d``, its law centred at ``tau``, which
+    is equal arms (``d = 0``), spread ``SPREAD tau``. Under any ``d >= tau`` it is a supermartingale (Ville), so
+    a PASS when ``min(1, 1/L) <= alpha`` is wrong with probability ``<= alpha`` however often one looks —
+    asymptotically: ``V`` is a plug-in, and at a low rate and few trials it is optimistic (see
+    :func:`pass_floor`). The symmetric interval it replaces as the pass rule (``upper < tau``) spends half its
+    law on the wrong side and most of the rest on small effects. Elementwise over arrays.
+
+    Worked examples (``tau = 0.04``): ``d = 0``, ``V = 1e-4``: ``log L = 7.653`` (the FAIL side's example
+    mirrored); ``d = 0.03``, ``V = 1e-4``: ``log L = -2.097``.
+    """
+    return one_sided_log_lr(tau - np.asarray(d, dtype=float), v, tau)
+
+
+# Why 10 expected events: below it the normal approximation of a rate near 0 or 1 is poor and the plug-in
+# variance optimistic. Simulated at the null boundary (1 % -> 5 %, 0 % -> 4 %, 0.1 % -> 4.1 %; tau 0.04; a look
+# every 10 requests per arm; 4,000 runs): false PASS 5.4-6.4 % looking from 10 per arm, 5.0-5.6 % from 100,
+# 3.7-3.8 % from 200 (this floor: 200-250); success rates 85 % -> 80 % and 85 % -> 70 % stay at 3.4-4.2 % from 10.
+PASS_MIN_EVENTS = 10
+
+
+def pass_floor(rate_champion: np.ndarray | float, tau: float, harmful: Harmful) -> np.ndarray | int:
+    """Trials each arm needs before :func:`no_regression_log_lr` may pass: ``PASS_MIN_EVENTS`` expected events
+    (and as many non-events) at the null's boundary, where the challenger's rate is the champion's moved ``tau``
+    the harmful way. Worked examples (``tau = 0.04``): champion 1 % errors -> 5 %: 200; 0 %: 250; success 85 %
+    with ``tau = 0.05`` -> 80 %: 50. The boundary rate is read no closer to 0 or 1 than 1 %: at most 1,000.
+    An int for a number, ints elementwise for an array.
+    """
+    boundary = np.asarray(rate_champion, dtype=float) + (tau if harmful == "higher" else -tau)
+    floor = np.ceil(PASS_MIN_EVENTS / np.maximum(np.minimum(boundary, 1 - boundary), 0.01)).astype(int)
+    return floor if floor.ndim else int(floor)
+
+
 def folded_normal_log_lr(d: np.ndarray | float, v: np.ndarray | float, tau: float) -> np.ndarray:
     """``log L1 = ln 2 + log L2(d, V) + ln Phi(d tau / sqrt(V (V + tau^2)))``: ``N(0, tau^2)`` folded onto
     ``theta > 0``, the rollout's statistic until 2026-11-27, kept as the simulator's comparison."""
@@ -198,17 +243,19 @@ def rate_test_variances(x_champion: float, n_champion: float, x_challenger: floa
     return v, interval
 
 
-def mixture_radius(variance: float, tau: float, alpha: float) -> float:
+def mixture_radius(variance: np.ndarray | float, tau: float, alpha: float) -> np.ndarray | float:
     """Half-width of the normal-mixture confidence sequence for an estimate of variance ``variance``.
 
     ``r = sqrt(V (V + tau^2) / tau^2 * (2 ln(1/alpha) + ln((V + tau^2) / V)))``. With ``tau = 0.04`` and
     ``alpha = 0.05``: ``V = 1e-4`` (sd 0.01) gives ``r = 0.0306``, ``V = 4e-4`` (sd 0.02) gives ``0.0616``
     — compare 0.0196 and 0.0392 for a one-look 95 % interval: the price of looking at every batch.
+    Elementwise over an array of variances.
     """
-    if variance <= 0 or tau <= 0 or not 0 < alpha < 1:
+    v = np.asarray(variance, dtype=float)
+    if np.any(v <= 0) or tau <= 0 or not 0 < alpha < 1:
         raise ValueError(f"need variance > 0, tau > 0, 0 < alpha < 1; got {variance}, {tau}, {alpha}")
-    return math.sqrt(variance * (variance + tau**2) / tau**2
-                     * (2 * math.log(1 / alpha) + math.log((variance + tau**2) / variance)))
+    radius = np.sqrt(v * (v + tau**2) / tau**2 * (2 * math.log(1 / alpha) + np.log((v + tau**2) / v)))
+    return radius if radius.ndim else float(radius)
 
 
 class RateTest(Frozen):
@@ -230,11 +277,26 @@ class RateTest(Frozen):
         "the test's variance over the independent-requests one: above 1 when callers' requests vary together"))
     lower: float = Field(description="anytime-valid (1 - alpha) lower bound of the difference")
     upper: float
+    pass_log_lr: float = Field(default=0.0, description="log of the no-regression statistic "
+                               "(no_regression_log_lr): evidence the challenger is worse by less than tau")
+    pass_p_value: float = Field(default=1.0, ge=0, le=1, description="always-valid p of 'the challenger is worse "
+                                "by tau or more'")
+    pass_floor: int = Field(default=0, ge=0, description="trials each arm needs before the no-regression test may "
+                            "pass (pass_floor)")
 
     @property
     def reject(self) -> bool:
         """The challenger is worse: the plan may roll back now, at any look."""
         return self.p_value <= self.alpha
+
+    @property
+    def rules_out(self) -> bool:
+        """A regression of ``tau`` is ruled out, at any look: from ``pass_floor`` trials on each arm the
+        no-regression test rejects; below it, the interval's harmful bound is below ``tau`` (the wider rule, whose
+        slack absorbs the plug-in variance's optimism at few trials)."""
+        if min(self.n_champion, self.n_challenger) >= self.pass_floor:
+            return self.pass_p_value <= self.alpha
+        return (self.upper if self.harmful == "higher" else -self.lower) < self.tau
 
 
 def msprt_two_proportions(
@@ -256,7 +318,9 @@ def msprt_two_proportions(
     rollback; a better challenger should advance, not "fail" a two-sided test. The caller may keep the
     running minimum of p over looks; rejecting when any single look has ``p <= alpha`` is already valid (Ville).
     The interval is the two-sided normal-mixture sequence (scale ``tau``, no margin) with unpooled smoothed
-    variances: not the inverse of this test (see the module docstring).
+    variances: not the inverse of this test (see the module docstring). The pass side (``pass_p_value``,
+    ``rules_out``) is :func:`no_regression_log_lr` on the harm with the interval's variance, from
+    :func:`pass_floor` trials (read at the champion's smoothed rate) on.
 
     ``design_effects``: each arm's (:func:`arm_design_effect`, from its callers' spread) scales that arm's part
     of ``V`` and of the interval's variance (:func:`rate_test_variances`), so requests that fail together by
@@ -290,13 +354,16 @@ def msprt_two_proportions(
         raise ValueError(f"design effects are at least 1, got {design_effects}")
     v, v_interval = rate_test_variances(x_champion, n_champion, x_challenger, n_challenger, design_effects)
     d_a, d_b = design_effects  # V over the independent-requests V: pbar (1 - pbar) cancels
-    log_lr = float(one_sided_log_lr(diff if harmful == "higher" else -diff, v, tau, margin))
-    p_value = float(always_valid_p(log_lr))
+    harm = diff if harmful == "higher" else -diff
+    log_lr = float(one_sided_log_lr(harm, v, tau, margin))
+    pass_log_lr = float(no_regression_log_lr(harm, v_interval, tau))
     radius = mixture_radius(v_interval, tau, alpha)
     return RateTest(x_champion=x_champion, n_champion=n_champion, x_challenger=x_challenger,
                     n_challenger=n_challenger, difference=diff, harmful=harmful, log_lr=log_lr,
-                    p_value=p_value, alpha=alpha, tau=tau, lower=diff - radius, upper=diff + radius,
-                    margin=margin,
+                    p_value=float(always_valid_p(log_lr)), alpha=alpha, tau=tau, lower=diff - radius,
+                    upper=diff + radius, margin=margin, pass_log_lr=pass_log_lr,
+                    pass_p_value=float(always_valid_p(pass_log_lr)),
+                    pass_floor=pass_floor((x_champion + 1) / (n_champion + 2), tau, harmful),
                     design_effect=(d_a / n_champion + d_b / n_challenger) / (1 / n_champion + 1 / n_challenger))
 
 

@@ -14,6 +14,13 @@ a success (``harmful="lower"``, e.g. feedback success 0.85 -> 0.80). Six rules j
   sizes (:func:`lifecycle.group_sequential.group_sequential_design`, same alpha and power);
 * naive — a one-sided z-test after every batch, the mistake that inflates false alarms (FACTS.md: 28-47 %).
 
+The pass side is simulated on the same draws, on its own (a run that would roll back first is still followed):
+the rollout's no-regression test (:func:`lifecycle.sequential.no_regression_log_lr` from its floor of trials,
+as :attr:`lifecycle.sequential.RateTest.rules_out`) and the pass rule it replaced on 2026-11-28, the symmetric
+interval's upper bound below ``tau``. On A/A runs a pass is right (the sooner the better); on regression runs
+where the challenger is worse by ``tau`` or more (the default scenario sits exactly at ``tau``, the boundary of
+the pass test's null, its hardest case) a pass is an error.
+
 The baselines look exactly where their plan says, a best case for them: the rollout flow looks whenever
 a batch arrives, at irregular times, which only the mSPRT allows. A/A runs give the false rollback rate
 (both arms at ``p_champion``); regression runs give the detection rate and the mean requests per arm
@@ -36,8 +43,12 @@ from lifecycle.sequential import (
     Harmful,
     always_valid_p,
     folded_normal_log_lr,
+    mixture_radius,
+    no_regression_log_lr,
     one_sided_log_lr,
+    pass_floor,
     pooled_variance,
+    rate_test_variances,
 )
 
 
@@ -116,6 +127,13 @@ class GroupSequentialResult(RuleResult):
         description="normal-approximation expected requests per arm under the regression, all runs counted")
 
 
+class PassResult(Frozen):
+    aa_pass_rate: float = Field(description="share of A/A runs passed by max_per_arm")
+    mean_requests_per_arm: float | None = Field(description="mean requests per arm at the pass, A/A runs passed")
+    regression_pass_rate: float = Field(description="share of regression runs passed: false passes where the "
+                                        "challenger is worse by tau or more")
+
+
 class SimulationReport(Frozen):
     """``aa`` and ``regression`` describe the sequential rule the rollout uses; the rest are baselines."""
 
@@ -127,6 +145,9 @@ class SimulationReport(Frozen):
     group_sequential_pocock: GroupSequentialResult = Field(description="Pocock-type spending")
     naive_repeated_z: RuleResult
     previous_msprt: RuleResult = Field(description="the folded N(0, tau^2) mixing law, same looks as the rollout's")
+    passing: PassResult = Field(description="the rollout's pass rule: the no-regression test from its floor")
+    previous_passing: PassResult = Field(description="the pass rule until 2026-11-28: the interval's upper bound "
+                                         "below tau")
 
 
 def _paths(rng: np.random.Generator, p: float, runs: int, length: int) -> np.ndarray:
@@ -159,6 +180,30 @@ def _msprt(xa: np.ndarray, xb: np.ndarray, sizes: list[int], s: Scenario,
                                          pooled_variance(xa[:, n - 1], n, xb[:, n - 1], n), s.tau)) <= s.alpha
                 for n in sizes]
     return _first_stop(np.stack(rejected, axis=1), sizes)
+
+
+def _passes(xa: np.ndarray, xb: np.ndarray, sizes: list[int], s: Scenario, previous: bool = False) -> np.ndarray:
+    """Requests per arm at each run's first pass (NaN: never): the arithmetic of ``RateTest.rules_out`` (or, with
+    ``previous``, of ``RateTest.upper`` / ``lower`` against ``tau``), no tolerance, all runs of a look at once."""
+    passed = []
+    for n in sizes:
+        a, b = xa[:, n - 1], xb[:, n - 1]
+        harm = s.sign * (b - a) / n
+        _, v = rate_test_variances(a, n, b, n)
+        interval = harm + mixture_radius(v, s.tau, s.alpha) < s.tau
+        if previous:
+            passed.append(interval)
+        else:
+            floor = n >= pass_floor((a + 1) / (n + 2), s.tau, s.harmful)
+            test = always_valid_p(no_regression_log_lr(harm, v, s.tau)) <= s.alpha
+            passed.append(np.where(floor, test, interval))
+    return _first_stop(np.stack(passed, axis=1), sizes)
+
+
+def _pass_result(aa: np.ndarray, regression: np.ndarray) -> PassResult:
+    hits = aa[~np.isnan(aa)]
+    return PassResult(aa_pass_rate=len(hits) / len(aa), mean_requests_per_arm=float(hits.mean()) if len(hits) else None,
+                      regression_pass_rate=float(np.mean(~np.isnan(regression))))
 
 
 def _z_rule(xa: np.ndarray, xb: np.ndarray, sizes: list[int], bounds: list[float], sign: int) -> np.ndarray:
@@ -200,4 +245,6 @@ def simulate(s: Scenario) -> SimulationReport:
         group_sequential_pocock=_group_sequential(aa, reg, s, horizon, "pocock"),
         naive_repeated_z=rule_result(_z_rule(*aa, looks, naive_bounds, s.sign),
                                      _z_rule(*reg, looks, naive_bounds, s.sign)),
-        previous_msprt=previous)
+        previous_msprt=previous,
+        passing=_pass_result(_passes(*aa, looks, s), _passes(*reg, looks, s)),
+        previous_passing=_pass_result(_passes(*aa, looks, s, previous=True), _passes(*reg, looks, s, previous=True)))

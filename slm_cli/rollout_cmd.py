@@ -54,7 +54,8 @@ def simulate_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
 ) -> None:
     """Replay synthetic traffic against the rollout's rate test: A/A false rollbacks, detection of a
-    regression and requests to rollback, beside fixed-horizon, group-sequential and naive repeated z-tests."""
+    regression and requests to rollback, beside fixed-horizon, group-sequential and naive repeated z-tests; then
+    the pass side: requests to pass on A/A and passes of the regressed challenger, beside the previous rule."""
     from lifecycle.simulate import Scenario, simulate
 
     report = _simulated(lambda: Scenario(
@@ -86,6 +87,11 @@ def simulate_cmd(
     console.print(f"{runs} runs each; {rate} {p_champion:.1%} vs {p_challenger:.1%}{designed}, tau {tau}, "
                   f"one-sided alpha {alpha}; n: requests per arm")
     console.print(table)
+    passes = Table("pass rule", "A/A passed", "mean n to pass (A/A)", "regression passed (false if >= tau)")
+    for name, r in ((f"no-regression test from its floor, every {batch} (rollout)", report.passing),
+                    (f"interval's bound below tau, every {batch} (until 2026-11-28)", report.previous_passing)):
+        passes.add_row(name, f"{r.aa_pass_rate:.1%}", _n(r.mean_requests_per_arm), f"{r.regression_pass_rate:.1%}")
+    console.print(passes)
 
 
 @rollout_app.command("simulate-callers")

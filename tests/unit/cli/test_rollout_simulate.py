@@ -14,6 +14,8 @@ def test_simulate_json_has_the_documented_keys():
     assert report["regression"]["detection_rate"] >= 0.9
     assert report["regression"]["mean_requests_per_arm"] < report["fixed_horizon"]["requests_per_arm"]
     assert {"false_rollback_rate", "detection_rate", "mean_requests_per_arm"} <= set(report["previous_msprt"])
+    for key in ("passing", "previous_passing"):
+        assert report[key]["aa_pass_rate"] >= 0.95 and 0 <= report[key]["regression_pass_rate"] <= 0.1
     for key, spending in (("group_sequential", "obrien_fleming"), ("group_sequential_pocock", "pocock")):
         gs = report[key]
         assert (gs["spending"], gs["looks"], len(gs["requests_per_look"])) == (spending, 5, 5)
@@ -24,7 +26,8 @@ def test_simulate_json_has_the_documented_keys():
 def test_simulate_table_names_every_rule():
     result = CliRunner(env={"COLUMNS": "200"}).invoke(app, ["rollout", "simulate", "--runs", "50", "--looks", "4"])
     assert result.exit_code == 0, result.output
-    for rule in ("mSPRT", "previous mSPRT", "fixed horizon", "OBF, 4 looks", "Pocock, 4 looks", "naive z"):
+    for rule in ("mSPRT", "previous mSPRT", "fixed horizon", "OBF, 4 looks", "Pocock, 4 looks", "naive z",
+                 "no-regression test from its floor", "interval's bound below tau"):
         assert rule in result.output
 
 

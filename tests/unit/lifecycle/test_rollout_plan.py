@@ -200,6 +200,34 @@ def test_slow_mean_rolls_back_before_the_minimum_sample(tmp_path):
                                           for f in v.findings), v.reasons()
 
 
+def test_equal_feedback_passes_on_the_no_regression_test_where_the_interval_would_hold():
+    """700 feedbacks a side, 85 % success on both: the interval [-0.058, +0.058] still holds a five-point drop, the
+    pass rule until 2026-11-28 held here; the no-regression test (p 0.039, floor 50) rules it out: advance. At 500
+    feedbacks (p 0.100) it holds still. Errors 1 % on 2,000 a side: past their floor, their test passes too."""
+    canary = stage("canary-50")
+    lat = {"lat": CHAMPION_LAT}
+    ready = decide_stage(canary, agg(2000, 20, fb=(700, 595), **lat), agg(2000, 20, fb=(700, 595), **lat), 600)
+    assert ready.action == "advance", ready.reasons()
+    fb = ready.tests["feedback_success_rate"]
+    assert -fb.lower >= fb.tau and fb.pass_p_value < 0.04 <= fb.alpha  # the interval alone would not pass it
+    (finding,) = [f for f in ready.findings if f.check == "feedback_success_rate"]
+    assert "no-regression p 0.03" in finding.reason and finding.verdict is Verdict.PASS
+    fewer = decide_stage(canary, agg(2000, 20, fb=(500, 425), **lat), agg(2000, 20, fb=(500, 425), **lat), 600)
+    assert fewer.action == "hold"
+    assert "not yet ruled out" in next(f.reason for f in fewer.findings if f.check == "feedback_success_rate")
+
+
+def test_below_its_floor_the_pass_is_the_intervals():
+    """0 of 100 model errors on each arm: the no-regression test alone would pass (p 0.02), but 100 trials are below
+    its floor (201: ten expected errors at 5 %), where a rate near 0 makes the plug-in variance optimistic; the
+    interval [-0.042, +0.042] does not rule out 0.04, so the test holds."""
+    v = decide_stage(MODEL_ERRORS_ONLY, agg(100), agg(100, role="challenger", version=2), 60)
+    t = v.tests["model_error_rate"]
+    assert t.pass_p_value <= t.alpha and t.pass_floor > 100 and not t.rules_out
+    (finding,) = [f for f in v.findings if f.check == "model_error_rate"]
+    assert finding.verdict is Verdict.INCONCLUSIVE and "below 201 per arm a pass is the interval's" in finding.reason
+
+
 def test_a_tolerance_accepts_small_harm_and_still_catches_the_regression_worth_catching():
     canary = stage("canary-5")  # model errors: tolerance 0.005, regression 0.04 (configs/rollout.yaml)
     small = decide_stage(canary, agg(3747, 2, fb=(3747, 3150)), agg(225, 2, fb=(225, 190)), 60)
