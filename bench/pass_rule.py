@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 
-import lifecycle.sequential as sequential
 from lifecycle.simulate import Scenario, simulate
 
 # (name, scenario): equal arms (A/A pass speed, looks every 50 as the simulator's default) ...
@@ -47,15 +46,11 @@ def measure(runs: int) -> dict[str, list[dict[str, object]]]:
                              "interval": r.previous_passing.mean_requests_per_arm,
                              "ratio": r.passing.mean_requests_per_arm / r.previous_passing.mean_requests_per_arm,
                              "passed": [r.passing.aa_pass_rate, r.previous_passing.aa_pass_rate]})
-    floor = sequential.PASS_MIN_EVENTS
     for name, scenario in BOUNDARY:
         s = Scenario(runs=runs, seed=5, **{"batch": 10, "max_per_arm": 3000, **scenario})
         r = simulate(s)
-        try:
-            sequential.PASS_MIN_EVENTS = 0  # the test from the first look: what the floor is for
-            bare = simulate(s).passing.regression_pass_rate
-        finally:
-            sequential.PASS_MIN_EVENTS = floor
+        # The test from the first look, on the same draws: what the floor is for.
+        bare = simulate(s.model_copy(update={"pass_min_events": 0})).passing.regression_pass_rate
         out["boundary"].append({"scenario": name, "rule": r.passing.regression_pass_rate,
                                 "interval": r.previous_passing.regression_pass_rate, "no_floor": bare})
     return out

@@ -28,9 +28,10 @@ look the caller stops at, after any number of looks at any times.
   (10 expected events at the null's boundary rate) it decides a pass; below that, the interval's bound does.
   Until 2026-11-28 the interval alone decided; on the same draws the rule passes equal arms in 0.74x the
   requests at feedback success 85 % (``tau`` 0.05) and 0.94x at errors 1 % (``tau`` 0.04, where the floor
-  binds), with false passes of a challenger exactly ``tau`` worse at 3.6-4.8 % looking every 10 requests
-  (5.0 % at a base rate near 0, where the interval alone gave 4.7 %; bench/RESULTS.md, "The rollout's pass
-  rule").
+  binds). Its price is false passes: of a challenger exactly ``tau`` worse, looking every 10 requests, 3.6-5.0 %
+  against the interval's 1.0-4.7 % (bench/RESULTS.md, "The rollout's pass rule"). Each part is anytime-valid at
+  ``alpha`` in the normal approximation; the switch between them is bounded by ``2 alpha`` only (union bound),
+  the measured rates above are what it does.
 
 Assumptions, stated once: requests are independent — or, for the rollout's tests given the callers' moments,
 callers are (:func:`clustered_ratio_variance`; ``lifecycle.simulate_callers`` shows what the binomial variance
@@ -142,21 +143,25 @@ def no_regression_log_lr(d: np.ndarray | float, v: np.ndarray | float, tau: floa
 
 
 # Why 10 expected events: below it the normal approximation of a rate near 0 or 1 is poor and the plug-in
-# variance optimistic. Simulated at the null boundary (1 % -> 5 %, 0 % -> 4 %, 0.1 % -> 4.1 %; tau 0.04; a look
-# every 10 requests per arm; 4,000 runs): false PASS 5.4-6.4 % looking from 10 per arm, 5.0-5.6 % from 100,
-# 3.7-3.8 % from 200 (this floor: 200-250); success rates 85 % -> 80 % and 85 % -> 70 % stay at 3.4-4.2 % from 10.
+# variance optimistic. A challenger exactly tau worse, a look every 10 requests per arm from the first, 10,000
+# runs (bench/pass_rule.py): the test with no floor passes it 5.1-6.9 % of the time at base rates of 2 % or less,
+# the rule with this floor 3.6-5.0 %; at 5 % and at 85 % success the floor does not bind (3.6 %, 4.2 % both ways).
 PASS_MIN_EVENTS = 10
 
 
-def pass_floor(rate_champion: np.ndarray | float, tau: float, harmful: Harmful) -> np.ndarray | int:
-    """Trials each arm needs before :func:`no_regression_log_lr` may pass: ``PASS_MIN_EVENTS`` expected events
-    (and as many non-events) at the null's boundary, where the challenger's rate is the champion's moved ``tau``
-    the harmful way. Worked examples (``tau = 0.04``): champion 1 % errors -> 5 %: 200; 0 %: 250; success 85 %
-    with ``tau = 0.05`` -> 80 %: 50. The boundary rate is read no closer to 0 or 1 than 1 %: at most 1,000.
-    An int for a number, ints elementwise for an array.
+def pass_floor(rate_champion: np.ndarray | float, tau: float, harmful: Harmful,
+               min_events: int = PASS_MIN_EVENTS) -> np.ndarray | int:
+    """Trials each arm needs before :func:`no_regression_log_lr` may pass: ``min_events`` expected events (and as
+    many non-events) at the null's boundary, where the challenger's rate is the champion's moved ``tau`` the
+    harmful way. Worked examples (``tau = 0.04``): champion 1 % errors -> 5 %: 200; 0 %: 250; success 85 % with
+    ``tau = 0.05`` -> 80 %: 50. The boundary rate is read no closer to 0 or 1 than 1 %: at most 1,000 — also
+    where it falls outside [0, 1] (a champion within ``tau`` of the end of the scale: no rate is ``tau`` worse),
+    a conservative floor below which the interval decides. ``min_events = 0``: no floor (what the simulator
+    compares with). An int for a number, ints elementwise for an array. The champion's rate moves as trials
+    come in, so the floor can move too, either way.
     """
     boundary = np.asarray(rate_champion, dtype=float) + (tau if harmful == "higher" else -tau)
-    floor = np.ceil(PASS_MIN_EVENTS / np.maximum(np.minimum(boundary, 1 - boundary), 0.01)).astype(int)
+    floor = np.ceil(min_events / np.maximum(np.minimum(boundary, 1 - boundary), 0.01)).astype(int)
     return floor if floor.ndim else int(floor)
 
 
@@ -259,7 +264,8 @@ def mixture_radius(variance: np.ndarray | float, tau: float, alpha: float) -> np
 
 
 class RateTest(Frozen):
-    """One look of the one-sided mSPRT on ``challenger rate - champion rate``, with a confidence sequence."""
+    """One look of the one-sided mSPRT on ``challenger rate - champion rate`` (the FAIL side), the no-regression
+    test (the pass side: :attr:`rules_out`), and the confidence sequence."""
 
     x_champion: int
     n_champion: int
@@ -270,19 +276,20 @@ class RateTest(Frozen):
     log_lr: float = Field(description="log of the one-sided mixture likelihood ratio (the statistic)")
     p_value: float = Field(ge=0, le=1, description="always-valid p-value of 'challenger no worse'")
     alpha: float
-    tau: float = Field(description="the regression worth catching: the test's law is centred at tau - margin; "
-                       "the interval's normal mixture has scale tau")
+    tau: float = Field(description="the regression worth catching: the test's law is centred at tau - margin, "
+                       "the pass side's at equal arms (tau from its null); the interval's normal mixture has scale tau")
     margin: float = Field(default=0.0, description="tolerated harm: H0 is 'worse by at most margin'")
     design_effect: float = Field(default=1.0, ge=1, description=(
         "the test's variance over the independent-requests one: above 1 when callers' requests vary together"))
     lower: float = Field(description="anytime-valid (1 - alpha) lower bound of the difference")
     upper: float
-    pass_log_lr: float = Field(default=0.0, description="log of the no-regression statistic "
-                               "(no_regression_log_lr): evidence the challenger is worse by less than tau")
-    pass_p_value: float = Field(default=1.0, ge=0, le=1, description="always-valid p of 'the challenger is worse "
-                                "by tau or more'")
-    pass_floor: int = Field(default=0, ge=0, description="trials each arm needs before the no-regression test may "
-                            "pass (pass_floor)")
+    pass_log_lr: float = Field(description="log of the no-regression statistic (no_regression_log_lr): evidence "
+                               "the challenger is worse by less than tau")
+    pass_p_value: float = Field(ge=0, le=1, description="always-valid p of 'the challenger is worse by tau or more'")
+    pass_floor: int = Field(ge=0, description="trials each arm needs before the no-regression test may pass "
+                            "(pass_floor)")
+    pass_trials: float = Field(ge=0, description="what the smaller arm counts against the floor: its trials over "
+                               "its callers' design effect (clustered requests carry less information)")
 
     @property
     def reject(self) -> bool:
@@ -290,11 +297,18 @@ class RateTest(Frozen):
         return self.p_value <= self.alpha
 
     @property
+    def past_floor(self) -> bool:
+        """The no-regression test decides the pass (else the interval's bound does)."""
+        return self.pass_trials >= self.pass_floor
+
+    @property
     def rules_out(self) -> bool:
-        """A regression of ``tau`` is ruled out, at any look: from ``pass_floor`` trials on each arm the
-        no-regression test rejects; below it, the interval's harmful bound is below ``tau`` (the wider rule, whose
-        slack absorbs the plug-in variance's optimism at few trials)."""
-        if min(self.n_champion, self.n_challenger) >= self.pass_floor:
+        """A regression of ``tau`` is ruled out: past the floor the no-regression test rejects; below it the
+        interval's harmful bound is below ``tau`` (the wider rule, whose slack absorbs the plug-in variance's
+        optimism at few trials). Each is anytime-valid at ``alpha`` in the normal approximation; their switch is
+        at most ``2 alpha`` by the union bound. Measured at the null's boundary, looking every 10 requests:
+        3.6-5.0 %, against 1.0-4.7 % for the interval alone (bench/RESULTS.md, "The rollout's pass rule")."""
+        if self.past_floor:
             return self.pass_p_value <= self.alpha
         return (self.upper if self.harmful == "higher" else -self.lower) < self.tau
 
@@ -320,7 +334,8 @@ def msprt_two_proportions(
     The interval is the two-sided normal-mixture sequence (scale ``tau``, no margin) with unpooled smoothed
     variances: not the inverse of this test (see the module docstring). The pass side (``pass_p_value``,
     ``rules_out``) is :func:`no_regression_log_lr` on the harm with the interval's variance, from
-    :func:`pass_floor` trials (read at the champion's smoothed rate) on.
+    :func:`pass_floor` trials (read at the champion's smoothed rate; each arm's trials over its design effect) on.
+    It ignores ``margin``: a pass says a regression of ``tau`` is ruled out, whatever harm is tolerated.
 
     ``design_effects``: each arm's (:func:`arm_design_effect`, from its callers' spread) scales that arm's part
     of ``V`` and of the interval's variance (:func:`rate_test_variances`), so requests that fail together by
@@ -364,6 +379,7 @@ def msprt_two_proportions(
                     upper=diff + radius, margin=margin, pass_log_lr=pass_log_lr,
                     pass_p_value=float(always_valid_p(pass_log_lr)),
                     pass_floor=pass_floor((x_champion + 1) / (n_champion + 2), tau, harmful),
+                    pass_trials=min(n_champion / d_a, n_challenger / d_b),
                     design_effect=(d_a / n_champion + d_b / n_challenger) / (1 / n_champion + 1 / n_challenger))
 
 

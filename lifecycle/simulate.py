@@ -40,6 +40,7 @@ from scipy import stats
 from lifecycle.group_sequential import Spending, fixed_horizon_n_per_arm, group_sequential_design
 from lifecycle.records import Frozen
 from lifecycle.sequential import (
+    PASS_MIN_EVENTS,
     Harmful,
     always_valid_p,
     folded_normal_log_lr,
@@ -70,6 +71,8 @@ class Scenario(Frozen):
     design_p_challenger: float | None = Field(
         default=None, gt=0, lt=1, description="the challenger rate the fixed and group-sequential baselines are "
         "sized for; None: p_challenger (sized for the truth, their best case)")
+    pass_min_events: int = Field(default=PASS_MIN_EVENTS, ge=0, description="the pass test's floor in expected "
+                                 "events at the null's boundary (lifecycle.sequential.pass_floor); 0: no floor")
     seed: int = 0
 
     @property
@@ -194,7 +197,7 @@ def _passes(xa: np.ndarray, xb: np.ndarray, sizes: list[int], s: Scenario, previ
         if previous:
             passed.append(interval)
         else:
-            floor = n >= pass_floor((a + 1) / (n + 2), s.tau, s.harmful)
+            floor = n >= pass_floor((a + 1) / (n + 2), s.tau, s.harmful, s.pass_min_events)
             test = always_valid_p(no_regression_log_lr(harm, v, s.tau)) <= s.alpha
             passed.append(np.where(floor, test, interval))
     return _first_stop(np.stack(passed, axis=1), sizes)
