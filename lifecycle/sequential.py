@@ -259,7 +259,8 @@ def mixture_radius(variance: np.ndarray | float, tau: float, alpha: float) -> np
     v = np.asarray(variance, dtype=float)
     if np.any(v <= 0) or tau <= 0 or not 0 < alpha < 1:
         raise ValueError(f"need variance > 0, tau > 0, 0 < alpha < 1; got {variance}, {tau}, {alpha}")
-    radius = np.sqrt(v * (v + tau**2) / tau**2 * (2 * math.log(1 / alpha) + np.log((v + tau**2) / v)))
+    with np.errstate(over="ignore"):  # a subnormal variance: an infinite radius, as Python's floats give silently
+        radius = np.sqrt(v * (v + tau**2) / tau**2 * (2 * math.log(1 / alpha) + np.log((v + tau**2) / v)))
     return radius if radius.ndim else float(radius)
 
 
