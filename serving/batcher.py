@@ -99,9 +99,11 @@ class MicroBatcher:
     def _gather(self, first) -> tuple[list, bool]:
         batch, stop = [first], False
         now, ready = time.monotonic(), self._queue.qsize()  # requests there already, before any wait
-        want, seconds = self.rejoin_target()
-        if want == 0 and self._last[0] and self.rejoin_share > 0 and self._suspended():
+        planned = self._planned_wait()
+        suspended = planned[0] > 0 and self._suspended()
+        if suspended:
             self.rejoin_counts["suspended"] += 1
+        want, seconds = (0, 0.0) if suspended else planned
         deadline, rejoin = now + self.max_wait_s, now + seconds
         while len(batch) < self.max_batch:
             until = deadline
@@ -126,10 +128,12 @@ class MicroBatcher:
         """(rows the next batch waits for, at most how many seconds) by the rejoin wait (module docstring): the
         last batch's rows come back on top of what was queued when it ended; (0, 0.0) when it is off, or suspended
         after fruitless waits (but on a probe batch)."""
+        return (0, 0.0) if self._suspended() else self._planned_wait()
+
+    def _planned_wait(self) -> tuple[int, float]:
+        """:meth:`rejoin_target` were the wait not suspended: (0, 0.0) only when it is off or nothing ran yet."""
         rows, wall, queued = self._last
         if self.rejoin_share <= 0 or rows == 0:
-            return 0, 0.0
-        if self._suspended():
             return 0, 0.0
         return min(self.max_batch, rows + queued), min(self.rejoin_share * wall, self.rejoin_max_s)
 

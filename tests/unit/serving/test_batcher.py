@@ -98,17 +98,25 @@ def test_one_bad_row_does_not_fail_its_neighbours():
 
 
 def closed_loop_batches(callers: int, requests_each: int, **batcher_kwargs) -> list[int]:
-    """Batch sizes when ``callers`` threads, started together, each send their next request as soon as the last is
-    answered, into a backend that takes 0.2 s a batch."""
+    """Batch sizes when ``callers`` threads each send their next request as soon as the last is answered, into a
+    backend that takes 0.2 s a batch. Caller 0 goes first; the others follow 0.05 s after its first request is in,
+    so the first batch is (almost always) caller 0 alone and the others queue behind it: the cohorts a closed loop
+    falls into, set up on purpose (started together, the split is up to thread timing: [1, 7, ...], [8, 4, ...]
+    and [8, 8, ...] were all seen)."""
     sizes = []
     batcher = MicroBatcher(lambda p, a: (time.sleep(0.2), sizes.append(len(p)), list(p))[2], max_batch=32,
                            **batcher_kwargs)
-    start = threading.Barrier(callers)
+    first_in = threading.Event()
 
     def caller(k: int) -> None:
-        start.wait(30)
+        if k:
+            first_in.wait(30)
+            time.sleep(0.05)
         for i in range(requests_each):
-            batcher.submit(f"{k}-{i}", None).result(timeout=60)
+            answer = batcher.submit(f"{k}-{i}", None)
+            if not k and i == 0:
+                first_in.set()
+            answer.result(timeout=60)
 
     threads = [threading.Thread(target=caller, args=(k,)) for k in range(callers)]
     for t in threads:
@@ -120,12 +128,13 @@ def closed_loop_batches(callers: int, requests_each: int, **batcher_kwargs) -> l
 
 
 def test_callers_that_come_back_at_once_ride_together_with_the_rejoin_wait():
-    """Eight closed-loop callers: without the wait they split into cohorts (a lone batch and a big one, checked);
-    with it, once the first batch is answered, every batch carries all eight. The window is generous (the whole of
-    the last batch's 0.2 s, and a 0.2 s gap) so that a loaded machine cannot miss it; the wait ends as soon as the
-    eight are in, so it costs nothing here."""
-    without = closed_loop_batches(8, 4, rejoin_share=0.0)  # e.g. [1, 7, 1, 7, ...] or [8, 4, 4, ...]
-    assert sum(without) == 32 and len(without) > 4, without
+    """Eight closed-loop callers, caller 0 ahead of the seven others (a lone batch, then seven queued behind it):
+    with the wait, once the first batch is answered, every batch carries all eight. Without it the second batch
+    takes the seven queued and caller 0 comes back to a batch of its own, [1, 7, 1, 7, ...] — usually: that run
+    is not asserted, because caller 0 can win the race into the second batch (session 11 saw [8, 8, 8, 8] in a
+    started-together control that this test used to assert on). The window is generous (the whole of the last
+    batch's 0.2 s, and a 0.2 s gap) so that a loaded machine cannot miss it; the wait ends as soon as the eight
+    are in, so it costs nothing here."""
     sizes = closed_loop_batches(8, 6, rejoin_share=1.0, rejoin_max_s=1.0, rejoin_gap_s=0.2)
     # The first batch takes whoever is in first (k rows); every later batch carries all eight, but the last, where
     # the k callers of the first batch, a request ahead, are done: [k, 8, 8, 8, 8, 8, 8 - k].
