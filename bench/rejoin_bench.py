@@ -121,10 +121,7 @@ def open_loop(models: dict, prompts: list[str], settings: dict[str, dict], loads
             row["failed"] = sum(x["failed"] for rows in raw.values() for x in rows)
             for side, rows in raw.items():
                 row[side]["rejoin_counts"] = shapes.summed([x["rejoin_counts"] for x in rows])
-            for side in settings:
-                if side != "off":
-                    for key in ("p50_ms", "p99_ms"):
-                        row[f"{key}_{side}_over_off"] = shapes.ratios(raw[side], raw["off"], key)
+            row.update(shapes.over_off(raw, ("p50_ms", "p99_ms")))
             out[cell][f"load_{load}"] = row
     return out
 
@@ -138,9 +135,7 @@ def summarize(raw: dict[tuple[str, str], list[dict]], names: list[str]) -> dict:
             "p99_ms": shapes.spread([x["p99_ms"] for x in rows], 1),
             "rejoin_counts": shapes.summed([x["rejoin_counts"] for x in rows])}
     for cell in CELLS:
-        for side in names:
-            if side != "off":
-                out[cell][f"{side}_over_off"] = shapes.ratios(raw[(cell, side)], raw[(cell, "off")], "tokens_per_s")
+        out[cell].update(shapes.over_off({side: raw[(cell, side)] for side in names}, ("tokens_per_s",)))
     for side in names:  # two versions against one model, the same batcher on both (issue #8 item 2's ratio)
         out[f"two_over_one_{side}"] = shapes.ratios(raw[("auto_50_50", side)], raw[("one", side)], "tokens_per_s")
     return out

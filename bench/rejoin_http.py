@@ -175,10 +175,7 @@ def run(concurrency: list[int], open_loads: list[float], seconds: float, rounds:
         row["failed"] = sum(x["failed"] for side in sides for x in raw[(cell, side)])
         for side in sides:
             row[side]["rejoin_counts"] = shapes.summed([x["rejoin_counts"] for x in raw[(cell, side)]])
-        for side in sides:
-            if side != "off":
-                for key in ("answers_per_s", "p50_ms", "p99_ms"):
-                    row[f"{key}_{side}_over_off"] = shapes.ratios(raw[(cell, side)], raw[(cell, "off")], key)
+        row.update(shapes.over_off({side: raw[(cell, side)] for side in sides}, ("answers_per_s", "p50_ms", "p99_ms")))
         report["results"][cell] = row
     report["machine_after"] = shapes.machine("cpu")
     return report

@@ -79,6 +79,13 @@ def ratios(rows: list[dict], baseline: list[dict], key: str) -> dict | None:
     return spread(values) if values else None
 
 
+def over_off(by_side: dict[str, list[dict]], keys: tuple[str, ...]) -> dict[str, dict | None]:
+    """Every side's paired ratios (:func:`ratios`) to the rounds of side ``off``, per key, named
+    ``{key}_{side}_over_off``."""
+    return {f"{key}_{side}_over_off": ratios(rows, by_side["off"], key)
+            for side, rows in by_side.items() if side != "off" for key in keys}
+
+
 def in_threads(n: int, target) -> float:
     """Run ``target(k)`` for k in 0..n-1 on ``n`` threads started together; seconds until the last returns."""
     import threading
