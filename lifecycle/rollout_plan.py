@@ -19,7 +19,8 @@ direction and the regression worth catching.
   INCONCLUSIVE;
 * latency mean is an anytime-valid test (:func:`lifecycle.sequential.relative_margin_cs` on the ok answers'
   latency sums): FAIL when the challenger's mean is, at confidence ``1 - alpha`` valid at every look, above
-  ``(1 + regression) x`` the champion's; PASS when that much slowdown is ruled out; INCONCLUSIVE otherwise,
+  ``(1 + regression) x`` the champion's; PASS when that much slowdown is ruled out (its no-regression test, as
+  for rates, from the 30 answers below); INCONCLUSIVE otherwise,
   and below 30 ok answers on an arm (the plug-in variance of skewed latencies is unreliable there). Why
   a margin and not "any slowdown" as for rates: the plan accepts a stated cost (an adapter is slower),
   so only a slowdown beyond it is a regression — the same line the p95 budget draws;
@@ -273,11 +274,11 @@ def _mean_finding(g: Guardrail, stage: Stage, champion: VersionAggregate,
     effect = (w_a / n_a * k2 + w_b / n_b) / plain if plain > 0 else 1.0
     clustering = _by_caller_note(effect, "latency_sum_ms", champion, challenger)
     span = (f"{m_b:.1f} ms vs limit {limit:.1f} ms ({1 + g.regression:.2f}x champion's {m_a:.1f} ms; n {n_b} / "
-            f"{n_a}); challenger - limit {cs.difference:+.1f} ms, anytime interval [{cs.lower:+.1f}, {cs.upper:+.1f}]"
-            f"{clustering}")
+            f"{n_a}); challenger - limit {cs.difference:+.1f} ms, anytime interval [{cs.lower:+.1f}, {cs.upper:+.1f}], "
+            f"no-regression p {cs.pass_p_value:.4f}{clustering}")
     if cs.lower > 0:
         verdict, why = Verdict.FAIL, f"slower than the limit, at confidence {1 - stage.alpha:.0%}"
-    elif cs.upper < 0:
+    elif cs.pass_p_value is not None and cs.pass_p_value <= stage.alpha:  # relative_margin_cs always sets it
         verdict, why = _ruled_out(stage, "latency_sum_ms", f"a slowdown beyond {g.regression:.0%}", champion,
                                   challenger)
     else:

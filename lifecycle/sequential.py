@@ -21,7 +21,7 @@ look the caller stops at, after any number of looks at any times.
       r(V) = sqrt(V (V + tau^2) / tau^2 * (2 ln(1/alpha) + ln((V + tau^2) / V)))
 
   It bounds the difference from both sides (shown at every look; it decides a rate's pass below the pass
-  test's floor, and both sides of the latency mean), so it keeps the symmetric law; it is not the inverse of the
+  test's floor, and the latency mean's FAIL), so it keeps the symmetric law; it is not the inverse of the
   rate test, and a test can reject while the interval still holds 0.
 * The pass side of a rate (:func:`no_regression_log_lr`, :attr:`RateTest.rules_out`) is the rate test turned
   round: ``H0': worse by tau or more``, its law centred on equal arms. From :func:`pass_floor` trials per arm
@@ -395,6 +395,9 @@ class MeanDifferenceCS(Frozen):
     tau: float
     n_champion: int
     n_challenger: int
+    pass_p_value: float | None = Field(default=None, ge=0, le=1, description=(
+        "relative_margin_cs only: always-valid p of 'at or beyond the limit' (the no-regression test, "
+        "no_regression_log_lr, on the distance below it)"))
 
 
 def mean_difference_cs(
@@ -450,16 +453,35 @@ def relative_margin_cs(
     Read it one-sidedly, each side with error <= alpha at every look: ``lower > 0`` — slower than the limit;
     ``upper < 0`` — a slowdown beyond the margin is ruled out; otherwise undecided.
 
+    The pass side has a test of its own, as a rate's does (``pass_p_value``; the rollout passes on it since
+    2026-11-28): :func:`no_regression_log_lr` of the raw difference ``m_b - m_a = psi + tau`` with the same ``V``
+    and ``tau``, i.e. the distance ``-psi`` below the limit under a law centred on equal means. Same simulation,
+    a challenger at the limit: false PASS 3.0-4.7 % over lognormal sigma 0.5-1.5 and a bimodal mix (10 % of
+    answers 17x slower; 2,000 runs each), against 0.9-1.7 % for ``upper < 0``: within alpha, without the
+    interval's slack (a floor of 100 or 200 answers changes it little: the errors come late); an equal
+    challenger passes in 0.7-0.85x the answers (sigma 1: 422 against 598 per arm), and more often by 2,000
+    (sigma 1.5: 68 % against 47 %).
+
     Worked examples (champion 100 ms, variance 1,600 (sd 40), n = 400; margin 0.25, alpha 0.05;
     ``tau = 25``, the limit is 125 ms):
 
-    * challenger 110 ms, var 1,936, n 400: ``psi = -15``, ``V = 11.09``, ``r = 10.65``, [-25.65, -4.35]: pass.
+    * challenger 110 ms, var 1,936, n 400: ``psi = -15``, ``V = 11.09``, ``r = 10.65``, [-25.65, -4.35]: pass
+      (pass p 0.0002).
     * challenger 150 ms, var 3,600, n 400: ``psi = +25``, ``V = 15.25``, ``r = 12.33``, [12.67, 37.33]: fail.
-    * challenger 130 ms, var 2,704, n 400: ``psi = +5``, ``r = 11.46``, [-6.46, 16.46]: undecided.
+    * challenger 130 ms, var 2,704, n 400: ``psi = +5``, ``r = 11.46``, [-6.46, 16.46]: undecided (pass p 1).
     * 150 ms as above but n = 30 on each arm: ``r = 44.64``, [-19.64, 69.64]: undecided, too few requests.
+    * challenger 105 ms, var 1,800, n 100: ``psi = -20``, ``r = 20.04``, [-40.04, +0.04]: the interval still
+      holds the limit; the pass test rules it out (pass p 0.0154). At 115 ms (var 2,116) neither does (p 1: 15 %
+      slower is nearer the limit than the equal arms the law is centred on).
     """
     if mean_champion <= 0 or margin <= 0:
         raise ValueError(f"need a positive champion mean and margin, got {mean_champion}, {margin}")
-    k = 1 + margin
-    return mean_difference_cs(k * mean_champion, k * k * var_champion, n_champion,
-                              mean_challenger, var_challenger, n_challenger, tau=margin * mean_champion, alpha=alpha)
+    k, tau = 1 + margin, margin * mean_champion
+    cs = mean_difference_cs(k * mean_champion, k * k * var_champion, n_champion,
+                            mean_challenger, var_challenger, n_challenger, tau=tau, alpha=alpha)
+    v = k * k * var_champion / n_champion + var_challenger / n_challenger
+    if v > 0:
+        pass_p = float(always_valid_p(no_regression_log_lr(cs.difference + tau, v, tau)))
+    else:  # two constant arms, as the interval: no uncertainty the data can show
+        pass_p = 0.0 if cs.difference < 0 else 1.0
+    return cs.model_copy(update={"pass_p_value": pass_p})
