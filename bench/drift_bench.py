@@ -8,8 +8,13 @@
    descriptors on every row (the raw texts through the domain classifier).
 2. Noise: scores of "before" traffic against the training reference at 200 to 2,000 rows (6 seeds each),
    the figures behind ``min_rows`` and the thresholds in configs/monitor.yaml.
+3. The ``prompt_embedding`` column (off in the shipped policy; ``--embedding``): its cost (the encoder's load,
+   a first check that embeds the reference too, a check with the reference cached) and its ROC AUC on the old
+   world, the new products and a 10 % mix, at 500 and 1,000 rows a side over 3 seeds. It embeds at most
+   ``embedding_sample`` rows a side, so the window's size does not change its cost.
 
-Run: ``.venv/bin/python bench/drift_bench.py [--rows 100000] [--skip-full]``. Needs only the bundled data.
+Run: ``.venv/bin/python bench/drift_bench.py [--rows 100000] [--skip-full] [--embedding]``. Needs only the
+bundled data.
 """
 
 from __future__ import annotations
@@ -142,16 +147,54 @@ def noise(seeds: int = 6) -> dict:
     return table
 
 
+def embedding_column(seeds: int = 3) -> dict:
+    import pandas as pd
+    import torch
+
+    from data_checks import embeddings
+    from data_checks.drift import check_drift, frame_from_pairs
+    from lifecycle.drift_policy import DriftPolicy
+    from lifecycle.task import load_task
+    from training.task_data import read_split, split_worlds
+
+    torch.set_num_threads(1)  # as tasks.monitor sets it (settings.torch_threads)
+    spec = load_task(REPO / "configs/task.yaml", REPO)
+    worlds = split_worlds(spec)
+    reference = frame_from_pairs(worlds.before_train)
+    before = frame_from_pairs([p for p in read_split(spec, "test") if not spec.is_drifted(p.completion)])
+    drifted = frame_from_pairs(worlds.drifted_labelled)
+    out: dict = {"model": embeddings.MODEL}
+    _, out["load_encoder_s"] = timed(embeddings._encoder)
+    policy = DriftPolicy(columns={"prompt_embedding": {"method": "model", "threshold": 0.6}})
+    with tempfile.TemporaryDirectory() as cache:
+        _, out["first_check_s"] = timed(check_drift, reference, before, policy, embedding_cache=Path(cache))
+        _, out["cached_reference_check_s"] = timed(check_drift, reference, before, policy, embedding_cache=Path(cache))
+    out["embedding_sample"] = policy.embedding_sample
+    for sample in (500, 1000):
+        rows = []
+        for s in range(seeds):
+            p = policy.model_copy(update={"embedding_sample": sample, "seed": s})
+            mix = pd.concat([before.sample(1800, random_state=s), drifted.sample(200, random_state=s)])
+            rows.append({name: round(check_drift(reference, cur, p).columns[0].score, 3)
+                         for name, cur in (("before", before), ("drifted", drifted), ("mix_10pc", mix))})
+        out[f"roc_auc_at_{sample}"] = rows
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=100_000)
     parser.add_argument("--skip-full", action="store_true", help="skip the slow full-preset baseline")
+    parser.add_argument("--embedding", action="store_true", help="also the prompt_embedding column (3 min)")
     args = parser.parse_args()
     import warnings
 
     warnings.filterwarnings("ignore")  # sklearn convergence warnings from Evidently's text drift
-    print(json.dumps({"date": f"{datetime.now(UTC):%Y-%m-%d}", "large_window": large_window(args.rows, args.skip_full),
-                      "noise_max_of_6_seeds": noise()}, indent=2))
+    out = {"date": f"{datetime.now(UTC):%Y-%m-%d}", "large_window": large_window(args.rows, args.skip_full),
+           "noise_max_of_6_seeds": noise()}
+    if args.embedding:
+        out["prompt_embedding"] = embedding_column()
+    print(json.dumps(out, indent=2))
 
 
 if __name__ == "__main__":

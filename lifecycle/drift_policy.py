@@ -33,7 +33,7 @@ from lifecycle.predictions import as_utc
 from lifecycle.records import Frozen
 from lifecycle.verdict import Finding, Verdict
 
-ColumnKind = Literal["numerical", "categorical", "text"]
+ColumnKind = Literal["numerical", "categorical", "text", "embedding"]
 
 # Every column the monitor can compare. Descriptors of a text column are named <column>_<descriptor>.
 COLUMNS: dict[str, ColumnKind] = {
@@ -42,7 +42,10 @@ COLUMNS: dict[str, ColumnKind] = {
     "route": "categorical",  # the completion as a category: the intent the model routed to
     "outcome": "categorical",  # ok / model_error / infra_error / input_error
     "latency_ms": "numerical",
-    "prompt_text": "text",  # the raw prompts, through Evidently's domain classifier (slowest column)
+    "prompt_text": "text",  # the raw prompts, through Evidently's domain classifier (TF-IDF words)
+    # Sentence embeddings of the prompts (data_checks.embeddings, MiniLM): what they mean, whatever words they use;
+    # the slowest column, on ``embedding_sample`` rows a side.
+    "prompt_embedding": "embedding",
 }
 LOG_ONLY = frozenset({"outcome", "latency_ms"})  # training data has no such column: needs a window reference
 # Effect sizes only: at 10k+ rows a p-value test (ks, chisquare) flags shifts far too small to matter.
@@ -50,6 +53,11 @@ METHODS: dict[ColumnKind, frozenset[str]] = {
     "numerical": frozenset({"wasserstein", "psi", "kl_div", "hellinger", "jensenshannon"}),
     "categorical": frozenset({"jensenshannon", "psi", "kl_div", "hellinger"}),
     "text": frozenset({"abs_text_content_drift", "perc_text_content_drift"}),
+    # Evidently's embedding drift methods, each scored so that higher is more drift: model (a domain classifier's
+    # ROC AUC, 0.5 = no drift), mmd (maximum mean discrepancy), ratio (share of drifted components: biased up on
+    # small samples, 0.35 for the same world at 400 rows a side, 0.06 at 1,000), distance (euclidean distance
+    # between the mean embeddings).
+    "embedding": frozenset({"model", "mmd", "ratio", "distance"}),
 }
 
 
@@ -94,6 +102,9 @@ class DriftPolicy(Frozen):
     # 0.30 (length) and 0.25 (route, 77 categories); at 1000 rows at most 0.19 and 0.12 (bench/RESULTS.md).
     min_rows: int = Field(default=1000, ge=1, description="fewer rows in the window: inconclusive")
     sample_cap: int = Field(default=20_000, ge=1000, description="rows per side the check compares at most")
+    embedding_sample: int = Field(default=1000, ge=100, le=20_000, description=(
+        "rows per side the prompt_embedding column embeds at most (a sentence encoder on the CPU: a few ms a "
+        "prompt); drawn from the compared rows"))
     seed: int = 0
     feedback: FeedbackRule = FeedbackRule()
     cooldown_minutes: float = Field(default=360, ge=0, description="no new trigger this long after the last "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from data_checks.drift import DriftReport, check_drift, frame_from_columns, fram
 from data_checks.readers import read_jsonl
 from lifecycle.config import load_yaml_config
 from lifecycle.drift_policy import (
+    COLUMNS,
     DriftDecision,
     DriftPolicy,
     FeedbackEvidence,
@@ -28,6 +30,7 @@ from registry.predictions import PredictionStore
 from registry.service import Registry
 from tasks.connect import open_registry
 from tasks.events import announce
+from training.loop import torch_threads
 
 ACTOR = "monitor-flow"
 DETECTED, SUPPRESSED = "slm.drift.detected", "slm.drift.suppressed"
@@ -80,7 +83,11 @@ def check_window(plan: MonitorPlan) -> DriftReport:
         store = PredictionStore(registry.store.engine)
         reference = _reference(registry, store, plan)
         current = frame_from_columns(store.served_columns(plan.model, plan.since, plan.until))
-    report = check_drift(reference, current, plan.policy, html_path=plan.report_path)
+    settings = get_settings()
+    encodes = any(COLUMNS[c] == "embedding" for c in plan.policy.columns)  # a sentence encoder runs: set threads
+    with torch_threads(settings.torch_threads) if encodes else contextlib.nullcontext():
+        report = check_drift(reference, current, plan.policy, html_path=plan.report_path,
+                             embedding_cache=settings.home / "cache" / "embeddings")
     if report.html is not None:
         create_link_artifact(key="drift-report", link=report.html.as_uri(), link_text=report.html.name,
                              description=f"Evidently drift report, {plan.model} {plan.since:%Y-%m-%d %H:%M} to "

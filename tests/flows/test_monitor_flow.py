@@ -173,3 +173,33 @@ def test_cli_runs_the_monitor(quiet_model):
     assert "drift verdict pass; no action" in result.output and "report: " in result.output
     missing = CliRunner().invoke(app, ["monitor", "--model", "nobody", *window])
     assert missing.exit_code == 2 and "nobody has no champion" in missing.output
+
+
+def test_a_policy_with_prompt_embeddings_runs_them_with_the_reference_cached(worlds, tmp_path):
+    """The semantic column alone (200 prompts a side): the new products drift on it; the reference's embeddings
+    land in SLM_HOME/cache/embeddings, and the next run reads them from there."""
+    import yaml
+
+    from lifecycle.settings import get_settings, project_root
+
+    spec, w, _ = worlds
+    champion("watch-meaning", w.before_train)
+    sample = w.drifted_labelled[:1200]
+    log_traffic("watch-meaning", sample, [spec.before_labels[i % 5] for i in range(len(sample))])
+    raw = yaml.safe_load((project_root() / "configs/monitor.yaml").read_text())
+    raw.update(columns={"prompt_embedding": {"method": "model", "threshold": 0.6}}, embedding_sample=200)
+    policy = tmp_path / "meaning.yaml"
+    policy.write_text(yaml.safe_dump(raw))
+    from flows.monitor import monitor
+
+    cache = get_settings().home / "cache" / "embeddings"
+    before = set(cache.glob("*.npy"))
+    outcome = monitor(MonitorParams(model="watch-meaning", since=SINCE, until=UNTIL, policy=str(policy)))
+    assert outcome.verdict == "fail" and outcome.drifted_columns == ["prompt_embedding"], outcome.reasons
+    cached = set(cache.glob("*.npy")) - before
+    assert len(cached) == 1
+    (path,) = cached
+    stamp = path.stat().st_mtime_ns
+    again = monitor(MonitorParams(model="watch-meaning", since=SINCE, until=UNTIL, policy=str(policy)))
+    assert again.drifted_columns == ["prompt_embedding"] and path.stat().st_mtime_ns == stamp
+    assert set(cache.glob("*.npy")) - before == cached

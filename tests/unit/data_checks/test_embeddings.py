@@ -1,0 +1,101 @@
+"""The drift monitor's sentence embeddings (data_checks/embeddings.py) and its prompt_embedding column: the packaged
+MiniLM loads offline, sees the new products in BANKING77's drifted world and not in the old one, and its
+reference side is cached on disk."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import data_checks.embeddings as embeddings
+from data_checks.drift import check_drift, frame_from_log, frame_from_pairs
+from lifecycle.drift_policy import DriftPolicy
+from lifecycle.task import load_task
+from training.task_data import read_split, split_worlds
+
+REPO = Path(__file__).resolve().parents[3]
+
+
+def test_embeddings_are_unit_rows_and_close_for_close_meanings():
+    v = embeddings.embed(["How do I top up my card?", "What is the way to add money to my card?",
+                          "My card was swallowed by the ATM"])
+    assert v.shape == (3, embeddings.DIMENSIONS) and v.dtype == np.float32
+    assert np.allclose(np.linalg.norm(v, axis=1), 1.0, atol=1e-5)
+    similar, unrelated = float(v[0] @ v[1]), float(v[0] @ v[2])
+    assert similar > unrelated + 0.2, (similar, unrelated)
+    assert embeddings.embed([]).shape == (0, embeddings.DIMENSIONS)
+    with pytest.raises(TypeError, match="hash-only"):
+        embeddings.embed(["a prompt", None])
+
+
+def test_the_cache_answers_the_same_texts_without_the_encoder(tmp_path, monkeypatch):
+    texts = ["card arrival", "exchange rate"]
+    first = embeddings.embed(texts, cache_dir=tmp_path / "emb")
+    (saved,) = (tmp_path / "emb").glob("*.npy")
+    assert not list((tmp_path / "emb").glob("*.tmp"))  # written whole, renamed into place
+
+    def no_encoder():
+        raise AssertionError("the cache should have answered")
+
+    monkeypatch.setattr(embeddings, "_encoder", no_encoder)
+    assert np.array_equal(embeddings.embed(texts, cache_dir=tmp_path / "emb"), first)
+    with pytest.raises(AssertionError, match="cache should have answered"):  # other texts: another key
+        embeddings.embed(["exchange rate", "card arrival"], cache_dir=tmp_path / "emb")
+    assert saved.exists()
+
+
+@pytest.fixture(scope="module")
+def world():
+    spec = load_task(REPO / "configs/task.yaml", REPO)
+    worlds = split_worlds(spec)
+    test = read_split(spec, "test")
+    return {"reference": frame_from_pairs(worlds.before_train),
+            "before": frame_from_pairs([p for p in test if not spec.is_drifted(p.completion)]),
+            "drifted": frame_from_pairs(worlds.drifted_labelled)}
+
+
+def only_embeddings(method: str = "model", threshold: float = 0.6, sample: int = 400) -> DriftPolicy:
+    return DriftPolicy(columns={"prompt_embedding": {"method": method, "threshold": threshold}},
+                       embedding_sample=sample)
+
+
+def test_prompt_embeddings_drift_on_new_products_only(world, tmp_path):
+    # 400 prompts a side. The domain classifier's ROC AUC: the old world's test prompts against the training ones
+    # stay near 0.5; the new products' prompts are told apart almost perfectly.
+    policy = only_embeddings()
+    quiet = check_drift(world["reference"], world["before"], policy, embedding_cache=tmp_path)
+    loud = check_drift(world["reference"], world["drifted"], policy, embedding_cache=tmp_path)
+    (q,), (d,) = quiet.columns, loud.columns
+    assert q.score < 0.6 and not q.drifted, q
+    assert d.score > 0.9 and d.drifted, d
+    assert len(list(tmp_path.glob("*.npy"))) == 1  # the reference sample, embedded once for both checks
+
+
+# Evidently's default thresholds, but ratio's: its per-component effect sizes are biased up on small samples (the
+# old world reads 0.35 at 400 a side, 0.06 at 1,000; the new products 0.94).
+@pytest.mark.parametrize(("method", "threshold"), [("mmd", 0.015), ("ratio", 0.5), ("distance", 0.2)])
+def test_every_embedding_method_separates_the_worlds(world, method, threshold):
+    policy = only_embeddings(method, threshold)
+    (q,) = check_drift(world["reference"], world["before"], policy).columns
+    (d,) = check_drift(world["reference"], world["drifted"], policy).columns
+    assert (q.drifted, d.drifted) == (False, True) and d.score > 2 * q.score, (q, d)
+
+
+def test_hash_only_logs_skip_the_embedding_column(world):
+    from datetime import UTC, datetime
+
+    from lifecycle.predictions import LoggedPrediction
+
+    rows = [LoggedPrediction(ts=datetime(2026, 11, 26, tzinfo=UTC), request_id=f"r{i}", model="m", version=1,
+                             role="champion", user_hash="u", prompt=None, prompt_sha256="0" * 64,
+                             completion="card_arrival", latency_ms=1.0, outcome="ok", served=True)
+            for i in range(50)]
+    (c,) = check_drift(world["reference"], frame_from_log(rows), only_embeddings()).columns
+    assert c.score is None and "hash-only" in c.skipped
+
+
+def test_an_embedding_column_takes_an_embedding_method():
+    with pytest.raises(ValueError, match="prompt_embedding.*is embedding.*'distance', 'mmd', 'model', 'ratio'"):
+        DriftPolicy(columns={"prompt_embedding": {"method": "wasserstein", "threshold": 0.1}})
