@@ -34,6 +34,7 @@ Evidently is imported inside the functions that need it.
 
 from __future__ import annotations
 
+import functools
 import re
 import time
 from collections.abc import Sequence
@@ -255,33 +256,50 @@ def _run_evidently(ref: pandas.DataFrame, cur: pandas.DataFrame, plan: list[str]
                          score=scores[c], drifted=c in failed) for c in plan]
 
 
+# Why 100: with a handful of prompts on a side the domain classifier's half split may hold one class only (an
+# error) and its ROC AUC, or any embedding score, is noise; a window that small is below min_rows anyway.
+MIN_EMBEDDED = 100
+
+
 def _embedding_drift(ref: pandas.DataFrame, cur: pandas.DataFrame, column: str, policy: DriftPolicy,
                      cache: Path | None) -> ColumnResult:
     """One embedding column: each side's prompts (at most ``policy.embedding_sample``, seeded) embedded (the
     reference's through ``cache``: the same sample every run), then the rule's Evidently embedding drift method
-    with its threshold; drifted when the score is above it."""
-    import pandas as pd
-    from evidently.metrics.embeddings import DistanceDriftMethod, MMDDriftMethod, ModelDriftMethod, RatioDriftMethod
+    with its threshold; drifted when the score is above it. Skipped, with the reason, without the encoder's
+    packages, below ``MIN_EMBEDDED`` prompts with text on a side, or when the method gives no finite score."""
+    import math
 
-    from data_checks.embeddings import DIMENSIONS, embed
+    import pandas as pd
+
+    from data_checks import embeddings
 
     rule = policy.columns[column]
-    names = [f"{column}_{k}" for k in range(DIMENSIONS)]
-    frames = []
-    for k, df in enumerate((ref, cur)):
-        texts = _sample(df[[_source(column)]].dropna(), policy.embedding_sample, policy.seed + 2 + k)
-        vectors = embed(texts[_source(column)].tolist(), cache_dir=cache if k == 0 else None)
-        frames.append(pd.DataFrame(vectors, columns=names))
-    if not all(len(f) for f in frames):
-        return ColumnResult(column=column, method=rule.method, threshold=rule.threshold,
-                            skipped="no prompt text on one side (hash-only logging)")
-    # bootstrap=False: the score is compared with the threshold, as every other column's.
-    method = {"model": lambda t: ModelDriftMethod(threshold=t, bootstrap=False),
-              "mmd": lambda t: MMDDriftMethod(threshold=t, bootstrap=False),
-              "ratio": lambda t: RatioDriftMethod(threshold=t),
-              "distance": lambda t: DistanceDriftMethod(threshold=t, bootstrap=False)}[rule.method](rule.threshold)
+    skip = functools.partial(ColumnResult, column=column, method=rule.method, threshold=rule.threshold)
+    if (missing := embeddings.available()) is not None:
+        return skip(skipped=missing)
+    sides = [_sample(df[[_source(column)]].dropna(), policy.embedding_sample, policy.seed + 2 + k)[_source(column)]
+             for k, df in enumerate((ref, cur))]
+    if min(len(s) for s in sides) < MIN_EMBEDDED:
+        return skip(skipped=f"{min(len(s) for s in sides)} prompts with text on the smaller side; the embedding "
+                            f"check needs {MIN_EMBEDDED}")
+    names = [f"{column}_{k}" for k in range(embeddings.DIMENSIONS)]
+    # The method adds a label column to what it is given: each gets frames of its own.
+    ref_emb, cur_emb = (pd.DataFrame(embeddings.embed(s.tolist(), cache_dir=cache if k == 0 else None), columns=names)
+                        for k, s in enumerate(sides))
     # The method itself, not EmbeddingsDrift in a Report: the metric also fits a t-SNE of both sides for its
     # widget, 3.4 of its 3.6 s on 500 rows a side here, where the method takes 0.1 s.
-    score, _, _ = method(frames[1], frames[0])
-    return ColumnResult(column=column, method=rule.method, threshold=rule.threshold, score=float(score),
-                        drifted=float(score) > rule.threshold)
+    score = float(_embedding_method(rule.method, rule.threshold)(cur_emb, ref_emb)[0])
+    if not math.isfinite(score):
+        return skip(skipped=f"the {rule.method} method gave no finite score ({score})")
+    return skip(score=score, drifted=score > rule.threshold)
+
+
+def _embedding_method(name: str, threshold: float):
+    """Evidently's embedding drift method ``name``; bootstrap off: the score is compared with the threshold, as
+    every other column's is."""
+    from evidently.metrics.embeddings import DistanceDriftMethod, MMDDriftMethod, ModelDriftMethod, RatioDriftMethod
+
+    if name == "ratio":
+        return RatioDriftMethod(threshold=threshold)
+    kind = {"model": ModelDriftMethod, "mmd": MMDDriftMethod, "distance": DistanceDriftMethod}[name]
+    return kind(threshold=threshold, bootstrap=False)

