@@ -5,7 +5,12 @@ no-regression test from its floor of trials, the interval's bound below it) with
 2026-11-28 (the interval's bound alone), and the test with no floor. Pure arithmetic: no timing, so one run is
 the figure (Monte Carlo error ~0.2 points on a 5 % rate at 10,000 runs).
 
-    .venv/bin/python bench/pass_rule.py --runs 10000
+``--latency``: the latency mean's pass (``relative_margin_cs(...).pass_p_value``) against the interval's
+``upper < 0``, the same arithmetic vectorised over runs: latencies lognormal (sigma 0.5, 1, 1.5) or bimodal (10 %
+of answers 17x slower), margin 0.25, a look every 10 answers per arm from 30 to 2,000; a challenger exactly at
+the limit (false passes) and an equal one (answers to pass), 2,000 runs each (Monte Carlo error ~0.5 points).
+
+    .venv/bin/python bench/pass_rule.py --runs 10000 [--latency]
 """
 
 from __future__ import annotations
@@ -13,6 +18,9 @@ from __future__ import annotations
 import argparse
 import json
 
+import numpy as np
+
+from lifecycle.sequential import SPREAD, always_valid_p, mixture_log_lr, mixture_radius
 from lifecycle.simulate import Scenario, simulate
 
 # (name, scenario): equal arms (A/A pass speed, looks every 50 as the simulator's default) ...
@@ -56,12 +64,54 @@ def measure(runs: int) -> dict[str, list[dict[str, object]]]:
     return out
 
 
+def _latencies(rng: np.random.Generator, kind: str, ratio: float, runs: int, n: int) -> np.ndarray:
+    if kind == "bimodal":  # 90 % near 40 ms, 10 % near 700 ms; scaled to mean 100 x ratio
+        slow = rng.random((runs, n)) < 0.1
+        x = np.where(slow, rng.lognormal(np.log(700), 0.3, (runs, n)), rng.lognormal(np.log(40), 0.3, (runs, n)))
+        return x * 100 * ratio / ((0.1 * 700 + 0.9 * 40) * np.exp(0.045))
+    sigma = float(kind.removeprefix("lognormal "))
+    return rng.lognormal(np.log(100 * ratio) - sigma**2 / 2, sigma, (runs, n))
+
+
+def latency(runs: int = 2000, margin: float = 0.25, alpha: float = 0.05, n_max: int = 2000) -> list[dict]:
+    """Per latency law and challenger (at the limit, equal): the share passed by ``n_max`` answers per arm and the
+    mean answers at a pass, for the rollout's rule and the interval's, on the same draws. The arithmetic of
+    ``relative_margin_cs``: psi = m_b - (1 + margin) m_a, V = s_b^2/n + (1 + margin)^2 s_a^2/n, tau = margin m_a."""
+    out = []
+    looks = np.arange(30, n_max + 1, 10)
+    for kind in ("lognormal 0.5", "lognormal 1.0", "lognormal 1.5", "bimodal"):
+        for ratio in (1 + margin, 1.0):
+            rng = np.random.default_rng(11)
+            a, b = (_latencies(rng, kind, r, runs, n_max) for r in (1.0, ratio))
+            sums = [(np.cumsum(x, axis=1), np.cumsum(x * x, axis=1)) for x in (a, b)]
+            rule, interval = [], []
+            for n in looks:
+                (ma, va), (mb, vb) = ((s[:, n - 1] / n, (q[:, n - 1] - s[:, n - 1] ** 2 / n) / (n - 1))
+                                      for s, q in sums)
+                k = 1 + margin
+                psi, v, tau = mb - k * ma, vb / n + k * k * va / n, margin * ma
+                rule.append(always_valid_p(mixture_log_lr(-psi, v, tau, SPREAD * tau)) <= alpha)
+                interval.append(psi + mixture_radius(v, tau, alpha) < 0)
+            row = {"latencies": kind, "challenger": "at the limit" if ratio > 1 else "equal"}
+            for name, passed in (("rule", rule), ("interval", interval)):
+                passed = np.stack(passed, axis=1)
+                hit = passed.any(axis=1)
+                row[name] = {"passed": round(float(hit.mean()), 4),
+                             "mean_answers": round(float(looks[passed.argmax(axis=1)][hit].mean()), 1) if hit.any()
+                             else None}
+            out.append(row)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=10_000)
     parser.add_argument("--json-out", default=None)
+    parser.add_argument("--latency", action="store_true", help="also the latency mean's pass (2,000 runs a cell)")
     args = parser.parse_args()
     out = measure(args.runs)
+    if args.latency:
+        out["latency"] = latency()
     print(f"{args.runs} runs a cell; requests per arm to pass equal arms (looks every 50):")
     for row in out["speed"]:
         print(f"  {row['scenario']:32s} rule {row['rule']:7.1f}  interval {row['interval']:7.1f}  "
@@ -70,6 +120,9 @@ def main() -> None:
     for row in out["boundary"]:
         print(f"  {row['scenario']:32s} rule {row['rule']:.2%}  interval {row['interval']:.2%}  "
               f"test with no floor {row['no_floor']:.2%}")
+    for row in out.get("latency", []):
+        print(f"  latency {row['latencies']:14s} challenger {row['challenger']:12s} rule {row['rule']}  "
+              f"interval {row['interval']}")
     if args.json_out:
         with open(args.json_out, "w") as f:
             json.dump(out, f, indent=1)

@@ -278,7 +278,7 @@ def _mean_finding(g: Guardrail, stage: Stage, champion: VersionAggregate,
             f"no-regression p {cs.pass_p_value:.4f}{clustering}")
     if cs.lower > 0:
         verdict, why = Verdict.FAIL, f"slower than the limit, at confidence {1 - stage.alpha:.0%}"
-    elif cs.pass_p_value is not None and cs.pass_p_value <= stage.alpha:  # relative_margin_cs always sets it
+    elif cs.pass_p_value <= stage.alpha:  # relative_margin_cs always sets it (the span above formats it too)
         verdict, why = _ruled_out(stage, "latency_sum_ms", f"a slowdown beyond {g.regression:.0%}", champion,
                                   challenger)
     else:

@@ -248,16 +248,16 @@ def rate_test_variances(x_champion: float, n_champion: float, x_challenger: floa
     return v, interval
 
 
-def mixture_radius(variance: np.ndarray | float, tau: float, alpha: float) -> np.ndarray | float:
+def mixture_radius(variance: np.ndarray | float, tau: np.ndarray | float, alpha: float) -> np.ndarray | float:
     """Half-width of the normal-mixture confidence sequence for an estimate of variance ``variance``.
 
     ``r = sqrt(V (V + tau^2) / tau^2 * (2 ln(1/alpha) + ln((V + tau^2) / V)))``. With ``tau = 0.04`` and
     ``alpha = 0.05``: ``V = 1e-4`` (sd 0.01) gives ``r = 0.0306``, ``V = 4e-4`` (sd 0.02) gives ``0.0616``
     — compare 0.0196 and 0.0392 for a one-look 95 % interval: the price of looking at every batch.
-    Elementwise over an array of variances.
+    Elementwise over arrays of variances (and of ``tau``).
     """
-    v = np.asarray(variance, dtype=float)
-    if np.any(v <= 0) or tau <= 0 or not 0 < alpha < 1:
+    v, tau = np.asarray(variance, dtype=float), np.asarray(tau, dtype=float)
+    if np.any(v <= 0) or np.any(tau <= 0) or not 0 < alpha < 1:
         raise ValueError(f"need variance > 0, tau > 0, 0 < alpha < 1; got {variance}, {tau}, {alpha}")
     with np.errstate(over="ignore"):  # a subnormal variance: an infinite radius, as Python's floats give silently
         radius = np.sqrt(v * (v + tau**2) / tau**2 * (2 * math.log(1 / alpha) + np.log((v + tau**2) / v)))
@@ -395,6 +395,7 @@ class MeanDifferenceCS(Frozen):
     tau: float
     n_champion: int
     n_challenger: int
+    variance: float = Field(ge=0, description="the estimate's variance V the radius (and the pass test) is built on")
     pass_p_value: float | None = Field(default=None, ge=0, le=1, description=(
         "relative_margin_cs only: always-valid p of 'at or beyond the limit' (the no-regression test, "
         "no_regression_log_lr, on the distance below it)"))
@@ -431,7 +432,7 @@ def mean_difference_cs(
     # Two constant arms: no spread, no uncertainty the data can show; a zero-width interval is honest.
     radius = mixture_radius(v, tau, alpha) if v > 0 else 0.0
     return MeanDifferenceCS(difference=diff, lower=diff - radius, upper=diff + radius, radius=radius,
-                            alpha=alpha, tau=tau, n_champion=n_champion, n_challenger=n_challenger)
+                            alpha=alpha, tau=tau, n_champion=n_champion, n_challenger=n_challenger, variance=v)
 
 
 def relative_margin_cs(
@@ -447,20 +448,24 @@ def relative_margin_cs(
     the interval instead of being ignored (comparing with a fixed ``k m_a`` would). ``tau = margin m_a``:
     ``psi`` is ``-margin mu_a`` for an equal challenger and ``0`` at the limit, so that is the distance the
     test should resolve quickly. ``tau`` is taken from the current champion mean; the Ville argument wants
-    it fixed; it settles within a few looks, and simulation finds no cost (``test_sequential.py``: lognormal
-    latencies, sd 1.3x the mean, challenger exactly at the limit, a look every 10 requests from 30 to 600 per
-    arm: false FAIL 1.0 %, false PASS 1.7 %, both under alpha 0.05).
-    Read it one-sidedly, each side with error <= alpha at every look: ``lower > 0`` — slower than the limit;
-    ``upper < 0`` — a slowdown beyond the margin is ruled out; otherwise undecided.
+    it fixed; it settles within a few looks, and simulation finds no cost for the interval (``test_sequential.py``:
+    lognormal latencies, sd 1.3x the mean, challenger exactly at the limit, a look every 10 requests from 30 to
+    600 per arm: false FAIL 1.0 %; the interval's own pass, ``upper < 0``, 1.7 %).
+    The interval read one-sidedly, each side with error <= alpha at every look: ``lower > 0`` — slower than the
+    limit (the rollout's FAIL); ``upper < 0`` — a slowdown beyond the margin is ruled out (its pass until
+    2026-11-28); otherwise undecided.
 
     The pass side has a test of its own, as a rate's does (``pass_p_value``; the rollout passes on it since
     2026-11-28): :func:`no_regression_log_lr` of the raw difference ``m_b - m_a = psi + tau`` with the same ``V``
-    and ``tau``, i.e. the distance ``-psi`` below the limit under a law centred on equal means. Same simulation,
-    a challenger at the limit: false PASS 3.0-4.7 % over lognormal sigma 0.5-1.5 and a bimodal mix (10 % of
-    answers 17x slower; 2,000 runs each), against 0.9-1.7 % for ``upper < 0``: within alpha, without the
-    interval's slack (a floor of 100 or 200 answers changes it little: the errors come late); an equal
-    challenger passes in 0.7-0.85x the answers (sigma 1: 422 against 598 per arm), and more often by 2,000
-    (sigma 1.5: 68 % against 47 %).
+    and ``tau``, i.e. the distance ``-psi`` below the limit under a law centred on equal means.
+    ``bench/pass_rule.py --latency`` (2,000 runs a cell, a look every 10 answers from 30 to 2,000): a challenger at
+    the limit passes 3.0-4.65 % of the time over lognormal sigma 0.5-1.5 and a bimodal mix (10 % of answers 17x
+    slower), against 0.85-1.65 % for ``upper < 0`` — at its upper end within Monte Carlo noise (~0.5 points) of
+    alpha, without the interval's slack, and a stage held past 2,000 answers would add more; an equal challenger
+    passes in 0.71-0.85x the answers (sigma 1: 412 against 582 per arm), and more often by 2,000 (sigma 1.5: 68 %
+    against 46 %). The law centred on equal means costs where a challenger is near the limit: with fixed means
+    (champion 100 ms, sd 40) 1.1x passes after 170 answers against the interval's 200, but 1.15x after 580
+    against 480 and 1.2x after 3,720 against 2,260.
 
     Worked examples (champion 100 ms, variance 1,600 (sd 40), n = 400; margin 0.25, alpha 0.05;
     ``tau = 25``, the limit is 125 ms):
@@ -479,9 +484,8 @@ def relative_margin_cs(
     k, tau = 1 + margin, margin * mean_champion
     cs = mean_difference_cs(k * mean_champion, k * k * var_champion, n_champion,
                             mean_challenger, var_challenger, n_challenger, tau=tau, alpha=alpha)
-    v = k * k * var_champion / n_champion + var_challenger / n_challenger
-    if v > 0:
-        pass_p = float(always_valid_p(no_regression_log_lr(cs.difference + tau, v, tau)))
+    if cs.variance > 0:
+        pass_p = float(always_valid_p(no_regression_log_lr(cs.difference + tau, cs.variance, tau)))
     else:  # two constant arms, as the interval: no uncertainty the data can show
         pass_p = 0.0 if cs.difference < 0 else 1.0
     return cs.model_copy(update={"pass_p_value": pass_p})

@@ -100,23 +100,34 @@ def test_one_bad_row_does_not_fail_its_neighbours():
 def closed_loop_batches(callers: int, requests_each: int, **batcher_kwargs) -> list[int]:
     """Batch sizes when ``callers`` threads each send their next request as soon as the last is answered, into a
     backend that takes 0.2 s a batch. Caller 0 goes first; the others follow 0.05 s after its first request is in,
-    so the first batch is (almost always) caller 0 alone and the others queue behind it: the cohorts a closed loop
-    falls into, set up on purpose (started together, the split is up to thread timing: [1, 7, ...], [8, 4, ...]
-    and [8, 8, ...] were all seen)."""
-    sizes = []
-    batcher = MicroBatcher(lambda p, a: (time.sleep(0.2), sizes.append(len(p)), list(p))[2], max_batch=32,
-                           **batcher_kwargs)
+    so the first batch is (almost always) caller 0 alone, and it ends only once the others are queued behind it
+    (up to 10 s: a loaded machine's stragglers cannot split them): the cohorts a closed loop falls into, set up on
+    purpose (started together, the split is up to thread timing: [1, 7, ...], [8, 4, ...] and [8, 8, ...] were
+    all seen)."""
+    sizes: list[int] = []
     first_in = threading.Event()
+
+    def backend(prompts, adapters):
+        deadline = time.monotonic() + 10
+        while not sizes and batcher._queue.qsize() < callers - 1 and time.monotonic() < deadline:
+            time.sleep(0.005)
+        time.sleep(0.2)
+        sizes.append(len(prompts))
+        return list(prompts)
+
+    batcher = MicroBatcher(backend, max_batch=32, **batcher_kwargs)
 
     def caller(k: int) -> None:
         if k:
             first_in.wait(30)
             time.sleep(0.05)
-        for i in range(requests_each):
-            answer = batcher.submit(f"{k}-{i}", None)
-            if not k and i == 0:
+        try:
+            for i in range(requests_each):
+                answer = batcher.submit(f"{k}-{i}", None)
                 first_in.set()
-            answer.result(timeout=60)
+                answer.result(timeout=60)
+        finally:
+            first_in.set()  # a caller 0 that failed to submit must not leave the others waiting
 
     threads = [threading.Thread(target=caller, args=(k,)) for k in range(callers)]
     for t in threads:
