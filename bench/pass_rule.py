@@ -20,7 +20,7 @@ import json
 
 import numpy as np
 
-from lifecycle.sequential import SPREAD, always_valid_p, mixture_log_lr, mixture_radius
+from lifecycle.sequential import always_valid_p, mixture_radius, no_regression_log_lr
 from lifecycle.simulate import Scenario, simulate
 
 # (name, scenario): equal arms (A/A pass speed, looks every 50 as the simulator's default) ...
@@ -90,7 +90,7 @@ def latency(runs: int = 2000, margin: float = 0.25, alpha: float = 0.05, n_max: 
                                       for s, q in sums)
                 k = 1 + margin
                 psi, v, tau = mb - k * ma, vb / n + k * k * va / n, margin * ma
-                rule.append(always_valid_p(mixture_log_lr(-psi, v, tau, SPREAD * tau)) <= alpha)
+                rule.append(always_valid_p(no_regression_log_lr(psi + tau, v, tau)) <= alpha)  # as relative_margin_cs
                 interval.append(psi + mixture_radius(v, tau, alpha) < 0)
             row = {"latencies": kind, "challenger": "at the limit" if ratio > 1 else "equal"}
             for name, passed in (("rule", rule), ("interval", interval)):

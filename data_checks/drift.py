@@ -279,9 +279,8 @@ def _embedding_drift(ref: pandas.DataFrame, cur: pandas.DataFrame, column: str, 
         return skip(skipped=missing)
     sides = [_sample(df[[_source(column)]].dropna(), policy.embedding_sample, policy.seed + 2 + k)[_source(column)]
              for k, df in enumerate((ref, cur))]
-    if min(len(s) for s in sides) < MIN_EMBEDDED:
-        return skip(skipped=f"{min(len(s) for s in sides)} prompts with text on the smaller side; the embedding "
-                            f"check needs {MIN_EMBEDDED}")
+    if (fewest := min(len(s) for s in sides)) < MIN_EMBEDDED:
+        return skip(skipped=f"{fewest} prompts with text on the smaller side; the embedding check needs {MIN_EMBEDDED}")
     names = [f"{column}_{k}" for k in range(embeddings.DIMENSIONS)]
     # The method adds a label column to what it is given: each gets frames of its own.
     ref_emb, cur_emb = (pd.DataFrame(embeddings.embed(s.tolist(), cache_dir=cache if k == 0 else None), columns=names)

@@ -112,20 +112,22 @@ def mixture_log_lr(d: np.ndarray | float, v: np.ndarray | float, centre: float, 
     return 0.5 * np.log(v / (v + s2)) + quad + tail - stats.norm.logcdf(centre / scale)
 
 
-def one_sided_log_lr(d: np.ndarray | float, v: np.ndarray | float, tau: float, margin: float = 0.0) -> np.ndarray:
+def one_sided_log_lr(d: np.ndarray | float, v: np.ndarray | float, tau: np.ndarray | float,
+                     margin: float = 0.0) -> np.ndarray:
     """The statistic of :func:`msprt_two_proportions`, shared with the simulator so both decide identically.
 
     ``d``: the difference signed so that positive is harmful; ``margin``: the tolerated harm. The mixture is
     taken on ``d - margin`` and centred where the regression worth catching sits on that scale:
-    ``mixture_log_lr(d - margin, V, tau - margin, SPREAD (tau - margin))``. Elementwise over arrays.
+    ``mixture_log_lr(d - margin, V, tau - margin, SPREAD (tau - margin))``. Elementwise over arrays (``tau``
+    too: the latency mean's is a share of each look's champion mean).
     """
-    if not 0 <= margin < tau:
+    if margin < 0 or np.any(np.asarray(tau) <= margin):
         raise ValueError(f"need 0 <= margin < tau (the tolerated harm below the regression), got {margin}, {tau}")
     centre = tau - margin
     return mixture_log_lr(np.asarray(d, dtype=float) - margin, v, centre, SPREAD * centre)
 
 
-def no_regression_log_lr(d: np.ndarray | float, v: np.ndarray | float, tau: float) -> np.ndarray:
+def no_regression_log_lr(d: np.ndarray | float, v: np.ndarray | float, tau: np.ndarray | float) -> np.ndarray:
     """The PASS side's statistic: evidence that the harm ``d`` (signed so that positive is harmful) is below ``tau``.
 
     Tests ``H0': d >= tau`` (the regression worth catching, or worse) against ``d < tau`` by the FAIL side's
@@ -304,14 +306,20 @@ class RateTest(Frozen):
 
     @property
     def rules_out(self) -> bool:
-        """A regression of ``tau`` is ruled out: past the floor the no-regression test rejects; below it the
-        interval's harmful bound is below ``tau`` (the wider rule, whose slack absorbs the plug-in variance's
-        optimism at few trials). Each is anytime-valid at ``alpha`` in the normal approximation; their switch is
-        at most ``2 alpha`` by the union bound. Measured at the null's boundary, looking every 10 requests:
-        3.6-5.0 %, against 1.0-4.7 % for the interval alone (bench/RESULTS.md, "The rollout's pass rule")."""
-        if self.past_floor:
-            return self.pass_p_value <= self.alpha
-        return (self.upper if self.harmful == "higher" else -self.lower) < self.tau
+        """A regression of ``tau`` is ruled out (:func:`pass_rule`)."""
+        bound = self.upper if self.harmful == "higher" else -self.lower
+        return bool(pass_rule(self.pass_p_value, self.past_floor, bound, self.tau, self.alpha))
+
+
+def pass_rule(pass_p: np.ndarray | float, past_floor: np.ndarray | bool, harmful_bound: np.ndarray | float,
+              tau: float, alpha: float) -> np.ndarray:
+    """The pass of a rate, shared with the simulator so both decide identically: past the floor
+    (:func:`pass_floor`) the no-regression test rejects (``pass_p <= alpha``); below it the interval's harmful
+    bound is below ``tau`` (the wider rule, whose slack absorbs the plug-in variance's optimism at few trials).
+    Each is anytime-valid at ``alpha`` in the normal approximation; their switch is at most ``2 alpha`` by the
+    union bound. Measured at the null's boundary, looking every 10 requests: 3.6-5.0 %, against 1.0-4.7 % for the
+    interval alone (bench/RESULTS.md, "The rollout's pass rule"). Elementwise over arrays."""
+    return np.where(past_floor, np.asarray(pass_p) <= alpha, np.asarray(harmful_bound) < tau)
 
 
 def msprt_two_proportions(

@@ -48,6 +48,7 @@ from lifecycle.sequential import (
     no_regression_log_lr,
     one_sided_log_lr,
     pass_floor,
+    pass_rule,
     pooled_variance,
     rate_test_variances,
 )
@@ -185,28 +186,28 @@ def _msprt(xa: np.ndarray, xb: np.ndarray, sizes: list[int], s: Scenario,
     return _first_stop(np.stack(rejected, axis=1), sizes)
 
 
-def _passes(xa: np.ndarray, xb: np.ndarray, sizes: list[int], s: Scenario, previous: bool = False) -> np.ndarray:
-    """Requests per arm at each run's first pass (NaN: never): the arithmetic of ``RateTest.rules_out`` (or, with
-    ``previous``, of ``RateTest.upper`` / ``lower`` against ``tau``), no tolerance, all runs of a look at once."""
-    passed = []
+def _passes(xa: np.ndarray, xb: np.ndarray, sizes: list[int], s: Scenario) -> tuple[np.ndarray, np.ndarray]:
+    """Requests per arm at each run's first pass (NaN: never), by the rollout's rule (``RateTest.rules_out``:
+    :func:`lifecycle.sequential.pass_rule`) and by the previous one (the interval's harmful bound below ``tau``),
+    no tolerance, all runs of a look at once."""
+    rule, previous = [], []
     for n in sizes:
         a, b = xa[:, n - 1], xb[:, n - 1]
         harm = s.sign * (b - a) / n
         _, v = rate_test_variances(a, n, b, n)
-        interval = harm + mixture_radius(v, s.tau, s.alpha) < s.tau
-        if previous:
-            passed.append(interval)
-        else:
-            floor = n >= pass_floor((a + 1) / (n + 2), s.tau, s.harmful, s.pass_min_events)
-            test = always_valid_p(no_regression_log_lr(harm, v, s.tau)) <= s.alpha
-            passed.append(np.where(floor, test, interval))
-    return _first_stop(np.stack(passed, axis=1), sizes)
+        bound = harm + mixture_radius(v, s.tau, s.alpha)
+        previous.append(bound < s.tau)
+        rule.append(pass_rule(always_valid_p(no_regression_log_lr(harm, v, s.tau)),
+                              n >= pass_floor((a + 1) / (n + 2), s.tau, s.harmful, s.pass_min_events),
+                              bound, s.tau, s.alpha))
+    return _first_stop(np.stack(rule, axis=1), sizes), _first_stop(np.stack(previous, axis=1), sizes)
 
 
 def _pass_result(aa: np.ndarray, regression: np.ndarray) -> PassResult:
-    hits = aa[~np.isnan(aa)]
-    return PassResult(aa_pass_rate=len(hits) / len(aa), mean_requests_per_arm=float(hits.mean()) if len(hits) else None,
-                      regression_pass_rate=float(np.mean(~np.isnan(regression))))
+    """A pass rule's outcomes: :func:`rule_result` with the roles turned round (a pass is right on A/A runs)."""
+    r = rule_result(regression, aa)
+    return PassResult(aa_pass_rate=r.detection_rate, mean_requests_per_arm=r.mean_requests_per_arm,
+                      regression_pass_rate=r.false_rollback_rate)
 
 
 def _z_rule(xa: np.ndarray, xb: np.ndarray, sizes: list[int], bounds: list[float], sign: int) -> np.ndarray:
@@ -238,6 +239,7 @@ def simulate(s: Scenario) -> SimulationReport:
     z_one_look = [float(stats.norm.isf(s.alpha))]
     one_look = rule_result(_z_rule(*aa, [horizon], z_one_look, s.sign), _z_rule(*reg, [horizon], z_one_look, s.sign))
     naive_bounds = z_one_look * len(looks)
+    aa_passes, reg_passes = _passes(*aa, looks, s), _passes(*reg, looks, s)
     return SimulationReport(
         scenario=s, aa=AAResult(false_rollback_rate=sequential.false_rollback_rate, runs=s.runs),
         regression=RegressionResult(detection_rate=sequential.detection_rate, runs=s.runs,
@@ -249,5 +251,4 @@ def simulate(s: Scenario) -> SimulationReport:
         naive_repeated_z=rule_result(_z_rule(*aa, looks, naive_bounds, s.sign),
                                      _z_rule(*reg, looks, naive_bounds, s.sign)),
         previous_msprt=previous,
-        passing=_pass_result(_passes(*aa, looks, s), _passes(*reg, looks, s)),
-        previous_passing=_pass_result(_passes(*aa, looks, s, previous=True), _passes(*reg, looks, s, previous=True)))
+        passing=_pass_result(aa_passes[0], reg_passes[0]), previous_passing=_pass_result(aa_passes[1], reg_passes[1]))

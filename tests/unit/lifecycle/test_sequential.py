@@ -544,3 +544,12 @@ def test_callers_simulation_agrees_with_the_binomial_when_requests_are_independe
         assert rule.false_rollback_rate <= 0.05 + 0.02
         assert rule.detection_rate > 0.95
     assert abs(report.by_caller.detection_rate - report.independent.detection_rate) <= 0.02
+
+
+def test_one_sided_log_lr_refuses_a_margin_outside_zero_to_tau_for_every_tau():
+    for margin, tau in ((0.04, 0.04), (-0.01, 0.04), (0.03, np.array([0.05, 0.03]))):
+        with pytest.raises(ValueError, match="need 0 <= margin < tau"):
+            one_sided_log_lr(0.02, 1e-4, tau, margin)
+    # An array of tau (the latency mean's, a share of each look's champion mean) is taken elementwise.
+    both = one_sided_log_lr(np.array([0.02, 0.02]), 1e-4, np.array([0.04, 0.05]))
+    assert both.tolist() == pytest.approx([float(one_sided_log_lr(0.02, 1e-4, t)) for t in (0.04, 0.05)])
