@@ -125,19 +125,28 @@ def large_window(rows: int, skip_full: bool) -> dict:
     return out
 
 
-def noise(seeds: int = 6) -> dict:
-    """Max score over seeds of same-world ("before") traffic at several window sizes."""
-    import pandas as pd
-
-    from data_checks.drift import check_drift, frame_from_pairs
-    from lifecycle.config import load_yaml_config
-    from lifecycle.drift_policy import DriftPolicy
+def frames() -> tuple:
+    """(the champion's training prompts, the old world's test queries, the new products' queries) as frames."""
+    from data_checks.drift import frame_from_pairs
     from lifecycle.task import load_task
     from training.task_data import read_split, split_worlds
 
     spec = load_task(REPO / "configs/task.yaml", REPO)
-    reference = frame_from_pairs(split_worlds(spec).before_train)
-    before = frame_from_pairs([p for p in read_split(spec, "test") if not spec.is_drifted(p.completion)])
+    worlds = split_worlds(spec)
+    return (frame_from_pairs(worlds.before_train),
+            frame_from_pairs([p for p in read_split(spec, "test") if not spec.is_drifted(p.completion)]),
+            frame_from_pairs(worlds.drifted_labelled))
+
+
+def noise(seeds: int = 6) -> dict:
+    """Max score over seeds of same-world ("before") traffic at several window sizes."""
+    import pandas as pd
+
+    from data_checks.drift import check_drift
+    from lifecycle.config import load_yaml_config
+    from lifecycle.drift_policy import DriftPolicy
+
+    reference, before, _ = frames()
     policy = load_yaml_config(DriftPolicy, REPO / "configs/monitor.yaml")
     table = {}
     for n in (200, 500, 1000, 2000):
@@ -153,17 +162,11 @@ def embedding_column(seeds: int = 3) -> dict:
     import torch
 
     from data_checks import embeddings
-    from data_checks.drift import check_drift, frame_from_pairs
+    from data_checks.drift import check_drift
     from lifecycle.drift_policy import DriftPolicy
-    from lifecycle.task import load_task
-    from training.task_data import read_split, split_worlds
 
     torch.set_num_threads(1)  # as tasks.monitor sets it (settings.torch_threads)
-    spec = load_task(REPO / "configs/task.yaml", REPO)
-    worlds = split_worlds(spec)
-    reference = frame_from_pairs(worlds.before_train)
-    before = frame_from_pairs([p for p in read_split(spec, "test") if not spec.is_drifted(p.completion)])
-    drifted = frame_from_pairs(worlds.drifted_labelled)
+    reference, before, drifted = frames()
     out: dict = {"model": embeddings.model_name()}
     _, out["load_encoder_s"] = timed(embeddings._encoder)
     policy = DriftPolicy(columns={"prompt_embedding": {"method": "model", "threshold": 0.6}})

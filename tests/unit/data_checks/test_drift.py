@@ -10,28 +10,13 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from data_checks.drift import check_drift, frame_from_log, frame_from_pairs
+from data_checks.drift import check_drift, frame_from_log
 from lifecycle.config import load_yaml_config
 from lifecycle.drift_policy import DriftPolicy, decide_drift
 from lifecycle.predictions import LoggedPrediction
-from lifecycle.task import load_task
 from lifecycle.verdict import Verdict
-from training.task_data import read_split, split_worlds
 
 REPO = Path(__file__).resolve().parents[3]
-
-
-@pytest.fixture(scope="module")
-def world():
-    spec = load_task(REPO / "configs/task.yaml", REPO)
-    worlds = split_worlds(spec)
-    test = read_split(spec, "test")
-    before = frame_from_pairs([p for p in test if not spec.is_drifted(p.completion)])
-    # The champion never learned the new intents: it routes their prompts to a few old ones.
-    old = spec.before_labels
-    drifted = frame_from_pairs(worlds.drifted_labelled)
-    drifted["completion"] = [old[i % 5] for i in range(len(drifted))]
-    return {"reference": frame_from_pairs(worlds.before_train), "before": before, "drifted": drifted}
 
 
 @pytest.fixture(scope="module")

@@ -10,12 +10,8 @@ import numpy as np
 import pytest
 
 import data_checks.embeddings as embeddings
-from data_checks.drift import check_drift, frame_from_log, frame_from_pairs
+from data_checks.drift import check_drift, frame_from_log
 from lifecycle.drift_policy import DriftPolicy
-from lifecycle.task import load_task
-from training.task_data import read_split, split_worlds
-
-REPO = Path(__file__).resolve().parents[3]
 
 
 def test_embeddings_are_unit_rows_and_close_for_close_meanings():
@@ -60,16 +56,6 @@ class Spy:
     def encode(self, texts, **kwargs):
         self.calls.append(len(texts))
         return self.real.encode(texts, **kwargs)
-
-
-@pytest.fixture(scope="module")
-def world():
-    spec = load_task(REPO / "configs/task.yaml", REPO)
-    worlds = split_worlds(spec)
-    test = read_split(spec, "test")
-    return {"reference": frame_from_pairs(worlds.before_train),
-            "before": frame_from_pairs([p for p in test if not spec.is_drifted(p.completion)]),
-            "drifted": frame_from_pairs(worlds.drifted_labelled)}
 
 
 def only_embeddings(method: str = "model", threshold: float = 0.6, sample: int = 400) -> DriftPolicy:
