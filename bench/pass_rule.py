@@ -8,7 +8,8 @@ the figure (Monte Carlo error ~0.2 points on a 5 % rate at 10,000 runs).
 ``--latency``: the latency mean's pass (``relative_margin_cs(...).pass_p_value``) against the interval's
 ``upper < 0``, the same arithmetic vectorised over runs: latencies lognormal (sigma 0.5, 1, 1.5) or bimodal (10 %
 of answers 17x slower), margin 0.25, a look every 10 answers per arm from 30 to 2,000; a challenger exactly at
-the limit (false passes) and an equal one (answers to pass), 2,000 runs each (Monte Carlo error ~0.5 points).
+the limit (false passes) and an equal one (answers to pass), 2,000 runs each (Monte Carlo error ~0.5 points);
+then, with fixed means, the answers each rule needs to pass a challenger 1.0-1.2x the champion.
 
     .venv/bin/python bench/pass_rule.py --runs 10000 [--latency]
 """
@@ -103,6 +104,25 @@ def latency(runs: int = 2000, margin: float = 0.25, alpha: float = 0.05, n_max: 
     return out
 
 
+def near_limit(margin: float = 0.25, alpha: float = 0.05) -> list[dict]:
+    """Where the law centred on equal means costs: with fixed means and no noise (champion 100 ms, sd 40; the
+    challenger's mean at ``ratio`` x, its sd 40 x ratio), the first look (every 10 answers per arm) at which each
+    pass rule passes, through ``relative_margin_cs`` itself."""
+    from lifecycle.sequential import relative_margin_cs
+
+    out = []
+    for ratio in (1.0, 1.05, 1.1, 1.15, 1.2):
+        first: dict[str, int | None] = {"rule": None, "interval": None}
+        for n in range(10, 20_001, 10):
+            cs = relative_margin_cs(100, 1600, n, 100 * ratio, (40 * ratio) ** 2, n, margin=margin, alpha=alpha)
+            first["rule"] = first["rule"] or (n if cs.pass_p_value <= alpha else None)
+            first["interval"] = first["interval"] or (n if cs.upper < 0 else None)
+            if all(first.values()):
+                break
+        out.append({"ratio": ratio, **first})
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=10_000)
@@ -112,6 +132,7 @@ def main() -> None:
     out = measure(args.runs)
     if args.latency:
         out["latency"] = latency()
+        out["near_limit"] = near_limit()
     print(f"{args.runs} runs a cell; requests per arm to pass equal arms (looks every 50):")
     for row in out["speed"]:
         print(f"  {row['scenario']:32s} rule {row['rule']:7.1f}  interval {row['interval']:7.1f}  "
@@ -123,6 +144,9 @@ def main() -> None:
     for row in out.get("latency", []):
         print(f"  latency {row['latencies']:14s} challenger {row['challenger']:12s} rule {row['rule']}  "
               f"interval {row['interval']}")
+    for row in out.get("near_limit", []):
+        print(f"  latency fixed means {row['ratio']:.2f}x: first pass at {row['rule']} answers a side "
+              f"(interval: {row['interval']})")
     if args.json_out:
         with open(args.json_out, "w") as f:
             json.dump(out, f, indent=1)

@@ -472,8 +472,8 @@ def relative_margin_cs(
     alpha, without the interval's slack, and a stage held past 2,000 answers would add more; an equal challenger
     passes in 0.71-0.85x the answers (sigma 1: 412 against 582 per arm), and more often by 2,000 (sigma 1.5: 68 %
     against 46 %). The law centred on equal means costs where a challenger is near the limit: with fixed means
-    (champion 100 ms, sd 40) 1.1x passes after 170 answers against the interval's 200, but 1.15x after 580
-    against 480 and 1.2x after 3,720 against 2,260.
+    (champion 100 ms, sd 40; the challenger's sd 40 x its ratio; the same script) 1.1x passes after 170 answers
+    against the interval's 200, but 1.15x after 580 against 480 and 1.2x after 3,720 against 2,260.
 
     Worked examples (champion 100 ms, variance 1,600 (sd 40), n = 400; margin 0.25, alpha 0.05;
     ``tau = 25``, the limit is 125 ms):
