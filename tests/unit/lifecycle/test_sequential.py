@@ -34,6 +34,14 @@ def test_mixture_radius_worked_examples(variance, radius):
     assert mixture_radius(variance, 0.04, 0.05) == pytest.approx(radius, abs=1e-4)
 
 
+def test_mixture_radius_stays_finite_and_shrinks_for_a_subnormal_variance():
+    # The case hypothesis found in CI (test_mean_cs_contains_estimate_and_shrinks_with_n): a variance of 1.4e-312
+    # gave an infinite radius ((V + tau^2) / V overflowed) while 4x the variance gave 6e-155.
+    small, large = mixture_radius(1.356752352747e-312, 0.015625, 0.05), mixture_radius(5.427009410993e-312, 0.015625,
+                                                                                          0.05)
+    assert math.isfinite(small) and 0 < small <= large
+
+
 @pytest.mark.parametrize(
     ("counts", "log_lr", "p_value", "reject", "lower", "upper"),
     [
