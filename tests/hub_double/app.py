@@ -1,13 +1,16 @@
 """TEST DOUBLE of the Hugging Face Hub's HTTP protocol — not the Hub, not a mirror, tests only.
 
 It answers the endpoints the real ``huggingface_hub`` client (2.4) calls for what this project does —
-create a repo, validate a card's YAML, preupload + commit (NDJSON, every file in "regular" mode, no LFS or
-Xet), tags, branches, refs, commits, repo info, tree, paths-info, and ``resolve`` downloads with
-``X-Repo-Commit``/``ETag`` — so the project's Hub store and ``PeftModel.from_pretrained`` run end to end on
-a loopback port. Each repository is a bare git repository (:mod:`gitrepo`) that a test may inspect with git.
+create a repo, validate a card's YAML, preupload + commit (NDJSON; weights and binary files through Git LFS, as
+on the Hub: :mod:`.lfs`), tags, branches, refs, commits, repo info, tree, paths-info, and ``resolve`` downloads
+with ``X-Repo-Commit``/``ETag`` (an LFS file's: a redirect to a signed URL with ``X-Linked-Etag``) — so the
+project's Hub store and ``PeftModel.from_pretrained`` run end to end on a loopback port. Each repository is a bare
+git repository (:mod:`.gitrepo`) that a test may inspect with git; LFS objects live beside them by sha256.
+Not spoken: Xet (the client is told to use LFS while the double runs), multipart LFS uploads, pull requests.
 
-Knobs for tests: ``token`` (every request must carry it, so a client that forgets it fails), and
-:class:`Faults` to make the next calls of an endpoint answer an HTTP error, before or after applying them.
+Knobs for tests: ``token`` (every request to the Hub must carry it, so a client that forgets it fails; the
+pre-signed storage URLs need a valid signature instead), and :class:`Faults` to make the next calls of an
+endpoint answer an HTTP error, before or after applying them.
 """
 
 from __future__ import annotations
@@ -25,10 +28,12 @@ import yaml
 from fastapi import FastAPI, HTTPException, Request, Response
 from fastapi.responses import JSONResponse
 
-from .gitrepo import GitError, GitRepo
+from .gitrepo import Entry, GitError, GitRepo
+from .lfs import LfsPointer, LfsStore, lfs_patterns, upload_mode
 
 KINDS = {"model": "models", "dataset": "datasets", None: "models"}
 PREFIX = {"models": "", "datasets": "datasets/"}
+STORAGE = "/lfs-storage/"  # the "S3/CDN" side: pre-signed URLs, no Hub token
 
 
 def _hub_error(status: int, code: str | None, message: str) -> HTTPException:
@@ -83,12 +88,22 @@ def _validate_card(content: str) -> list[str]:
 def create_hub_app(root: Path, *, token: str | None = None) -> tuple[FastAPI, Faults]:
     app, faults, lock = FastAPI(title="Hugging Face Hub TEST DOUBLE"), Faults(), threading.RLock()
     private: dict[str, bool] = {}
+    objects = LfsStore(root / "lfs-objects")
 
     @app.middleware("http")
     async def require_token(request: Request, call_next):
+        if request.url.path.startswith(STORAGE):  # pre-signed: the client sends no token there
+            return await call_next(request)
         if token is not None and request.headers.get("authorization") != f"Bearer {token}":
             return JSONResponse({"error": "Invalid credentials"}, status_code=401)
         return await call_next(request)
+
+    def storage_url(request: Request, action: str, pointer: LfsPointer) -> str:
+        """A pre-signed URL on another host than the Hub's (localhost for 127.0.0.1, and back), so the client
+        treats it as the CDN it is on the Hub: it follows the redirect without its token."""
+        host = "localhost" if request.url.hostname == "127.0.0.1" else "127.0.0.1"
+        return (f"{request.url.scheme}://{host}:{request.url.port}{STORAGE}{pointer.oid}?size={pointer.size}"
+                f"&action={action}&sig={objects.signature(action, pointer)}")
 
     def repo_of(kind: str, ns: str, name: str) -> GitRepo:
         path = root / kind / ns / f"{name}.git"
@@ -132,10 +147,96 @@ def create_hub_app(root: Path, *, token: str | None = None) -> tuple[FastAPI, Fa
         faults.check("preupload", after=False)
         repo = repo_of(kind, ns, name)
         head = repo.resolve(revision)
-        known = {e.path: e.oid for e in repo.tree(head)} if head else {}
-        files = (await request.json())["files"]
-        return {"files": [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False,
-                           "oid": known.get(f["path"])} for f in files]}
+        known = {e.path: e for e in repo.tree(head)} if head else {}
+        patterns = lfs_patterns(repo.blob(known[".gitattributes"].oid)) if ".gitattributes" in known else []
+        answers = []
+        for f in (await request.json())["files"]:
+            mode = upload_mode(f["path"], int(f["size"]), base64.b64decode(f.get("sample") or ""), patterns)
+            entry = known.get(f["path"])  # the remote oid the client compares with its own to skip a same file
+            remote = None if entry is None else entry.lfs.oid if entry.lfs else entry.oid
+            answers.append({"path": f["path"], "uploadMode": mode, "shouldIgnore": False, "oid": remote})
+        return {"files": answers}
+
+    async def lfs_batch(kind: str, ns: str, name: str, request: Request):
+        """The Git LFS batch API, upload side, "basic" transfer: where to PUT each object the store lacks."""
+        faults.check("lfs-batch", after=False)
+        repo_of(kind, ns, name)
+        body = await request.json()
+        if body.get("operation") != "upload" or "basic" not in (body.get("transfers") or ["basic"]) or \
+                body.get("hash_algo", "sha256") != "sha256":
+            raise _hub_error(400, None, "the test double's LFS batch API does uploads, basic transfer, sha256 only")
+        verify = f"{str(request.base_url).rstrip('/')}/{PREFIX[kind]}{ns}/{name}.git/info/lfs/objects/verify"
+        answered = []
+        for obj in body.get("objects") or []:
+            try:
+                pointer = LfsPointer(str(obj["oid"]), int(obj["size"]))
+                objects.path(pointer.oid)
+            except (KeyError, TypeError, ValueError):
+                answered.append({"oid": str(obj.get("oid")), "size": 0,
+                                 "error": {"code": 422, "message": "an object needs a sha256 oid and a size"}})
+                continue
+            item: dict[str, Any] = {"oid": pointer.oid, "size": pointer.size}
+            if not objects.has(pointer):  # an object already stored needs no upload: no actions
+                item["actions"] = {"upload": {"href": storage_url(request, "upload", pointer), "header": {}},
+                                   "verify": {"href": verify, "header": {}}}
+            answered.append(item)
+        return JSONResponse({"transfer": "basic", "objects": answered, "hash_algo": "sha256"},
+                            media_type="application/vnd.git-lfs+json")
+
+    async def lfs_verify(request: Request):
+        body = await request.json()
+        pointer = LfsPointer(str(body.get("oid")), int(body.get("size", -1)))
+        if not objects.has(pointer):
+            raise _hub_error(404, None, f"LFS object {pointer.oid} of {pointer.size} bytes was not uploaded")
+        return {}
+
+    @app.post("/{ns}/{name}.git/info/lfs/objects/batch")
+    async def lfs_batch_model(ns: str, name: str, request: Request):
+        return await lfs_batch("models", ns, name, request)
+
+    @app.post("/datasets/{ns}/{name}.git/info/lfs/objects/batch")
+    async def lfs_batch_dataset(ns: str, name: str, request: Request):
+        return await lfs_batch("datasets", ns, name, request)
+
+    @app.post("/{ns}/{name}.git/info/lfs/objects/verify")
+    @app.post("/datasets/{ns}/{name}.git/info/lfs/objects/verify")
+    async def lfs_verify_route(ns: str, name: str, request: Request):
+        return await lfs_verify(request)
+
+    def signed_pointer(oid: str, request: Request, action: str) -> LfsPointer:
+        query = request.query_params
+        try:
+            pointer = LfsPointer(oid, int(query.get("size", "")))
+            objects.path(oid)
+        except ValueError:
+            raise _hub_error(400, None, "malformed storage URL") from None
+        if query.get("action") != action or not objects.signed(action, pointer, query.get("sig", "")):
+            raise _hub_error(403, None, "SignatureDoesNotMatch")
+        return pointer
+
+    @app.put(STORAGE + "{oid}")
+    async def storage_put(oid: str, request: Request):
+        faults.check("lfs-upload", after=False)
+        pointer = signed_pointer(oid, request, "upload")
+        try:
+            objects.put(pointer, await request.body())
+        except ValueError as exc:
+            raise _hub_error(400, "BadDigest", str(exc)) from None
+        return Response(status_code=200, headers={"ETag": f'"{pointer.oid}"'})
+
+    @app.api_route(STORAGE + "{oid}", methods=["GET", "HEAD"])
+    def storage_get(oid: str, request: Request):
+        pointer = signed_pointer(oid, request, "download")
+        if not objects.has(pointer):
+            raise _hub_error(404, None, "NoSuchKey")
+        body = b"" if request.method == "HEAD" else objects.read(oid)
+        return Response(content=body, headers={"Content-Length": str(pointer.size), "ETag": f'"{oid}"',
+                                               "Content-Type": "application/octet-stream"})
+
+    @app.get("/api/{kind}/{ns}/{name}/xet-{access}-token/{revision:path}")
+    def xet_token(kind: str, ns: str, name: str, access: str, revision: str):
+        raise _hub_error(501, None, "the Hub test double speaks Git LFS, not Xet: run the client with "
+                                    "HF_HUB_DISABLE_XET=1 (HubDouble sets it while it runs)")
 
     @app.post("/api/{kind}/{ns}/{name}/commit/{revision}")
     async def commit(kind: str, ns: str, name: str, revision: str, request: Request):
@@ -148,10 +249,17 @@ def create_hub_app(root: Path, *, token: str | None = None) -> tuple[FastAPI, Fa
             key, value = item["key"], item["value"]
             if key == "file":
                 adds[value["path"]] = base64.b64decode(value["content"])
+            elif key == "lfsFile":
+                if value.get("algo", "sha256") != "sha256" or "size" not in value:
+                    raise _hub_error(400, None, "the test double takes lfsFile entries with a sha256 and a size")
+                pointer = LfsPointer(str(value["oid"]), int(value["size"]))
+                if not objects.has(pointer):  # the Hub refuses a pointer to content it does not hold
+                    raise _hub_error(422, None, f"LFS object {pointer.oid} of {value['path']} was not uploaded")
+                adds[value["path"]] = pointer.encode()
             elif key in ("deletedFile", "deletedFolder"):
                 deletes.append(value["path"])
             elif key != "header":
-                raise _hub_error(400, None, f"the test double stores regular files only, not {key}")
+                raise _hub_error(400, None, f"the test double does not take {key} entries")
         message = header["summary"] + (f"\n\n{header['description']}" if header.get("description") else "")
         with lock:
             head = commit_of(repo, revision)
@@ -232,8 +340,14 @@ def create_hub_app(root: Path, *, token: str | None = None) -> tuple[FastAPI, Fa
                 "lastModified": _date(last.timestamp), "tags": [], "disabled": False, "gated": False,
                 "siblings": [{"rfilename": e.path} for e in repo.tree(oid)]}
 
+    def listed(e: Entry) -> dict[str, Any]:
+        if e.lfs is None:
+            return {"type": "file", "oid": e.oid, "size": e.size, "path": e.path}
+        return {"type": "file", "oid": e.oid, "size": e.lfs.size, "path": e.path,
+                "lfs": {"oid": e.lfs.oid, "size": e.lfs.size, "pointerSize": e.size}}
+
     def entries(repo: GitRepo, oid: str) -> list[dict[str, Any]]:
-        return [{"type": "file", "oid": e.oid, "size": e.size, "path": e.path} for e in repo.tree(oid)]
+        return [listed(e) for e in repo.tree(oid)]
 
     @app.get("/api/{kind}/{ns}/{name}/tree/{revision}")
     @app.get("/api/{kind}/{ns}/{name}/tree/{revision}/{path:path}")
@@ -264,6 +378,10 @@ def create_hub_app(root: Path, *, token: str | None = None) -> tuple[FastAPI, Fa
         entry = next((e for e in repo.tree(oid) if e.path == path), None)
         if entry is None:
             raise _hub_error(404, "EntryNotFound", f"{path} does not exist at {revision}")
+        if entry.lfs is not None:  # as the Hub: a redirect to storage, the metadata on the redirect itself
+            return Response(status_code=302, headers={
+                "Location": storage_url(request, "download", entry.lfs), "X-Repo-Commit": oid,
+                "ETag": f'"{entry.oid}"', "X-Linked-Etag": f'"{entry.lfs.oid}"', "X-Linked-Size": str(entry.lfs.size)})
         headers = {"X-Repo-Commit": oid, "ETag": f'"{entry.oid}"', "Content-Length": str(entry.size),
                    "Content-Type": "application/octet-stream"}
         body = b"" if request.method == "HEAD" else repo.blob(entry.oid)

@@ -14,6 +14,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from .lfs import MAX_POINTER_BYTES, LfsPointer
+
 _ENV = {"GIT_AUTHOR_NAME": "hub-double", "GIT_AUTHOR_EMAIL": "hub-double@localhost",
         "GIT_COMMITTER_NAME": "hub-double", "GIT_COMMITTER_EMAIL": "hub-double@localhost",
         "GIT_CONFIG_NOSYSTEM": "1", "GIT_CONFIG_GLOBAL": os.devnull, "GIT_TERMINAL_PROMPT": "0"}
@@ -27,8 +29,9 @@ class GitError(RuntimeError):
 @dataclass(frozen=True)
 class Entry:
     path: str
-    oid: str  # git blob sha1: what the Hub calls a regular file's oid and ETag
-    size: int
+    oid: str  # git blob sha1: what the Hub calls a file's oid and ETag (an LFS file's: its pointer's)
+    size: int  # of the blob git holds: an LFS file's pointer, not its content
+    lfs: LfsPointer | None = None  # the object an LFS pointer names
 
 
 @dataclass(frozen=True)
@@ -96,17 +99,33 @@ class GitRepo:
     # -- content --------------------------------------------------------------------------------------
 
     def tree(self, revision: str) -> list[Entry]:
+        """Every file of ``revision``; blobs small enough to be LFS pointers are read (in one git call) and
+        parsed."""
         out = self.git("ls-tree", "-r", "-l", "-z", revision)
-        entries = []
+        listed = []
         for record in out.decode().split("\0"):
             if record:
                 meta, path = record.split("\t", 1)
                 _mode, _type, oid, size = meta.split()
-                entries.append(Entry(path=path, oid=oid, size=int(size)))
-        return entries
+                listed.append((path, oid, int(size)))
+        small = sorted({oid for _, oid, size in listed if size <= MAX_POINTER_BYTES})
+        pointers = {oid: LfsPointer.parse(blob) for oid, blob in zip(small, self.blobs(small), strict=True)}
+        return [Entry(path=path, oid=oid, size=size, lfs=pointers.get(oid)) for path, oid, size in listed]
 
     def blob(self, oid: str) -> bytes:
         return self.git("cat-file", "blob", oid)
+
+    def blobs(self, oids: list[str]) -> list[bytes]:
+        """Several blobs in one ``git cat-file --batch``."""
+        if not oids:
+            return []
+        out, at, found = self.git("cat-file", "--batch", stdin="".join(f"{o}\n" for o in oids).encode()), 0, []
+        for _ in oids:
+            header_end = out.index(b"\n", at)
+            size = int(out[at:header_end].split()[2])
+            found.append(out[header_end + 1:header_end + 1 + size])
+            at = header_end + 1 + size + 1  # the content, then a newline
+        return found
 
     def log(self, revision: str) -> list[Commit]:
         out = self.git("log", "--format=%H%x00%P%x00%ct%x00%s%x00%B%x01", revision)

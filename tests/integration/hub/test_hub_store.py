@@ -164,3 +164,39 @@ def test_a_corrupted_download_is_refused(hub, kit, hub_registry, hub_adapters, t
     fresh = kit.store(reg.artifacts.root)  # a new process: nothing verified yet
     with pytest.raises(ArtifactIntegrityError, match="config.json"):
         fresh.base_dir(lineage.base_model.model_id, lineage.base_model.revision)
+
+
+def test_weights_travel_as_git_lfs_and_a_damaged_hub_object_is_refused(hub, kit, hub_registry, hub_adapters,
+                                                                       tiny_base_model, tiny_before_pairs, tmp_path):
+    """As on the Hub, .safetensors files go through Git LFS: git keeps a pointer, the bytes go to storage through
+    the batch API, and a download comes from a signed storage URL. The base's check reads the Hub's sha256 of an
+    LFS file (its git oid is the pointer's); damaged storage bytes are refused, naming the file."""
+    from lifecycle.files import sha256_file
+    from registry.artifacts import ArtifactIntegrityError
+    from tests.hub_double import LfsPointer
+
+    reg = hub_registry
+    lineage = kit.base_lineage(reg, tiny_base_model[0], tiny_before_pairs[:40])
+    version = kit.register(reg, "weights", hub_adapters["b"], lineage.model_copy(update={"parent": "x"}))
+    local = hub_adapters["b"] / "adapter_model.safetensors"
+    tree = {e.path: e for e in hub.repo("acme/weights").tree("main")}
+    assert {path for path, e in tree.items() if e.lfs} == {"adapter_model.safetensors"}  # JSON and card: regular
+    assert tree["adapter_model.safetensors"].lfs == LfsPointer(sha256_file(local), local.stat().st_size)
+    assert hub.lfs_object(tree["adapter_model.safetensors"].lfs.oid).read_bytes() == local.read_bytes()
+    assert (reg.version_dir(version) / "adapter_model.safetensors").read_bytes() == local.read_bytes()
+
+    base = {e.path: e for e in hub.repo(lineage.base_model.model_id).tree(lineage.base_model.revision)}
+    weights = base["model.safetensors"].lfs
+    assert weights is not None and weights.size == (tiny_base_model[0] / "model.safetensors").stat().st_size
+    checked = kit.store(tmp_path / "checked")  # the undamaged base passes the same check
+    assert (checked.base_dir(lineage.base_model.model_id, lineage.base_model.revision) / "model.safetensors"
+            ).read_bytes() == (tiny_base_model[0] / "model.safetensors").read_bytes()
+    stored = hub.lfs_object(weights.oid)
+    original = stored.read_bytes()
+    stored.write_bytes(bytes(len(original)))  # same size, other bytes: only the sha256 can tell
+    try:
+        fresh = kit.store(tmp_path / "fresh")
+        with pytest.raises(ArtifactIntegrityError, match="model.safetensors differs from the Hub's"):
+            fresh.base_dir(lineage.base_model.model_id, lineage.base_model.revision)
+    finally:
+        stored.write_bytes(original)  # the module's other tests publish the same base
