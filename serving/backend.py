@@ -31,7 +31,9 @@ Four ways to serve several versions of one base model (``adapter_mode``):
     the fused delta takes five. Stacked / fused: 0.87-0.93 at 2+2 to 16+16 rows, 0.92-0.96 with 9-14 % padding
     (6+5, 5+4, 4+3, 9+7), 0.98-1.02 at 17-25 % (7+5, 3+2, 5+3). It reads every version's weights, so it pays
     only where calls, not weight reads, are the cost: small models. Memory: per set of versions served together,
-    one more copy of each version's adapted layers (the stacks, kept until the home or the set of versions changes).
+    one more copy of each version's adapted layers (the stacks, kept until the home or the set of versions changes),
+    counted with the merged copies in ``merged_memory_limit_mb``: a stack that would not fit is not built, and the
+    batch takes the fused pass.
     Groups that need more padding — up to ``stack_max_decode_padding`` (default ``STACK_MAX_DECODE_PADDING``, half
     the rows) and ``STACK_MAX_ROWS`` rows a step — are stacked in their decode steps only (``_decode_stacked``, a
     greedy loop of our own: ``generate`` keeps one batch for every step): the prompts are read in one fused pass of
@@ -388,7 +390,14 @@ class InProcessBackend:
                 or padding > self.stack_max_decode_padding * rows
                 or rows + padding > STACK_MAX_ROWS):
             return None
-        return dict(sorted(groups.items(), key=lambda g: (g[0] != self.home, str(g[0]))))
+        ordered = dict(sorted(groups.items(), key=lambda g: (g[0] != self.home, str(g[0]))))
+        return ordered if self._stack_fits(list(ordered)) else None
+
+    def _stack_fits(self, versions: list[str | None]) -> bool:
+        """The base, the merged copies, the stacks built and the one ``versions`` needs fit in the memory budget
+        (``merged_memory_limit_mb``): past it, such batches take the fused pass, which needs no more weights."""
+        held = self._param_bytes * (len(self._merged) + 1) + self._fused.stack_bytes()
+        return (held + self._fused.stack_bytes(versions)) / 2**20 <= self._copy_budget_mb
 
     @staticmethod
     def _padding(groups: dict[str | None, list[int]]) -> int:

@@ -269,6 +269,24 @@ class FusedLora:
         """A stacked pass can take ``version``'s rows: its full weights are at hand (the home's are the base's)."""
         return version == self.home or version in copies
 
+    def _differ(self, versions: Sequence[str | None]) -> set[str]:
+        """The Linears whose weights differ between ``versions`` (and the home): some version's adapter touches them."""
+        return set().union(*(self.factors[v] for v in (*versions, self.home) if v is not None))
+
+    def stack_bytes(self, versions: Sequence[str | None] | None = None) -> int:
+        """Bytes the stacks hold now (``versions`` None), or the bytes a stack for ``versions`` would add: 0 when
+        it is built already. The backend counts them in its memory budget with the merged copies."""
+        if versions is None:
+            return sum(t.numel() * t.element_size() for stack in self._stacks.values()
+                       for pair in stack.values() for t in pair if t is not None)
+        if tuple(versions) in self._stacks:
+            return 0
+        total = 0
+        for m in self._differ(versions):
+            linear = self.linears[m]
+            total += sum(t.numel() * t.element_size() for t in (linear.weight, linear.bias) if t is not None)
+        return total * len(versions)
+
     def _stack(self, versions: tuple[str | None, ...], copies: dict) -> dict[str, tuple[object, object]]:
         """Per Linear whose weights differ between ``versions``: (weights, bias) stacked in ``versions``' order.
 
@@ -280,9 +298,8 @@ class FusedLora:
         stack = self._stacks.get(versions)
         if stack is not None:
             return stack
-        differ = set().union(*(self.factors[v] for v in (*versions, self.home) if v is not None))
         stack = {}
-        for m in sorted(differ):
+        for m in sorted(self._differ(versions)):
             sources = [self.linears[m] if v == self.home else copies[v].get_submodule(m) for v in versions]
             weights = torch.stack([s.weight.detach().t() for s in sources]).contiguous()
             bias = (None if sources[0].bias is None

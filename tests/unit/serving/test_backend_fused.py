@@ -362,6 +362,29 @@ def test_auto_stacks_small_mixed_batches_whose_groups_need_little_padding(auto, 
         assert not InProcessBackend(tiny_base_model[0], INTENT_V1, device="cpu", **off)._stack, off
 
 
+def test_stacks_count_in_the_memory_budget_and_one_past_it_is_not_built(auto, more_adapters, tiny_base_model,
+                                                                         alone, prompts):
+    pin(auto, "drift")
+    names = ["drift", "mixed"] * 3
+    need = auto._fused.stack_bytes(["drift", "mixed"])
+    adapted = sum(auto._fused.linears[m].weight.numel() * 4 + (auto._fused.linears[m].bias is not None)
+                  * auto._fused.linears[m].out_features * 4 for m in auto._fused._differ(["drift", "mixed"]))
+    assert need == 2 * adapted > 0  # a copy of the adapted layers for each of the two versions
+    assert texts(auto, prompts[:6], names) == [alone[n][i] for i, n in enumerate(names)]
+    assert auto._fused.stack_bytes(["drift", "mixed"]) == 0 and auto._fused.stack_bytes() == need  # built, held
+    auto._fused._forget_plans()  # the module's backend: the next tests count their own stacks
+
+    one_mb = auto._param_bytes / 2**20  # room for the base and two copies, and less than one stack more
+    tight = InProcessBackend(tiny_base_model[0], INTENT_V1, device="cpu",
+                             merged_memory_limit_mb=3 * one_mb + 0.5 * need / 2**20)
+    for name in ("drift", "mixed"):
+        tight.load_adapter(name, more_adapters[name])
+    pin(tight, "drift")
+    assert sorted(tight._merged) == ["drift", "mixed"] and tight._stack_groups(names) is None
+    assert texts(tight, prompts[:6], names) == [alone[n][i] for i, n in enumerate(names)]
+    assert tight._fused._stacks == {} and tight._fused._plans  # the fused pass served the mixed batch
+
+
 @pytest.mark.parametrize("home", ["drift", "headless", None])
 def test_stacked_batches_answer_as_each_version_alone(auto, alone, prompts, home):
     pin(auto, home)
