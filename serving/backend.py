@@ -134,6 +134,8 @@ class Generation(Frozen):
                                           "(fused, auto, unmerged), or of the whole generate call (merged mode: "
                                           "what a caller in it waited)")
     adapter: str | None = Field(description="adapter name, None for the bare base model")
+    finish_reason: Literal["stop", "length"] = Field(
+        default="stop", description="'length' when the answer took the whole token budget without a stop token")
 
 
 class InProcessBackend:
@@ -343,8 +345,14 @@ class InProcessBackend:
     def _row(self, new_ids: list[int], prompt_ids: list[int], adapter: str | None, latency_ms: float) -> Generation:
         ids = new_ids[: self._completion_length(new_ids)]
         text = self.tokenizer.decode(ids, skip_special_tokens=True)
+        # Stopped: cut before the pad of a row that ended earlier, at a stop token, or holding the stop string
+        # (a multi-token stop); else the row ran through the whole budget.
+        stopped = (len(ids) < len(new_ids) or self.prompt_format.stop in text
+                   or (self._stop_ids is not None and ids[-1:] and ids[-1] in self._stop_ids))
         return Generation(text=text, completion=self.prompt_format.parse(text), prompt_tokens=len(prompt_ids),
-                          completion_tokens=len(ids), latency_ms=latency_ms, adapter=adapter)
+                          completion_tokens=len(ids), latency_ms=latency_ms, adapter=adapter,
+                          finish_reason="stop" if stopped or len(ids) < self.prompt_format.max_new_tokens
+                          else "length")
 
     def _passes(self, adapters: list[str | None]) -> list[list[int]]:
         """How one batch runs: lists of row positions, one ``generate`` pass each (module docstring, "auto").

@@ -15,6 +15,7 @@ import asyncio
 import hashlib
 import json
 import logging
+import math
 import time
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
@@ -42,8 +43,16 @@ class InputError(ValueError):
         self.status, self.code, self.param = status, code, param
 
 
-def _error(status: int, message: str, kind: str, code: str | None = None, param: str | None = None) -> JSONResponse:
-    return JSONResponse(s.error_body(message, kind, code, param), status_code=status)
+def _error(status: int, message: str, kind: str, code: str | None = None, param: str | None = None,
+           headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse(s.error_body(message, kind, code, param), status_code=status, headers=headers)
+
+
+def _param(loc) -> str | None:
+    """A validation error's location as the client wrote it: field names and list indexes (``messages.0.content``),
+    without pydantic's internal steps (``function-after[...]``, union branch names)."""
+    parts = [str(p) for p in loc[1:] if isinstance(p, int) or (isinstance(p, str) and p.isidentifier())]
+    return ".".join(parts) or None
 
 
 def _route_path(scope) -> str:
@@ -86,7 +95,7 @@ def create_app(state: GatewayState) -> FastAPI:
     @app.exception_handler(RequestValidationError)
     async def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
         first = exc.errors()[0] if exc.errors() else {"msg": "invalid request", "loc": ()}
-        param = ".".join(str(p) for p in first.get("loc", ())[1:]) or None
+        param = _param(first.get("loc", ()))
         state.metrics.reject("invalid", state.model)
         return _error(400, f"{first['msg']}" + (f" (at {param})" if param else ""), "invalid_request_error",
                       "invalid_request", param)
@@ -121,12 +130,22 @@ def create_app(state: GatewayState) -> FastAPI:
         state.update_gauges()
         return Response(state.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
-    @app.get("/v1/models")
-    async def models() -> dict:
+    def model_entries() -> list[dict]:
         created = int(time.time())
         ids = [state.model] + [f"{state.model}:v{v}" for v in state.live.routable()]
-        return {"object": "list", "data": [{"id": i, "object": "model", "created": created, "owned_by": "slm"}
-                                           for i in ids]}
+        return [{"id": i, "object": "model", "created": created, "owned_by": "slm"} for i in ids]
+
+    @app.get("/v1/models")
+    async def models() -> dict:
+        return {"object": "list", "data": model_entries()}
+
+    @app.get("/v1/models/{model_id:path}")
+    async def model(model_id: str) -> dict:
+        found = next((m for m in model_entries() if m["id"] == model_id), None)
+        if found is None:
+            raise InputError(f"model {model_id!r} is not served here; GET /v1/models lists what is", status=404,
+                             code="model_not_found", param="model")
+        return found
 
     @app.post("/v1/completions")
     async def completions(body: s.CompletionRequest, request: Request) -> Response:
@@ -160,19 +179,29 @@ def create_app(state: GatewayState) -> FastAPI:
     return app
 
 
-def _target(state: GatewayState, body: s._Request, prompt: str, request: Request) -> tuple[Assignment, str, str]:
+def _target(state: GatewayState, body: s._Request, prompt: str, request: Request,
+            chat: bool) -> tuple[Assignment, str, str]:
     if len(prompt) > state.config.max_prompt_chars:
         raise InputError(f"prompt has {len(prompt)} characters; the limit is {state.config.max_prompt_chars}",
                          status=413 if len(prompt) > 4 * state.config.max_prompt_chars else 400,
                          code="prompt_too_long", param="prompt")
-    if body.max_tokens is not None and body.max_tokens > state.config.max_tokens_limit:
-        raise InputError(f"max_tokens {body.max_tokens} exceeds the limit {state.config.max_tokens_limit}",
-                         code="max_tokens_too_large", param="max_tokens")
+    if (refused := body.unsupported()) is not None:
+        raise InputError(f"{refused[0]}: {refused[1]}", code="unsupported_parameter", param=refused[0])
+    limit, field = body.answer_limit()
+    if limit is not None and limit > state.config.max_tokens_limit:
+        raise InputError(f"{field} {limit} exceeds the limit {state.config.max_tokens_limit}",
+                         code="max_tokens_too_large", param=field)
+    if limit is not None and limit < state.answer_budget:
+        # The model decodes up to the task's budget; a smaller limit could not be honoured without answering
+        # something else than what is judged and logged, so it is refused rather than silently exceeded.
+        raise InputError(f"{field} {limit} is below this model's answer budget of {state.answer_budget} tokens; "
+                         f"ask for {state.answer_budget} or more, or leave it out",
+                         code="max_tokens_too_small", param=field)
     client_id = request.headers.get("x-request-id")
     if client_id is not None and (len(client_id) > 128 or not client_id.isprintable()):
         raise InputError("x-request-id must be at most 128 printable characters", param="x-request-id")
     # The logged key is always ours: a client reusing or retrying an id must not overwrite or hide a row.
-    request_id = s.completion_id("cmpl")
+    request_id = s.completion_id("chatcmpl" if chat else "cmpl")
     user = request.headers.get("x-user-id") or body.user or client_id or request_id
     try:
         assignment = state.live.assign(user, state.pinned_version(body.model))
@@ -182,21 +211,30 @@ def _target(state: GatewayState, body: s._Request, prompt: str, request: Request
 
 
 async def _answer(state: GatewayState, body: s._Request, prompt: str, request: Request, chat: bool) -> Response:
-    assignment, request_id, user_hash = _target(state, body, prompt, request)
+    assignment, request_id, user_hash = _target(state, body, prompt, request, chat)
     arrived = datetime.now(UTC)
     result = await state.generate(assignment, prompt, request_id)
     state.log_answer(request_id, assignment, user_hash, prompt, arrived, result)
     state.shadow(request_id, user_hash, prompt, arrived)
-    if result.status != 200:
-        return _error(result.status, result.error or "backend error", "server_error", result.outcome)
     model_name = f"{state.model}:v{assignment.version}"
     headers = {"x-slm-version": model_name, "x-request-id": request_id, "x-slm-role": assignment.role}
     if request.headers.get("x-request-id"):
         headers["x-client-request-id"] = request.headers["x-request-id"]
+    if result.status != 200:  # logged under request_id: the client gets it to report, and when to retry
+        if result.retry_after_s is not None:
+            headers["retry-after"] = str(max(1, math.ceil(result.retry_after_s)))
+        return _error(result.status, result.error or "backend error", "server_error", result.outcome,
+                      headers=headers)
+    # The client's stop strings cut what it is sent (the log keeps the model's whole answer, as it is judged).
+    text, finish = result.text, result.finish_reason
+    if stops := body.stop_strings():
+        text, stopped = s.cut_at_stop(text, stops)
+        finish = "stop" if stopped else finish
     usage = s.Usage(prompt_tokens=result.prompt_tokens, completion_tokens=result.completion_tokens,
                     total_tokens=result.prompt_tokens + result.completion_tokens)
     if body.stream:
-        chunks = s.stream_chunks(request_id, model_name, result.text, chat, result.finish_reason)
+        include_usage = body.stream_options is not None and bool(body.stream_options.include_usage)
+        chunks = s.stream_chunks(request_id, model_name, text, chat, finish, usage if include_usage else None)
 
         async def events():
             for chunk in chunks:
@@ -205,4 +243,4 @@ async def _answer(state: GatewayState, body: s._Request, prompt: str, request: R
 
         return StreamingResponse(events(), media_type="text/event-stream", headers=headers)
     make = s.chat_body if chat else s.completion_body
-    return JSONResponse(make(request_id, model_name, result.text, usage, result.finish_reason), headers=headers)
+    return JSONResponse(make(request_id, model_name, text, usage, finish), headers=headers)

@@ -87,7 +87,7 @@ class LoadGenerator:
                 user = f"user-{rng.randrange(self.users)}"
                 try:
                     raw = api.completions.with_raw_response.create(
-                        model=self.model, prompt=pair.prompt, max_tokens=8, extra_headers={"x-user-id": user})
+                        model=self.model, prompt=pair.prompt, extra_headers={"x-user-id": user})
                 except APIError as exc:
                     self._count("errors")
                     if len(self.error_samples) < 20:

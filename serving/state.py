@@ -44,7 +44,9 @@ class Answer:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     flags: list[str] = field(default_factory=list)
-    finish_reason: str = "stop"  # "content_filter" when a guardrail refused the output
+    # "length" when the answer used the whole budget without its stop; "content_filter" when a guardrail refused it
+    finish_reason: str = "stop"
+    retry_after_s: float | None = None  # a 503 of an open circuit: when to try again (the Retry-After header)
 
 
 @dataclass
@@ -80,6 +82,11 @@ class GatewayState:
     def admin_ok(self, authorization: str | None) -> bool:
         return bool(self.admin_token) and hmac.compare_digest(_bearer(authorization), self.admin_token.encode())
 
+    @property
+    def answer_budget(self) -> int:
+        """Tokens an answer may take: the task's prompt format's budget, on every version the gateway serves."""
+        return self.live.backend.prompt_format.max_new_tokens
+
     def pinned_version(self, requested: str) -> int | None:
         """``MODEL`` routes by the split; ``MODEL:vN`` pins a live version; anything else is unknown."""
         if requested == self.model:
@@ -102,7 +109,7 @@ class GatewayState:
                                                     "routed; retry")
         except CircuitOpen as exc:
             return self._infra_failure(labels, 503, f"backend unavailable (circuit open): failing fast; retry in "
-                                                    f"{exc.retry_after_s:.0f} s")
+                                                    f"{exc.retry_after_s:.0f} s", retry_after_s=exc.retry_after_s)
         except TimeoutError:
             return self._infra_failure(labels, 504, f"backend did not answer in {self.config.request_timeout_s} s")
         except BackendError as exc:
@@ -115,7 +122,7 @@ class GatewayState:
         self._count(labels, outcome, elapsed, gen, checked.flags)
         return Answer(200, text=checked.text, outcome=outcome, latency_ms=elapsed * 1000,
                       prompt_tokens=gen.prompt_tokens, completion_tokens=gen.completion_tokens, flags=checked.flags,
-                      finish_reason="content_filter" if checked.refused else "stop")
+                      finish_reason="content_filter" if checked.refused else gen.finish_reason)
 
     async def _call_backend(self, assignment: Assignment, prompt: str):
         """One backend call under the circuit breaker: timeouts and backend exceptions are infra failures.
@@ -139,9 +146,9 @@ class GatewayState:
                 except Exception as exc:
                     raise BackendError(f"backend failure: {type(exc).__name__}: {exc}") from exc
 
-    def _infra_failure(self, labels: tuple, status: int, message: str) -> Answer:
+    def _infra_failure(self, labels: tuple, status: int, message: str, retry_after_s: float | None = None) -> Answer:
         self.metrics.errors.labels(*labels, "infra").inc()
-        return Answer(status, outcome="infra_error", error=message)
+        return Answer(status, outcome="infra_error", error=message, retry_after_s=retry_after_s)
 
     def _count(self, labels: tuple, outcome: str, elapsed: float, gen, flags: list[str]) -> None:
         self.metrics.requests.labels(*labels).inc()

@@ -106,7 +106,8 @@ class UpstreamBackend:
         usage = answer.get("usage") or {}
         completion = fmt.parse(text) if self.config.render_prompt else text.strip()
         return Generation(text=text, completion=completion, prompt_tokens=usage.get("prompt_tokens", 0),
-                          completion_tokens=usage.get("completion_tokens", 0), latency_ms=0.0, adapter=adapter)
+                          completion_tokens=usage.get("completion_tokens", 0), latency_ms=0.0, adapter=adapter,
+                          finish_reason="length" if answer["choices"][0].get("finish_reason") == "length" else "stop")
 
     def _request(self, method: str, path: str, **kwargs) -> dict:
         import httpx

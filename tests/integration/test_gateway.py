@@ -45,6 +45,75 @@ def test_openai_client_completions_chat_and_streaming(gateway):
     assert "intent-router" in models and "intent-router:v1" in models
 
 
+def test_what_openai_clients_ask_beyond_the_basics(gateway):
+    api = client(gateway)
+    asked = [{"role": "user", "content": "I lost my card"}]
+    for create, kwargs in ((api.completions.create, {"prompt": "I lost my card"}),
+                           (api.chat.completions.create, {"messages": asked})):
+        chunks = list(create(model="intent-router", stream=True, stream_options={"include_usage": True}, **kwargs))
+        assert chunks[-1].choices == [] and chunks[-1].usage.total_tokens > chunks[-1].usage.prompt_tokens > 0
+        assert all(c.usage is None for c in chunks[:-1]) and chunks[-2].choices[0].finish_reason == "stop"
+        assert all(c.usage is None for c in create(model="intent-router", stream=True, **kwargs))  # not asked
+    chat = api.chat.completions.create(model="intent-router", messages=[
+        {"role": "system", "content": [{"type": "text", "text": "You route banking questions."}]},
+        {"role": "user", "content": "hello"},
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"id": "c1", "type": "function", "function": {"name": "lookup", "arguments": "{}"}}]},
+        {"role": "tool", "tool_call_id": "c1", "content": "nothing"},
+        {"role": "user", "content": [{"type": "text", "text": "what is the "},
+                                     {"type": "text", "text": "exchange rate"}]}])
+    plain = api.chat.completions.create(model="intent-router",
+                                        messages=[{"role": "user", "content": "what is the exchange rate"}])
+    assert chat.choices[0].message.content == plain.choices[0].message.content  # the text parts, joined
+    assert chat.id.startswith("chatcmpl-") and api.completions.create(model="intent-router", prompt="hi").id.startswith(
+        "cmpl-")
+    full = api.completions.create(model="intent-router", prompt="I lost my card").choices[0]
+    assert "_" in full.text  # every label of the task has one
+    cut = api.completions.create(model="intent-router", prompt="I lost my card", stop=["_", "zz"]).choices[0]
+    assert cut.text == full.text.split("_")[0] and cut.finish_reason == "stop"
+    assert api.models.retrieve("intent-router:v1").id == "intent-router:v1"
+    with pytest.raises(openai.NotFoundError):
+        api.models.retrieve("intent-router:v9")
+    at_budget = api.chat.completions.create(model="intent-router", messages=[{"role": "user", "content": "hi"}],
+                                            max_completion_tokens=16, max_tokens=8)  # the newer field wins
+    assert at_budget.usage.completion_tokens <= 16
+    nulls = httpx.post(f"{gateway.url}/v1/completions", json={"model": "intent-router", "prompt": "hi", "stream": None,
+                                                              "n": None, "stream_options": None, "logprobs": None})
+    assert nulls.status_code == 200 and nulls.json()["object"] == "text_completion"
+
+
+@pytest.mark.parametrize(("extra", "param", "code"), [
+    ({"n": 2}, "n", "unsupported_parameter"),
+    ({"logprobs": 2}, "logprobs", "unsupported_parameter"),
+    ({"logprobs": 0}, "logprobs", "unsupported_parameter"),
+    ({"echo": True}, "echo", "unsupported_parameter"),
+    ({"response_format": {"type": "json_object"}}, "response_format", "unsupported_parameter"),
+    ({"tool_choice": "required"}, "tool_choice", "unsupported_parameter"),
+    ({"stream_options": {"include_usage": True}}, "stream_options", "unsupported_parameter"),
+    ({"stop": ["a", "b", "c", "d", "e"]}, "stop", "unsupported_parameter"),
+    ({"max_tokens": 8}, "max_tokens", "max_tokens_too_small"),
+    ({"max_completion_tokens": 5000}, "max_completion_tokens", "max_tokens_too_large"),
+    ({"top_p": 7}, "top_p", "invalid_request"),
+])
+def test_options_the_gateway_cannot_honour_are_refused_naming_them(gateway, extra, param, code):
+    response = httpx.post(f"{gateway.url}/v1/completions", json={"model": "intent-router", "prompt": "hi", **extra})
+    assert response.status_code == 400, response.text
+    assert (response.json()["error"]["param"], response.json()["error"]["code"]) == (param, code)
+    assert param in response.json()["error"]["message"] or code == "invalid_request"
+
+
+def test_token_ids_and_non_text_parts_are_refused_saying_why(gateway):
+    ids = httpx.post(f"{gateway.url}/v1/completions", json={"model": "intent-router", "prompt": [1, 2, 3]})
+    assert ids.status_code == 400 and "token-id prompts" in ids.json()["error"]["message"]
+    assert ids.json()["error"]["param"] == "prompt"  # the field, not pydantic's validator names
+    image = httpx.post(f"{gateway.url}/v1/chat/completions", json={"model": "intent-router", "messages": [
+        {"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:,"}}]}]})
+    assert image.status_code == 400 and "image_url" in image.json()["error"]["message"]
+    bad = httpx.post(f"{gateway.url}/v1/chat/completions", json={"model": "intent-router", "messages": [
+        {"role": "user", "content": 5}]})
+    assert bad.status_code == 400 and bad.json()["error"]["param"].startswith("messages.0.content")
+
+
 def test_pinned_version_and_unknown_model(gateway):
     api = client(gateway)
     with pytest.raises(openai.NotFoundError) as err:

@@ -38,8 +38,15 @@ def test_upstream_failures_become_502_then_503(gateway, launch_gateway):
         backend = front.state.live.backend
         backend._http.base_url = f"http://127.0.0.1:{free_port()}/v1"  # the upstream goes away
         body = {"model": "intent-router", "prompt": "hi"}
-        statuses = [httpx.post(f"{front.url}/v1/completions", json=body).status_code for _ in range(4)]
-        assert statuses[:2] == [502, 502] and statuses[2:] == [503, 503]
+        answers = [httpx.post(f"{front.url}/v1/completions", json=body) for _ in range(4)]
+        assert [a.status_code for a in answers] == [502, 502, 503, 503]
+        # Each failure was logged under the id the client gets; an open circuit says when to come back.
+        assert all(a.headers["x-request-id"].startswith("cmpl-") for a in answers)
+        assert "retry-after" not in answers[0].headers and 55 <= int(answers[2].headers["retry-after"]) <= 60
+        retried = openai.OpenAI(base_url=f"{front.url}/v1", api_key="-", max_retries=0)
+        with pytest.raises(openai.APIStatusError) as failed:
+            retried.completions.create(model="intent-router", prompt="hi")
+        assert failed.value.status_code == 503 and failed.value.request_id.startswith("cmpl-")
         metrics = httpx.get(f"{front.url}/metrics").text
         assert 'category="infra"' in metrics
         assert 'slm_backend_circuit_open{model="intent-router",version="v1"} 1.0' in metrics

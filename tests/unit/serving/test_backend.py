@@ -43,6 +43,7 @@ def test_base_answers_in_input_order_and_stops_at_the_stop_string(backend, tiny_
         assert g.text.endswith(INTENT_V1.stop) and g.text.count(INTENT_V1.stop) == 1
         assert g.completion == INTENT_V1.parse(g.text) and g.adapter is None
         assert 0 < g.completion_tokens <= INTENT_V1.max_new_tokens and g.latency_ms > 0
+        assert g.finish_reason == "stop"
         assert g.prompt_tokens == len(backend.tokenizer.encode(INTENT_V1.render(p.prompt), add_special_tokens=False))
     one_batch = backend.generate([p.prompt for p in pairs], [None] * len(pairs), max_batch=64)
     assert [g.text for g in one_batch] == [g.text for g in gens]
@@ -54,13 +55,15 @@ def test_a_multi_token_stop_string_and_the_token_budget_end_rows(backend, tiny_b
     cut = InProcessBackend(tiny_base_model[0], INTENT_V1.model_copy(update={"stop": "_arrival"}), device="cpu")
     for g, text in zip(cut.generate(prompts, [None] * len(prompts)), full, strict=True):
         if text == " card_arrival\n":
-            assert g.text == " card_arrival" and g.completion == "card"
+            assert g.text == " card_arrival" and g.completion == "card" and g.finish_reason == "stop"
         else:  # "\n" no longer ends a row: it runs on until "_arrival" or the token budget
             assert g.text.startswith(text) and (g.text.endswith("_arrival") or g.completion_tokens == 16)
+            assert g.finish_reason == ("stop" if g.text.endswith("_arrival") else "length")
     assert " card_arrival\n" in full
     short = InProcessBackend(tiny_base_model[0], INTENT_V1.model_copy(update={"max_new_tokens": 2}), device="cpu")
     for g, text in zip(short.generate(prompts, [None] * len(prompts)), full, strict=True):
         assert g.completion_tokens == 2 and text.startswith(g.text) and g.text != text
+        assert g.finish_reason == "length"  # the budget, not a stop, ended it (OpenAI's finish_reason "length")
 
 
 def test_an_adapter_answers_the_new_intents_the_base_never_saw(backend, tiny_drifted_pairs):
