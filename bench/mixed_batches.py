@@ -10,9 +10,12 @@ batches. Both backends serve the same two adapters, so their answers — and the
 The pair compared (``--compare``):
 - ``decodestack``: auto as shipped against auto with ``stack_max_decode_padding=0`` (unequal groups fused, the
   default before decode-only stacking);
-- ``stack``: auto against auto with ``stack_max_params=None`` (no stacked pass at all).
+- ``stack``: auto with stacking allowed at any size against auto with ``stack_max_params=None`` (no stacked pass at
+  all); with ``--model-shape`` (bench/shapes.py: ``demo`` by default, ``small-4m`` .. ``small-12m`` random init),
+  where the stacked pass stops paying as the model grows (``STACK_MAX_PARAMS``).
 
-Run:  ``.venv/bin/python bench/mixed_batches.py --shapes 3+1,1+3,5+3,6+2,2+2,4+0 [--compare decodestack]``
+Run:  ``.venv/bin/python bench/mixed_batches.py --shapes 3+1,1+3,5+3,6+2,2+2,4+0 [--compare decodestack]
+[--model-shape small-8m --adapter-steps 2]``
 """
 
 from __future__ import annotations
@@ -33,7 +36,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import shapes  # noqa: E402  (bench/ is not a package)
 import two_versions_bench as tvb  # noqa: E402
 
-COMPARE = {"decodestack": {"stack_max_decode_padding": 0.0}, "stack": {"stack_max_params": None}}
+#: (candidate's settings, baseline's settings) of each comparison.
+COMPARE = {"decodestack": ({}, {"stack_max_decode_padding": 0.0}),
+           "stack": ({"stack_max_params": 10**12}, {"stack_max_params": None})}
 
 
 def parse_shape(text: str) -> tuple[int, int]:
@@ -51,7 +56,8 @@ def batch_cpu(backend, encoded: list[list[int]], adapters: list[str]) -> float:
     return time.thread_time() - start
 
 
-def run(shape_names: list[str], compare: str, batches: int, adapter_steps: int, seed: int) -> dict:
+def run(shape_names: list[str], compare: str, batches: int, adapter_steps: int, seed: int,
+        model_shape: str = "demo") -> dict:
     import torch
 
     from lifecycle.prompting import INTENT_V1
@@ -61,11 +67,11 @@ def run(shape_names: list[str], compare: str, batches: int, adapter_steps: int, 
     _, evals = shapes.task_pairs(eval_rows=300)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        base_dir, origin = shapes.build_base("demo", root / "base")
+        base_dir, origin = shapes.build_base(model_shape, root / "base")
         adapters = {name: tvb.train_adapter(base_dir, root / name, adapter_steps, s, "cpu", 1)
                     for name, s in ((tvb.CHAMPION, 1), (tvb.CHALLENGER, 0))}
         ways = {}
-        for way, overrides in (("candidate", {}), ("baseline", COMPARE[compare])):
+        for way, overrides in zip(("candidate", "baseline"), COMPARE[compare], strict=True):
             backend = InProcessBackend(base_dir, INTENT_V1, device="cpu", **overrides)
             for name, folder in adapters.items():
                 backend.load_adapter(name, folder)
@@ -76,6 +82,7 @@ def run(shape_names: list[str], compare: str, batches: int, adapter_steps: int, 
         encoded = tokenizer([INTENT_V1.render(p.prompt) for p in evals], add_special_tokens=False)["input_ids"]
         rng = random.Random(seed)
         report = {"benchmark": "mixed batch shapes, CPU per batch", "compare": compare, "base": origin,
+                  "model_shape": model_shape, "parameters": shapes.parameters(base_dir),
                   "batches_per_shape": batches, "machine": shapes.machine("cpu"), "shapes": {}}
         for text in shape_names:
             home, other = parse_shape(text)
@@ -112,9 +119,10 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=8, help="random batches per shape")
     parser.add_argument("--adapter-steps", type=int, default=60, help="LoRA steps that make each version's adapter")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--model-shape", default="demo", choices=shapes.SHAPE_NAMES)
     parser.add_argument("--json-out", type=Path, default=None)
     args = parser.parse_args()
-    report = run(args.shapes.split(","), args.compare, args.batches, args.adapter_steps, args.seed)
+    report = run(args.shapes.split(","), args.compare, args.batches, args.adapter_steps, args.seed, args.model_shape)
     shapes.emit(report, args.json_out)
 
 

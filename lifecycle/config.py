@@ -19,9 +19,11 @@ def load_yaml_config(cls: type[M], path: Path, **overrides: object) -> M:
     if not path.is_file():
         raise FileNotFoundError(f"config {path} does not exist")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
         raise ValueError(f"config {path} is not valid YAML: {exc}") from None
+    if raw is None:  # an empty or truncated file is a mistake, never "every default" (a purge policy's among them)
+        raise ValueError(f"config {path} is empty; write its fields (every default: an empty mapping, {{}})")
     if not isinstance(raw, dict):
         raise ValueError(f"config {path} must be a mapping of fields, got {type(raw).__name__}")
     try:

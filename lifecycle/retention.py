@@ -59,6 +59,10 @@ RESTING: frozenset[VersionStatus] = frozenset({S.REJECTED, S.ROLLED_BACK, S.ARCH
 Action = Literal["keep", "retire", "done"]
 
 
+#: The longest period a policy may name: dates further back than this fall out of Python's calendar (year 1).
+MAX_DAYS = 36_500
+
+
 class RetentionPolicy(Frozen):
     """``configs/retention.yaml``: what one model keeps. Aliased, split and rollout versions always stay."""
 
@@ -87,6 +91,9 @@ class RetentionPolicy(Frozen):
         if value is not None and not value >= 1:
             raise ValueError(f"prediction_log_days is {value}: give at least 1 day (e.g. 90), or null to keep the "
                              "log for ever; the drift monitor and running rollouts read the recent log")
+        if value is not None and not value <= MAX_DAYS:
+            raise ValueError(f"prediction_log_days is {value}: at most {MAX_DAYS} days (a hundred years); "
+                             "null keeps the log for ever")
         return value
 
     @field_validator("retire_after_days")
@@ -96,6 +103,8 @@ class RetentionPolicy(Frozen):
         if not value > 0:
             raise ValueError(f"retire_after_days is {value}: give a positive number of days (e.g. 30); "
                              "retiring at once would remove versions still under investigation")
+        if not value <= MAX_DAYS:
+            raise ValueError(f"retire_after_days is {value}: at most {MAX_DAYS} days (a hundred years)")
         return value
 
 

@@ -236,12 +236,19 @@ def decide_by_person(state: RolloutState, plan: RolloutPlan, *, approve: bool, r
                   [reason], now)
 
 
-def abort(state: RolloutState, plan: RolloutPlan, *, reason: str, now: str) -> tuple[RolloutState, list[Effect]]:
-    """An operator stops the rollout: champion's full traffic first; the candidate is NOT marked rejected."""
+def abort(state: RolloutState, plan: RolloutPlan | None, *, reason: str,
+          now: str) -> tuple[RolloutState, list[Effect]]:
+    """An operator stops the rollout: champion's full traffic first; the candidate is NOT marked rejected.
+
+    ``plan`` only names the stage; without it the stage is named by its index, as :func:`pin` does: stopping must
+    not depend on finding the plan file the rollout started with."""
     if state.terminal:
         return state, []
-    _check_plan(state, plan)
-    stage = plan.stages[state.stage_index].name
+    if plan is None:
+        stage = f"stage-{state.stage_index}"
+    else:
+        _check_plan(state, plan)
+        stage = plan.stages[state.stage_index].name
     new = _with_entry(state, stage, "abort", [reason], now, phase="aborted")
     return new, [SetSplit(split=champion_only(state)), MoveChallenger(model=state.model, version=None),
                  Emit(event="slm.rollout.aborted", stage=stage)]

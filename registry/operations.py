@@ -34,8 +34,21 @@ def pin_champion(registry: Registry, model: str, *, actor: str, reason: str,
                      reason=f"pin: {reason}")
 
 
+class RolloutRunning(ValueError):
+    """An operator action that would fight a rollout in progress (its flow sets the split from its own champion)."""
+
+
 def promote(registry: Registry, model: str, number: int, *, actor: str, reason: str) -> TrafficSplit:
-    """Make ``number`` champion (the old one becomes ``previous``), then send it all traffic."""
+    """Make ``number`` champion (the old one becomes ``previous``), then send it all traffic.
+
+    Refused while a rollout of the model is unfinished: the rollout would keep setting the split from the champion
+    it started with. Refused too when the version's files are missing or damaged (the check a gateway would make
+    when loading it), before anything moves."""
+    running = active_rollout(registry.store, model)
+    if running is not None:
+        raise RolloutRunning(f"{model} has a rollout of v{running.candidate} in progress ({running.phase}, stage "
+                             f"{running.stage_index}); abort it first (slm rollout abort --reason ...)")
+    registry.version_dir(registry.store.get_version(model, number))  # ArtifactIntegrityError names what is wrong
     registry.store.promote(model, number, actor=actor, reason=reason)
     split = set_split(registry.store, TrafficSplit(model=model, champion=number), actor=actor,
                       reason=f"promote: {reason}")
@@ -43,11 +56,18 @@ def promote(registry: Registry, model: str, number: int, *, actor: str, reason: 
     return split
 
 
-def rollback(registry: Registry, model: str, *, actor: str, reason: str) -> tuple[int, int]:
-    """Back to the previous champion: traffic first, then aliases and the demoted version's status."""
+def rollback(registry: Registry, model: str, *, actor: str, reason: str,
+             emit: Emitter = _no_events) -> tuple[int, int]:
+    """Back to the previous champion: traffic first, then aliases and the demoted version's status.
+
+    A rollout in progress is aborted first, in the same decision (it would otherwise keep setting the split from
+    the champion being rolled back): the 3 a.m. rollback must not wait for another command."""
     previous = registry.store.get_alias(model, "previous")
     if previous is None:
         raise NotFoundError(f"{model} has no previous champion to roll back to")
+    running = active_rollout(registry.store, model)
+    if running is not None:
+        rollout_exec.stop(registry.store, running, None, reason=f"rollback: {reason}", actor=actor, emit=emit)
     set_split(registry.store, TrafficSplit(model=model, champion=previous), actor=actor,
               reason=f"rollback: {reason}")
     moved = registry.store.rollback_champion(model, actor=actor, reason=reason)

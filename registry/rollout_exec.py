@@ -132,13 +132,9 @@ def begin(store: RegistryStore, model: str, candidate: int, plan: RolloutPlan, *
     """
     stored = get_rollout(store, model, candidate)
     if stored is None or stored.phase == "aborted":  # an operator's abort may be retried from the start
-        status = store.get_version(model, candidate).status  # NotFoundError names a missing version
-        if status is not VersionStatus.CANDIDATE:
-            raise RolloutRefused(f"{model}:v{candidate} is {status}; only a candidate (a version that passed "
-                                 "the offline gate) can be rolled out")
+        if (refused := refusal(store, model, candidate)) is not None:
+            raise RolloutRefused(refused)
         champion = store.get_alias(model, Alias.CHAMPION)
-        if champion is None:
-            raise RolloutRefused(f"{model} has no champion to compare v{candidate} with; promote one first")
         state, effects = start(model, candidate, champion, plan, _iso(store.clock()))
         state = state.model_copy(update={"pending": effects, "flow_run_id": flow_run_id})
         # resume=False: no unfinished row was there a moment ago, so one there now is a concurrent start's.
@@ -159,6 +155,21 @@ def begin(store: RegistryStore, model: str, candidate: int, plan: RolloutPlan, *
             # them out again, idempotent). That run is alive and drives the rollout from here.
             raise RolloutInProgress(current) from None
         raise
+
+
+def refusal(store: RegistryStore, model: str, candidate: int) -> str | None:
+    """Why a rollout of ``model:v<candidate>`` cannot start (None: it can, or a stored one resumes). NotFoundError
+    names a missing version."""
+    stored = get_rollout(store, model, candidate)
+    if stored is not None and stored.phase != "aborted":
+        return None  # begin() resumes it, or returns it as it finished
+    status = store.get_version(model, candidate).status
+    if status is not VersionStatus.CANDIDATE:
+        return (f"{model}:v{candidate} is {status}; only a candidate (a version that passed the offline gate) can be "
+                "rolled out")
+    if store.get_alias(model, Alias.CHAMPION) is None:
+        return f"{model} has no champion to compare v{candidate} with; promote one first"
+    return None
 
 
 def stage_window(state: RolloutState, now: datetime, settle_s: float) -> tuple[datetime, datetime]:
@@ -235,7 +246,7 @@ def current(store: RegistryStore, model: str, candidate: int) -> RolloutState:
     return state
 
 
-def stop(store: RegistryStore, state: RolloutState, plan: RolloutPlan, *, reason: str, actor: str,
+def stop(store: RegistryStore, state: RolloutState, plan: RolloutPlan | None, *, reason: str, actor: str,
          emit: Emitter) -> RolloutState:
     """An operator aborts the rollout: the champion's full traffic first; the candidate is not rejected."""
     after, effects = abort(state, plan, reason=reason, now=_iso(store.clock()))

@@ -306,8 +306,10 @@ class RegistryStore:
             return self._audit(conn, actor, action, subject, payload)
 
     def audit_events(self) -> list[AuditEvent]:
+        """Every event in order; a row edited past parsing comes back as a stand-in (:func:`is_unreadable`), so
+        the log can still be read where it matters most, after tampering (``verify_audit`` reports it)."""
         with self.engine.connect() as conn:
-            return [_event(r) for r in conn.execute(select(t.audit_events).order_by(t.audit_events.c.seq))]
+            return [_read_event(r) for r in conn.execute(select(t.audit_events).order_by(t.audit_events.c.seq))]
 
     def audit_head(self) -> ChainHead | None:
         with self.engine.connect() as conn:
@@ -342,6 +344,18 @@ def _version(row, reports: list[EvalReport]) -> ModelVersion:
         artifact_uri=row.artifact_uri, prompt_format=row.prompt_format, reason=row.reason,
         lineage=Lineage.model_validate_json(row.lineage_json) if row.lineage_json else None,
         evals=reports, files=json.loads(row.files_json))
+
+
+def _read_event(row) -> AuditEvent:
+    try:
+        return _event(row)
+    except ValueError:  # a payload edited into non-JSON, a seq below 1, a ts that is not text
+        return _unreadable_event(row)
+
+
+def is_unreadable(event: AuditEvent) -> bool:
+    """A stand-in for a row that could not be read back (its payload holds only the raw text)."""
+    return set(event.payload) == {"unreadable"}
 
 
 def _unreadable_event(row) -> AuditEvent:

@@ -21,7 +21,7 @@ from lifecycle.gate import Interval
 from lifecycle.records import ModelVersion
 from lifecycle.rollout_state import TERMINAL
 from lifecycle.status import Alias, VersionStatus
-from registry.store import RegistryStore
+from registry.store import RegistryStore, is_unreadable
 from reporting.drift import drift_points
 from reporting.records import (
     AuditStatus,
@@ -45,7 +45,8 @@ class NothingToReport(LookupError):
 
 
 def _mine(events: list[AuditEvent], model: str) -> list[AuditEvent]:
-    return [e for e in events if e.subject == model or e.subject.startswith(f"{model}:")]
+    """The model's events; rows edited past reading are left out here (the report's audit section names them)."""
+    return [e for e in events if (e.subject == model or e.subject.startswith(f"{model}:")) and not is_unreadable(e)]
 
 
 def _scores(version: ModelVersion) -> list[BenchmarkScore]:

@@ -39,12 +39,18 @@ def promote_cmd(ref: Annotated[str, typer.Argument(help="MODEL:vN to make champi
 
 
 def rollback_cmd(reason: Reason, model: Annotated[str | None, typer.Option(help="model name")] = None) -> None:
-    """Instant rollback to the previous champion: its traffic first, then the aliases."""
-    from registry import operations
+    """Instant rollback to the previous champion: its traffic first, then the aliases; a rollout in progress is
+    aborted first."""
+    from slm_cli.flows_cmd import prefect_env
 
     _check(reason)
+    prefect_env()
+    from registry import operations
+    from tasks.rollout import emit_rollout_event
+
     with _registry() as reg:
-        restored, demoted = operations.rollback(reg, model or reg.default_model, actor=_actor(), reason=reason)
+        restored, demoted = operations.rollback(reg, model or reg.default_model, actor=_actor(), reason=reason,
+                                                emit=emit_rollout_event)
     console.print(f"[yellow]↩[/yellow] v{restored} is champion again with all traffic; v{demoted} is rolled_back")
 
 

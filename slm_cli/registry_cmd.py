@@ -15,16 +15,37 @@ audit_app = typer.Typer(help="The hash-chained audit log of every decision.", no
 console = make_console()
 
 
+def _failed(exc: BaseException) -> str:
+    """One line (or a few) for an error a user can act on, without the traceback."""
+    from pydantic import ValidationError
+    from sqlalchemy.exc import SQLAlchemyError
+
+    if isinstance(exc, ValidationError):  # the settings (SLM_* variables)
+        return "; ".join(f"{'.'.join(map(str, e['loc'])) or exc.title}: {e['msg']}" for e in exc.errors())
+    if isinstance(exc, SQLAlchemyError):
+        cause = getattr(exc, "orig", None) or exc
+        return f"the registry database failed: {type(cause).__name__}: {str(cause).splitlines()[0]}"
+    return str(exc)
+
+
 @contextmanager
 def _registry():
+    from pydantic import ValidationError
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from registry.artifacts import ArtifactIntegrityError
     from registry.service import open_registry
     from registry.store import NotFoundError
 
-    reg = open_registry()
+    try:
+        reg = open_registry()
+    except (ValidationError, SQLAlchemyError, OSError, ValueError) as exc:
+        console.print(f"[red]error:[/red] cannot open the registry: {_failed(exc)}")
+        raise typer.Exit(2) from None
     try:
         yield reg
-    except (NotFoundError, ValueError) as exc:
-        console.print(f"[red]error:[/red] {exc}")
+    except (NotFoundError, ValueError, ArtifactIntegrityError, OverflowError, SQLAlchemyError) as exc:
+        console.print(f"[red]error:[/red] {_failed(exc)}")
         raise typer.Exit(2) from None
     finally:
         reg.close()
@@ -130,14 +151,22 @@ def verify(as_json: bool = typer.Option(False, "--json")) -> None:
 
 
 @audit_app.command("log")
-def log(limit: int = typer.Option(20, help="newest N events"), as_json: bool = typer.Option(False, "--json")) -> None:
+def log(limit: int = typer.Option(20, min=1, help="newest N events"),
+        as_json: bool = typer.Option(False, "--json")) -> None:
     """Print the newest audit events."""
     with _registry() as reg:
         events = reg.store.audit_events()[-limit:]
     if as_json:
         print(json.dumps([e.model_dump() for e in events], indent=2))
         return
+    from rich.markup import escape
+
+    from registry.store import is_unreadable
+
     table = Table("seq", "when", "actor", "action", "subject", "payload")
     for e in events:
-        table.add_row(str(e.seq), e.ts[:19], e.actor, e.action, e.subject, json.dumps(e.payload)[:80])
+        payload = (f"[red]unreadable: edited[/red] {escape(e.payload['unreadable'][:60])}" if is_unreadable(e)
+                   else escape(json.dumps(e.payload)[:80]))
+        table.add_row(escape(str(e.seq)), escape(e.ts[:19]), escape(e.actor), escape(e.action), escape(e.subject),
+                      payload)
     console.print(table)

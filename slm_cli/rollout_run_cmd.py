@@ -30,8 +30,19 @@ def run_cmd(ref: Ref, plan: Plan = "configs/rollout.yaml",
     """Run (or resume) the rollout flow of a candidate here, against the gateways that share the registry."""
     prefect_env()
     from flows.rollout import rollout
-    from tasks.rollout import RolloutParams
+    from registry import rollout_exec
+    from registry.store import NotFoundError
+    from tasks.rollout import RolloutParams, read_plan
 
+    try:  # what the flow would refuse, refused here in one line (the flow run would log tracebacks first)
+        read_plan(plan)
+        with _registry() as reg:
+            refused = rollout_exec.refusal(reg.store, *reg.resolve(ref))
+    except (ValueError, FileNotFoundError, NotFoundError) as exc:
+        refused = str(exc)
+    if refused is not None:
+        console.print(f"[red]error:[/red] {refused}")
+        raise typer.Exit(2)
     outcome = rollout(RolloutParams(version=ref, plan=plan, look_interval_s=look_interval, settle_s=settle,
                                     approval_timeout_s=approval_timeout))
     colour = {"promoted": "green", "rolled_back": "red"}.get(outcome.phase, "yellow")
@@ -86,6 +97,10 @@ def _answer(ref: str | None, model: str | None, approve: bool, reviewer: str | N
     answer = Approval(approve=approve, reviewer=reviewer or getpass.getuser(), comment=comment)
     try:
         done = send_answer(state.model, state.candidate, answer, read_plan(plan))
+    except FileNotFoundError as exc:
+        console.print(f"[red]error:[/red] {exc}; this rollout runs plan {state.plan_name!r} v{state.plan_version}: "
+                      "pass that file with --plan")
+        raise typer.Exit(1) from None
     except ValueError as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(1) from None
@@ -113,7 +128,9 @@ def reject_cmd(ref: Version = None, model: Model = None, reviewer: Reviewer = No
 
 
 @rollout_app.command("abort")
-def abort_cmd(reason: Reason, ref: Version = None, model: Model = None, plan: Plan = "configs/rollout.yaml") -> None:
+def abort_cmd(reason: Reason, ref: Version = None, model: Model = None,
+              plan: Annotated[str | None, typer.Option(help="the rollout's plan (YAML), only to name its stage "
+                                                        "in the record; not needed")] = None) -> None:
     """Stop a rollout now: all traffic back to the champion; the candidate stays a candidate."""
     _check(reason)
     prefect_env()
@@ -121,8 +138,12 @@ def abort_cmd(reason: Reason, ref: Version = None, model: Model = None, plan: Pl
     from tasks.rollout import emit_rollout_event, read_plan
 
     state = _state(model, ref)
-    with _registry() as reg:
-        state = rollout_exec.stop(reg.store, state, read_plan(plan), reason=reason, actor=_actor(),
-                                  emit=emit_rollout_event)
+    try:
+        with _registry() as reg:
+            state = rollout_exec.stop(reg.store, state, read_plan(plan) if plan else None, reason=reason,
+                                      actor=_actor(), emit=emit_rollout_event)
+    except (ValueError, FileNotFoundError) as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
     console.print(f"[yellow]■[/yellow] rollout of {state.model}:v{state.candidate} {state.phase}; all traffic to "
                   f"v{state.champion}")

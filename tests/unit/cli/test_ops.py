@@ -67,3 +67,84 @@ def test_pin_and_refusals(home):
     assert empty.exit_code == 2 and "--reason must say why" in empty.output
     missing = run("promote", "intent-router:v2")
     assert missing.exit_code != 0
+
+
+def _rollout_of_v3(reg):
+    """v2 champion (v1 previous), and a rollout of a third version started with the demo plan."""
+    from registry import rollout_exec
+    from tasks.rollout import read_plan
+
+    reg.register("intent-router", staged=None, status=VersionStatus.CANDIDATE, reason="r", actor="t",
+                 lineage=LINEAGE, evals=[], task="banking77")
+    reg.store.promote("intent-router", 2, actor="t", reason="second")
+    return rollout_exec.begin(reg.store, "intent-router", 3, read_plan("configs/rollout-demo.yaml"), actor="t",
+                              emit=lambda *a: None)
+
+
+def test_promote_and_rollback_never_fight_a_rollout(home):
+    from registry.rollouts import active_rollout, get_rollout
+    from registry.traffic import get_split
+
+    with registry() as reg:
+        started = _rollout_of_v3(reg)
+        assert started.champion == 2 and get_split(reg.store, "intent-router").shadow == 3  # stage 0: shadow
+    refused = run("promote", "intent-router:v1", "--reason", "by hand")
+    assert refused.exit_code == 2 and "rollout of v3 in progress" in refused.output
+    with registry() as reg:
+        assert reg.store.aliases("intent-router")["champion"] == 2  # nothing moved
+    # The rollback aborts the rollout in the same decision: it would otherwise set the split back to v2.
+    result = run("rollback", "--reason", "v2 is failing")
+    assert result.exit_code == 0, result.output
+    with registry() as reg:
+        assert active_rollout(reg.store, "intent-router") is None
+        assert get_rollout(reg.store, "intent-router", 3).phase == "aborted"
+        split = get_split(reg.store, "intent-router")
+        assert (split.champion, split.challenger, split.shadow) == (1, None, None)
+        assert reg.store.aliases("intent-router")["champion"] == 1
+        assert reg.store.verify_audit().ok
+
+
+def test_a_rollout_is_aborted_without_its_plan_file(home):
+    from registry.rollouts import get_rollout
+
+    with registry() as reg:
+        _rollout_of_v3(reg)
+    result = run("rollout", "abort", "--reason", "stop it")  # started with rollout-demo.yaml, not the default
+    assert result.exit_code == 0, result.output
+    with registry() as reg:
+        state = get_rollout(reg.store, "intent-router", 3)
+    assert state.phase == "aborted" and state.history[-1].stage == "stage-0"
+    refused = run("rollout", "run", "intent-router:v9", "--plan", "configs/rollout-demo.yaml")
+    assert refused.exit_code == 2 and "v9" in refused.output and "Traceback" not in refused.output
+    missing = run("rollout", "run", "intent-router:v3", "--plan", "configs/nonexistent.yaml")
+    assert missing.exit_code == 2 and "does not exist" in missing.output
+
+
+def test_a_version_whose_files_are_gone_is_not_promoted(home):
+    import shutil
+
+    from registry.traffic import get_split
+
+    with registry() as reg:
+        shutil.rmtree(reg.version_dir(reg.store.get_version("intent-router", 2)))
+    result = run("promote", "intent-router:v2", "--reason", "hotfix")
+    assert result.exit_code == 2 and "missing" in result.output
+    with registry() as reg:
+        assert reg.store.aliases("intent-router") == {"champion": 1} and get_split(reg.store, "intent-router") is None
+
+
+def test_registry_errors_are_one_line_and_an_edited_event_is_still_listed(home, monkeypatch):
+    from sqlalchemy import text
+
+    with registry() as reg, reg.store.engine.begin() as conn:
+        conn.execute(text("UPDATE audit_events SET payload = 'not json' WHERE seq = 2"))
+    listed = run("audit", "log", "--limit", "50")
+    assert listed.exit_code == 0 and "unreadable: edited" in listed.output
+    assert run("audit", "verify").exit_code == 1
+    assert run("audit", "log", "--limit", "0").exit_code == 2  # not "every event"
+    monkeypatch.setenv("SLM_DATABASE_URL", "notaurl")
+    broken = run("registry", "list")
+    assert broken.exit_code == 2 and "cannot open the registry" in broken.output and "Traceback" not in broken.output
+    monkeypatch.delenv("SLM_DATABASE_URL")
+    huge = run("registry", "show", "intent-router:v99999999999999999999999")
+    assert huge.exit_code == 2 and "Traceback" not in huge.output

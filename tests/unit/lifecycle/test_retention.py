@@ -114,6 +114,21 @@ def test_the_shipped_policy_loads():
     assert policy.prediction_log_days == 90
 
 
+def test_an_empty_policy_file_is_refused_not_read_as_the_defaults(tmp_path):
+    """A truncated policy must not purge by the defaults: an empty file is an error, ``{}`` asks for them."""
+    from lifecycle.config import load_yaml_config
+
+    for empty in ("", "\n", "---\n", "# only a comment\n"):
+        (tmp_path / "p.yaml").write_text(empty)
+        with pytest.raises(ValueError, match="is empty"):
+            load_yaml_config(RetentionPolicy, tmp_path / "p.yaml")
+    (tmp_path / "p.yaml").write_text("{}\n")
+    assert load_yaml_config(RetentionPolicy, tmp_path / "p.yaml") == RetentionPolicy()
+    for field in ("prediction_log_days", "retire_after_days"):
+        with pytest.raises(ValueError, match="at most 36500 days"):
+            RetentionPolicy(**{field: 1e6})
+
+
 # -- the prediction log (the module docstring's example: 90 days, now = day 100) ------------------------------
 
 def test_the_log_keeps_the_policys_days_and_a_running_rollouts_window():
