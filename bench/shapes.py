@@ -11,9 +11,9 @@ Shapes:
   For dry runs and unit-sized checks.
 - ``demo``: the shape of ``configs/base_model.yaml`` (~1.2M parameters). The pretrained demo base from
   ``.slm/cache`` when one is there (what ``make demo`` serves and retrains), else random init.
-- ``small-4m``, ``small-8m``, ``small-12m``: between the two (hidden 256/320/384, 4/6/6 layers, MLP 512/768/1024,
-  the 2,000-token vocabulary; ~3.6M, ~8.2M, ~12.2M parameters), random init: where the auto backend's stacked pass
-  stops paying (``STACK_MAX_PARAMS``, bench/mixed_batches.py).
+- ``small-2m``, ``small-4m``, ``small-8m``, ``small-12m``: between the two (hidden 192/256/320/384, 4/4/6/6 layers,
+  MLP 384/512/768/1024, the 2,000-token vocabulary; ~2.2M, ~3.6M, ~8.2M, ~12.2M parameters), random init:
+  where the auto backend's stacked pass stops paying (``STACK_MAX_PARAMS``, bench/mixed_batches.py).
 - ``smollm2-135m``: SmolLM2-135M's shape (hidden 576, 30 layers, 9 heads, 3 KV heads, MLP 1536, vocabulary
   49,152, tied embeddings, RoPE theta 100,000), random init. The byte-level BPE tokenizer uses only the first
   2,000 ids; the other rows of the embedding and output head still cost what they cost in the real model.
@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-SHAPE_NAMES = ("tiny", "demo", "small-4m", "small-8m", "small-12m", "smollm2-135m")
+SHAPE_NAMES = ("tiny", "demo", "small-2m", "small-4m", "small-8m", "small-12m", "smollm2-135m")
 TOKENIZER_VOCAB = 2000
 MAX_LENGTH = 192  # the demo base's tokenizer limit: longest BANKING77 row is ~150 tokens
 
@@ -51,6 +51,8 @@ class Shape:
 SHAPES = {
     "tiny": Shape(hidden=64, intermediate=128, layers=2, heads=4, kv_heads=4, vocab=None, tie=False, positions=256),
     "demo": Shape(hidden=128, intermediate=256, layers=4, heads=4, kv_heads=4, vocab=None, tie=False, positions=256),
+    "small-2m": Shape(hidden=192, intermediate=384, layers=4, heads=4, kv_heads=4, vocab=None, tie=False,
+                      positions=256),
     "small-4m": Shape(hidden=256, intermediate=512, layers=4, heads=4, kv_heads=4, vocab=None, tie=False,
                       positions=256),
     "small-8m": Shape(hidden=320, intermediate=768, layers=6, heads=5, kv_heads=5, vocab=None, tie=False,

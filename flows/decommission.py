@@ -8,8 +8,8 @@ under the registry lock (refusing, and auditing the refusal, if the plan went st
 gateway replica (split revision bump), writes its tombstone, archives or deletes its weights, and marks it
 ``decommissioned``. A run killed midway is completed by the next run. Then the prediction log: the answers logged
 before the policy's cutoff (``prediction_log_days``, held back to a running rollout's start and to the drift
-monitor's pinned reference window; ``plan_log_purge``) are deleted with the feedback on them, in batches, and the
-count audited (``predictions.purged``).
+monitor's pinned reference window; ``plan_log_purge``) are deleted with the feedback on them, in batches: the
+intent audited first (``predictions.purge_started``), the count after (``predictions.purged``).
 
 Inputs: ``model`` (default: SLM_MODEL_NAME), ``policy_path`` (``configs/retention.yaml``, relative to the
 project root), ``dry_run`` (plan and report only: nothing changes, nothing is audited), ``monitor_policy``
@@ -18,8 +18,8 @@ project root), ``dry_run`` (plan and report only: nothing changes, nothing is au
 Outputs: :class:`DecommissionOutcome`; a table artifact ``decommission-<model>`` listing every version with
 its action (keep, retire(d), refused, done) and reasons, plus a summary; the event
 ``slm.version.decommissioned`` (resource ``slm.model.<model>``, payload ``version: MODEL:vN``) per retired
-version; audit events ``retention.planned`` (with the log's cutoff and the rows due), each retirement step and
-``predictions.purged``.
+version; audit events ``retention.planned`` (with the log's cutoff and the rows due), each retirement step,
+``predictions.purge_started`` and ``predictions.purged``.
 
 Run it:  ``slm decommission [--model NAME] [--policy FILE] [--dry-run] [--json]``, or deploy with
 ``prefect --no-prompt deploy --all`` (scheduled deployment ``decommission/decommission``).

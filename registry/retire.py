@@ -139,11 +139,16 @@ def retire_version(registry: Registry, model: str, number: int, *, policy: Reten
         _bump_split(store, model, actor=actor, reason=f"{ref} retired: replicas unload it")
     _tombstone(registry, model, number, "retiring", policy, actor, reason)
     steps.append("tombstone")
+    verb = "archived" if policy.artifacts == "archive" else "deleted"
+    done = f"version.weights.{verb}"
+    # A run killed after moving the weights and before auditing it leaves them gone and no record; the re-run
+    # finds nothing to move, so it writes the record then (noting it), once.
+    recorded = any(e.action == done and e.subject == ref for e in store.audit_events())
     moved = _remove_weights(registry, model, number, policy.artifacts)
-    if moved:
-        verb = "archived" if policy.artifacts == "archive" else "deleted"
-        store.append_audit(actor=actor, action=f"version.weights.{verb}", subject=ref, payload={
-            **context, "archive_uri": _archive_uri(registry, model, number) if verb == "archived" else None})
+    if moved or not recorded:
+        store.append_audit(actor=actor, action=done, subject=ref, payload={
+            **context, "archive_uri": _archive_uri(registry, model, number) if verb == "archived" else None,
+            **({} if moved else {"note": "done by an earlier run that stopped before recording it"})})
         steps.append(f"weights {verb}")
     if status is not S.DECOMMISSIONED:
         store.set_status(model, number, S.DECOMMISSIONED, actor=actor, reason=reason)

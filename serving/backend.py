@@ -23,14 +23,16 @@ Four ways to serve several versions of one base model (``adapter_mode``):
   through its plain copy. A mixed batch takes the cheapest of three ways, by thresholds measured on the
   1.2M-parameter demo model (CPU, 1 thread, CPU time per batch, the same rows every way; bench/RESULTS.md
   "Two live versions"):
-  * stacked, on models of at most ``stack_max_params`` parameters (default ``STACK_MAX_PARAMS``, 8M): when every
+  * stacked, on models of at most ``stack_max_params`` parameters (default ``STACK_MAX_PARAMS``, 4M): when every
     version of the batch has full weights (the home, or a merged copy) and padding its version groups to equal
     size adds at most ``STACK_MAX_PADDING`` (15 %) of its rows (each group is padded with repeats of its own last
     row, whose answers are dropped), one pass in which every Linear the versions' adapters touch is ONE batched
     matmul over the versions' stacked weights, each group of rows on its own (serving.fused_lora): one call where
     the fused delta takes five. Stacked / fused: 0.87-0.93 at 2+2 to 16+16 rows, 0.92-0.96 with 9-14 % padding
     (6+5, 5+4, 4+3, 9+7), 0.98-1.02 at 17-25 % (7+5, 3+2, 5+3). It reads every version's weights, so it pays
-    only where calls, not weight reads, are the cost: small models. Memory: per set of versions served together,
+    only where calls, not weight reads, are the cost: small models (bench/mixed_batches.py --compare stack, random
+    init models of 2.2-12.2M parameters: 2+2 and 4+4 groups 0.92-0.96 at 2.2M, 0.97 at 3.6M, 1.04-1.15 from 8.2M;
+    8+8 0.76-0.91 at every size, against the split; bench/RESULTS.md). Memory: per set of versions served together,
     one more copy of each version's adapted layers (the stacks, kept until the home or the set of versions changes),
     counted with the merged copies in ``merged_memory_limit_mb``: a stack that would not fit is not built, and the
     batch takes the fused pass.
@@ -40,7 +42,8 @@ Four ways to serve several versions of one base model (``adapter_mode``):
     the rows themselves, the prompt cache is copied out to the padded layout once, and each step is stacked, where
     a padding row costs next to nothing. Against the fused pass, CPU per batch (bench/mixed_batches.py: same rows,
     8 batches a shape, min of 3): 0.94 at 3+1 and 1+3, 0.91 at 2+1, 0.94 at 5+3 and 5+2, 0.97 at 6+2; at 7+1, 12+4
-    and 14+2 (75 % padding, or more than 16 rows a step) 1.02-1.06, hence the limits.
+    and 14+2 (75 % padding, or more than 16 rows a step) 1.02-1.06, hence the limits. Only on models of at most
+    ``STACK_MAX_DECODE_PARAMS`` (2M): 0.96-1.02 at 2.2M parameters, 1.06-1.19 from 3.6M.
     It needs one-token stops (``_single_token_stops``); with a multi-token stop string such groups take the fused
     pass;
   * split, when the batch has more than ``STACK_MAX_ROWS`` (16) rows or cannot stack: each non-home version with
@@ -88,14 +91,16 @@ SPLIT_MIN_ROWS = 8
 #: Auto mode: a mixed batch runs as one stacked pass (module docstring) on models of at most STACK_MAX_PARAMS
 #: parameters, when padding its version groups to equal size adds at most STACK_MAX_PADDING of its rows; batches of
 #: more than STACK_MAX_ROWS rows split first where they can. Measured on the demo model (module docstring, "auto").
-STACK_MAX_PARAMS = 8_000_000
+STACK_MAX_PARAMS = 4_000_000
 STACK_MAX_PADDING = 0.15
 STACK_MAX_ROWS = 16
 #: Auto mode: a small mixed batch whose groups need more padding than STACK_MAX_PADDING, up to this share of its
 #: rows (and STACK_MAX_ROWS rows in all), reads its prompts in one fused pass and runs only its decode steps stacked
 #: (``_decode_stacked``): a padded row costs a whole prompt's work in the first, next to nothing in the second.
-#: Measured on the demo model (module docstring).
+#: Measured on the demo model (module docstring); only on models of at most STACK_MAX_DECODE_PARAMS parameters
+#: (random-init models: break-even at 2.2M, a loss from 3.6M).
 STACK_MAX_DECODE_PADDING = 0.5
+STACK_MAX_DECODE_PARAMS = 2_000_000
 
 
 def merged_model(base_dir: Path, adapter_dir: Path, device="cpu") -> object:
@@ -187,6 +192,8 @@ class InProcessBackend:
         self._copy_budget_mb = merged_memory_limit_mb if adapter_mode == "auto" else 0.0
         n_params = sum(p.numel() for p in self._model.parameters())
         self._stack = adapter_mode == "auto" and stack_max_params is not None and n_params <= stack_max_params
+        if n_params > STACK_MAX_DECODE_PARAMS:  # the decode-only stacking loses on bigger models (module docstring)
+            self.stack_max_decode_padding = 0.0
         self._stop_ids = self._single_token_stops()
         # _decode_stacked calls the model itself, with these (and needs one-token stops too).
         accepts = set(inspect.signature(self._model.forward).parameters)

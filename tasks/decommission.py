@@ -93,16 +93,26 @@ def plan_decommission(model: str | None, policy_path: str, dry_run: bool,
 
 @task(name="purge-prediction-log", cache_policy=NO_CACHE)
 def purge_log(plan: DecommissionPlan) -> PurgeOutcome | None:
-    """Delete the answers the policy no longer keeps (and the feedback on them); audited with the counts."""
+    """Delete the answers the policy no longer keeps (and the feedback on them); audited with the counts.
+
+    The purge deletes in batches, each its own transaction: so its intent is audited first
+    (``predictions.purge_started``, with the cutoff and the rows due), and a purge cut short by a crash is on
+    record even though its ``predictions.purged`` never comes (the next run's covers what is left)."""
     cutoff = plan.log_purge.cutoff
     if cutoff is None:
         return None
     with open_registry() as registry:
-        rows, feedback = PredictionStore(registry.store.engine).purge_before(plan.model, cutoff)
+        predictions = PredictionStore(registry.store.engine)
+        due = predictions.count(plan.model, before=cutoff)
+        policy = {"reasons": plan.log_purge.reasons, "policy": plan.policy.name,
+                  "policy_version": plan.policy.version}
+        if due:
+            registry.store.append_audit(actor=ACTOR, action="predictions.purge_started", subject=plan.model,
+                                        payload={"cutoff": cutoff.isoformat(), "rows_due": due, **policy})
+        rows, feedback = predictions.purge_before(plan.model, cutoff)
         if rows or feedback:
             registry.store.append_audit(actor=ACTOR, action="predictions.purged", subject=plan.model, payload={
-                "cutoff": cutoff.isoformat(), "rows": rows, "feedback": feedback, "reasons": plan.log_purge.reasons,
-                "policy": plan.policy.name, "policy_version": plan.policy.version})
+                "cutoff": cutoff.isoformat(), "rows": rows, "feedback": feedback, **policy})
     return PurgeOutcome(cutoff=cutoff, rows=rows, feedback=feedback)
 
 

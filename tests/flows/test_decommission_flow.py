@@ -156,6 +156,10 @@ def test_retires_what_the_policy_says_and_keeps_the_rest(world):
     with registry() as reg:
         [purged] = [e for e in reg.store.audit_events() if e.action == "predictions.purged"]
         assert (purged.subject, purged.payload["rows"], purged.payload["feedback"]) == (MODEL, OLD_ANSWERS, 2)
+        # The intent came first: a purge cut short between its batches is still on record.
+        [started] = [e for e in reg.store.audit_events() if e.action == "predictions.purge_started"]
+        assert started.seq < purged.seq and started.payload["rows_due"] == OLD_ANSWERS
+        assert started.payload["cutoff"] == purged.payload["cutoff"]
         assert planned.payload["prediction_log"]["rows_due"] == OLD_ANSWERS
 
     again = decommission(model=MODEL, policy_path=world)

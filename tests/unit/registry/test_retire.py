@@ -146,21 +146,24 @@ def test_refuses_a_version_something_still_needs(world, hold, number, message):
 
 
 def crash_in(monkeypatch, step):
-    """Kill the retirement at ``step``, once."""
+    """Kill the retirement at ``step``, once ("after-weights": once the weights moved, before it is audited)."""
     import registry.retire as retire_module
 
     target, name = {"bump": (retire_module, "_bump_split"), "tombstone": (tomb, "write_tombstone"),
-                    "weights": (tomb, "archive_weights"), "status": (RegistryStore, "set_status")}[step]
+                    "weights": (tomb, "archive_weights"), "after-weights": (tomb, "archive_weights"),
+                    "status": (RegistryStore, "set_status")}[step]
     original = getattr(target, name)
 
     def killed(*args, **kwargs):
         monkeypatch.setattr(target, name, original)
+        if step == "after-weights":
+            original(*args, **kwargs)
         raise KeyboardInterrupt(f"killed at {step}")
 
     monkeypatch.setattr(target, name, killed)
 
 
-@pytest.mark.parametrize("step", ["bump", "tombstone", "weights", "status"])
+@pytest.mark.parametrize("step", ["bump", "tombstone", "weights", "after-weights", "status"])
 def test_a_retirement_killed_at_any_step_is_completed_by_the_next_run(world, monkeypatch, clock, step):
     files = world.store.get_version("router", 2).files
     crash_in(monkeypatch, step)
@@ -180,6 +183,9 @@ def test_a_retirement_killed_at_any_step_is_completed_by_the_next_run(world, mon
     assert tomb.read_tombstone(root(world), "router", 2)["state"] == "decommissioned"
     assert not any(f.retiring for f in retention_inputs(world, "router").versions)
     assert world.store.verify_audit().ok
+    archived = [e for e in world.store.audit_events() if e.action == "version.weights.archived"]
+    assert len(archived) == 1  # the move is on record once, whichever run made it
+    assert ("note" in archived[0].payload) == (step == "after-weights")
 
 
 def test_retiring_again_changes_nothing(world):

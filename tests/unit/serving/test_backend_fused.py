@@ -362,6 +362,18 @@ def test_auto_stacks_small_mixed_batches_whose_groups_need_little_padding(auto, 
         assert not InProcessBackend(tiny_base_model[0], INTENT_V1, device="cpu", **off)._stack, off
 
 
+
+def test_decode_only_stacking_is_for_the_smallest_models(tiny_base_model, more_adapters, monkeypatch):
+    import serving.backend as backend_module
+
+    monkeypatch.setattr(backend_module, "STACK_MAX_DECODE_PARAMS", 1000)  # the tiny model is "bigger" than that
+    b = open_with(tiny_base_model[0], {k: more_adapters[k] for k in ("drift", "mixed")}, "auto")
+    pin(b, "drift")
+    assert b._stack and b.stack_max_decode_padding == 0
+    assert b._stack_groups(["mixed", "drift"] * 2) is not None  # equal groups still stack
+    assert b._stack_groups(["mixed"] * 3 + ["drift"]) is None  # unequal ones take the fused pass
+
+
 def test_stacks_count_in_the_memory_budget_and_one_past_it_is_not_built(auto, more_adapters, tiny_base_model,
                                                                          alone, prompts):
     pin(auto, "drift")
