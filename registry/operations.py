@@ -1,6 +1,7 @@
 """Operator actions for 3 a.m.: promote, roll back, pin all traffic to the champion. Each is audited with
-who did it and why, and moves traffic in the safe order: a rollback restores the champion's traffic
-FIRST (every gateway replica follows the split within a poll), then moves the aliases and records why."""
+who did it and why. Promote and rollback move the aliases and the traffic split in ONE commit (the split's
+record first), so a failure between them cannot leave the gateways serving a version the aliases do not name;
+the Hub's champion branch follows after the commit."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from registry.rollout_exec import Emitter
 from registry.rollouts import active_rollout
 from registry.service import Registry
 from registry.store import NotFoundError
-from registry.traffic import set_split
+from registry.traffic import set_split, write_split
 
 
 def _no_events(event: str, payload: dict[str, Any], event_id: UUID) -> None:
@@ -49,16 +50,17 @@ def promote(registry: Registry, model: str, number: int, *, actor: str, reason: 
         raise RolloutRunning(f"{model} has a rollout of v{running.candidate} in progress ({running.phase}, stage "
                              f"{running.stage_index}); abort it first (slm rollout abort --reason ...)")
     registry.version_dir(registry.store.get_version(model, number))  # ArtifactIntegrityError names what is wrong
-    registry.store.promote(model, number, actor=actor, reason=reason)
-    split = set_split(registry.store, TrafficSplit(model=model, champion=number), actor=actor,
-                      reason=f"promote: {reason}")
+    with registry.store._tx() as conn:  # aliases and split in one commit: a failure between them moves neither
+        registry.store._promote(conn, model, number, actor=actor, reason=reason)
+        split = write_split(registry.store, conn, TrafficSplit(model=model, champion=number), actor=actor,
+                            reason=f"promote: {reason}")
     registry.sync_champion(model, actor=actor)  # last: a Hub failure here leaves registry and traffic consistent
     return split
 
 
 def rollback(registry: Registry, model: str, *, actor: str, reason: str,
              emit: Emitter = _no_events) -> tuple[int, int]:
-    """Back to the previous champion: traffic first, then aliases and the demoted version's status.
+    """Back to the previous champion: the split, the aliases and the demoted version's status in one commit.
 
     A rollout in progress is aborted first, in the same decision (it would otherwise keep setting the split from
     the champion being rolled back): the 3 a.m. rollback must not wait for another command."""
@@ -68,8 +70,9 @@ def rollback(registry: Registry, model: str, *, actor: str, reason: str,
     running = active_rollout(registry.store, model)
     if running is not None:
         rollout_exec.stop(registry.store, running, None, reason=f"rollback: {reason}", actor=actor, emit=emit)
-    set_split(registry.store, TrafficSplit(model=model, champion=previous), actor=actor,
-              reason=f"rollback: {reason}")
-    moved = registry.store.rollback_champion(model, actor=actor, reason=reason)
+    with registry.store._tx() as conn:  # the split (recorded first) and the aliases in one commit
+        write_split(registry.store, conn, TrafficSplit(model=model, champion=previous), actor=actor,
+                    reason=f"rollback: {reason}")
+        moved = registry.store._rollback_champion(conn, model, actor=actor, reason=reason)
     registry.sync_champion(model, actor=actor)  # the Hub's champion branch follows, after the registry
     return moved

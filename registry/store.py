@@ -258,21 +258,26 @@ class RegistryStore:
         Returns the former champion.
         """
         with self._tx() as conn:
-            self._lock_model(conn, model)
-            champion = self._alias(conn, model, Alias.CHAMPION)
-            if expected_champion is not ... and champion != expected_champion:
-                raise ConcurrentChangeError(f"{model} champion is v{champion}, not v{expected_champion}: "
-                                            "another promotion won; nothing was changed")
-            if champion == number:
-                return champion
-            self._set_status(conn, model, number, VersionStatus.PROMOTED, actor=actor, reason=reason)
-            self._move(conn, model, Alias.CHAMPION, number, actor=actor, reason=reason)
-            if champion is not None:
-                self._move(conn, model, Alias.PREVIOUS, champion, actor=actor,
-                           reason=f"replaced as champion by v{number}")
-            if self._alias(conn, model, Alias.CHALLENGER) == number:
-                self._move(conn, model, Alias.CHALLENGER, None, actor=actor, reason="promoted to champion")
+            return self._promote(conn, model, number, actor=actor, reason=reason, expected_champion=expected_champion)
+
+    def _promote(self, conn: Connection, model: str, number: int, *, actor: str, reason: str,
+                 expected_champion: int | None | type[...] = ...) -> int | None:
+        """:meth:`promote` inside the caller's transaction."""
+        self._lock_model(conn, model)
+        champion = self._alias(conn, model, Alias.CHAMPION)
+        if expected_champion is not ... and champion != expected_champion:
+            raise ConcurrentChangeError(f"{model} champion is v{champion}, not v{expected_champion}: "
+                                        "another promotion won; nothing was changed")
+        if champion == number:
             return champion
+        self._set_status(conn, model, number, VersionStatus.PROMOTED, actor=actor, reason=reason)
+        self._move(conn, model, Alias.CHAMPION, number, actor=actor, reason=reason)
+        if champion is not None:
+            self._move(conn, model, Alias.PREVIOUS, champion, actor=actor,
+                       reason=f"replaced as champion by v{number}")
+        if self._alias(conn, model, Alias.CHALLENGER) == number:
+            self._move(conn, model, Alias.CHALLENGER, None, actor=actor, reason="promoted to champion")
+        return champion
 
     def rollback_champion(self, model: str, *, actor: str, reason: str) -> tuple[int, int]:
         """Instant rollback: ``previous`` becomes champion again, the demoted champion is ``rolled_back``.
@@ -280,16 +285,20 @@ class RegistryStore:
         One transaction under the model lock. Returns (restored champion, rolled-back version).
         """
         with self._tx() as conn:
-            self._lock_model(conn, model)
-            champion = self._alias(conn, model, Alias.CHAMPION)
-            previous = self._alias(conn, model, Alias.PREVIOUS)
-            if champion is None or previous is None:
-                raise NotFoundError(f"{model} has no previous champion to roll back to "
-                                    f"(champion v{champion}, previous {previous and f'v{previous}'})")
-            self._move(conn, model, Alias.CHAMPION, previous, actor=actor, reason=reason)
-            self._move(conn, model, Alias.PREVIOUS, None, actor=actor, reason=f"v{previous} restored as champion")
-            self._set_status(conn, model, champion, VersionStatus.ROLLED_BACK, actor=actor, reason=reason)
-            return previous, champion
+            return self._rollback_champion(conn, model, actor=actor, reason=reason)
+
+    def _rollback_champion(self, conn: Connection, model: str, *, actor: str, reason: str) -> tuple[int, int]:
+        """:meth:`rollback_champion` inside the caller's transaction."""
+        self._lock_model(conn, model)
+        champion = self._alias(conn, model, Alias.CHAMPION)
+        previous = self._alias(conn, model, Alias.PREVIOUS)
+        if champion is None or previous is None:
+            raise NotFoundError(f"{model} has no previous champion to roll back to "
+                                f"(champion v{champion}, previous {previous and f'v{previous}'})")
+        self._move(conn, model, Alias.CHAMPION, previous, actor=actor, reason=reason)
+        self._move(conn, model, Alias.PREVIOUS, None, actor=actor, reason=f"v{previous} restored as champion")
+        self._set_status(conn, model, champion, VersionStatus.ROLLED_BACK, actor=actor, reason=reason)
+        return previous, champion
 
     def alias_history(self, model: str, alias: Alias | str) -> list[AliasMove]:
         query = select(t.alias_history).where(t.alias_history.c.model == model,

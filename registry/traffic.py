@@ -39,25 +39,32 @@ def set_split(store: RegistryStore, split: TrafficSplit, *, actor: str, reason: 
     change landed since, nothing is written and :class:`ConcurrentChangeError` says so.
     """
     with store._tx() as conn:
-        store._lock_model(conn, split.model)
-        for number in split.live_versions:
-            status = store._status(conn, split.model, number)  # raises NotFoundError for an unknown version
-            if status in (VersionStatus.ARCHIVED, VersionStatus.DECOMMISSIONED):
-                raise ValueError(f"{split.model}:v{number} is {status} (retired): it cannot take traffic")
-        current = conn.execute(select(t.traffic_splits.c.revision, t.traffic_splits.c.split_json).where(
-            t.traffic_splits.c.model == split.model)).first()
-        revision = current.revision if current else None
-        if expected_revision is not ... and revision != expected_revision:
-            raise ConcurrentChangeError(f"{split.model} split is at revision {revision}, not {expected_revision}: "
-                                        "someone else changed it; re-read and decide again")
-        body = canonical_json(split.model_dump(exclude={"revision"}))
-        new = (revision or 0) + 1
-        values = {"split_json": body, "revision": new, "updated_at": store.clock()}
-        if current is None:
-            conn.execute(t.traffic_splits.insert().values(model=split.model, **values))
-        else:
-            conn.execute(update(t.traffic_splits).where(t.traffic_splits.c.model == split.model).values(**values))
-        store._audit(conn, actor, "traffic.split", split.model, {
-            "from": json.loads(current.split_json) if current else None, "to": json.loads(body),
-            "revision": new, "reason": reason})
+        return write_split(store, conn, split, actor=actor, reason=reason, expected_revision=expected_revision)
+
+
+def write_split(store: RegistryStore, conn, split: TrafficSplit, *, actor: str, reason: str,
+                expected_revision: int | None | type[...] = ...) -> TrafficSplit:
+    """:func:`set_split` inside the caller's transaction (``store._tx()``), so a split can move in one commit with
+    the aliases it follows (``registry.operations``)."""
+    store._lock_model(conn, split.model)
+    for number in split.live_versions:
+        status = store._status(conn, split.model, number)  # raises NotFoundError for an unknown version
+        if status in (VersionStatus.ARCHIVED, VersionStatus.DECOMMISSIONED):
+            raise ValueError(f"{split.model}:v{number} is {status} (retired): it cannot take traffic")
+    current = conn.execute(select(t.traffic_splits.c.revision, t.traffic_splits.c.split_json).where(
+        t.traffic_splits.c.model == split.model)).first()
+    revision = current.revision if current else None
+    if expected_revision is not ... and revision != expected_revision:
+        raise ConcurrentChangeError(f"{split.model} split is at revision {revision}, not {expected_revision}: "
+                                    "someone else changed it; re-read and decide again")
+    body = canonical_json(split.model_dump(exclude={"revision"}))
+    new = (revision or 0) + 1
+    values = {"split_json": body, "revision": new, "updated_at": store.clock()}
+    if current is None:
+        conn.execute(t.traffic_splits.insert().values(model=split.model, **values))
+    else:
+        conn.execute(update(t.traffic_splits).where(t.traffic_splits.c.model == split.model).values(**values))
+    store._audit(conn, actor, "traffic.split", split.model, {
+        "from": json.loads(current.split_json) if current else None, "to": json.loads(body),
+        "revision": new, "reason": reason})
     return split.model_copy(update={"revision": new})

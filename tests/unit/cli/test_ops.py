@@ -148,3 +148,18 @@ def test_registry_errors_are_one_line_and_an_edited_event_is_still_listed(home, 
     monkeypatch.delenv("SLM_DATABASE_URL")
     huge = run("registry", "show", "intent-router:v99999999999999999999999")
     assert huge.exit_code == 2 and "Traceback" not in huge.output
+
+
+def test_a_promotion_that_fails_midway_moves_neither_aliases_nor_traffic(home, monkeypatch):
+    import registry.operations as operations
+    from registry.traffic import get_split
+
+    def locked(*args, **kwargs):
+        raise ValueError("database is locked")  # after the aliases moved, inside the same transaction
+
+    monkeypatch.setattr(operations, "write_split", locked)
+    result = run("promote", "intent-router:v2", "--reason", "hotfix")
+    assert result.exit_code == 2 and "database is locked" in result.output
+    with registry() as reg:
+        assert reg.store.aliases("intent-router") == {"champion": 1} and get_split(reg.store, "intent-router") is None
+        assert reg.store.get_version("intent-router", 2).status is VersionStatus.CANDIDATE
