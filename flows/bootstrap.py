@@ -14,6 +14,7 @@ from prefect import flow
 from pydantic import BaseModel, Field, field_validator
 
 from lifecycle.hub_refs import parse_pinned
+from lifecycle.names import ModelName
 from lifecycle.settings import project_root
 from tasks.bootstrap import build_base, current_champion, prepare_task_data, register_v1, resolve_task
 from tasks.evaluation import remember_registered_answers
@@ -21,7 +22,7 @@ from tasks.report import publish_report
 
 
 class BootstrapParams(BaseModel):
-    model: str = Field(default="intent-router", description="registry name of the model")
+    model: ModelName = Field(default="intent-router", description="registry name of the model")
     task: str = Field(default="configs/task.yaml", description="task definition")
     base_model: str = Field(default="configs/base_model.yaml", description="base model config")
     hub_base: str | None = Field(default=None, description="Hub causal LM as v1's base, OWNER/NAME@<40-hex commit "

@@ -8,6 +8,7 @@ from typing import TypeVar
 import yaml
 from pydantic import BaseModel, Field, ValidationError, field_validator
 
+from lifecycle.names import ModelName
 from lifecycle.records import Frozen
 
 M = TypeVar("M", bound=BaseModel)
@@ -35,7 +36,7 @@ def load_yaml_config(cls: type[M], path: Path, **overrides: object) -> M:
 class RetrainConfig(Frozen):
     """``configs/retrain.yaml``: what one retrain run uses. Paths are relative to the project root."""
 
-    model: str = Field(default="intent-router", description="registry name of the model to retrain")
+    model: ModelName = Field(default="intent-router", description="registry name of the model to retrain")
     task: Path = Field(default=Path("configs/task.yaml"), description="task definition (labels, worlds)")
     recipe: Path = Field(default=Path("configs/recipe_lora.yaml"), description="LoRA hyperparameters")
     gate: Path = Field(default=Path("configs/gate.yaml"), description="offline gate policy")

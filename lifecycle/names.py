@@ -7,8 +7,9 @@ written ``MODEL:vN``. The model part may be left out (``v3``) when a default mod
 from __future__ import annotations
 
 import re
+from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import AfterValidator, BaseModel, ConfigDict
 
 _MODEL_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
 _REF_RE = re.compile(r"^(?:(?P<model>[^:]+):)?v(?P<number>[0-9]+)$")
@@ -21,6 +22,11 @@ def check_model_name(name: str) -> str:
             "starting with a letter or digit"
         )
     return name
+
+
+#: A field holding a model name (settings, configs, flow parameters): checked where it is read, so a name that
+#: could not be addressed as ``MODEL:vN``, or would escape the artifact folder, never reaches the registry.
+ModelName = Annotated[str, AfterValidator(check_model_name)]
 
 
 class VersionRef(BaseModel):

@@ -12,6 +12,8 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from lifecycle.names import ModelName
+
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -52,7 +54,7 @@ class Settings(BaseSettings):
     crash_after_s: float = Field(default=600, ge=90, description="`slm up`: a flow run with no heartbeat nor state "
                                  "change for this long is marked Crashed (Prefect's default heartbeat is every 180 s, "
                                  "the stack's every 30 s)")
-    model_name: str = Field(default="intent-router", description="the default model")
+    model_name: ModelName = Field(default="intent-router", description="the default model")
     torch_threads: int = Field(default=1, ge=1,
                                description="torch intra-op threads; 1 on 2 cores (FACTS.md: 2 collapse)")
 

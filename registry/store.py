@@ -25,6 +25,7 @@ from lifecycle.audit import (
     next_event,
     verify,
 )
+from lifecycle.names import check_model_name
 from lifecycle.records import AliasMove, EvalReport, Lineage, ModelVersion
 from lifecycle.status import INITIAL_STATUSES, Alias, VersionStatus, check_transition
 from registry import schema as t
@@ -118,6 +119,7 @@ class RegistryStore:
         """
         if status not in INITIAL_STATUSES:
             raise ValueError(f"a version is registered as candidate or rejected, not {status}")
+        check_model_name(model)  # the artifact paths and every MODEL:vN reference are built from it
         published: int | None = None
         try:
             with self._tx() as conn:

@@ -163,3 +163,16 @@ def test_a_promotion_that_fails_midway_moves_neither_aliases_nor_traffic(home, m
     with registry() as reg:
         assert reg.store.aliases("intent-router") == {"champion": 1} and get_split(reg.store, "intent-router") is None
         assert reg.store.get_version("intent-router", 2).status is VersionStatus.CANDIDATE
+
+
+def test_a_model_name_that_escapes_or_cannot_be_addressed_is_refused(home, monkeypatch):
+    with registry() as reg:
+        for bad in ("../../../escape", "Intent Router", "a:b"):
+            with pytest.raises(ValueError, match="invalid model name"):
+                reg.register(bad, staged=None, status=VersionStatus.CANDIDATE, reason="r", actor="t",
+                             lineage=LINEAGE, evals=[], task="banking77")
+        assert reg.store.models() == ["intent-router"]
+    assert not any(home.parent.glob("**/escape"))
+    monkeypatch.setenv("SLM_MODEL_NAME", "Intent-Router")
+    result = run("registry", "list")
+    assert result.exit_code == 2 and "invalid model name" in result.output and "Traceback" not in result.output
