@@ -23,6 +23,7 @@ from pathlib import Path
 
 import httpx
 
+from lifecycle.files import write_bytes_atomic
 from lifecycle.settings import get_settings, project_root
 
 POOL = "slm-local"
@@ -43,6 +44,13 @@ class StackRecord:
     gateway_url: str | None
     pids: dict[str, int] = field(default_factory=dict)
     logs: dict[str, str] = field(default_factory=dict)
+    #: each pid's start time (``/proc/<pid>/stat``): a pid the system reused for another process is not ours
+    started: dict[str, str] = field(default_factory=dict)
+
+    def running(self, name: str) -> bool:
+        """Is the process recorded as ``name`` still the one `slm up` started?"""
+        pid = self.pids[name]
+        return _alive(pid) and (name not in self.started or _start_time(pid) in (None, self.started[name]))
 
 
 def run_dir() -> Path:
@@ -57,7 +65,26 @@ def record_path() -> Path:
 
 def read_record() -> StackRecord | None:
     path = record_path()
-    return StackRecord(**json.loads(path.read_text())) if path.is_file() else None
+    if not path.is_file():
+        return None
+    try:
+        return StackRecord(**json.loads(path.read_text()))
+    except (ValueError, TypeError) as exc:
+        raise StackError(f"{path} is damaged ({exc}); stop the stack's processes by hand (their logs are in "
+                         f"{path.parent}) and delete it") from None
+
+
+def _write_record(record: StackRecord) -> None:
+    write_bytes_atomic(record_path(), json.dumps(asdict(record), indent=2).encode())
+
+
+def _start_time(pid: int) -> str | None:
+    """The process's start time in clock ticks since boot (Linux); None where it cannot be read."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[19]  # field 22; the name in parentheses may hold spaces
 
 
 def _alive(pid: int) -> bool:
@@ -137,7 +164,9 @@ def _spawn(name: str, argv: list[str], env: dict[str, str], record: StackRecord)
     proc = subprocess.Popen(argv, cwd=project_root(), env=env, stdout=handle, stderr=subprocess.STDOUT,
                             start_new_session=True)
     record.pids[name], record.logs[name] = proc.pid, str(log)
-    record_path().write_text(json.dumps(asdict(record), indent=2))
+    if (started := _start_time(proc.pid)) is not None:
+        record.started[name] = started
+    _write_record(record)
     return proc
 
 
@@ -196,7 +225,7 @@ def up(*, prefect_port: int = 4200, gateway_port: int | None = 8000, worker: boo
     and the worker start in their own processes; one CLI start-up (~3-5 s on 2 busy cores) is not waited twice.
     """
     existing = read_record()
-    if existing and any(_alive(pid) for pid in existing.pids.values()):
+    if existing and any(existing.running(name) for name in existing.pids):
         raise StackError(f"a stack is already up (UI {existing.ui_url}); run `slm down` first")
     api_url = f"http://127.0.0.1:{prefect_port}/api"
     record = StackRecord(api_url=api_url, ui_url=f"http://127.0.0.1:{prefect_port}",
@@ -281,7 +310,7 @@ def down(*, status=print, timeout_s: float = 20.0) -> list[str]:
         return []
     stopped = []
     for name, pid in reversed(list(record.pids.items())):  # gateway and worker before the server
-        if not _alive(pid):
+        if not record.running(name):  # gone, or its pid now belongs to another process: not ours to signal
             continue
         try:
             os.killpg(pid, signal.SIGTERM)

@@ -36,8 +36,12 @@ def up_cmd(
 
 def down_cmd() -> None:
     """Stop what `slm up` started (by the pids it recorded)."""
-    from slm_cli.stack import down
+    from slm_cli.stack import StackError, down
 
-    stopped = down(status=lambda m: console.print(f"[yellow]↓[/yellow] {m}"))
+    try:
+        stopped = down(status=lambda m: console.print(f"[yellow]↓[/yellow] {m}"))
+    except StackError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
     if not stopped:
         console.print("nothing recorded as running")

@@ -76,3 +76,31 @@ def test_a_crash_window_shorter_than_three_heartbeats_is_refused_by_name(monkeyp
         get_settings()
     monkeypatch.setenv("SLM_CRASH_AFTER_S", "120")
     assert get_settings().crash_after_s == 120
+
+
+def test_down_signals_only_the_processes_up_started(tmp_path, monkeypatch):
+    """A recorded pid the system gave to another process (after a reboot or crash) is not stopped; a damaged
+    record is a clear error."""
+    import subprocess
+    import sys
+
+    from slm_cli import stack
+
+    monkeypatch.setenv("SLM_HOME", str(tmp_path))
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True)
+    try:
+        ours = stack.StackRecord(api_url="-", ui_url="-", gateway_url=None, pids={"gateway": other.pid},
+                                 started={"gateway": "1"})  # another start time: the pid was reused
+        stack._write_record(ours)
+        assert not ours.running("gateway") and stack.down(timeout_s=1) == []
+        assert other.poll() is None  # still alive: never signalled
+        mine = stack.StackRecord(api_url="-", ui_url="-", gateway_url=None, pids={"gateway": other.pid},
+                                 started={"gateway": stack._start_time(other.pid)})
+        stack._write_record(mine)
+        assert stack.down(timeout_s=5) == ["gateway"] and other.wait(timeout=10) is not None
+    finally:
+        other.kill()
+        other.wait()
+    stack.record_path().write_text('{"api_url": ')
+    with pytest.raises(stack.StackError, match="damaged"):
+        stack.read_record()
