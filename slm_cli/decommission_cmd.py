@@ -31,14 +31,20 @@ def decommission_cmd(
 
     prefect_env()
     from flows.decommission import decommission
+    from lifecycle.config import load_yaml_config
+    from lifecycle.retention import RetentionPolicy
     from lifecycle.settings import in_project
     from registry.store import NotFoundError
+    from slm_cli.monitor_cmd import check_policy
     from tasks.decommission import purge_line, report_rows
 
-    for what, path in (("policy", policy), ("monitor policy", monitor_policy)):
-        if path and not in_project(path).is_file():
-            console.print(f"[red]error:[/red] {what} {path} does not exist")
-            raise typer.Exit(2)
+    try:  # the policies read before the flow run, which would log tracebacks before this one line
+        load_yaml_config(RetentionPolicy, in_project(policy))
+        if monitor_policy:
+            check_policy(monitor_policy)
+    except (FileNotFoundError, ValueError) as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
     try:
         outcome = decommission(model=model, policy_path=policy, dry_run=dry_run, monitor_policy=monitor_policy or None)
     except (NotFoundError, ValueError) as exc:

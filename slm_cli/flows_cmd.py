@@ -89,14 +89,23 @@ def retrain_cmd(
     reason: Annotated[str, typer.Option(help="why: recorded in lineage and audit")] = "manual",
 ) -> None:
     """Validate data, fine-tune a LoRA challenger, benchmark it against the champion, gate, register."""
-    from lifecycle.config import RetrainParams
-    from lifecycle.settings import in_project
+    prefect_env()
+    from lifecycle.config import RetrainParams, load_yaml_config
+    from registry.store import NotFoundError
+    from tasks.plan import plan_retrain
+    from tasks.rollout import read_plan
+    from training.lora import LoraRecipe
 
-    if not in_project(config).is_file():
-        console.print(f"[red]error:[/red] config {config} does not exist")
-        raise typer.Exit(2)
-    run_retrain(RetrainParams(config=config, data=data, replay_rows=replay_rows, benchmarks=benchmarks,
-                              reason=reason))
+    try:  # every config the run reads, read before it starts (its flow run would log tracebacks first)
+        params = RetrainParams(config=config, data=data, replay_rows=replay_rows, benchmarks=benchmarks,
+                               reason=reason)
+        plan = plan_retrain.fn(params, "check")
+        load_yaml_config(LoraRecipe, plan.config.recipe)
+        read_plan(plan.config.rollout_plan)
+    except (ValueError, FileNotFoundError, NotFoundError) as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+    run_retrain(params)
 
 
 def demo_cmd(

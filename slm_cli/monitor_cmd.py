@@ -40,6 +40,7 @@ def monitor_cmd(
     try:
         params = MonitorParams(model=model, hours=hours, since=since, until=until, policy=policy, data=data)
         params.window(datetime.now(UTC))
+        check_policy(policy)  # before the flow run, which would log tracebacks before this one line
         outcome = monitor(params)
     except (NotFoundError, FileNotFoundError, ValueError) as exc:
         console.print(f"[red]error:[/red] {exc}")
@@ -51,3 +52,12 @@ def monitor_cmd(
         console.print(f"    {reason}")
     if outcome.report:
         console.print(f"    report: {outcome.report}")
+
+
+def check_policy(path: str) -> None:
+    """Read a drift policy as the monitor will (FileNotFoundError / ValueError name what is wrong)."""
+    from lifecycle.config import load_yaml_config
+    from lifecycle.drift_policy import DriftPolicy
+    from lifecycle.settings import in_project
+
+    load_yaml_config(DriftPolicy, in_project(path))
