@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 from weakref import WeakKeyDictionary
 
-from lifecycle.files import hash_tree, sha256_file, tree_digest
+from lifecycle.files import hash_tree, sha256_file, tree_digest, write_bytes_atomic
 
 if TYPE_CHECKING:
     from registry.store import RegistryStore
@@ -159,11 +159,8 @@ class LocalArtifactStore:
         if hashlib.sha256(content).hexdigest() != sha256:
             raise ValueError(f"dataset content does not match its fingerprint {sha256[:12]}…")
         target = self.root / "datasets" / f"{sha256}.jsonl"
-        if not target.exists():
-            target.parent.mkdir(parents=True, exist_ok=True)
-            tmp = target.with_suffix(".tmp")
-            tmp.write_bytes(content)
-            os.replace(tmp, target)
+        if not target.exists():  # a temporary file of its own: two runs snapshotting the same data do not collide
+            write_bytes_atomic(target, content)
         return f"local://datasets/{sha256}.jsonl"
 
     def dataset_path(self, uri: str) -> Path:

@@ -46,6 +46,9 @@ def run_bootstrap(model: str | None = None, *, task: str = "configs/task.yaml", 
     verb = "built and promoted" if outcome.created else "already bootstrapped:"
     console.print(f"[green]✓[/green] bootstrap {verb} {outcome.champion} as champion "
                   f"({time.perf_counter() - start:.0f} s)")
+    if not outcome.created and (task != "configs/task.yaml" or hub_base):
+        console.print("[yellow]note:[/yellow] the model has a champion, so --task/--hub-base were not used; "
+                      "bootstrap makes a model's first version only (retrain makes the next)")
     return outcome.champion
 
 

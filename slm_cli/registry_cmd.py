@@ -51,11 +51,22 @@ def _registry():
         reg.close()
 
 
+def _known(reg, model: str) -> None:
+    """A model the registry has versions of (NotFoundError, naming the ones it has, otherwise)."""
+    from registry.store import NotFoundError
+
+    models = reg.store.models()
+    if models and model not in models:
+        raise NotFoundError(f"no model {model!r} in the registry; models there: {', '.join(models)}")
+
+
 @registry_app.command("list")
 def list_versions(model: str | None = typer.Option(None, help="only this model"),
                   as_json: bool = typer.Option(False, "--json", help="print JSON")) -> None:
     """List every version with its status and the aliases pointing at it."""
     with _registry() as reg:
+        if model is not None:
+            _known(reg, model)
         versions = reg.store.list_versions(model)
         aliases = {m: reg.store.aliases(m) for m in {v.model for v in versions}}
         rows = [{"ref": v.ref, "model": v.model, "version": v.number, "status": v.status.value,
@@ -119,6 +130,7 @@ def history(alias: str = typer.Argument(..., help="champion, challenger or previ
         console.print(f"[red]error:[/red] unknown alias {alias!r}; aliases: {', '.join(a.value for a in Alias)}")
         raise typer.Exit(2)
     with _registry() as reg:
+        _known(reg, model or reg.default_model)
         moves = reg.store.alias_history(model or reg.default_model, alias)
     if as_json:
         print(json.dumps([m.model_dump(mode="json") for m in moves], indent=2))

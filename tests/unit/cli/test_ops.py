@@ -176,3 +176,10 @@ def test_a_model_name_that_escapes_or_cannot_be_addressed_is_refused(home, monke
     monkeypatch.setenv("SLM_MODEL_NAME", "Intent-Router")
     result = run("registry", "list")
     assert result.exit_code == 2 and "invalid model name" in result.output and "Traceback" not in result.output
+
+
+def test_an_unknown_model_is_named_not_taken_for_an_empty_registry(home):
+    for args in (("registry", "list", "--model", "nope"), ("registry", "history", "champion", "--model", "nope")):
+        result = run(*args)
+        assert result.exit_code == 2 and "no model 'nope'" in result.output and "intent-router" in result.output
+    assert run("registry", "list", "--model", "intent-router").exit_code == 0
