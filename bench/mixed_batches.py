@@ -37,8 +37,8 @@ import shapes  # noqa: E402  (bench/ is not a package)
 import two_versions_bench as tvb  # noqa: E402
 
 #: (candidate's settings, baseline's settings) of each comparison.
-COMPARE = {"decodestack": ({}, {"stack_max_decode_padding": 0.0}),
-           "stack": ({"stack_max_params": 10**12}, {"stack_max_params": None})}
+COMPARE = {"decodestack": ({"stack_max_decode_params": 10**12}, {"stack_max_decode_padding": 0.0}),
+           "stack": ({"stack_max_params": 10**12, "stack_max_decode_params": 10**12}, {"stack_max_params": None})}
 
 
 def parse_shape(text: str) -> tuple[int, int]:

@@ -1,7 +1,7 @@
 """Operator actions for 3 a.m.: promote, roll back, pin all traffic to the champion. Each is audited with
-who did it and why. Promote and rollback move the aliases and the traffic split in ONE commit (the split's
-record first), so a failure between them cannot leave the gateways serving a version the aliases do not name;
-the Hub's champion branch follows after the commit."""
+who did it and why. Promote and rollback move the aliases and the traffic split in ONE commit under the model's
+lock, so a failure between them cannot leave the gateways serving a version the aliases do not name; the Hub's
+champion branch follows after the commit."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from uuid import UUID
 from lifecycle.routing import TrafficSplit
 from registry import rollout_exec
 from registry.rollout_exec import Emitter
-from registry.rollouts import active_rollout
+from registry.rollouts import _active, active_rollout
 from registry.service import Registry
 from registry.store import NotFoundError
 from registry.traffic import set_split, write_split
@@ -39,18 +39,23 @@ class RolloutRunning(ValueError):
     """An operator action that would fight a rollout in progress (its flow sets the split from its own champion)."""
 
 
+def _refuse_if_rolling_out(running) -> None:
+    if running is not None:
+        raise RolloutRunning(f"{running.model} has a rollout of v{running.candidate} in progress ({running.phase}, "
+                             f"stage {running.stage_index}); abort it first (slm rollout abort --reason ...)")
+
+
 def promote(registry: Registry, model: str, number: int, *, actor: str, reason: str) -> TrafficSplit:
     """Make ``number`` champion (the old one becomes ``previous``), then send it all traffic.
 
     Refused while a rollout of the model is unfinished: the rollout would keep setting the split from the champion
     it started with. Refused too when the version's files are missing or damaged (the check a gateway would make
     when loading it), before anything moves."""
-    running = active_rollout(registry.store, model)
-    if running is not None:
-        raise RolloutRunning(f"{model} has a rollout of v{running.candidate} in progress ({running.phase}, stage "
-                             f"{running.stage_index}); abort it first (slm rollout abort --reason ...)")
+    _refuse_if_rolling_out(active_rollout(registry.store, model))  # early, before the files are read
     registry.version_dir(registry.store.get_version(model, number))  # ArtifactIntegrityError names what is wrong
     with registry.store._tx() as conn:  # aliases and split in one commit: a failure between them moves neither
+        registry.store._lock_model(conn, model)
+        _refuse_if_rolling_out(_active(conn, model))  # again under the lock: one may have started meanwhile
         registry.store._promote(conn, model, number, actor=actor, reason=reason)
         split = write_split(registry.store, conn, TrafficSplit(model=model, champion=number), actor=actor,
                             reason=f"promote: {reason}")
@@ -64,13 +69,16 @@ def rollback(registry: Registry, model: str, *, actor: str, reason: str,
 
     A rollout in progress is aborted first, in the same decision (it would otherwise keep setting the split from
     the champion being rolled back): the 3 a.m. rollback must not wait for another command."""
-    previous = registry.store.get_alias(model, "previous")
-    if previous is None:
+    if registry.store.get_alias(model, "previous") is None:
         raise NotFoundError(f"{model} has no previous champion to roll back to")
     running = active_rollout(registry.store, model)
     if running is not None:
         rollout_exec.stop(registry.store, running, None, reason=f"rollback: {reason}", actor=actor, emit=emit)
     with registry.store._tx() as conn:  # the split (recorded first) and the aliases in one commit
+        registry.store._lock_model(conn, model)
+        previous = registry.store._alias(conn, model, "previous")  # read again under the lock
+        if previous is None:
+            raise NotFoundError(f"{model} has no previous champion to roll back to")
         write_split(registry.store, conn, TrafficSplit(model=model, champion=previous), actor=actor,
                     reason=f"rollback: {reason}")
         moved = registry.store._rollback_champion(conn, model, actor=actor, reason=reason)

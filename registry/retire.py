@@ -142,10 +142,11 @@ def retire_version(registry: Registry, model: str, number: int, *, policy: Reten
     verb = "archived" if policy.artifacts == "archive" else "deleted"
     done = f"version.weights.{verb}"
     # A run killed after moving the weights and before auditing it leaves them gone and no record; the re-run
-    # finds nothing to move, so it writes the record then (noting it), once.
-    recorded = any(e.action == done and e.subject == ref for e in store.audit_events())
+    # finds nothing to move, so it writes the record then (noting it), once. Only a re-run: an earlier run left
+    # its "retiring" tombstone (written before the weights move), else weights that are absent were never ours.
+    late = stone is not None and stone["state"] == "retiring" and not store.has_event(done, ref)
     moved = _remove_weights(registry, model, number, policy.artifacts)
-    if moved or not recorded:
+    if moved or late:
         store.append_audit(actor=actor, action=done, subject=ref, payload={
             **context, "archive_uri": _archive_uri(registry, model, number) if verb == "archived" else None,
             **({} if moved else {"note": "done by an earlier run that stopped before recording it"})})

@@ -37,9 +37,9 @@ from lifecycle.rollout_state import (
 from lifecycle.status import Alias, VersionStatus
 from registry.artifacts import sync_champion
 from registry.predictions import PredictionStore
-from registry.rollouts import RolloutInProgress, get_rollout, save_rollout, start_rollout
+from registry.rollouts import RolloutInProgress, get_rollout, revision_of, save_rollout, start_rollout
 from registry.store import ConcurrentChangeError, NotFoundError, RegistryStore
-from registry.traffic import get_split, set_split
+from registry.traffic import read_split, write_split
 
 Emitter = Callable[[str, dict[str, Any], uuid.UUID], None]
 
@@ -69,10 +69,18 @@ def _carry_out(store: RegistryStore, state: RolloutState, effect: Effect, index:
                emit: Emitter) -> None:
     subject = f"{state.model}:v{state.candidate}"
     if isinstance(effect, SetSplit):
-        current = get_split(store, effect.split.model)
-        if current is None or current.model_copy(update={"revision": 0}) != effect.split:
-            set_split(store, effect.split, actor=actor,
-                      reason=f"rollout of {subject}: {state.phase} at stage {state.stage_index}")
+        # One transaction with a check that the rollout is still where this driver read it: an operator's abort
+        # (or a rollback that aborted it) in the meantime must not be undone by this older decision's split.
+        with store._tx() as conn:
+            store._lock_model(conn, state.model)
+            stored = revision_of(conn, state.model, state.candidate)
+            if stored != state.revision:
+                raise ConcurrentChangeError(f"rollout of {subject} moved to revision {stored} (this driver holds "
+                                            f"{state.revision}); its split is not written")
+            current = read_split(conn, effect.split.model)
+            if current is None or current.model_copy(update={"revision": 0}) != effect.split:
+                write_split(store, conn, effect.split, actor=actor,
+                            reason=f"rollout of {subject}: {state.phase} at stage {state.stage_index}")
     elif isinstance(effect, Promote):
         if store.get_alias(effect.model, Alias.CHAMPION) != effect.version:
             store.promote(effect.model, effect.version, actor=actor, expected_champion=effect.expected_champion,

@@ -40,6 +40,11 @@ def _body(state: RolloutState) -> str:
     return canonical_json(state.model_dump(mode="json", exclude={"revision"}))
 
 
+def revision_of(conn: Connection, model: str, candidate: int) -> int | None:
+    """The stored revision of a rollout (None: no row), inside the caller's transaction."""
+    return conn.execute(select(R.c.revision).where(R.c.model == model, R.c.candidate == candidate)).scalar_one_or_none()
+
+
 def _active(conn: Connection, model: str) -> RolloutState | None:
     row = conn.execute(select(R).where(R.c.model == model, R.c.phase.not_in(sorted(TERMINAL)))).first()
     return None if row is None else _state(row)
@@ -87,6 +92,10 @@ def start_rollout(store: RegistryStore, state: RolloutState, *, actor: str, resu
         running = _active(conn, state.model)
         if running is not None:
             raise RolloutInProgress(running)
+        champion = store._alias(conn, state.model, "champion")
+        if champion != state.champion:  # promoted (or rolled back) since the rollout was planned
+            raise ConcurrentChangeError(f"{state.model} champion is v{champion}, not v{state.champion} the rollout "
+                                        "was planned against; start it again")
         revision = 1 if row is None else row.revision + 1
         values = {"state_json": _body(state), "phase": state.phase, "revision": revision, "updated_at": store.clock()}
         if row is None:

@@ -322,6 +322,13 @@ class RegistryStore:
         with self.engine.connect() as conn:
             return [_read_event(r) for r in conn.execute(select(t.audit_events).order_by(t.audit_events.c.seq))]
 
+    def has_event(self, action: str, subject: str) -> bool:
+        """Is there an audit event of ``action`` about ``subject``? (One indexed query, not the whole log.)"""
+        query = select(t.audit_events.c.seq).where(t.audit_events.c.action == action,
+                                                   t.audit_events.c.subject == subject).limit(1)
+        with self.engine.connect() as conn:
+            return conn.execute(query).first() is not None
+
     def audit_head(self) -> ChainHead | None:
         with self.engine.connect() as conn:
             row = conn.execute(select(t.audit_head).where(t.audit_head.c.id == 1)).first()

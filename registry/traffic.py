@@ -20,7 +20,12 @@ from registry.store import ConcurrentChangeError, RegistryStore
 
 def get_split(store: RegistryStore, model: str) -> TrafficSplit | None:
     with store.engine.connect() as conn:
-        row = conn.execute(select(t.traffic_splits).where(t.traffic_splits.c.model == model)).first()
+        return read_split(conn, model)
+
+
+def read_split(conn, model: str) -> TrafficSplit | None:
+    """:func:`get_split` inside the caller's transaction."""
+    row = conn.execute(select(t.traffic_splits).where(t.traffic_splits.c.model == model)).first()
     return None if row is None else TrafficSplit(**json.loads(row.split_json), revision=row.revision)
 
 

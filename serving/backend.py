@@ -43,7 +43,8 @@ Four ways to serve several versions of one base model (``adapter_mode``):
     a padding row costs next to nothing. Against the fused pass, CPU per batch (bench/mixed_batches.py: same rows,
     8 batches a shape, min of 3): 0.94 at 3+1 and 1+3, 0.91 at 2+1, 0.94 at 5+3 and 5+2, 0.97 at 6+2; at 7+1, 12+4
     and 14+2 (75 % padding, or more than 16 rows a step) 1.02-1.06, hence the limits. Only on models of at most
-    ``STACK_MAX_DECODE_PARAMS`` (2M): 0.96-1.02 at 2.2M parameters, 1.06-1.19 from 3.6M.
+    ``stack_max_decode_params`` (default ``STACK_MAX_DECODE_PARAMS``, 2M): 0.96-1.02 at 2.2M parameters, 1.06-1.17
+    at 3.6M, 1.07-1.19 at 8.2M, 1.22-1.31 at 12.2M.
     It needs one-token stops (``_single_token_stops``); with a multi-token stop string such groups take the fused
     pass;
   * split, when the batch has more than ``STACK_MAX_ROWS`` (16) rows or cannot stack: each non-home version with
@@ -141,6 +142,9 @@ class Generation(Frozen):
     adapter: str | None = Field(description="adapter name, None for the bare base model")
     finish_reason: Literal["stop", "length"] = Field(
         default="stop", description="'length' when the answer took the whole token budget without a stop token")
+    clipped: str | None = Field(default=None, description="a client's max_tokens below the answer's length: "
+                                "prompt_format.parse of its first max_tokens tokens (what that client is sent; "
+                                "text and completion stay whole, as they are judged and logged)")
 
 
 class InProcessBackend:
@@ -153,7 +157,8 @@ class InProcessBackend:
                  device: str | None = None, adapter_mode: AdapterMode = "auto",
                  merged_memory_limit_mb: float = 2048, split_min_rows: int | None = SPLIT_MIN_ROWS,
                  stack_max_params: int | None = STACK_MAX_PARAMS,
-                 stack_max_decode_padding: float = STACK_MAX_DECODE_PADDING) -> None:
+                 stack_max_decode_padding: float = STACK_MAX_DECODE_PADDING,
+                 stack_max_decode_params: int | None = STACK_MAX_DECODE_PARAMS) -> None:
         if adapter_mode not in ("fused", "merged", "unmerged", "auto"):
             raise ValueError(f"adapter_mode must be 'fused', 'merged', 'unmerged' or 'auto', got {adapter_mode!r}")
         if split_min_rows is not None and split_min_rows < 1:
@@ -192,8 +197,8 @@ class InProcessBackend:
         self._copy_budget_mb = merged_memory_limit_mb if adapter_mode == "auto" else 0.0
         n_params = sum(p.numel() for p in self._model.parameters())
         self._stack = adapter_mode == "auto" and stack_max_params is not None and n_params <= stack_max_params
-        if n_params > STACK_MAX_DECODE_PARAMS:  # the decode-only stacking loses on bigger models (module docstring)
-            self.stack_max_decode_padding = 0.0
+        # Decode-only stacking loses on bigger models (module docstring): off above stack_max_decode_params.
+        self._stack_decode = self._stack and stack_max_decode_params is not None and n_params <= stack_max_decode_params
         self._stop_ids = self._single_token_stops()
         # _decode_stacked calls the model itself, with these (and needs one-token stops too).
         accepts = set(inspect.signature(self._model.forward).parameters)
@@ -289,8 +294,9 @@ class InProcessBackend:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
     def generate(self, prompts: Sequence[str], adapters: Sequence[str | None],
-                 max_batch: int = 64) -> list[Generation]:
-        """Greedy completions, returned in input order.
+                 max_batch: int = 64, max_tokens: Sequence[int | None] | None = None) -> list[Generation]:
+        """Greedy completions, returned in input order. ``max_tokens``: a limit per row (None: none); a row whose
+        answer is longer gets ``clipped`` (every row decodes to the prompt format's budget all the same).
 
         Rows are batched by prompt length (``max_batch`` at a time) so little compute goes to padding:
         1.5x the throughput of batching in arrival order on BANKING77. A row's answer does not depend
@@ -301,6 +307,9 @@ class InProcessBackend:
         """
         if len(prompts) != len(adapters):
             raise ValueError(f"{len(prompts)} prompts but {len(adapters)} adapter names; give one per prompt")
+        limits = list(max_tokens) if max_tokens is not None else [None] * len(prompts)
+        if len(limits) != len(prompts) or any(limit is not None and limit < 1 for limit in limits):
+            raise ValueError(f"max_tokens: one limit (1 or more, or None) per prompt, got {max_tokens}")
         if max_batch < 1:
             raise ValueError(f"max_batch must be at least 1, got {max_batch}")
         if not prompts:
@@ -314,7 +323,7 @@ class InProcessBackend:
                                      max_length=self._max_prompt_tokens, add_special_tokens=False)["input_ids"]
             order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))
             if self.mode == "merged":
-                return self._generate_merged(encoded, adapters, order, max_batch)
+                return self._generate_merged(encoded, adapters, order, max_batch, limits)
             results: dict[int, Generation] = {}
             for start in range(0, len(order), max_batch):
                 rows = order[start:start + max_batch]  # length-sorted, and so is every pass taken from it
@@ -324,13 +333,13 @@ class InProcessBackend:
                     ids = self._generate_ids([encoded[i] for i in members], [adapters[i] for i in members])
                     new.update(zip(members, ids, strict=True))
                 latency_ms = (time.perf_counter() - started) * 1000  # every row waits for all the batch's passes
-                results.update((i, self._row(new[i], encoded[i], adapters[i], latency_ms)) for i in rows)
+                results.update((i, self._row(new[i], encoded[i], adapters[i], latency_ms, limits[i])) for i in rows)
             if self._fused is not None:
                 self._fused.observe(adapters)  # may move the home, between calls
         return [results[i] for i in range(len(prompts))]
 
     def _generate_merged(self, encoded: list[list[int]], adapters: Sequence[str | None], order: list[int],
-                         max_batch: int) -> list[Generation]:
+                         max_batch: int, limits: list[int | None]) -> list[Generation]:
         """Merged mode, under the lock: one plain batch stream per version, results in input order."""
         import torch
 
@@ -347,10 +356,13 @@ class InProcessBackend:
                     output = model.generate(**enc, **self._generate_kwargs())
                 outputs.update(zip(rows, output[:, enc["input_ids"].shape[1]:].tolist(), strict=True))
         latency_ms = (time.perf_counter() - started) * 1000
-        return [self._row(outputs[i], encoded[i], adapters[i], latency_ms) for i in range(len(encoded))]
+        return [self._row(outputs[i], encoded[i], adapters[i], latency_ms, limits[i]) for i in range(len(encoded))]
 
-    def _row(self, new_ids: list[int], prompt_ids: list[int], adapter: str | None, latency_ms: float) -> Generation:
+    def _row(self, new_ids: list[int], prompt_ids: list[int], adapter: str | None, latency_ms: float,
+             limit: int | None = None) -> Generation:
         ids = new_ids[: self._completion_length(new_ids)]
+        clipped = (self.prompt_format.parse(self.tokenizer.decode(ids[:limit], skip_special_tokens=True))
+                   if limit is not None and len(ids) > limit else None)
         text = self.tokenizer.decode(ids, skip_special_tokens=True)
         # Stopped: cut before the pad of a row that ended earlier, at a stop token, or holding the stop string
         # (a multi-token stop); else the row ran through the whole budget.
@@ -359,7 +371,7 @@ class InProcessBackend:
         return Generation(text=text, completion=self.prompt_format.parse(text), prompt_tokens=len(prompt_ids),
                           completion_tokens=len(ids), latency_ms=latency_ms, adapter=adapter,
                           finish_reason="stop" if stopped or len(ids) < self.prompt_format.max_new_tokens
-                          else "length")
+                          else "length", clipped=clipped)
 
     def _passes(self, adapters: list[str | None]) -> list[list[int]]:
         """How one batch runs: lists of row positions, one ``generate`` pass each (module docstring, "auto").
@@ -401,7 +413,7 @@ class InProcessBackend:
             return None
         padding, rows = self._padding(groups), len(adapters)
         if padding > self.stack_max_padding * rows and (
-                self._stop_ids is None or not self._forward_takes_cache
+                not self._stack_decode or self._stop_ids is None or not self._forward_takes_cache
                 or padding > self.stack_max_decode_padding * rows
                 or rows + padding > STACK_MAX_ROWS):
             return None

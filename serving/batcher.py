@@ -82,12 +82,19 @@ class MicroBatcher:
         self._thread = threading.Thread(target=self._run, name="slm-batcher", daemon=True)
         self._thread.start()
 
-    def submit(self, prompt: str, adapter: str | None) -> Future:
+    def submit(self, prompt: str, adapter: str | None, max_tokens: int | None = None) -> Future:
+        """Queue one row; ``max_tokens``: the client's limit, passed on to ``generate`` (as ``max_tokens=``, one per
+        row) only for batches where some row has one, so a ``generate(prompts, adapters)`` keeps working."""
         if self._closed:
             raise BatcherClosed("the gateway is shutting down")
         future: Future = Future()
-        self._queue.put((prompt, adapter, future))
+        self._queue.put((prompt, adapter, future, max_tokens))
         return future
+
+    def _call(self, prompts: list[str], adapters: list[str | None], limits: Sequence[int | None]) -> list:
+        if any(limit is not None for limit in limits):
+            return self._generate(prompts, adapters, max_tokens=list(limits))
+        return self._generate(prompts, adapters)
 
     def close(self, timeout: float = 30.0) -> None:
         """Finish everything already submitted, then stop the worker."""
@@ -162,10 +169,10 @@ class MicroBatcher:
         if not batch:
             self._last = (0, 0.0, 0)  # nobody to come back
             return
-        prompts, adapters, futures = zip(*batch, strict=True)
+        prompts, adapters, futures, limits = zip(*batch, strict=True)
         wall, cpu = time.perf_counter(), time.thread_time()
         try:
-            results = self._generate(list(prompts), list(adapters))
+            results = self._call(list(prompts), list(adapters), limits)
         except Exception as exc:
             self._account(adapters, wall, cpu)
             self._last = (0, 0.0, 0)
@@ -181,10 +188,10 @@ class MicroBatcher:
         for future, result in zip(futures, results, strict=True):
             future.set_result(result)
 
-    def _single(self, prompt: str, adapter: str | None, future: Future) -> None:
+    def _single(self, prompt: str, adapter: str | None, future: Future, max_tokens: int | None) -> None:
         wall, cpu = time.perf_counter(), time.thread_time()
         try:
-            result = self._generate([prompt], [adapter])[0]
+            result = self._call([prompt], [adapter], [max_tokens])[0]
         except Exception as exc:
             future.set_exception(exc)
         else:

@@ -48,11 +48,22 @@ def _error(status: int, message: str, kind: str, code: str | None = None, param:
     return JSONResponse(s.error_body(message, kind, code, param), status_code=status, headers=headers)
 
 
+_TYPE_TAGS = {"str", "int", "bool", "float", "none", "dict", "list"}
+
+
 def _param(loc) -> str | None:
     """A validation error's location as the client wrote it: field names and list indexes (``messages.0.content``),
-    without pydantic's internal steps (``function-after[...]``, union branch names)."""
-    parts = [str(p) for p in loc[1:] if isinstance(p, int) or (isinstance(p, str) and p.isidentifier())]
+    without pydantic's internal steps (``function-after[...]``, union branch names such as ``str`` or
+    ``list[ContentPart]``)."""
+    parts = [str(p) for p in loc[1:] if isinstance(p, int) or (
+        isinstance(p, str) and p.isidentifier() and p.lower() not in _TYPE_TAGS)]
     return ".".join(parts) or None
+
+
+def _first_error(errors: list[dict]) -> dict:
+    """The error to report: the most specific (deepest) one. A union reports one error per branch; the deepest
+    is the branch the input came closest to (a content part without its ``type``, not "not a string")."""
+    return max(errors, key=lambda e: len(e.get("loc", ())), default={"msg": "invalid request", "loc": ()})
 
 
 def _route_path(scope) -> str:
@@ -94,7 +105,7 @@ def create_app(state: GatewayState) -> FastAPI:
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
-        first = exc.errors()[0] if exc.errors() else {"msg": "invalid request", "loc": ()}
+        first = _first_error(exc.errors())
         param = _param(first.get("loc", ()))
         state.metrics.reject("invalid", state.model)
         return _error(400, f"{first['msg']}" + (f" (at {param})" if param else ""), "invalid_request_error",
@@ -184,19 +195,13 @@ def _target(state: GatewayState, body: s._Request, prompt: str, request: Request
     if len(prompt) > state.config.max_prompt_chars:
         raise InputError(f"prompt has {len(prompt)} characters; the limit is {state.config.max_prompt_chars}",
                          status=413 if len(prompt) > 4 * state.config.max_prompt_chars else 400,
-                         code="prompt_too_long", param="prompt")
+                         code="prompt_too_long", param="messages" if chat else "prompt")
     if (refused := body.unsupported()) is not None:
         raise InputError(f"{refused[0]}: {refused[1]}", code="unsupported_parameter", param=refused[0])
     limit, field = body.answer_limit()
     if limit is not None and limit > state.config.max_tokens_limit:
         raise InputError(f"{field} {limit} exceeds the limit {state.config.max_tokens_limit}",
                          code="max_tokens_too_large", param=field)
-    if limit is not None and limit < state.answer_budget:
-        # The model decodes up to the task's budget; a smaller limit could not be honoured without answering
-        # something else than what is judged and logged, so it is refused rather than silently exceeded.
-        raise InputError(f"{field} {limit} is below this model's answer budget of {state.answer_budget} tokens; "
-                         f"ask for {state.answer_budget} or more, or leave it out",
-                         code="max_tokens_too_small", param=field)
     client_id = request.headers.get("x-request-id")
     if client_id is not None and (len(client_id) > 128 or not client_id.isprintable()):
         raise InputError("x-request-id must be at most 128 printable characters", param="x-request-id")
@@ -213,7 +218,7 @@ def _target(state: GatewayState, body: s._Request, prompt: str, request: Request
 async def _answer(state: GatewayState, body: s._Request, prompt: str, request: Request, chat: bool) -> Response:
     assignment, request_id, user_hash = _target(state, body, prompt, request, chat)
     arrived = datetime.now(UTC)
-    result = await state.generate(assignment, prompt, request_id)
+    result = await state.generate(assignment, prompt, request_id, body.answer_limit()[0])
     state.log_answer(request_id, assignment, user_hash, prompt, arrived, result)
     state.shadow(request_id, user_hash, prompt, arrived)
     model_name = f"{state.model}:v{assignment.version}"
@@ -225,13 +230,15 @@ async def _answer(state: GatewayState, body: s._Request, prompt: str, request: R
             headers["retry-after"] = str(max(1, math.ceil(result.retry_after_s)))
         return _error(result.status, result.error or "backend error", "server_error", result.outcome,
                       headers=headers)
-    # The client's stop strings cut what it is sent (the log keeps the model's whole answer, as it is judged).
-    text, finish = result.text, result.finish_reason
-    if stops := body.stop_strings():
+    # The client's max_tokens and stop strings cut what it is sent; the log keeps the whole answer, as it is judged.
+    text, finish, completion_tokens = result.text, result.finish_reason, result.completion_tokens
+    if result.clipped is not None:
+        text, finish, completion_tokens = result.clipped, "length", result.clipped_tokens
+    if (stops := body.stop_strings()) and finish != "content_filter":  # a refusal is sent whole, flagged
         text, stopped = s.cut_at_stop(text, stops)
         finish = "stop" if stopped else finish
-    usage = s.Usage(prompt_tokens=result.prompt_tokens, completion_tokens=result.completion_tokens,
-                    total_tokens=result.prompt_tokens + result.completion_tokens)
+    usage = s.Usage(prompt_tokens=result.prompt_tokens, completion_tokens=completion_tokens,
+                    total_tokens=result.prompt_tokens + completion_tokens)
     if body.stream:
         include_usage = body.stream_options is not None and bool(body.stream_options.include_usage)
         chunks = s.stream_chunks(request_id, model_name, text, chat, finish, usage if include_usage else None)

@@ -41,12 +41,13 @@ class _Request(BaseModel):
       ``seed``, ``presence_penalty``, ``frequency_penalty``, ``logit_bias``, ``user`` (it routes, as
       ``x-user-id`` does), ``tools`` with ``tool_choice`` "auto" or "none" (the answer is text), and any field this
       gateway does not know;
-    - honoured: ``stop`` (the answer is cut before the first stop string), ``stream`` and
-      ``stream_options.include_usage``, ``max_tokens`` / ``max_completion_tokens`` (at least the task's answer
-      budget, at most ``max_tokens_limit``: gateway.py);
+    - honoured: ``stop`` (the answer sent is cut before the first stop string), ``stream`` and
+      ``stream_options.include_usage``, ``max_tokens`` / ``max_completion_tokens`` (at most ``max_tokens_limit``,
+      gateway.py; an answer longer than it is sent cut to that many tokens with ``finish_reason`` "length", and
+      logged whole, as it is judged — behind an upstream, the upstream is asked for that many);
     - refused with a 400 naming the field, rather than answered against what the client asked: ``n`` other than 1,
-      ``logprobs`` / ``top_logprobs``, ``echo``, ``response_format`` other than text, ``tool_choice`` that forces a
-      tool call, ``stream_options`` without ``stream``.
+      ``logprobs`` / ``top_logprobs``, ``echo``, ``response_format`` other than text, ``tool_choice`` (or the
+      legacy ``function_call``) that forces a call, ``stream_options`` without ``stream``.
     """
     model_config = ConfigDict(extra="ignore")
 
@@ -64,6 +65,7 @@ class _Request(BaseModel):
     echo: bool | None = None
     response_format: dict[str, Any] | None = None
     tool_choice: str | dict[str, Any] | None = None
+    function_call: str | dict[str, Any] | None = None
     user: Text | None = Field(default=None, max_length=256)
 
     def answer_limit(self) -> tuple[int | None, str]:
@@ -90,6 +92,8 @@ class _Request(BaseModel):
             return "response_format", f"only text answers are made, not {self.response_format.get('type')!r}"
         if isinstance(self.tool_choice, dict) or self.tool_choice == "required":
             return "tool_choice", "this gateway answers text and never calls a tool"
+        if isinstance(self.function_call, dict):
+            return "function_call", "this gateway answers text and never calls a function"
         if self.stream_options is not None and not self.stream:
             return "stream_options", "stream_options is only allowed when stream is true"
         if len(self.stop_strings()) > 4:

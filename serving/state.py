@@ -47,6 +47,8 @@ class Answer:
     # "length" when the answer used the whole budget without its stop; "content_filter" when a guardrail refused it
     finish_reason: str = "stop"
     retry_after_s: float | None = None  # a 503 of an open circuit: when to try again (the Retry-After header)
+    clipped: str | None = None  # the client's max_tokens cut the answer: what it is sent (text stays whole, logged)
+    clipped_tokens: int | None = None
 
 
 @dataclass
@@ -82,11 +84,6 @@ class GatewayState:
     def admin_ok(self, authorization: str | None) -> bool:
         return bool(self.admin_token) and hmac.compare_digest(_bearer(authorization), self.admin_token.encode())
 
-    @property
-    def answer_budget(self) -> int:
-        """Tokens an answer may take: the task's prompt format's budget, on every version the gateway serves."""
-        return self.live.backend.prompt_format.max_new_tokens
-
     def pinned_version(self, requested: str) -> int | None:
         """``MODEL`` routes by the split; ``MODEL:vN`` pins a live version; anything else is unknown."""
         if requested == self.model:
@@ -99,11 +96,12 @@ class GatewayState:
             raise LookupError(f"model {requested!r} is not served here; use {self.model!r} or {self.model}:vN")
         return ref.number
 
-    async def generate(self, assignment: Assignment, prompt: str, request_id: str = "-") -> Answer:
+    async def generate(self, assignment: Assignment, prompt: str, request_id: str = "-",
+                       max_tokens: int | None = None) -> Answer:
         labels = (self.model, f"v{assignment.version}", assignment.role)
         start = time.perf_counter()
         try:
-            gen = await self._call_backend(assignment, prompt)
+            gen = await self._call_backend(assignment, prompt, max_tokens)
         except VersionNotLive:
             return self._infra_failure(labels, 503, f"v{assignment.version} was unloaded while the request was "
                                                     "routed; retry")
@@ -120,11 +118,13 @@ class GatewayState:
         outcome = "ok" if gen.completion in self.allowed else "model_error"
         elapsed = time.perf_counter() - start
         self._count(labels, outcome, elapsed, gen, checked.flags)
+        clipped = None if checked.refused or gen.clipped is None else gen.clipped  # a refusal is sent whole
         return Answer(200, text=checked.text, outcome=outcome, latency_ms=elapsed * 1000,
                       prompt_tokens=gen.prompt_tokens, completion_tokens=gen.completion_tokens, flags=checked.flags,
-                      finish_reason="content_filter" if checked.refused else gen.finish_reason)
+                      finish_reason="content_filter" if checked.refused else gen.finish_reason,
+                      clipped=clipped, clipped_tokens=max_tokens if clipped is not None else None)
 
-    async def _call_backend(self, assignment: Assignment, prompt: str):
+    async def _call_backend(self, assignment: Assignment, prompt: str, max_tokens: int | None = None):
         """One backend call under the circuit breaker: timeouts and backend exceptions are infra failures.
         Each version has its own breaker, so a challenger failing on every call leaves the champion's traffic
         alone; shadow calls stay outside the breakers: a failing shadow must not close the door on real traffic."""
@@ -139,7 +139,7 @@ class GatewayState:
                 try:
                     # An upstream server batches by itself: its requests do not queue behind each other here.
                     submit = getattr(self.live.backend, "submit", None) or self.batcher.submit
-                    future = submit(prompt, adapter)
+                    future = submit(prompt, adapter, max_tokens)
                     return await asyncio.wait_for(asyncio.wrap_future(future), self.config.request_timeout_s)
                 except TimeoutError:
                     raise

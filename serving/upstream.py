@@ -81,22 +81,24 @@ class UpstreamBackend:
         elapsed = (time.perf_counter() - start) * 1000
         return [g.model_copy(update={"latency_ms": elapsed}) for g in results]
 
-    def submit(self, prompt: str, adapter: str) -> Future:
+    def submit(self, prompt: str, adapter: str, max_tokens: int | None = None) -> Future:
         """One request, sent as soon as a connection is free: the gateway bypasses its micro-batcher for an
         upstream (which batches on its side), so one slow reply never holds back the requests behind it."""
         if adapter not in self._names:
             raise ValueError(f"version {adapter!r} is not loaded on the upstream backend")
-        return self._pool.submit(self._timed, prompt, adapter)
+        return self._pool.submit(self._timed, prompt, adapter, max_tokens)
 
-    def _timed(self, prompt: str, adapter: str) -> Generation:
+    def _timed(self, prompt: str, adapter: str, max_tokens: int | None = None) -> Generation:
         start = time.perf_counter()
-        gen = self._one(prompt, adapter)
+        gen = self._one(prompt, adapter, max_tokens)
         return gen.model_copy(update={"latency_ms": (time.perf_counter() - start) * 1000})
 
-    def _one(self, prompt: str, adapter: str) -> Generation:
+    def _one(self, prompt: str, adapter: str, max_tokens: int | None = None) -> Generation:
+        """One completion. With a client's ``max_tokens`` below the format's budget the upstream is asked for that
+        many (it has the tokenizer; the gateway does not): its shorter answer is what is judged and logged."""
         fmt = self.prompt_format
-        body: dict[str, object] = {"model": self._names[adapter], "temperature": 0,
-                                   "max_tokens": fmt.max_new_tokens}
+        budget = fmt.max_new_tokens if max_tokens is None else min(max_tokens, fmt.max_new_tokens)
+        body: dict[str, object] = {"model": self._names[adapter], "temperature": 0, "max_tokens": budget}
         if self.config.render_prompt:
             body.update(prompt=fmt.render(prompt), stop=[fmt.stop])
         else:

@@ -39,18 +39,21 @@ def promote_cmd(ref: Annotated[str, typer.Argument(help="MODEL:vN to make champi
 
 
 def rollback_cmd(reason: Reason, model: Annotated[str | None, typer.Option(help="model name")] = None) -> None:
-    """Instant rollback to the previous champion: its traffic first, then the aliases; a rollout in progress is
+    """Instant rollback to the previous champion: traffic and aliases in one commit; a rollout in progress is
     aborted first."""
-    from slm_cli.flows_cmd import prefect_env
+    from registry import operations
+    from registry.rollouts import active_rollout
 
     _check(reason)
-    prefect_env()
-    from registry import operations
-    from tasks.rollout import emit_rollout_event
-
     with _registry() as reg:
-        restored, demoted = operations.rollback(reg, model or reg.default_model, actor=_actor(), reason=reason,
-                                                emit=emit_rollout_event)
+        name = model or reg.default_model
+        emit = operations._no_events
+        if active_rollout(reg.store, name) is not None:  # its abort is announced as a Prefect event
+            from slm_cli.flows_cmd import prefect_env
+
+            prefect_env()
+            from tasks.rollout import emit_rollout_event as emit
+        restored, demoted = operations.rollback(reg, name, actor=_actor(), reason=reason, emit=emit)
     console.print(f"[yellow]↩[/yellow] v{restored} is champion again with all traffic; v{demoted} is rolled_back")
 
 

@@ -6,7 +6,8 @@ on the Hub: :mod:`.lfs`), tags, branches, refs, commits, repo info, tree, paths-
 with ``X-Repo-Commit``/``ETag`` (an LFS file's: a redirect to a signed URL with ``X-Linked-Etag``) — so the
 project's Hub store and ``PeftModel.from_pretrained`` run end to end on a loopback port. Each repository is a bare
 git repository (:mod:`.gitrepo`) that a test may inspect with git; LFS objects live beside them by sha256.
-Not spoken: Xet (the client is told to use LFS while the double runs), multipart LFS uploads, pull requests.
+Not spoken: Xet (the client is told to use LFS while the double runs), multipart LFS uploads, pull requests,
+commit copies of LFS files (the client names them without a size: refused with a 400).
 
 Knobs for tests: ``token`` (every request to the Hub must carry it, so a client that forgets it fails; the
 pre-signed storage URLs need a valid signature instead), and :class:`Faults` to make the next calls of an
@@ -185,7 +186,11 @@ def create_hub_app(root: Path, *, token: str | None = None) -> tuple[FastAPI, Fa
 
     async def lfs_verify(request: Request):
         body = await request.json()
-        pointer = LfsPointer(str(body.get("oid")), int(body.get("size", -1)))
+        try:
+            pointer = LfsPointer(str(body.get("oid")), int(body.get("size", -1)))
+            objects.path(pointer.oid)
+        except (TypeError, ValueError):
+            raise _hub_error(422, None, "verify needs a sha256 oid and a size") from None
         if not objects.has(pointer):
             raise _hub_error(404, None, f"LFS object {pointer.oid} of {pointer.size} bytes was not uploaded")
         return {}

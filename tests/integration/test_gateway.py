@@ -77,6 +77,15 @@ def test_what_openai_clients_ask_beyond_the_basics(gateway):
     at_budget = api.chat.completions.create(model="intent-router", messages=[{"role": "user", "content": "hi"}],
                                             max_completion_tokens=16, max_tokens=8)  # the newer field wins
     assert at_budget.usage.completion_tokens <= 16
+    full = api.completions.create(model="intent-router:v1", prompt="I lost my card")
+    raw = api.completions.with_raw_response.create(model="intent-router:v1", prompt="I lost my card", max_tokens=1)
+    clipped = raw.parse()
+    assert clipped.choices[0].finish_reason == "length" and clipped.usage.completion_tokens == 1
+    assert full.choices[0].text.startswith(clipped.choices[0].text) and clipped.choices[0].text != full.choices[0].text
+    gateway.state.writer.flush(timeout=30)
+    [row] = [p for p in gateway.state.predictions.window("intent-router", EPOCH, FAR, limit=None)
+             if p.request_id == raw.headers["x-request-id"]]
+    assert row.completion == full.choices[0].text  # the log keeps the whole answer: it is what is judged
     nulls = httpx.post(f"{gateway.url}/v1/completions", json={"model": "intent-router", "prompt": "hi", "stream": None,
                                                               "n": None, "stream_options": None, "logprobs": None})
     assert nulls.status_code == 200 and nulls.json()["object"] == "text_completion"
@@ -89,9 +98,10 @@ def test_what_openai_clients_ask_beyond_the_basics(gateway):
     ({"echo": True}, "echo", "unsupported_parameter"),
     ({"response_format": {"type": "json_object"}}, "response_format", "unsupported_parameter"),
     ({"tool_choice": "required"}, "tool_choice", "unsupported_parameter"),
+    ({"function_call": {"name": "lookup"}}, "function_call", "unsupported_parameter"),
+    ({"tool_choice": 5}, "tool_choice", "invalid_request"),
     ({"stream_options": {"include_usage": True}}, "stream_options", "unsupported_parameter"),
     ({"stop": ["a", "b", "c", "d", "e"]}, "stop", "unsupported_parameter"),
-    ({"max_tokens": 8}, "max_tokens", "max_tokens_too_small"),
     ({"max_completion_tokens": 5000}, "max_completion_tokens", "max_tokens_too_large"),
     ({"top_p": 7}, "top_p", "invalid_request"),
 ])

@@ -244,3 +244,13 @@ def test_registry_show_and_list_still_work_for_a_decommissioned_version(tmp_path
     listed = CliRunner().invoke(app, ["registry", "list", "--json"])
     assert [r["status"] for r in json.loads(listed.output)] == ["promoted", "decommissioned"]
     assert CliRunner().invoke(app, ["registry", "show", "intent-router:v2"]).exit_code == 0
+
+
+def test_weights_gone_before_the_first_run_are_not_recorded_as_moved(world):
+    import shutil
+
+    shutil.rmtree(tomb.version_folder(root(world), "router", 2))  # removed by hand, not by a retirement
+    done = retire(world)
+    assert "weights archived" not in done.steps
+    assert not world.store.has_event("version.weights.archived", "router:v2")
+    assert world.store.get_version("router", 2).status is S.DECOMMISSIONED

@@ -298,3 +298,33 @@ def test_an_aborted_rollout_can_be_started_again_from_the_first_stage(world):
     assert again.revision > aborted.revision
     assert get_split(store, "router").shadow == 2
     assert "rollout.restarted" in [e.action for e in store.audit_events()]
+
+
+def test_a_stale_driver_cannot_write_its_split_over_an_abort(world):
+    """A driver still carrying out an older decision's effects must not undo an operator's abort (or a rollback
+    that aborted the rollout): its SetSplit checks the rollout's revision in the split's own transaction."""
+    from lifecycle.rollout_state import SetSplit
+
+    store, _, _ = world
+    state = rollout_exec.begin(store, "router", 2, make_plan(), actor="flow", emit=lambda *a: None)
+    stopped = rollout_exec.stop(store, state, None, reason="freeze", actor="op", emit=lambda *a: None)
+    assert stopped.phase == "aborted" and get_split(store, "router").shadow is None
+    stale = state.model_copy(update={"pending": [SetSplit(split=TrafficSplit(model="router", champion=1,
+                                                                             challenger=2, challenger_percent=20))]})
+    with pytest.raises(ConcurrentChangeError, match="its split is not written"):
+        rollout_exec.drain(store, stale, actor="flow", emit=lambda *a: None)
+    assert get_split(store, "router").challenger is None  # the abort's split stands
+
+
+def test_a_rollout_planned_against_a_champion_that_moved_does_not_start(world):
+    from lifecycle.rollout_state import start
+    from registry.rollouts import start_rollout
+
+    store, _, clock = world
+    planned, _ = start("router", 2, 1, make_plan(), clock.now.isoformat())
+    store.register_version("router", status=VersionStatus.CANDIDATE, prompt_format="f", reason="t", actor="a",
+                           publish=lambda k: (f"local://models/router/v{k}", {}))
+    store.promote("router", 3, actor="op", reason="promoted meanwhile")
+    with pytest.raises(ConcurrentChangeError, match="champion is v3, not v1"):
+        start_rollout(store, planned, actor="flow", resume=False)
+    assert get_rollout(store, "router", 2) is None

@@ -66,6 +66,23 @@ def test_a_multi_token_stop_string_and_the_token_budget_end_rows(backend, tiny_b
         assert g.finish_reason == "length"  # the budget, not a stop, ended it (OpenAI's finish_reason "length")
 
 
+def test_a_row_limit_clips_what_the_client_is_sent_not_the_answer(backend, tiny_before_pairs):
+    prompts = [p.prompt for p in tiny_before_pairs[:6]]
+    limits = [1, None, 2, 100, 1, None]
+    whole = backend.generate(prompts, [None] * len(prompts))
+    limited = backend.generate(prompts, [None] * len(prompts), max_tokens=limits)
+    assert [g.text for g in limited] == [g.text for g in whole]  # judged and logged whole
+    for g, w, limit in zip(limited, whole, limits, strict=True):
+        if limit is not None and limit < w.completion_tokens:
+            assert g.clipped is not None and g.clipped != w.completion
+            assert INTENT_V1.parse(w.text).startswith(g.clipped)
+        else:
+            assert g.clipped is None
+    assert sum(g.clipped is not None for g in limited) == 3
+    with pytest.raises(ValueError, match="max_tokens"):
+        backend.generate(prompts[:1], [None], max_tokens=[0])
+
+
 def test_an_adapter_answers_the_new_intents_the_base_never_saw(backend, tiny_drifted_pairs):
     pairs = tiny_drifted_pairs[:32]
     base = backend.generate([p.prompt for p in pairs], [None] * len(pairs))

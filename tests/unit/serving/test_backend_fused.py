@@ -363,13 +363,12 @@ def test_auto_stacks_small_mixed_batches_whose_groups_need_little_padding(auto, 
 
 
 
-def test_decode_only_stacking_is_for_the_smallest_models(tiny_base_model, more_adapters, monkeypatch):
-    import serving.backend as backend_module
-
-    monkeypatch.setattr(backend_module, "STACK_MAX_DECODE_PARAMS", 1000)  # the tiny model is "bigger" than that
-    b = open_with(tiny_base_model[0], {k: more_adapters[k] for k in ("drift", "mixed")}, "auto")
+def test_decode_only_stacking_is_for_the_smallest_models(tiny_base_model, more_adapters):
+    b = InProcessBackend(tiny_base_model[0], INTENT_V1, device="cpu", stack_max_decode_params=1000)  # tiny is bigger
+    for name in ("drift", "mixed"):
+        b.load_adapter(name, more_adapters[name])
     pin(b, "drift")
-    assert b._stack and b.stack_max_decode_padding == 0
+    assert b._stack and not b._stack_decode
     assert b._stack_groups(["mixed", "drift"] * 2) is not None  # equal groups still stack
     assert b._stack_groups(["mixed"] * 3 + ["drift"]) is None  # unequal ones take the fused pass
 

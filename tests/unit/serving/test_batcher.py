@@ -30,6 +30,24 @@ def test_requests_arriving_together_share_a_batch_and_keep_their_answers():
     batcher.close()
 
 
+def test_row_limits_reach_generate_only_for_batches_that_have_one():
+    calls = []
+
+    def generate(prompts, adapters, **kwargs):
+        calls.append(kwargs.get("max_tokens"))
+        time.sleep(0.05)
+        return [f"{p}|{a}" for p, a in zip(prompts, adapters, strict=True)]
+
+    batcher = MicroBatcher(generate, max_batch=8, max_wait_s=0.02)
+    batcher.submit("warm", None).result(timeout=5)  # a batch without limits: called as generate(prompts, adapters)
+    first = batcher.submit("busy", None)
+    futures = [batcher.submit(f"p{i}", None, max_tokens=i or None) for i in range(3)]
+    first.result(timeout=5)
+    assert [f.result(timeout=5) for f in futures] == ["p0|None", "p1|None", "p2|None"]
+    assert calls[0] is None and calls[-1][-3:] == [None, 1, 2]  # each row its own limit, in order
+    batcher.close()
+
+
 def test_batch_size_is_capped():
     rec = Recorder(delay=0.05)
     batcher = MicroBatcher(rec, max_batch=3, max_wait_s=0.01)
