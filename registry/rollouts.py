@@ -93,7 +93,7 @@ def start_rollout(store: RegistryStore, state: RolloutState, *, actor: str, resu
         if running is not None:
             raise RolloutInProgress(running)
         champion = store._alias(conn, state.model, "champion")
-        if champion != state.champion:  # promoted (or rolled back) since the rollout was planned
+        if champion is not None and champion != state.champion:  # promoted (or rolled back) since it was planned
             raise ConcurrentChangeError(f"{state.model} champion is v{champion}, not v{state.champion} the rollout "
                                         "was planned against; start it again")
         revision = 1 if row is None else row.revision + 1

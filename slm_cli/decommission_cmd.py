@@ -38,6 +38,10 @@ def decommission_cmd(
     from slm_cli.monitor_cmd import check_policy
     from tasks.decommission import purge_line, report_rows
 
+    for what, path in (("policy", policy), ("monitor policy", monitor_policy)):
+        if path and not in_project(path).is_file():
+            console.print(f"[red]error:[/red] {what} {path} does not exist")
+            raise typer.Exit(2)
     try:  # the policies read before the flow run, which would log tracebacks before this one line
         load_yaml_config(RetentionPolicy, in_project(policy))
         if monitor_policy:
