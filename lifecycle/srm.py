@@ -8,8 +8,9 @@ is never a pass.
 
 from __future__ import annotations
 
+import math
+
 from pydantic import Field
-from scipy import stats
 
 from lifecycle.records import Frozen
 
@@ -55,6 +56,6 @@ def sample_ratio_mismatch(
                         chi2=0.0, p_value=1.0, threshold=threshold)
     exp_b, exp_a = total * expected_share, total * (1 - expected_share)
     chi2 = (n_challenger - exp_b) ** 2 / exp_b + (n_champion - exp_a) ** 2 / exp_a
+    p_value = math.erfc(math.sqrt(chi2 / 2))  # chi-square with 1 degree of freedom: P(Z^2 > chi2)
     return SRMCheck(n_champion=n_champion, n_challenger=n_challenger, expected_share=expected_share,
-                    observed_share=n_challenger / total, chi2=chi2, p_value=float(stats.chi2.sf(chi2, 1)),
-                    threshold=threshold)
+                    observed_share=n_challenger / total, chi2=chi2, p_value=p_value, threshold=threshold)

@@ -81,7 +81,7 @@ from pydantic import Field
 
 from lifecycle.prompting import PromptFormat
 from lifecycle.records import Frozen
-from serving.fused_lora import FusedLora, lora_factors
+from serving.fused_lora import FusedLora, lora_factors, quiet_peft
 
 BASE_ADAPTER = "__base__"
 AdapterMode = Literal["fused", "merged", "unmerged", "auto"]
@@ -120,7 +120,9 @@ def merged_model(base_dir: Path, adapter_dir: Path, device="cpu") -> object:
     if head is not None and embed is not None and head.weight is embed.weight:
         head.weight = torch.nn.Parameter(embed.weight.detach().clone(), requires_grad=False)
         base.config.tie_word_embeddings = False  # saved copies stay untied too
-    return PeftModel.from_pretrained(base, adapter_dir, torch_device=str(device)).merge_and_unload().to(device)
+    with quiet_peft():
+        wrapped = PeftModel.from_pretrained(base, adapter_dir, torch_device=str(device))
+    return wrapped.merge_and_unload().to(device)
 
 
 def _by_version(adapters: Sequence[str | None], rows: Iterable[int]) -> dict[str | None, list[int]]:
@@ -235,12 +237,13 @@ class InProcessBackend:
     def _attach_unmerged(self, name: str, adapter_dir: Path) -> None:
         from peft import PeftModel
 
-        if self._peft is None:
-            self._peft = PeftModel.from_pretrained(self._model, adapter_dir, adapter_name=name,
-                                                   torch_device=str(self.device))
-            self._peft.eval()
-        else:
-            self._peft.load_adapter(adapter_dir, adapter_name=name, torch_device=str(self.device))
+        with quiet_peft():
+            if self._peft is None:
+                self._peft = PeftModel.from_pretrained(self._model, adapter_dir, adapter_name=name,
+                                                       torch_device=str(self.device))
+                self._peft.eval()
+            else:
+                self._peft.load_adapter(adapter_dir, adapter_name=name, torch_device=str(self.device))
 
     def load_adapter(self, name: str, adapter_dir: Path) -> None:
         adapter_dir = Path(adapter_dir)

@@ -16,8 +16,18 @@ torch and peft are imported inside the functions, as in serving.backend.
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+
+
+@contextlib.contextmanager
+def quiet_peft() -> Iterator[None]:
+    """peft 0.21 calls transformers 5's deprecated ``is_gradient_checkpointing`` whenever it wraps a model: a
+    FutureWarning in every worker log that loads an adapter, about code that is not ours. Silenced for the call."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        yield
 
 
 def lora_factors(model, adapter_dir: Path, device) -> dict[str, tuple[object, object, float]]:
@@ -31,7 +41,8 @@ def lora_factors(model, adapter_dir: Path, device) -> dict[str, tuple[object, ob
     from peft.tuners.lora import Linear as LoraLinear
     from peft.tuners.tuners_utils import BaseTunerLayer
 
-    wrapped = PeftModel.from_pretrained(model, adapter_dir, adapter_name="read", torch_device=str(device))
+    with quiet_peft():
+        wrapped = PeftModel.from_pretrained(model, adapter_dir, adapter_name="read", torch_device=str(device))
     try:
         config = wrapped.peft_config["read"]
         if getattr(config, "modules_to_save", None) or getattr(config, "trainable_token_indices", None):

@@ -101,3 +101,15 @@ def test_errors_are_the_same_in_merged_mode(merged, tiny_base_model, adapters, t
         merged.unload_adapter("nope")
     assert merged.generate([], []) == []
     assert merged.loaded() == ["drift", "mixed"] and sorted(merged._merged) == ["drift", "mixed"]
+
+
+@pytest.mark.parametrize("mode", ["merged", "unmerged", "fused"])
+def test_loading_an_adapter_does_not_warn_about_peft_internals(tiny_base_model, adapters, mode):
+    """peft 0.21 warns on every wrap that transformers 5 deprecated a method peft itself calls: noise in every
+    worker log that loads an adapter (the benchmark task's, the gateway's), silenced where serving wraps."""
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        open_with(tiny_base_model, adapters, mode)
+    assert [str(w.message) for w in caught if "is_gradient_checkpointing" in str(w.message)] == []
