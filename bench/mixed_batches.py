@@ -12,7 +12,10 @@ The pair compared (``--compare``):
   default before decode-only stacking);
 - ``stack``: auto with stacking allowed at any size against auto with ``stack_max_params=None`` (no stacked pass at
   all); with ``--model-shape`` (bench/shapes.py: ``demo`` by default, ``small-4m`` .. ``small-12m`` random init),
-  where the stacked pass stops paying as the model grows (``STACK_MAX_PARAMS``).
+  where the stacked pass stops paying as the model grows (``STACK_MAX_PARAMS``);
+- ``split``: auto splitting off a merged version's rows however few (``split_min_rows=1``: two plain passes) against
+  auto as shipped (fewer than ``SPLIT_MIN_ROWS`` rows of it ride in one fused pass): big batches with a few
+  challenger rows, e.g. ``--shapes 27+3,29+1,24+6,30+0``.
 
 Run:  ``.venv/bin/python bench/mixed_batches.py --shapes 3+1,1+3,5+3,6+2,2+2,4+0 [--compare decodestack]
 [--model-shape small-8m --adapter-steps 2]``
@@ -38,7 +41,8 @@ import two_versions_bench as tvb  # noqa: E402
 
 #: (candidate's settings, baseline's settings) of each comparison.
 COMPARE = {"decodestack": ({"stack_max_decode_params": 10**12}, {"stack_max_decode_padding": 0.0}),
-           "stack": ({"stack_max_params": 10**12, "stack_max_decode_params": 10**12}, {"stack_max_params": None})}
+           "stack": ({"stack_max_params": 10**12, "stack_max_decode_params": 10**12}, {"stack_max_params": None}),
+           "split": ({"split_min_rows": 1}, {})}
 
 
 def parse_shape(text: str) -> tuple[int, int]:
