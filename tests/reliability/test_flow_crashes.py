@@ -46,7 +46,7 @@ from tests.reliability.helpers import MODEL, REPO, FakeUpstream, banking_rows, r
 
 pytestmark = [pytest.mark.prefect, pytest.mark.slow]
 
-# The flow processes. Importing the flows takes 10-20 s on two busy cores (prefect, scipy, matplotlib, torch), and
+# The flow processes. Importing the flows and what their runs load takes 10-20 s on two busy cores (prefect, torch), and
 # the file starts a dozen of them; so one server process imports them once and forks a process per run, which
 # runs the real CLI (``slm rollout run ...``, ``slm retrain ...``) in a process of its own, reported by pid
 # and killed with SIGKILL like any other. A run may carry one planted fault (SLM_TEST_CRASH), a SIGKILL of
