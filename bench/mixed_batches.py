@@ -15,7 +15,10 @@ The pair compared (``--compare``):
   where the stacked pass stops paying as the model grows (``STACK_MAX_PARAMS``);
 - ``split``: auto splitting off a merged version's rows however few (``split_min_rows=1``: two plain passes) against
   auto as shipped (fewer than ``SPLIT_MIN_ROWS`` rows of it ride in one fused pass): big batches with a few
-  challenger rows, e.g. ``--shapes 27+3,29+1,24+6,30+0``.
+  challenger rows, e.g. ``--shapes 27+3,29+1,24+6,30+0``;
+- ``bigstack``: auto as shipped (batches of up to ``STACK_MAX_ROWS``, 32 rows, stack) against auto with
+  ``stack_max_rows=16`` (the default before session 14: bigger batches split or fuse), e.g. ``--shapes
+  16+15,12+12,9+8,16+8``.
 
 Run:  ``.venv/bin/python bench/mixed_batches.py --shapes 3+1,1+3,5+3,6+2,2+2,4+0 [--compare decodestack]
 [--model-shape small-8m --adapter-steps 2]``
@@ -42,7 +45,8 @@ import two_versions_bench as tvb  # noqa: E402
 #: (candidate's settings, baseline's settings) of each comparison.
 COMPARE = {"decodestack": ({"stack_max_decode_params": 10**12}, {"stack_max_decode_padding": 0.0}),
            "stack": ({"stack_max_params": 10**12, "stack_max_decode_params": 10**12}, {"stack_max_params": None}),
-           "split": ({"split_min_rows": 1}, {})}
+           "split": ({"split_min_rows": 1}, {}),
+           "bigstack": ({}, {"stack_max_rows": 16})}
 
 
 def parse_shape(text: str) -> tuple[int, int]:

@@ -17,7 +17,9 @@ into ``serving.backend.InProcessBackend`` — the code the gateway serves with �
 - ``auto_nosplit_90_10`` / ``auto_nosplit_50_50``: auto with that split turned off (``split_min_rows=None``),
   ``auto_nostack_*``: auto without stacked passes (``stack_max_params=None``, the default before them), and
   ``auto_nodecodestack_*``: auto whose unequal groups never stack their decode steps alone
-  (``stack_max_decode_padding=0``, the default before session 7), for a before/after inside one run;
+  (``stack_max_decode_padding=0``, the default before session 7), and ``auto_nobigstack_*``: auto that stacks
+  batches of at most 16 rows (``stack_max_rows=16``, the default before session 14), for a before/after inside one
+  run;
 - ``merged_90_10`` / ``merged_50_50``: the same in ``adapter_mode="merged"`` (a merged copy per version, one
   ``generate`` per version in a mixed batch: the default before fused mode);
 - ``unmerged_90_10`` / ``unmerged_50_50``: the same in ``adapter_mode="unmerged"`` (one base, peft adapters).
@@ -31,6 +33,12 @@ Both versions are real adapters, trained by ``training.lora.train_lora`` with th
 adapter too. Why not the bare base as champion: on the random-init shapes the bare base never writes the stop
 token, so its rows would always run to ``max_new_tokens`` while the adapters stop early, and tokens/s would
 compare output lengths, not serving cost. Each cell reports tokens per request so that stays visible.
+With ``--same-adapter`` both versions load the challenger's adapter (two names, one set of weights): every cell then
+writes the same answers, so tokens/s compares serving cost alone. Two different adapters write answers of different
+lengths (on the pretrained demo base the champion's are shorter: 6.8 tokens a request against the challenger's 7.4),
+and a request's prompt costs the same however few tokens it answers with, so a cell that serves more champion rows
+reads slower in tokens/s (and faster in requests/s) than the one model with no serving cost at all; the serving
+machinery never looks at the weights' values, so equal weights change nothing but the answers.
 Prompts are held-out BANKING77 queries. Cells run interleaved — every round visits every cell, the order rotating,
 with a run of ``one`` before the first and after every cell (A-B-A) — and the report gives medians and ranges over
 rounds, and ratios to ``one``: the headline ``paired_ratio`` is the median over rounds of each run against the mean
@@ -64,7 +72,7 @@ CHAMPION, CHALLENGER = "champion", "challenger"
 SPLITS = {"90_10": 0.9, "50_50": 0.5}
 # auto with one of its choices turned off, for a before/after inside one run: mode "auto_no<key>".
 VARIANTS = {"": {}, "split": {"split_min_rows": None}, "stack": {"stack_max_params": None},
-            "decodestack": {"stack_max_decode_padding": 0.0}}
+            "decodestack": {"stack_max_decode_padding": 0.0}, "bigstack": {"stack_max_rows": 16}}
 
 
 def closed_loop(batcher, prompts: list[str], versions: tuple[str | None, str | None], champion_share: float,
@@ -92,7 +100,7 @@ def closed_loop(batcher, prompts: list[str], versions: tuple[str | None, str | N
             "tokens_per_request": round(tokens[0] / len(latencies), 2),
             "p50_ms": round(shapes.pct(latencies, 50), 2),
             "p99_ms": round(shapes.pct(latencies, 99), 2), "requests": len(latencies),
-            "load_1min": round(os.getloadavg()[0], 2)}
+            "requests_per_s": round(len(latencies) / elapsed, 1), "load_1min": round(os.getloadavg()[0], 2)}
 
 
 def open_loop(batcher, prompts: list[str], versions: tuple[str | None, str | None], champion_share: float,
@@ -205,7 +213,8 @@ def measure(backend, prompts: list[str], champion_share: float | None, concurren
 
 
 def run(shape: str, device: str, concurrency: list[int], seconds: float, rounds: int, threads: int,
-        modes: list[str], adapter_steps: int, rejoin_share: float, work: Path | None = None) -> dict:
+        modes: list[str], adapter_steps: int, rejoin_share: float, work: Path | None = None,
+        same_adapter: bool = False) -> dict:
     import torch
 
     shapes.require_device(device)
@@ -215,8 +224,12 @@ def run(shape: str, device: str, concurrency: list[int], seconds: float, rounds:
     with tempfile.TemporaryDirectory(dir=work) as tmp:
         root = Path(tmp)
         base_dir, origin = shapes.build_base(shape, root / "base")
-        adapters = {name: train_adapter(base_dir, root / name, adapter_steps, seed, device, threads)
-                    for name, seed in ((CHAMPION, 1), (CHALLENGER, 0))}
+        if same_adapter:  # one adapter under both names (module docstring): the same answers in every cell
+            folder = train_adapter(base_dir, root / CHALLENGER, adapter_steps, 0, device, threads)
+            adapters = {CHAMPION: folder, CHALLENGER: folder}
+        else:
+            adapters = {name: train_adapter(base_dir, root / name, adapter_steps, seed, device, threads)
+                        for name, seed in ((CHAMPION, 1), (CHALLENGER, 0))}
         models = backends(base_dir, merge(base_dir, adapters[CHALLENGER], root / "merged"), adapters, modes,
                           device, threads)
         others = [(f"{m}_{s}", m, share) for m in modes for s, share in SPLITS.items()]
@@ -227,6 +240,7 @@ def run(shape: str, device: str, concurrency: list[int], seconds: float, rounds:
         report = {"benchmark": "two live versions vs one merged model", "shape": shape, "base": origin,
                   "parameters": shapes.parameters(base_dir), "modes": {m: models[m].mode for m in modes},
                   "seconds_per_cell": seconds, "rounds": rounds, "max_batch": 32, "rejoin_share": rejoin_share,
+                  "same_adapter": same_adapter,
                   "machine_before": shapes.machine(device), "results": {}}
         for mode in modes:  # the version merged into the base: the warm-up leaves none
             if models[mode].mode == "fused":
@@ -245,6 +259,7 @@ def run(shape: str, device: str, concurrency: list[int], seconds: float, rounds:
                     cell = measure(models[key], prompts, share, c, seconds, rejoin_share=rejoin_share)
                     after = measure(models["one"], prompts, None, c, seconds, rejoin_share=rejoin_share)
                     cell["baseline_tokens_per_s"] = round((before["tokens_per_s"] + after["tokens_per_s"]) / 2, 1)
+                    cell["baseline_requests_per_s"] = round((before["requests_per_s"] + after["requests_per_s"]) / 2, 1)
                     raw[name].append(cell)
                     raw["one"].append(after)
                     before = after
@@ -276,6 +291,10 @@ def summarize(raw: dict[str, list[dict]]) -> dict:
             cell["ratio_per_round"] = shapes.spread([r["tokens_per_s"] / r["baseline_tokens_per_s"] for r in rows], 3)
             # The headline: the median of the paired ratios (a slow minute of the machine hits both sides of a pair).
             cell["paired_ratio"] = cell["ratio_per_round"]["median"]
+            # The same pairing on requests/s: where the versions' answers differ in length (module docstring), the
+            # truth about serving cost lies between the two ratios; with --same-adapter they agree.
+            cell["paired_requests_ratio"] = statistics.median(
+                round(r["requests_per_s"] / r["baseline_requests_per_s"], 3) for r in rows)
             cell["ratio_of_medians"] = round(cell["tokens_per_s"]["median"]
                                              / statistics.median(o["tokens_per_s"] for o in one), 3)
             cell["target_0_95x_met"] = cell["paired_ratio"] >= 0.95
@@ -305,10 +324,14 @@ def main() -> None:
     parser.add_argument("--rejoin-share", type=float, default=REJOIN_SHARE,
                         help="the micro-batcher's rejoin wait for every cell (default: the gateway's, "
                              "%(default)s; 0: off, the batcher before 2026-11-28)")
+    parser.add_argument("--same-adapter", action="store_true",
+                        help="both versions load the challenger's adapter: the same answers in every cell, so "
+                             "tokens/s compares serving cost alone (module docstring)")
     parser.add_argument("--json-out", type=Path, default=None)
     args = parser.parse_args()
     report = run(args.shape, args.device, [int(c) for c in args.concurrency.split(",")], args.seconds, args.rounds,
-                 args.threads, args.modes.split(","), args.adapter_steps, args.rejoin_share)
+                 args.threads, args.modes.split(","), args.adapter_steps, args.rejoin_share,
+                 same_adapter=args.same_adapter)
     shapes.emit(report, args.json_out)
 
 

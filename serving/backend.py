@@ -29,25 +29,29 @@ Four ways to serve several versions of one base model (``adapter_mode``):
     row, whose answers are dropped), one pass in which every Linear the versions' adapters touch is ONE batched
     matmul over the versions' stacked weights, each group of rows on its own (serving.fused_lora): one call where
     the fused delta takes five. Stacked / fused: 0.87-0.93 at 2+2 to 16+16 rows, 0.92-0.96 with 9-14 % padding
-    (6+5, 5+4, 4+3, 9+7), 0.98-1.02 at 17-25 % (7+5, 3+2, 5+3). It reads every version's weights, so it pays
-    only where calls, not weight reads, are the cost: small models (bench/mixed_batches.py --compare stack, random
-    init models of 2.2-12.2M parameters: 2+2 and 4+4 groups 0.92-0.96 at 2.2M, 0.97 at 3.6M, 1.04-1.15 from 8.2M;
-    8+8 0.76-0.91 at every size, against the split; bench/RESULTS.md). Memory: per set of versions served together,
+    (6+5, 5+4, 4+3, 9+7), 0.98-1.02 at 17-25 % (7+5, 3+2, 5+3). Batches of up to ``stack_max_rows`` rows (default
+    ``STACK_MAX_ROWS``, 32: the gateway's whole batch); stacked / split, Intel Xeon VM: 0.83-0.84 at 9+8, 10+10
+    and 12+12, 0.90-0.97 at 16+15, 16+16 and 14+17 (an AMD EPYC VM measured the split ahead from 12+12, under
+    load). It reads every version's weights, so it pays only where calls, not weight reads, are the cost: small
+    models (bench/mixed_batches.py --compare stack, random init models of 2.2-12.2M parameters: 2+2 and 4+4 groups
+    0.92-0.96 at 2.2M, 0.97 at 3.6M, 1.04-1.15 from 8.2M; 8+8 0.76-0.91 at every size, against the split;
+    bench/RESULTS.md). Memory: per set of versions served together,
     one more copy of each version's adapted layers (the stacks, kept until the home or the set of versions changes),
     counted with the merged copies in ``merged_memory_limit_mb``: a stack that would not fit is not built, and the
     batch takes the fused pass.
     Groups that need more padding — up to ``stack_max_decode_padding`` (default ``STACK_MAX_DECODE_PADDING``, half
-    the rows) and ``STACK_MAX_ROWS`` rows a step — are stacked in their decode steps only (``_decode_stacked``, a
-    greedy loop of our own: ``generate`` keeps one batch for every step): the prompts are read in one fused pass of
-    the rows themselves, the prompt cache is copied out to the padded layout once, and each step is stacked, where
-    a padding row costs next to nothing. Against the fused pass, CPU per batch (bench/mixed_batches.py: same rows,
-    8 batches a shape, min of 3): 0.94 at 3+1 and 1+3, 0.91 at 2+1, 0.94 at 5+3 and 5+2, 0.97 at 6+2; at 7+1, 12+4
-    and 14+2 (75 % padding, or more than 16 rows a step) 1.02-1.06, hence the limits. Only on models of at most
+    the rows) and ``STACK_MAX_DECODE_ROWS`` (16) rows a step — are stacked in their decode steps only
+    (``_decode_stacked``, a greedy loop of our own: ``generate`` keeps one batch for every step): the prompts are
+    read in one fused pass of the rows themselves, the prompt cache is copied out to the padded layout once, and
+    each step is stacked, where a padding row costs next to nothing. Against the fused pass, CPU per batch
+    (bench/mixed_batches.py: same rows, 8 batches a shape, min of 3): 0.94 at 3+1 and 1+3, 0.91 at 2+1, 0.94 at
+    5+3 and 5+2, 0.97 at 6+2; at 7+1, 12+4 and 14+2 (75 % padding, or more than 16 rows a step) 1.02-1.06, hence
+    the limits. Only on models of at most
     ``stack_max_decode_params`` (default ``STACK_MAX_DECODE_PARAMS``, 2M): 0.96-1.02 at 2.2M parameters, 1.06-1.17
     at 3.6M, 1.07-1.19 at 8.2M, 1.22-1.31 at 12.2M.
     It needs one-token stops (``_single_token_stops``); with a multi-token stop string such groups take the fused
     pass;
-  * split, when the batch has more than ``STACK_MAX_ROWS`` (16) rows or cannot stack: each non-home version with
+  * split, when the batch has more than ``stack_max_rows`` rows or cannot stack: each non-home version with
     a copy and at least ``split_min_rows`` rows (default ``SPLIT_MIN_ROWS``, 8) on its copy, the rest (at least
     as many rows; the home's) on the base, one ``generate`` each. Split / fused: 1.18 for 4 + 4 rows, 1.03-1.09
     for 4-6 + 6-8, 0.96-0.97 at 8 + 8, 0.80-0.93 from 12 + 10 (stacked there: 0.87-0.96);
@@ -89,19 +93,24 @@ AdapterMode = Literal["fused", "merged", "unmerged", "auto"]
 #: rows, else as one fused pass. Measured on the demo model, CPU (module docstring, "auto"): the smallest group
 #: size at which the split won in every measured batch shape; 4-6 lost in some.
 SPLIT_MIN_ROWS = 8
-#: Auto mode: a mixed batch runs as one stacked pass (module docstring) on models of at most STACK_MAX_PARAMS
-#: parameters, when padding its version groups to equal size adds at most STACK_MAX_PADDING of its rows; batches of
-#: more than STACK_MAX_ROWS rows split first where they can. Measured on the demo model (module docstring, "auto").
+#: Auto mode: a mixed batch of up to STACK_MAX_ROWS rows (the gateway's whole batch) runs as one stacked pass (module
+#: docstring) on models of at most STACK_MAX_PARAMS parameters, when padding its version groups to equal size adds at
+#: most STACK_MAX_PADDING of its rows; bigger batches split first where they can. Measured on the demo model (module
+#: docstring, "auto"). STACK_MAX_ROWS was 16 until 2026-11-28, set by session 6's measurement on an AMD EPYC VM
+#: (split beat stacking at 12+12 and 16+16, with another benchmark on the other core); re-measured quiet on an Intel
+#: Xeon VM, stacking beats the split at every shape from 9+8 to 16+16 (bench/RESULTS.md, session 14).
 STACK_MAX_PARAMS = 4_000_000
 STACK_MAX_PADDING = 0.15
-STACK_MAX_ROWS = 16
+STACK_MAX_ROWS = 32
 #: Auto mode: a small mixed batch whose groups need more padding than STACK_MAX_PADDING, up to this share of its
-#: rows (and STACK_MAX_ROWS rows in all), reads its prompts in one fused pass and runs only its decode steps stacked
-#: (``_decode_stacked``): a padded row costs a whole prompt's work in the first, next to nothing in the second.
+#: rows (and STACK_MAX_DECODE_ROWS rows a step, padding included), reads its prompts in one fused pass and runs only
+#: its decode steps stacked (``_decode_stacked``): a padded row costs a whole prompt's work in the first, next to
+#: nothing in the second.
 #: Measured on the demo model (module docstring); only on models of at most STACK_MAX_DECODE_PARAMS parameters
 #: (random-init models: break-even at 2.2M, a loss from 3.6M).
 STACK_MAX_DECODE_PADDING = 0.5
 STACK_MAX_DECODE_PARAMS = 2_000_000
+STACK_MAX_DECODE_ROWS = 16
 
 
 def merged_model(base_dir: Path, adapter_dir: Path, device="cpu") -> object:
@@ -160,11 +169,14 @@ class InProcessBackend:
                  merged_memory_limit_mb: float = 2048, split_min_rows: int | None = SPLIT_MIN_ROWS,
                  stack_max_params: int | None = STACK_MAX_PARAMS,
                  stack_max_decode_padding: float = STACK_MAX_DECODE_PADDING,
-                 stack_max_decode_params: int | None = STACK_MAX_DECODE_PARAMS) -> None:
+                 stack_max_decode_params: int | None = STACK_MAX_DECODE_PARAMS,
+                 stack_max_rows: int = STACK_MAX_ROWS) -> None:
         if adapter_mode not in ("fused", "merged", "unmerged", "auto"):
             raise ValueError(f"adapter_mode must be 'fused', 'merged', 'unmerged' or 'auto', got {adapter_mode!r}")
         if split_min_rows is not None and split_min_rows < 1:
             raise ValueError(f"split_min_rows must be at least 1 (or None: never split), got {split_min_rows}")
+        if stack_max_rows < 2:
+            raise ValueError(f"stack_max_rows must be at least 2 (two versions, a row each), got {stack_max_rows}")
         if not stack_max_decode_padding >= 0:
             raise ValueError(f"stack_max_decode_padding must be a share of a batch's rows, 0 or more (0: never "
                              f"stack the decode steps alone), got {stack_max_decode_padding}")
@@ -177,7 +189,7 @@ class InProcessBackend:
 
         self.base_dir, self.prompt_format, self.threads = base_dir, prompt_format, threads
         self.split_min_rows, self.stack_max_padding = split_min_rows, STACK_MAX_PADDING
-        self.stack_max_decode_padding = stack_max_decode_padding
+        self.stack_max_decode_padding, self.stack_max_rows = stack_max_decode_padding, stack_max_rows
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self._lock = threading.Lock()
         self._set_threads()
@@ -379,15 +391,15 @@ class InProcessBackend:
     def _passes(self, adapters: list[str | None]) -> list[list[int]]:
         """How one batch runs: lists of row positions, one ``generate`` pass each (module docstring, "auto").
 
-        Auto mode (fused with merged copies): a batch of up to ``STACK_MAX_ROWS`` rows that can stack is one pass
-        (``_generate_ids`` stacks it). Otherwise a non-home version with a merged copy and at least
+        Auto mode (fused with merged copies): a batch that can stack (``_stack_groups``: up to ``stack_max_rows``
+        rows) is one pass (``_generate_ids`` stacks it). Otherwise a non-home version with a merged copy and at least
         ``split_min_rows`` rows in the batch runs as its own plain pass when at least ``split_min_rows`` rows
         stay for the rest, which takes one pass (stacked if it can, else fused; plain when only home rows are
         left). Fused and auto mode put the home rows of that pass first, so the other versions' rows are one
         contiguous block (a view for the delta, not a gather). Every other mode: the whole batch, in order, one pass.
         """
         everything = list(range(len(adapters)))
-        if self._fused is None or (len(adapters) <= STACK_MAX_ROWS and self._stack_groups(adapters) is not None):
+        if self._fused is None or self._stack_groups(adapters) is not None:
             return [everything]
         passes, left, limit = [], len(adapters), self.split_min_rows
         if self._merged and limit is not None and left >= 2 * limit:
@@ -404,8 +416,9 @@ class InProcessBackend:
         """The row positions of each version when this batch runs as one stacked pass (home first), else None.
 
         Auto mode, small models (``stack_max_params``): every version of a mixed batch has full weights (the home,
-        or a merged copy), and padding the groups to equal size adds at most ``stack_max_padding`` of the rows, or
-        at most ``stack_max_decode_padding`` of them and no more than ``STACK_MAX_ROWS`` in all when only the decode
+        or a merged copy), and padding the groups to equal size adds at most ``stack_max_padding`` of the rows (of
+        at most ``stack_max_rows``), or at most ``stack_max_decode_padding`` of them and no more than
+        ``STACK_MAX_DECODE_ROWS`` (nor ``stack_max_rows``) in all when only the decode
         steps will be stacked (``_decode_stacked``: it needs the one-token stops of ``_single_token_stops`` and a
         model forward that takes ``cache``, ``position_ids`` and ``logits_to_keep``, as transformers' causal LMs do).
         """
@@ -415,10 +428,12 @@ class InProcessBackend:
         if len(groups) < 2 or not all(self._fused.stackable(v, self._merged) for v in groups):
             return None
         padding, rows = self._padding(groups), len(adapters)
-        if padding > self.stack_max_padding * rows and (
-                not self._stack_decode or self._stop_ids is None or not self._forward_takes_cache
-                or padding > self.stack_max_decode_padding * rows
-                or rows + padding > STACK_MAX_ROWS):
+        whole = padding <= self.stack_max_padding * rows and rows <= self.stack_max_rows
+        # (A batch refused the whole pass for its rows alone is refused this too: more rows a step than it allows.)
+        decode_only = (self._stack_decode and self._stop_ids is not None and self._forward_takes_cache
+                       and padding <= self.stack_max_decode_padding * rows
+                       and rows + padding <= min(STACK_MAX_DECODE_ROWS, self.stack_max_rows))
+        if not (whole or decode_only):
             return None
         ordered = dict(sorted(groups.items(), key=lambda g: (g[0] != self.home, str(g[0]))))
         return ordered if self._stack_fits(list(ordered)) else None

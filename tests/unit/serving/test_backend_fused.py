@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import pytest
 
 from lifecycle.prompting import INTENT_V1
-from serving.backend import SPLIT_MIN_ROWS, STACK_MAX_ROWS, InProcessBackend
+from serving.backend import SPLIT_MIN_ROWS, STACK_MAX_DECODE_ROWS, STACK_MAX_ROWS, InProcessBackend
 
 
 def open_with(base, adapters, mode: str) -> InProcessBackend:
@@ -349,15 +349,24 @@ def test_auto_stacks_small_mixed_batches_whose_groups_need_little_padding(auto, 
     assert groups(["mixed"] * 3 + ["drift"]) == {"drift": [3], "mixed": [0, 1, 2]}  # 2 padding rows to 4 rows
     assert groups(["mixed"] * 7 + ["drift"] * 3) is not None  # 4 to 10, 14 in all
     assert groups(["mixed"] * 5 + ["drift"]) is None  # 4 to 6: more than half, the fused pass costs less
-    assert groups(["mixed"] * 9 + ["drift"] * 5) is None  # 4 to 14, but 18 rows a step: more than STACK_MAX_ROWS
+    assert STACK_MAX_DECODE_ROWS == 16
+    assert groups(["mixed"] * 9 + ["drift"] * 5) is None  # 4 to 14, but 18 rows a step: over STACK_MAX_DECODE_ROWS
     assert groups(["mixed", None]) is None  # the bare base has no weights of its own while "drift" is home
     assert groups(["mixed"] * 4) is None  # one version: a plain pass
     assert auto._passes(["mixed", "drift"] * (STACK_MAX_ROWS // 2)) == [r(0, STACK_MAX_ROWS)]  # one stacked pass
     many = ["mixed", "drift"] * (STACK_MAX_ROWS // 2 + 1)  # more rows: the split goes first (two plain passes)
     assert auto._passes(many) == [r(0, len(many))[0::2], r(0, len(many))[1::2]]
-    three = ["mixed", "drift", "headless"] * 6  # no group big enough to split: one pass, stacked
-    assert auto._passes(three) == [r(0, 18)[1::3] + [j for j in r(0, 18) if j % 3 != 1]]  # home first, as fused
-    assert groups(three) is not None
+    three = ["mixed", "drift", "headless"] * 6  # equal groups of three versions, 18 rows: one stacked pass
+    assert auto._passes(three) == [r(0, 18)] and groups(three) is not None
+    auto.stack_max_rows = 10  # a smaller bound holds for both kinds of stacking
+    try:
+        assert groups(["mixed"] * 5 + ["drift"] * 5) is not None
+        assert groups(["mixed"] * 6 + ["drift"] * 5) is None  # one padding row in 12 would do, but 11 rows
+        assert groups(["mixed"] * 3 + ["drift"] * 2) is not None  # decode steps only: 6 rows a step
+        assert groups(["mixed"] * 6 + ["drift"] * 3) is None  # decode steps only, 12 rows a step: over 10
+        assert auto._passes(["mixed", "drift"] * 6) == [r(0, 12)[1::2] + r(0, 12)[0::2]]  # fused, home first
+    finally:
+        auto.stack_max_rows = STACK_MAX_ROWS
     for off in ({"stack_max_params": None}, {"stack_max_params": 1000}, {"adapter_mode": "fused"}):
         assert not InProcessBackend(tiny_base_model[0], INTENT_V1, device="cpu", **off)._stack, off
 
@@ -414,6 +423,17 @@ def test_stacked_batches_answer_as_each_version_alone(auto, alone, prompts, home
     assert not any("forward" in vars(m) for m in auto._fused.linears.values())  # hooks gone after the batch
 
 
+def test_a_whole_gateway_batch_of_two_near_equal_groups_runs_stacked_and_answers_as_each_version_alone(
+        auto, alone, prompts):
+    pin(auto, "drift")
+    names = ["drift", "mixed"] * 15 + ["mixed"]  # 15 + 16 rows: one padding row, over the old 16-row bound
+    for start in (0, 31, 62):
+        with passes_of(auto, SPLIT_MIN_ROWS) as passes:
+            got = auto.generate(prompts[start:start + 31], names)
+        assert [g.text for g in got] == [alone[n][start + i] for i, n in enumerate(names)]
+        assert len(passes) == 1 and auto._stack_groups(passes[0]) is not None  # not split into two plain passes
+
+
 @pytest.mark.parametrize("home", ["drift", None])
 def test_batches_stacked_in_their_decode_steps_only_answer_as_each_version_alone(auto, alone, prompts, home):
     """Groups too unequal to pad their prompts (3+1, 5+3, 1+2, 3+1+1 rows) read them in one fused pass and run only
@@ -456,6 +476,12 @@ def test_without_one_token_stops_unequal_groups_take_the_fused_pass(auto, alone,
 def test_a_split_threshold_below_one_row_is_refused_with_its_meaning(tiny_base_model, bad):
     with pytest.raises(ValueError, match=f"split_min_rows must be at least 1 .*got {bad}"):
         InProcessBackend(tiny_base_model[0], INTENT_V1, device="cpu", split_min_rows=bad)
+
+
+@pytest.mark.parametrize("bad", [1, 0, -4])
+def test_a_stacking_bound_below_two_rows_is_refused_with_its_meaning(tiny_base_model, bad):
+    with pytest.raises(ValueError, match=f"stack_max_rows must be at least 2 .*got {bad}"):
+        InProcessBackend(tiny_base_model[0], INTENT_V1, device="cpu", stack_max_rows=bad)
 
 
 @pytest.mark.parametrize("bad", [-0.1, float("nan")])

@@ -63,6 +63,18 @@ def test_same_seed_gives_the_same_adapter_bit_for_bit(trained, tiny_base_model, 
     assert other.weights_sha256 != trained.weights_sha256
 
 
+def test_seeded_dropout_is_reproducible_and_changes_the_adapter(tiny_base_model, tiny_drifted_pairs, recipe, tmp_path):
+    # The recipe's dropout is 0 by default since 2026-11-28, so the test above no longer draws any masks: dropout's
+    # draws must come from the seeded generator too (same seed, same bits), and be drawn (another adapter than none).
+    short = recipe.model_copy(update={"max_steps": 5})
+    noisy = short.model_copy(update={"dropout": 0.05})
+    runs = [train_lora(tiny_base_model[0], tiny_drifted_pairs, noisy, tmp_path / f"noisy{i}", device="cpu")
+            for i in range(2)]
+    plain = train_lora(tiny_base_model[0], tiny_drifted_pairs, short, tmp_path / "plain", device="cpu")
+    assert runs[0].weights_sha256 == runs[1].weights_sha256
+    assert runs[0].weights_sha256 != plain.weights_sha256
+
+
 def test_continuing_from_an_adapter_starts_where_it_ended(trained, tiny_base_model, tiny_drifted_pairs, recipe,
                                                            tmp_path):
     more = train_lora(tiny_base_model[0], tiny_drifted_pairs, recipe.model_copy(update={"init_from_champion": True}),
