@@ -18,8 +18,8 @@ into ``serving.backend.InProcessBackend`` â€” the code the gateway serves with â
   ``auto_nostack_*``: auto without stacked passes (``stack_max_params=None``, the default before them), and
   ``auto_nodecodestack_*``: auto whose unequal groups never stack their decode steps alone
   (``stack_max_decode_padding=0``, the default before session 7), and ``auto_nobigstack_*``: auto that stacks
-  batches of at most 16 rows (``stack_max_rows=16``, the default before session 14), for a before/after inside one
-  run;
+  batches of at most 16 rows (``stack_max_rows=16``: with two versions, the paths of the default before session 14),
+  for a before/after inside one run;
 - ``merged_90_10`` / ``merged_50_50``: the same in ``adapter_mode="merged"`` (a merged copy per version, one
   ``generate`` per version in a mixed batch: the default before fused mode);
 - ``unmerged_90_10`` / ``unmerged_50_50``: the same in ``adapter_mode="unmerged"`` (one base, peft adapters).
@@ -34,8 +34,10 @@ adapter too. Why not the bare base as champion: on the random-init shapes the ba
 token, so its rows would always run to ``max_new_tokens`` while the adapters stop early, and tokens/s would
 compare output lengths, not serving cost. Each cell reports tokens per request so that stays visible.
 With ``--same-adapter`` both versions load the challenger's adapter (two names, one set of weights): every cell then
-writes the same answers, so tokens/s compares serving cost alone. Two different adapters write answers of different
-lengths (on the pretrained demo base the champion's are shorter: 6.8 tokens a request against the challenger's 7.4),
+writes the same answers (up to float rounding: the fused delta of equal factors cancels to a rounding error), so
+tokens/s compares serving cost alone. Two different adapters write answers of different lengths (on the pretrained
+demo base the champion's are shorter: 6.8 tokens a request against the challenger's 7.3-7.4; bench/RESULTS.md,
+"Two live versions", session 14),
 and a request's prompt costs the same however few tokens it answers with, so a cell that serves more champion rows
 reads slower in tokens/s (and faster in requests/s) than the one model with no serving cost at all; the serving
 machinery never looks at the weights' values, so equal weights change nothing but the answers.
@@ -100,7 +102,7 @@ def closed_loop(batcher, prompts: list[str], versions: tuple[str | None, str | N
             "tokens_per_request": round(tokens[0] / len(latencies), 2),
             "p50_ms": round(shapes.pct(latencies, 50), 2),
             "p99_ms": round(shapes.pct(latencies, 99), 2), "requests": len(latencies),
-            "requests_per_s": round(len(latencies) / elapsed, 1), "load_1min": round(os.getloadavg()[0], 2)}
+            "requests_per_s": round(len(latencies) / elapsed, 3), "load_1min": round(os.getloadavg()[0], 2)}
 
 
 def open_loop(batcher, prompts: list[str], versions: tuple[str | None, str | None], champion_share: float,
@@ -142,6 +144,7 @@ def open_loop(batcher, prompts: list[str], versions: tuple[str | None, str | Non
             "tokens_per_request": round(tokens[0] / max(len(latencies), 1), 2),
             "p50_ms": round(shapes.pct(latencies, 50), 2) if latencies else None,
             "p99_ms": round(shapes.pct(latencies, 99), 2) if latencies else None, "requests": len(latencies),
+            "requests_per_s": round(len(latencies) / elapsed, 3),
             "failed": len(plan) - len(latencies), "offered_per_s": round(len(plan) / seconds, 2),
             "load_1min": round(os.getloadavg()[0], 2)}
 
@@ -259,7 +262,7 @@ def run(shape: str, device: str, concurrency: list[int], seconds: float, rounds:
                     cell = measure(models[key], prompts, share, c, seconds, rejoin_share=rejoin_share)
                     after = measure(models["one"], prompts, None, c, seconds, rejoin_share=rejoin_share)
                     cell["baseline_tokens_per_s"] = round((before["tokens_per_s"] + after["tokens_per_s"]) / 2, 1)
-                    cell["baseline_requests_per_s"] = round((before["requests_per_s"] + after["requests_per_s"]) / 2, 1)
+                    cell["baseline_requests_per_s"] = round((before["requests_per_s"] + after["requests_per_s"]) / 2, 3)
                     raw[name].append(cell)
                     raw["one"].append(after)
                     before = after
@@ -317,9 +320,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (FACTS.md: set it)")
     parser.add_argument("--modes", default="auto,fused,merged,unmerged",
                         help="backend adapter modes to compare; also auto_nosplit / auto_nostack / "
-                             "auto_nodecodestack: auto without the split of mixed batches / without stacked passes / "
-                             "without decode-only stacking (opt-in: bench/gpu_check.sh's time budget counts the "
-                             "default cells)")
+                             "auto_nodecodestack / auto_nobigstack: auto without the split of mixed batches / without "
+                             "stacked passes / without decode-only stacking / stacking at most 16 rows (opt-in: "
+                             "bench/gpu_check.sh's time budget counts the default cells)")
     parser.add_argument("--adapter-steps", type=int, default=60, help="LoRA steps that make each version's adapter")
     parser.add_argument("--rejoin-share", type=float, default=REJOIN_SHARE,
                         help="the micro-batcher's rejoin wait for every cell (default: the gateway's, "

@@ -40,10 +40,10 @@ Four ways to serve several versions of one base model (``adapter_mode``):
     counted with the merged copies in ``merged_memory_limit_mb``: a stack that would not fit is not built, and the
     batch takes the fused pass.
     Groups that need more padding — up to ``stack_max_decode_padding`` (default ``STACK_MAX_DECODE_PADDING``, half
-    the rows) and ``STACK_MAX_DECODE_ROWS`` (16) rows a step — are stacked in their decode steps only
-    (``_decode_stacked``, a greedy loop of our own: ``generate`` keeps one batch for every step): the prompts are
-    read in one fused pass of the rows themselves, the prompt cache is copied out to the padded layout once, and
-    each step is stacked, where a padding row costs next to nothing. Against the fused pass, CPU per batch
+    the rows) and ``STACK_MAX_DECODE_ROWS`` (16, nor ``stack_max_rows``) rows a step — are stacked in their decode
+    steps only (``_decode_stacked``, a greedy loop of our own: ``generate`` keeps one batch for every step): the
+    prompts are read in one fused pass of the rows themselves, the prompt cache is copied out to the padded layout
+    once, and each step is stacked, where a padding row costs next to nothing. Against the fused pass, CPU per batch
     (bench/mixed_batches.py: same rows, 8 batches a shape, min of 3): 0.94 at 3+1 and 1+3, 0.91 at 2+1, 0.94 at
     5+3 and 5+2, 0.97 at 6+2; at 7+1, 12+4 and 14+2 (75 % padding, or more than 16 rows a step) 1.02-1.06, hence
     the limits. Only on models of at most
@@ -55,7 +55,8 @@ Four ways to serve several versions of one base model (``adapter_mode``):
     a copy and at least ``split_min_rows`` rows (default ``SPLIT_MIN_ROWS``, 8) on its copy, the rest (at least
     as many rows; the home's) on the base, one ``generate`` each. Split / fused: 1.18 for 4 + 4 rows, 1.03-1.09
     for 4-6 + 6-8, 0.96-0.97 at 8 + 8, 0.80-0.93 from 12 + 10 (stacked there: 0.87-0.96);
-  * fused: the rest (groups too unequal for either stacking, the bare base beside a home, no copies).
+  * fused: the rest (groups too unequal for either stacking, more than ``stack_max_rows`` rows that cannot split,
+    the bare base beside a home, no copies).
   Over the memory limit it is plain fused. Through the micro-batcher (bench/two_versions_bench.py) tokens/s
   against one merged model: see bench/RESULTS.md; two weight sets in turn cost 1-6 % even at concurrency 1,
   and a fused pass of a small mixed batch costs 7-22 % more per step than a plain one on a model this small
@@ -175,8 +176,9 @@ class InProcessBackend:
             raise ValueError(f"adapter_mode must be 'fused', 'merged', 'unmerged' or 'auto', got {adapter_mode!r}")
         if split_min_rows is not None and split_min_rows < 1:
             raise ValueError(f"split_min_rows must be at least 1 (or None: never split), got {split_min_rows}")
-        if stack_max_rows < 2:
-            raise ValueError(f"stack_max_rows must be at least 2 (two versions, a row each), got {stack_max_rows}")
+        if not isinstance(stack_max_rows, int) or stack_max_rows < 2:
+            raise ValueError(f"stack_max_rows must be a whole number of rows, at least 2 (two versions, a row each; "
+                             f"stack_max_params=None turns stacking off), got {stack_max_rows!r}")
         if not stack_max_decode_padding >= 0:
             raise ValueError(f"stack_max_decode_padding must be a share of a batch's rows, 0 or more (0: never "
                              f"stack the decode steps alone), got {stack_max_decode_padding}")

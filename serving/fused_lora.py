@@ -91,10 +91,10 @@ def _delta_forward(linear, a, b, rows, mask):
         # its Python is a good part of its cost): the factors as the mm wants them (the plan keeps them so: no
         # copy), the block's rows, the functions themselves.
         at, bt, out = a.t().contiguous(), b.t().contiguous(), weight.shape[0]
-        first, last, linear, mm = rows.start, rows.stop, F.linear, torch.mm
+        first, last, f_linear, mm = rows.start, rows.stop, F.linear, torch.mm
 
         def block(x):
-            y = linear(x, weight, bias)
+            y = f_linear(x, weight, bias)
             shape = x.shape
             n = x.numel() // (shape[0] * shape[-1])  # positions per row (ints only: x[0] would be a torch call)
             lo, hi = first * n, last * n
@@ -272,19 +272,19 @@ class FusedLora:
         else:
             rows = torch.tensor(others, device=self.device)
         masks: dict[tuple[int, ...], object] = {}
-        for m, (a, b, owners) in plan.items():
-            mask = None
-            if len(versions) > 1:
-                if owners not in masks:
-                    hit = torch.tensor(owner)[:, None] == torch.tensor(owners)[None, :]
-                    masks[owners] = hit.to(device=a.device, dtype=a.dtype).unsqueeze(1)
-                mask = masks[owners]
-            vars(self.linears[m])["forward"] = _delta_forward(self.linears[m], a, b, rows, mask)
-        try:
+        try:  # hooks set inside: one that failed half-way (a mask's memory, say) must not outlive the batch
+            for m, (a, b, owners) in plan.items():
+                mask = None
+                if len(versions) > 1:
+                    if owners not in masks:
+                        hit = torch.tensor(owner)[:, None] == torch.tensor(owners)[None, :]
+                        masks[owners] = hit.to(device=a.device, dtype=a.dtype).unsqueeze(1)
+                    mask = masks[owners]
+                vars(self.linears[m])["forward"] = _delta_forward(self.linears[m], a, b, rows, mask)
             yield
         finally:
             for m in plan:
-                del vars(self.linears[m])["forward"]
+                vars(self.linears[m]).pop("forward", None)
 
     def stackable(self, version: str | None, copies: dict) -> bool:
         """A stacked pass can take ``version``'s rows: its full weights are at hand (the home's are the base's)."""
@@ -338,10 +338,10 @@ class FusedLora:
             if not self.stackable(v, copies):
                 raise ValueError(f"version {v!r} has no full weights to stack (not the home, no merged copy)")
         stack = self._stack(versions, copies)
-        for m, (weights, bias) in stack.items():
-            vars(self.linears[m])["forward"] = _stacked_forward(weights, bias, len(versions))
-        try:
+        try:  # as in applied: no hook outlives the batch
+            for m, (weights, bias) in stack.items():
+                vars(self.linears[m])["forward"] = _stacked_forward(weights, bias, len(versions))
             yield
         finally:
             for m in stack:
-                del vars(self.linears[m])["forward"]
+                vars(self.linears[m]).pop("forward", None)

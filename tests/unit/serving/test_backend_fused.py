@@ -100,6 +100,28 @@ def test_a_batch_of_home_rows_does_no_delta_work(fused, prompts):
     fused.generate(prompts[:8], ["mixed", "drift"] * 4)
     assert list(fused._fused._plans) == [("drift",)]
     assert not any("forward" in vars(m) for m in fused._fused.linears.values())  # hooks gone after the batch
+    for a, b, _ in fused._fused._plans[("drift",)].values():  # kept as the block's mm takes them: nothing to copy
+        assert a.t().contiguous().data_ptr() == a.data_ptr() and b.t().contiguous().data_ptr() == b.data_ptr()
+
+
+def test_a_hook_that_fails_half_way_through_a_batch_leaves_no_hook_behind(fused, prompts, monkeypatch):
+    import serving.fused_lora as fl
+
+    pin(fused, "mixed")
+    made, real = [], fl._delta_forward
+
+    def failing(*args):
+        if len(made) == 5:
+            raise RuntimeError("out of memory (simulated)")
+        made.append(args[0])
+        return real(*args)
+
+    monkeypatch.setattr(fl, "_delta_forward", failing)
+    with pytest.raises(RuntimeError, match="simulated"), fused._fused.applied(["mixed", "drift"]):
+        pass
+    assert len(made) == 5 and not any("forward" in vars(m) for m in fused._fused.linears.values())
+    monkeypatch.undo()
+    assert texts(fused, prompts[:4], ["mixed"] * 4) == texts(fused, prompts[:4], ["mixed"] * 4)  # still serves
 
 
 def test_the_home_follows_the_traffic_and_a_50_50_split_does_not_flap(tiny_base_model, adapters, prompts):
@@ -297,6 +319,10 @@ def test_the_delta_on_a_block_of_rows_equals_the_gathered_delta_and_the_plain_su
         assert torch.equal(block, _delta_forward(linear, a, b, torch.tensor([2, 3, 4]), mask)(x))
         every = _delta_forward(linear, a, b, None, None)(x)
         assert torch.allclose(every, linear(x) + (x @ a.T) @ b.T, atol=1e-5)
+        at, bt = a.t().contiguous().t(), b.t().contiguous().t()  # the plan's layout: transposed views
+        for rows, cols in ((slice(2, 5), None), (torch.tensor([2, 3, 4]), None), (slice(2, 5), mask), (None, None)):
+            assert torch.allclose(_delta_forward(linear, at, bt, rows, cols)(x),
+                                  _delta_forward(linear, a, b, rows, cols)(x), atol=1e-6)
 
 
 @pytest.mark.parametrize("home", ["drift", "headless", None])
@@ -478,9 +504,9 @@ def test_a_split_threshold_below_one_row_is_refused_with_its_meaning(tiny_base_m
         InProcessBackend(tiny_base_model[0], INTENT_V1, device="cpu", split_min_rows=bad)
 
 
-@pytest.mark.parametrize("bad", [1, 0, -4])
+@pytest.mark.parametrize("bad", [1, 0, -4, None, 2.5])
 def test_a_stacking_bound_below_two_rows_is_refused_with_its_meaning(tiny_base_model, bad):
-    with pytest.raises(ValueError, match=f"stack_max_rows must be at least 2 .*got {bad}"):
+    with pytest.raises(ValueError, match=f"stack_max_rows must be a whole number of rows, at least 2 .*got {bad}"):
         InProcessBackend(tiny_base_model[0], INTENT_V1, device="cpu", stack_max_rows=bad)
 
 
