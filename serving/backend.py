@@ -30,13 +30,13 @@ Four ways to serve several versions of one base model (``adapter_mode``):
     matmul over the versions' stacked weights, each group of rows on its own (serving.fused_lora): one call where
     the fused delta takes five. Stacked / fused: 0.87-0.93 at 2+2 to 16+16 rows, 0.92-0.96 with 9-14 % padding
     (6+5, 5+4, 4+3, 9+7), 0.98-1.02 at 17-25 % (7+5, 3+2, 5+3). Batches of up to ``stack_max_rows`` rows (default
-    ``STACK_MAX_ROWS``, 32: the gateway's whole batch); stacked / split, Intel Xeon VM: 0.83-0.84 at 9+8, 10+10
-    and 12+12, 0.90-0.97 at 16+15, 16+16 and 14+17 (an AMD EPYC VM measured the split ahead from 12+12, under
-    load). It reads every version's weights, so it pays only where calls, not weight reads, are the cost: small
-    models (bench/mixed_batches.py --compare stack, random init models of 2.2-12.2M parameters: 2+2 and 4+4 groups
-    0.92-0.96 at 2.2M, 0.97 at 3.6M, 1.04-1.15 from 8.2M; 8+8 0.76-0.91 at every size, against the split;
-    bench/RESULTS.md). Memory: per set of versions served together,
-    one more copy of each version's adapted layers (the stacks, kept until the home or the set of versions changes),
+    ``STACK_MAX_ROWS``, 32: the gateway's whole batch); stacked / split, Intel Xeon VM (bench/mixed_batches.py
+    --compare bigstack): 0.83-0.91 at 9+8, 10+10 and 12+12, 0.90-0.95 at 16+15, 15+16, 16+16 and 14+17 (an AMD
+    EPYC VM measured the split ahead from 12+12, under load). It reads every version's weights, so it pays only
+    where calls, not weight reads, are the cost: small models (bench/mixed_batches.py --compare stack, random init
+    models of 2.2-12.2M parameters: 2+2 and 4+4 groups 0.92-0.96 at 2.2M, 0.97 at 3.6M, 1.04-1.15 from 8.2M; 8+8
+    0.76-0.91 at every size, against the split; bench/RESULTS.md). Memory: per set of versions served together, one
+    more copy of each version's adapted layers (the stacks, kept until the home or the set of versions changes),
     counted with the merged copies in ``merged_memory_limit_mb``: a stack that would not fit is not built, and the
     batch takes the fused pass.
     Groups that need more padding — up to ``stack_max_decode_padding`` (default ``STACK_MAX_DECODE_PADDING``, half
