@@ -18,8 +18,7 @@ The pair compared (``--compare``):
   challenger rows, e.g. ``--shapes 27+3,29+1,24+6,30+0``;
 - ``bigstack``: auto as shipped (batches of up to ``STACK_MAX_ROWS``, 32 rows, stack) against auto with
   ``stack_max_rows=16`` (with two versions, the default before session 14: bigger batches split or fuse), e.g.
-  ``--shapes
-  16+15,12+12,9+8,16+8``.
+  ``--shapes 16+15,12+12,9+8,16+8``.
 
 Run:  ``.venv/bin/python bench/mixed_batches.py --shapes 3+1,1+3,5+3,6+2,2+2,4+0 [--compare decodestack]
 [--model-shape small-8m --adapter-steps 2]``

@@ -36,11 +36,11 @@ compare output lengths, not serving cost. Each cell reports tokens per request s
 With ``--same-adapter`` both versions load the challenger's adapter (two names, one set of weights): every cell then
 writes the same answers (up to float rounding: the fused delta of equal factors cancels to a rounding error), so
 tokens/s compares serving cost alone. Two different adapters write answers of different lengths (on the pretrained
-demo base the champion's are shorter: 6.8 tokens a request against the challenger's 7.3-7.4; bench/RESULTS.md,
-"Two live versions", session 14),
-and a request's prompt costs the same however few tokens it answers with, so a cell that serves more champion rows
-reads slower in tokens/s (and faster in requests/s) than the one model with no serving cost at all; the serving
-machinery never looks at the weights' values, so equal weights change nothing but the answers.
+demo base the champion's are shorter: about 6.7 tokens a request against the challenger's 7.3-7.4; bench/RESULTS.md,
+"Two live versions", session 14), and a request's prompt costs the same however few tokens it answers with, so a
+cell that serves more champion rows reads slower in tokens/s (and faster in requests/s) than the one model with no
+serving cost at all; the serving machinery never looks at the weights' values, so equal weights change nothing but
+the answers.
 Prompts are held-out BANKING77 queries. Cells run interleaved — every round visits every cell, the order rotating,
 with a run of ``one`` before the first and after every cell (A-B-A) — and the report gives medians and ranges over
 rounds, and ratios to ``one``: the headline ``paired_ratio`` is the median over rounds of each run against the mean

@@ -134,9 +134,7 @@ class FusedLora:
     """Fused mode's state (module docstring): the home version merged into the base, the others as deltas.
 
     Called under the backend's lock only. A delta is hooked in by setting a Linear's ``forward`` for one
-    batch and deleting it after: the modules outside a mixed batch carry no hook, no wrapper, no check. Set and
-    deleted in the instance's ``__dict__`` directly: a function is neither a parameter, a buffer nor a module, so
-    ``nn.Module.__setattr__``'s checks (several µs each, 29 Linears twice a batch) would only end there too.
+    batch and deleting it after (``_hooked``): the modules outside a mixed batch carry no hook, no wrapper, no check.
     """
 
     # Each row served decays the counts by this factor: the home follows the majority of the last ~500 rows.
@@ -272,7 +270,8 @@ class FusedLora:
         else:
             rows = torch.tensor(others, device=self.device)
         masks: dict[tuple[int, ...], object] = {}
-        try:  # hooks set inside: one that failed half-way (a mask's memory, say) must not outlive the batch
+
+        def forwards():
             for m, (a, b, owners) in plan.items():
                 mask = None
                 if len(versions) > 1:
@@ -280,10 +279,25 @@ class FusedLora:
                         hit = torch.tensor(owner)[:, None] == torch.tensor(owners)[None, :]
                         masks[owners] = hit.to(device=a.device, dtype=a.dtype).unsqueeze(1)
                     mask = masks[owners]
-                vars(self.linears[m])["forward"] = _delta_forward(self.linears[m], a, b, rows, mask)
+                yield m, _delta_forward(self.linears[m], a, b, rows, mask)
+
+        with self._hooked(plan, forwards()):
+            yield
+
+    @contextlib.contextmanager
+    def _hooked(self, names, forwards) -> Iterator[None]:
+        """``forwards`` ((module name, forward) pairs, made lazily) set as those Linears' forwards for one batch;
+        every one of ``names`` loses its hook after, also when making one failed half-way (a mask's memory, say).
+
+        Set and deleted in the instance's ``__dict__`` directly: a function is neither a parameter, a buffer nor a
+        module, so ``nn.Module.__setattr__``'s checks (several µs each, ~30 Linears twice a batch) would only end
+        there too."""
+        try:
+            for m, forward in forwards:
+                vars(self.linears[m])["forward"] = forward
             yield
         finally:
-            for m in plan:
+            for m in names:
                 vars(self.linears[m]).pop("forward", None)
 
     def stackable(self, version: str | None, copies: dict) -> bool:
@@ -338,10 +352,5 @@ class FusedLora:
             if not self.stackable(v, copies):
                 raise ValueError(f"version {v!r} has no full weights to stack (not the home, no merged copy)")
         stack = self._stack(versions, copies)
-        try:  # as in applied: no hook outlives the batch
-            for m, (weights, bias) in stack.items():
-                vars(self.linears[m])["forward"] = _stacked_forward(weights, bias, len(versions))
+        with self._hooked(stack, ((m, _stacked_forward(w, bias, len(versions))) for m, (w, bias) in stack.items())):
             yield
-        finally:
-            for m in stack:
-                vars(self.linears[m]).pop("forward", None)
