@@ -18,7 +18,10 @@ The pair compared (``--compare``):
   challenger rows, e.g. ``--shapes 27+3,29+1,24+6,30+0``;
 - ``bigstack``: auto as shipped (batches of up to ``STACK_MAX_ROWS``, 32 rows, stack) against auto with
   ``stack_max_rows=16`` (with two versions, the default before session 14: bigger batches split or fuse), e.g.
-  ``--shapes 16+15,12+12,9+8,16+8``.
+  ``--shapes 16+15,12+12,9+8,16+8``;
+- ``decoderows``: auto stacking the decode steps of unequal groups up to 32 rows a step, padding included
+  (``stack_max_decode_rows=32``), against auto as shipped (``STACK_MAX_DECODE_ROWS``, 16), e.g.
+  ``--shapes 12+6,10+6,16+8,12+4,14+6``.
 
 Run:  ``.venv/bin/python bench/mixed_batches.py --shapes 3+1,1+3,5+3,6+2,2+2,4+0 [--compare decodestack]
 [--model-shape small-8m --adapter-steps 2]``
@@ -46,7 +49,8 @@ import two_versions_bench as tvb  # noqa: E402
 COMPARE = {"decodestack": ({"stack_max_decode_params": 10**12}, {"stack_max_decode_padding": 0.0}),
            "stack": ({"stack_max_params": 10**12, "stack_max_decode_params": 10**12}, {"stack_max_params": None}),
            "split": ({"split_min_rows": 1}, {}),
-           "bigstack": ({}, {"stack_max_rows": 16})}
+           "bigstack": ({}, {"stack_max_rows": 16}),
+           "decoderows": ({"stack_max_decode_rows": 32}, {})}
 
 
 def parse_shape(text: str) -> tuple[int, int]:

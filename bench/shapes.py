@@ -135,11 +135,24 @@ def summed(counts: list[dict[str, int]]) -> dict[str, int]:
     return total
 
 
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo; the platform's processor string elsewhere): these VMs come as AMD EPYC
+    or Intel Xeon, and several figures differ between the two kinds (bench/RESULTS.md)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.partition(":")[2].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
 def machine(device: str) -> dict:
-    """What ran the benchmark: load average (other people share these cores), threads, versions, GPU."""
+    """What ran the benchmark: CPU model, load average (other people share these cores), threads, versions, GPU."""
     import torch
 
-    info = {"load_average": [round(x, 2) for x in os.getloadavg()], "cpu_count": os.cpu_count(),
+    info = {"cpu": cpu_model(), "load_average": [round(x, 2) for x in os.getloadavg()], "cpu_count": os.cpu_count(),
             "torch_threads": torch.get_num_threads(), "python": platform.python_version(),
             "torch": torch.__version__, "device": device}
     if device.startswith("cuda"):

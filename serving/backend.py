@@ -40,13 +40,15 @@ Four ways to serve several versions of one base model (``adapter_mode``):
     counted with the merged copies in ``merged_memory_limit_mb``: a stack that would not fit is not built, and the
     batch takes the fused pass.
     Groups that need more padding — up to ``stack_max_decode_padding`` (default ``STACK_MAX_DECODE_PADDING``, half
-    the rows) and ``STACK_MAX_DECODE_ROWS`` (16, nor ``stack_max_rows``) rows a step — are stacked in their decode
-    steps only (``_decode_stacked``, a greedy loop of our own: ``generate`` keeps one batch for every step): the
-    prompts are read in one fused pass of the rows themselves, the prompt cache is copied out to the padded layout
-    once, and each step is stacked, where a padding row costs next to nothing. Against the fused pass, CPU per batch
-    (bench/mixed_batches.py: same rows, 8 batches a shape, min of 3): 0.94 at 3+1 and 1+3, 0.91 at 2+1, 0.94 at
-    5+3 and 5+2, 0.97 at 6+2; at 7+1, 12+4 and 14+2 (75 % padding, or more than 16 rows a step) 1.02-1.06, hence
-    the limits. Only on models of at most
+    the rows) and ``stack_max_decode_rows`` (default ``STACK_MAX_DECODE_ROWS``, 16; nor ``stack_max_rows``) rows a
+    step — are stacked in their decode steps only (``_decode_stacked``, a greedy loop of our own: ``generate`` keeps
+    one batch for every step): the prompts are read in one fused pass of the rows themselves, the prompt cache is
+    copied out to the padded layout once, and each step is stacked, where a padding row costs next to nothing.
+    Against the fused pass, CPU per batch (bench/mixed_batches.py: same rows, 8 batches a shape, min of 3): 0.94 at
+    3+1 and 1+3, 0.91 at 2+1, 0.94 at 5+3 and 5+2, 0.97 at 6+2; at 7+1, 12+4 and 14+2 (75 % padding, or more than
+    16 rows a step) 1.02-1.06, hence the limits. Up to 32 rows a step (``--compare decoderows``, 12+6 to 16+8):
+    0.94-0.99 on an Intel Xeon VM (one run), 0.94-1.00 on an AMD EPYC VM (means of 2-3 runs; identical-path shapes
+    read 0.95-1.02): no gain this probe can tell from its noise, so 16 stands. Only on models of at most
     ``stack_max_decode_params`` (default ``STACK_MAX_DECODE_PARAMS``, 2M): 0.96-1.02 at 2.2M parameters, 1.06-1.17
     at 3.6M, 1.07-1.19 at 8.2M, 1.22-1.31 at 12.2M.
     It needs one-token stops (``_single_token_stops``); with a multi-token stop string such groups take the fused
@@ -171,14 +173,15 @@ class InProcessBackend:
                  stack_max_params: int | None = STACK_MAX_PARAMS,
                  stack_max_decode_padding: float = STACK_MAX_DECODE_PADDING,
                  stack_max_decode_params: int | None = STACK_MAX_DECODE_PARAMS,
-                 stack_max_rows: int = STACK_MAX_ROWS) -> None:
+                 stack_max_rows: int = STACK_MAX_ROWS, stack_max_decode_rows: int = STACK_MAX_DECODE_ROWS) -> None:
         if adapter_mode not in ("fused", "merged", "unmerged", "auto"):
             raise ValueError(f"adapter_mode must be 'fused', 'merged', 'unmerged' or 'auto', got {adapter_mode!r}")
         if split_min_rows is not None and split_min_rows < 1:
             raise ValueError(f"split_min_rows must be at least 1 (or None: never split), got {split_min_rows}")
-        if not isinstance(stack_max_rows, int) or stack_max_rows < 2:
-            raise ValueError(f"stack_max_rows must be a whole number of rows, at least 2 (two versions, a row each; "
-                             f"stack_max_params=None turns stacking off), got {stack_max_rows!r}")
+        for setting, value in (("stack_max_rows", stack_max_rows), ("stack_max_decode_rows", stack_max_decode_rows)):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 2:
+                raise ValueError(f"{setting} must be a whole number of rows, at least 2 (two versions, a row each; "
+                                 f"stack_max_params=None turns stacking off), got {value!r}")
         if not stack_max_decode_padding >= 0:
             raise ValueError(f"stack_max_decode_padding must be a share of a batch's rows, 0 or more (0: never "
                              f"stack the decode steps alone), got {stack_max_decode_padding}")
@@ -192,6 +195,7 @@ class InProcessBackend:
         self.base_dir, self.prompt_format, self.threads = base_dir, prompt_format, threads
         self.split_min_rows, self.stack_max_padding = split_min_rows, STACK_MAX_PADDING
         self.stack_max_decode_padding, self.stack_max_rows = stack_max_decode_padding, stack_max_rows
+        self.stack_max_decode_rows = stack_max_decode_rows
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self._lock = threading.Lock()
         self._set_threads()
@@ -420,7 +424,7 @@ class InProcessBackend:
         Auto mode, small models (``stack_max_params``): every version of a mixed batch has full weights (the home,
         or a merged copy), and padding the groups to equal size adds at most ``stack_max_padding`` of the rows (of
         at most ``stack_max_rows``), or at most ``stack_max_decode_padding`` of them and no more than
-        ``STACK_MAX_DECODE_ROWS`` (nor ``stack_max_rows``) in all when only the decode
+        ``stack_max_decode_rows`` (nor ``stack_max_rows``) in all when only the decode
         steps will be stacked (``_decode_stacked``: it needs the one-token stops of ``_single_token_stops`` and a
         model forward that takes ``cache``, ``position_ids`` and ``logits_to_keep``, as transformers' causal LMs do).
         """
@@ -434,7 +438,7 @@ class InProcessBackend:
         # (A batch refused the whole pass for its rows alone is refused this too: more rows a step than it allows.)
         decode_only = (self._stack_decode and self._stop_ids is not None and self._forward_takes_cache
                        and padding <= self.stack_max_decode_padding * rows
-                       and rows + padding <= min(STACK_MAX_DECODE_ROWS, self.stack_max_rows))
+                       and rows + padding <= min(self.stack_max_decode_rows, self.stack_max_rows))
         if not (whole or decode_only):
             return None
         ordered = dict(sorted(groups.items(), key=lambda g: (g[0] != self.home, str(g[0]))))

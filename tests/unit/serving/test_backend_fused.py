@@ -393,6 +393,12 @@ def test_auto_stacks_small_mixed_batches_whose_groups_need_little_padding(auto, 
         assert auto._passes(["mixed", "drift"] * 6) == [r(0, 12)[1::2] + r(0, 12)[0::2]]  # fused, home first
     finally:
         auto.stack_max_rows = STACK_MAX_ROWS
+    auto.stack_max_decode_rows = 24  # the decode steps' own bound, a setting (within stack_max_rows)
+    try:
+        assert groups(["mixed"] * 9 + ["drift"] * 5) is not None  # 18 rows a step now fit
+        assert groups(["mixed"] * 13 + ["drift"] * 7) is None  # 20 + 6 = 26 rows a step: over 24
+    finally:
+        auto.stack_max_decode_rows = STACK_MAX_DECODE_ROWS
     for off in ({"stack_max_params": None}, {"stack_max_params": 1000}, {"adapter_mode": "fused"}):
         assert not InProcessBackend(tiny_base_model[0], INTENT_V1, device="cpu", **off)._stack, off
 
@@ -504,10 +510,11 @@ def test_a_split_threshold_below_one_row_is_refused_with_its_meaning(tiny_base_m
         InProcessBackend(tiny_base_model[0], INTENT_V1, device="cpu", split_min_rows=bad)
 
 
-@pytest.mark.parametrize("bad", [1, 0, -4, None, 2.5])
-def test_a_stacking_bound_below_two_rows_is_refused_with_its_meaning(tiny_base_model, bad):
-    with pytest.raises(ValueError, match=f"stack_max_rows must be a whole number of rows, at least 2 .*got {bad}"):
-        InProcessBackend(tiny_base_model[0], INTENT_V1, device="cpu", stack_max_rows=bad)
+@pytest.mark.parametrize("setting", ["stack_max_rows", "stack_max_decode_rows"])
+@pytest.mark.parametrize("bad", [1, 0, -4, None, 2.5, True])
+def test_a_stacking_bound_below_two_rows_is_refused_with_its_meaning(tiny_base_model, bad, setting):
+    with pytest.raises(ValueError, match=f"{setting} must be a whole number of rows, at least 2 .*got {bad}"):
+        InProcessBackend(tiny_base_model[0], INTENT_V1, device="cpu", **{setting: bad})
 
 
 @pytest.mark.parametrize("bad", [-0.1, float("nan")])
