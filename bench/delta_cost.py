@@ -157,10 +157,7 @@ def run(shape_names: list[str], batches: int, adapter_steps: int, seed: int) -> 
                 home, other = mixed_batches.parse_shape(text)
                 total = dict.fromkeys(WAYS, 0.0)
                 for _ in range(batches):
-                    rows = sorted(rng.sample(range(len(encoded)), home + other), key=lambda i: len(encoded[i]))
-                    names = [tvb.CHAMPION] * home + [tvb.CHALLENGER] * other
-                    rng.shuffle(names)
-                    batch = [encoded[i] for i in rows]
+                    _, batch, names = mixed_batches.random_batch(rng, encoded, home, other)
                     best = dict.fromkeys(WAYS, float("inf"))
                     for _ in range(5):
                         for way in rng.sample(WAYS, len(WAYS)):

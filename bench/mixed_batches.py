@@ -60,6 +60,15 @@ def parse_shape(text: str) -> tuple[int, int]:
     return int(home), int(other)
 
 
+def random_batch(rng, encoded: list[list[int]], home: int, other: int) -> tuple[list[int], list[list[int]], list[str]]:
+    """A batch of ``home`` champion and ``other`` challenger rows at random positions: the prompts' positions in
+    ``encoded`` (length-sorted, as the backend sorts a batch), their token ids, and each row's version."""
+    rows = sorted(rng.sample(range(len(encoded)), home + other), key=lambda i: len(encoded[i]))
+    names = [tvb.CHAMPION] * home + [tvb.CHALLENGER] * other
+    rng.shuffle(names)
+    return rows, [encoded[i] for i in rows], names
+
+
 def batch_cpu(backend, encoded: list[list[int]], adapters: list[str]) -> float:
     """CPU seconds of this thread for one batch, through the backend's own choice of passes."""
     start = time.thread_time()
@@ -101,10 +110,7 @@ def run(shape_names: list[str], compare: str, batches: int, adapter_steps: int, 
             total = dict.fromkeys(ways, 0.0)
             same = True
             for _ in range(batches):
-                rows = sorted(rng.sample(range(len(encoded)), home + other), key=lambda i: len(encoded[i]))
-                names = [tvb.CHAMPION] * home + [tvb.CHALLENGER] * other
-                rng.shuffle(names)
-                batch = [encoded[i] for i in rows]
+                rows, batch, names = random_batch(rng, encoded, home, other)
                 best = dict.fromkeys(ways, float("inf"))
                 for _ in range(3):
                     for way in rng.sample(list(ways), len(ways)):
