@@ -19,9 +19,10 @@ The last two are alternatives that were measured and not kept (bench/RESULTS.md,
 so that another machine (another CPU kind, a GPU) can be asked the same question in one command.
 
 Both versions load ONE adapter under two names (as ``two_versions_bench.py --same-adapter``): the delta between them
-is zero up to rounding, so every way decodes the same tokens and the figures compare cost alone; the pieces' costs do
-not depend on the factors' values. Each batch runs each way 5 times in random order, the minimum kept; the report
-gives per shape the ratio of the summed minima to ``home``.
+is zero up to rounding, so every way decodes the same tokens (checked: ``same_answers`` per shape) and the figures
+compare cost alone; the pieces' costs do not depend on the factors' values. Each batch runs each way 5 times in random
+order, the minimum kept; the report gives per shape the ratio of the summed minima to ``home``. Every shape needs rows
+of both versions.
 
 Run:  ``.venv/bin/python bench/delta_cost.py --shapes 7+1,28+3,6+2``
 """
@@ -46,7 +47,8 @@ import two_versions_bench as tvb  # noqa: E402
 
 WAYS = ("home", "hooks", "first", "fused", "dense", "shared")
 DENSE_MAX_WEIGHTS = 65_536
-#: Linears of one parent that read the same input tensor in Llama-shaped models (checked at run time too).
+#: Linears of one parent that read the same input tensor in Llama-shaped models. A member handed another input than
+#: the group's last (another architecture) projects it anew for the group: slower, never wrong.
 SIBLINGS = {"q_proj": "qkv", "k_proj": "qkv", "v_proj": "qkv", "gate_proj": "gate_up", "up_proj": "gate_up"}
 
 
@@ -77,7 +79,7 @@ def variants(backend) -> dict:
 
     def dense(linear, a, b, rows, mask):
         shipped = fused_lora_delta(linear, a, b, rows, mask)
-        if linear.weight.numel() > DENSE_MAX_WEIGHTS:
+        if linear.weight.numel() > DENSE_MAX_WEIGHTS or linear.bias is not None:  # (mm's out= would drop a bias)
             return shipped
         weight, bias, out = linear.weight, linear.bias, linear.weight.shape[0]
         theirs, lo_row, hi_row = copy.get_submodule(names[id(linear)]).weight.t(), rows.start, rows.stop
@@ -126,6 +128,14 @@ def variants(backend) -> dict:
             "shared": shared}
 
 
+def tokens(backend, batch: list[list[int]], names: list[str]) -> list[list[int]]:
+    """Each row's new token ids, through the backend's own passes (as ``mixed_batches.batch_cpu`` times them)."""
+    new = {}
+    for part in backend._passes(names):
+        new.update(zip(part, backend._generate_ids([batch[j] for j in part], [names[j] for j in part]), strict=True))
+    return [new[j] for j in range(len(names))]
+
+
 def run(shape_names: list[str], batches: int, adapter_steps: int, seed: int) -> dict:
     import torch
 
@@ -155,7 +165,11 @@ def run(shape_names: list[str], batches: int, adapter_steps: int, seed: int) -> 
         try:
             for text in shape_names:
                 home, other = mixed_batches.parse_shape(text)
+                if not (home and other):
+                    raise SystemExit(f"shape {text!r}: a mixed batch needs rows of both versions (the delta is applied "
+                                     "to a block of the other version's rows after the home's)")
                 total = dict.fromkeys(WAYS, 0.0)
+                same = True
                 for _ in range(batches):
                     _, batch, names = mixed_batches.random_batch(rng, encoded, home, other)
                     best = dict.fromkeys(WAYS, float("inf"))
@@ -166,10 +180,18 @@ def run(shape_names: list[str], batches: int, adapter_steps: int, seed: int) -> 
                             best[way] = min(best[way], mixed_batches.batch_cpu(backend, batch, sent))
                     for way in WAYS:
                         total[way] += best[way]
+                    # Every way decodes the same tokens (module docstring): checked, as the figures assume it.
+                    answers = set()
+                    for way in WAYS:
+                        fused_lora._delta_forward = ways[way]
+                        sent = [tvb.CHAMPION] * len(names) if way == "home" else names
+                        answers.add(repr(tokens(backend, batch, sent)))
+                    same = same and len(answers) == 1
                 report["shapes"][text] = {"ms_per_batch": {w: round(t / batches * 1000, 2) for w, t in total.items()},
-                                          "over_home": {w: round(t / total["home"], 3) for w, t in total.items()}}
-                print(f"{text}: over home " + ", ".join(f"{w} {r}" for w, r in report["shapes"][text]["over_home"]
-                                                        .items()), file=sys.stderr, flush=True)
+                                          "over_home": {w: round(t / total["home"], 3) for w, t in total.items()},
+                                          "same_answers": same}
+                ratios = ", ".join(f"{w} {r}" for w, r in report["shapes"][text]["over_home"].items())
+                print(f"{text}: over home {ratios}, same answers {same}", file=sys.stderr, flush=True)
         finally:
             fused_lora._delta_forward = shipped
     return report

@@ -178,10 +178,12 @@ class InProcessBackend:
             raise ValueError(f"adapter_mode must be 'fused', 'merged', 'unmerged' or 'auto', got {adapter_mode!r}")
         if split_min_rows is not None and split_min_rows < 1:
             raise ValueError(f"split_min_rows must be at least 1 (or None: never split), got {split_min_rows}")
-        for setting, value in (("stack_max_rows", stack_max_rows), ("stack_max_decode_rows", stack_max_decode_rows)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 2:
+        for setting, value, off in (("stack_max_rows", stack_max_rows, "stack_max_params=None turns stacking off"),
+                                    ("stack_max_decode_rows", stack_max_decode_rows,
+                                     "stack_max_decode_padding=0 turns decode-only stacking off")):
+            if not isinstance(value, int) or value < 2:
                 raise ValueError(f"{setting} must be a whole number of rows, at least 2 (two versions, a row each; "
-                                 f"stack_max_params=None turns stacking off), got {value!r}")
+                                 f"{off}), got {value!r}")
         if not stack_max_decode_padding >= 0:
             raise ValueError(f"stack_max_decode_padding must be a share of a batch's rows, 0 or more (0: never "
                              f"stack the decode steps alone), got {stack_max_decode_padding}")

@@ -396,9 +396,13 @@ def test_auto_stacks_small_mixed_batches_whose_groups_need_little_padding(auto, 
     auto.stack_max_decode_rows = 24  # the decode steps' own bound, a setting (within stack_max_rows)
     try:
         assert groups(["mixed"] * 9 + ["drift"] * 5) is not None  # 18 rows a step now fit
+        assert groups(["mixed"] * 12 + ["drift"] * 8) is not None  # 20 + 4 = 24 rows a step: the bound itself
         assert groups(["mixed"] * 13 + ["drift"] * 7) is None  # 20 + 6 = 26 rows a step: over 24
+        auto.stack_max_rows = 20  # the smaller of the two bounds holds
+        assert groups(["mixed"] * 12 + ["drift"] * 8) is None  # 24 rows a step: over 20
+        assert groups(["mixed"] * 9 + ["drift"] * 5) is not None  # 18
     finally:
-        auto.stack_max_decode_rows = STACK_MAX_DECODE_ROWS
+        auto.stack_max_decode_rows, auto.stack_max_rows = STACK_MAX_DECODE_ROWS, STACK_MAX_ROWS
     for off in ({"stack_max_params": None}, {"stack_max_params": 1000}, {"adapter_mode": "fused"}):
         assert not InProcessBackend(tiny_base_model[0], INTENT_V1, device="cpu", **off)._stack, off
 
@@ -515,6 +519,13 @@ def test_a_split_threshold_below_one_row_is_refused_with_its_meaning(tiny_base_m
 def test_a_stacking_bound_below_two_rows_is_refused_with_its_meaning(tiny_base_model, bad, setting):
     with pytest.raises(ValueError, match=f"{setting} must be a whole number of rows, at least 2 .*got {bad}"):
         InProcessBackend(tiny_base_model[0], INTENT_V1, device="cpu", **{setting: bad})
+
+
+def test_the_stacking_bounds_are_settings(tiny_base_model):
+    backend = InProcessBackend(tiny_base_model[0], INTENT_V1, device="cpu", stack_max_rows=20, stack_max_decode_rows=24)
+    assert (backend.stack_max_rows, backend.stack_max_decode_rows) == (20, 24)
+    default = InProcessBackend(tiny_base_model[0], INTENT_V1, device="cpu")
+    assert (default.stack_max_rows, default.stack_max_decode_rows) == (STACK_MAX_ROWS, STACK_MAX_DECODE_ROWS)
 
 
 @pytest.mark.parametrize("bad", [-0.1, float("nan")])
