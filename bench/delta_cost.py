@@ -16,7 +16,14 @@ one ``addmm_`` back onto the rows' outputs. This probe measures, on the same bat
   saved a decode step on the demo model).
 
 The last two are alternatives that were measured and not kept (bench/RESULTS.md, session 15); the probe keeps them
-so that another machine (another CPU kind, a GPU) can be asked the same question in one command.
+so that another machine (another CPU kind, a GPU) can be asked the same question in one command. And:
+
+- ``shipped``: the batch as the auto backend serves it by default (stacked, decode-stacked, split or fused:
+  serving.backend, "auto"): its ratio to ``home`` is what a batch of that shape costs two live versions, the ``o``
+  of the bound in bench/RESULTS.md (session 15, point 3).
+
+Every way but ``shipped`` runs with the auto backend's stacking and split turned off, so that each mixed batch takes
+the fused pass; all ways run on one backend object (two objects doing the same work read a few percent apart here).
 
 Both versions load ONE adapter under two names (as ``two_versions_bench.py --same-adapter``): the delta between them
 is zero up to rounding, so every way decodes the same tokens (checked: ``same_answers`` per shape) and the figures
@@ -45,7 +52,7 @@ import mixed_batches  # noqa: E402  (bench/ is not a package)
 import shapes  # noqa: E402
 import two_versions_bench as tvb  # noqa: E402
 
-WAYS = ("home", "hooks", "first", "fused", "dense", "shared")
+WAYS = ("home", "hooks", "first", "fused", "dense", "shared", "shipped")
 DENSE_MAX_WEIGHTS = 65_536
 #: Linears of one parent that read the same input tensor in Llama-shaped models. A member handed another input than
 #: the group's last (another architecture) projects it anew for the group: slower, never wrong.
@@ -125,7 +132,19 @@ def variants(backend) -> dict:
 
     fused_lora_delta = fused_lora._delta_forward
     return {"home": fused_lora_delta, "hooks": hooks, "first": first, "fused": fused_lora_delta, "dense": dense,
-            "shared": shared}
+            "shared": shared, "shipped": fused_lora_delta}
+
+
+def choose(backend, ways: dict, way: str) -> None:
+    """Set the way's delta (``ways``: from ``variants``), and the auto backend's own choices (stacking, split) for
+    ``shipped`` only."""
+    import serving.fused_lora as fused_lora
+    from serving.backend import SPLIT_MIN_ROWS
+
+    fused_lora._delta_forward = ways[way]
+    shipped = way == "shipped"
+    backend._stack = backend._stack_decode = shipped  # the demo model is under both size bounds (module docstring)
+    backend.split_min_rows = SPLIT_MIN_ROWS if shipped else None
 
 
 def tokens(backend, batch: list[list[int]], names: list[str]) -> list[list[int]]:
@@ -145,12 +164,12 @@ def run(shape_names: list[str], batches: int, adapter_steps: int, seed: int) -> 
 
     torch.set_num_threads(1)
     _, evals = shapes.task_pairs(eval_rows=300)
-    shipped = fused_lora._delta_forward
+    original = fused_lora._delta_forward
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         base_dir, origin = shapes.build_base("demo", root / "base")
         folder = tvb.train_adapter(base_dir, root / "adapter", adapter_steps, 0, "cpu", 1)
-        # The fused pass on every mixed batch: no stacking, no split (those would not call the delta at all).
+        # The fused pass on every mixed batch but the shipped way's: no stacking, no split (``choose``).
         backend = InProcessBackend(base_dir, INTENT_V1, device="cpu", stack_max_params=None, split_min_rows=None)
         for name in (tvb.CHAMPION, tvb.CHALLENGER):
             backend.load_adapter(name, folder)
@@ -175,7 +194,7 @@ def run(shape_names: list[str], batches: int, adapter_steps: int, seed: int) -> 
                     best = dict.fromkeys(WAYS, float("inf"))
                     for _ in range(5):
                         for way in rng.sample(WAYS, len(WAYS)):
-                            fused_lora._delta_forward = ways[way]
+                            choose(backend, ways, way)
                             sent = [tvb.CHAMPION] * len(names) if way == "home" else names
                             best[way] = min(best[way], mixed_batches.batch_cpu(backend, batch, sent))
                     for way in WAYS:
@@ -183,7 +202,7 @@ def run(shape_names: list[str], batches: int, adapter_steps: int, seed: int) -> 
                     # Every way decodes the same tokens (module docstring): checked, as the figures assume it.
                     answers = set()
                     for way in WAYS:
-                        fused_lora._delta_forward = ways[way]
+                        choose(backend, ways, way)
                         sent = [tvb.CHAMPION] * len(names) if way == "home" else names
                         answers.add(repr(tokens(backend, batch, sent)))
                     same = same and len(answers) == 1
@@ -193,7 +212,7 @@ def run(shape_names: list[str], batches: int, adapter_steps: int, seed: int) -> 
                 ratios = ", ".join(f"{w} {r}" for w, r in report["shapes"][text]["over_home"].items())
                 print(f"{text}: over home {ratios}, same answers {same}", file=sys.stderr, flush=True)
         finally:
-            fused_lora._delta_forward = shipped
+            fused_lora._delta_forward = original
     return report
 
 
