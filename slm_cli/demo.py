@@ -26,6 +26,7 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -334,10 +335,11 @@ def tell(scale: Scale, *, keep: bool = False, console: Console | None = None) ->
     # This process's flow runs (the bootstrap) go to the stack's server too; set before prefect is imported.
     os.environ["PREFECT_API_URL"] = f"http://127.0.0.1:{port}/api"
     prefect_env()
+    base = _Background(_warm_base(scale), "slm-demo-base")
     console.print(f"[bold]1.[/bold] up: the local stack of `slm up`, its state under {home}")
     booted: dict[str, object] = {}
     record = stack.up(prefect_port=port, gateway_port=None, status=lambda m: console.print(f"   {m}"),
-                      while_deploying=lambda: booted.update(_bootstrap(scale, console)))
+                      while_deploying=lambda: booted.update(_bootstrap(scale, console, base)))
     story = Story(scale, console, record)
     story.result.steps["bootstrap"] = booted["seconds"]
     try:
@@ -360,13 +362,46 @@ def tell(scale: Scale, *, keep: bool = False, console: Console | None = None) ->
     return story.result
 
 
-def _bootstrap(scale: Scale, console: Console) -> dict[str, object]:
-    """Step 2, run while `slm up` deploys and starts the worker: it needs only the Prefect server."""
+class _Background:
+    """``work`` on a daemon thread from now; :meth:`wait` joins it and raises what it raised."""
+
+    def __init__(self, work: Callable[[], object], name: str) -> None:
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(work,), name=name, daemon=True)
+        self._thread.start()
+
+    def _run(self, work: Callable[[], object]) -> None:
+        try:
+            work()
+        except BaseException as exc:  # handed to wait()
+            self._error = exc
+
+    def wait(self) -> None:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+
+
+def _warm_base(scale: Scale) -> Callable[[], object]:
+    """The base model's build (the story's first run only: then it is cached), started before the Prefect server:
+    it needs no server, and on 2 cores the server's, the deployment's and the worker's start-ups then overlap it
+    instead of preceding it. Imported here, on the main thread, so that no import runs on two threads at once."""
+    from lifecycle.settings import project_root
+    from tasks.bootstrap import warm_base_cache
+
+    root = project_root()
+    return lambda: warm_base_cache(root / scale.task, root / scale.base_model)
+
+
+def _bootstrap(scale: Scale, console: Console, base: _Background) -> dict[str, object]:
+    """Step 2, run while `slm up` deploys and starts the worker: it needs only the Prefect server, and the base
+    model that ``base`` builds meanwhile (at once when it is cached)."""
     from flows.bootstrap import BootstrapParams, bootstrap
 
     console.print("[bold]2.[/bold] bootstrap: the offline base model becomes champion v1 (built once, then cached), "
                   "while the deployments are created")
     begun = time.perf_counter()
+    base.wait()
     outcome = bootstrap(BootstrapParams(model=MODEL, task=scale.task, base_model=scale.base_model))
     seconds = round(time.perf_counter() - begun, 1)
     console.print(f"   {outcome.champion} is champion ({seconds:.0f} s)")
