@@ -67,6 +67,9 @@ class Prediction(Frozen):
     error: str | None = None
     guardrail_flags: list[str] = Field(default_factory=list)
     served: bool = Field(description="the caller received this answer; always False for shadow answers")
+    split_revision: int | None = Field(default=None, ge=0, description=(
+        "revision of the traffic split that routed the request (a rollout's stage counts only its own split's "
+        "requests); None: logged without one (by a gateway older than the column, or by hand)"))
 
     @model_validator(mode="before")
     @classmethod

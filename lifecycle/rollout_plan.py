@@ -148,8 +148,9 @@ class RolloutPlan(Frozen):
     # The cadence belongs to the plan: a plan sized for a demo's traffic looks more often than production's.
     look_interval_s: float = Field(default=30.0, gt=0, description="seconds between two looks at a stage")
     settle_s: float = Field(default=5.0, ge=0, description=(
-        "seconds after a split change before the stage's window opens: at least the gateways' split poll, so "
-        "requests still routed by the previous split do not count"))
+        "seconds after a split change before the stage's window opens. Requests still routed by the previous "
+        "split never count, however long a gateway takes to adopt the new one (the log records each request's "
+        "split revision); this keeps the first seconds of a stage out too"))
     stages: list[Stage] = Field(min_length=2)
 
     @model_validator(mode="before")

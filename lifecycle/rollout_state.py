@@ -118,6 +118,10 @@ class RolloutState(Frozen):
     applied_at: str | None = Field(default=None, description=(
         "ISO-8601 time the last decision's effects were all carried out: the stage's window opens here, so "
         "traffic routed by the old split while a crashed run left the new one unapplied never counts"))
+    split_revision: int | None = Field(default=None, ge=0, description=(
+        "revision of the traffic split when those effects were carried out: the stage's window counts only the "
+        "requests routed by it or a later one, whenever the gateways adopt it (None: a state saved before the "
+        "field, whose window counts by time alone)"))
     history: list[StageRecord] = Field(default_factory=list)
     revision: int = Field(default=0, ge=0, description="set by the store; compare-and-swap on save")
 

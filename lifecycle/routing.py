@@ -69,16 +69,21 @@ class TrafficSplit(Frozen):
 class Assignment(Frozen):
     version: int
     role: Role
+    split_revision: int | None = Field(default=None, description=(
+        "revision of the split that routed the request, logged with each of its answers: a rollout's stage "
+        "counts only the requests its own split routed (a gateway adopts a split only once its versions are "
+        "loaded, which can take longer than any fixed wait)"))
+    shadow: int | None = Field(default=None, description="the version that split mirrors the request to")
 
 
 def route(split: TrafficSplit, key: str) -> Assignment:
     """Which version answers the user with this sticky key."""
     if split.challenger is not None and bucket(split.model, key) < split.challenger_percent:
-        return assignment(split.challenger, "challenger")
-    return assignment(split.champion, "champion")
+        return assignment(split.challenger, "challenger", split.revision, split.shadow)
+    return assignment(split.champion, "champion", split.revision, split.shadow)
 
 
 @functools.lru_cache(maxsize=1024)
-def assignment(version: int, role: Role) -> Assignment:
+def assignment(version: int, role: Role, split_revision: int | None = None, shadow: int | None = None) -> Assignment:
     """The (immutable, so shared) Assignment of a version in a role: the request path validates none."""
-    return Assignment(version=version, role=role)
+    return Assignment(version=version, role=role, split_revision=split_revision, shadow=shadow)

@@ -128,17 +128,21 @@ class PredictionStore:
         joined = P.outerjoin(F, and_(F.c.request_id == P.c.request_id, P.c.served))
         return start, end, joined, and_(P.c.model == model, P.c.ts >= start, P.c.ts < end)
 
-    def aggregates(self, model: str, since: datetime, until: datetime,
-                   by_caller: bool = False) -> list[VersionAggregate]:
+    def aggregates(self, model: str, since: datetime, until: datetime, by_caller: bool = False,
+                   min_split_revision: int | None = None) -> list[VersionAggregate]:
         """One aggregate per (version, role) with rows in ``[since, until)``, sorted by version then role.
         ``by_caller``: also each tested sum seen by caller (``VersionAggregate.by_caller``; one more query,
-        grouped by caller), what the rollout's tests need; other readers leave it out.
+        grouped by caller), what the rollout's tests need; other readers leave it out. ``min_split_revision``:
+        only the rows of requests routed by that revision of the traffic split or a later one (a rollout's
+        stage: never the requests a gateway still routed by the previous split; rows without one never count).
 
         Counts and the sums of ``ok`` latencies and of their squares (for the latency mean test) come from
         SQL; latency percentiles from the window's ``ok`` latencies with numpy, so SQLite and PostgreSQL give
         the same numbers (their percentile functions differ or are missing).
         """
         start, end, joined, in_window = self._window(model, since, until)
+        if min_split_revision is not None:
+            in_window = and_(in_window, P.c.split_revision >= min_split_revision)
 
         counts = (select(P.c.version, P.c.role, *_tested_sums(),
                          func.count(distinct(P.c.user_hash)).label("users"), _count_where(P.c.served).label("served"),

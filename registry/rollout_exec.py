@@ -39,7 +39,7 @@ from registry.artifacts import sync_champion
 from registry.predictions import PredictionStore
 from registry.rollouts import RolloutInProgress, get_rollout, revision_of, save_rollout, start_rollout
 from registry.store import ConcurrentChangeError, NotFoundError, RegistryStore
-from registry.traffic import read_split, write_split
+from registry.traffic import read_split, split_revision, write_split
 
 Emitter = Callable[[str, dict[str, Any], uuid.UUID], None]
 
@@ -114,7 +114,8 @@ def drain(store: RegistryStore, state: RolloutState, *, actor: str, emit: Emitte
         return state
     for index, effect in enumerate(state.pending):
         _carry_out(store, state, effect, index, actor=actor, emit=emit)
-    done = state.model_copy(update={"pending": [], "applied_at": _iso(store.clock())})
+    done = state.model_copy(update={"pending": [], "applied_at": _iso(store.clock()),
+                                    "split_revision": split_revision(store, state.model)})
     return save_rollout(store, done, actor=actor, expected_revision=state.revision)
 
 
@@ -182,8 +183,9 @@ def refusal(store: RegistryStore, model: str, candidate: int) -> str | None:
 
 def stage_window(state: RolloutState, now: datetime, settle_s: float) -> tuple[datetime, datetime]:
     """The current stage's window: from the moment its split was written (``applied_at``; later than the
-    decision only when a run died in between) plus ``settle_s`` — the gateways adopt a new split within their
-    poll interval, and requests routed by the old split must not count — up to ``now``."""
+    decision only when a run died in between) plus ``settle_s``, up to ``now``. Requests a gateway still routes
+    by the old split (it adopts a new one at its next poll, once the versions it names are loaded) do not count
+    whenever they come: ``arms`` counts only the rows of the stage's split revision or a later one."""
     opened = max(_parse(state.stage_started_at), _parse(state.applied_at or state.stage_started_at))
     since = opened + timedelta(seconds=settle_s)
     return since, max(now, since + timedelta(microseconds=1))
@@ -200,7 +202,8 @@ def arms(predictions: PredictionStore, state: RolloutState, plan: RolloutPlan, n
     since, until = stage_window(state, now, settle_s)
     share = plan.stages[state.stage_index].share
     wanted = {(state.champion, "champion"), (state.candidate, "shadow" if share == 0 else "challenger")}
-    found = {a.version: a for a in predictions.aggregates(state.model, since, until, by_caller=True)
+    found = {a.version: a for a in predictions.aggregates(state.model, since, until, by_caller=True,
+                                                          min_split_revision=state.split_revision)
              if (a.version, a.role) in wanted}
     if share == 100:
         ref_since, ref_until = _parse(state.started_at), _parse(state.stage_started_at)

@@ -111,7 +111,8 @@ def start_rollout(store: RegistryStore, state: RolloutState, *, actor: str, resu
 
 def _decision(state: RolloutState) -> str:
     """The state without its bookkeeping (pending effects, driving flow run): what a decision changes."""
-    return canonical_json(state.model_dump(mode="json", exclude={"revision", "pending", "flow_run_id", "applied_at"}))
+    return canonical_json(state.model_dump(mode="json", exclude={"revision", "pending", "flow_run_id", "applied_at",
+                                                              "split_revision"}))
 
 
 def save_rollout(store: RegistryStore, state: RolloutState, *, actor: str, expected_revision: int,

@@ -135,6 +135,7 @@ predictions = Table(
     Column("error", Text),
     Column("guardrail_flags", Text, nullable=False, default="[]"),  # JSON list; "[]" when none
     Column("served", Boolean, nullable=False),
+    Column("split_revision", Integer),  # the routing split's revision (migration 0005); NULL before it
     UniqueConstraint("request_id", "role", name="uq_predictions_request_role"),
     Index("ix_predictions_model_ts", "model", "ts"),
     Index("ix_predictions_model_version_ts", "model", "version", "ts"),

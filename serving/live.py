@@ -117,7 +117,7 @@ class LiveModel:
         self._watcher.join(timeout=5)
 
     def assign(self, key: str, pinned: int | None = None) -> Assignment:
-        split = self.split
+        split = self.split  # read once: the version, the revision and the shadow all come from the same split
         if pinned is None:
             return route(split, key)
         roles = {split.champion: "champion", split.challenger: "challenger"}
@@ -125,7 +125,7 @@ class LiveModel:
             raise VersionNotLive(f"{self.model}:v{pinned} is not routable here; pin the champion "
                                  f"(v{split.champion})" + (f" or the challenger (v{split.challenger})"
                                                            if split.challenger else ""))
-        return assignment(pinned, roles[pinned])
+        return assignment(pinned, roles[pinned], split.revision, split.shadow)
 
     def routable(self) -> list[int]:
         """Versions a client may pin: the split's champion and challenger."""

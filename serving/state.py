@@ -172,17 +172,19 @@ class GatewayState:
                 "role": assignment.role, "user_hash": user_hash, "prompt": prompt,
                 "completion": answer.text if served else (answer.text or None), "latency_ms": answer.latency_ms,
                 "prompt_tokens": answer.prompt_tokens, "completion_tokens": answer.completion_tokens,
-                "outcome": answer.outcome, "error": answer.error, "guardrail_flags": answer.flags, "served": served})
+                "outcome": answer.outcome, "error": answer.error, "guardrail_flags": answer.flags, "served": served,
+                "split_revision": assignment.split_revision})
         except (BackpressureError, RuntimeError) as exc:
             self.metrics.log_dropped.inc()
             log.error("prediction of %s not logged: %s", request_id, exc)
 
-    def shadow(self, request_id: str, user_hash: str, prompt: str, arrived: datetime) -> None:
-        """Send a copy to the shadow version, if any; its answer is logged, never returned."""
-        number = self.live.split.shadow
+    def shadow(self, request_id: str, routed: Assignment, user_hash: str, prompt: str, arrived: datetime) -> None:
+        """Send a copy to the shadow version of the split that routed the request (``routed``), if it names one;
+        its answer is logged with that split's revision, never returned."""
+        number = routed.shadow
         if number is None:
             return
-        copy = routing.assignment(number, "shadow")
+        copy = routing.assignment(number, "shadow", routed.split_revision)
 
         async def run() -> None:
             result = await self.generate(copy, prompt, request_id)

@@ -134,7 +134,8 @@ def _send_synthetic_traffic(store, predictions, since, until, *, bad: bool, requ
             wrong = bad and version == candidate and i % 2 == 0
             rows.append(Prediction(ts=ts, request_id=rid, model=model, version=version, role=role, user_hash=rid,
                                    prompt="p", completion="c", latency_ms=5.0,
-                                   outcome="model_error" if wrong else "ok", served=is_served))
+                                   outcome="model_error" if wrong else "ok", served=is_served,
+                                   split_revision=split.revision))
             if is_served:
                 feedback.append(Feedback(request_id=rid, outcome="failure" if wrong else "success", ts=ts))
     predictions.insert_many(rows)

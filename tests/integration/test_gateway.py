@@ -368,6 +368,10 @@ def test_shadow_answers_are_logged_never_returned(gateway):
             break
         time.sleep(0.1)
     assert set(ids) <= shadows
+    # Both answers of each request carry the revision of the split that routed it (a rollout counts by it).
+    revision = gateway.state.live.split.revision
+    assert {(p.role, p.split_revision) for p in rows if p.request_id in ids} == {("champion", revision),
+                                                                                 ("shadow", revision)}
     set_split(gateway)
 
 

@@ -56,6 +56,19 @@ def test_insert_many_is_idempotent(log):
         [(f"req-{i}", "champion") for i in range(7)] + [("req-3", "shadow")])
 
 
+def test_aggregates_can_count_only_the_requests_of_a_split_revision_or_later(log):
+    log.insert_many([pred(0, split_revision=3), pred(1, split_revision=4), pred(2, split_revision=5),
+                     pred(3), pred(4, role="shadow", version=2, split_revision=4)])
+    window = (T0, T0 + timedelta(hours=1))
+    every = {(a.version, a.role): a.requests for a in log.aggregates("m", *window)}
+    assert every == {(1, "champion"): 4, (2, "shadow"): 1}
+    since_4 = {(a.version, a.role): a.requests for a in log.aggregates("m", *window, min_split_revision=4)}
+    assert since_4 == {(1, "champion"): 2, (2, "shadow"): 1}  # revision 3 and the row without one left out
+    by_caller = log.aggregates("m", *window, by_caller=True, min_split_revision=5)
+    assert [(a.version, a.requests, a.by_caller["model_errors"].trials) for a in by_caller] == [(1, 1, 1)]
+    assert [r.split_revision for r in log.window("m", *window)] == [3, 4, 5, None, 4]
+
+
 def test_purge_deletes_the_old_rows_and_their_feedback_only(log):
     old = [pred(i, ts=T0 - timedelta(days=100) + timedelta(minutes=i)) for i in range(7)]
     shadow = [pred(2, role="shadow", version=2, ts=T0 - timedelta(days=100) + timedelta(minutes=2))]

@@ -6,9 +6,11 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from lifecycle.predictions import Prediction
 from lifecycle.rollout_plan import RolloutPlan
 from lifecycle.routing import TrafficSplit
 from lifecycle.status import Alias, VersionStatus
+from lifecycle.verdict import Verdict
 from registry import rollout_exec
 from registry.predictions import PredictionStore
 from registry.rollouts import RolloutInProgress, get_rollout
@@ -126,6 +128,30 @@ def test_bad_candidate_is_rolled_back_with_the_champion_restored_first(world):
     order = [e.action for e in store.audit_events() if e.seq > _last_decision(store)]
     assert order.index("traffic.split") < order.index("version.status")  # traffic first, then the record
     assert events[-1][:2] == ("slm.rollout.rolled_back", "shadow")
+
+
+def test_requests_still_routed_by_the_previous_split_never_count_in_the_stage(world):
+    """A gateway adopts a new split only once the versions it names are loaded, which on a busy machine can take
+    longer than the plan's settle time; meanwhile the champion answers by the previous split, without shadow copies.
+    Counted, those requests made a false sample-ratio mismatch (the demo's v3, 2026-11-28: 16 champion requests
+    against 0 shadow answers, rolled back in shadow). Counted by split revision, the look holds."""
+    store, preds, clock = world
+    plan = make_plan()
+    state = rollout_exec.begin(store, "router", 2, plan, actor="flow", emit=lambda *_: None)
+    shadow_split = get_split(store, "router")
+    assert shadow_split.shadow == 2 and state.split_revision == shadow_split.revision
+    preds.insert_many([Prediction(ts=clock.now + timedelta(seconds=1 + k), request_id=f"late-{k}", model="router",
+                                  version=1, role="champion", user_hash=f"caller-{k}", prompt="p", completion="c",
+                                  latency_ms=5.0, outcome="ok", served=True, split_revision=shadow_split.revision - 1)
+                       for k in range(40)])
+    clock.now += timedelta(seconds=60)
+    state, verdict = rollout_exec.step(store, preds, state, plan, actor="flow", emit=lambda *_: None, settle_s=0)
+    assert (state.phase, state.stage_index, verdict.action) == ("running", 0, "hold")
+    assert not any(f.check == "sample ratio" and f.verdict is Verdict.FAIL for f in verdict.findings)
+    feed(store, preds, clock, bad=False)  # the gateways on the new split: the shadow answers every request
+    state, verdict = rollout_exec.step(store, preds, state, plan, actor="flow", emit=lambda *_: None, settle_s=0)
+    assert (state.stage_index, verdict.action) == (1, "advance")
+    assert state.split_revision == get_split(store, "router").revision == shadow_split.revision + 1
 
 
 def _last_decision(store):
