@@ -13,10 +13,13 @@ one ``addmm_`` back onto the rows' outputs. This probe measures, on the same bat
   keeps the low-rank delta);
 - ``shared``: one ``mm`` into the rank space for the Linears that read the same input (q/k/v, gate/up: their A
   factors side by side), each taking its own columns of the result for its ``addmm_`` (12 of 29 first ``mm`` calls
-  saved a decode step on the demo model).
+  saved a decode step on the demo model);
+- ``cat``: in decode steps, the other version's A factor appended to the home's weight as extra output rows, so that
+  the base ``F.linear`` also yields every row's rank-space projection and the first ``mm`` and its slice go (the
+  rows' part of it feeds the ``addmm_``; the outputs are a view of the wide result). Half of a fused LoRA GEMM.
 
-The last two are alternatives that were measured and not kept (bench/RESULTS.md, session 15); the probe keeps them
-so that another machine (another CPU kind, a GPU) can be asked the same question in one command. And:
+The last three are alternatives that were measured and not kept (bench/RESULTS.md, sessions 15 and 16); the probe
+keeps them so that another machine (another CPU kind, a GPU) can be asked the same question in one command. And:
 
 - ``shipped``: the batch as the auto backend serves it by default (stacked, decode-stacked, split or fused:
   serving.backend, "auto"): its ratio to ``home`` is what a batch of that shape costs two live versions, the ``o``
@@ -52,7 +55,7 @@ import mixed_batches  # noqa: E402  (bench/ is not a package)
 import shapes  # noqa: E402
 import two_versions_bench as tvb  # noqa: E402
 
-WAYS = ("home", "hooks", "first", "fused", "dense", "shared", "shipped")
+WAYS = ("home", "hooks", "first", "fused", "dense", "shared", "cat", "shipped")
 DENSE_MAX_WEIGHTS = 65_536
 #: Linears of one parent that read the same input tensor in Llama-shaped models. A member handed another input than
 #: the group's last (another architecture) projects it anew for the group: slower, never wrong.
@@ -130,9 +133,27 @@ def variants(backend) -> dict:
 
         return block
 
+    def cat(linear, a, b, rows, mask):
+        shipped = fused_lora_delta(linear, a, b, rows, mask)
+        if not isinstance(rows, slice) or mask is not None:
+            return shipped
+        out, r = linear.weight.shape[0], a.shape[0]
+        both = torch.cat([linear.weight, a]).contiguous()
+        both_bias = None if linear.bias is None else torch.cat([linear.bias, linear.bias.new_zeros(r)])
+        bt, lo_row, hi_row, f_linear = b.t().contiguous(), rows.start, rows.stop, F.linear
+
+        def block(x):
+            if x.numel() // (x.shape[0] * x.shape[-1]) != 1:  # a prompt: the shipped delta
+                return shipped(x)
+            wide = f_linear(x, both, both_bias).view(-1, out + r)
+            wide[lo_row:hi_row, :out].addmm_(wide[lo_row:hi_row, out:], bt)
+            return wide[:, :out].view(*x.shape[:-1], out)
+
+        return block
+
     fused_lora_delta = fused_lora._delta_forward
     return {"home": fused_lora_delta, "hooks": hooks, "first": first, "fused": fused_lora_delta, "dense": dense,
-            "shared": shared, "shipped": fused_lora_delta}
+            "shared": shared, "cat": cat, "shipped": fused_lora_delta}
 
 
 def choose(backend, ways: dict, way: str, names: list[str]) -> list[str]:
