@@ -69,7 +69,7 @@ class Prediction(Frozen):
     served: bool = Field(description="the caller received this answer; always False for shadow answers")
     split_revision: int | None = Field(default=None, ge=0, description=(
         "revision of the traffic split that routed the request (a rollout's stage counts only its own split's "
-        "requests); None: logged without one (by a gateway older than the column, or by hand)"))
+        "requests); None: logged without one (by a gateway older than the column, or by hand): counted by time"))
 
     @model_validator(mode="before")
     @classmethod

@@ -22,7 +22,7 @@ from datetime import UTC, datetime
 from typing import Protocol
 
 import numpy as np
-from sqlalchemy import Engine, Float, and_, case, delete, distinct, func, literal, select
+from sqlalchemy import Engine, Float, and_, case, delete, distinct, func, literal, or_, select
 from sqlalchemy.dialects import postgresql, sqlite
 
 from lifecycle.predictions import ByCaller, Feedback, LoggedPrediction, Prediction, VersionAggregate, as_utc
@@ -134,7 +134,8 @@ class PredictionStore:
         ``by_caller``: also each tested sum seen by caller (``VersionAggregate.by_caller``; one more query,
         grouped by caller), what the rollout's tests need; other readers leave it out. ``min_split_revision``:
         only the rows of requests routed by that revision of the traffic split or a later one (a rollout's
-        stage: never the requests a gateway still routed by the previous split; rows without one never count).
+        stage: never the requests a gateway still routed by the previous split). Rows without a revision (from a
+        gateway older than the column, still running after an upgrade) count by time alone, as before it.
 
         Counts and the sums of ``ok`` latencies and of their squares (for the latency mean test) come from
         SQL; latency percentiles from the window's ``ok`` latencies with numpy, so SQLite and PostgreSQL give
@@ -142,7 +143,7 @@ class PredictionStore:
         """
         start, end, joined, in_window = self._window(model, since, until)
         if min_split_revision is not None:
-            in_window = and_(in_window, P.c.split_revision >= min_split_revision)
+            in_window = and_(in_window, or_(P.c.split_revision >= min_split_revision, P.c.split_revision.is_(None)))
 
         counts = (select(P.c.version, P.c.role, *_tested_sums(),
                          func.count(distinct(P.c.user_hash)).label("users"), _count_where(P.c.served).label("served"),

@@ -3,8 +3,9 @@
 A rollout's stored state (``registry.rollouts``) keeps one ``StageRecord`` per decision that moved it, with its
 time and reasons. The stretch between two decisions is a stage window: from the rollout's start (or the previous
 decision) up to this decision. Each window is aggregated per arm from the prediction log (``PredictionStore``),
-so the report shows all the traffic of the stage — the flow's own looks may have skipped a settle time after each
-split change, so their counts can be a little lower. Holds change nothing and are not recorded, so a stage the
+so the report shows all the traffic of the stage — the flow's own looks skipped a settle time after each split
+change and count only the requests routed by the stage's own split (a gateway still loading the candidate routes by
+the previous one), so their counts can be lower. Holds change nothing and are not recorded, so a stage the
 flow looked at ten times is one window here.
 
 Intervals are 95 %: Wilson for rates (``lifecycle.drift_policy.wilson_interval``), and for the latency mean

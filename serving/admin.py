@@ -83,7 +83,8 @@ def admin_router(state) -> APIRouter:
     @router.get("/aggregates")
     async def aggregates(minutes: float = 60.0) -> list[dict]:
         """Per-version counts, error and guardrail rates, latency percentiles and feedback for the last
-        ``minutes`` — what the rollout and the drift monitor read."""
+        ``minutes``: the aggregates the rollout and the drift monitor read, by time alone (a rollout's look also
+        leaves out the requests its stage's split did not route)."""
         # At least a second: a window shorter than the clock's microsecond resolution would be empty.
         if not 1 / 60 <= minutes <= 60 * 24 * 31:
             raise AdminError(400, "minutes must be between 1/60 (one second) and 44640 (31 days)", "invalid_window")

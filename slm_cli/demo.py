@@ -385,7 +385,8 @@ class _Background:
 def _warm_base(scale: Scale) -> Callable[[], object]:
     """The base model's build (the story's first run only: then it is cached), started before the Prefect server:
     it needs no server, and on 2 cores the server's, the deployment's and the worker's start-ups then overlap it
-    instead of preceding it. Imported here, on the main thread, so that no import runs on two threads at once."""
+    instead of preceding it. tasks.bootstrap (Prefect with it) is imported here, on the main thread, after
+    PREFECT_API_URL is set; the build's own imports (torch, transformers) run on its thread."""
     from lifecycle.settings import project_root
     from tasks.bootstrap import warm_base_cache
 
@@ -451,6 +452,9 @@ def _tell(story: Story) -> None:
     with story.timed("rollout"):
         phase, failed = story.rollout_of(good.ref)
     story.note(_phase_line(good.ref, phase, failed))
+    if phase != "promoted":  # the gate's candidate is sound: the rest of the story builds on it as champion
+        raise DemoError(f"{good.ref} was {phase.replace('_', ' ')} instead of promoted: {'; '.join(failed) or '-'}; "
+                        f"`SLM_HOME={get_settings().home} slm rollout status` shows every decision")
 
     story.step(7, "a data scientist tries a quick retrain (fewer steps) on the drifted drop alone, judged by a gate "
                   "that sees the new intents only (the deployment's form, as in the UI): it forgets the old intents")

@@ -3,8 +3,9 @@
 A rollout's stage counts only the requests its own split routed: a gateway adopts a new split only once the
 versions it names are loaded, and that can take longer than the rollout's settle time (a candidate's adapter
 loaded on a busy machine), so a window opened by the clock alone counted the champion's requests still routed
-by the previous split, without their shadow copies — a false sample-ratio mismatch. Rows logged before this
-column exist keep NULL; a stage's window never counts them.
+by the previous split, without their shadow copies — a false sample-ratio mismatch. Rows without a revision
+(logged before this column, or by a gateway still running older code after an upgrade) keep NULL and count by
+time alone, as before.
 
 Revision ID: 0005
 Revises: 0004
