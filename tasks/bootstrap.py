@@ -81,8 +81,7 @@ def warm_base_cache(task_path: Path, base_model_path: Path) -> Path:
     :func:`build_base` of the bootstrap flow will then find there. Needs no Prefect server, so the demo starts it
     before its server is up (their start-ups overlap the build); a cached base returns at once. Returns its folder."""
     spec = resolve_task.fn(task_path, project_root())
-    data = ensure_task_data(spec, get_settings().home / "data")
-    return build_base.fn(data, base_model_path)[0]
+    return build_base.fn(prepare_task_data.fn(spec), base_model_path)[0]
 
 
 def fetch_hub_base(hub_base: str, data: TaskData, config: BaseModelConfig) -> tuple[Path, HubBaseInfo]:
