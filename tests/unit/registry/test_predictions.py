@@ -331,6 +331,8 @@ def test_prediction_validation():
         Prediction.model_validate({**pred(1).model_dump(), "role": "shadow", "served": True})
     with pytest.raises(ValidationError, match="NUL"):
         pred(1, request_id="a\x00b")
+    with pytest.raises(ValidationError, match="split_revision"):  # a split's revision counts up from 0
+        pred(1, split_revision=-1)
 
 
 def test_aggregates_count_distinct_callers(log):
