@@ -365,10 +365,39 @@ def _callers_finding(stage: Stage, champion: VersionAggregate, challenger: Versi
                           f"{challenger.users}), need {need}")
 
 
+def _adoption_finding(stage: Stage, champion: VersionAggregate, challenger: VersionAggregate, stale: int,
+                      split_revision: int | None) -> Finding:
+    """The window's requests that an older traffic split routed (not counted in the arms): a few are a gateway's
+    last requests before it adopted the stage's split; more than the stage's own requests is a gateway that has
+    not adopted it — a deployment fault, not the candidate's, so the stage holds (never advances on what is left)
+    and says so, instead of waiting out its maximum duration on silent arms."""
+    # The stage's own requests: at 100 % the champion's arm is a reference window; in shadow the challenger's rows
+    # are copies of the champion's requests.
+    counted = challenger.requests if stage.share == 100 else champion.requests + (
+        0 if stage.shadow else challenger.requests)
+    revision = "its revision" if split_revision is None else f"revision {split_revision}"
+    if stale > counted:
+        return Finding(check="split adoption", verdict=Verdict.INCONCLUSIVE, observed=float(stale),
+                       threshold=float(counted),
+                       reason=f"{stale} requests in the window were routed by a traffic split older than the stage's "
+                              f"({revision}) against {counted} by it: a gateway has not adopted the stage's split "
+                              "(it does once it has loaded the versions the split names); they are not counted")
+    return Finding(check="split adoption", verdict=Verdict.PASS, observed=float(stale), threshold=float(counted),
+                   reason=f"{stale} requests in the window were routed by a traffic split older than the stage's "
+                          f"({revision}), against {counted} by it; they are not counted")
+
+
 def decide_stage(plan_stage: Stage, champion: VersionAggregate, challenger: VersionAggregate,
-                 elapsed_s: float) -> StageVerdict:
-    """Decide one look at a stage. Pure: the same aggregates and elapsed time give the same verdict."""
+                 elapsed_s: float, *, stale_requests: int = 0, split_revision: int | None = None) -> StageVerdict:
+    """Decide one look at a stage. Pure: the same aggregates and elapsed time give the same verdict.
+
+    ``stale_requests``: the window's requests routed by a split older than the stage's (``split_revision``),
+    which the arms leave out; when there are any, a "split adoption" finding says how many (see
+    :func:`_adoption_finding`).
+    """
     findings, srm = _traffic_findings(plan_stage, champion, challenger)
+    if stale_requests:
+        findings.append(_adoption_finding(plan_stage, champion, challenger, stale_requests, split_revision))
     enough = min(_answered(champion), _answered(challenger)) >= plan_stage.min_requests_per_arm
     tests: dict[str, RateTest] = {}
     mean_tests: dict[str, MeanDifferenceCS] = {}

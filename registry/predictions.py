@@ -172,6 +172,15 @@ class PredictionStore:
                 by_caller=callers.get((g.version, g.role)), **fields))
         return result
 
+    def stale_requests(self, model: str, since: datetime, until: datetime, min_split_revision: int) -> int:
+        """The requests in ``[since, until)`` that a traffic split older than ``min_split_revision`` routed: what
+        ``aggregates(..., min_split_revision=...)`` leaves out. Requests, not rows: a shadow copy is not counted."""
+        _, _, _, in_window = self._window(model, since, until)
+        query = select(func.count()).select_from(P).where(in_window, P.c.role != "shadow",
+                                                          P.c.split_revision < min_split_revision)
+        with self.engine.connect() as conn:
+            return int(conn.execute(query).scalar_one())
+
     def window(self, model: str, since: datetime, until: datetime,
                limit: int | None = 10_000) -> list[LoggedPrediction]:
         """The newest ``limit`` predictions in ``[since, until)`` (all of them when ``limit`` is None), in

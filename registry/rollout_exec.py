@@ -229,13 +229,17 @@ def step(store: RegistryStore, predictions: PredictionStore, state: RolloutState
         return state, None
     now = store.clock()
     champion, challenger = arms(predictions, state, plan, now, settle_s)
+    stale = 0 if state.split_revision is None else predictions.stale_requests(
+        state.model, *stage_window(state, now, settle_s), state.split_revision)
     elapsed = (as_utc(now) - _parse(state.stage_started_at)).total_seconds()
-    verdict = decide_stage(plan.stages[state.stage_index], champion, challenger, elapsed)
+    verdict = decide_stage(plan.stages[state.stage_index], champion, challenger, elapsed, stale_requests=stale,
+                           split_revision=state.split_revision)
     after, effects = next_state(state, verdict, plan, _iso(now))
     if after is state:  # hold: nothing to save, nothing to do
         return state, verdict
     detail = {"verdict": verdict.model_dump(mode="json"), "champion_window": champion.model_dump(mode="json"),
-              "challenger_window": challenger.model_dump(mode="json")}
+              "challenger_window": challenger.model_dump(mode="json"), "split_revision": state.split_revision,
+              "stale_requests": stale}
     return commit(store, state, after, effects, actor=actor, emit=emit, detail=detail), verdict
 
 

@@ -6,7 +6,7 @@ import time
 import uuid
 from typing import Any
 
-from prefect import task
+from prefect import get_run_logger, task
 from prefect.artifacts import create_progress_artifact, create_table_artifact, update_progress_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.events import emit_event
@@ -18,6 +18,7 @@ from lifecycle.records import Frozen
 from lifecycle.rollout_plan import RolloutPlan, StageVerdict
 from lifecycle.rollout_state import RolloutState
 from lifecycle.settings import in_project
+from lifecycle.verdict import Verdict
 from registry import rollout_exec
 from registry.predictions import PredictionStore
 from registry.rollouts import get_rollout
@@ -110,10 +111,16 @@ def look(params: RolloutParams, plan: RolloutPlan, state: RolloutState) -> tuple
     with open_registry() as registry:
         predictions = PredictionStore(registry.store.engine)
         try:
-            return rollout_exec.step(registry.store, predictions, state, plan, actor=params.actor,
-                                     emit=emit_rollout_event, settle_s=plan.settle_s)
+            state, verdict = rollout_exec.step(registry.store, predictions, state, plan, actor=params.actor,
+                                               emit=emit_rollout_event, settle_s=plan.settle_s)
         except ConcurrentChangeError:  # an operator paused, pinned or aborted it meanwhile: go on from there
             return rollout_exec.current(registry.store, state.model, state.candidate), None
+    for finding in verdict.findings if verdict is not None else []:
+        if finding.check == "split adoption" and finding.verdict is Verdict.INCONCLUSIVE:
+            # A hold is otherwise silent; this one is an operator's to fix (a gateway that cannot load a version).
+            get_run_logger().warning("%s:v%s holds at %s: %s", state.model, state.candidate, verdict.stage,
+                                     finding.reason)
+    return state, verdict
 
 
 @task(name="record-answer", cache_policy=NO_CACHE)

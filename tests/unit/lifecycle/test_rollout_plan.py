@@ -96,6 +96,28 @@ def test_decide_stage_table(name, stage_name, champion, challenger, elapsed, ver
         assert any(f.check == check and f.verdict == verdict for f in v.findings), v.reasons()
 
 
+@pytest.mark.parametrize(("stage_name", "champion", "challenger", "counted"), [
+    ("canary-50", agg(2000, 20, fb=(2000, 1800)), agg(2000, 20, fb=(2000, 1810)), 4000),
+    ("shadow", agg(3000, 30), agg(3000, 28, role="shadow"), 3000),  # shadow rows copy the champion's requests
+    ("full", agg(2000, 20, fb=(2000, 1800)), agg(4000, 40, fb=(4000, 3600)), 4000),  # the champion's is a reference
+])
+def test_requests_of_an_older_split_hold_a_stage_only_when_they_outnumber_its_own(stage_name, champion, challenger,
+                                                                                  counted):
+    """A gateway that never adopts the stage's split is said by name; a few late requests of the old split are not
+    held against a stage that has its evidence."""
+    none = decide_stage(stage(stage_name), champion, challenger, 600)
+    assert "split adoption" not in [f.check for f in none.findings]
+    few = decide_stage(stage(stage_name), champion, challenger, 600, stale_requests=counted, split_revision=7)
+    assert few.action == "advance", few.reasons()
+    assert any(f.check == "split adoption" and f.verdict is Verdict.PASS and f"{counted} requests" in f.reason
+               for f in few.findings)
+    stuck = decide_stage(stage(stage_name), champion, challenger, 600, stale_requests=counted + 1, split_revision=7)
+    assert (stuck.verdict, stuck.action) == (Verdict.INCONCLUSIVE, "hold")
+    finding = next(f for f in stuck.findings if f.check == "split adoption")
+    assert finding.verdict is Verdict.INCONCLUSIVE and (finding.observed, finding.threshold) == (counted + 1, counted)
+    assert "revision 7" in finding.reason and "has not adopted" in finding.reason
+
+
 def test_full_stage_skips_the_split_check_and_shadow_expects_equal_counts():
     assert decide_stage(stage("full"), agg(2000), agg(4000), 10).srm is None
     assert decide_stage(stage("shadow"), agg(3000), agg(3000, role="shadow"), 10).srm.expected_share == 0.5

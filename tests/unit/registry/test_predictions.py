@@ -68,6 +68,12 @@ def test_aggregates_can_count_only_the_requests_of_a_split_revision_or_later(log
     by_caller = log.aggregates("m", *window, by_caller=True, min_split_revision=5)
     assert [(a.version, a.requests, a.by_caller["model_errors"].trials) for a in by_caller] == [(1, 2, 2)]
     assert [r.split_revision for r in log.window("m", *window)] == [3, 4, 5, None, 4]
+    # what the revision filter leaves out, as requests: a shadow copy of an old-split request is not one more
+    log.insert_many([pred(5, split_revision=2), pred(5, role="shadow", version=2, split_revision=2),
+                     pred(6, model="other", split_revision=1)])
+    assert log.stale_requests("m", *window, min_split_revision=5) == 3  # revisions 2, 3 and 4; not the NULL row
+    assert log.stale_requests("m", *window, min_split_revision=3) == 1
+    assert log.stale_requests("m", T0 + timedelta(seconds=2), T0 + timedelta(hours=1), min_split_revision=5) == 1
 
 
 def test_purge_deletes_the_old_rows_and_their_feedback_only(log):

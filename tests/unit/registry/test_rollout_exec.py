@@ -148,10 +148,18 @@ def test_requests_still_routed_by_the_previous_split_never_count_in_the_stage(wo
     state, verdict = rollout_exec.step(store, preds, state, plan, actor="flow", emit=lambda *_: None, settle_s=0)
     assert (state.phase, state.stage_index, verdict.action) == ("running", 0, "hold")
     assert not any(f.check == "sample ratio" and f.verdict is Verdict.FAIL for f in verdict.findings)
+    # ... and says why: all the window's requests came by the old split (a gateway that never adopts it is named)
+    stuck = next(f for f in verdict.findings if f.check == "split adoption")
+    assert stuck.verdict is Verdict.INCONCLUSIVE and (stuck.observed, stuck.threshold) == (40, 0)
+    assert f"revision {shadow_split.revision}" in stuck.reason
     feed(store, preds, clock, bad=False)  # the gateways on the new split: the shadow answers every request
     state, verdict = rollout_exec.step(store, preds, state, plan, actor="flow", emit=lambda *_: None, settle_s=0)
     assert (state.stage_index, verdict.action) == (1, "advance")
+    assert next(f for f in verdict.findings if f.check == "split adoption").verdict is Verdict.PASS
     assert state.split_revision == get_split(store, "router").revision == shadow_split.revision + 1
+    decision = next(e for e in store.audit_events() if e.seq == _last_decision(store))
+    assert (decision.payload["detail"]["split_revision"], decision.payload["detail"]["stale_requests"]) == (
+        shadow_split.revision, 40)
 
 
 def _last_decision(store):
