@@ -122,7 +122,8 @@ class Stage(Frozen):
     on_inconclusive: Literal["pause", "rollback"] = Field(
         default="pause", description="what to do when still inconclusive at max_duration_s")
     alpha: float = Field(default=0.05, gt=0, lt=0.5, description="one-sided error rate of each rate test")
-    srm_threshold: float = Field(default=0.001, gt=0, lt=0.1, description="split p-value below this is a FAIL")
+    srm_threshold: float = Field(default=0.001, gt=0, lt=0.1, description=(
+        "the sample-ratio check's always-valid p-value (lifecycle.srm, valid at every look) below this is a FAIL"))
 
     @property
     def shadow(self) -> bool:
@@ -339,7 +340,7 @@ def _traffic_findings(stage: Stage, champion: VersionAggregate,
             check="sample ratio", verdict=Verdict.FAIL if srm.mismatch else Verdict.PASS, observed=srm.p_value,
             threshold=stage.srm_threshold,
             reason=f"challenger share of {unit} {seen} vs planned {expected:.4f} ({a} / {b}), chi2 {srm.chi2:.2f}, "
-                   f"p {srm.p_value:.2g}"))
+                   f"always-valid p {srm.p_value:.2g}"))
     least = min(_answered(champion), _answered(challenger))  # answers: the evidence, not the attempts
     enough = least >= stage.min_requests_per_arm
     findings.append(Finding(check="minimum sample", verdict=Verdict.PASS if enough else Verdict.INCONCLUSIVE,

@@ -4,6 +4,11 @@ A rollout stage compares arms that the router filled; if the observed split is f
 broken split, an arm whose requests crash before they are logged), the comparison is biased and no verdict of
 ``lifecycle.sequential`` can be trusted. ``lifecycle.rollout_plan`` runs this check at every look: a mismatch
 is never a pass.
+
+Because it runs at every look, the check is a sequential test: a beta-binomial mixture likelihood ratio (the
+two-arm case of Lindon and Malek's Dirichlet-multinomial test for sample-ratio mismatches), whose p-value is valid
+at any number of looks, where a chi-square test at each look is not (bench/srm_bench.py: at 0.001, up to ~1 % of
+sound 50/50 stages tripped it over 400 looks).
 """
 
 from __future__ import annotations
@@ -11,8 +16,14 @@ from __future__ import annotations
 import math
 
 from pydantic import Field
+from scipy.special import betaln
 
 from lifecycle.records import Frozen
+
+# The mixture's prior on the challenger's share: Beta(k s, k (1 - s)) around the planned share s, k the
+# concentration. Small k spreads the prior: quick on gross breaks (an arm that gets nothing), slower on small
+# drifts; large k the other way round. Chosen with bench/srm_bench.py (bench/RESULTS.md).
+PRIOR_CONCENTRATION = 10.0
 
 
 class SRMCheck(Frozen):
@@ -22,8 +33,8 @@ class SRMCheck(Frozen):
     n_challenger: int
     expected_share: float = Field(description="planned challenger share of the two arms' requests")
     observed_share: float | None
-    chi2: float
-    p_value: float
+    chi2: float = Field(description="Pearson's chi-square of the counts: how far they are, for people to read")
+    p_value: float = Field(description="always-valid p-value of the mixture test: valid at any number of looks")
     threshold: float
 
     @property
@@ -34,17 +45,20 @@ class SRMCheck(Frozen):
 def sample_ratio_mismatch(
     n_champion: int, n_challenger: int, expected_share: float, *, threshold: float = 0.001,
 ) -> SRMCheck:
-    """Pearson chi-square (1 df) of the observed split against the planned challenger share.
+    """Sequential test of the observed split against the planned challenger share ``s``.
 
-    ``chi2 = (n_chall - N s)^2 / (N s) + (n_champ - N (1 - s))^2 / (N (1 - s))``, ``N = n_champ + n_chall``.
-    Why 0.001: the check runs at every look and is not corrected for it; at 0.001 a sound router trips it
-    rarely over a rollout's few dozen looks, while a real mismatch (a broken split, a crashing arm
-    whose requests vanish) gives p far below it within a few hundred requests. A mismatch means the
-    comparison is biased: never a pass. Assumes each request is routed independently with the planned
-    probability (hash-based sticky routing of many users approximates this).
+    Under a sound split each routed unit (a caller; a request where callers are not counted) lands on the
+    challenger's arm with probability ``s``. The test's statistic is the likelihood ratio of the counts under a
+    Beta(k s, k (1 - s)) mixture of shares (k = ``PRIOR_CONCENTRATION``) against ``s`` itself:
+    ``BF = B(k s + b, k (1 - s) + a) / B(k s, k (1 - s)) / (s^b (1 - s)^a)`` for ``a`` champion and ``b`` challenger
+    units. Under a sound split BF is a nonnegative martingale with mean 1, so by Ville's inequality it ever reaches
+    ``1 / threshold`` with probability at most ``threshold``: ``p = min(1, 1 / BF)`` may be checked at every look
+    with no correction. Why 0.001: a mismatch rolls a candidate back for something that is not its fault only if
+    the split really is broken, and a broken one (an arm whose requests vanish) drives p far below it within a
+    few hundred units. ``chi2`` is Pearson's statistic of the same counts, reported for reading only.
 
-    Worked examples: 950 / 50 at 5 %: chi2 = 0, p = 1. 980 / 20 at 5 %: chi2 = 18.95, p = 1.3e-5:
-    mismatch. 5000 / 5100 at 50 %: chi2 = 0.990, p = 0.320.
+    Worked examples: 950 / 50 at 5 %: p = 1 (no evidence against the plan). 980 / 20 at 5 %: chi2 18.95, p = 4.7e-5:
+    mismatch. 5000 / 5100 at 50 %: chi2 0.990, p = 1.
     """
     if not 0 < expected_share < 1:
         raise ValueError(f"expected challenger share must be in (0, 1), got {expected_share}")
@@ -54,8 +68,12 @@ def sample_ratio_mismatch(
     if total == 0:
         return SRMCheck(n_champion=0, n_challenger=0, expected_share=expected_share, observed_share=None,
                         chi2=0.0, p_value=1.0, threshold=threshold)
-    exp_b, exp_a = total * expected_share, total * (1 - expected_share)
+    s = expected_share
+    exp_b, exp_a = total * s, total * (1 - s)
     chi2 = (n_challenger - exp_b) ** 2 / exp_b + (n_champion - exp_a) ** 2 / exp_a
-    p_value = math.erfc(math.sqrt(chi2 / 2))  # chi-square with 1 degree of freedom: P(Z^2 > chi2)
+    a0, b0 = PRIOR_CONCENTRATION * s, PRIOR_CONCENTRATION * (1 - s)
+    log_bf = (betaln(a0 + n_challenger, b0 + n_champion) - betaln(a0, b0)
+              - (n_challenger * math.log(s) + n_champion * math.log1p(-s)))
+    p_value = 1.0 if log_bf <= 0 else math.exp(-log_bf)
     return SRMCheck(n_champion=n_champion, n_challenger=n_challenger, expected_share=expected_share,
                     observed_share=n_challenger / total, chi2=chi2, p_value=p_value, threshold=threshold)

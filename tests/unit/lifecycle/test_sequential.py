@@ -251,9 +251,11 @@ def test_vectorized_statistic_is_the_scalar_tests_one():
     ("n_champion", "n_challenger", "share", "chi2", "p_value", "mismatch"),
     [
         (950, 50, 0.05, 0.0, 1.0, False),
-        (980, 20, 0.05, 18.947, 1.34e-5, True),
-        (5000, 5100, 0.5, 0.990, 0.320, False),
+        (980, 20, 0.05, 18.947, 4.72e-5, True),
+        (5000, 5100, 0.5, 0.990, 1.0, False),
         (0, 0, 0.05, 0.0, 1.0, False),
+        (200, 0, 0.05, 10.526, 1.67e-4, True),  # a chi-square's p would be 0.0012 here: a 5 % arm getting nothing
+        (16, 0, 0.5, 16.0, 6.43e-3, False),  # too few to tell, where a chi-square at every look says 6.3e-5
     ],
 )
 def test_srm_worked_examples(n_champion, n_challenger, share, chi2, p_value, mismatch):
@@ -261,6 +263,32 @@ def test_srm_worked_examples(n_champion, n_challenger, share, chi2, p_value, mis
     assert srm.chi2 == pytest.approx(chi2, abs=1e-3)
     assert srm.p_value == pytest.approx(p_value, rel=1e-2)
     assert srm.mismatch is mismatch
+
+
+def test_srm_p_value_is_the_inverse_of_the_mixture_likelihood_ratio():
+    """The closed form against the mixture integrated numerically: the Beta(k s, k (1 - s)) prior's average
+    likelihood of the counts over the likelihood at the planned share."""
+    from lifecycle.srm import PRIOR_CONCENTRATION as k
+
+    a, b, s = 300, 200, 0.5
+    prior = stats.beta(k * s, k * (1 - s))
+    mixed, _ = integrate.quad(lambda q: prior.pdf(q) * q**b * (1 - q) ** a / (s**b * (1 - s) ** a), 0, 1,
+                              points=[b / (a + b)], epsabs=0, epsrel=1e-10, limit=200)
+    assert sample_ratio_mismatch(a, b, s).p_value == pytest.approx(1 / mixed, rel=1e-6)
+
+
+def test_srm_checked_at_every_look_keeps_its_level_where_a_chi_square_does_not():
+    """A sound 25 % split looked at every 10 callers up to 500: the mixture's p falls below 0.05 at some look in at
+    most ~5 % of stages (Ville's inequality); a chi-square's at every look, in several times as many."""
+    rng = np.random.default_rng(7)
+    runs, looks = 600, 50
+    challenger = np.cumsum(rng.binomial(10, 0.25, size=(runs, looks)), axis=1)
+    checks = [[sample_ratio_mismatch(10 * (j + 1) - int(c), int(c), 0.25, threshold=0.05)
+               for j, c in enumerate(run)] for run in challenger]
+    mixture = np.mean([any(srm.mismatch for srm in run) for run in checks])
+    chi_square = np.mean([any(math.erfc(math.sqrt(srm.chi2 / 2)) < 0.05 for srm in run) for run in checks])
+    assert mixture <= 0.05 + 3 * math.sqrt(0.05 * 0.95 / runs)
+    assert chi_square > 3 * 0.05, chi_square
 
 
 def test_fixed_horizon_matches_reference_figures():
