@@ -20,14 +20,19 @@ import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+_PEFT_DEPRECATION = "`is_gradient_checkpointing` is deprecated"
+
 
 @contextlib.contextmanager
 def quiet_peft() -> Iterator[None]:
     """peft 0.21 calls transformers 5's deprecated ``is_gradient_checkpointing`` whenever it wraps a model: a
-    FutureWarning in every worker log that loads an adapter, about code that is not ours. Silenced for the call."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
-        yield
+    FutureWarning in every worker log that loads an adapter, about code that is not ours. Silenced by one filter
+    for that message alone, kept for the process (adding it again moves it to the front, it never doubles):
+    ``warnings.catch_warnings`` around each call saved and restored the process-wide filter list from the
+    gateway's loader threads at once, and a restore could undo a filter another thread added meanwhile (the list
+    is global before Python 3.14)."""
+    warnings.filterwarnings("ignore", message=_PEFT_DEPRECATION, category=FutureWarning)
+    yield
 
 
 def lora_factors(model, adapter_dir: Path, device) -> dict[str, tuple[object, object, float]]:

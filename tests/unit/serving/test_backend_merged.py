@@ -113,3 +113,21 @@ def test_loading_an_adapter_does_not_warn_about_peft_internals(tiny_base_model, 
         warnings.simplefilter("always")
         open_with(tiny_base_model, adapters, mode)
     assert [str(w.message) for w in caught if "is_gradient_checkpointing" in str(w.message)] == []
+
+
+def test_silencing_peft_keeps_filters_other_threads_add_meanwhile():
+    """A loader thread's quiet_peft must not restore the process-wide filter list when it ends: a filter another
+    thread added in the meantime (a second adapter load, a library's import) stays, and the silencing filter is
+    there once however many loads ran."""
+    import warnings
+
+    from serving.fused_lora import quiet_peft
+
+    with warnings.catch_warnings():  # this test's own changes go when it ends
+        with quiet_peft():
+            warnings.filterwarnings("ignore", message="added by another thread", category=UserWarning)
+        with quiet_peft():
+            pass
+        messages = [f[1].pattern for f in warnings.filters if f[1] is not None]
+        assert "added by another thread" in messages
+        assert messages.count("`is_gradient_checkpointing` is deprecated") == 1
