@@ -151,7 +151,8 @@ class RolloutPlan(Frozen):
     settle_s: float = Field(default=5.0, ge=0, description=(
         "seconds after a split change before the stage's window opens. Requests still routed by the previous "
         "split never count, however long a gateway takes to adopt the new one (the log records each request's "
-        "split revision); this keeps the first seconds of a stage out too"))
+        "split revision); this keeps the first seconds of a stage out too, and in shadow the last seconds before "
+        "each look (the newest requests' shadow copies may not be logged yet)"))
     stages: list[Stage] = Field(min_length=2)
 
     @model_validator(mode="before")
@@ -328,10 +329,12 @@ def _traffic_findings(stage: Stage, champion: VersionAggregate,
     if stage.share < 100:  # at 100 % the champion serves nothing; its aggregate is a reference window
         # Shadow mirrors every request, so the two arms should see equal counts.
         expected = 0.5 if stage.shadow else stage.share / 100
-        # The router assigns callers, not requests: checked on distinct callers when the log says them, since
-        # a few heavy users on one side would otherwise look like a broken split (measured: 500 simulated
-        # users gave share 0.057 on a 5 % canary, request-level p 0.00099 — a false mismatch).
-        by_users = bool(champion.users and challenger.users)
+        # The router assigns callers, not requests: checked on distinct callers when the log says them (an arm
+        # with none counts 0), since requests come in runs by caller and a few heavy users on one side would
+        # otherwise look like a broken split (measured: 500 simulated users gave share 0.057 on a 5 % canary,
+        # request-level p 0.00099 under the chi-square of the time — a false mismatch). Requests only for
+        # aggregates that did not count callers.
+        by_users = champion.users is not None and challenger.users is not None
         a, b = (champion.users, challenger.users) if by_users else (champion.requests, challenger.requests)
         unit = "callers" if by_users else "requests"
         srm = sample_ratio_mismatch(a, b, expected, threshold=stage.srm_threshold)
@@ -370,8 +373,10 @@ def _adoption_finding(stage: Stage, champion: VersionAggregate, challenger: Vers
                       split_revision: int | None) -> Finding:
     """The window's requests that an older traffic split routed (not counted in the arms): a few are a gateway's
     last requests before it adopted the stage's split; more than the stage's own requests is a gateway that has
-    not adopted it — a deployment fault, not the candidate's, so the stage holds (never advances on what is left)
-    and says so, instead of waiting out its maximum duration on silent arms."""
+    not adopted it (yet: loading the candidate can take a while; or ever: one that cannot load it). The stage then
+    holds rather than advance on the part of the traffic that is left, says why, and at its maximum duration
+    pauses for a person instead of doing what the plan says for a stage that ran out of time on its own evidence
+    (a rollback there would blame the candidate for the deployment)."""
     # The stage's own requests: at 100 % the champion's arm is a reference window; in shadow the challenger's rows
     # are copies of the champion's requests.
     counted = challenger.requests if stage.share == 100 else champion.requests + (
@@ -417,12 +422,17 @@ def decide_stage(plan_stage: Stage, champion: VersionAggregate, challenger: Vers
     verdict = worst(f.verdict for f in findings)
     action: Action = {Verdict.PASS: "advance", Verdict.INCONCLUSIVE: "hold", Verdict.FAIL: "rollback"}[verdict]
     if verdict is Verdict.INCONCLUSIVE and elapsed_s >= plan_stage.max_duration_s:
-        timed_out = plan_stage.on_inconclusive
+        # A split that a gateway never adopted is not the candidate's doing: a person decides, whatever the plan
+        # says for a stage that ran out of time on its own evidence.
+        unadopted = any(f.check == "split adoption" and f.verdict is Verdict.INCONCLUSIVE for f in findings)
+        timed_out = "pause" if unadopted else plan_stage.on_inconclusive
         verdict = Verdict.FAIL if timed_out == "rollback" else Verdict.INCONCLUSIVE
         action = timed_out
+        says = ("a gateway has not adopted the stage's split, so a person decides" if unadopted
+                else f"the plan says {timed_out}")
         findings.append(Finding(check="maximum duration", verdict=verdict, observed=elapsed_s,
                                 threshold=plan_stage.max_duration_s,
                                 reason=f"still inconclusive after {elapsed_s:.0f} s of "
-                                       f"{plan_stage.max_duration_s:.0f} s: the plan says {timed_out}"))
+                                       f"{plan_stage.max_duration_s:.0f} s: {says}"))
     return StageVerdict(stage=plan_stage.name, verdict=verdict, action=action, findings=findings,
                         elapsed_s=elapsed_s, srm=srm, tests=tests, mean_tests=mean_tests)

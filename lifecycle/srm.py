@@ -7,8 +7,8 @@ is never a pass.
 
 Because it runs at every look, the check is a sequential test: a beta-binomial mixture likelihood ratio (the
 two-arm case of Lindon and Malek's Dirichlet-multinomial test for sample-ratio mismatches), whose p-value is valid
-at any number of looks, where a chi-square test at each look is not (bench/srm_bench.py: at 0.001, up to ~1 % of
-sound 50/50 stages tripped it over 400 looks).
+at any number of looks, where a chi-square test at each look is not (bench/srm_bench.py: at 0.001, 1.8-3.4 % of
+sound stages tripped it over 400 looks).
 """
 
 from __future__ import annotations
@@ -53,9 +53,18 @@ def sample_ratio_mismatch(
     ``BF = B(k s + b, k (1 - s) + a) / B(k s, k (1 - s)) / (s^b (1 - s)^a)`` for ``a`` champion and ``b`` challenger
     units. Under a sound split BF is a nonnegative martingale with mean 1, so by Ville's inequality it ever reaches
     ``1 / threshold`` with probability at most ``threshold``: ``p = min(1, 1 / BF)`` may be checked at every look
-    with no correction. Why 0.001: a mismatch rolls a candidate back for something that is not its fault only if
-    the split really is broken, and a broken one (an arm whose requests vanish) drives p far below it within a
-    few hundred units. ``chi2`` is Pearson's statistic of the same counts, reported for reading only.
+    with no correction. Why 0.001: a mismatch rolls the candidate back, and at 0.001 a sound split does that to
+    at most one stage in a thousand however long it runs, while a broken one (an arm whose requests vanish)
+    drives p far below it within a few hundred units. ``chi2`` is Pearson's statistic of the same counts,
+    reported for reading only.
+
+    What the guarantee assumes: each unit is routed once, independently, with the planned share (true of callers
+    under hash-based sticky routing, not of requests, which come in runs by caller — hence callers where the log
+    counts them); the counts only grow between looks (a stage's window keeps its start); and a unit's row shows
+    up in the log no later on one arm than the other. Requests pinned to a version (``model:vN``) bypass the split
+    and count on the arm they name; a steady share of them would, in time, read as a mismatch. In shadow the two
+    arms are the requests and their copies, not a random split: p stays 1 while every copy is logged, and the
+    check stands for copies that went missing.
 
     Worked examples: 950 / 50 at 5 %: p = 1 (no evidence against the plan). 980 / 20 at 5 %: chi2 18.95, p = 4.7e-5:
     mismatch. 5000 / 5100 at 50 %: chi2 0.990, p = 1.

@@ -191,6 +191,16 @@ def stage_window(state: RolloutState, now: datetime, settle_s: float) -> tuple[d
     return since, max(now, since + timedelta(microseconds=1))
 
 
+def look_window(state: RolloutState, plan: RolloutPlan, now: datetime, settle_s: float) -> tuple[datetime, datetime]:
+    """The window a look reads: :func:`stage_window`, less its last ``settle_s`` seconds in shadow. A shadow answer
+    is logged after the served one (it is generated after it), under the request's arrival time, so the newest
+    requests' copies may not be in the log yet; counted, they would read as copies gone missing."""
+    since, until = stage_window(state, now, settle_s)
+    if plan.stages[state.stage_index].shadow:
+        until = max(since + timedelta(microseconds=1), until - timedelta(seconds=settle_s))
+    return since, until
+
+
 def arms(predictions: PredictionStore, state: RolloutState, plan: RolloutPlan, now: datetime,
          settle_s: float) -> tuple[VersionAggregate, VersionAggregate]:
     """(champion, challenger) aggregates of the stage's window; silent arms are zero-count aggregates.
@@ -199,7 +209,7 @@ def arms(predictions: PredictionStore, state: RolloutState, plan: RolloutPlan, n
     rollout: its traffic from the rollout's start to this stage's start (the decision compares against
     that, and skips the split check, see ``lifecycle.rollout_plan``).
     """
-    since, until = stage_window(state, now, settle_s)
+    since, until = look_window(state, plan, now, settle_s)
     share = plan.stages[state.stage_index].share
     wanted = {(state.champion, "champion"), (state.candidate, "shadow" if share == 0 else "challenger")}
     found = {a.version: a for a in predictions.aggregates(state.model, since, until, by_caller=True,
@@ -230,7 +240,7 @@ def step(store: RegistryStore, predictions: PredictionStore, state: RolloutState
     now = store.clock()
     champion, challenger = arms(predictions, state, plan, now, settle_s)
     stale = 0 if state.split_revision is None else predictions.stale_requests(
-        state.model, *stage_window(state, now, settle_s), state.split_revision)
+        state.model, *look_window(state, plan, now, settle_s), state.split_revision)
     elapsed = (as_utc(now) - _parse(state.stage_started_at)).total_seconds()
     verdict = decide_stage(plan.stages[state.stage_index], champion, challenger, elapsed, stale_requests=stale,
                            split_revision=state.split_revision)

@@ -30,7 +30,7 @@ def quiet_peft() -> Iterator[None]:
     for that message alone, kept for the process (adding it again moves it to the front, it never doubles):
     ``warnings.catch_warnings`` around each call saved and restored the process-wide filter list from the
     gateway's loader threads at once, and a restore could undo a filter another thread added meanwhile (the list
-    is global before Python 3.14)."""
+    is process-wide on the Pythons this project supports)."""
     warnings.filterwarnings("ignore", message=_PEFT_DEPRECATION, category=FutureWarning)
     yield
 

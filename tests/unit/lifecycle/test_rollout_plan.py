@@ -118,6 +118,25 @@ def test_requests_of_an_older_split_hold_a_stage_only_when_they_outnumber_its_ow
     assert "revision 7" in finding.reason and "has not adopted" in finding.reason
 
 
+def test_a_stage_out_of_time_on_a_split_no_gateway_adopted_pauses_for_a_person_whatever_the_plan_says():
+    canary = stage("canary-5")
+    assert canary.on_inconclusive == "rollback"
+    silent = (agg(0, users=0), agg(0, users=0, role="challenger", version=2))
+    assert decide_stage(canary, *silent, canary.max_duration_s).action == "rollback"  # the plan's word otherwise
+    stuck = decide_stage(canary, *silent, canary.max_duration_s, stale_requests=500, split_revision=4)
+    assert (stuck.verdict, stuck.action) == (Verdict.INCONCLUSIVE, "pause")
+    assert "has not adopted the stage's split, so a person decides" in stuck.findings[-1].reason
+
+
+def test_a_canary_arm_no_caller_has_reached_yet_is_judged_on_callers_not_requests():
+    """20 callers on the champion and none yet on a 5 % arm: 0.95^20 = 36 % of sound splits look like that. By
+    their 200 requests it read as a mismatch (rolled back); by callers it is a silent arm, which holds."""
+    v = decide_stage(stage("canary-5"), agg(200, 2, fb=GOOD_FB, users=20), agg(0, users=0, role="challenger",
+                                                                                 version=2), 60)
+    assert (v.srm.n_champion, v.srm.n_challenger, v.srm.mismatch) == (20, 0, False)
+    assert v.action == "hold"
+
+
 def test_full_stage_skips_the_split_check_and_shadow_expects_equal_counts():
     assert decide_stage(stage("full"), agg(2000), agg(4000), 10).srm is None
     assert decide_stage(stage("shadow"), agg(3000), agg(3000, role="shadow"), 10).srm.expected_share == 0.5

@@ -162,6 +162,29 @@ def test_requests_still_routed_by_the_previous_split_never_count_in_the_stage(wo
         shadow_split.revision, 40)
 
 
+def test_in_shadow_a_look_leaves_out_the_newest_requests_whose_copies_may_still_be_on_their_way(world):
+    """A shadow copy is logged after the served answer, under the request's arrival time: at a look the newest
+    requests have no copy in the log yet. 100 new callers a second, copies 2 s behind: counted to the look's
+    moment, 700 callers against 500 copies read as a broken mirror; the look's window ends settle_s earlier."""
+    store, preds, clock = world
+    plan = make_plan()
+    state = rollout_exec.begin(store, "router", 2, plan, actor="flow", emit=lambda *_: None)
+    start, revision = clock.now, get_split(store, "router").revision
+
+    def row(k: int, version: int, role: str) -> Prediction:
+        return Prediction(ts=start + timedelta(milliseconds=10 * k), request_id=f"r-{k}", model="router",
+                          version=version, role=role, user_hash=f"caller-{k}", prompt="p", completion="c",
+                          latency_ms=5.0, outcome="ok", served=role != "shadow", split_revision=revision)
+    preds.insert_many([row(k, 1, "champion") for k in range(1000)] + [row(k, 2, "shadow") for k in range(800)])
+    clock.now = start + timedelta(seconds=10)
+    champion, shadow = rollout_exec.arms(preds, state, plan, clock.now, settle_s=3)
+    assert (champion.users, shadow.users) == (400, 400)  # [3 s, 7 s): every copy is in
+    _, verdict = rollout_exec.step(store, preds, state, plan, actor="flow", emit=lambda *_: None, settle_s=3)
+    assert next(f for f in verdict.findings if f.check == "sample ratio").verdict is Verdict.PASS
+    canary = state.model_copy(update={"stage_index": 1})  # elsewhere the window runs to the look's moment
+    assert rollout_exec.look_window(canary, plan, clock.now, 3) == (start + timedelta(seconds=3), clock.now)
+
+
 def _last_decision(store):
     return [e.seq for e in store.audit_events() if e.action == "rollout.state"][-1]
 
