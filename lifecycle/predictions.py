@@ -70,6 +70,9 @@ class Prediction(Frozen):
     split_revision: int | None = Field(default=None, ge=0, description=(
         "revision of the traffic split that routed the request (a rollout's stage counts only its own split's "
         "requests); None: logged without one (by a gateway older than the column, or by hand): counted by time"))
+    pinned: bool = Field(default=False, description=(
+        "the caller named the version (model MODEL:vN), so the traffic split did not choose it: a rollout's "
+        "comparison of its arms leaves such requests out (a tester hammering the challenger is not its users)"))
 
     @model_validator(mode="before")
     @classmethod

@@ -74,6 +74,8 @@ class Assignment(Frozen):
         "counts only the requests its own split routed (a gateway adopts a split only once its versions are "
         "loaded, which can take longer than any fixed wait)"))
     shadow: int | None = Field(default=None, description="the version that split mirrors the request to")
+    pinned: bool = Field(default=False, description=(
+        "the caller named the version: the split did not choose it (a rollout's arms leave it out)"))
 
 
 def route(split: TrafficSplit, key: str) -> Assignment:
@@ -84,6 +86,7 @@ def route(split: TrafficSplit, key: str) -> Assignment:
 
 
 @functools.lru_cache(maxsize=1024)
-def assignment(version: int, role: Role, split_revision: int | None = None, shadow: int | None = None) -> Assignment:
+def assignment(version: int, role: Role, split_revision: int | None = None, shadow: int | None = None,
+               pinned: bool = False) -> Assignment:
     """The (immutable, so shared) Assignment of a version in a role: the request path validates none."""
-    return Assignment(version=version, role=role, split_revision=split_revision, shadow=shadow)
+    return Assignment(version=version, role=role, split_revision=split_revision, shadow=shadow, pinned=pinned)

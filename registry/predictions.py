@@ -22,7 +22,7 @@ from datetime import UTC, datetime
 from typing import Protocol
 
 import numpy as np
-from sqlalchemy import Engine, Float, and_, case, delete, distinct, func, literal, or_, select
+from sqlalchemy import Engine, Float, and_, case, delete, distinct, false, func, literal, or_, select
 from sqlalchemy.dialects import postgresql, sqlite
 
 from lifecycle.predictions import ByCaller, Feedback, LoggedPrediction, Prediction, VersionAggregate, as_utc
@@ -129,13 +129,15 @@ class PredictionStore:
         return start, end, joined, and_(P.c.model == model, P.c.ts >= start, P.c.ts < end)
 
     def aggregates(self, model: str, since: datetime, until: datetime, by_caller: bool = False,
-                   min_split_revision: int | None = None) -> list[VersionAggregate]:
+                   min_split_revision: int | None = None, routed_only: bool = False) -> list[VersionAggregate]:
         """One aggregate per (version, role) with rows in ``[since, until)``, sorted by version then role.
         ``by_caller``: also each tested sum seen by caller (``VersionAggregate.by_caller``; one more query,
         grouped by caller), what the rollout's tests need; other readers leave it out. ``min_split_revision``:
         only the rows of requests routed by that revision of the traffic split or a later one (a rollout's
         stage: never the requests a gateway still routed by the previous split). Rows without a revision (from a
         gateway older than the column, still running after an upgrade) count by time alone, as before it.
+        ``routed_only``: leave out the requests whose caller named the version (``Prediction.pinned``), and their
+        shadow copies: the split did not choose them (a rollout's arms).
 
         Counts and the sums of ``ok`` latencies and of their squares (for the latency mean test) come from
         SQL; latency percentiles from the window's ``ok`` latencies with numpy, so SQLite and PostgreSQL give
@@ -144,6 +146,8 @@ class PredictionStore:
         start, end, joined, in_window = self._window(model, since, until)
         if min_split_revision is not None:
             in_window = and_(in_window, or_(P.c.split_revision >= min_split_revision, P.c.split_revision.is_(None)))
+        if routed_only:
+            in_window = and_(in_window, P.c.pinned == false())
 
         counts = (select(P.c.version, P.c.role, *_tested_sums(),
                          func.count(distinct(P.c.user_hash)).label("users"), _count_where(P.c.served).label("served"),
@@ -174,9 +178,10 @@ class PredictionStore:
 
     def stale_requests(self, model: str, since: datetime, until: datetime, min_split_revision: int) -> int:
         """The requests in ``[since, until)`` that a traffic split older than ``min_split_revision`` routed: what
-        ``aggregates(..., min_split_revision=...)`` leaves out. Requests, not rows: a shadow copy is not counted."""
+        ``aggregates(..., min_split_revision=...)`` leaves out. Requests, not rows: a shadow copy is not counted; nor
+        is a request whose caller named the version (the split did not route it)."""
         _, _, _, in_window = self._window(model, since, until)
-        query = select(func.count()).select_from(P).where(in_window, P.c.role != "shadow",
+        query = select(func.count()).select_from(P).where(in_window, P.c.role != "shadow", P.c.pinned == false(),
                                                           P.c.split_revision < min_split_revision)
         with self.engine.connect() as conn:
             return int(conn.execute(query).scalar_one())

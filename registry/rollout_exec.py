@@ -213,11 +213,11 @@ def arms(predictions: PredictionStore, state: RolloutState, plan: RolloutPlan, n
     share = plan.stages[state.stage_index].share
     wanted = {(state.champion, "champion"), (state.candidate, "shadow" if share == 0 else "challenger")}
     found = {a.version: a for a in predictions.aggregates(state.model, since, until, by_caller=True,
-                                                          min_split_revision=state.split_revision)
+                                                          min_split_revision=state.split_revision, routed_only=True)
              if (a.version, a.role) in wanted}
     if share == 100:
         ref_since, ref_until = _parse(state.started_at), _parse(state.stage_started_at)
-        ref = [a for a in predictions.aggregates(state.model, ref_since, ref_until, by_caller=True)
+        ref = [a for a in predictions.aggregates(state.model, ref_since, ref_until, by_caller=True, routed_only=True)
                if a.version == state.champion and a.role == "champion"] if ref_until > ref_since else []
         found[state.champion] = ref[0] if ref else None
     return (found.get(state.champion) or _silent(state, state.champion, "champion", since, until),

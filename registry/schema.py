@@ -20,6 +20,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    false,
 )
 
 metadata = MetaData()
@@ -136,6 +137,7 @@ predictions = Table(
     Column("guardrail_flags", Text, nullable=False, default="[]"),  # JSON list; "[]" when none
     Column("served", Boolean, nullable=False),
     Column("split_revision", Integer),  # the routing split's revision (migration 0005); NULL before it
+    Column("pinned", Boolean, nullable=False, server_default=false()),  # the caller named the version (0006)
     UniqueConstraint("request_id", "role", name="uq_predictions_request_role"),
     Index("ix_predictions_model_ts", "model", "ts"),
     Index("ix_predictions_model_version_ts", "model", "version", "ts"),

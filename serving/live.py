@@ -125,7 +125,7 @@ class LiveModel:
             raise VersionNotLive(f"{self.model}:v{pinned} is not routable here; pin the champion "
                                  f"(v{split.champion})" + (f" or the challenger (v{split.challenger})"
                                                            if split.challenger else ""))
-        return assignment(pinned, roles[pinned], split.revision, split.shadow)
+        return assignment(pinned, roles[pinned], split.revision, split.shadow, pinned=True)
 
     def routable(self) -> list[int]:
         """Versions a client may pin: the split's champion and challenger."""

@@ -173,7 +173,7 @@ class GatewayState:
                 "completion": answer.text if served else (answer.text or None), "latency_ms": answer.latency_ms,
                 "prompt_tokens": answer.prompt_tokens, "completion_tokens": answer.completion_tokens,
                 "outcome": answer.outcome, "error": answer.error, "guardrail_flags": answer.flags, "served": served,
-                "split_revision": assignment.split_revision})
+                "split_revision": assignment.split_revision, "pinned": assignment.pinned})
         except (BackpressureError, RuntimeError) as exc:
             self.metrics.log_dropped.inc()
             log.error("prediction of %s not logged: %s", request_id, exc)
@@ -184,7 +184,7 @@ class GatewayState:
         number = routed.shadow
         if number is None:
             return
-        copy = routing.assignment(number, "shadow", routed.split_revision)
+        copy = routing.assignment(number, "shadow", routed.split_revision, pinned=routed.pinned)
 
         async def run() -> None:
             result = await self.generate(copy, prompt, request_id)

@@ -356,7 +356,9 @@ def test_shadow_answers_are_logged_never_returned(gateway):
     api = client(gateway)
     ids = []
     for i in range(20):
-        raw = api.completions.with_raw_response.create(model="intent-router", prompt=f"lost card {i}")
+        # Every fifth caller names the champion: answered the same, logged as pinned (a rollout leaves it out).
+        model = "intent-router:v1" if i % 5 == 0 else "intent-router"
+        raw = api.completions.with_raw_response.create(model=model, prompt=f"lost card {i}")
         assert raw.headers["x-slm-version"] == "intent-router:v1"
         ids.append(raw.headers["x-request-id"])
     deadline = time.monotonic() + 10
@@ -372,6 +374,8 @@ def test_shadow_answers_are_logged_never_returned(gateway):
     revision = gateway.state.live.split.revision
     assert {(p.role, p.split_revision) for p in rows if p.request_id in ids} == {("champion", revision),
                                                                                  ("shadow", revision)}
+    pinned = {p.request_id for p in rows if p.request_id in ids and p.pinned}
+    assert pinned == set(ids[::5]) and all(p.pinned == (p.request_id in pinned) for p in rows if p.request_id in ids)
     set_split(gateway)
 
 

@@ -33,15 +33,16 @@ def differences(engine) -> list:
 
 def test_the_migrations_build_the_declared_schema(engine):
     upgrade(engine, "0004")
-    # The comparison sees a missing column (so an empty list below means something): 0005 adds this one.
-    assert [(d[0], d[2], d[3].name) for d in differences(engine)] == [("add_column", "predictions", "split_revision")]
+    # The comparison sees missing columns (so an empty list below means something): 0005 and 0006 add these.
+    assert sorted((d[0], d[2], d[3].name) for d in differences(engine)) == [
+        ("add_column", "predictions", "pinned"), ("add_column", "predictions", "split_revision")]
     upgrade(engine)
     assert differences(engine) == []
 
 
 def test_an_upgrade_keeps_the_rows_an_older_store_logged(engine):
-    """0004 -> 0005: a prediction logged before the split revision existed is still there, without one, and a
-    rollout's stage counts it by time alone."""
+    """0004 -> head: a prediction logged before the split revision and the pinned mark existed is still there,
+    without a revision and as routed (not pinned), and a rollout's stage counts it by time alone."""
     upgrade(engine, "0004")
     with engine.begin() as conn:
         # Through the table as the code declares it, naming only 0004's columns: the values are written as the
@@ -54,7 +55,7 @@ def test_an_upgrade_keeps_the_rows_an_older_store_logged(engine):
     log = PredictionStore(engine)
     window = (T0 - timedelta(minutes=1), T0 + timedelta(minutes=1))
     [row] = log.window("m", *window)
-    assert (row.request_id, row.latency_ms, row.split_revision) == ("old-1", 12.5, None)
-    [counted] = log.aggregates("m", *window, min_split_revision=3)
+    assert (row.request_id, row.latency_ms, row.split_revision, row.pinned) == ("old-1", 12.5, None, False)
+    [counted] = log.aggregates("m", *window, min_split_revision=3, routed_only=True)
     assert (counted.version, counted.requests, counted.ok) == (1, 1, 1)
     assert log.stale_requests("m", *window, min_split_revision=3) == 0

@@ -76,6 +76,22 @@ def test_aggregates_can_count_only_the_requests_of_a_split_revision_or_later(log
     assert log.stale_requests("m", T0 + timedelta(seconds=2), T0 + timedelta(hours=1), min_split_revision=5) == 1
 
 
+def test_a_rollout_can_leave_out_the_requests_whose_caller_named_the_version(log):
+    """``routed_only``: the split did not choose a pinned request's version, nor its shadow copy's."""
+    log.insert_many([pred(0), pred(1, version=2, role="challenger"),
+                     pred(2, version=2, role="challenger", pinned=True, outcome="model_error"),
+                     pred(3, pinned=True, split_revision=1), pred(3, version=2, role="shadow", pinned=True),
+                     pred(4, split_revision=1)])
+    window = (T0, T0 + timedelta(hours=1))
+    every = {(a.version, a.role): (a.requests, a.model_errors) for a in log.aggregates("m", *window)}
+    assert every == {(1, "champion"): (3, 0), (2, "challenger"): (2, 1), (2, "shadow"): (1, 0)}
+    routed = {(a.version, a.role): (a.requests, a.model_errors) for a in log.aggregates("m", *window,
+                                                                                       routed_only=True)}
+    assert routed == {(1, "champion"): (2, 0), (2, "challenger"): (1, 0)}
+    assert log.stale_requests("m", *window, min_split_revision=2) == 1  # the routed one only
+    assert [r.pinned for r in log.window("m", *window)] == [False, False, True, True, True, False]
+
+
 def test_purge_deletes_the_old_rows_and_their_feedback_only(log):
     old = [pred(i, ts=T0 - timedelta(days=100) + timedelta(minutes=i)) for i in range(7)]
     shadow = [pred(2, role="shadow", version=2, ts=T0 - timedelta(days=100) + timedelta(minutes=2))]

@@ -185,6 +185,30 @@ def test_in_shadow_a_look_leaves_out_the_newest_requests_whose_copies_may_still_
     assert rollout_exec.look_window(canary, plan, clock.now, 3) == (start + timedelta(seconds=3), clock.now)
 
 
+@pytest.mark.parametrize("pinned", [True, False])
+def test_requests_whose_caller_named_the_challenger_never_judge_it(world, pinned):
+    """A team testing the challenger by name (model ROUTER:v2) with prompts it gets wrong is not its users: pinned,
+    their requests stay out of the canary's arms; routed by the split, the same rows roll the challenger back."""
+    store, preds, clock = world
+    plan = make_plan()
+    state = rollout_exec.begin(store, "router", 2, plan, actor="flow", emit=lambda *_: None)
+    feed(store, preds, clock, bad=False)
+    state, _ = rollout_exec.step(store, preds, state, plan, actor="flow", emit=lambda *_: None, settle_s=0)
+    assert plan.stages[state.stage_index].name == "canary-20"
+    start = clock.now
+    feed(store, preds, clock, bad=False)
+    revision = get_split(store, "router").revision
+    preds.insert_many([Prediction(ts=start + timedelta(seconds=k / 10), request_id=f"qa-{k}", model="router",
+                                  version=2, role="challenger", user_hash=f"tester-{k % 40}", prompt="p",
+                                  completion="c", latency_ms=5.0, outcome="model_error", served=True,
+                                  split_revision=revision, pinned=pinned) for k in range(300)])
+    state, verdict = rollout_exec.step(store, preds, state, plan, actor="flow", emit=lambda *_: None, settle_s=0)
+    if pinned:
+        assert verdict.action == "advance", verdict.reasons()
+    else:
+        assert (state.phase, verdict.action) == ("rolled_back", "rollback")
+
+
 def _last_decision(store):
     return [e.seq for e in store.audit_events() if e.action == "rollout.state"][-1]
 
