@@ -61,8 +61,8 @@ def sample_ratio_mismatch(
     What the guarantee assumes: each unit is routed once, independently, with the planned share (true of callers
     under hash-based sticky routing, not of requests, which come in runs by caller — hence callers where the log
     counts them); the counts only grow between looks (a stage's window keeps its start); and a unit's row shows
-    up in the log no later on one arm than the other. Requests pinned to a version (``model:vN``) bypass the split
-    and count on the arm they name; a steady share of them would, in time, read as a mismatch. In shadow the two
+    up in the log no later on one arm than the other (a shadow look leaves out its last seconds for that). Requests
+    pinned to a version (``model:vN``) bypass the split; a rollout's arms leave them out. In shadow the two
     arms are the requests and their copies, not a random split: p stays 1 while every copy is logged, and the
     check stands for copies that went missing.
 
