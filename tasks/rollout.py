@@ -141,12 +141,13 @@ def progress_key(state: RolloutState) -> str:
 
 def start_progress(state: RolloutState, plan: RolloutPlan) -> uuid.UUID:
     return create_progress_artifact(progress=_percent(state, plan), key=progress_key(state),
-                                    description=_describe(state, plan))
+                                    description=describe_progress(state, plan))
 
 
 def show_progress(artifact_id: uuid.UUID, state: RolloutState, plan: RolloutPlan,
                   verdict: StageVerdict | None) -> None:
-    update_progress_artifact(artifact_id, progress=_percent(state, plan), description=_describe(state, plan))
+    update_progress_artifact(artifact_id, progress=_percent(state, plan),
+                             description=describe_progress(state, plan, verdict))
     if verdict is not None and verdict.action != "hold":
         rows = [{"check": f.check, "verdict": str(f.verdict), "observed": f.observed, "threshold": f.threshold,
                  "reason": f.reason} for f in verdict.findings]
@@ -161,9 +162,16 @@ def _percent(state: RolloutState, plan: RolloutPlan) -> float:
     return round(100.0 * state.stage_index / len(plan.stages), 1)
 
 
-def _describe(state: RolloutState, plan: RolloutPlan) -> str:
-    return (f"{state.model}:v{state.candidate} vs champion v{state.champion}: {state.phase} at stage "
+def describe_progress(state: RolloutState, plan: RolloutPlan, verdict: StageVerdict | None = None) -> str:
+    """The progress artifact's line: where the rollout is and, while a stage holds, what it waits for (a hold is
+    saved nowhere else: the UI shows why a stage has not moved, e.g. too few answers yet or a gateway that has
+    not adopted the split)."""
+    line = (f"{state.model}:v{state.candidate} vs champion v{state.champion}: {state.phase} at stage "
             f"{plan.stages[state.stage_index].name} ({state.stage_index + 1}/{len(plan.stages)})")
+    if verdict is not None and verdict.action == "hold":
+        waiting = [f"{f.check}: {f.reason}" for f in verdict.findings if f.verdict is Verdict.INCONCLUSIVE]
+        line += f"; after {verdict.elapsed_s:.0f} s it waits on " + "; ".join(waiting)
+    return line
 
 
 def _driving_run(flow_run_id: str, wait_s: float):

@@ -61,3 +61,16 @@ def test_a_hold_on_an_unadopted_split_is_logged_with_its_reason(looked):
 def test_other_holds_and_a_few_late_requests_are_not_logged(looked):
     late = Finding(check="split adoption", verdict=Verdict.PASS, reason="3 requests ... not counted")
     assert looked(SAMPLE, late) == []
+
+
+def test_the_progress_line_says_what_a_holding_stage_waits_for():
+    plan = load_yaml_config(RolloutPlan, REPO / "configs" / "rollout.yaml")
+    line = rollout_task.describe_progress(STATE, plan)
+    assert line == "router:v2 vs champion v1: running at stage shadow (1/5)"
+    passed = Finding(check="sample ratio", verdict=Verdict.PASS, reason="share 0.5")
+    hold = StageVerdict(stage="shadow", verdict=Verdict.INCONCLUSIVE, action="hold", findings=[passed, SAMPLE],
+                        elapsed_s=42.4)
+    assert rollout_task.describe_progress(STATE, plan, hold) == (
+        f"{line}; after 42 s it waits on minimum sample: 12 answered requests, need 200")
+    moved = hold.model_copy(update={"action": "advance", "verdict": Verdict.PASS})
+    assert rollout_task.describe_progress(STATE, plan, moved) == line
