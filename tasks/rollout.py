@@ -169,9 +169,14 @@ def describe_progress(state: RolloutState, plan: RolloutPlan, verdict: StageVerd
     line = (f"{state.model}:v{state.candidate} vs champion v{state.champion}: {state.phase} at stage "
             f"{plan.stages[state.stage_index].name} ({state.stage_index + 1}/{len(plan.stages)})")
     if verdict is not None and verdict.action == "hold":
-        waiting = [f"{f.check}: {f.reason}" for f in verdict.findings if f.verdict is Verdict.INCONCLUSIVE]
-        line += f"; after {verdict.elapsed_s:.0f} s it waits on " + "; ".join(waiting)
+        waiting = [f"{f.check}: {_clip(f.reason, 200)}" for f in verdict.findings
+                   if f.verdict is Verdict.INCONCLUSIVE]
+        line += _clip(f"; after {verdict.elapsed_s:.0f} s it waits on " + "; ".join(waiting), 600)
     return line
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[:limit - 1] + "…"
 
 
 def _driving_run(flow_run_id: str, wait_s: float):

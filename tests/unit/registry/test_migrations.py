@@ -59,3 +59,19 @@ def test_an_upgrade_keeps_the_rows_an_older_store_logged(engine):
     [counted] = log.aggregates("m", *window, min_split_revision=3, routed_only=True)
     assert (counted.version, counted.requests, counted.ok) == (1, 1, 1)
     assert log.stale_requests("m", *window, min_split_revision=3) == 0
+
+
+def test_the_prediction_log_gains_its_columns_in_place_on_sqlite(tmp_path):
+    """A busy log is millions of rows: adding a column must not copy the table (batch mode's recreate holds
+    SQLite's write lock for as long as the copy takes)."""
+    from sqlalchemy import event
+
+    engine = make_engine(f"sqlite:///{tmp_path / 'registry.db'}")
+    upgrade(engine, "0004")
+    statements: list[str] = []
+    event.listen(engine, "before_cursor_execute", lambda conn, cursor, sql, *rest: statements.append(sql))
+    upgrade(engine)
+    engine.dispose()
+    assert not [sql for sql in statements if "_alembic_tmp" in sql]
+    added = [sql for sql in statements if sql.startswith("ALTER TABLE predictions ADD COLUMN")]
+    assert [sql.split()[5] for sql in added] == ["split_revision", "pinned"]

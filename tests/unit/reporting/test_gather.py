@@ -45,6 +45,22 @@ def test_stage_windows_hold_each_arm_of_the_prediction_log(store):
     assert shadow.champion.error_rate.mean == 0 and shadow.champion.error_rate.upper > 0
 
 
+def test_stage_windows_leave_out_what_callers_pinned_as_the_decisions_do(store):
+    """A tester naming the challenger (model MODEL:v2) during its canary: not in the report's arms either."""
+    from datetime import timedelta
+
+    from lifecycle.predictions import Prediction
+    from registry.predictions import PredictionStore
+
+    canary = gather(store, MODEL).rollouts[0].stages[1]
+    PredictionStore(store.engine).insert_many([
+        Prediction(ts=canary.since + timedelta(seconds=1), request_id=f"qa-{k}", model=MODEL, version=2,
+                   role="challenger", user_hash="tester", prompt="p", completion="c", latency_ms=5.0,
+                   outcome="model_error", served=True, pinned=True) for k in range(30)])
+    again = gather(store, MODEL).rollouts[0].stages[1]
+    assert (again.candidate.requests, again.candidate.error_rate.mean) == (40, canary.candidate.error_rate.mean)
+
+
 @pytest.mark.parametrize(("successes", "n", "lower", "upper"), [
     (60, 100, 0.5020, 0.6906), (84, 100, 0.7558, 0.8990), (50, 50, 0.9287, 1.0)])
 def test_rates_carry_the_wilson_interval(successes, n, lower, upper):
