@@ -241,19 +241,27 @@ def step(store: RegistryStore, predictions: PredictionStore, state: RolloutState
     if state.phase != "running":
         return state, None
     now = store.clock()
+    verdict, detail = preview(predictions, state, plan, now, settle_s)
+    after, effects = next_state(state, verdict, plan, _iso(now))
+    if after is state:  # hold: nothing to save, nothing to do
+        return state, verdict
+    return commit(store, state, after, effects, actor=actor, emit=emit, detail=detail), verdict
+
+
+def preview(predictions: PredictionStore, state: RolloutState, plan: RolloutPlan, now: datetime,
+            settle_s: float) -> tuple[StageVerdict, dict[str, Any]]:
+    """What a look at ``now`` decides for the running stage, and the statistics its audit event keeps; saves and
+    does nothing (``slm rollout status --look`` shows it: a hold leaves no record of its own)."""
     champion, challenger = arms(predictions, state, plan, now, settle_s)
     stale = 0 if state.split_revision is None else predictions.stale_requests(
         state.model, *look_window(state, plan, now, settle_s), state.split_revision)
     elapsed = (as_utc(now) - _parse(state.stage_started_at)).total_seconds()
     verdict = decide_stage(plan.stages[state.stage_index], champion, challenger, elapsed, stale_requests=stale,
                            split_revision=state.split_revision)
-    after, effects = next_state(state, verdict, plan, _iso(now))
-    if after is state:  # hold: nothing to save, nothing to do
-        return state, verdict
     detail = {"verdict": verdict.model_dump(mode="json"), "champion_window": champion.model_dump(mode="json"),
               "challenger_window": challenger.model_dump(mode="json"), "split_revision": state.split_revision,
               "stale_requests": stale}
-    return commit(store, state, after, effects, actor=actor, emit=emit, detail=detail), verdict
+    return verdict, detail
 
 
 def answer(store: RegistryStore, state: RolloutState, plan: RolloutPlan, *, approve: bool, reviewer: str,

@@ -6,6 +6,7 @@ import json
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from slm_cli.console import make_console
@@ -62,7 +63,7 @@ def decommission_cmd(
     table = Table("version", "status", "action", "reasons")
     for r in rows:
         colour = _COLOUR.get(r["action"], "white")
-        table.add_row(r["version"], r["status"], f"[{colour}]{r['action']}[/{colour}]", r["reasons"])
+        table.add_row(r["version"], r["status"], f"[{colour}]{r['action']}[/{colour}]", escape(r["reasons"]))
     console.print(table)
     if dry_run:
         console.print(f"{outcome.model}: dry run, would retire {sum(r['action'] == 'would retire' for r in rows)}")

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from slm_cli.console import make_console
 
@@ -79,7 +80,7 @@ def run_retrain(params) -> object:
     console.print(f"[{colour}]●[/{colour}] {outcome.version} registered as [bold]{outcome.status}[/bold] "
                   f"(gate {outcome.verdict} vs {outcome.champion}, {time.perf_counter() - start:.0f} s)")
     for reason in outcome.reasons:
-        console.print(f"    {reason}")
+        console.print(f"    {escape(reason)}")  # "[fail] ..." is text, not rich markup
     return outcome
 
 

@@ -13,6 +13,7 @@ from datetime import datetime
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 
 def monitor_cmd(
@@ -49,7 +50,7 @@ def monitor_cmd(
     console.print(f"[{colour}]●[/{colour}] {outcome.model} (champion {outcome.champion}): drift verdict "
                   f"[bold]{outcome.verdict}[/bold]; {outcome.action}")
     for reason in outcome.reasons:
-        console.print(f"    {reason}")
+        console.print(f"    {escape(reason)}")  # "[fail] ..." is text, not rich markup
     if outcome.report:
         console.print(f"    report: {outcome.report}")
 

@@ -6,6 +6,7 @@ import json
 from contextlib import contextmanager
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from slm_cli.console import make_console
@@ -78,7 +79,7 @@ def list_versions(model: str | None = typer.Option(None, help="only this model")
         return
     table = Table("version", "status", "aliases", "created", "reason")
     for r in rows:
-        table.add_row(r["ref"], r["status"], ", ".join(r["aliases"]), r["created_at"][:19], r["reason"][:70])
+        table.add_row(r["ref"], r["status"], ", ".join(r["aliases"]), r["created_at"][:19], escape(r["reason"][:70]))
     console.print(table if rows else "no versions yet: run `slm bootstrap`")
 
 
@@ -99,7 +100,7 @@ def show(ref: str = typer.Argument(..., help="MODEL:vN, vN, or an alias such as 
         doc["dataset_paths"] = where
         print(json.dumps(doc, indent=2))
         return
-    console.print(f"[bold]{version.ref}[/bold]  status [cyan]{version.status}[/cyan]  — {version.reason}")
+    console.print(f"[bold]{version.ref}[/bold]  status [cyan]{version.status}[/cyan]  — {escape(version.reason)}")
     console.print(f"artifact: {version.artifact_uri}   prompt format: {version.prompt_format}")
     if version.lineage:
         lin = version.lineage
@@ -116,7 +117,7 @@ def show(ref: str = typer.Argument(..., help="MODEL:vN, vN, or an alias such as 
     console.print(evals)
     for h in history:
         console.print(f"  {h['at']:%Y-%m-%d %H:%M:%S}  {h['from_status'] or '—'} → {h['to_status']}  "
-                      f"by {h['actor']}: {h['reason']}")
+                      f"by {escape(h['actor'])}: {escape(h['reason'])}")
 
 
 @registry_app.command("history")
@@ -137,7 +138,8 @@ def history(alias: str = typer.Argument(..., help="champion, challenger or previ
         return
     table = Table("when", "from", "to", "by", "why")
     for m in moves:
-        table.add_row(f"{m.moved_at:%Y-%m-%d %H:%M:%S}", _v(m.previous_version), _v(m.version), m.actor, m.reason)
+        table.add_row(f"{m.moved_at:%Y-%m-%d %H:%M:%S}", _v(m.previous_version), _v(m.version), escape(m.actor),
+                      escape(m.reason))
     console.print(table if moves else f"{alias} has never been set")
 
 
@@ -171,7 +173,6 @@ def log(limit: int = typer.Option(20, min=1, help="newest N events"),
     if as_json:
         print(json.dumps([e.model_dump() for e in events], indent=2))
         return
-    from rich.markup import escape
 
     from registry.store import is_unreadable
 

@@ -6,6 +6,7 @@ import json
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from slm_cli.console import make_console
@@ -49,25 +50,62 @@ def run_cmd(ref: Ref, plan: Plan = "configs/rollout.yaml",
     console.print(f"[{colour}]{outcome.version}: {outcome.phase}[/{colour}] at stage {outcome.stage} "
                   f"(champion was {outcome.champion})")
     for reason in outcome.reasons:
-        console.print(f"  {reason}")
+        console.print(f"  {escape(reason)}")  # "[fail] ..." is text, not rich markup
 
 
 @rollout_app.command("status")
 def status_cmd(model: Annotated[str | None, typer.Option(help="model name")] = None,
                version: Annotated[str | None, typer.Option(help="MODEL:vN (default: the running rollout)")] = None,
-               as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
-    """Where a rollout is: phase, stage, history of decisions, pending effects."""
+               as_json: Annotated[bool, typer.Option("--json")] = False,
+               look: Annotated[bool, typer.Option("--look", help=(
+                   "also decide the running stage now, as its next look would, saving nothing: why a stage holds"))]
+               = False,
+               plan: Plan = "configs/rollout.yaml",
+               ) -> None:
+    """Where a rollout is: phase, stage, history of decisions, pending effects; with --look, what it waits for."""
     state = _state(model, version)
+    verdict = _look(state, plan) if look else None
     if as_json:
-        print(json.dumps(state.model_dump(mode="json"), indent=2))
+        out = state.model_dump(mode="json")
+        if verdict is not None:
+            out["look"] = verdict.model_dump(mode="json")
+        print(json.dumps(out, indent=2))
         return
     console.print(f"{state.model}:v{state.candidate} vs champion v{state.champion}: [bold]{state.phase}[/bold] at "
                   f"stage {state.stage_index} (plan {state.plan_name} v{state.plan_version}), since "
                   f"{state.stage_started_at}" + (f"; {len(state.pending)} effects pending" if state.pending else ""))
     table = Table("at", "stage", "decision", "reasons")
     for h in state.history:
-        table.add_row(h.at, h.stage, h.action, "\n".join(h.reasons))
+        table.add_row(h.at, h.stage, h.action, escape("\n".join(h.reasons)))
     console.print(table)
+    if verdict is not None:
+        console.print(f"a look now at {verdict.stage} ({verdict.elapsed_s:.0f} s in): [bold]{verdict.action}[/bold]")
+        for reason in verdict.reasons():
+            console.print(f"  {escape(reason)}")
+
+
+def _look(state, plan_file: str):
+    """The running stage's verdict now (``rollout_exec.preview``), with the plan the rollout runs by."""
+    from registry import rollout_exec
+    from registry.predictions import PredictionStore
+    from tasks.rollout import read_plan
+
+    if state.phase != "running":
+        console.print(f"[red]error:[/red] {state.model}:v{state.candidate} is {state.phase}: no stage to look at")
+        raise typer.Exit(1)
+    try:
+        plan = read_plan(plan_file)
+    except (ValueError, FileNotFoundError) as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+    if (plan.name, plan.version) != (state.plan_name, state.plan_version):
+        console.print(f"[red]error:[/red] {plan_file} is plan {plan.name} v{plan.version}; the rollout runs by "
+                      f"{state.plan_name} v{state.plan_version}: pass its file with --plan")
+        raise typer.Exit(2)
+    with _registry() as reg:
+        verdict, _ = rollout_exec.preview(PredictionStore(reg.store.engine), state, plan, reg.store.clock(),
+                                          plan.settle_s)
+    return verdict
 
 
 def _state(model: str | None, version: str | None):

@@ -1,5 +1,7 @@
 """Operator commands on a real (SQLite) registry: promote, rollback, traffic pin — audited, traffic first."""
 
+import json
+
 import pytest
 from typer.testing import CliRunner
 
@@ -59,6 +61,16 @@ def test_promote_then_rollback_moves_traffic_and_aliases(home):
         assert reg.store.verify_audit().ok
 
 
+def test_an_operators_words_are_printed_as_written_never_read_as_markup(home):
+    """Reasons are free text: "[ticket 42]" must show, and "[/opt]" must not crash the table (rich markup)."""
+    reason = "[ticket 42] moved [/opt] files"
+    assert run("promote", "intent-router:v2", "--reason", reason).exit_code == 0
+    for command in (("registry", "history", "champion"), ("registry", "show", "intent-router:v2")):
+        result = run(*command)
+        assert result.exit_code == 0, (command, result.output)
+        assert "[ticket 42]" in result.output, (command, result.output)
+
+
 def test_pin_and_refusals(home):
     assert run("traffic", "pin", "--reason", "incident 42").exit_code == 0
     assert run("rollback", "--reason", "nothing to roll back to").exit_code == 2
@@ -102,6 +114,24 @@ def test_promote_and_rollback_never_fight_a_rollout(home):
         assert (split.champion, split.challenger, split.shadow) == (1, None, None)
         assert reg.store.aliases("intent-router")["champion"] == 1
         assert reg.store.verify_audit().ok
+
+
+def test_status_look_says_what_a_holding_stage_waits_for_and_saves_nothing(home):
+    """A hold leaves no record; `slm rollout status --look` decides the stage now, as its next look would."""
+    from registry.rollouts import get_rollout
+
+    with registry() as reg:
+        started = _rollout_of_v3(reg)  # shadow, no traffic yet
+    wrong_plan = run("rollout", "status", "--look")  # the default plan is not the one it runs by
+    assert wrong_plan.exit_code == 2 and "runs by demo" in wrong_plan.output and "--plan" in wrong_plan.output
+    result = run("rollout", "status", "--look", "--plan", "configs/rollout-demo.yaml")
+    assert result.exit_code == 0, result.output
+    assert "a look now at shadow" in result.output and ": hold" in result.output
+    assert "[inconclusive] champion: traffic: the champion arm received no requests" in result.output
+    as_json = json.loads(run("rollout", "status", "--look", "--plan", "configs/rollout-demo.yaml", "--json").output)
+    assert (as_json["look"]["action"], as_json["look"]["stage"]) == ("hold", "shadow")
+    with registry() as reg:
+        assert get_rollout(reg.store, "intent-router", 3).revision == started.revision  # nothing saved
 
 
 def test_a_rollout_is_aborted_without_its_plan_file(home):
