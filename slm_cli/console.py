@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 
 from rich.console import Console
+from rich.markup import escape
 
 PIPED_WIDTH = 120
 
@@ -19,3 +20,9 @@ def make_console(*, stderr: bool = False) -> Console:
     if console.is_terminal or "COLUMNS" in os.environ:
         return console
     return Console(stderr=stderr, width=PIPED_WIDTH)
+
+
+def print_error(console: Console, message: object) -> None:
+    """``error: <message>`` in red; the message printed as written (an exception's text, a reason someone typed),
+    never read as rich markup: "[fail] ..." would vanish, and "[/opt]" raises MarkupError."""
+    console.print(f"[red]error:[/red] {escape(str(message))}")

@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from slm_cli.console import make_console
+from slm_cli.console import make_console, print_error
 
 console = make_console()
 
@@ -41,7 +41,7 @@ def run_bootstrap(model: str | None = None, *, task: str = "configs/task.yaml", 
     try:
         params = BootstrapParams(model=model or get_settings().model_name, task=task, hub_base=hub_base)
     except ValueError as exc:  # pydantic's ValidationError: an unpinned Hub reference, before anything runs
-        console.print(f"[red]error:[/red] {exc}")
+        print_error(console, exc)
         raise typer.Exit(2) from None
     outcome = bootstrap(params)
     verb = "built and promoted" if outcome.created else "already bootstrapped:"
@@ -74,7 +74,7 @@ def run_retrain(params) -> object:
     try:
         outcome = retrain(params)
     except DataRejected as exc:
-        console.print(f"[red]✗ data rejected[/red]: {exc}")
+        console.print(f"[red]✗ data rejected[/red]: {escape(str(exc))}")
         raise typer.Exit(1) from None
     colour = "green" if outcome.status == "candidate" else "yellow"
     console.print(f"[{colour}]●[/{colour}] {outcome.version} registered as [bold]{outcome.status}[/bold] "
@@ -107,7 +107,7 @@ def retrain_cmd(
         load_yaml_config(LoraRecipe, plan.config.recipe)
         read_plan(plan.config.rollout_plan)
     except (ValueError, FileNotFoundError, NotFoundError) as exc:
-        console.print(f"[red]error:[/red] {exc}")
+        print_error(console, exc)
         raise typer.Exit(2) from None
     run_retrain(params)
 
@@ -124,7 +124,7 @@ def demo_cmd(
     try:
         result = tell(SMOKE if smoke else FULL, keep=keep, console=console)
     except DemoError as exc:
-        console.print(f"[red]✗ the story stopped:[/red] {exc}")
+        console.print(f"[red]✗ the story stopped:[/red] {escape(str(exc))}")
         raise typer.Exit(1) from None
     steps = ", ".join(f"{k} {v:.0f} s" for k, v in result.steps.items())
     console.print(f"time: {steps}")

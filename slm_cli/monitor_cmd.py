@@ -27,7 +27,7 @@ def monitor_cmd(
     """Check the prediction log for drift against the champion's reference; on drift, call for a retrain."""
     from datetime import UTC
 
-    from slm_cli.console import make_console
+    from slm_cli.console import make_console, print_error
     from slm_cli.flows_cmd import prefect_env
 
     console = make_console()
@@ -44,7 +44,7 @@ def monitor_cmd(
         check_policy(policy)  # before the flow run, which would log tracebacks before this one line
         outcome = monitor(params)
     except (NotFoundError, FileNotFoundError, ValueError) as exc:
-        console.print(f"[red]error:[/red] {exc}")
+        print_error(console, exc)
         raise typer.Exit(2) from None
     colour = {"pass": "green", "fail": "red"}.get(outcome.verdict, "yellow")
     console.print(f"[{colour}]●[/{colour}] {outcome.model} (champion {outcome.champion}): drift verdict "

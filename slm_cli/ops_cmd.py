@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from slm_cli.console import make_console
+from slm_cli.console import make_console, print_error
 from slm_cli.registry_cmd import _registry
 
 console = make_console()
@@ -22,7 +22,7 @@ def _actor() -> str:
 
 def _check(reason: str) -> None:
     if not reason.strip():
-        console.print("[red]error:[/red] --reason must say why")
+        print_error(console, "--reason must say why")
         raise typer.Exit(2)
 
 

@@ -9,7 +9,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from slm_cli.console import make_console
+from slm_cli.console import make_console, print_error
 
 registry_app = typer.Typer(help="Versions, aliases and lineage in the registry.", no_args_is_help=True)
 audit_app = typer.Typer(help="The hash-chained audit log of every decision.", no_args_is_help=True)
@@ -41,12 +41,12 @@ def _registry():
     try:
         reg = open_registry()
     except (ValidationError, SQLAlchemyError, OSError, ValueError) as exc:
-        console.print(f"[red]error:[/red] cannot open the registry: {_failed(exc)}")
+        print_error(console, f"cannot open the registry: {_failed(exc)}")
         raise typer.Exit(2) from None
     try:
         yield reg
     except (NotFoundError, ValueError, ArtifactIntegrityError, OverflowError, SQLAlchemyError) as exc:
-        console.print(f"[red]error:[/red] {_failed(exc)}")
+        print_error(console, _failed(exc))
         raise typer.Exit(2) from None
     finally:
         reg.close()
@@ -128,7 +128,7 @@ def history(alias: str = typer.Argument(..., help="champion, challenger or previ
     from lifecycle.status import Alias
 
     if alias not in set(Alias):
-        console.print(f"[red]error:[/red] unknown alias {alias!r}; aliases: {', '.join(a.value for a in Alias)}")
+        print_error(console, f"unknown alias {alias!r}; aliases: {', '.join(a.value for a in Alias)}")
         raise typer.Exit(2)
     with _registry() as reg:
         _known(reg, model or reg.default_model)
@@ -159,7 +159,7 @@ def verify(as_json: bool = typer.Option(False, "--json")) -> None:
     else:
         console.print(f"[red]audit chain BROKEN[/red] ({result.checked} events checked):")
         for problem in result.problems:
-            console.print(f"  - {problem}")
+            console.print(f"  - {escape(problem)}")
     if not result.ok:
         raise typer.Exit(1)
 

@@ -8,7 +8,7 @@ from typing import Annotated, Any, Literal
 import typer
 from rich.table import Table
 
-from slm_cli.console import make_console
+from slm_cli.console import make_console, print_error
 
 rollout_app = typer.Typer(help="Rollouts: shadow, canary stages, promotion or rollback.", no_args_is_help=True)
 console = make_console()
@@ -23,7 +23,7 @@ def _simulated(scenario: Callable[[], Any], simulate: Callable[[Any], Any], as_j
     try:
         built = scenario()
     except ValueError as exc:
-        console.print(f"[red]error:[/red] {exc}")
+        print_error(console, exc)
         raise typer.Exit(2) from None
     report = simulate(built)
     if as_json:

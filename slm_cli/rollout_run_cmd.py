@@ -9,7 +9,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from slm_cli.console import make_console
+from slm_cli.console import make_console, print_error
 from slm_cli.flows_cmd import prefect_env
 from slm_cli.ops_cmd import Reason, _actor, _check
 from slm_cli.registry_cmd import _registry
@@ -42,7 +42,7 @@ def run_cmd(ref: Ref, plan: Plan = "configs/rollout.yaml",
     except (ValueError, FileNotFoundError, NotFoundError) as exc:
         refused = str(exc)
     if refused is not None:
-        console.print(f"[red]error:[/red] {refused}")
+        print_error(console, refused)
         raise typer.Exit(2)
     outcome = rollout(RolloutParams(version=ref, plan=plan, look_interval_s=look_interval, settle_s=settle,
                                     approval_timeout_s=approval_timeout))
@@ -91,16 +91,16 @@ def _look(state, plan_file: str):
     from tasks.rollout import read_plan
 
     if state.phase != "running":
-        console.print(f"[red]error:[/red] {state.model}:v{state.candidate} is {state.phase}: no stage to look at")
+        print_error(console, f"{state.model}:v{state.candidate} is {state.phase}: no stage to look at")
         raise typer.Exit(1)
     try:
         plan = read_plan(plan_file)
     except (ValueError, FileNotFoundError) as exc:
-        console.print(f"[red]error:[/red] {exc}")
+        print_error(console, exc)
         raise typer.Exit(2) from None
     if (plan.name, plan.version) != (state.plan_name, state.plan_version):
-        console.print(f"[red]error:[/red] {plan_file} is plan {plan.name} v{plan.version}; the rollout runs by "
-                      f"{state.plan_name} v{state.plan_version}: pass its file with --plan")
+        print_error(console, f"{plan_file} is plan {plan.name} v{plan.version}; the rollout runs by "
+                             f"{state.plan_name} v{state.plan_version}: pass its file with --plan")
         raise typer.Exit(2)
     with _registry() as reg:
         verdict, _ = rollout_exec.preview(PredictionStore(reg.store.engine), state, plan, reg.store.clock(),
@@ -119,7 +119,7 @@ def _state(model: str | None, version: str | None):
             name = model or reg.default_model
             state = active_rollout(reg.store, name)
     if state is None:
-        console.print(f"[red]error:[/red] no {'rollout of ' + version if version else 'running rollout of ' + name}")
+        print_error(console, f"no {'rollout of ' + version if version else 'running rollout of ' + name}")
         raise typer.Exit(1)
     return state
 
@@ -136,11 +136,11 @@ def _answer(ref: str | None, model: str | None, approve: bool, reviewer: str | N
     try:
         done = send_answer(state.model, state.candidate, answer, read_plan(plan))
     except FileNotFoundError as exc:
-        console.print(f"[red]error:[/red] {exc}; this rollout runs plan {state.plan_name!r} v{state.plan_version}: "
-                      "pass that file with --plan")
+        print_error(console, f"{exc}; this rollout runs plan {state.plan_name!r} v{state.plan_version}: "
+                             "pass that file with --plan")
         raise typer.Exit(1) from None
     except ValueError as exc:
-        console.print(f"[red]error:[/red] {exc}")
+        print_error(console, exc)
         raise typer.Exit(1) from None
     console.print(f"[green]✓[/green] {'approved' if approve else 'rejected'} {state.model}:v{state.candidate}: {done}")
 
@@ -181,7 +181,7 @@ def abort_cmd(reason: Reason, ref: Version = None, model: Model = None,
             state = rollout_exec.stop(reg.store, state, read_plan(plan) if plan else None, reason=reason,
                                       actor=_actor(), emit=emit_rollout_event)
     except (ValueError, FileNotFoundError) as exc:
-        console.print(f"[red]error:[/red] {exc}")
+        print_error(console, exc)
         raise typer.Exit(2) from None
     console.print(f"[yellow]■[/yellow] rollout of {state.model}:v{state.candidate} {state.phase}; all traffic to "
                   f"v{state.champion}")

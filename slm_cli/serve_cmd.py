@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from slm_cli.console import make_console
+from slm_cli.console import make_console, print_error
 
 console = make_console()
 
@@ -28,7 +28,7 @@ def serve(
     try:
         app, state = build_app(load_serve_config(config))
     except (NotFoundError, FileNotFoundError, ValueError) as exc:
-        console.print(f"[red]error:[/red] {exc}")
+        print_error(console, exc)
         raise typer.Exit(2) from None
     split = state.live.split
     console.print(f"serving {state.model} (split revision {split.revision}: champion v{split.champion}"

@@ -14,3 +14,15 @@ def test_piped_output_is_120_columns_and_columns_still_wins(monkeypatch):
     assert piped.file.getvalue() == "x" * 100 + "\n"  # one line, not folded at 80
     monkeypatch.setenv("COLUMNS", "90")
     assert cli_console.make_console().width == 90  # the user's setting
+
+
+def test_errors_are_printed_as_written_never_read_as_markup():
+    import io
+
+    from rich.console import Console
+
+    from slm_cli.console import print_error
+
+    out = io.StringIO()
+    print_error(Console(file=out, width=200), ValueError("[fail] gate: moved [/opt] files"))
+    assert out.getvalue() == "error: [fail] gate: moved [/opt] files\n"
