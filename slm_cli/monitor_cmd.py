@@ -52,7 +52,7 @@ def monitor_cmd(
     for reason in outcome.reasons:
         console.print(f"    {escape(reason)}")  # "[fail] ..." is text, not rich markup
     if outcome.report:
-        console.print(f"    report: {outcome.report}")
+        console.print(f"    report: {escape(str(outcome.report))}")
 
 
 def check_policy(path: str) -> None:

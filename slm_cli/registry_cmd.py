@@ -101,14 +101,15 @@ def show(ref: str = typer.Argument(..., help="MODEL:vN, vN, or an alias such as 
         print(json.dumps(doc, indent=2))
         return
     console.print(f"[bold]{version.ref}[/bold]  status [cyan]{version.status}[/cyan]  — {escape(version.reason)}")
-    console.print(f"artifact: {version.artifact_uri}   prompt format: {version.prompt_format}")
+    console.print(f"artifact: {escape(version.artifact_uri)}   prompt format: {version.prompt_format}")
     if version.lineage:
         lin = version.lineage
-        console.print(f"base model: {lin.base_model.model_id} @ {lin.base_model.revision[:16]}")
-        console.print(f"code: {lin.code_commit}{' (dirty)' if lin.code_dirty else ''}   trigger: {lin.trigger}")
+        console.print(f"base model: {escape(lin.base_model.model_id)} @ {lin.base_model.revision[:16]}")
+        console.print(f"code: {lin.code_commit}{' (dirty)' if lin.code_dirty else ''}   "
+                      f"trigger: {escape(lin.trigger)}")  # free text: the retrain's reason
         data = Table("data", "rows", "sha256", "snapshot: the exact rows, on disk")
         for d in lin.datasets:
-            data.add_row(d.name, str(d.rows), d.sha256[:16], where[d.name])
+            data.add_row(escape(d.name), str(d.rows), d.sha256[:16], escape(str(where[d.name])))
         console.print(data)
     evals = Table("golden set", "items", "exact match", "malformed", "p95 ms", "tokens/s")
     for r in version.evals:

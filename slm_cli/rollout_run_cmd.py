@@ -47,7 +47,7 @@ def run_cmd(ref: Ref, plan: Plan = "configs/rollout.yaml",
     outcome = rollout(RolloutParams(version=ref, plan=plan, look_interval_s=look_interval, settle_s=settle,
                                     approval_timeout_s=approval_timeout))
     colour = {"promoted": "green", "rolled_back": "red"}.get(outcome.phase, "yellow")
-    console.print(f"[{colour}]{outcome.version}: {outcome.phase}[/{colour}] at stage {outcome.stage} "
+    console.print(f"[{colour}]{outcome.version}: {outcome.phase}[/{colour}] at stage {escape(outcome.stage)} "
                   f"(champion was {outcome.champion})")
     for reason in outcome.reasons:
         console.print(f"  {escape(reason)}")  # "[fail] ..." is text, not rich markup
@@ -61,40 +61,53 @@ def status_cmd(model: Annotated[str | None, typer.Option(help="model name")] = N
                    "also decide the running stage now, as its next look would, saving nothing: why a stage holds"))]
                = False,
                plan: Plan = "configs/rollout.yaml",
+               settle: Annotated[float | None, typer.Option(help=(
+                   "for --look: the settle time the rollout's run was given (`slm rollout run --settle`, the "
+                   "deployment form), if not the plan's"))] = None,
                ) -> None:
     """Where a rollout is: phase, stage, history of decisions, pending effects; with --look, what it waits for."""
     state = _state(model, version)
-    verdict = _look(state, plan) if look else None
+    verdict, settle_s = _look(state, plan, settle) if look else (None, None)
     if as_json:
         out = state.model_dump(mode="json")
         if verdict is not None:
-            out["look"] = verdict.model_dump(mode="json")
+            out["look"] = {**verdict.model_dump(mode="json"), "settle_s": settle_s}
         print(json.dumps(out, indent=2))
         return
     console.print(f"{state.model}:v{state.candidate} vs champion v{state.champion}: [bold]{state.phase}[/bold] at "
-                  f"stage {state.stage_index} (plan {state.plan_name} v{state.plan_version}), since "
+                  f"stage {state.stage_index} (plan {escape(state.plan_name)} v{state.plan_version}), since "
                   f"{state.stage_started_at}" + (f"; {len(state.pending)} effects pending" if state.pending else ""))
     table = Table("at", "stage", "decision", "reasons")
     for h in state.history:
-        table.add_row(h.at, h.stage, h.action, escape("\n".join(h.reasons)))
+        table.add_row(h.at, escape(h.stage), h.action, escape("\n".join(h.reasons)))
     console.print(table)
     if verdict is not None:
-        console.print(f"a look now at {verdict.stage} ({verdict.elapsed_s:.0f} s in): [bold]{verdict.action}[/bold]")
+        source = "given" if settle is not None else "the plan's"
+        console.print(f"a look now at {escape(verdict.stage)} ({verdict.elapsed_s:.0f} s in; settle {settle_s:g} s, "
+                      f"{source}): [bold]{verdict.action}[/bold]")
         for reason in verdict.reasons():
             console.print(f"  {escape(reason)}")
 
 
-def _look(state, plan_file: str):
-    """The running stage's verdict now (``rollout_exec.preview``), with the plan the rollout runs by."""
+def _look(state, plan_file: str, settle_s: float | None):
+    """The running stage's verdict now (``rollout_exec.preview``), with the plan the rollout runs by, and the settle
+    time it used (``settle_s``, else the plan's)."""
+    from lifecycle.config import load_yaml_config
+    from lifecycle.rollout_plan import RolloutPlan
+    from lifecycle.settings import in_project
     from registry import rollout_exec
     from registry.predictions import PredictionStore
-    from tasks.rollout import read_plan
 
     if state.phase != "running":
         print_error(console, f"{state.model}:v{state.candidate} is {state.phase}: no stage to look at")
         raise typer.Exit(1)
+    if state.pending:
+        # Its stage is already the decided one, its window still the old split's: a look would judge the wrong traffic.
+        print_error(console, f"{state.model}:v{state.candidate} has {len(state.pending)} effects of its last "
+                             "decision pending (its run stopped midway): `slm rollout run` carries them out first")
+        raise typer.Exit(1)
     try:
-        plan = read_plan(plan_file)
+        plan = load_yaml_config(RolloutPlan, in_project(plan_file))  # as tasks.rollout.read_plan, without Prefect
     except (ValueError, FileNotFoundError) as exc:
         print_error(console, exc)
         raise typer.Exit(2) from None
@@ -102,10 +115,10 @@ def _look(state, plan_file: str):
         print_error(console, f"{plan_file} is plan {plan.name} v{plan.version}; the rollout runs by "
                              f"{state.plan_name} v{state.plan_version}: pass its file with --plan")
         raise typer.Exit(2)
+    settle_s = plan.settle_s if settle_s is None else settle_s
     with _registry() as reg:
-        verdict, _ = rollout_exec.preview(PredictionStore(reg.store.engine), state, plan, reg.store.clock(),
-                                          plan.settle_s)
-    return verdict
+        verdict, _ = rollout_exec.preview(PredictionStore(reg.store.engine), state, plan, reg.store.clock(), settle_s)
+    return verdict, settle_s
 
 
 def _state(model: str | None, version: str | None):

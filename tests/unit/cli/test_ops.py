@@ -116,9 +116,16 @@ def test_promote_and_rollback_never_fight_a_rollout(home):
         assert reg.store.verify_audit().ok
 
 
-def test_status_look_says_what_a_holding_stage_waits_for_and_saves_nothing(home):
-    """A hold leaves no record; `slm rollout status --look` decides the stage now, as its next look would."""
+def test_status_look_says_what_a_stage_would_decide_now_and_saves_nothing(home):
+    """A hold leaves no record; `slm rollout status --look` decides the stage now, as its next look would, and acts
+    on nothing even when that look would roll the candidate back."""
+    import time
+    from datetime import datetime, timedelta
+
+    from lifecycle.predictions import Prediction
+    from registry.predictions import PredictionStore
     from registry.rollouts import get_rollout
+    from registry.traffic import get_split
 
     with registry() as reg:
         started = _rollout_of_v3(reg)  # shadow, no traffic yet
@@ -126,12 +133,42 @@ def test_status_look_says_what_a_holding_stage_waits_for_and_saves_nothing(home)
     assert wrong_plan.exit_code == 2 and "runs by demo" in wrong_plan.output and "--plan" in wrong_plan.output
     result = run("rollout", "status", "--look", "--plan", "configs/rollout-demo.yaml")
     assert result.exit_code == 0, result.output
-    assert "a look now at shadow" in result.output and ": hold" in result.output
+    assert "a look now at shadow" in result.output and "settle 1 s, the plan's): hold" in result.output
     assert "[inconclusive] champion: traffic: the champion arm received no requests" in result.output
-    as_json = json.loads(run("rollout", "status", "--look", "--plan", "configs/rollout-demo.yaml", "--json").output)
-    assert (as_json["look"]["action"], as_json["look"]["stage"]) == ("hold", "shadow")
+    # A shadow that answers every request wrongly: the look's window is [applied_at + 1 s, now - 1 s) (settle_s 1).
+    applied = datetime.fromisoformat(started.applied_at)
     with registry() as reg:
-        assert get_rollout(reg.store, "intent-router", 3).revision == started.revision  # nothing saved
+        revision = get_split(reg.store, "intent-router").revision
+        PredictionStore(reg.store.engine).insert_many([
+            Prediction(ts=applied + timedelta(seconds=1.1 + k / 1000), request_id=f"r-{k}", model="intent-router",
+                       version=version, role=role, user_hash=f"caller-{k}", prompt="p", completion="c",
+                       latency_ms=5.0, outcome="model_error" if role == "shadow" else "ok", served=role != "shadow",
+                       split_revision=revision)
+            for k in range(300) for version, role in ((2, "champion"), (3, "shadow"))])
+        audit = len(reg.store.audit_events())
+    time.sleep(max(0.0, (applied + timedelta(seconds=2.5) - datetime.now(applied.tzinfo)).total_seconds()))
+    as_json = json.loads(run("rollout", "status", "--look", "--plan", "configs/rollout-demo.yaml", "--json").output)
+    assert (as_json["look"]["action"], as_json["look"]["stage"], as_json["look"]["settle_s"]) == (
+        "rollback", "shadow", 1.0)
+    with registry() as reg:  # nothing saved, nothing done
+        assert get_rollout(reg.store, "intent-router", 3).revision == started.revision
+        assert len(reg.store.audit_events()) == audit
+        assert get_split(reg.store, "intent-router").shadow == 3
+
+
+def test_status_look_waits_for_a_stopped_runs_pending_effects(home):
+    """A run that died between deciding and acting left the state at the decided stage, its window still the old
+    split's: a look would judge the wrong traffic, so it says what to do instead."""
+    from lifecycle.rollout_state import Emit
+    from registry.rollouts import save_rollout
+
+    with registry() as reg:
+        started = _rollout_of_v3(reg)
+        save_rollout(reg.store, started.model_copy(update={"pending": [Emit(event="slm.rollout.stage", stage="x")]}),
+                     actor="t", expected_revision=started.revision)
+    result = run("rollout", "status", "--look", "--plan", "configs/rollout-demo.yaml")
+    assert result.exit_code == 1 and "1 effects of its last decision pending" in result.output
+    assert "`slm rollout run` carries" in result.output  # (the line wraps at 120 columns)
 
 
 def test_a_rollout_is_aborted_without_its_plan_file(home):
