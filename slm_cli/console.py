@@ -22,7 +22,8 @@ def make_console(*, stderr: bool = False) -> Console:
     return Console(stderr=stderr, width=PIPED_WIDTH)
 
 
-def print_error(console: Console, message: object) -> None:
-    """``error: <message>`` in red; the message printed as written (an exception's text, a reason someone typed),
-    never read as rich markup: "[fail] ..." would vanish, and "[/opt]" raises MarkupError."""
-    console.print(f"[red]error:[/red] {escape(str(message))}")
+def print_error(message: object) -> None:
+    """``error: <message>`` in red, on standard error (a command's ``--json`` output stays the only thing on
+    standard output); the message printed as written (an exception's text, a reason someone typed), never read as
+    rich markup: "[fail] ..." would vanish, and "[/opt]" raises MarkupError."""
+    make_console(stderr=True).print(f"[red]error:[/red] {escape(str(message))}")

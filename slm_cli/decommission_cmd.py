@@ -41,19 +41,19 @@ def decommission_cmd(
 
     for what, path in (("policy", policy), ("monitor policy", monitor_policy)):
         if path and not in_project(path).is_file():
-            print_error(console, f"{what} {path} does not exist")
+            print_error(f"{what} {path} does not exist")
             raise typer.Exit(2)
     try:  # the policies read before the flow run, which would log tracebacks before this one line
         load_yaml_config(RetentionPolicy, in_project(policy))
         if monitor_policy:
             check_policy(monitor_policy)
     except (FileNotFoundError, ValueError) as exc:
-        print_error(console, exc)
+        print_error(exc)
         raise typer.Exit(2) from None
     try:
         outcome = decommission(model=model, policy_path=policy, dry_run=dry_run, monitor_policy=monitor_policy or None)
     except (NotFoundError, ValueError) as exc:
-        print_error(console, exc)
+        print_error(exc)
         raise typer.Exit(2) from None
     if as_json:
         print(json.dumps({**outcome.model_dump(mode="json"), "retired": outcome.retired,

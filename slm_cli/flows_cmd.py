@@ -41,7 +41,7 @@ def run_bootstrap(model: str | None = None, *, task: str = "configs/task.yaml", 
     try:
         params = BootstrapParams(model=model or get_settings().model_name, task=task, hub_base=hub_base)
     except ValueError as exc:  # pydantic's ValidationError: an unpinned Hub reference, before anything runs
-        print_error(console, exc)
+        print_error(exc)
         raise typer.Exit(2) from None
     outcome = bootstrap(params)
     verb = "built and promoted" if outcome.created else "already bootstrapped:"
@@ -107,7 +107,7 @@ def retrain_cmd(
         load_yaml_config(LoraRecipe, plan.config.recipe)
         read_plan(plan.config.rollout_plan)
     except (ValueError, FileNotFoundError, NotFoundError) as exc:
-        print_error(console, exc)
+        print_error(exc)
         raise typer.Exit(2) from None
     run_retrain(params)
 

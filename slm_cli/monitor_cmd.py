@@ -44,7 +44,7 @@ def monitor_cmd(
         check_policy(policy)  # before the flow run, which would log tracebacks before this one line
         outcome = monitor(params)
     except (NotFoundError, FileNotFoundError, ValueError) as exc:
-        print_error(console, exc)
+        print_error(exc)
         raise typer.Exit(2) from None
     colour = {"pass": "green", "fail": "red"}.get(outcome.verdict, "yellow")
     console.print(f"[{colour}]●[/{colour}] {outcome.model} (champion {outcome.champion}): drift verdict "

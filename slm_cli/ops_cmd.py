@@ -22,7 +22,7 @@ def _actor() -> str:
 
 def _check(reason: str) -> None:
     if not reason.strip():
-        print_error(console, "--reason must say why")
+        print_error("--reason must say why")
         raise typer.Exit(2)
 
 

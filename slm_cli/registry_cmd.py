@@ -41,12 +41,12 @@ def _registry():
     try:
         reg = open_registry()
     except (ValidationError, SQLAlchemyError, OSError, ValueError) as exc:
-        print_error(console, f"cannot open the registry: {_failed(exc)}")
+        print_error(f"cannot open the registry: {_failed(exc)}")
         raise typer.Exit(2) from None
     try:
         yield reg
     except (NotFoundError, ValueError, ArtifactIntegrityError, OverflowError, SQLAlchemyError) as exc:
-        print_error(console, _failed(exc))
+        print_error(_failed(exc))
         raise typer.Exit(2) from None
     finally:
         reg.close()
@@ -129,7 +129,7 @@ def history(alias: str = typer.Argument(..., help="champion, challenger or previ
     from lifecycle.status import Alias
 
     if alias not in set(Alias):
-        print_error(console, f"unknown alias {alias!r}; aliases: {', '.join(a.value for a in Alias)}")
+        print_error(f"unknown alias {alias!r}; aliases: {', '.join(a.value for a in Alias)}")
         raise typer.Exit(2)
     with _registry() as reg:
         _known(reg, model or reg.default_model)

@@ -22,7 +22,7 @@ def report_cmd(
     from registry.service import open_registry
     from reporting.gather import NothingToReport
     from reporting.publish import default_path, write_report
-    from slm_cli.console import make_console, print_error
+    from slm_cli.console import print_error
 
     settings = get_settings()
     model = model or settings.model_name
@@ -31,6 +31,6 @@ def report_cmd(
         with open_registry(settings) as registry:
             write_report(registry.store, model, path)
     except (NothingToReport, OSError) as exc:
-        print_error(make_console(stderr=True), exc)
+        print_error(exc)
         raise typer.Exit(2) from None
     print(path)

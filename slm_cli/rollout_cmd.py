@@ -23,7 +23,7 @@ def _simulated(scenario: Callable[[], Any], simulate: Callable[[Any], Any], as_j
     try:
         built = scenario()
     except ValueError as exc:
-        print_error(console, exc)
+        print_error(exc)
         raise typer.Exit(2) from None
     report = simulate(built)
     if as_json:

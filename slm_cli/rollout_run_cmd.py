@@ -42,7 +42,7 @@ def run_cmd(ref: Ref, plan: Plan = "configs/rollout.yaml",
     except (ValueError, FileNotFoundError, NotFoundError) as exc:
         refused = str(exc)
     if refused is not None:
-        print_error(console, refused)
+        print_error(refused)
         raise typer.Exit(2)
     outcome = rollout(RolloutParams(version=ref, plan=plan, look_interval_s=look_interval, settle_s=settle,
                                     approval_timeout_s=approval_timeout))
@@ -99,20 +99,20 @@ def _look(state, plan_file: str, settle_s: float | None):
     from registry.predictions import PredictionStore
 
     if state.phase != "running":
-        print_error(console, f"{state.model}:v{state.candidate} is {state.phase}: no stage to look at")
+        print_error(f"{state.model}:v{state.candidate} is {state.phase}: no stage to look at")
         raise typer.Exit(1)
     if state.pending:
         # Its stage is already the decided one, its window still the old split's: a look would judge the wrong traffic.
-        print_error(console, f"{state.model}:v{state.candidate} has {len(state.pending)} effects of its last "
+        print_error(f"{state.model}:v{state.candidate} has {len(state.pending)} effects of its last "
                              "decision pending (its run stopped midway): `slm rollout run` carries them out first")
         raise typer.Exit(1)
     try:
         plan = load_yaml_config(RolloutPlan, in_project(plan_file))  # as tasks.rollout.read_plan, without Prefect
     except (ValueError, FileNotFoundError) as exc:
-        print_error(console, exc)
+        print_error(exc)
         raise typer.Exit(2) from None
     if (plan.name, plan.version) != (state.plan_name, state.plan_version):
-        print_error(console, f"{plan_file} is plan {plan.name} v{plan.version}; the rollout runs by "
+        print_error(f"{plan_file} is plan {plan.name} v{plan.version}; the rollout runs by "
                              f"{state.plan_name} v{state.plan_version}: pass its file with --plan")
         raise typer.Exit(2)
     settle_s = plan.settle_s if settle_s is None else settle_s
@@ -132,7 +132,7 @@ def _state(model: str | None, version: str | None):
             name = model or reg.default_model
             state = active_rollout(reg.store, name)
     if state is None:
-        print_error(console, f"no {'rollout of ' + version if version else 'running rollout of ' + name}")
+        print_error(f"no {'rollout of ' + version if version else 'running rollout of ' + name}")
         raise typer.Exit(1)
     return state
 
@@ -149,11 +149,11 @@ def _answer(ref: str | None, model: str | None, approve: bool, reviewer: str | N
     try:
         done = send_answer(state.model, state.candidate, answer, read_plan(plan))
     except FileNotFoundError as exc:
-        print_error(console, f"{exc}; this rollout runs plan {state.plan_name!r} v{state.plan_version}: "
+        print_error(f"{exc}; this rollout runs plan {state.plan_name!r} v{state.plan_version}: "
                              "pass that file with --plan")
         raise typer.Exit(1) from None
     except ValueError as exc:
-        print_error(console, exc)
+        print_error(exc)
         raise typer.Exit(1) from None
     console.print(f"[green]✓[/green] {'approved' if approve else 'rejected'} {state.model}:v{state.candidate}: {done}")
 
@@ -194,7 +194,7 @@ def abort_cmd(reason: Reason, ref: Version = None, model: Model = None,
             state = rollout_exec.stop(reg.store, state, read_plan(plan) if plan else None, reason=reason,
                                       actor=_actor(), emit=emit_rollout_event)
     except (ValueError, FileNotFoundError) as exc:
-        print_error(console, exc)
+        print_error(exc)
         raise typer.Exit(2) from None
     console.print(f"[yellow]■[/yellow] rollout of {state.model}:v{state.candidate} {state.phase}; all traffic to "
                   f"v{state.champion}")

@@ -28,7 +28,7 @@ def serve(
     try:
         app, state = build_app(load_serve_config(config))
     except (NotFoundError, FileNotFoundError, ValueError) as exc:
-        print_error(console, exc)
+        print_error(exc)
         raise typer.Exit(2) from None
     split = state.live.split
     console.print(f"serving {state.model} (split revision {split.revision}: champion v{split.champion}"

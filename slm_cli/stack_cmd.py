@@ -27,7 +27,7 @@ def up_cmd(
         record = up(prefect_port=prefect_port, gateway_port=gateway_port if gateway else None, worker=worker,
                     database_url=prefect_database_url, status=lambda m: console.print(f"[cyan]↑[/cyan] {m}"))
     except StackError as exc:
-        print_error(console, exc)
+        print_error(exc)
         raise typer.Exit(1) from None
     console.print(f"[green]✓[/green] up. Prefect UI: {record.ui_url}"
                   + (f" · gateway: {record.gateway_url}/v1" if record.gateway_url else "")
@@ -41,7 +41,7 @@ def down_cmd() -> None:
     try:
         stopped = down(status=lambda m: console.print(f"[yellow]↓[/yellow] {m}"))
     except StackError as exc:
-        print_error(console, exc)
+        print_error(exc)
         raise typer.Exit(2) from None
     if not stopped:
         console.print("nothing recorded as running")

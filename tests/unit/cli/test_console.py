@@ -16,13 +16,13 @@ def test_piped_output_is_120_columns_and_columns_still_wins(monkeypatch):
     assert cli_console.make_console().width == 90  # the user's setting
 
 
-def test_errors_are_printed_as_written_never_read_as_markup():
+def test_errors_are_printed_as_written_never_read_as_markup_on_standard_error(monkeypatch):
     import io
-
-    from rich.console import Console
 
     from slm_cli.console import print_error
 
-    out = io.StringIO()
-    print_error(Console(file=out, width=200), ValueError("[fail] gate: moved [/opt] files"))
-    assert out.getvalue() == "error: [fail] gate: moved [/opt] files\n"
+    out, err = io.StringIO(), io.StringIO()
+    monkeypatch.setattr("sys.stdout", out)
+    monkeypatch.setattr("sys.stderr", err)
+    print_error(ValueError("[fail] gate: moved [/opt] files"))
+    assert (out.getvalue(), err.getvalue()) == ("", "error: [fail] gate: moved [/opt] files\n")
