@@ -336,9 +336,9 @@ def tell(scale: Scale, *, keep: bool = False, console: Console | None = None) ->
     os.environ["PREFECT_API_URL"] = f"http://127.0.0.1:{port}/api"
     prefect_env()
     base = _Background(_warm_base(scale), "slm-demo-base")
-    console.print(f"[bold]1.[/bold] up: the local stack of `slm up`, its state under {home}")
+    console.print(f"[bold]1.[/bold] up: the local stack of `slm up`, its state under {escape(str(home))}")
     booted: dict[str, object] = {}
-    record = stack.up(prefect_port=port, gateway_port=None, status=lambda m: console.print(f"   {m}"),
+    record = stack.up(prefect_port=port, gateway_port=None, status=lambda m: console.print(f"   {escape(m)}"),
                       while_deploying=lambda: booted.update(_bootstrap(scale, console, base)))
     story = Story(scale, console, record)
     story.result.steps["bootstrap"] = booted["seconds"]
@@ -556,6 +556,6 @@ def _finish(story: Story) -> None:
     colour = "green" if audit.ok else "red"
     story.note(f"audit chain [{colour}]{'intact' if audit.ok else 'BROKEN'}[/{colour}] ({audit.checked} events); "
                f"{story.load.counts['requests']} requests, {story.load.counts['errors']} failed")
-    story.note(f"report: {result.report}")
+    story.note(f"report: {escape(str(result.report))}")
     story.note(f"Prefect UI: {story.record.ui_url} (deployments, flow runs, artifacts); "
                f"registry: SLM_HOME={result.home} slm registry list")
