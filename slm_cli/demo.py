@@ -356,7 +356,7 @@ def tell(scale: Scale, *, keep: bool = False, console: Console | None = None) ->
         story.result.steps["total"] = round(time.perf_counter() - start, 1)
         if keep:
             console.print(f"the stack stays up: UI {record.ui_url}, gateway {record.gateway_url}/v1; stop it with "
-                          f"`SLM_HOME={home} slm down`")
+                          f"`SLM_HOME={escape(str(home))} slm down`")
         else:
             stack.down(status=lambda _m: None)
     return story.result
@@ -558,4 +558,4 @@ def _finish(story: Story) -> None:
                f"{story.load.counts['requests']} requests, {story.load.counts['errors']} failed")
     story.note(f"report: {escape(str(result.report))}")
     story.note(f"Prefect UI: {story.record.ui_url} (deployments, flow runs, artifacts); "
-               f"registry: SLM_HOME={result.home} slm registry list")
+               f"registry: SLM_HOME={escape(str(result.home))} slm registry list")

@@ -74,7 +74,7 @@ def run_retrain(params) -> object:
     try:
         outcome = retrain(params)
     except DataRejected as exc:
-        console.print(f"[red]✗ data rejected[/red]: {escape(str(exc))}")
+        make_console(stderr=True).print(f"[red]✗ data rejected[/red]: {escape(str(exc))}")
         raise typer.Exit(1) from None
     colour = "green" if outcome.status == "candidate" else "yellow"
     console.print(f"[{colour}]●[/{colour}] {outcome.version} registered as [bold]{outcome.status}[/bold] "
@@ -124,7 +124,7 @@ def demo_cmd(
     try:
         result = tell(SMOKE if smoke else FULL, keep=keep, console=console)
     except DemoError as exc:
-        console.print(f"[red]✗ the story stopped:[/red] {escape(str(exc))}")
+        make_console(stderr=True).print(f"[red]✗ the story stopped:[/red] {escape(str(exc))}")
         raise typer.Exit(1) from None
     steps = ", ".join(f"{k} {v:.0f} s" for k, v in result.steps.items())
     console.print(f"time: {steps}")

@@ -104,7 +104,7 @@ def _look(state, plan_file: str, settle_s: float | None):
     if state.pending:
         # Its stage is already the decided one, its window still the old split's: a look would judge the wrong traffic.
         print_error(f"{state.model}:v{state.candidate} has {len(state.pending)} effects of its last "
-                             "decision pending (its run stopped midway): `slm rollout run` carries them out first")
+                    "decision pending (its run stopped midway): `slm rollout run` carries them out first")
         raise typer.Exit(1)
     try:
         plan = load_yaml_config(RolloutPlan, in_project(plan_file))  # as tasks.rollout.read_plan, without Prefect
@@ -113,7 +113,7 @@ def _look(state, plan_file: str, settle_s: float | None):
         raise typer.Exit(2) from None
     if (plan.name, plan.version) != (state.plan_name, state.plan_version):
         print_error(f"{plan_file} is plan {plan.name} v{plan.version}; the rollout runs by "
-                             f"{state.plan_name} v{state.plan_version}: pass its file with --plan")
+                    f"{state.plan_name} v{state.plan_version}: pass its file with --plan")
         raise typer.Exit(2)
     settle_s = plan.settle_s if settle_s is None else settle_s
     with _registry() as reg:
@@ -150,7 +150,7 @@ def _answer(ref: str | None, model: str | None, approve: bool, reviewer: str | N
         done = send_answer(state.model, state.candidate, answer, read_plan(plan))
     except FileNotFoundError as exc:
         print_error(f"{exc}; this rollout runs plan {state.plan_name!r} v{state.plan_version}: "
-                             "pass that file with --plan")
+                    "pass that file with --plan")
         raise typer.Exit(1) from None
     except ValueError as exc:
         print_error(exc)
