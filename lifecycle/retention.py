@@ -113,7 +113,10 @@ class VersionFacts(Frozen):
 
     number: int = Field(ge=1)
     status: VersionStatus
-    settled_at: datetime = Field(description="its last status change before any archiving: the age clock")
+    settled_at: datetime = Field(description=(
+        "the age clock: its last status change before any archiving, or the last time an alias left it (a former "
+        "champion stops being of use when it stops being the rollback target, not when it was promoted), "
+        "whichever is later"))
     retiring: bool = Field(default=False, description="a retirement started and did not finish")
 
 

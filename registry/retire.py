@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection, func, or_, select
 
 from lifecycle.records import Frozen, ModelVersion
 from lifecycle.retention import RetentionPolicy, RunningRollout, VersionFacts, holds
@@ -84,11 +84,18 @@ def retention_inputs(registry: Registry, model: str) -> RetentionInputs:
     with store.engine.connect() as conn:
         rows = conn.execute(select(t.status_history).where(t.status_history.c.model == model)
                             .order_by(t.status_history.c.id)).all()
+        # When an alias last left each version: champion -> previous -> nothing is a version in use until then.
+        released = dict(conn.execute(
+            select(t.alias_history.c.previous_number, func.max(t.alias_history.c.moved_at))
+            .where(t.alias_history.c.model == model, t.alias_history.c.previous_number.is_not(None),
+                   or_(t.alias_history.c.number.is_(None),
+                       t.alias_history.c.number != t.alias_history.c.previous_number))
+            .group_by(t.alias_history.c.previous_number)).all())
     history: dict[int, list] = {}
     for row in rows:
         history.setdefault(row.number, []).append(row)
     root = _root(registry)
-    facts = [_facts(v, history.get(v.number, []), root) for v in versions]
+    facts = [_facts(v, history.get(v.number, []), released.get(v.number), root) for v in versions]
     return RetentionInputs(versions=facts, aliases=store.aliases(model), split=get_split(store, model),
                            rollout=_running(active_rollout(store, model)))
 
@@ -100,8 +107,10 @@ def _running(state: RolloutState | None) -> RunningRollout | None:
                           started_at=_utc(datetime.fromisoformat(state.started_at)))
 
 
-def _facts(version: ModelVersion, history: list, root: Path) -> VersionFacts:
+def _facts(version: ModelVersion, history: list, released: datetime | None, root: Path) -> VersionFacts:
     settled = [_utc(h.at) for h in history if S(h.to_status) not in RETIRED]
+    if released is not None:  # an alias left it after its last status change: in use until then
+        settled = sorted([*settled, _utc(released)])
     retiring = False
     if version.status in RETIRED:
         marked = version.status is S.ARCHIVED and bool(history) and history[-1].reason.startswith(RETIRING)

@@ -224,6 +224,32 @@ def test_age_counts_from_the_last_status_change_before_archiving(registry, adapt
     assert facts.settled_at == T0 + timedelta(days=10) and facts.status is S.ARCHIVED and not facts.retiring
 
 
+def test_a_former_champion_ages_from_when_it_stopped_being_the_rollback_target(registry, adapter, clock):
+    """v1 champion from day 0, replaced on day 95 (it becomes `previous`, the rollback target), and that alias
+    leaves it on day 99. An hour later it is not 99 days old: it was of use until an hour ago."""
+    from registry import operations
+
+    register(registry, adapter, S.CANDIDATE)
+    registry.store.promote("router", 1, actor="t", reason="first")
+    set_split(registry.store, TrafficSplit(model="router", champion=1), actor="t", reason="serve")
+    for day in range(1, 5):  # rejected retrains take the keep_recent places
+        clock.now = T0 + timedelta(days=day)
+        register(registry, adapter)
+    for day, number in ((95, 6), (99, 7)):
+        clock.now = T0 + timedelta(days=day)
+        register(registry, adapter, S.CANDIDATE)
+        operations.promote(registry, "router", number, actor="op", reason=f"v{number}")
+    clock.now = T0 + timedelta(days=99, hours=1)
+    facts = {f.number: f for f in retention_inputs(registry, "router").versions}
+    assert facts[1].settled_at == T0 + timedelta(days=99)  # not day 0, its promotion
+    assert facts[6].settled_at == T0 + timedelta(days=99)  # promoted on 95, champion until 99
+    inputs = retention_inputs(registry, "router")
+    decisions = {d.ref: d.action for d in plan_retention(
+        "router", inputs.versions, aliases=inputs.aliases, split=inputs.split, rollout=inputs.rollout,
+        policy=RetentionPolicy(keep_recent=3, retire_after_days=30), now=clock.now)}
+    assert decisions["router:v1"] != "retire" and decisions["router:v2"] == "retire"
+
+
 def test_registry_show_and_list_still_work_for_a_decommissioned_version(tmp_path, monkeypatch, adapter):
     from typer.testing import CliRunner
 
