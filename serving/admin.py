@@ -63,7 +63,11 @@ def admin_router(state) -> APIRouter:
                                  shadow=change.shadow)
         except ValueError as exc:
             raise AdminError(400, str(exc), "invalid_split") from None
-        expected = change.expected_revision if change.expected_revision is not None else ...
+        # Without the client's revision, a split built on this replica's view (the champion left out) is checked
+        # against that view: written over a newer split (a promotion this replica has not polled yet), it would
+        # silently send traffic back to the old champion.
+        expected = (change.expected_revision if change.expected_revision is not None
+                    else current.revision if change.champion is None else ...)
         before = set(state.live.live())
         try:
             await _loading(asyncio.to_thread(state.live.load_all, split.live_versions))  # load, then route
@@ -73,6 +77,7 @@ def admin_router(state) -> APIRouter:
             for number in set(state.live.live()) - before:  # undo what this call loaded
                 await asyncio.to_thread(state.live.unload, number)
             if isinstance(exc, ConcurrentChangeError):
+                await asyncio.to_thread(state.live.refresh)  # a retry then reads, and builds on, the stored split
                 raise AdminError(409, str(exc), "conflict") from None
             if isinstance(exc, ValueError):  # set_split refuses a retired (archived) version
                 raise AdminError(409, str(exc), "version_retired") from None

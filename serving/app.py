@@ -48,7 +48,9 @@ def build_state(config: ServeConfig, registry: Registry | None = None) -> Gatewa
         batcher=MicroBatcher(backend.generate, max_batch=config.max_batch, max_wait_s=config.max_wait_ms / 1000,
                              rejoin_share=config.rejoin_share, rejoin_max_s=config.rejoin_max_ms / 1000,
                              rejoin_gap_s=config.rejoin_gap_ms / 1000),
-        writer=PredictionWriter(store, store_text=config.store_text), predictions=store,
+        # put_timeout_s=0: called on the event loop, a full queue (the database down for minutes) must drop and
+        # count the row at once, never stall every request (and the health probes) for the writer's wait.
+        writer=PredictionWriter(store, store_text=config.store_text, put_timeout_s=0), predictions=store,
         guardrails=Guardrails(config.guardrails),
         breakers=CircuitBreakers("upstream" if config.upstream else "in-process",
                                  failure_threshold=config.breaker_failures, reset_after_s=config.breaker_reset_s),

@@ -208,6 +208,7 @@ class GatewayState:
 
     def update_gauges(self) -> None:
         split = self.live.split
+        self.metrics.split.clear()  # a version that left the split, or changed role, must not keep its old share
         for role, share in split.weights.items():
             version = split.champion if role == "champion" else split.challenger
             self.metrics.split.labels(self.model, role, f"v{version}").set(share)

@@ -379,6 +379,33 @@ def test_shadow_answers_are_logged_never_returned(gateway):
     set_split(gateway)
 
 
+def test_the_traffic_gauge_shows_the_split_as_it_is_not_every_share_ever_set(gateway):
+    set_split(gateway, challenger=2, challenger_percent=25, reason="gauge test")
+    httpx.get(f"{gateway.url}/metrics")
+    set_split(gateway, reason="gauge test: back to the champion alone")
+    shares = {line.split("{", 1)[1].split("}", 1)[0]: float(line.rsplit(" ", 1)[1])
+              for line in httpx.get(f"{gateway.url}/metrics").text.splitlines()
+              if line.startswith("slm_traffic_percent{")}
+    champion = gateway.state.live.split.champion
+    assert shares == {f'model="intent-router",role="champion",version="v{champion}"': 100.0}
+
+
+def test_a_replica_behind_the_stored_split_cannot_write_its_stale_champion_back(gateway, launch_gateway):
+    """PUT /admin/split without a champion keeps "the current" one: this replica's view. A replica that has not
+    polled the newest split yet (here: never) is refused with a 409 rather than write that view over it, and reads
+    the stored split for the client's retry."""
+    with launch_gateway(split_poll_s=3600) as stale:
+        changed = set_split(gateway, shadow=2, reason="newer split, elsewhere")
+        assert stale.state.live.split.revision < changed["revision"]
+        refused = httpx.put(f"{stale.url}/admin/split", json={"challenger": 2, "challenger_percent": 5},
+                            headers=ADMIN)
+        assert refused.status_code == 409 and refused.json()["error"]["code"] == "conflict"
+        assert httpx.get(f"{stale.url}/admin/split", headers=ADMIN).json()["revision"] == changed["revision"]
+        stored = httpx.get(f"{gateway.url}/admin/split", headers=ADMIN).json()
+        assert (stored["revision"], stored["shadow"]) == (changed["revision"], 2)
+    set_split(gateway)
+
+
 def test_a_split_change_on_one_replica_reaches_another(gateway, launch_gateway):
     """Two gateways on one registry store: a change through either admin API reaches the other."""
     with launch_gateway(split_poll_s=0.1) as replica:
