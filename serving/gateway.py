@@ -23,6 +23,7 @@ from datetime import UTC, datetime
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.exceptions import HTTPException
 
 from lifecycle.predictions import Feedback
@@ -30,7 +31,7 @@ from lifecycle.routing import Assignment
 from serving import schemas as s
 from serving.admin import AdminError, admin_error_handler, admin_router
 from serving.limits import BodyLimit
-from serving.state import GatewayState
+from serving.state import GatewayState, LogBehind
 
 log = logging.getLogger(__name__)
 
@@ -178,8 +179,14 @@ def create_app(state: GatewayState) -> FastAPI:
         try:
             await asyncio.to_thread(state.record_feedback, Feedback(
                 request_id=body.request_id, outcome=body.outcome, score=body.score, ts=datetime.now(UTC)))
+        except LogBehind as exc:  # the request may be real: say when to come back, never "unknown"
+            return _error(503, str(exc), "server_error", "log_behind", headers={"retry-after": "5"})
         except LookupError as exc:
             raise InputError(str(exc), status=404, code="unknown_request", param="request_id") from None
+        except SQLAlchemyError as exc:  # the database refused: an OpenAI-shaped error, not a bare 500
+            log.error("feedback on %s not recorded: %s", body.request_id, exc)
+            return _error(503, "the prediction log's database is unavailable; retry the feedback later",
+                          "server_error", "log_unavailable", headers={"retry-after": "5"})
         return {"request_id": body.request_id, "recorded": True}
 
     app.add_middleware(ApiKeys, state=state)

@@ -14,7 +14,7 @@ from lifecycle import routing
 from lifecycle.names import VersionRef
 from lifecycle.predictions import Feedback
 from lifecycle.routing import Assignment
-from registry.predictions import BackpressureError, PredictionStore, PredictionWriter
+from registry.predictions import BackpressureError, PredictionStore, PredictionWriter, UnknownRequestError
 from registry.service import Registry
 from serving.batcher import MicroBatcher
 from serving.config import ServeConfig
@@ -49,6 +49,13 @@ class Answer:
     retry_after_s: float | None = None  # a 503 of an open circuit: when to try again (the Retry-After header)
     clipped: str | None = None  # the client's max_tokens cut the answer: what it is sent (text stays whole, logged)
     clipped_tokens: int | None = None
+
+
+FEEDBACK_FLUSH_S = 5.0  # how long a feedback waits for the rows queued before it to reach the database
+
+
+class LogBehind(RuntimeError):
+    """Feedback names a request the log does not have yet, while rows are still queued for the database."""
 
 
 @dataclass
@@ -114,7 +121,13 @@ class GatewayState:
             log.error("backend failure: request %s, %s:v%s (%s), prompt %d chars, category infra", request_id,
                       self.model, assignment.version, assignment.role, len(prompt), exc_info=exc.__cause__ or exc)
             return self._infra_failure(labels, 502, str(exc))
-        checked = self.guardrails.check(gen.completion)
+        try:
+            checked = self.guardrails.check(gen.completion)
+        except Exception as exc:  # a classifier's OOM, a tokenizer's error: logged and counted, never a bare 500
+            log.error("guardrails failed: request %s, %s:v%s (%s)", request_id, self.model, assignment.version,
+                      assignment.role, exc_info=exc)
+            return self._infra_failure(labels, 502, f"the guardrails could not check the answer "
+                                                    f"({type(exc).__name__}); it was not sent")
         outcome = "ok" if gen.completion in self.allowed else "model_error"
         elapsed = time.perf_counter() - start
         self._count(labels, outcome, elapsed, gen, checked.flags)
@@ -195,8 +208,17 @@ class GatewayState:
         task.add_done_callback(self._shadow_tasks.discard)
 
     def record_feedback(self, feedback: Feedback) -> None:
-        self.writer.flush(timeout=5)  # the prediction it refers to may still be queued
-        self.predictions.record_feedback(feedback)
+        """Store the feedback on a logged request. Raises ``UnknownRequestError`` when the log has no such request,
+        ``LogBehind`` when it may be among the rows still queued for the database (the writer more than the wait
+        behind: the request may be real), and SQLAlchemy's errors when the database refuses."""
+        flushed = self.writer.flush(timeout=FEEDBACK_FLUSH_S)  # the prediction it refers to may still be queued
+        try:
+            self.predictions.record_feedback(feedback)
+        except UnknownRequestError:
+            if flushed:
+                raise
+            raise LogBehind(f"the prediction log is {self.writer.pending()} rows behind; request "
+                            f"{feedback.request_id} may be among them: retry the feedback later") from None
 
     def ready(self) -> tuple[bool, dict]:
         live = self.live.live()

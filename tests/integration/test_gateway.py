@@ -285,6 +285,41 @@ def test_feedback_joins_a_logged_request(gateway):
     assert unknown.status_code == 404 and unknown.json()["error"]["code"] == "unknown_request"
 
 
+def test_feedback_while_the_log_is_behind_or_down_is_a_503_to_retry_never_unknown(gateway, monkeypatch):
+    """A request answered a moment ago whose row is still queued (the writer more than the wait behind, the
+    database slow): "unknown request" would tell the client to give up on a real request."""
+    from sqlalchemy.exc import OperationalError
+
+    state = gateway.state
+    monkeypatch.setattr(state.writer, "flush", lambda timeout=None: False)  # rows still queued after the wait
+    behind = httpx.post(f"{gateway.url}/v1/feedback", json={"request_id": "queued-1", "outcome": "success"})
+    assert behind.status_code == 503 and behind.json()["error"]["code"] == "log_behind"
+    assert behind.headers["retry-after"] == "5"
+    monkeypatch.setattr(state.writer, "flush", lambda timeout=None: True)
+
+    def refuse(feedback):
+        raise OperationalError("INSERT INTO feedback ...", {}, Exception("database is locked"))
+
+    monkeypatch.setattr(state.predictions, "record_feedback", refuse)
+    down = httpx.post(f"{gateway.url}/v1/feedback", json={"request_id": "any", "outcome": "success"})
+    assert down.status_code == 503 and down.json()["error"]["code"] == "log_unavailable"
+    assert "database is locked" not in down.text  # the database's words stay in the gateway's log
+
+
+def test_guardrails_that_fail_give_a_logged_infra_error_not_a_bare_500(gateway, monkeypatch):
+    def broken(text):
+        raise RuntimeError("CUDA out of memory")
+
+    monkeypatch.setattr(gateway.state.guardrails, "check", broken)
+    response = httpx.post(f"{gateway.url}/v1/completions", json={"model": "intent-router", "prompt": "lost card"})
+    assert response.status_code == 502 and "guardrails could not check" in response.json()["error"]["message"]
+    request_id = response.headers["x-request-id"]
+    gateway.state.writer.flush(timeout=10)
+    [row] = [p for p in gateway.state.predictions.window("intent-router", EPOCH, FAR, limit=None)
+             if p.request_id == request_id]
+    assert (row.outcome, row.served) == ("infra_error", True)
+
+
 def _sample(text: str, name: str) -> float:
     """A sample's value in Prometheus text (0 when the series has not appeared yet)."""
     return next((float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name + " ")), 0.0)
