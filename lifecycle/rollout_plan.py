@@ -196,6 +196,18 @@ class StageVerdict(Frozen):
     def reasons(self) -> list[str]:
         return [f"[{f.verdict}] {f.check}: {f.reason}" for f in self.findings]
 
+    @property
+    def unadopted_split(self) -> Finding | None:
+        """The finding that holds this look because a gateway has not adopted the stage's split, if one does."""
+        return _unadopted(self.findings)
+
+
+_ADOPTION = "split adoption"
+
+
+def _unadopted(findings: list[Finding]) -> Finding | None:
+    return next((f for f in findings if f.check == _ADOPTION and f.verdict is Verdict.INCONCLUSIVE), None)
+
 
 def _rate_finding(g: Guardrail, stage: Stage, champion: VersionAggregate,
                   challenger: VersionAggregate) -> tuple[Finding, RateTest | None]:
@@ -382,15 +394,13 @@ def _adoption_finding(stage: Stage, champion: VersionAggregate, challenger: Vers
     counted = challenger.requests if stage.share == 100 else champion.requests + (
         0 if stage.shadow else challenger.requests)
     revision = "its revision" if split_revision is None else f"revision {split_revision}"
-    if stale > counted:
-        return Finding(check="split adoption", verdict=Verdict.INCONCLUSIVE, observed=float(stale),
-                       threshold=float(counted),
-                       reason=f"{stale} requests in the window were routed by a traffic split older than the stage's "
-                              f"({revision}) against {counted} by it: a gateway has not adopted the stage's split "
-                              "(it does once it has loaded the versions the split names); they are not counted")
-    return Finding(check="split adoption", verdict=Verdict.PASS, observed=float(stale), threshold=float(counted),
-                   reason=f"{stale} requests in the window were routed by a traffic split older than the stage's "
-                          f"({revision}), against {counted} by it; they are not counted")
+    held = stale > counted
+    reason = (f"{stale} requests in the window were routed by a traffic split older than the stage's ({revision}), "
+              f"against {counted} by it; they are not counted")
+    if held:
+        reason += ": a gateway has not adopted the stage's split (it does once it has loaded the versions it names)"
+    return Finding(check=_ADOPTION, verdict=Verdict.INCONCLUSIVE if held else Verdict.PASS, observed=float(stale),
+                   threshold=float(counted), reason=reason)
 
 
 def decide_stage(plan_stage: Stage, champion: VersionAggregate, challenger: VersionAggregate,
@@ -424,7 +434,7 @@ def decide_stage(plan_stage: Stage, champion: VersionAggregate, challenger: Vers
     if verdict is Verdict.INCONCLUSIVE and elapsed_s >= plan_stage.max_duration_s:
         # A split that a gateway never adopted is not the candidate's doing: a person decides, whatever the plan
         # says for a stage that ran out of time on its own evidence.
-        unadopted = any(f.check == "split adoption" and f.verdict is Verdict.INCONCLUSIVE for f in findings)
+        unadopted = _unadopted(findings) is not None
         timed_out = "pause" if unadopted else plan_stage.on_inconclusive
         verdict = Verdict.FAIL if timed_out == "rollback" else Verdict.INCONCLUSIVE
         action = timed_out

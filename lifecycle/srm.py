@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 from pydantic import Field
 from scipy.special import betaln
 
@@ -80,9 +81,17 @@ def sample_ratio_mismatch(
     s = expected_share
     exp_b, exp_a = total * s, total * (1 - s)
     chi2 = (n_challenger - exp_b) ** 2 / exp_b + (n_champion - exp_a) ** 2 / exp_a
-    a0, b0 = PRIOR_CONCENTRATION * s, PRIOR_CONCENTRATION * (1 - s)
-    log_bf = (betaln(a0 + n_challenger, b0 + n_champion) - betaln(a0, b0)
-              - (n_challenger * math.log(s) + n_champion * math.log1p(-s)))
-    p_value = 1.0 if log_bf <= 0 else math.exp(-log_bf)
+    p_value = float(mixture_p_value(n_challenger, total, s))
     return SRMCheck(n_champion=n_champion, n_challenger=n_challenger, expected_share=expected_share,
                     observed_share=n_challenger / total, chi2=chi2, p_value=p_value, threshold=threshold)
+
+
+def mixture_p_value(n_challenger, n_total, share: float, concentration: float = PRIOR_CONCENTRATION):
+    """``min(1, 1 / BF)`` of :func:`sample_ratio_mismatch`'s mixture test for ``n_challenger`` of ``n_total`` units
+    at the planned ``share``; numbers or numpy arrays of counts alike (bench/srm_bench.py runs it over thousands
+    of simulated stages at once), with the prior's ``concentration`` as a parameter for that bench to vary."""
+    a0, b0 = concentration * share, concentration * (1 - share)
+    n_champion = n_total - n_challenger
+    log_bf = (betaln(a0 + n_challenger, b0 + n_champion) - betaln(a0, b0)
+              - (n_challenger * math.log(share) + n_champion * math.log1p(-share)))
+    return np.exp(-np.maximum(log_bf, 0.0))

@@ -110,14 +110,14 @@ def _running(state: RolloutState | None) -> RunningRollout | None:
 def _facts(version: ModelVersion, history: list, released: datetime | None, root: Path) -> VersionFacts:
     settled = [_utc(h.at) for h in history if S(h.to_status) not in RETIRED]
     if released is not None:  # an alias left it after its last status change: in use until then
-        settled = sorted([*settled, _utc(released)])
+        settled.append(_utc(released))
     retiring = False
     if version.status in RETIRED:
         marked = version.status is S.ARCHIVED and bool(history) and history[-1].reason.startswith(RETIRING)
         stone = tomb.read_tombstone(root, version.model, version.number)
         retiring = marked or (stone is not None and stone["state"] != "decommissioned")
     return VersionFacts(number=version.number, status=version.status,
-                        settled_at=settled[-1] if settled else version.created_at, retiring=retiring)
+                        settled_at=max(settled) if settled else version.created_at, retiring=retiring)
 
 
 def _utc(value: datetime) -> datetime:

@@ -115,14 +115,12 @@ def look(params: RolloutParams, plan: RolloutPlan, state: RolloutState) -> tuple
                                                emit=emit_rollout_event, settle_s=plan.settle_s)
         except ConcurrentChangeError:  # an operator paused, pinned or aborted it meanwhile: go on from there
             return rollout_exec.current(registry.store, state.model, state.candidate), None
-    past_first_looks = verdict is not None and verdict.elapsed_s >= plan.settle_s + 2 * plan.look_interval_s
-    if verdict is not None and verdict.action == "hold" and past_first_looks:
+    stuck = verdict.unadopted_split if verdict is not None and verdict.action == "hold" else None
+    if stuck is not None and verdict.elapsed_s >= plan.settle_s + 2 * plan.look_interval_s:
         # A hold is otherwise silent. This one, past the first looks (a gateway loading the candidate is normal
         # there), is an operator's to fix: a gateway that cannot load a version the split names.
-        for finding in verdict.findings:
-            if finding.check == "split adoption" and finding.verdict is Verdict.INCONCLUSIVE:
-                get_run_logger().warning("%s:v%s still holds at %s after %.0f s: %s", state.model, state.candidate,
-                                         verdict.stage, verdict.elapsed_s, finding.reason)
+        get_run_logger().warning("%s:v%s still holds at %s after %.0f s: %s", state.model, state.candidate,
+                                 verdict.stage, verdict.elapsed_s, stuck.reason)
     return state, verdict
 
 
