@@ -73,6 +73,10 @@ class Prediction(Frozen):
     pinned: bool = Field(default=False, description=(
         "the caller named the version (model MODEL:vN), so the traffic split did not choose it: a rollout's "
         "comparison of its arms leaves such requests out (a tester hammering the challenger is not its users)"))
+    shadow_shed: bool = Field(default=False, description=(
+        "the split named a shadow but the gateway sent this request no copy: its copies in flight were at "
+        "serve.yaml's shadow_max_in_flight (a slow shadow must not take the served traffic's resources). A shadow "
+        "stage compares its arms on the requests that have a copy, so shed ones are left out of both"))
 
     @model_validator(mode="before")
     @classmethod

@@ -129,7 +129,8 @@ class PredictionStore:
         return start, end, joined, and_(P.c.model == model, P.c.ts >= start, P.c.ts < end)
 
     def aggregates(self, model: str, since: datetime, until: datetime, by_caller: bool = False,
-                   min_split_revision: int | None = None, routed_only: bool = False) -> list[VersionAggregate]:
+                   min_split_revision: int | None = None, routed_only: bool = False,
+                   mirrored_only: bool = False) -> list[VersionAggregate]:
         """One aggregate per (version, role) with rows in ``[since, until)``, sorted by version then role.
         ``by_caller``: also each tested sum seen by caller (``VersionAggregate.by_caller``; one more query,
         grouped by caller), what the rollout's tests need; other readers leave it out. ``min_split_revision``:
@@ -137,7 +138,9 @@ class PredictionStore:
         stage: never the requests a gateway still routed by the previous split). Rows without a revision (from a
         gateway older than the column, still running after an upgrade) count by time alone, as before it.
         ``routed_only``: leave out the requests whose caller named the version (``Prediction.pinned``), and their
-        shadow copies: the split did not choose them (a rollout's arms).
+        shadow copies: the split did not choose them (a rollout's arms). ``mirrored_only``: leave out the served
+        requests whose shadow copy the gateway shed (``Prediction.shadow_shed``): a shadow stage's arms, compared on
+        the requests that have a copy.
 
         Counts and the sums of ``ok`` latencies and of their squares (for the latency mean test) come from
         SQL; latency percentiles from the window's ``ok`` latencies with numpy, so SQLite and PostgreSQL give
@@ -148,6 +151,8 @@ class PredictionStore:
             in_window = and_(in_window, or_(P.c.split_revision >= min_split_revision, P.c.split_revision.is_(None)))
         if routed_only:
             in_window = and_(in_window, P.c.pinned == false())
+        if mirrored_only:
+            in_window = and_(in_window, P.c.shadow_shed == false())
 
         counts = (select(P.c.version, P.c.role, *_tested_sums(),
                          func.count(distinct(P.c.user_hash)).label("users"), _count_where(P.c.served).label("served"),

@@ -215,8 +215,11 @@ def arms(predictions: PredictionStore, state: RolloutState, plan: RolloutPlan, n
     since, until = look_window(state, plan, now, settle_s)
     share = plan.stages[state.stage_index].share
     wanted = {(state.champion, "champion"), (state.candidate, "shadow" if share == 0 else "challenger")}
+    # In shadow the arms are compared on the requests that have a copy: one the gateway shed (its copies in flight
+    # at the cap) is the gateway's load, not a copy gone missing, and counted it would read as a sample-ratio mismatch.
     found = {a.version: a for a in predictions.aggregates(state.model, since, until, by_caller=True,
-                                                          min_split_revision=state.split_revision, routed_only=True)
+                                                          min_split_revision=state.split_revision, routed_only=True,
+                                                          mirrored_only=share == 0)
              if (a.version, a.role) in wanted}
     if share == 100:
         ref_since, ref_until = _parse(state.started_at), _parse(state.stage_started_at)

@@ -138,6 +138,7 @@ predictions = Table(
     Column("served", Boolean, nullable=False),
     Column("split_revision", Integer),  # the routing split's revision (migration 0005); NULL before it
     Column("pinned", Boolean, nullable=False, server_default=false()),  # the caller named the version (0006)
+    Column("shadow_shed", Boolean, nullable=False, server_default=false()),  # its shadow copy not sent (0007)
     UniqueConstraint("request_id", "role", name="uq_predictions_request_role"),
     Index("ix_predictions_model_ts", "model", "ts"),
     Index("ix_predictions_model_version_ts", "model", "version", "ts"),

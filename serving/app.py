@@ -65,7 +65,8 @@ def _backend(config: ServeConfig, registry: Registry, champion: ModelVersion):
         return open_backend(registry, champion, threads=config.torch_threads)
     key_env = config.upstream.api_key_env
     return UpstreamBackend(config.upstream, format_by_identity(champion.prompt_format),
-                           api_key=os.environ.get(key_env) if key_env else None)
+                           api_key=os.environ.get(key_env) if key_env else None,
+                           shadow_workers=config.shadow_max_in_flight)
 
 
 def build_app(config: ServeConfig, registry: Registry | None = None) -> tuple[FastAPI, GatewayState]:

@@ -29,6 +29,10 @@ class ServeConfig(Frozen):
     rejoin_gap_ms: float = Field(default=REJOIN_GAP_S * 1000, gt=0, description=(
         "the rejoin wait ends once no request came for this long (the callers coming back arrive in a burst)"))
     request_timeout_s: float = Field(default=10.0, gt=0, description="a backend call slower than this is a 504")
+    shadow_max_in_flight: int = Field(default=32, ge=1, description=(
+        "shadow copies generating at once; a request that comes while this many are in flight is served without "
+        "a copy (shed: counted in slm_shadow_shed, marked in the prediction log), so a shadow slower than the "
+        "traffic it mirrors never takes the served requests' threads, connections or batch rows"))
     split_poll_s: float = Field(default=0.25, gt=0, description="how often replicas check the shared split")
     breaker_failures: int = Field(default=5, ge=1,
                                   description="consecutive infra failures of one version that open its circuit")

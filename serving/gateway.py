@@ -226,8 +226,8 @@ async def _answer(state: GatewayState, body: s._Request, prompt: str, request: R
     assignment, request_id, user_hash = _target(state, body, prompt, request, chat)
     arrived = datetime.now(UTC)
     result = await state.generate(assignment, prompt, request_id, body.answer_limit()[0])
-    state.log_answer(request_id, assignment, user_hash, prompt, arrived, result)
-    state.shadow(request_id, assignment, user_hash, prompt, arrived)
+    shed = state.shadow(request_id, assignment, user_hash, prompt, arrived)
+    state.log_answer(request_id, assignment, user_hash, prompt, arrived, result, shadow_shed=shed)
     model_name = f"{state.model}:v{assignment.version}"
     headers = {"x-slm-version": model_name, "x-request-id": request_id, "x-slm-role": assignment.role}
     if request.headers.get("x-request-id"):

@@ -46,6 +46,10 @@ class GatewayMetrics:
         self.rejoin_waits = Counter("slm_batch_rejoin_waits", "The micro-batcher's rejoin wait, per batch: fruitful "
                                     "(the callers came back), fruitless, or suspended (skipped after fruitless "
                                     "ones)", ("outcome",), registry=self.registry)
+        self.shadow_shed = Counter("slm_shadow_shed", "Requests served without their shadow copy: the copies in "
+                                   "flight were at serve.yaml's shadow_max_in_flight", ("model", "version"),
+                                   registry=self.registry)
+        self.shadow_in_flight = Gauge("slm_shadow_in_flight", "Shadow copies generating now", registry=self.registry)
         self.rejected = Counter("slm_rejected_requests", "Requests refused before routing (bad input, auth)",
                                 ("reason",), registry=self.registry)
 

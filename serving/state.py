@@ -150,9 +150,11 @@ class GatewayState:
             guard = contextlib.nullcontext() if shadow else self.breakers[assignment.version].guard()
             with guard:
                 try:
-                    # An upstream server batches by itself: its requests do not queue behind each other here.
-                    submit = getattr(self.live.backend, "submit", None) or self.batcher.submit
-                    future = submit(prompt, adapter, max_tokens)
+                    # An upstream server batches by itself: its requests do not queue behind each other here, and
+                    # shadow copies go through their own connections (serving.upstream).
+                    upstream = getattr(self.live.backend, "submit", None)
+                    future = (upstream(prompt, adapter, max_tokens, shadow=shadow) if upstream
+                              else self.batcher.submit(prompt, adapter, max_tokens))
                     return await asyncio.wait_for(asyncio.wrap_future(future), self.config.request_timeout_s)
                 except TimeoutError:
                     raise
@@ -174,10 +176,11 @@ class GatewayState:
             self.metrics.guardrail_flags.labels(*labels, flag).inc()
 
     def log_answer(self, request_id: str, assignment: Assignment, user_hash: str, prompt: str, arrived: datetime,
-                   answer: Answer) -> None:
-        """Queue the row of one answer, served or shadow. Only its fields are queued on the request path; the
-        writer's thread validates them into a Prediction and hashes the texts. The answer is already computed: a
-        full or closed log costs the row, not the response — and that loss is logged and counted, never silent."""
+                   answer: Answer, shadow_shed: bool = False) -> None:
+        """Queue the row of one answer, served or shadow (``shadow_shed``: the request's copy was not sent, see
+        :meth:`shadow`). Only its fields are queued on the request path; the writer's thread validates them into a
+        Prediction and hashes the texts. The answer is already computed: a full or closed log costs the row, not
+        the response — and that loss is logged and counted, never silent."""
         served = assignment.role != "shadow"
         try:
             self.writer.write({
@@ -186,17 +189,25 @@ class GatewayState:
                 "completion": answer.text if served else (answer.text or None), "latency_ms": answer.latency_ms,
                 "prompt_tokens": answer.prompt_tokens, "completion_tokens": answer.completion_tokens,
                 "outcome": answer.outcome, "error": answer.error, "guardrail_flags": answer.flags, "served": served,
-                "split_revision": assignment.split_revision, "pinned": assignment.pinned})
+                "split_revision": assignment.split_revision, "pinned": assignment.pinned, "shadow_shed": shadow_shed})
         except (BackpressureError, RuntimeError) as exc:
             self.metrics.log_dropped.inc()
             log.error("prediction of %s not logged: %s", request_id, exc)
 
-    def shadow(self, request_id: str, routed: Assignment, user_hash: str, prompt: str, arrived: datetime) -> None:
+    def shadow(self, request_id: str, routed: Assignment, user_hash: str, prompt: str, arrived: datetime) -> bool:
         """Send a copy to the shadow version of the split that routed the request (``routed``), if it names one;
-        its answer is logged with that split's revision, never returned."""
+        its answer is logged with that split's revision, never returned.
+
+        Returns True when the copy is shed instead: ``shadow_max_in_flight`` copies are already generating. A
+        shadow slower than the traffic it mirrors would otherwise pile up copies without end, each holding an
+        upstream connection or a batch row the served requests need; shed, it costs the served traffic nothing.
+        The caller marks the served row (``Prediction.shadow_shed``) and ``slm_shadow_shed`` counts it."""
         number = routed.shadow
         if number is None:
-            return
+            return False
+        if len(self._shadow_tasks) >= self.config.shadow_max_in_flight:  # the loop's thread: no race on the count
+            self.metrics.shadow_shed.labels(self.model, f"v{number}").inc()
+            return True
         copy = routing.assignment(number, "shadow", routed.split_revision, pinned=routed.pinned)
 
         async def run() -> None:
@@ -206,6 +217,7 @@ class GatewayState:
         task = asyncio.get_running_loop().create_task(run())
         self._shadow_tasks.add(task)  # the loop keeps only weak references to tasks
         task.add_done_callback(self._shadow_tasks.discard)
+        return False
 
     def record_feedback(self, feedback: Feedback) -> None:
         """Store the feedback on a logged request. Raises ``UnknownRequestError`` when the log has no such request,
@@ -241,6 +253,7 @@ class GatewayState:
         for version in live:
             self.metrics.breaker_open.labels(self.model, f"v{version}").set(self.breakers.state(version) == "open")
         self.metrics.log_pending.set(self.writer.pending())
+        self.metrics.shadow_in_flight.set(len(self._shadow_tasks))
         if (invalid := self.writer.invalid - self._invalid_seen) > 0:  # rows its thread could not validate
             self.metrics.log_dropped.inc(invalid)
             self._invalid_seen += invalid

@@ -4,7 +4,9 @@ Each registered version maps to a model name the upstream serves — by default 
 is also what a vLLM started with ``--lora-modules MODEL:vN=PATH`` and another slm gateway both accept. The
 gateway keeps routing, logging, guardrails and the breaker; the upstream only generates. Requests skip the
 gateway's micro-batcher and go out as they come (:meth:`UpstreamBackend.submit`): the upstream batches
-them itself, and one slow reply must not hold back the requests queued behind it. Every call has a timeout, and any
+them itself, and one slow reply must not hold back the requests queued behind it. Shadow copies have their own
+threads and connections (``shadow=True``): a shadow version slower than the traffic it mirrors fills those, never
+the served requests' (the gateway caps the copies in flight at as many threads). Every call has a timeout, and any
 transport error or 5xx is a :class:`~serving.resilience.BackendError`, so the gateway answers 502 (504 for
 a timeout: :class:`~serving.resilience.BackendTimeout`) and the circuit breaker counts it.
 
@@ -42,18 +44,29 @@ class UpstreamConfig(Frozen):
 class UpstreamBackend:
     base_dir = None  # no local weights: versions are checked by name against the upstream's model list
 
-    def __init__(self, config: UpstreamConfig, prompt_format: PromptFormat, api_key: str | None = None) -> None:
+    def __init__(self, config: UpstreamConfig, prompt_format: PromptFormat, api_key: str | None = None,
+                 shadow_workers: int = 32) -> None:
         import httpx
 
         self.config, self.prompt_format = config, prompt_format
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self._http = httpx.Client(base_url=config.base_url.rstrip("/"), timeout=config.timeout_s, headers=headers)
+
+        def client(connections: int) -> httpx.Client:
+            return httpx.Client(base_url=config.base_url.rstrip("/"), timeout=config.timeout_s, headers=headers,
+                                limits=httpx.Limits(max_connections=connections, max_keepalive_connections=connections))
+
+        self._http = client(config.max_concurrency)
         self._pool = ThreadPoolExecutor(max_workers=config.max_concurrency, thread_name_prefix="slm-upstream")
+        # Shadow copies: their own threads and connections, so slow ones queue among themselves only.
+        self._shadow_http = client(shadow_workers)
+        self._shadow_pool = ThreadPoolExecutor(max_workers=shadow_workers, thread_name_prefix="slm-upstream-shadow")
         self._names: dict[str, str] = {}
 
     def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        for pool in (self._pool, self._shadow_pool):
+            pool.shutdown(wait=False, cancel_futures=True)
         self._http.close()
+        self._shadow_http.close()
 
     def upstream_models(self) -> set[str]:
         return {m["id"] for m in self._request("GET", "/models")["data"]}
@@ -81,19 +94,21 @@ class UpstreamBackend:
         elapsed = (time.perf_counter() - start) * 1000
         return [g.model_copy(update={"latency_ms": elapsed}) for g in results]
 
-    def submit(self, prompt: str, adapter: str, max_tokens: int | None = None) -> Future:
+    def submit(self, prompt: str, adapter: str, max_tokens: int | None = None, shadow: bool = False) -> Future:
         """One request, sent as soon as a connection is free: the gateway bypasses its micro-batcher for an
-        upstream (which batches on its side), so one slow reply never holds back the requests behind it."""
+        upstream (which batches on its side), so one slow reply never holds back the requests behind it.
+        ``shadow``: a shadow copy, sent on the shadow's own threads and connections."""
         if adapter not in self._names:
             raise ValueError(f"version {adapter!r} is not loaded on the upstream backend")
-        return self._pool.submit(self._timed, prompt, adapter, max_tokens)
+        pool, http = (self._shadow_pool, self._shadow_http) if shadow else (self._pool, self._http)
+        return pool.submit(self._timed, prompt, adapter, max_tokens, http)
 
-    def _timed(self, prompt: str, adapter: str, max_tokens: int | None = None) -> Generation:
+    def _timed(self, prompt: str, adapter: str, max_tokens: int | None, http) -> Generation:
         start = time.perf_counter()
-        gen = self._one(prompt, adapter, max_tokens)
+        gen = self._one(prompt, adapter, max_tokens, http)
         return gen.model_copy(update={"latency_ms": (time.perf_counter() - start) * 1000})
 
-    def _one(self, prompt: str, adapter: str, max_tokens: int | None = None) -> Generation:
+    def _one(self, prompt: str, adapter: str, max_tokens: int | None = None, http=None) -> Generation:
         """One completion. With a client's ``max_tokens`` below the format's budget the upstream is asked for that
         many (it has the tokenizer; the gateway does not): its shorter answer is what is judged and logged."""
         fmt = self.prompt_format
@@ -103,7 +118,7 @@ class UpstreamBackend:
             body.update(prompt=fmt.render(prompt), stop=[fmt.stop])
         else:
             body.update(prompt=prompt)
-        answer = self._request("POST", "/completions", json=body)
+        answer = self._request("POST", "/completions", http, json=body)
         text = answer["choices"][0]["text"]
         usage = answer.get("usage") or {}
         completion = fmt.parse(text) if self.config.render_prompt else text.strip()
@@ -111,11 +126,11 @@ class UpstreamBackend:
                           completion_tokens=usage.get("completion_tokens", 0), latency_ms=0.0, adapter=adapter,
                           finish_reason="length" if answer["choices"][0].get("finish_reason") == "length" else "stop")
 
-    def _request(self, method: str, path: str, **kwargs) -> dict:
+    def _request(self, method: str, path: str, http=None, **kwargs) -> dict:
         import httpx
 
         try:
-            response = self._http.request(method, path, **kwargs)
+            response = (http or self._http).request(method, path, **kwargs)
         except httpx.TimeoutException as exc:  # a timeout, not a broken backend: the gateway answers 504
             raise BackendTimeout(f"upstream {self.config.base_url} timed out after {self.config.timeout_s} s") from exc
         except httpx.HTTPError as exc:

@@ -33,16 +33,18 @@ def differences(engine) -> list:
 
 def test_the_migrations_build_the_declared_schema(engine):
     upgrade(engine, "0004")
-    # The comparison sees missing columns (so an empty list below means something): 0005 and 0006 add these.
+    # The comparison sees missing columns (so an empty list below means something): 0005 to 0007 add these.
     assert sorted((d[0], d[2], d[3].name) for d in differences(engine)) == [
-        ("add_column", "predictions", "pinned"), ("add_column", "predictions", "split_revision")]
+        ("add_column", "predictions", "pinned"), ("add_column", "predictions", "shadow_shed"),
+        ("add_column", "predictions", "split_revision")]
     upgrade(engine)
     assert differences(engine) == []
 
 
 def test_an_upgrade_keeps_the_rows_an_older_store_logged(engine):
-    """0004 -> head: a prediction logged before the split revision and the pinned mark existed is still there,
-    without a revision and as routed (not pinned), and a rollout's stage counts it by time alone."""
+    """0004 -> head: a prediction logged before the split revision, the pinned mark and the shed mark existed is
+    still there, without a revision, as routed (not pinned) and mirrored (not shed), and a rollout's stage counts it
+    by time alone."""
     upgrade(engine, "0004")
     with engine.begin() as conn:
         # Through the table as the code declares it, naming only 0004's columns: the values are written as the
@@ -55,8 +57,9 @@ def test_an_upgrade_keeps_the_rows_an_older_store_logged(engine):
     log = PredictionStore(engine)
     window = (T0 - timedelta(minutes=1), T0 + timedelta(minutes=1))
     [row] = log.window("m", *window)
-    assert (row.request_id, row.latency_ms, row.split_revision, row.pinned) == ("old-1", 12.5, None, False)
-    [counted] = log.aggregates("m", *window, min_split_revision=3, routed_only=True)
+    assert (row.request_id, row.latency_ms, row.split_revision, row.pinned, row.shadow_shed) == (
+        "old-1", 12.5, None, False, False)
+    [counted] = log.aggregates("m", *window, min_split_revision=3, routed_only=True, mirrored_only=True)
     assert (counted.version, counted.requests, counted.ok) == (1, 1, 1)
     assert log.stale_requests("m", *window, min_split_revision=3) == 0
 
@@ -74,4 +77,4 @@ def test_the_prediction_log_gains_its_columns_in_place_on_sqlite(tmp_path):
     engine.dispose()
     assert not [sql for sql in statements if "_alembic_tmp" in sql]
     added = [sql for sql in statements if sql.startswith("ALTER TABLE predictions ADD COLUMN")]
-    assert [sql.split()[5] for sql in added] == ["split_revision", "pinned"]
+    assert [sql.split()[5] for sql in added] == ["split_revision", "pinned", "shadow_shed"]

@@ -409,3 +409,31 @@ def test_a_rollout_planned_against_a_champion_that_moved_does_not_start(world):
     with pytest.raises(ConcurrentChangeError, match="champion is v3, not v1"):
         start_rollout(store, planned, actor="flow", resume=False)
     assert get_rollout(store, "router", 2) is None
+
+
+@pytest.mark.parametrize("marked", [True, False])
+def test_in_shadow_requests_whose_copy_the_gateway_shed_are_left_out_of_both_arms(world, marked):
+    """A gateway at its cap of shadow copies in flight serves a request without one and marks its row
+    (``shadow_shed``). 600 callers, 200 of them mirrored: counted, the 400 shed requests read as copies gone missing
+    (a sample-ratio mismatch, a rollback of the candidate for the gateway's load); marked, the shadow stage compares
+    the 200 mirrored requests with their 200 copies and advances."""
+    store, preds, clock = world
+    plan = make_plan()
+    state = rollout_exec.begin(store, "router", 2, plan, actor="flow", emit=lambda *_: None)
+    start, revision = clock.now, get_split(store, "router").revision
+
+    def row(k: int, version: int, role: str) -> Prediction:
+        return Prediction(ts=start + timedelta(milliseconds=50 * k), request_id=f"r-{k}", model="router",
+                          version=version, role=role, user_hash=f"caller-{k}", prompt="p", completion="c",
+                          latency_ms=5.0, outcome="ok", served=role != "shadow", split_revision=revision,
+                          shadow_shed=marked and role == "champion" and k % 3 != 0)
+    preds.insert_many([row(k, 1, "champion") for k in range(600)] + [row(k, 2, "shadow") for k in range(0, 600, 3)])
+    clock.now = start + timedelta(seconds=60)
+    champion, shadow = rollout_exec.arms(preds, state, plan, clock.now, settle_s=0)
+    assert (champion.users, shadow.users) == ((200, 200) if marked else (600, 200))
+    state, verdict = rollout_exec.step(store, preds, state, plan, actor="flow", emit=lambda *_: None, settle_s=0)
+    ratio = next(f for f in verdict.findings if f.check == "sample ratio")
+    assert (ratio.verdict, verdict.action) == ((Verdict.PASS, "advance") if marked else (Verdict.FAIL, "rollback"))
+    if marked:  # everywhere else (the monitor, the admin's aggregates) a shed request is a served one like any other
+        [served] = [a for a in preds.aggregates("router", start, clock.now) if a.role == "champion"]
+        assert served.requests == 600

@@ -24,7 +24,8 @@ def test_the_copy_follows_the_split_that_routed_the_request_not_the_one_live_whe
 
     # By the time the copy starts, the gateway serves a split without a shadow (the rollout moved on).
     live = SimpleNamespace(split=TrafficSplit(model="m", champion=1, challenger=2, challenger_percent=5, revision=8))
-    gateway = SimpleNamespace(generate=generate, log_answer=log_answer, live=live, _shadow_tasks=set())
+    gateway = SimpleNamespace(generate=generate, log_answer=log_answer, live=live, _shadow_tasks=set(),
+                              config=SimpleNamespace(shadow_max_in_flight=32))
     routed = assignment(1, "champion", split_revision=7, shadow=2)
     not_mirrored = assignment(1, "champion", split_revision=8, shadow=None)
 
@@ -38,3 +39,35 @@ def test_the_copy_follows_the_split_that_routed_the_request_not_the_one_live_whe
     asyncio.run(run())
     assert [(rid, copy.version, copy.role, copy.split_revision, answer) for rid, copy, answer in logged] == [
         ("req-1", 2, "shadow", 7, "answer of v2")]
+
+
+def test_copies_over_the_cap_are_shed_counted_and_said_so_until_one_finishes():
+    """At ``shadow_max_in_flight`` copies generating, the next request gets none: ``shadow`` says it was shed (the
+    gateway marks the served row) and ``slm_shadow_shed`` counts it; once a copy finishes, copies go out again."""
+    from serving.metrics import GatewayMetrics
+
+    release = asyncio.Event()
+    logged: list[str] = []
+
+    async def generate(copy, prompt, request_id):
+        await release.wait()  # a slow shadow: every copy still generating
+        return "answer"
+
+    gateway = SimpleNamespace(generate=generate, log_answer=lambda rid, *rest: logged.append(rid), _shadow_tasks=set(),
+                              config=SimpleNamespace(shadow_max_in_flight=2), metrics=GatewayMetrics(), model="m")
+    routed = assignment(1, "champion", split_revision=7, shadow=2)
+
+    async def run() -> list[bool]:
+        arrived = datetime.now(UTC)
+        shed = [GatewayState.shadow(gateway, f"req-{k}", routed, "u", "p", arrived) for k in range(5)]
+        release.set()
+        while gateway._shadow_tasks:
+            await asyncio.sleep(0)
+        shed.append(GatewayState.shadow(gateway, "req-after", routed, "u", "p", arrived))
+        while gateway._shadow_tasks:
+            await asyncio.sleep(0)
+        return shed
+
+    assert asyncio.run(run()) == [False, False, True, True, True, False]
+    assert sorted(logged) == ["req-0", "req-1", "req-after"]  # a shed request's copy never ran
+    assert gateway.metrics.shadow_shed.labels("m", "v2")._value.get() == 3
