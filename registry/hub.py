@@ -18,7 +18,9 @@ bases or data snapshots recorded as ``local://`` before the store was switched (
 
 Undo, never rewrite: unpublishing deletes the tag and, when the version's commit is still the head of main,
 adds a revert commit restoring the previous tree. Retiring deletes the tag (``delete``) or renames it
-``archived-v<N>`` (``archive``); the commits stay in history and the tombstone records their sha.
+``archived-v<N>`` (``archive``); when the version's commit is the head of main (nothing published after it), a
+commit on main first shows the champion's tree instead (an empty one without a champion), so a download that names
+no revision never gets retired weights. The commits stay in history and the tombstone records their sha.
 """
 
 from __future__ import annotations
@@ -104,15 +106,20 @@ class HubArtifactStore:
 
     def _revert(self, repo: str, commit: str, why: str) -> None:
         """A new commit on main with the tree of ``commit``'s parent: history is added to, never rewritten."""
+        self._replace_main(repo, commit, self.hub.parent_of(repo, commit), f"revert {commit[:12]}: {why}")
+
+    def _replace_main(self, repo: str, commit: str, source: str | None, title: str) -> bool:
+        """While main's head is ``commit``, a new commit on main with the tree of ``source`` (a revision; None: an
+        empty tree). False when main had already moved on (something was published after it)."""
         if self.hub.head(repo) != commit:
-            return  # something was published after it: main no longer shows it
-        parent = self.hub.parent_of(repo, commit)
-        with tempfile.TemporaryDirectory(prefix="slm-revert-") as tmp:
+            return False
+        with tempfile.TemporaryDirectory(prefix="slm-main-") as tmp:
             files = {}
-            if parent is not None:
-                folder = self.hub.snapshot(repo, parent, cache_dir=Path(tmp))
+            if source is not None:
+                folder = self.hub.snapshot(repo, source, cache_dir=Path(tmp))
                 files = {rel: folder / rel for rel in hash_tree(folder)}
-            self.hub.commit(repo, files, f"revert {commit[:12]}: {why}")
+            self.hub.commit(repo, files, title)
+        return True
 
     def version_dir(self, model: str, number: int, files: dict[str, str]) -> Path:
         try:
@@ -156,14 +163,24 @@ class HubArtifactStore:
     # -- retirement -----------------------------------------------------------------------------------------
 
     def retire_weights(self, model: str, number: int, how: Literal["archive", "delete"]) -> bool:
-        """Delete tag ``v<N>`` (``archive``: first tag the same commit ``archived-v<N>``). False when done before."""
+        """Delete tag ``v<N>`` (``archive``: first tag the same commit ``archived-v<N>``). False when done before.
+
+        When the version's commit heads main (the last one published: a candidate rolled back and nothing published
+        since), main first gets a commit with the champion branch's tree, or an empty tree without a champion: the
+        default download (``from_pretrained(repo)``, no revision) would otherwise still serve the retired weights.
+        Before the tag goes, so a run that dies in between finds the tag and does the rest."""
         repo = self.repo_id(model)
-        _branches, tags = self.hub.refs(repo)
+        branches, tags = self.hub.refs(repo)
         commit = tags.get(f"v{number}")
         if commit is None:
             return False
         if how == "archive":
             self.hub.create_tag(repo, f"archived-v{number}", commit)
+        champion = branches.get(CHAMPION)
+        shown = "the champion" if champion not in (None, commit) else "nothing"
+        if self._replace_main(repo, commit, champion if shown == "the champion" else None,
+                              f"{model}:v{number} retired: main shows {shown}"):
+            log.info("hub: %s main moved off retired %s:v%d to %s", repo, model, number, shown)
         self.hub.delete_ref(repo, tag=f"v{number}")
         return True
 

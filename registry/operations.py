@@ -35,6 +35,22 @@ def pin_champion(registry: Registry, model: str, *, actor: str, reason: str,
                      reason=f"pin: {reason}")
 
 
+class ChampionPointerBehind(RuntimeError):
+    """The registry's champion moved (aliases and traffic, committed) but the artifact store's champion pointer (the
+    Hub's ``champion`` branch) did not: the Hub failed. ``slm registry sync-champion`` moves it once the Hub answers;
+    repeating the promote or the rollback would not (a rollback has no previous champion left to go back to)."""
+
+
+def _sync_champion(registry: Registry, model: str, actor: str, done: str) -> None:
+    try:
+        registry.sync_champion(model, actor=actor)
+    except Exception as exc:
+        raise ChampionPointerBehind(
+            f"{done}, but the artifact store's champion pointer (the Hub's champion branch) was not moved: "
+            f"{type(exc).__name__}: {exc}. Once the Hub answers, run: slm registry sync-champion --model {model}"
+        ) from exc
+
+
 class RolloutRunning(ValueError):
     """An operator action that would fight a rollout in progress (its flow sets the split from its own champion)."""
 
@@ -59,7 +75,8 @@ def promote(registry: Registry, model: str, number: int, *, actor: str, reason: 
         registry.store._promote(conn, model, number, actor=actor, reason=reason)
         split = write_split(registry.store, conn, TrafficSplit(model=model, champion=number), actor=actor,
                             reason=f"promote: {reason}")
-    registry.sync_champion(model, actor=actor)  # last: a Hub failure here leaves registry and traffic consistent
+    # Last: a Hub failure here leaves registry and traffic consistent, and says how to catch the Hub up.
+    _sync_champion(registry, model, actor, f"{model}:v{number} is champion with all traffic")
     return split
 
 
@@ -82,5 +99,5 @@ def rollback(registry: Registry, model: str, *, actor: str, reason: str,
         write_split(registry.store, conn, TrafficSplit(model=model, champion=previous), actor=actor,
                     reason=f"rollback: {reason}")
         moved = registry.store._rollback_champion(conn, model, actor=actor, reason=reason)
-    registry.sync_champion(model, actor=actor)  # the Hub's champion branch follows, after the registry
+    _sync_champion(registry, model, actor, f"{model}:v{moved[0]} is champion again with all traffic")  # the Hub follows
     return moved

@@ -1,4 +1,5 @@
-"""`slm registry ...` and `slm audit ...`: read the registry from the terminal."""
+"""`slm registry ...` and `slm audit ...`: read the registry from the terminal (and `slm registry sync-champion`:
+catch the Hub's champion branch up with it)."""
 
 from __future__ import annotations
 
@@ -35,6 +36,7 @@ def _registry():
     from sqlalchemy.exc import SQLAlchemyError
 
     from registry.artifacts import ArtifactIntegrityError
+    from registry.operations import ChampionPointerBehind
     from registry.service import open_registry
     from registry.store import NotFoundError
 
@@ -45,6 +47,9 @@ def _registry():
         raise typer.Exit(2) from None
     try:
         yield reg
+    except ChampionPointerBehind as exc:  # the action is done; the Hub's branch needs catching up: exit 1, not 2
+        print_error(str(exc))
+        raise typer.Exit(1) from None
     except (NotFoundError, ValueError, ArtifactIntegrityError, OverflowError, SQLAlchemyError) as exc:
         print_error(_failed(exc))
         raise typer.Exit(2) from None
@@ -146,6 +151,30 @@ def history(alias: str = typer.Argument(..., help="champion, challenger or previ
 
 def _v(number: int | None) -> str:
     return "—" if number is None else f"v{number}"
+
+
+@registry_app.command("sync-champion")
+def sync_champion_cmd(model: str | None = typer.Option(None, help="model name"),
+                      as_json: bool = typer.Option(False, "--json")) -> None:
+    """Point the artifact store's champion (the Hub's `champion` branch) at the registry's champion: catches the
+    Hub up after a promote or rollback whose Hub call failed. Idempotent; audited when the branch moves."""
+    from slm_cli.ops_cmd import _actor  # here: ops_cmd imports this module
+
+    with _registry() as reg:
+        name = model or reg.default_model
+        _known(reg, name)
+        champion = reg.store.get_alias(name, "champion")
+        moved = reg.sync_champion(name, actor=_actor())
+        hub = getattr(reg.artifacts, "scheme", None) == "hub"
+    if as_json:
+        print(json.dumps({"model": name, "champion": champion, "moved": moved}, indent=2))
+    elif moved is not None:
+        console.print(f"[green]✓[/green] {escape(str(moved['repo']))} branch champion moved to "
+                      f"{_v(moved['version'])} ({moved['to_commit'] or 'removed'})")
+    elif hub:
+        console.print(f"the Hub's champion branch already points at {name}'s champion ({_v(champion)}): nothing moved")
+    else:
+        console.print(f"{name}'s champion is {_v(champion)}; the local artifact store keeps no champion pointer")
 
 
 @audit_app.command("verify")

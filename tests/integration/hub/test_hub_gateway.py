@@ -58,3 +58,46 @@ def test_the_gateway_serves_the_champion_from_the_hub(hub, kit, hub_adapters, ti
 
 def train_repo(lineage) -> str:
     return lineage.datasets[0].snapshot.removeprefix("hf://datasets/").split("@")[0]
+
+
+def test_a_promote_whose_hub_call_failed_says_so_and_sync_champion_catches_the_hub_up(
+        hub, kit, hub_adapters, tiny_base_model, tiny_before_pairs, tmp_path, monkeypatch):
+    """The registry and the traffic move in one commit; the Hub's champion branch follows after it. When the Hub
+    fails there, `slm promote` exits 1 saying the version IS champion and what to run; `slm registry sync-champion`
+    then moves the branch (audited), and again moves nothing."""
+    from typer.testing import CliRunner
+
+    from slm_cli.main import app
+
+    for name, value in {"SLM_HOME": str(tmp_path / "home"), "SLM_ARTIFACT_STORE": "hub",
+                        "SLM_HUB_NAMESPACE": kit.namespace, "SLM_HUB_RETRY_WAIT_S": "0.01", "HF_ENDPOINT": hub.url,
+                        "HF_TOKEN": kit.token, "SLM_OPERATOR": "night-shift"}.items():
+        monkeypatch.setenv(name, value)
+    with open_registry() as reg:
+        lineage = kit.base_lineage(reg, tiny_base_model[0], tiny_before_pairs[:40])
+        kit.register(reg, "intent-router", None, lineage)
+        kit.register(reg, "intent-router", hub_adapters["a"], lineage.model_copy(update={"parent": "intent-router:v1"}))
+        operations.promote(reg, "intent-router", 1, actor="op", reason="first")
+    git = hub.repo("acme/intent-router")
+    tags = git.refs("tags")
+    assert git.refs("heads")["champion"] == tags["v1"]
+
+    hub.faults.fail("branch", times=10)  # the Hub refuses to create branches for longer than the store retries
+    promoted = CliRunner().invoke(app, ["promote", "intent-router:v2", "--reason", "better"])
+    assert promoted.exit_code == 1, promoted.output
+    said = " ".join(promoted.stderr.split())
+    assert "intent-router:v2 is champion with all traffic, but" in said
+    assert "slm registry sync-champion --model intent-router" in said
+    assert "champion" not in git.refs("heads")  # moving a branch is delete + create: the create failed
+    hub.faults.pending.clear()
+
+    synced = CliRunner().invoke(app, ["registry", "sync-champion", "--model", "intent-router"])
+    assert synced.exit_code == 0, synced.output
+    assert "branch champion moved to v2" in " ".join(synced.stdout.split())
+    assert git.refs("heads")["champion"] == tags["v2"]
+    with open_registry() as reg:
+        [moved] = [e for e in reg.store.audit_events() if e.action == "artifacts.champion.moved"][-1:]
+        assert (moved.actor, moved.payload["to_commit"]) == ("operator:night-shift", tags["v2"])
+        assert reg.store.get_alias("intent-router", "champion") == 2
+    again = CliRunner().invoke(app, ["registry", "sync-champion", "--model", "intent-router"])
+    assert again.exit_code == 0 and "nothing moved" in again.stdout

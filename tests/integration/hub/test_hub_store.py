@@ -118,11 +118,16 @@ def test_publish_promote_load_rollback_decommission(hub, kit, hub_registry, hub_
     assert "router:v3" in (stone / "README.md").read_text()
     assert json.loads((stone / "tombstone.json").read_text())["state"] == "decommissioned"
     assert done.archive_uri is None and "weights deleted" in done.steps
+    # v3 was the last one published, so main showed it: a download naming no revision got the retired weights.
+    # Main now shows the champion's tree (v2's files, blob for blob), in a commit of its own.
+    assert git.log("main")[0].title == "router:v3 retired: main shows the champion"
+    assert sorted((e.path, e.oid) for e in git.tree("main")) == sorted((e.path, e.oid) for e in git.tree(tags["v2"]))
     with pytest.raises(VersionDecommissioned):
         reg.version_dir(reg.store.get_version("router", 3))
     archived = retire_version(reg, "router", 1, policy=ARCHIVE, actor="decommission", reason="old")
     assert archived.archive_uri == "hf://acme/router@archived-v1"
     assert git.refs("tags") == {"v2": tags["v2"], "archived-v1": v1.artifact_uri.rsplit("@", 1)[1]}
+    assert git.log("main")[0].title == "router:v3 retired: main shows the champion"  # v1 was not main's head
     assert retire_version(reg, "router", 3, policy=DELETE, actor="decommission", reason="again").steps == []
     assert v3.number == 3
 
