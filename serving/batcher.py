@@ -174,13 +174,16 @@ class MicroBatcher:
         try:
             results = self._call(list(prompts), list(adapters), limits)
         except Exception as exc:
-            self._account(adapters, wall, cpu)
             self._last = (0, 0.0, 0)
             if len(batch) == 1:
+                self._account(adapters, wall, cpu)
                 futures[0].set_exception(exc)
             else:  # one bad row must not fail its neighbours: answer each alone
+                # Each row is accounted once, with its own try and an equal share of the failed batch's time (it
+                # was counted here as a row of the batch and again as a single: twice its requests).
+                share = ((time.perf_counter() - wall) / len(batch), (time.thread_time() - cpu) / len(batch))
                 for item in batch:
-                    self._single(*item)
+                    self._single(*item, spent=share)
             return
         self._account(adapters, wall, cpu)
         # Before the answers go out: what is queued now came while the batch ran, not from its callers.
@@ -188,8 +191,10 @@ class MicroBatcher:
         for future, result in zip(futures, results, strict=True):
             future.set_result(result)
 
-    def _single(self, prompt: str, adapter: str | None, future: Future, max_tokens: int | None) -> None:
-        wall, cpu = time.perf_counter(), time.thread_time()
+    def _single(self, prompt: str, adapter: str | None, future: Future, max_tokens: int | None,
+                spent: tuple[float, float] = (0.0, 0.0)) -> None:
+        """One row alone; ``spent`` (wall, CPU seconds) already went on it in a failed batch and is accounted too."""
+        wall, cpu = time.perf_counter() - spent[0], time.thread_time() - spent[1]
         try:
             result = self._call([prompt], [adapter], [max_tokens])[0]
         except Exception as exc:

@@ -97,22 +97,25 @@ def test_each_batch_is_accounted_to_its_rows():
     assert seen[0][0] == ["v2"] and seen[0][1] >= 0.01 and seen[0][2] >= 0
 
 
-def test_one_bad_row_does_not_fail_its_neighbours():
+def test_one_bad_row_does_not_fail_its_neighbours_and_each_row_is_accounted_once():
     def generate(prompts, adapters):
         if "bad" in prompts:
             raise TypeError("cannot tokenize")
         return [p.upper() for p in prompts]
 
-    gate = threading.Event()
-    batcher = MicroBatcher(lambda p, a: (gate.wait(5), generate(p, a))[1], max_batch=8)
-    first = batcher.submit("warm", None)  # holds the worker while the next three queue into one batch
-    futures = [batcher.submit(p, None) for p in ("ok1", "bad", "ok2")]
+    gate, accounted = threading.Event(), []
+    batcher = MicroBatcher(lambda p, a: (gate.wait(5), generate(p, a))[1], max_batch=8,
+                           on_batch=lambda adapters, wall, cpu: accounted.extend(adapters))
+    first = batcher.submit("warm", "v0")  # holds the worker while the next three queue into one batch
+    futures = [batcher.submit(p, f"v{k}") for k, p in enumerate(("ok1", "bad", "ok2"), start=1)]
     gate.set()
     assert first.result(timeout=5) == "WARM"
     assert futures[0].result(timeout=5) == "OK1" and futures[2].result(timeout=5) == "OK2"
     with pytest.raises(TypeError):
         futures[1].result(timeout=5)
     batcher.close()
+    # The failed batch of three was retried row by row: each row counts as one request (cost per request), not two.
+    assert sorted(accounted) == ["v0", "v1", "v2", "v3"]
 
 
 def closed_loop_batches(callers: int, requests_each: int, **batcher_kwargs) -> list[int]:
