@@ -10,17 +10,22 @@
 3. Write the tombstone (card, lineage, evals, status/alias/audit history) BEFORE the weights go.
 4. Archive (move) or delete the weights, per policy.
 5. Status ``decommissioned``; the tombstone is rewritten with the complete history.
+6. The caller's closing work (``before_close``: the decommission flow forgets the version's stored answers and
+   announces ``slm.version.decommissioned``), then the closing audit event ``version.tombstone.written``.
 
 If the process dies anywhere in between, the version is left ``archived`` with the mark, or with a
-tombstone still saying ``retiring``; :func:`retention_inputs` reports it as ``retiring`` and the next run
-retires it again, every step finding its work done or finishing it. Once ``archived``, nothing can give the
-version traffic again: ``set_split`` refuses it and the transition table refuses a promotion.
+tombstone still saying ``retiring``, or decommissioned without its closing event; :func:`retention_inputs`
+reports it as ``retiring`` and the next run retires it again, every step finding its work done or finishing it.
+Once ``archived``, nothing can give the version traffic again: ``set_split`` refuses it and the transition table
+refuses a promotion. Two retirements of one version at once (the schedule and a manual run) take turns
+(:func:`registry.tombstone.retiring_lock`): the second finds the work done.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -45,6 +50,7 @@ if TYPE_CHECKING:
 
 S = VersionStatus
 RETIRING = "retiring: "  # status-history reason prefix of step 1
+CLOSED = "version.tombstone.written"  # the audit event that ends a retirement (step 6)
 
 
 class RetirementRefused(RuntimeError):
@@ -91,11 +97,13 @@ def retention_inputs(registry: Registry, model: str) -> RetentionInputs:
                    or_(t.alias_history.c.number.is_(None),
                        t.alias_history.c.number != t.alias_history.c.previous_number))
             .group_by(t.alias_history.c.previous_number)).all())
+        closed = set(conn.execute(select(t.audit_events.c.subject).where(
+            t.audit_events.c.action == CLOSED, t.audit_events.c.subject.like(f"{model}:v%"))).scalars())
     history: dict[int, list] = {}
     for row in rows:
         history.setdefault(row.number, []).append(row)
     root = _root(registry)
-    facts = [_facts(v, history.get(v.number, []), released.get(v.number), root) for v in versions]
+    facts = [_facts(v, history.get(v.number, []), released.get(v.number), root, v.ref in closed) for v in versions]
     return RetentionInputs(versions=facts, aliases=store.aliases(model), split=get_split(store, model),
                            rollout=_running(active_rollout(store, model)))
 
@@ -107,7 +115,7 @@ def _running(state: RolloutState | None) -> RunningRollout | None:
                           started_at=_utc(datetime.fromisoformat(state.started_at)))
 
 
-def _facts(version: ModelVersion, history: list, released: datetime | None, root: Path) -> VersionFacts:
+def _facts(version: ModelVersion, history: list, released: datetime | None, root: Path, closed: bool) -> VersionFacts:
     settled = [_utc(h.at) for h in history if S(h.to_status) not in RETIRED]
     if released is not None:  # an alias left it after its last status change: in use until then
         settled.append(_utc(released))
@@ -115,7 +123,9 @@ def _facts(version: ModelVersion, history: list, released: datetime | None, root
     if version.status in RETIRED:
         marked = version.status is S.ARCHIVED and bool(history) and history[-1].reason.startswith(RETIRING)
         stone = tomb.read_tombstone(root, version.model, version.number)
-        retiring = marked or (stone is not None and stone["state"] != "decommissioned")
+        # A tombstone without the closing event: a run died before its last step (or during the caller's closing
+        # work): unfinished too.
+        retiring = marked or (stone is not None and (stone["state"] != "decommissioned" or not closed))
     return VersionFacts(number=version.number, status=version.status,
                         settled_at=max(settled) if settled else version.created_at, retiring=retiring)
 
@@ -133,15 +143,29 @@ def _holds_now(conn: Connection, model: str, number: int) -> list[str]:
 
 
 def retire_version(registry: Registry, model: str, number: int, *, policy: RetentionPolicy, actor: str,
-                   reason: str) -> Retirement:
+                   reason: str, before_close: Callable[[Retirement], None] | None = None) -> Retirement:
     """Retire ``model:v<number>`` (see the module docstring). Raises :class:`RetirementRefused` (audited as
-    ``version.retire.refused``) when an alias, the split or a running rollout still needs it."""
+    ``version.retire.refused``) when an alias, the split or a running rollout still needs it.
+
+    ``before_close``: called with the retirement before its closing audit event, on every run that has not
+    closed it yet, so work after the registry's (the flow's announcement) is redone by the next run if the process
+    dies in it; it must be idempotent. Not called when the version was retired before."""
+    store = registry.store
+    root = _root(registry)
+    store.get_version(model, number)  # NotFoundError before any lock file is made
+    with tomb.retiring_lock(root, model, number):
+        return _retire(registry, model, number, policy=policy, actor=actor, reason=reason, before_close=before_close)
+
+
+def _retire(registry: Registry, model: str, number: int, *, policy: RetentionPolicy, actor: str, reason: str,
+            before_close: Callable[[Retirement], None] | None) -> Retirement:
     store, ref = registry.store, f"{model}:v{number}"
     root = _root(registry)
     context = {"policy": policy.name, "policy_version": policy.version, "artifacts": policy.artifacts,
                "reason": reason}
     stone = tomb.read_tombstone(root, model, number)
-    if store.get_version(model, number).status is S.DECOMMISSIONED and stone and stone["state"] == "decommissioned":
+    if (store.get_version(model, number).status is S.DECOMMISSIONED and stone and stone["state"] == "decommissioned"
+            and store.has_event(CLOSED, ref)):
         return _result(registry, model, number, policy, [])  # retired before: nothing left to do
     status, steps = _begin(store, model, number, actor=actor, reason=reason, context=context)
     if status is not S.DECOMMISSIONED:
@@ -164,9 +188,12 @@ def retire_version(registry: Registry, model: str, number: int, *, policy: Reten
         store.set_status(model, number, S.DECOMMISSIONED, actor=actor, reason=reason)
         steps.append("decommissioned")
     _tombstone(registry, model, number, "decommissioned", policy, actor, reason)
-    store.append_audit(actor=actor, action="version.tombstone.written", subject=ref,
+    done = _result(registry, model, number, policy, steps)
+    if before_close is not None:
+        before_close(done)
+    store.append_audit(actor=actor, action=CLOSED, subject=ref,
                        payload={**context, "tombstone_uri": tomb.tombstone_uri(model, number)})
-    return _result(registry, model, number, policy, steps)
+    return done
 
 
 def _begin(store: RegistryStore, model: str, number: int, *, actor: str, reason: str,

@@ -19,7 +19,7 @@ from lifecycle.records import Frozen
 from lifecycle.retention import LogPurge, RetentionDecision, RetentionPolicy, plan_log_purge, plan_retention
 from lifecycle.settings import in_project
 from registry.predictions import PredictionStore
-from registry.retire import RetirementRefused, retention_inputs, retire_version
+from registry.retire import Retirement, RetirementRefused, retention_inputs, retire_version
 from tasks.connect import open_registry
 from tasks.events import announce
 
@@ -119,22 +119,26 @@ def purge_log(plan: DecommissionPlan) -> PurgeOutcome | None:
 @task(name="retire-version", cache_policy=NO_CACHE)
 def retire(plan: DecommissionPlan, decision: RetentionDecision) -> RetireOutcome:
     """Retire one version; a refusal (the plan went stale) is an outcome, not a failure of the run."""
+    # Imported here: the benchmark module (and its serving imports) is needed by this step only.
+    from tasks.evaluation import answer_store, forget_answers
+
+    dropped: list = []
     with open_registry() as registry:
+        def close(done: Retirement) -> None:
+            """Before the retirement's closing audit event: redone by the next run if this one dies in it."""
+            dropped.extend(forget_answers(answer_store(), registry.store.list_versions(plan.model), decision.number))
+            if not registry.store.has_event("slm.version.decommissioned", done.ref):  # once, whatever the re-runs
+                announce(registry, "slm.version.decommissioned", plan.model, {
+                    "model": plan.model, "version": done.ref, "artifacts": done.artifacts,
+                    "archive_uri": done.archive_uri, "tombstone_uri": done.tombstone_uri,
+                    "policy": plan.policy.name, "policy_version": plan.policy.version, "reasons": decision.reasons,
+                }, actor=ACTOR, subject=done.ref)
+
         try:
             done = retire_version(registry, plan.model, decision.number, policy=plan.policy, actor=ACTOR,
-                                  reason="; ".join(decision.reasons))
+                                  reason="; ".join(decision.reasons), before_close=close)
         except RetirementRefused as exc:
             return RetireOutcome(ref=decision.ref, outcome="refused", reasons=exc.holds)
-        # Imported here: the benchmark module (and its serving imports) is needed by this step only.
-        from tasks.evaluation import answer_store, forget_answers
-
-        dropped = forget_answers(answer_store(), registry.store.list_versions(plan.model), decision.number)
-        if done.steps:  # not when another run had already finished it
-            announce(registry, "slm.version.decommissioned", plan.model, {
-                "model": plan.model, "version": done.ref, "artifacts": done.artifacts,
-                "archive_uri": done.archive_uri, "tombstone_uri": done.tombstone_uri,
-                "policy": plan.policy.name, "policy_version": plan.policy.version, "reasons": decision.reasons,
-            }, actor=ACTOR, subject=done.ref)
     return RetireOutcome(ref=done.ref, outcome="retired", reasons=decision.reasons, tombstone_uri=done.tombstone_uri,
                          archive_uri=done.archive_uri, answers_dropped=len(dropped))
 

@@ -188,6 +188,89 @@ def test_a_retirement_killed_at_any_step_is_completed_by_the_next_run(world, mon
     assert ("note" in archived[0].payload) == (step == "after-weights")
 
 
+@pytest.mark.parametrize("where", ["closing-work", "closing-event"])
+def test_a_retirement_killed_after_its_last_status_does_its_closing_work_on_the_next_run(world, monkeypatch, clock,
+                                                                                          where):
+    """Decommissioned, tombstone final, but killed in the caller's closing work (the flow's announcement) or before
+    the closing audit event: the version is still unfinished for retention, and the next run does the closing work
+    and writes the event (before, it found "nothing left to do" and they were lost for good)."""
+    from registry.retire import CLOSED
+
+    calls: list[str] = []
+
+    def close(done):
+        calls.append(done.ref)
+        if where == "closing-work" and len(calls) == 1:
+            raise KeyboardInterrupt("killed in the closing work")
+
+    if where == "closing-event":
+        original = RegistryStore.append_audit
+
+        def append_audit(self, *, action, **kwargs):
+            if action == CLOSED:
+                monkeypatch.setattr(RegistryStore, "append_audit", original)
+                raise KeyboardInterrupt("killed before the closing event")
+            return original(self, action=action, **kwargs)
+
+        monkeypatch.setattr(RegistryStore, "append_audit", append_audit)
+
+    def run():
+        return retire_version(world, "router", 2, policy=ARCHIVE, actor="test", reason="old", before_close=close)
+
+    with pytest.raises(KeyboardInterrupt):
+        run()
+    assert world.store.get_version("router", 2).status is S.DECOMMISSIONED
+    assert tomb.read_tombstone(root(world), "router", 2)["state"] == "decommissioned"
+    assert not world.store.has_event(CLOSED, "router:v2")
+    assert [f.retiring for f in retention_inputs(world, "router").versions] == [False, True]
+    done = run()
+    assert done.steps == ["tombstone"] and calls == ["router:v2", "router:v2"]
+    assert world.store.has_event(CLOSED, "router:v2")
+    assert not any(f.retiring for f in retention_inputs(world, "router").versions)
+    assert run().steps == [] and len(calls) == 2  # closed: the closing work is not done again
+
+
+def test_two_retirements_of_one_version_at_once_take_turns(world, monkeypatch):
+    """The 03:00 schedule and a manual run retire v2 at the same moment. Unserialized, the second could find the
+    archive there and remove it (``archive_weights`` clears a stale archive) just after the first moved the weights
+    into it; now the second waits for the first, then finds the work done."""
+    import threading
+
+    files = world.store.get_version("router", 2).files
+    original, inside, overlapped = tomb.archive_weights, [], threading.Event()
+    first_in = threading.Event()
+
+    def archive_weights(*args):
+        inside.append(threading.current_thread().name)
+        if len(inside) > 1 and not first_done.is_set():
+            overlapped.set()
+        first_in.set()
+        first_done.wait(timeout=2)  # the first run stays here a while: the second would come in now
+        try:
+            return original(*args)
+        finally:
+            first_done.set()
+
+    first_done = threading.Event()
+    monkeypatch.setattr(tomb, "archive_weights", archive_weights)
+    results = {}
+
+    def run(name):
+        results[name] = retire(world)
+
+    first = threading.Thread(target=run, args=("first",), name="first")
+    first.start()
+    assert first_in.wait(timeout=30)
+    second = threading.Thread(target=run, args=("second",), name="second")
+    second.start()
+    first.join(timeout=60)
+    second.join(timeout=60)
+    assert not overlapped.is_set() and inside == ["first"]  # the second never reached the weights
+    assert "weights archived" in results["first"].steps and results["second"].steps == []
+    assert hash_tree(tomb.archive_folder(root(world), "router", 2)) == files
+    assert len([e for e in world.store.audit_events() if e.action == "version.weights.archived"]) == 1
+
+
 def test_retiring_again_changes_nothing(world):
     retire(world)
     count = len(world.store.audit_events())
