@@ -50,6 +50,11 @@ class TrafficSplit(Frozen):
             raise ValueError(f"v{self.champion} cannot be champion and challenger at once")
         if self.shadow is not None and self.shadow == self.champion:
             raise ValueError(f"v{self.champion} is the champion; a shadow must be another version")
+        if self.shadow is not None and self.shadow == self.challenger:
+            # Its copies of the champion's requests and its served answers would share one (version, role) key in
+            # the log's comparisons and be counted twice for its own callers.
+            raise ValueError(f"v{self.shadow} is the challenger, already answering its share of the traffic; a shadow "
+                             "must be another version")
         return self
 
     @property

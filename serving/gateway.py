@@ -123,6 +123,14 @@ def create_app(state: GatewayState) -> FastAPI:
                             codes.get(exc.status_code, "http_error"))
         return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
 
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        # Anything no route turned into an answer (a bug, a dependency's surprise): still the OpenAI error shape, so
+        # clients parse one kind of error; the traceback goes to the gateway's log, never to the client.
+        log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+        return _error(500, f"internal error ({type(exc).__name__}); it is in the gateway's log", "server_error",
+                      "internal_error")
+
     @app.exception_handler(InputError)
     async def _refused(_request: Request, exc: InputError) -> JSONResponse:
         state.metrics.reject(exc.code, state.model)

@@ -85,6 +85,12 @@ class Guardrails:
         if policy.classifier_path:
             _check_classifier_folder(Path(policy.classifier_path), policy.classifier_labels_blocked)
 
+    @property
+    def blocking(self) -> bool:
+        """True when a check runs a model (the classifier): the gateway then runs it off its event loop, where a
+        forward pass would stall every other request; the pattern checks alone take microseconds and stay inline."""
+        return bool(self.policy.classifier_path)
+
     def check(self, text: str) -> GuardrailResult:
         """Run the policy's checks on ``text``; see the module docstring for the order and actions."""
         policy, flags, reasons = self.policy, [], []

@@ -122,7 +122,8 @@ class GatewayState:
                       self.model, assignment.version, assignment.role, len(prompt), exc_info=exc.__cause__ or exc)
             return self._infra_failure(labels, 502, str(exc))
         try:
-            checked = self.guardrails.check(gen.completion)
+            checked = (await asyncio.to_thread(self.guardrails.check, gen.completion) if self.guardrails.blocking
+                       else self.guardrails.check(gen.completion))
         except Exception as exc:  # a classifier's OOM, a tokenizer's error: logged and counted, never a bare 500
             log.error("guardrails failed: request %s, %s:v%s (%s)", request_id, self.model, assignment.version,
                       assignment.role, exc_info=exc)
@@ -223,6 +224,11 @@ class GatewayState:
         """Store the feedback on a logged request. Raises ``UnknownRequestError`` when the log has no such request,
         ``LogBehind`` when it may be among the rows still queued for the database (the writer more than the wait
         behind: the request may be real), and SQLAlchemy's errors when the database refuses."""
+        try:  # most feedback comes well after its answer was stored: no flush, the writer keeps batching
+            self.predictions.record_feedback(feedback)
+            return
+        except UnknownRequestError:
+            pass
         flushed = self.writer.flush(timeout=FEEDBACK_FLUSH_S)  # the prediction it refers to may still be queued
         try:
             self.predictions.record_feedback(feedback)

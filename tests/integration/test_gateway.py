@@ -276,11 +276,17 @@ def test_aggregates_per_version(gateway):
     assert httpx.get(f"{gateway.url}/admin/aggregates", params={"minutes": -1}, headers=ADMIN).status_code == 400
 
 
-def test_feedback_joins_a_logged_request(gateway):
+def test_feedback_joins_a_logged_request(gateway, monkeypatch):
     raw = client(gateway).completions.with_raw_response.create(model="intent-router", prompt="lost my card")
     request_id = raw.headers["x-request-id"]
     ok = httpx.post(f"{gateway.url}/v1/feedback", json={"request_id": request_id, "outcome": "success"})
     assert ok.status_code == 200
+    # Feedback on a request already stored does not make the writer flush (which breaks up its batches under a
+    # feedback-heavy load): only feedback the database does not know yet waits for the queued rows.
+    flushes = []
+    monkeypatch.setattr(gateway.state.writer, "flush", lambda timeout=None: flushes.append(timeout) or True)
+    again = httpx.post(f"{gateway.url}/v1/feedback", json={"request_id": request_id, "outcome": "failure"})
+    assert again.status_code == 200 and flushes == []
     unknown = httpx.post(f"{gateway.url}/v1/feedback", json={"request_id": "nope", "outcome": "failure"})
     assert unknown.status_code == 404 and unknown.json()["error"]["code"] == "unknown_request"
 
@@ -318,6 +324,50 @@ def test_guardrails_that_fail_give_a_logged_infra_error_not_a_bare_500(gateway, 
     [row] = [p for p in gateway.state.predictions.window("intent-router", EPOCH, FAR, limit=None)
              if p.request_id == request_id]
     assert (row.outcome, row.served) == ("infra_error", True)
+
+
+def test_an_unexpected_error_is_an_openai_shaped_500_with_no_traceback(gateway, monkeypatch):
+    def broken(user, pinned):
+        raise RuntimeError("split cache corrupted: secret detail")
+
+    monkeypatch.setattr(gateway.state.live, "assign", broken)
+    response = httpx.post(f"{gateway.url}/v1/completions", json={"model": "intent-router", "prompt": "lost card"})
+    assert response.status_code == 500
+    error = response.json()["error"]
+    assert (error["type"], error["code"]) == ("server_error", "internal_error") and "RuntimeError" in error["message"]
+    assert "secret detail" not in response.text and "Traceback" not in response.text
+
+
+def test_a_classifier_guardrail_runs_off_the_event_loop(gateway, monkeypatch):
+    """A guardrail that runs a model (``Guardrails.blocking``) is checked on a worker thread: while one answer's
+    check is running, the gateway still answers its health probe (inline, the probe waited for the check, and so
+    did every other request)."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from serving.guardrails import GuardrailResult
+
+    started, release = threading.Event(), threading.Event()
+
+    class Classifying:
+        blocking = True
+
+        def check(self, text: str) -> GuardrailResult:
+            started.set()
+            release.wait(timeout=20)  # held until the probe below got its answer
+            return GuardrailResult(text=text)
+
+    monkeypatch.setattr(gateway.state, "guardrails", Classifying())
+    with ThreadPoolExecutor(1) as pool:
+        answer = pool.submit(httpx.post, f"{gateway.url}/v1/completions", timeout=30,
+                             json={"model": "intent-router", "prompt": "lost card"})
+        assert started.wait(timeout=20)
+        try:
+            probe = httpx.get(f"{gateway.url}/healthz", timeout=10)
+        finally:
+            release.set()
+        assert probe.status_code == 200
+        assert answer.result().status_code == 200
 
 
 def _sample(text: str, name: str) -> float:

@@ -43,6 +43,7 @@ def test_edges():
     ({"challenger_percent": 5}, "no challenger is set"),
     ({"challenger": 1}, "champion and challenger at once"),
     ({"shadow": 1}, "a shadow must be another version"),
+    ({"challenger": 2, "challenger_percent": 10, "shadow": 2}, "v2 is the challenger"),
     ({"challenger": 2, "challenger_percent": 101}, "less than or equal to 100"),
 ])
 def test_bad_splits_say_what_to_change(kwargs, message):
