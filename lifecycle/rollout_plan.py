@@ -203,6 +203,7 @@ class StageVerdict(Frozen):
 
 
 _ADOPTION = "split adoption"
+_SHED = "shadow copies shed"
 
 
 def _unadopted(findings: list[Finding]) -> Finding | None:
@@ -403,17 +404,33 @@ def _adoption_finding(stage: Stage, champion: VersionAggregate, challenger: Vers
                    threshold=float(counted), reason=reason)
 
 
+def _shed_finding(champion: VersionAggregate, shed: int) -> Finding:
+    """Requests a gateway served without their shadow copy (its copies in flight at ``shadow_max_in_flight``): the
+    arms compare the mirrored requests only, so this is not a finding against the candidate (a pass), but the
+    operator sees how much of the traffic the shadow stage's evidence covers, and that the shadow lagged (a shadow
+    as fast as the champion seldom reaches the cap)."""
+    total = champion.requests + shed
+    return Finding(check=_SHED, verdict=Verdict.PASS, observed=float(shed), reason=(
+        f"{shed} of {total} requests ({shed / total:.0%}) were served without a shadow copy (a gateway's "
+        "shadow_max_in_flight was reached: the shadow answers slower than the traffic comes); the arms compare the "
+        f"{champion.requests} mirrored ones"))
+
+
 def decide_stage(plan_stage: Stage, champion: VersionAggregate, challenger: VersionAggregate,
-                 elapsed_s: float, *, stale_requests: int = 0, split_revision: int | None = None) -> StageVerdict:
+                 elapsed_s: float, *, stale_requests: int = 0, split_revision: int | None = None,
+                 shed_requests: int = 0) -> StageVerdict:
     """Decide one look at a stage. Pure: the same aggregates and elapsed time give the same verdict.
 
     ``stale_requests``: the window's requests routed by a split older than the stage's (``split_revision``),
     which the arms leave out; when there are any, a "split adoption" finding says how many (see
-    :func:`_adoption_finding`).
+    :func:`_adoption_finding`). ``shed_requests`` (shadow stages): the window's requests served without a shadow
+    copy, which the arms leave out too; when there are any, a "shadow copies shed" finding says how many.
     """
     findings, srm = _traffic_findings(plan_stage, champion, challenger)
     if stale_requests:
         findings.append(_adoption_finding(plan_stage, champion, challenger, stale_requests, split_revision))
+    if shed_requests:
+        findings.append(_shed_finding(champion, shed_requests))
     enough = min(_answered(champion), _answered(challenger)) >= plan_stage.min_requests_per_arm
     tests: dict[str, RateTest] = {}
     mean_tests: dict[str, MeanDifferenceCS] = {}

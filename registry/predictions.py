@@ -22,7 +22,7 @@ from datetime import UTC, datetime
 from typing import Protocol
 
 import numpy as np
-from sqlalchemy import Engine, Float, and_, case, delete, distinct, false, func, literal, or_, select
+from sqlalchemy import Engine, Float, and_, case, delete, distinct, false, func, literal, or_, select, true
 from sqlalchemy.dialects import postgresql, sqlite
 
 from lifecycle.predictions import ByCaller, Feedback, LoggedPrediction, Prediction, VersionAggregate, as_utc
@@ -185,9 +185,22 @@ class PredictionStore:
         """The requests in ``[since, until)`` that a traffic split older than ``min_split_revision`` routed: what
         ``aggregates(..., min_split_revision=...)`` leaves out. Requests, not rows: a shadow copy is not counted; nor
         is a request whose caller named the version (the split did not route it)."""
+        return self._routed_requests(model, since, until, P.c.split_revision < min_split_revision)
+
+    def shed_requests(self, model: str, since: datetime, until: datetime, min_split_revision: int | None) -> int:
+        """The requests in ``[since, until)``, routed by that revision of the split or a later one, that were served
+        without their shadow copy (``Prediction.shadow_shed``): what ``aggregates(..., mirrored_only=True)`` leaves
+        out of a shadow stage's arms."""
+        revision = true() if min_split_revision is None else or_(P.c.split_revision >= min_split_revision,
+                                                                 P.c.split_revision.is_(None))
+        return self._routed_requests(model, since, until, revision, P.c.shadow_shed == true())
+
+    def _routed_requests(self, model: str, since: datetime, until: datetime, *conditions) -> int:
+        """Requests (not rows: shadow copies are not counted) in the window that the split routed (not pinned),
+        meeting ``conditions``."""
         _, _, _, in_window = self._window(model, since, until)
         query = select(func.count()).select_from(P).where(in_window, P.c.role != "shadow", P.c.pinned == false(),
-                                                          P.c.split_revision < min_split_revision)
+                                                          *conditions)
         with self.engine.connect() as conn:
             return int(conn.execute(query).scalar_one())
 

@@ -256,14 +256,17 @@ def preview(predictions: PredictionStore, state: RolloutState, plan: RolloutPlan
     """What a look at ``now`` decides for the running stage, and the statistics its audit event keeps; saves and
     does nothing (``slm rollout status --look`` shows it: a hold leaves no record of its own)."""
     champion, challenger = arms(predictions, state, plan, now, settle_s)
-    stale = 0 if state.split_revision is None else predictions.stale_requests(
-        state.model, *look_window(state, plan, now, settle_s), state.split_revision)
+    window = look_window(state, plan, now, settle_s)
+    stale = 0 if state.split_revision is None else predictions.stale_requests(state.model, *window,
+                                                                              state.split_revision)
+    stage = plan.stages[state.stage_index]
+    shed = predictions.shed_requests(state.model, *window, state.split_revision) if stage.shadow else 0
     elapsed = (as_utc(now) - _parse(state.stage_started_at)).total_seconds()
-    verdict = decide_stage(plan.stages[state.stage_index], champion, challenger, elapsed, stale_requests=stale,
-                           split_revision=state.split_revision)
+    verdict = decide_stage(stage, champion, challenger, elapsed, stale_requests=stale,
+                           split_revision=state.split_revision, shed_requests=shed)
     detail = {"verdict": verdict.model_dump(mode="json"), "champion_window": champion.model_dump(mode="json"),
               "challenger_window": challenger.model_dump(mode="json"), "split_revision": state.split_revision,
-              "stale_requests": stale}
+              "stale_requests": stale, "shed_requests": shed}
     return verdict, detail
 
 

@@ -434,6 +434,14 @@ def test_in_shadow_requests_whose_copy_the_gateway_shed_are_left_out_of_both_arm
     state, verdict = rollout_exec.step(store, preds, state, plan, actor="flow", emit=lambda *_: None, settle_s=0)
     ratio = next(f for f in verdict.findings if f.check == "sample ratio")
     assert (ratio.verdict, verdict.action) == ((Verdict.PASS, "advance") if marked else (Verdict.FAIL, "rollback"))
+    shed = [f for f in verdict.findings if f.check == "shadow copies shed"]
+    decision = next(e for e in store.audit_events() if e.seq == _last_decision(store))
+    assert decision.payload["detail"]["shed_requests"] == (400 if marked else 0)
+    if marked:  # said, with what the comparison covers; not held against the candidate
+        assert shed[0].verdict is Verdict.PASS and "400 of 600 requests (67%)" in shed[0].reason
+        assert "the 200 mirrored ones" in shed[0].reason
+    else:
+        assert shed == []
     if marked:  # everywhere else (the monitor, the admin's aggregates) a shed request is a served one like any other
         [served] = [a for a in preds.aggregates("router", start, clock.now) if a.role == "champion"]
         assert served.requests == 600
