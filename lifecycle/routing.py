@@ -50,11 +50,6 @@ class TrafficSplit(Frozen):
             raise ValueError(f"v{self.champion} cannot be champion and challenger at once")
         if self.shadow is not None and self.shadow == self.champion:
             raise ValueError(f"v{self.champion} is the champion; a shadow must be another version")
-        if self.shadow is not None and self.shadow == self.challenger:
-            # Its copies of the champion's requests and its served answers would share one (version, role) key in
-            # the log's comparisons and be counted twice for its own callers.
-            raise ValueError(f"v{self.shadow} is the challenger, already answering its share of the traffic; a shadow "
-                             "must be another version")
         return self
 
     @property
@@ -81,6 +76,15 @@ class Assignment(Frozen):
     shadow: int | None = Field(default=None, description="the version that split mirrors the request to")
     pinned: bool = Field(default=False, description=(
         "the caller named the version: the split did not choose it (a rollout's arms leave it out)"))
+
+
+def check_new_split(split: TrafficSplit) -> None:
+    """Rules a split must meet to be written, beyond its own validation (which every stored split, and every
+    historical one in the audit log, must keep passing: a rule added there would make them unreadable)."""
+    if split.shadow is not None and split.shadow == split.challenger:
+        # Its copies of the champion's requests would be counted with the answers it serves to its own callers.
+        raise ValueError(f"v{split.shadow} is the challenger, already answering its share of the traffic; a shadow "
+                         "must be another version")
 
 
 def route(split: TrafficSplit, key: str) -> Assignment:

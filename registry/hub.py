@@ -36,7 +36,7 @@ from typing import Literal
 from lifecycle.files import hash_tree, sha256_file, tree_digest
 from lifecycle.records import ModelVersion
 from registry.artifacts import ArtifactIntegrityError, LocalArtifactStore, verify_tree
-from registry.hub_client import HubClient, git_blob_sha1_of, same_content
+from registry.hub_client import HubClient, git_blob_sha1_of, same_content, status_of
 
 log = logging.getLogger(__name__)
 CHAMPION = "champion"
@@ -109,17 +109,30 @@ class HubArtifactStore:
         self._replace_main(repo, commit, self.hub.parent_of(repo, commit), f"revert {commit[:12]}: {why}")
 
     def _replace_main(self, repo: str, commit: str, source: str | None, title: str) -> bool:
-        """While main's head is ``commit``, a new commit on main with the tree of ``source`` (a revision; None: an
-        empty tree). False when main had already moved on (something was published after it)."""
-        if self.hub.head(repo) != commit:
+        """While main shows ``commit``'s files (its head, or a later commit with the same tree: main moved to the
+        champion's tree once may show a version retired later), a new commit on main with the tree of ``source`` (a
+        revision; None: an empty tree). False when main shows something else (something was published after it),
+        or came to while this ran: the commit names main's head as its parent, so a publish in between is never
+        overwritten (the Hub refuses it, 412)."""
+        head = self.hub.head(repo)
+        if head != commit and self._tree(repo, head) != self._tree(repo, commit):
             return False
         with tempfile.TemporaryDirectory(prefix="slm-main-") as tmp:
             files = {}
             if source is not None:
                 folder = self.hub.snapshot(repo, source, cache_dir=Path(tmp))
                 files = {rel: folder / rel for rel in hash_tree(folder)}
-            self.hub.commit(repo, files, title)
+            try:
+                self.hub.commit(repo, files, title, parent=head)
+            except Exception as exc:
+                if status_of(exc) != 412:
+                    raise
+                return False  # main moved on meanwhile: it no longer shows the commit
         return True
+
+    def _tree(self, repo: str, revision: str) -> dict[str, str]:
+        """path -> git blob id of every file at ``revision`` (an LFS file's: its pointer's, so its content's)."""
+        return {path: entry.blob_id for path, entry in self.hub.files(repo, revision).items()}
 
     def version_dir(self, model: str, number: int, files: dict[str, str]) -> Path:
         try:
@@ -162,24 +175,25 @@ class HubArtifactStore:
 
     # -- retirement -----------------------------------------------------------------------------------------
 
-    def retire_weights(self, model: str, number: int, how: Literal["archive", "delete"]) -> bool:
+    def retire_weights(self, model: str, number: int, how: Literal["archive", "delete"],
+                       champion: int | None = None) -> bool:
         """Delete tag ``v<N>`` (``archive``: first tag the same commit ``archived-v<N>``). False when done before.
 
-        When the version's commit heads main (the last one published: a candidate rolled back and nothing published
-        since), main first gets a commit with the champion branch's tree, or an empty tree without a champion: the
-        default download (``from_pretrained(repo)``, no revision) would otherwise still serve the retired weights.
-        Before the tag goes, so a run that dies in between finds the tag and does the rest."""
+        When main shows the version's files (the last one published: a candidate rolled back and nothing published
+        since), main first gets a commit with the tree of ``champion`` (the registry's: the Hub's branch may lag
+        behind it after a failed sync), or an empty tree without one: the default download (``from_pretrained(repo)``,
+        no revision) would otherwise still serve the retired weights. Before the tag goes, so a run that dies in
+        between finds the tag and does the rest."""
         repo = self.repo_id(model)
-        branches, tags = self.hub.refs(repo)
+        _branches, tags = self.hub.refs(repo)
         commit = tags.get(f"v{number}")
         if commit is None:
             return False
         if how == "archive":
             self.hub.create_tag(repo, f"archived-v{number}", commit)
-        champion = branches.get(CHAMPION)
-        shown = "the champion" if champion not in (None, commit) else "nothing"
-        if self._replace_main(repo, commit, champion if shown == "the champion" else None,
-                              f"{model}:v{number} retired: main shows {shown}"):
+        source = None if champion in (None, number) else tags.get(f"v{champion}")
+        shown = "nothing" if source is None else f"the champion, v{champion}"
+        if self._replace_main(repo, commit, source, f"{model}:v{number} retired: main shows {shown}"):
             log.info("hub: %s main moved off retired %s:v%d to %s", repo, model, number, shown)
         self.hub.delete_ref(repo, tag=f"v{number}")
         return True

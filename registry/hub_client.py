@@ -39,6 +39,14 @@ def transient(exc: BaseException) -> bool:
     return isinstance(exc, httpx2.TransportError)
 
 
+def hub_failures() -> tuple[type[BaseException], ...]:
+    """What a Hub call raises when the Hub failed (an HTTP error status, a transport error), for callers that
+    report it rather than crash: huggingface_hub's errors are httpx errors, and file errors are OSErrors."""
+    import httpx2
+
+    return (httpx2.HTTPError, OSError)
+
+
 def status_of(exc: BaseException) -> int | None:
     response = getattr(exc, "response", None)
     return getattr(response, "status_code", None)
@@ -171,19 +179,20 @@ class HubClient:
     # -- commits -------------------------------------------------------------------------------------------
 
     def commit(self, repo_id: str, files: dict[str, Path | bytes], title: str, *, repo_type: str = "model",
-               replace: bool = True) -> str:
+               replace: bool = True, parent: str | None = None) -> str:
         """One commit on ``main`` writing ``files`` (and, with ``replace``, removing every other file but the
-        Hub's own ``.gitattributes``), so the commit's tree is exactly ``files``. Returns its sha."""
+        Hub's own ``.gitattributes``), so the commit's tree is exactly ``files``. Returns its sha. ``parent``: the
+        head it must follow; if main has moved since, the Hub refuses the commit (412)."""
         from huggingface_hub import CommitOperationAdd, CommitOperationDelete
 
         marker = f"publish-id: {uuid.uuid4().hex}"
-        stale = sorted(set(self.files(repo_id, "main", repo_type)) - set(files) - KEEP) if replace else []
+        stale = sorted(set(self.files(repo_id, parent or "main", repo_type)) - set(files) - KEEP) if replace else []
 
         def call() -> str:
             ops = [CommitOperationAdd(path_in_repo=p, path_or_fileobj=src) for p, src in sorted(files.items())]
             ops += [CommitOperationDelete(path_in_repo=p) for p in stale]
             return self.api.create_commit(repo_id, ops, commit_message=title, commit_description=marker,
-                                          repo_type=repo_type).oid
+                                          repo_type=repo_type, parent_commit=parent).oid
 
         def landed() -> str | None:
             last = self.api.list_repo_commits(repo_id, repo_type=repo_type)[0]

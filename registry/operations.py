@@ -10,6 +10,7 @@ from uuid import UUID
 
 from lifecycle.routing import TrafficSplit
 from registry import rollout_exec
+from registry.artifacts import ArtifactIntegrityError
 from registry.rollout_exec import Emitter
 from registry.rollouts import _active, active_rollout
 from registry.service import Registry
@@ -45,10 +46,14 @@ def _sync_champion(registry: Registry, model: str, actor: str, done: str) -> Non
     try:
         registry.sync_champion(model, actor=actor)
     except Exception as exc:
-        raise ChampionPointerBehind(
-            f"{done}, but the artifact store's champion pointer (the Hub's champion branch) was not moved: "
-            f"{type(exc).__name__}: {exc}. Once the Hub answers, run: slm registry sync-champion --model {model}"
-        ) from exc
+        not_moved = (f"{done}, but the artifact store's champion pointer (the Hub's champion branch) was not moved: "
+                     f"{type(exc).__name__}: {exc}")
+        if isinstance(exc, ArtifactIntegrityError):  # no tag to point at: trying again cannot help
+            raise ChampionPointerBehind(f"{not_moved}. Restore the version's tag on the Hub (its commit is in its "
+                                        "artifact uri: slm registry show), then run: slm registry sync-champion "
+                                        f"--model {model}") from exc
+        raise ChampionPointerBehind(f"{not_moved}. Once the Hub answers, run: slm registry sync-champion --model "
+                                    f"{model}") from exc
 
 
 class RolloutRunning(ValueError):

@@ -229,7 +229,8 @@ def _root(registry: Registry) -> Path:
 def _remove_weights(registry: Registry, model: str, number: int, how: Literal["archive", "delete"]) -> bool:
     """Step 4. On the Hub the version's tag goes (``archive``: renamed); its commit stays in history."""
     if isinstance(registry.artifacts, HubArtifactStore):
-        return registry.artifacts.retire_weights(model, number, how)
+        # Main then shows the registry's champion (the Hub's branch may lag behind it after a failed sync).
+        return registry.artifacts.retire_weights(model, number, how, registry.store.get_alias(model, "champion"))
     return (tomb.archive_weights if how == "archive" else tomb.delete_weights)(_root(registry), model, number)
 
 

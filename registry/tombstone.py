@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -28,6 +29,8 @@ from pathlib import Path
 from typing import Literal
 
 from registry.artifacts import LocalArtifactStore
+
+log = logging.getLogger(__name__)
 
 #: the version's own files a tombstone keeps a copy of (the weights are not among them).
 RECORD_FILES = ("README.md", "lineage.json", "eval.json")
@@ -116,6 +119,11 @@ def retiring_lock(root: Path, model: str, number: int, wait_s: float = 600.0) ->
                     raise RetirementBusy(f"{model}:v{number} is being retired by another process (lock {path} "
                                          f"held for over {wait_s:.0f} s)") from None
                 time.sleep(0.2)
+            except OSError as exc:  # a file system without locks (some FUSE and CIFS mounts): go on, unserialized
+                log.warning("retiring %s:v%d without a lock: %s cannot be locked (%s); two retirements of it at once "
+                            "are not kept apart", model, number, path, exc)
+                yield
+                return
         try:
             yield
         finally:

@@ -12,7 +12,7 @@ import json
 from sqlalchemy import select, update
 
 from lifecycle.audit import canonical_json
-from lifecycle.routing import TrafficSplit
+from lifecycle.routing import TrafficSplit, check_new_split
 from lifecycle.status import VersionStatus
 from registry import schema as t
 from registry.store import ConcurrentChangeError, RegistryStore
@@ -51,6 +51,7 @@ def write_split(store: RegistryStore, conn, split: TrafficSplit, *, actor: str, 
                 expected_revision: int | None | type[...] = ...) -> TrafficSplit:
     """:func:`set_split` inside the caller's transaction (``store._tx()``), so a split can move in one commit with
     the aliases it follows (``registry.operations``)."""
+    check_new_split(split)
     store._lock_model(conn, split.model)
     for number in split.live_versions:
         status = store._status(conn, split.model, number)  # raises NotFoundError for an unknown version

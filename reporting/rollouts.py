@@ -59,8 +59,10 @@ def arm_stats(version: int, role: str, agg: VersionAggregate | None) -> ArmStats
 
 def _window(predictions: PredictionStore, state: RolloutState, stage: str, since: datetime, until: datetime,
             ended_by: str | None, reasons: list[str]) -> StageWindow:
-    # As the decisions count: the requests whose caller named a version are not the split's (Prediction.pinned).
-    found = predictions.aggregates(state.model, since, until, routed_only=True) if until > since else []
+    # As the decisions count: the requests whose caller named a version are not the split's (Prediction.pinned), and
+    # a shadow stage compares the requests that have a copy (Prediction.shadow_shed; no row is marked elsewhere).
+    found = (predictions.aggregates(state.model, since, until, routed_only=True, mirrored_only=True)
+             if until > since else [])
     champion = next((a for a in found if a.version == state.champion and a.role == "champion"), None)
     # The candidate answers as the shadow in a 0 % stage and as the challenger after it.
     candidate = next((a for a in found if a.version == state.candidate and a.role in ("challenger", "shadow")), None)

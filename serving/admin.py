@@ -14,7 +14,7 @@ from fastapi import APIRouter, Depends, Path, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
-from lifecycle.routing import TrafficSplit
+from lifecycle.routing import TrafficSplit, check_new_split
 from registry.artifacts import ArtifactIntegrityError
 from registry.store import ConcurrentChangeError, NotFoundError
 from registry.traffic import set_split
@@ -61,6 +61,7 @@ def admin_router(state) -> APIRouter:
             split = TrafficSplit(model=state.model, champion=change.champion or current.champion,
                                  challenger=change.challenger, challenger_percent=change.challenger_percent,
                                  shadow=change.shadow)
+            check_new_split(split)
         except ValueError as exc:
             raise AdminError(400, str(exc), "invalid_split") from None
         # Without the client's revision, a split built on this replica's view (the champion left out) is checked

@@ -32,7 +32,8 @@ class ServeConfig(Frozen):
     shadow_max_in_flight: int = Field(default=32, ge=1, description=(
         "shadow copies generating at once; a request that comes while this many are in flight is served without "
         "a copy (shed: counted in slm_shadow_shed, marked in the prediction log), so a shadow slower than the "
-        "traffic it mirrors never takes the served requests' threads, connections or batch rows"))
+        "traffic it mirrors cannot pile up copies: on an upstream they have their own threads and connections (this "
+        "many), in process they share the micro-batcher's batches with served requests, at most this many rows"))
     split_poll_s: float = Field(default=0.25, gt=0, description="how often replicas check the shared split")
     breaker_failures: int = Field(default=5, ge=1,
                                   description="consecutive infra failures of one version that open its circuit")

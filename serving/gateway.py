@@ -126,8 +126,10 @@ def create_app(state: GatewayState) -> FastAPI:
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         # Anything no route turned into an answer (a bug, a dependency's surprise): still the OpenAI error shape, so
-        # clients parse one kind of error; the traceback goes to the gateway's log, never to the client.
-        log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+        # clients parse one kind of error, and counted. The traceback goes to the gateway's log, never to the client:
+        # Starlette raises the error again once this answer is sent, and the server logs it with its traceback.
+        state.metrics.errors.labels(state.model, "none", "none", "internal").inc()
+        log.error("unhandled %s on %s %s", type(exc).__name__, request.method, request.url.path)
         return _error(500, f"internal error ({type(exc).__name__}); it is in the gateway's log", "server_error",
                       "internal_error")
 

@@ -27,8 +27,10 @@ loads no torch; a missing model folder or an unknown blocked label fails at cons
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Literal
 
@@ -82,14 +84,24 @@ class Guardrails:
         self.policy = policy
         self._classifier: Any = None
         self._lock = threading.Lock()
+        self._executor = (ThreadPoolExecutor(max_workers=1, thread_name_prefix="slm-guardrails")
+                          if policy.classifier_path else None)
         if policy.classifier_path:
             _check_classifier_folder(Path(policy.classifier_path), policy.classifier_labels_blocked)
 
     @property
     def blocking(self) -> bool:
-        """True when a check runs a model (the classifier): the gateway then runs it off its event loop, where a
-        forward pass would stall every other request; the pattern checks alone take microseconds and stay inline."""
+        """True when a check runs a model (the classifier); see :meth:`check_async`."""
         return bool(self.policy.classifier_path)
+
+    async def check_async(self, text: str) -> GuardrailResult:
+        """:meth:`check` for the event loop. With the classifier it runs on this object's own thread: on the loop, a
+        forward pass would stall every other request; on the loop's shared pool, requests waiting for the classifier
+        (one call at a time) would take every thread that feedback, admin calls and shutdown need. The pattern
+        checks alone take microseconds and run inline."""
+        if not self.blocking:
+            return self.check(text)
+        return await asyncio.get_running_loop().run_in_executor(self._executor, self.check, text)
 
     def check(self, text: str) -> GuardrailResult:
         """Run the policy's checks on ``text``; see the module docstring for the order and actions."""

@@ -17,7 +17,8 @@ class GatewayMetrics:
         labels = ("model", "version", "role")
         self.requests = Counter("slm_requests", "Requests answered, by version and role", labels,
                                 registry=self.registry)
-        self.errors = Counter("slm_errors", "Errors by category: model, infra, input", labels + ("category",),
+        self.errors = Counter("slm_errors", "Errors by category: model, infra, input, internal (a gateway bug: an "
+                              "answer no route gave)", labels + ("category",),
                               registry=self.registry)
         self.latency = Histogram("slm_request_latency_seconds", "Time to answer a request", labels,
                                  buckets=LATENCY_BUCKETS, registry=self.registry)

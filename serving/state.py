@@ -122,8 +122,7 @@ class GatewayState:
                       self.model, assignment.version, assignment.role, len(prompt), exc_info=exc.__cause__ or exc)
             return self._infra_failure(labels, 502, str(exc))
         try:
-            checked = (await asyncio.to_thread(self.guardrails.check, gen.completion) if self.guardrails.blocking
-                       else self.guardrails.check(gen.completion))
+            checked = await self.guardrails.check_async(gen.completion)
         except Exception as exc:  # a classifier's OOM, a tokenizer's error: logged and counted, never a bare 500
             log.error("guardrails failed: request %s, %s:v%s (%s)", request_id, self.model, assignment.version,
                       assignment.role, exc_info=exc)
@@ -156,6 +155,17 @@ class GatewayState:
                     upstream = getattr(self.live.backend, "submit", None)
                     future = (upstream(prompt, adapter, max_tokens, shadow=shadow) if upstream
                               else self.batcher.submit(prompt, adapter, max_tokens))
+                    if shadow:
+                        # A copy is awaited until the backend is done with it, so the copies in flight that the
+                        # cap counts (their tasks) are the threads, connections or batch rows they hold: abandoned
+                        # at the timeout, its thread would stay busy (until the upstream's own timeout) while the
+                        # cap let new copies in, to queue behind it and time out unsent. Slower than the timeout,
+                        # it counts as a timeout all the same.
+                        started = time.perf_counter()
+                        gen = await asyncio.wrap_future(future)
+                        if time.perf_counter() - started > self.config.request_timeout_s:
+                            raise TimeoutError
+                        return gen
                     return await asyncio.wait_for(asyncio.wrap_future(future), self.config.request_timeout_s)
                 except TimeoutError:
                     raise

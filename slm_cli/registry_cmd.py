@@ -158,13 +158,18 @@ def sync_champion_cmd(model: str | None = typer.Option(None, help="model name"),
                       as_json: bool = typer.Option(False, "--json")) -> None:
     """Point the artifact store's champion (the Hub's `champion` branch) at the registry's champion: catches the
     Hub up after a promote or rollback whose Hub call failed. Idempotent; audited when the branch moves."""
+    from registry.hub_client import hub_failures
     from slm_cli.ops_cmd import _actor  # here: ops_cmd imports this module
 
     with _registry() as reg:
         name = model or reg.default_model
         _known(reg, name)
         champion = reg.store.get_alias(name, "champion")
-        moved = reg.sync_champion(name, actor=_actor())
+        try:
+            moved = reg.sync_champion(name, actor=_actor())
+        except hub_failures() as exc:
+            print_error(f"the Hub failed, nothing moved: {type(exc).__name__}: {exc}; run this again once it answers")
+            raise typer.Exit(1) from None
         hub = getattr(reg.artifacts, "scheme", None) == "hub"
     if as_json:
         print(json.dumps({"model": name, "champion": champion, "moved": moved}, indent=2))

@@ -229,6 +229,9 @@ def test_admin_needs_the_token_and_nothing_changes_without_it(gateway):
     assert httpx.get(f"{gateway.url}/admin/split", headers=ADMIN).json() == before
     bad = httpx.put(f"{gateway.url}/admin/split", json={"challenger_percent": 50}, headers=ADMIN)
     assert bad.status_code == 400 and "no challenger" in bad.json()["error"]["message"]
+    both = httpx.put(f"{gateway.url}/admin/split", json={"challenger": 2, "challenger_percent": 5, "shadow": 2},
+                     headers=ADMIN)
+    assert both.status_code == 400 and "v2 is the challenger" in both.json()["error"]["message"]
     missing = httpx.put(f"{gateway.url}/admin/split", json={"challenger": 99, "challenger_percent": 5}, headers=ADMIN)
     assert missing.status_code == 404
 
@@ -336,6 +339,7 @@ def test_an_unexpected_error_is_an_openai_shaped_500_with_no_traceback(gateway, 
     error = response.json()["error"]
     assert (error["type"], error["code"]) == ("server_error", "internal_error") and "RuntimeError" in error["message"]
     assert "secret detail" not in response.text and "Traceback" not in response.text
+    assert 'category="internal"' in httpx.get(f"{gateway.url}/metrics").text
 
 
 def test_a_classifier_guardrail_runs_off_the_event_loop(gateway, monkeypatch):
@@ -349,15 +353,15 @@ def test_a_classifier_guardrail_runs_off_the_event_loop(gateway, monkeypatch):
 
     started, release = threading.Event(), threading.Event()
 
-    class Classifying:
-        blocking = True
+    def classify(text: str) -> GuardrailResult:
+        started.set()
+        release.wait(timeout=20)  # held until the probe below got its answer
+        return GuardrailResult(text=text)
 
-        def check(self, text: str) -> GuardrailResult:
-            started.set()
-            release.wait(timeout=20)  # held until the probe below got its answer
-            return GuardrailResult(text=text)
-
-    monkeypatch.setattr(gateway.state, "guardrails", Classifying())
+    guardrails = gateway.state.guardrails
+    monkeypatch.setattr(guardrails, "_executor", ThreadPoolExecutor(1))  # as a classifier_path gives it
+    monkeypatch.setattr(type(guardrails), "blocking", property(lambda self: True))
+    monkeypatch.setattr(guardrails, "check", classify)
     with ThreadPoolExecutor(1) as pool:
         answer = pool.submit(httpx.post, f"{gateway.url}/v1/completions", timeout=30,
                              json={"model": "intent-router", "prompt": "lost card"})

@@ -89,6 +89,8 @@ def test_a_promote_whose_hub_call_failed_says_so_and_sync_champion_catches_the_h
     assert "intent-router:v2 is champion with all traffic, but" in said
     assert "slm registry sync-champion --model intent-router" in said
     assert "champion" not in git.refs("heads")  # moving a branch is delete + create: the create failed
+    still_down = CliRunner().invoke(app, ["registry", "sync-champion", "--model", "intent-router"])
+    assert still_down.exit_code == 1 and "the Hub failed, nothing moved" in " ".join(still_down.stderr.split())
     hub.faults.pending.clear()
 
     synced = CliRunner().invoke(app, ["registry", "sync-champion", "--model", "intent-router"])

@@ -120,16 +120,43 @@ def test_publish_promote_load_rollback_decommission(hub, kit, hub_registry, hub_
     assert done.archive_uri is None and "weights deleted" in done.steps
     # v3 was the last one published, so main showed it: a download naming no revision got the retired weights.
     # Main now shows the champion's tree (v2's files, blob for blob), in a commit of its own.
-    assert git.log("main")[0].title == "router:v3 retired: main shows the champion"
+    assert git.log("main")[0].title == "router:v3 retired: main shows the champion, v2"
     assert sorted((e.path, e.oid) for e in git.tree("main")) == sorted((e.path, e.oid) for e in git.tree(tags["v2"]))
     with pytest.raises(VersionDecommissioned):
         reg.version_dir(reg.store.get_version("router", 3))
     archived = retire_version(reg, "router", 1, policy=ARCHIVE, actor="decommission", reason="old")
     assert archived.archive_uri == "hf://acme/router@archived-v1"
     assert git.refs("tags") == {"v2": tags["v2"], "archived-v1": v1.artifact_uri.rsplit("@", 1)[1]}
-    assert git.log("main")[0].title == "router:v3 retired: main shows the champion"  # v1 was not main's head
+    assert git.log("main")[0].title == "router:v3 retired: main shows the champion, v2"  # v1 was not on main
     assert retire_version(reg, "router", 3, policy=DELETE, actor="decommission", reason="again").steps == []
     assert v3.number == 3
+
+
+def test_main_never_shows_a_retired_version_even_by_its_files(hub, kit, hub_registry, hub_adapters, tiny_base_model,
+                                                                tiny_before_pairs):
+    """v3 retired while main showed it: main shows the champion v2's files (a commit of its own). Rolled back to v1,
+    v2 is retired later: main's head is not v2's commit, but it shows v2's files, so it moves on to v1's."""
+    reg = hub_registry
+    lineage = kit.base_lineage(reg, tiny_base_model[0], tiny_before_pairs[:40])
+    adapter = lineage.model_copy(update={"parent": "mainline:v1"})
+    kit.register(reg, "mainline", None, lineage)
+    kit.register(reg, "mainline", hub_adapters["a"], adapter)
+    operations.promote(reg, "mainline", 1, actor="op", reason="first")
+    operations.promote(reg, "mainline", 2, actor="op", reason="adapter")
+    kit.register(reg, "mainline", hub_adapters["b"], adapter)  # a candidate: main shows it
+    git = hub.repo("acme/mainline")
+    tags = git.refs("tags")
+
+    def files(revision):
+        return sorted((e.path, e.oid) for e in git.tree(revision))
+
+    retire_version(reg, "mainline", 3, policy=DELETE, actor="decommission", reason="never promoted")
+    assert files("main") == files(tags["v2"]) and git.resolve("main") != tags["v2"]
+    operations.rollback(reg, "mainline", actor="op", reason="v2 misbehaves")
+    retire_version(reg, "mainline", 2, policy=ARCHIVE, actor="decommission", reason="rolled back")
+    assert git.log("main")[0].title == "mainline:v2 retired: main shows the champion, v1"
+    assert files("main") == files(tags["v1"])
+    assert git.refs("heads")["champion"] == tags["v1"]
 
 
 def test_a_replayed_rollout_promote_moves_the_branch_once(hub, kit, hub_registry, hub_adapters, tiny_base_model,

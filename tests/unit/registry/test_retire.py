@@ -363,3 +363,34 @@ def test_weights_gone_before_the_first_run_are_not_recorded_as_moved(world):
     assert "weights archived" not in done.steps
     assert not world.store.has_event("version.weights.archived", "router:v2")
     assert world.store.get_version("router", 2).status is S.DECOMMISSIONED
+
+
+def test_a_retirement_lock_held_too_long_is_refused_by_name_and_one_that_cannot_lock_goes_on(world, monkeypatch):
+    import errno
+    import threading
+
+    held, release, raised = threading.Event(), threading.Event(), []
+
+    def hold():
+        with tomb.retiring_lock(root(world), "router", 2):
+            held.set()
+            release.wait(timeout=30)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    assert held.wait(timeout=30)
+    try:
+        with tomb.retiring_lock(root(world), "router", 2, wait_s=0.3):
+            raised.append("entered")
+    except tomb.RetirementBusy as exc:
+        raised.append(str(exc))
+    finally:
+        release.set()
+        holder.join()
+    assert len(raised) == 1 and "router:v2 is being retired by another process" in raised[0]
+
+    def no_locks(handle, operation):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(tomb.fcntl, "flock", no_locks)  # a mount without locks: retire anyway, with a warning
+    assert "decommissioned" in retire(world).steps

@@ -146,3 +146,23 @@ def test_import_and_construction_load_no_torch(classifier_dir):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+def test_the_classifier_runs_on_its_own_thread_for_the_event_loop_and_patterns_inline(classifier_dir):
+    import asyncio
+    import threading
+
+    where: list[str] = []
+    guard = classified(classifier_dir, classifier_labels_blocked=["toxic"])
+    check = guard.check
+
+    def traced(text):
+        where.append(threading.current_thread().name)
+        return check(text)
+
+    guard.check = traced
+    text = "you idiot, mail jo@bank.com"
+    assert asyncio.run(guard.check_async(text)) == check(text)
+    assert where[0].startswith("slm-guardrails")  # not the loop's thread, nor its shared pool
+    plain = Guardrails(GuardrailPolicy())
+    assert not plain.blocking and asyncio.run(plain.check_async(text)) == plain.check(text)
