@@ -195,9 +195,10 @@ def look_window(state: RolloutState, plan: RolloutPlan, now: datetime, settle_s:
     """The window a look reads: :func:`stage_window`, less its last ``settle_s`` seconds in shadow. A shadow answer
     is logged after the served one (it is generated after it), under the request's arrival time, so the newest
     requests' copies may not be in the log yet; counted, they would read as copies gone missing. A copy can come
-    later than ``settle_s`` (up to two request timeouts under load); the split check counts callers, so only the
-    callers first seen in that lag would be missing from the shadow arm, far fewer than a mismatch needs unless
-    new callers pour in."""
+    later than ``settle_s`` (up to the served request's timeout plus the backend's own timeout for the copy, which
+    is awaited until the backend is done with it: ``GatewayState._call_backend``); the split check counts callers,
+    so only the callers first seen in that lag would be missing from the shadow arm, far fewer than a mismatch
+    needs unless new callers pour in."""
     since, until = stage_window(state, now, settle_s)
     if plan.stages[state.stage_index].shadow:
         until = max(since + timedelta(microseconds=1), until - timedelta(seconds=settle_s))
