@@ -61,9 +61,19 @@ class DriftReport(Frozen):
     reference_rows: int = Field(description="reference rows before sampling")
     current_rows: int = Field(description="window rows (served answers) before sampling")
     compared_reference: int = Field(description="reference rows compared (after sampling and the vocabulary half)")
-    compared_current: int = Field(description="window rows compared (after sampling)")
+    compared_current: int = Field(description="window rows compared (after sampling, and without the rows whose "
+                                  "text was not stored when a text column is compared)")
+    usable_rows: int | None = Field(default=None, description=(
+        "window rows the compared columns can read, before sampling: those with text when a text column is "
+        "compared (hash-only logging keeps none). What the policy's min_rows counts; None: as current_rows"))
     html: Path | None = None
     seconds: float
+
+    @property
+    def rows_for_decision(self) -> int:
+        """The rows ``min_rows`` is checked against: the usable ones (a window of mostly hash-only rows has far
+        fewer to compare than it has answers, and a small sample's effect sizes run high)."""
+        return self.current_rows if self.usable_rows is None else self.usable_rows
 
     @property
     def drifted_columns(self) -> list[str]:
@@ -75,7 +85,8 @@ class DriftReport(Frozen):
         if decision is not None:
             lines += [f"**Drift monitor: {decision.verdict}** ({decision.reason()})", ""]
             lines += [f"- {r}" for r in decision.reasons()] + [""]
-        lines += [f"Window: {self.current_rows} answers (compared {self.compared_current}); reference: "
+        usable = "" if self.usable_rows in (None, self.current_rows) else f", {self.usable_rows} with text"
+        lines += [f"Window: {self.current_rows} answers{usable} (compared {self.compared_current}); reference: "
                   f"{self.reference_rows} rows (compared {self.compared_reference}); {self.seconds:.1f} s", "",
                   "| column | method | score | threshold | drifted |", "|---|---|---|---|---|"]
         for c in self.columns:
@@ -141,9 +152,12 @@ def check_drift(reference: pandas.DataFrame, current: pandas.DataFrame, policy: 
     if len(cur) and len(ref):
         results += [_embedding_drift(ref, cur, column, policy, embedding_cache) for column in embedded]
     by_name = {r.column: r for r in results + skipped}
+    texts = _texts(plan)
     return DriftReport(columns=[by_name[c] for c in policy.columns if c in by_name],
                        reference_rows=len(reference), current_rows=len(current), compared_reference=len(ref),
-                       compared_current=len(cur), html=html_path, seconds=round(time.perf_counter() - start, 3))
+                       compared_current=len(cur.dropna(subset=texts)) if texts else len(cur),
+                       usable_rows=len(current.dropna(subset=texts)) if texts else len(current),
+                       html=html_path, seconds=round(time.perf_counter() - start, 3))
 
 
 def _sample(df: pandas.DataFrame, cap: int, seed: int) -> pandas.DataFrame:
@@ -189,9 +203,14 @@ def _source(column: str) -> str:
     return text if text in TEXTS and descriptor in _DESCRIPTORS else column
 
 
+def _texts(plan: list[str]) -> list[str]:
+    """The text columns (prompt, completion) the plan's columns read."""
+    return [t for t in TEXTS if any(_source(c) == t for c in plan)]
+
+
 def _frame(df: pandas.DataFrame, plan: list[str]) -> pandas.DataFrame:
     """The raw columns the plan reads; rows without text (hash-only) dropped when a text column is read."""
-    texts = [t for t in TEXTS if any(_source(c) == t for c in plan)]
+    texts = _texts(plan)
     keep = sorted({_source(c) for c in plan})
     frame = df.dropna(subset=texts)[keep].copy() if texts else df[keep].copy()
     if "route" in plan:

@@ -57,8 +57,7 @@ def monitor(params: MonitorParams = MonitorParams()) -> MonitorOutcome:
     record_drift_check(plan, report, decision)
     trigger = None
     if decision.fire:
-        trigger = storm_check(plan)
-        act_on_drift(plan, report, decision, feedback, trigger)
+        trigger = act_on_drift(plan, report, decision, feedback, storm_check(plan))
     action = publish_summary(plan, report, decision, trigger)
     return MonitorOutcome(model=plan.model, champion=plan.champion.ref, verdict=str(decision.verdict),
                           drifted_columns=decision.drifted_columns, reasons=decision.reasons(), action=action,

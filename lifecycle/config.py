@@ -73,8 +73,10 @@ class RetrainParams(BaseModel):
     rollout_plan: str | None = Field(default=None, description="rollout plan YAML for the candidate (overrides "
                                      "the config's; passed on in slm.candidate.published)")
     reason: str = Field(default="manual", description="why this run: recorded in lineage and the audit log")
+    model: str | None = Field(default=None, description="the model this run is for (a drift event names it); "
+                              "refused when the config retrains another")
 
-    @field_validator("data", "recipe", "gate", "benchmarks", "rollout_plan", mode="before")
+    @field_validator("data", "recipe", "gate", "benchmarks", "rollout_plan", "model", mode="before")
     @classmethod
     def _blank_is_unset(cls, value: object) -> object:
         # An automation templates "{{ event.payload.x }}" to "" when an older event has no x: take the config's.
@@ -86,6 +88,10 @@ class RetrainParams(BaseModel):
         cfg = load_yaml_config(RetrainConfig, path if path.is_absolute() else root / path, data=self.data,
                                recipe=self.recipe, gate=self.gate, benchmarks=self.benchmarks,
                                replay_rows=self.replay_rows, rollout_plan=self.rollout_plan)
+        if self.model is not None and self.model != cfg.model:
+            # A drift event of one model must never retrain another (its candidate would answer nothing).
+            raise ValueError(f"this run is for {self.model}, but {self.config} retrains {cfg.model}: name that "
+                             f"model's retrain config (retrain_config in its monitor policy)")
         absolute = {k: (v if v.is_absolute() else root / v)
                     for k, v in {"task": cfg.task, "recipe": cfg.recipe, "gate": cfg.gate}.items()}
         return cfg.model_copy(update=absolute)

@@ -103,6 +103,9 @@ audit_events = Table(
     Column("payload", Text, nullable=False),
     Column("prev_hash", String(64), nullable=False),
     Column("hash", String(64), nullable=False),
+    # The newest event of an action about a subject (has_event, last_event_at: the storm rule, a retirement's
+    # closing event) without reading the whole log, which gains ~100 drift checks a day (migration 0008).
+    Index("ix_audit_events_action_subject", "action", "subject", "seq"),
 )
 
 # The chain head, stored apart from the events so that deleting the newest events is detected.

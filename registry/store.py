@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 
-from sqlalchemy import Connection, Engine, select, update
+from sqlalchemy import Connection, Engine, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from lifecycle.audit import (
@@ -315,6 +315,32 @@ class RegistryStore:
     def append_audit(self, *, actor: str, action: str, subject: str, payload: dict[str, object]) -> AuditEvent:
         with self._tx() as conn:
             return self._audit(conn, actor, action, subject, payload)
+
+    def last_event_at(self, actions: list[str], model: str) -> datetime | None:
+        """When the newest event of one of ``actions`` about ``model`` or one of its versions (``MODEL:...``) was
+        logged; None if none was. An indexed query, not a read of the whole log."""
+        query = (select(t.audit_events.c.ts).where(
+            t.audit_events.c.action.in_(actions),
+            or_(t.audit_events.c.subject == model, t.audit_events.c.subject.startswith(f"{model}:", autoescape=True)))
+            .order_by(t.audit_events.c.seq.desc()).limit(1))
+        with self.engine.connect() as conn:
+            ts = conn.execute(query).scalar_one_or_none()
+        return None if ts is None else _as_utc(datetime.fromisoformat(ts))
+
+    def append_audit_unless_since(self, *, actor: str, action: str, subject: str, payload: dict[str, object],
+                                  since: datetime) -> tuple[bool, AuditEvent]:
+        """Append, unless an event of ``action`` about ``subject`` was logged at or after ``since``. Returns (True,
+        the event appended) or (False, that earlier event). One transaction under the audit head's lock (the write
+        lock on SQLite), so two processes deciding at once cannot both append, as a check and then an append could
+        (the drift monitor's trigger: two monitor runs finding one drift started two retrains)."""
+        with self._tx() as conn:
+            conn.execute(select(t.audit_head.c.id).where(t.audit_head.c.id == 1).with_for_update())
+            last = conn.execute(select(t.audit_events).where(t.audit_events.c.action == action,
+                                                             t.audit_events.c.subject == subject)
+                                .order_by(t.audit_events.c.seq.desc()).limit(1)).first()
+            if last is not None and _as_utc(datetime.fromisoformat(last.ts)) >= _as_utc(since):
+                return False, _event(last)
+            return True, self._audit(conn, actor, action, subject, payload)
 
     def audit_events(self) -> list[AuditEvent]:
         """Every event in order; a row edited past parsing comes back as a stand-in (:func:`is_unreadable`), so

@@ -34,6 +34,7 @@ def monitor_cmd(
     prefect_env()
     from flows.monitor import monitor
     from lifecycle.drift_policy import MonitorParams
+    from registry.artifacts import ArtifactIntegrityError
     from registry.store import NotFoundError
 
     # typer parses ISO dates without a zone: they are read as UTC, the zone of every timestamp in the log.
@@ -43,7 +44,8 @@ def monitor_cmd(
         params.window(datetime.now(UTC))
         check_policy(policy)  # before the flow run, which would log tracebacks before this one line
         outcome = monitor(params)
-    except (NotFoundError, FileNotFoundError, ValueError) as exc:
+    except (NotFoundError, FileNotFoundError, ValueError, ArtifactIntegrityError) as exc:
+        # ArtifactIntegrityError: the champion's training snapshot (the reference) is missing or was altered.
         print_error(exc)
         raise typer.Exit(2) from None
     colour = {"pass": "green", "fail": "red"}.get(outcome.verdict, "yellow")

@@ -9,6 +9,7 @@ from pathlib import Path
 from prefect import task
 from prefect.artifacts import create_link_artifact, create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
+from prefect.events import emit_event
 
 from data_checks.drift import DriftReport, check_drift, frame_from_columns, frame_from_pairs
 from data_checks.readers import read_jsonl
@@ -27,9 +28,10 @@ from lifecycle.predictions import as_utc
 from lifecycle.records import Frozen, ModelVersion
 from lifecycle.settings import get_settings, in_project
 from registry.predictions import PredictionStore
+from registry.rollouts import active_rollout
 from registry.service import Registry
 from tasks.connect import open_registry
-from tasks.events import announce
+from tasks.events import resource
 from training.loop import torch_threads
 
 ACTOR = "monitor-flow"
@@ -45,7 +47,7 @@ class MonitorPlan(Frozen):
     champion: ModelVersion
     since: datetime
     until: datetime
-    data_path: str
+    data_path: str | None  # the labelled drop the event names; None: the retrain config's
     report_path: Path
     run_id: str
 
@@ -59,7 +61,7 @@ def plan_monitor(params: MonitorParams, run_id: str) -> MonitorPlan:
     with open_registry() as registry:
         champion = registry.get(f"{model}:champion")
     drop = params.data or policy.labelled_drop
-    data_path = str(in_project(drop)) if drop else str(settings.home / "data" / "drifted-labelled.jsonl")
+    data_path = str(in_project(drop)) if drop else None  # the retrain config's drop (its own default when unset)
     report = settings.home / "reports" / model / f"drift-{until:%Y%m%dT%H%M%SZ}-{run_id[:8]}.html"
     return MonitorPlan(model=model, policy=policy, policy_path=params.policy, champion=champion, since=since,
                        until=until, data_path=data_path, report_path=report, run_id=run_id)
@@ -92,7 +94,17 @@ def check_window(plan: MonitorPlan) -> DriftReport:
         create_link_artifact(key="drift-report", link=report.html.as_uri(), link_text=report.html.name,
                              description=f"Evidently drift report, {plan.model} {plan.since:%Y-%m-%d %H:%M} to "
                              f"{plan.until:%Y-%m-%d %H:%M} UTC")
+        prune_reports(plan.report_path.parent, plan.policy.reports_kept)
     return report
+
+
+def prune_reports(folder: Path, keep: int) -> list[Path]:
+    """Delete all but the newest ``keep`` drift reports in ``folder`` (a report is ~4 MB, a run every 15 minutes
+    is ~400 MB a day); returns what it deleted. The audit log keeps every check's scores whatever is deleted."""
+    reports = sorted(folder.glob("drift-*.html"), key=lambda p: (p.stat().st_mtime, p.name), reverse=True)
+    for old in reports[keep:]:
+        old.unlink(missing_ok=True)
+    return reports[keep:]
 
 
 @task(name="feedback-evidence", cache_policy=NO_CACHE)
@@ -109,7 +121,7 @@ def feedback_evidence(plan: MonitorPlan) -> FeedbackEvidence:
 
 @task(name="judge-drift", cache_policy=NO_CACHE)
 def judge(plan: MonitorPlan, report: DriftReport, feedback: FeedbackEvidence) -> DriftDecision:
-    return decide_drift(report.columns, feedback, plan.policy, rows=report.current_rows)
+    return decide_drift(report.columns, feedback, plan.policy, rows=report.rows_for_decision)
 
 
 def running_retrain_since(now: datetime) -> datetime | None:
@@ -143,12 +155,12 @@ def running_retrain_since(now: datetime) -> datetime | None:
 def storm_check(plan: MonitorPlan) -> TriggerDecision:
     now = datetime.now(UTC)
     with open_registry() as registry:
-        events = registry.store.audit_events()
-    mine = [e for e in events if e.subject == plan.model or e.subject.startswith(f"{plan.model}:")]
-    last_trigger = max((datetime.fromisoformat(e.ts) for e in mine if e.action == DETECTED), default=None)
-    last_retrain = max((datetime.fromisoformat(e.ts) for e in mine if e.action in RETRAIN_DONE), default=None)
+        last_trigger = registry.store.last_event_at([DETECTED], plan.model)
+        last_retrain = registry.store.last_event_at(list(RETRAIN_DONE), plan.model)
+        rollout = active_rollout(registry.store, plan.model)
     return decide_trigger(now=now, cooldown=plan.policy.cooldown, running_retrain_since=running_retrain_since(now),
-                          last_retrain_at=last_retrain, last_trigger_at=last_trigger)
+                          last_retrain_at=last_retrain, last_trigger_at=last_trigger,
+                          rollout_candidate=None if rollout is None else rollout.candidate)
 
 
 def drift_payload(plan: MonitorPlan, report: DriftReport, decision: DriftDecision,
@@ -166,8 +178,10 @@ def drift_payload(plan: MonitorPlan, report: DriftReport, decision: DriftDecisio
         "thresholds": {c.column: c.threshold for c in report.columns if c.score is not None},
         "decay": decision.decay, "feedback": feedback.model_dump(),
         "findings": decision.reasons(), "reason": reason,
-        "data_path": plan.data_path, "retrain_config": plan.policy.retrain_config,
-        "rollout_plan": plan.policy.rollout_plan,
+        # "" when unset: the automation templates it into the retrain's parameters, where blank means "the
+        # config's" (None would be templated as the text "None").
+        "data_path": plan.data_path or "", "retrain_config": plan.policy.retrain_config,
+        "rollout_plan": plan.policy.rollout_plan or "",
         "report": str(report.html) if report.html else None, "policy": plan.policy_path,
         "monitor_run": plan.run_id,
     }
@@ -175,17 +189,30 @@ def drift_payload(plan: MonitorPlan, report: DriftReport, decision: DriftDecisio
 
 @task(name="act-on-drift", cache_policy=NO_CACHE)
 def act_on_drift(plan: MonitorPlan, report: DriftReport, decision: DriftDecision, feedback: FeedbackEvidence,
-                 trigger: TriggerDecision) -> dict[str, object]:
-    """Emit ``slm.drift.detected`` (audited), or, under the storm rule, only audit ``slm.drift.suppressed``."""
+                 trigger: TriggerDecision) -> TriggerDecision:
+    """Emit ``slm.drift.detected`` (audited), or, under the storm rule, only audit ``slm.drift.suppressed``.
+    Returns the trigger as it finally stood.
+
+    The storm check read the log a moment ago; another monitor run (a manual one, or late runs started together
+    after a worker outage) may have fired since. So the detected event is appended only if none came within the
+    cooldown, in one transaction with that check (``append_audit_unless_since``): one drift, one retrain."""
     payload = drift_payload(plan, report, decision, feedback)
     with open_registry() as registry:
         if trigger.fire:
-            announce(registry, DETECTED, plan.model, payload, actor=ACTOR)
-        else:
-            retry = trigger.retry_after.isoformat() if trigger.retry_after else None
-            registry.store.append_audit(actor=ACTOR, action=SUPPRESSED, subject=plan.model,
-                                        payload={**payload, "suppressed": trigger.reason, "retry_after": retry})
-    return payload
+            appended, event = registry.store.append_audit_unless_since(
+                actor=ACTOR, action=DETECTED, subject=plan.model, payload=payload,
+                since=datetime.now(UTC) - plan.policy.cooldown)
+            if appended:
+                emit_event(event=DETECTED, resource=resource(plan.model), payload=payload)
+                return trigger
+            at = as_utc(datetime.fromisoformat(event.ts))
+            trigger = TriggerDecision(fire=False, retry_after=at + plan.policy.cooldown, reason=(
+                f"another monitor run fired for {plan.model} at {at:%Y-%m-%d %H:%M:%S} UTC, after this run's storm "
+                "check: its retrain answers this drift"))
+        retry = trigger.retry_after.isoformat() if trigger.retry_after else None
+        registry.store.append_audit(actor=ACTOR, action=SUPPRESSED, subject=plan.model,
+                                    payload={**payload, "suppressed": trigger.reason, "retry_after": retry})
+    return trigger
 
 
 @task(name="publish-summary", cache_policy=NO_CACHE)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import shutil
 from pathlib import Path
 
 from prefect import task
@@ -15,6 +17,8 @@ from tasks.data import TrainingData
 from tasks.plan import RetrainPlan
 from training.loop import Progress
 from training.lora import LoraRecipe, TrainResult, train_lora
+
+log = logging.getLogger(__name__)
 
 
 def training_log(path: Path) -> Progress:
@@ -35,7 +39,11 @@ def fine_tune(plan: RetrainPlan, data: TrainingData) -> TrainResult:
         base_dir = registry.base_dir(plan.champion)
         champion_dir = registry.version_dir(plan.champion)
     init = champion_dir if recipe.init_from_champion and (champion_dir / "adapter_config.json").is_file() else None
-    result = train_lora(base_dir, data.pairs, recipe, plan.run_dir / "adapter", init_adapter=init,
+    out = plan.run_dir / "adapter"
+    if out.exists():  # a retry of this flow run (the UI's Retry keeps its id): the attempt before trained, then failed
+        log.warning("removing %s, left by an earlier attempt of this run (never registered): training again", out)
+        shutil.rmtree(out)
+    result = train_lora(base_dir, data.pairs, recipe, out, init_adapter=init,
                         threads=get_settings().torch_threads, progress=training_log(plan.run_dir / "training.log"))
     curve = "\n".join(f"| {step} | {loss:.4f} |" for step, loss in result.loss_curve)
     create_markdown_artifact(key="training-summary", description="LoRA fine-tune", markdown=(

@@ -144,7 +144,8 @@ def test_drifted_traffic_emits_the_event_then_the_storm_rule_holds_it(worlds):
     payload = recorded.payload
     assert payload["model"] == "watch-drift" and payload["champion"] == ref
     assert payload["window_since"] == SINCE.isoformat() and payload["window_until"] == UNTIL.isoformat()
-    assert payload["data_path"].endswith("drifted-labelled.jsonl")
+    # No drop or plan in the policy: blank, so the retrain config's apply (the automation reads blank as unset).
+    assert (payload["data_path"], payload["rollout_plan"]) == ("", "")
     assert payload["retrain_config"] == "configs/retrain.yaml" and payload["reason"].startswith("drift on watch-drift")
     assert set(payload["drifted_columns"]) <= set(payload["scores"]) and payload["rows"] == 1200
     [event] = prefect_events("watch-drift", expect=1)

@@ -92,3 +92,18 @@ def test_an_empty_window_is_inconclusive(world, policy):
     report = check_drift(world["reference"], frame_from_log([]), policy, html_path=Path("/nonexistent/x.html"))
     assert report.current_rows == 0 and report.html is None and all(c.skipped for c in report.columns)
     assert decide_drift(report.columns, None, policy, rows=0).verdict is Verdict.INCONCLUSIVE
+
+
+def test_rows_without_text_do_not_count_toward_min_rows(world, policy):
+    """A window spanning a switch to hash-only logging: 60 answers with text, 1,140 without. The text columns
+    compare the 60 (whose effect sizes run high: same-world traffic read as drift), so the window is too small for
+    a verdict, whatever its 1,200 answers."""
+    before = world["before"]
+    rows = [logged(p, c, i) for i, (p, c) in enumerate(zip(before["prompt"][:60], before["completion"][:60],
+                                                           strict=True))]
+    rows += [logged(None, None, 60 + i) for i in range(1140)]
+    report = check_drift(world["reference"], frame_from_log(rows), policy)
+    assert (report.current_rows, report.usable_rows, report.compared_current) == (1200, 60, 60)
+    decision = decide_drift(report.columns, None, policy, rows=report.rows_for_decision)
+    assert decision.verdict is Verdict.INCONCLUSIVE and "only 60 rows" in " ".join(decision.reasons())
+    assert "1200 answers, 60 with text (compared 60)" in report.summary_markdown(decision)

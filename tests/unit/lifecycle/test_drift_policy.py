@@ -161,6 +161,16 @@ def test_a_running_retrain_always_suppresses(minutes_ago, trigger_minutes_ago):
     assert not decision.fire
 
 
+def test_an_unfinished_rollout_suppresses_and_says_whose():
+    """A rollout paused for approval longer than the cooldown: its candidate may answer the drift, and a new one
+    could not roll out until it ends (RolloutInProgress), so a retrain now would run for nothing."""
+    decision = decide_trigger(now=T0, cooldown=COOLDOWN, running_retrain_since=None, rollout_candidate=4,
+                              last_retrain_at=T0 - timedelta(days=2), last_trigger_at=T0 - timedelta(days=2))
+    assert not decision.fire and "rollout of v4 is unfinished" in decision.reason
+    assert decide_trigger(now=T0, cooldown=COOLDOWN, running_retrain_since=None, rollout_candidate=None,
+                          last_retrain_at=T0 - timedelta(days=2), last_trigger_at=None).fire
+
+
 def test_naive_times_are_refused():
     with pytest.raises(ValueError, match="timezone-aware"):
         decide_trigger(now=datetime(2026, 1, 1), cooldown=COOLDOWN, running_retrain_since=None,

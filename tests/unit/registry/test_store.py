@@ -232,3 +232,39 @@ def test_stores_opened_from_many_threads_at_once_all_migrate(tmp_path):
     for t in threads:
         t.join()
     assert errors == []
+
+
+def test_racing_conditional_appends_leave_exactly_one_event(db_url):
+    """Four monitor runs find one drift at once: each appends its trigger unless one came within the cooldown
+    (here: since the race began). In one transaction under the audit lock, exactly one appends; the others get that
+    event back."""
+    stores = [RegistryStore.open(db_url) for _ in range(4)]
+    stores[0].append_audit(actor="monitor", action="slm.drift.detected", subject="router", payload={"run": "old"})
+    stores[0].append_audit(actor="monitor", action="slm.drift.detected", subject="router-b", payload={"run": "b"})
+    stores[0].append_audit(actor="flow", action="slm.gate.failed", subject="router:v2", payload={})
+    since = datetime.now(UTC)  # the old trigger is before it: outside the cooldown
+    barrier, outcomes = threading.Barrier(4), []
+
+    def race(store, k):
+        barrier.wait()
+        outcomes.append(store.append_audit_unless_since(actor="monitor", action="slm.drift.detected",
+                                                        subject="router", payload={"run": k}, since=since))
+
+    threads = [threading.Thread(target=race, args=(s, k)) for k, s in enumerate(stores)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    won = [event for appended, event in outcomes if appended]
+    assert len(won) == 1 and all(event.seq == won[0].seq for _, event in outcomes)
+    router = [e.payload["run"] for e in stores[0].audit_events() if e.subject == "router"]
+    assert router == ["old", won[0].payload["run"]]
+    # The newest event of the actions, about the model or one of its versions (never another model's).
+    assert stores[0].last_event_at(["slm.drift.detected"], "router") == datetime.fromisoformat(won[0].ts)
+    gate = next(e for e in stores[0].audit_events() if e.action == "slm.gate.failed")
+    assert stores[0].last_event_at(["slm.gate.failed", "slm.data.rejected"], "router") == datetime.fromisoformat(
+        gate.ts)
+    assert stores[0].last_event_at(["slm.gate.failed"], "router-b") is None
+    assert stores[0].verify_audit().ok
+    for s in stores:
+        s.close()

@@ -15,3 +15,15 @@ def test_blank_retrain_overrides_are_unset():
     params = RetrainParams(data="", gate=" ", rollout_plan="", benchmarks="")
     assert (params.data, params.gate, params.rollout_plan, params.benchmarks) == (None, None, None, None)
     assert RetrainParams(rollout_plan="configs/smoke/rollout.yaml").rollout_plan == "configs/smoke/rollout.yaml"
+
+
+def test_a_run_for_another_model_than_the_config_retrains_is_refused_by_name(tmp_path):
+    """The drift event names its model; a retrain config of another model must not retrain that one instead."""
+    import pytest
+
+    config = tmp_path / "retrain.yaml"
+    config.write_text("model: support-bot\n")
+    assert RetrainParams(config=str(config), model="support-bot").resolve(tmp_path).model == "support-bot"
+    assert RetrainParams(config=str(config), model="").resolve(tmp_path).model == "support-bot"  # older events
+    with pytest.raises(ValueError, match="this run is for intent-router, but .* retrains support-bot"):
+        RetrainParams(config=str(config), model="intent-router").resolve(tmp_path)
