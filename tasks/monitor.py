@@ -151,8 +151,20 @@ def running_retrain_since(now: datetime) -> datetime | None:
     return min(due, default=None)
 
 
+def automations_listen() -> bool:
+    """Whether a Prefect server (PREFECT_API_URL) takes the drift event. Without one the flow runs on a temporary
+    server of its own, whose automations are not the stack's: the event would start nothing, yet a recorded
+    trigger would hold off the real monitor's for the whole cooldown."""
+    from prefect.settings import PREFECT_API_URL
+
+    return bool(PREFECT_API_URL.value())
+
+
 @task(name="storm-check", cache_policy=NO_CACHE)
 def storm_check(plan: MonitorPlan) -> TriggerDecision:
+    if not automations_listen():
+        return TriggerDecision(fire=False, reason="no Prefect server (PREFECT_API_URL is unset): no automation would "
+                               "start a retrain; start the stack (slm up) and monitor there, or run slm retrain")
     now = datetime.now(UTC)
     with open_registry() as registry:
         last_trigger = registry.store.last_event_at([DETECTED], plan.model)
