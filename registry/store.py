@@ -327,6 +327,15 @@ class RegistryStore:
             ts = conn.execute(query).scalar_one_or_none()
         return None if ts is None else _as_utc(datetime.fromisoformat(ts))
 
+    def events_about(self, model: str, actions: list[str]) -> list[AuditEvent]:
+        """The events of ``actions`` about ``model`` or one of its versions, oldest first (an indexed query)."""
+        query = (select(t.audit_events).where(
+            t.audit_events.c.action.in_(actions),
+            or_(t.audit_events.c.subject == model, t.audit_events.c.subject.startswith(f"{model}:", autoescape=True)))
+            .order_by(t.audit_events.c.seq))
+        with self.engine.connect() as conn:
+            return [_event(row) for row in conn.execute(query)]
+
     def append_audit_unless_since(self, *, actor: str, action: str, subject: str, payload: dict[str, object],
                                   since: datetime) -> tuple[bool, AuditEvent]:
         """Append, unless an event of ``action`` about ``subject`` was logged at or after ``since``. Returns (True,

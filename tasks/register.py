@@ -7,6 +7,7 @@ import shutil
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
+from lifecycle.audit import AuditEvent
 from lifecycle.gate import GateDecision
 from lifecycle.records import BaseModelRef, Lineage, ModelVersion
 from lifecycle.settings import project_root
@@ -28,6 +29,12 @@ def build_lineage(plan: RetrainPlan, data: TrainingData, trained: TrainResult) -
                    train_loss=trained.final_loss, eval_loss=trained.eval_loss, trigger=plan.params.reason)
 
 
+def registered_by_run(registry, model: str, run: str) -> AuditEvent | None:
+    """The ``version.registered`` event of the version this retrain run registered already, if it did."""
+    return next((e for e in reversed(registry.store.events_about(model, ["version.registered"]))
+                 if e.payload.get("run") == run), None)
+
+
 @task(name="register", cache_policy=NO_CACHE)
 def register(plan: RetrainPlan, data: TrainingData, trained: TrainResult, scores: Scores,
              decision: GateDecision) -> ModelVersion:
@@ -36,14 +43,22 @@ def register(plan: RetrainPlan, data: TrainingData, trained: TrainResult, scores
               "rejected by the offline gate: " + "; ".join(
                   f"{f.check} ({f.verdict})" for f in decision.findings if f.verdict != decision.verdict.PASS))
     with open_registry() as registry:
-        version = registry.register(
-            plan.config.model, staged=trained.adapter_dir, status=status, reason=reason, actor=plan.config.actor,
-            lineage=build_lineage(plan, data, trained), evals=scores.challenger, task=plan.task.name,
-            audit_payload={"gate": str(decision.verdict), "champion": plan.champion.ref, "run": plan.run_dir.name})
+        # A retry of this flow run (the UI's Retry keeps its id) after the version was registered: that version,
+        # never a second one; and its event, if the attempt before died before announcing it.
+        earlier = registered_by_run(registry, plan.config.model, plan.run_dir.name)
+        if earlier is None:
+            version = registry.register(
+                plan.config.model, staged=trained.adapter_dir, status=status, reason=reason, actor=plan.config.actor,
+                lineage=build_lineage(plan, data, trained), evals=scores.challenger, task=plan.task.name,
+                audit_payload={"gate": str(decision.verdict), "champion": plan.champion.ref, "run": plan.run_dir.name})
+            passed = decision.passed
+        else:  # as it was registered then (this attempt's gate may have come out otherwise)
+            version, passed = registry.get(earlier.subject), earlier.payload["status"] == VersionStatus.CANDIDATE.value
         payload = {"model": version.model, "version": version.ref, "champion": plan.champion.ref,
                    "verdict": str(decision.verdict), "reasons": decision.reasons(),
                    "rollout_plan": plan.config.rollout_plan, "run": plan.run_dir.name}
-        event = "slm.candidate.published" if decision.passed else "slm.gate.failed"
-        announce(registry, event, version.model, payload, actor=plan.config.actor, subject=version.ref)
+        event = "slm.candidate.published" if passed else "slm.gate.failed"
+        if not registry.store.has_event(event, version.ref):
+            announce(registry, event, version.model, payload, actor=plan.config.actor, subject=version.ref)
     shutil.rmtree(trained.adapter_dir, ignore_errors=True)  # the registry holds its copy now
     return version

@@ -1,0 +1,83 @@
+"""A retry of a retrain flow run (Prefect's Retry keeps the run's id) after its version was registered: the register
+step finds that version instead of registering a second, and announces it if the attempt before died first."""
+
+from __future__ import annotations
+
+import contextlib
+from types import SimpleNamespace
+
+import pytest
+
+from lifecycle.prompting import INTENT_V1
+from lifecycle.records import BaseModelRef, Lineage
+from lifecycle.verdict import Verdict
+from registry.artifacts import LocalArtifactStore
+from registry.service import Registry
+from registry.store import RegistryStore
+
+LINEAGE = Lineage(base_model=BaseModelRef(model_id="local://base/x", revision="0" * 64),
+                  prompt_format=INTENT_V1.identity)
+
+
+def gate(verdict: Verdict) -> SimpleNamespace:
+    """What the register step reads of a GateDecision."""
+    return SimpleNamespace(verdict=verdict, passed=verdict is Verdict.PASS, findings=[], reasons=lambda: [])
+
+
+@pytest.fixture
+def world(tmp_path, monkeypatch):
+    import tasks.events
+    import tasks.register
+
+    reg = Registry(RegistryStore.open(f"sqlite:///{tmp_path / 'registry.db'}"),
+                   LocalArtifactStore(tmp_path / "artifacts"), "router")
+    emitted: list[str] = []
+    monkeypatch.setattr(tasks.register, "open_registry", lambda: contextlib.nullcontext(reg))
+    monkeypatch.setattr(tasks.register, "build_lineage", lambda plan, data, trained: LINEAGE)
+    monkeypatch.setattr(tasks.events, "emit_event", lambda event, resource, payload: emitted.append(event))
+    adapter = tmp_path / "runs" / "run-7" / "adapter"
+    adapter.mkdir(parents=True)
+    (adapter / "adapter_config.json").write_text('{"r": 4}')
+    plan = SimpleNamespace(config=SimpleNamespace(model="router", actor="retrain-flow", rollout_plan="p.yaml"),
+                           champion=SimpleNamespace(ref="router:v1"), run_dir=adapter.parent,
+                           task=SimpleNamespace(name="banking77"))
+    yield reg, plan, SimpleNamespace(adapter_dir=adapter), emitted
+    reg.close()
+
+
+def test_a_retried_run_registers_once_and_announces_once(world):
+    from tasks.register import register
+
+    reg, plan, trained, emitted = world
+    passed = gate(Verdict.PASS)
+    first = register.fn(plan, None, trained, SimpleNamespace(challenger=[]), passed)
+    assert (first.number, emitted) == (1, ["slm.candidate.published"])
+    # The retry trains again (a new adapter) and, this time, its gate fails: the version registered stands.
+    trained.adapter_dir.mkdir(parents=True)
+    (trained.adapter_dir / "adapter_config.json").write_text('{"r": 4}')
+    failed = gate(Verdict.FAIL)
+    again = register.fn(plan, None, trained, SimpleNamespace(challenger=[]), failed)
+    assert again.number == 1 and [v.number for v in reg.store.list_versions("router")] == [1]
+    assert emitted == ["slm.candidate.published"]  # announced once
+
+
+def test_a_retry_announces_what_the_attempt_before_registered_but_never_announced(world, monkeypatch):
+    import tasks.register
+    from tasks.register import register
+
+    reg, plan, trained, emitted = world
+    real, calls = tasks.register.announce, []
+
+    def killed_once(*args, **kwargs):
+        calls.append(args[1])
+        if len(calls) == 1:
+            raise KeyboardInterrupt("killed between registering and announcing")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(tasks.register, "announce", killed_once)
+    with pytest.raises(KeyboardInterrupt):
+        register.fn(plan, None, trained, SimpleNamespace(challenger=[]), gate(Verdict.PASS))
+    assert [v.number for v in reg.store.list_versions("router")] == [1] and emitted == []
+    version = register.fn(plan, None, trained, SimpleNamespace(challenger=[]), gate(Verdict.PASS))
+    assert version.number == 1 and emitted == ["slm.candidate.published"]
+    assert reg.store.has_event("slm.candidate.published", "router:v1")
