@@ -78,6 +78,9 @@ class ValidationReport(Frozen):
     failures: list[FailedRule] = Field(default_factory=list)
     skipped: list[str] = Field(default_factory=list, description="rules not run, with the reason")
     data_docs: str | None = Field(default=None, description="path of the Data Docs index.html")
+    content_sha256: str | None = Field(default=None, description=(
+        "sha256 of the validated data as it was on disk (a folder: of its files' hashes), so whoever reads it "
+        "again can tell it is still what was validated"))
 
     def summary_markdown(self) -> str:
         """A markdown summary for a Prefect artifact: verdict line, then one table row per failed rule."""

@@ -39,8 +39,8 @@ class RetrainOutcome(Frozen):
 @flow(name="retrain", log_prints=True)
 def retrain(params: RetrainParams = RetrainParams()) -> RetrainOutcome:
     plan = plan_retrain(params, run_id=str(flow_run.get_id() or "local"))
-    validate_data(plan)
-    data = assemble_training_data(plan)
+    validated = validate_data(plan)
+    data = assemble_training_data(plan, validated)
     trained = fine_tune(plan, data)
     scores = benchmark(plan, trained.adapter_dir)
     decision = gate(plan, scores)

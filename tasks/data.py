@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from prefect import task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
@@ -9,6 +11,7 @@ from prefect.cache_policies import NO_CACHE
 from data_checks.readers import read_jsonl
 from data_checks.validation import ValidationReport, check_file
 from lifecycle.data import Pair
+from lifecycle.files import hash_tree, sha256_file, tree_digest
 from lifecycle.records import DatasetFingerprint, Frozen
 from tasks.connect import open_registry
 from tasks.events import announce
@@ -30,6 +33,7 @@ def validate_data(plan: RetrainPlan) -> ValidationReport:
     golden = [p.prompt for path in plan.golden.values() for p in read_jsonl(path)]
     # check_file, not validate_file: an unreadable drop is refused, audited and reported like any broken rule.
     report = check_file(plan.data_source, plan.task, golden, data_docs_dir=plan.run_dir / "data_docs")
+    report = report.model_copy(update={"content_sha256": content_digest(plan.data_source)})
     create_markdown_artifact(key="data-validation", markdown=f"`{plan.data_source}`\n\n{report.summary_markdown()}",
                              description="Great Expectations checks on the labelled drop")
     if not report.success:
@@ -42,11 +46,29 @@ def validate_data(plan: RetrainPlan) -> ValidationReport:
     return report
 
 
+def content_digest(source: str) -> str | None:
+    """sha256 of a drop as it is on disk: a file's bytes, a saved datasets folder's file hashes (``FOLDER@SPLIT``
+    names the folder); None when there is nothing to hash (the validation reported that already)."""
+    path = Path(source)
+    if not path.exists() and "@" in source:
+        path = Path(source.rsplit("@", 1)[0])
+    if path.is_file():
+        return sha256_file(path)
+    return tree_digest(hash_tree(path)) if path.is_dir() else None
+
+
 @task(name="assemble-training-data", cache_policy=NO_CACHE)
-def assemble_training_data(plan: RetrainPlan) -> TrainingData:
-    """The drop plus a replay sample of the champion's own training data, each snapshotted by content."""
+def assemble_training_data(plan: RetrainPlan, validated: ValidationReport | None = None) -> TrainingData:
+    """The drop plus a replay sample of the champion's own training data, each snapshotted by content.
+
+    ``validated``: the drop's validation; a drop whose content changed since (an export rewriting the file
+    between the two steps) is refused, never trained on unchecked."""
     with open_registry() as registry:
         drop = read_jsonl(plan.data_source)
+        if validated is not None and validated.content_sha256 != content_digest(plan.data_source):
+            raise DataRejected(f"{plan.data_source} changed after it was validated (sha256 "
+                               f"{validated.content_sha256} then, {content_digest(plan.data_source)} now): nothing "
+                               "was trained on it; run the retrain again on the data as it is now")
         champion_train = next((d for d in plan.champion.lineage.datasets if d.name == "train"), None)
         if champion_train is None or champion_train.snapshot is None:
             raise ValueError(f"{plan.champion.ref} records no training-data snapshot to replay from")
