@@ -73,11 +73,17 @@ def assemble_training_data(plan: RetrainPlan, validated: ValidationReport | None
         if champion_train is None or champion_train.snapshot is None:
             raise ValueError(f"{plan.champion.ref} records no training-data snapshot to replay from")
         pool = read_jsonl(registry.artifacts.dataset_path(champion_train.snapshot))
-        replay_rows = min(plan.config.replay_rows, len(pool))
-        pairs = retrain_mix(drop, pool, replay_rows, seed=plan.task.seed)
+        # The champion's training data holds the drops it learnt from: a drop used again (or a cumulative export)
+        # would be replayed on top of itself, its rows weighed twice. Those rows are left out of the pool, counted.
+        in_drop = {(p.prompt, p.completion) for p in drop}
+        fresh = [p for p in pool if (p.prompt, p.completion) not in in_drop]
+        replay_rows = min(plan.config.replay_rows, len(fresh))
+        pairs = retrain_mix(drop, fresh, replay_rows, seed=plan.task.seed)
+        left_out = f" ({len(pool) - len(fresh)} rows also in the drop left out of the pool)" if len(fresh) < len(
+            pool) else ""
         datasets = [registry.snapshot_dataset("labelled-drop", drop, plan.data_source),
                     registry.snapshot_dataset("train", pairs, f"labelled-drop + {replay_rows} replayed rows of "
-                                              f"{plan.champion.ref} train"),
+                                              f"{plan.champion.ref} train{left_out}"),
                     *(registry.snapshot_dataset(name, read_jsonl(path), str(path))
                       for name, path in plan.golden.items())]
     return TrainingData(pairs=pairs, datasets=datasets)

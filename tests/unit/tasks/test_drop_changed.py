@@ -33,3 +33,31 @@ def test_a_drop_changed_after_validation_is_refused_and_folders_are_hashed_too(t
     (folder / "data.arrow").write_bytes(b"other rows")
     assert content_digest(str(folder)) != before
     assert content_digest(str(tmp_path / "missing.jsonl")) is None
+
+
+def test_rows_of_the_drop_already_in_the_champions_data_are_not_replayed_on_top_of_it(tmp_path, monkeypatch):
+    """The champion learnt from an earlier drop; the same rows come again (a cumulative export): replayed from its
+    training data as well, they would be weighed twice. They leave the pool, and the snapshot says how many."""
+    import tasks.data
+    from registry.artifacts import LocalArtifactStore
+    from registry.service import Registry
+    from registry.store import RegistryStore
+    from tasks.data import assemble_training_data
+
+    old = [Pair(prompt=f"old question {k}", completion="card_arrival") for k in range(30)]
+    again = [Pair(prompt=f"drifted question {k}", completion="top_up_failed") for k in range(10)]
+    reg = Registry(RegistryStore.open(f"sqlite:///{tmp_path / 'r.db'}"), LocalArtifactStore(tmp_path / "a"), "m")
+    try:
+        train = reg.snapshot_dataset("train", old + again, "v1 train")
+        drop = write_jsonl(tmp_path / "drop.jsonl", again + [Pair(prompt="new one", completion="top_up_failed")])
+        monkeypatch.setattr(tasks.data, "open_registry", lambda: contextlib.nullcontext(reg))
+        plan = SimpleNamespace(data_source=str(drop), golden={}, config=SimpleNamespace(replay_rows=100),
+                               task=SimpleNamespace(seed=0),
+                               champion=SimpleNamespace(ref="m:v1", lineage=SimpleNamespace(datasets=[train])))
+        data = assemble_training_data.fn(plan, None)
+    finally:
+        reg.close()
+    keys = [(p.prompt, p.completion) for p in data.pairs]
+    assert len(keys) == len(set(keys)) == 41  # the drop's 11 and the pool's 30 others, each once
+    mixed = next(d for d in data.datasets if d.name == "train")
+    assert "30 replayed rows" in mixed.source and "10 rows also in the drop left out of the pool" in mixed.source
