@@ -162,6 +162,13 @@ def test_requests_still_routed_by_the_previous_split_never_count_in_the_stage(wo
         shadow_split.revision, 40)
 
 
+def caller_row(ts: datetime, k: int, version: int, role: str, revision: int, **extra) -> Prediction:
+    """Request ``k`` of caller ``k``, answered ok, as the split of ``revision`` routed it (or its shadow copy)."""
+    return Prediction(ts=ts, request_id=f"r-{k}", model="router", version=version, role=role,
+                      user_hash=f"caller-{k}", prompt="p", completion="c", latency_ms=5.0, outcome="ok",
+                      served=role != "shadow", split_revision=revision, **extra)
+
+
 def test_in_shadow_a_look_leaves_out_the_newest_requests_whose_copies_may_still_be_on_their_way(world):
     """A shadow copy is logged after the served answer, under the request's arrival time: at a look the newest
     requests have no copy in the log yet. 100 new callers a second, copies 2 s behind: counted to the look's
@@ -172,9 +179,7 @@ def test_in_shadow_a_look_leaves_out_the_newest_requests_whose_copies_may_still_
     start, revision = clock.now, get_split(store, "router").revision
 
     def row(k: int, version: int, role: str) -> Prediction:
-        return Prediction(ts=start + timedelta(milliseconds=10 * k), request_id=f"r-{k}", model="router",
-                          version=version, role=role, user_hash=f"caller-{k}", prompt="p", completion="c",
-                          latency_ms=5.0, outcome="ok", served=role != "shadow", split_revision=revision)
+        return caller_row(start + timedelta(milliseconds=10 * k), k, version, role, revision)
     preds.insert_many([row(k, 1, "champion") for k in range(1000)] + [row(k, 2, "shadow") for k in range(800)])
     clock.now = start + timedelta(seconds=10)
     champion, shadow = rollout_exec.arms(preds, state, plan, clock.now, settle_s=3)
@@ -423,9 +428,7 @@ def test_in_shadow_requests_whose_copy_the_gateway_shed_are_left_out_of_both_arm
     start, revision = clock.now, get_split(store, "router").revision
 
     def row(k: int, version: int, role: str) -> Prediction:
-        return Prediction(ts=start + timedelta(milliseconds=50 * k), request_id=f"r-{k}", model="router",
-                          version=version, role=role, user_hash=f"caller-{k}", prompt="p", completion="c",
-                          latency_ms=5.0, outcome="ok", served=role != "shadow", split_revision=revision,
+        return caller_row(start + timedelta(milliseconds=50 * k), k, version, role, revision,
                           shadow_shed=marked and role == "champion" and k % 3 != 0)
     preds.insert_many([row(k, 1, "champion") for k in range(600)] + [row(k, 2, "shadow") for k in range(0, 600, 3)])
     clock.now = start + timedelta(seconds=60)
