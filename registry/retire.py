@@ -167,6 +167,11 @@ def _retire(registry: Registry, model: str, number: int, *, policy: RetentionPol
     if (store.get_version(model, number).status is S.DECOMMISSIONED and stone and stone["state"] == "decommissioned"
             and store.has_event(CLOSED, ref)):
         return _result(registry, model, number, policy, [])  # retired before: nothing left to do
+    begun = ((stone or {}).get("retirement") or {}).get("weights")
+    if begun in ("archive", "delete") and begun != policy.artifacts:
+        # A retirement finishes as it began: a policy changed from archive to delete since must not delete the
+        # copy the first run archived (nor one changed the other way leave weights a delete had started on).
+        policy = policy.model_copy(update={"artifacts": begun})
     status, steps = _begin(store, model, number, actor=actor, reason=reason, context=context)
     if status is not S.DECOMMISSIONED:
         _bump_split(store, model, actor=actor, reason=f"{ref} retired: replicas unload it")

@@ -271,6 +271,19 @@ def test_two_retirements_of_one_version_at_once_take_turns(world, monkeypatch):
     assert len([e for e in world.store.audit_events() if e.action == "version.weights.archived"]) == 1
 
 
+def test_an_interrupted_retirement_finishes_as_it_began_whatever_the_policy_now_says(world, monkeypatch):
+    """Killed after archiving v2's weights; the policy is changed to delete before the next run. The retirement
+    finishes as an archive (the tombstone records how it began): the archived copy stays."""
+    files = world.store.get_version("router", 2).files
+    crash_in(monkeypatch, "after-weights")
+    with pytest.raises(KeyboardInterrupt):
+        retire(world, policy=ARCHIVE)
+    done = retire(world, policy=DELETE)
+    assert done.artifacts == "archive" and done.archive_uri == "local://archive/models/router/v2"
+    assert hash_tree(tomb.archive_folder(root(world), "router", 2)) == files
+    assert tomb.read_tombstone(root(world), "router", 2)["retirement"]["weights"] == "archive"
+
+
 def test_retiring_again_changes_nothing(world):
     retire(world)
     count = len(world.store.audit_events())
