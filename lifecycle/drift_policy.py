@@ -114,7 +114,7 @@ class DriftPolicy(Frozen):
     cooldown_minutes: float = Field(default=360, ge=0, description="no new trigger this long after the last "
                                     "trigger or retrain")
     labelled_drop: str | None = Field(default=None, description="labelled data for the retrain (event payload); "
-                                      "default: the task's drifted-labelled file under SLM_HOME/data")
+                                      "default: the retrain config's `data`")
     retrain_config: str = Field(default="configs/retrain.yaml", description="retrain config named in the event")
     reports_kept: int = Field(default=200, ge=1, description="Evidently HTML reports kept per model, newest first "
                               "(~4 MB each; the audit log keeps every check's scores)")
@@ -292,11 +292,13 @@ class TriggerDecision(Frozen):
 
 def decide_trigger(*, now: datetime, cooldown: timedelta, running_retrain_since: datetime | None,
                    last_retrain_at: datetime | None, last_trigger_at: datetime | None,
-                   rollout_candidate: int | None = None) -> TriggerDecision:
-    """May a drift finding start a retrain now? Suppress while one runs, while a rollout of the model is unfinished
-    (``rollout_candidate``: its candidate may answer the drift, and a new candidate could not roll out meanwhile),
-    or within ``cooldown`` of the last retrain (finished) or the last fired trigger (whose retrain may still be
-    queued).
+                   rollout_candidate: int | None = None, rollout_started_at: datetime | None = None
+                   ) -> TriggerDecision:
+    """May a drift finding start a retrain now? Suppress while one runs, within ``cooldown`` of the start of an
+    unfinished rollout of the model (``rollout_candidate``: its candidate may answer the drift), or within
+    ``cooldown`` of the last retrain (finished) or the last fired trigger (whose retrain may still be queued).
+    A rollout older than the cooldown no longer holds the trigger off: one whose flow died, or that waits for a
+    person, must not silence the monitor for ever.
 
     A timestamp in the future (clock skew between machines) counts as "just now", never as long ago.
     Examples (cooldown 6 h): a retrain running since 10:00 → suppress at any time; last trigger at 09:00,
@@ -308,8 +310,11 @@ def decide_trigger(*, now: datetime, cooldown: timedelta, running_retrain_since:
         return TriggerDecision(fire=False, reason=f"a retrain is running since {since:%Y-%m-%d %H:%M} UTC; "
                                "its candidate answers this drift")
     if rollout_candidate is not None:
-        return TriggerDecision(fire=False, reason=f"the rollout of v{rollout_candidate} is unfinished: its candidate "
-                               "may answer this drift, and another could not roll out until it ends")
+        started = now if rollout_started_at is None else min(now, as_utc(rollout_started_at))
+        if now < started + cooldown:
+            return TriggerDecision(fire=False, retry_after=started + cooldown, reason=(
+                f"the rollout of v{rollout_candidate}, started {started:%Y-%m-%d %H:%M} UTC, is unfinished: its "
+                "candidate may answer this drift, and another could not roll out until it ends"))
     recent = [(as_utc(at) + cooldown, label, as_utc(at)) for label, at in
               (("trigger", last_trigger_at), ("retrain", last_retrain_at)) if at is not None]
     blocking = max((r for r in recent if now < r[0]), default=None)

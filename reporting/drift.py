@@ -33,7 +33,8 @@ class DriftCheck(BaseModel):
     champion: str = Field(description="MODEL:vN whose traffic and reference were compared")
     window_since: datetime
     window_until: datetime
-    rows: int = Field(ge=0, description="served answers in the window")
+    rows: int = Field(ge=0, description="served answers in the window that the verdict rests on (with text when "
+                      "text columns are compared)")
     # A fired event is written only for a failed verdict, and its payload does not repeat it.
     verdict: str = "fail"
     scores: dict[str, float] = Field(default_factory=dict)

@@ -2,7 +2,8 @@
 at a server), on the last ``--hours`` of the prediction log or on ``--since``/``--until``.
 
 Exit status: 0 the window was checked (drift or not: the verdict is printed, and an event emitted when the
-storm rule allows), 2 the run could not start (no champion, a bad policy or window).
+storm rule allows: never without a Prefect server, where no automation would hear it), 2 the run could not start
+(no champion, a bad policy or window, a missing or altered reference snapshot).
 
 Registered on the CLI app with ``app.command("monitor")(monitor_cmd)``.
 """

@@ -9,7 +9,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 from data_checks.readers import read_jsonl
-from data_checks.validation import ValidationReport, check_file
+from data_checks.validation import FailedRule, ValidationReport, check_file
 from lifecycle.data import Pair
 from lifecycle.files import hash_tree, sha256_file, tree_digest
 from lifecycle.records import DatasetFingerprint, Frozen
@@ -32,8 +32,13 @@ class TrainingData(Frozen):
 def validate_data(plan: RetrainPlan) -> ValidationReport:
     golden = [p.prompt for path in plan.golden.values() for p in read_jsonl(path)]
     # check_file, not validate_file: an unreadable drop is refused, audited and reported like any broken rule.
+    before = content_digest(plan.data_source)
     report = check_file(plan.data_source, plan.task, golden, data_docs_dir=plan.run_dir / "data_docs")
-    report = report.model_copy(update={"content_sha256": content_digest(plan.data_source)})
+    if content_digest(plan.data_source) != before:  # rewritten while it was being read: what passed is unknown
+        report = ValidationReport(success=False, rows=report.rows, failures=[FailedRule(
+            rule="unchanged_while_validated", message="the data changed while it was being validated (an export "
+            "still writing it?): run the retrain again once it is complete")])
+    report = report.model_copy(update={"content_sha256": before})
     create_markdown_artifact(key="data-validation", markdown=f"`{plan.data_source}`\n\n{report.summary_markdown()}",
                              description="Great Expectations checks on the labelled drop")
     if not report.success:
@@ -74,9 +79,10 @@ def assemble_training_data(plan: RetrainPlan, validated: ValidationReport | None
             raise ValueError(f"{plan.champion.ref} records no training-data snapshot to replay from")
         pool = read_jsonl(registry.artifacts.dataset_path(champion_train.snapshot))
         # The champion's training data holds the drops it learnt from: a drop used again (or a cumulative export)
-        # would be replayed on top of itself, its rows weighed twice. Those rows are left out of the pool, counted.
-        in_drop = {(p.prompt, p.completion) for p in drop}
-        fresh = [p for p in pool if (p.prompt, p.completion) not in in_drop]
+        # would be replayed on top of itself, its rows weighed twice. Those prompts are left out of the pool, counted.
+        # By prompt: a row the drop relabels must not be replayed with its old label beside the new one.
+        in_drop = {p.prompt for p in drop}
+        fresh = [p for p in pool if p.prompt not in in_drop]
         replay_rows = min(plan.config.replay_rows, len(fresh))
         pairs = retrain_mix(drop, fresh, replay_rows, seed=plan.task.seed)
         left_out = f" ({len(pool) - len(fresh)} rows also in the drop left out of the pool)" if len(fresh) < len(

@@ -127,8 +127,8 @@ def judge(plan: MonitorPlan, report: DriftReport, feedback: FeedbackEvidence) ->
 def running_retrain_since(now: datetime) -> datetime | None:
     """Earliest start of a retrain flow run that is scheduled (due), pending, running or paused.
 
-    Prefect does not know which model a run is for (RetrainParams names a config file), so any running
-    retrain counts: with several models in one workspace this suppresses conservatively.
+    Any running retrain counts, whichever model it is for (a run started by hand may not name one): with several
+    models in one workspace this suppresses conservatively.
     """
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import (
@@ -172,7 +172,8 @@ def storm_check(plan: MonitorPlan) -> TriggerDecision:
         rollout = active_rollout(registry.store, plan.model)
     return decide_trigger(now=now, cooldown=plan.policy.cooldown, running_retrain_since=running_retrain_since(now),
                           last_retrain_at=last_retrain, last_trigger_at=last_trigger,
-                          rollout_candidate=None if rollout is None else rollout.candidate)
+                          rollout_candidate=None if rollout is None else rollout.candidate,
+                          rollout_started_at=None if rollout is None else datetime.fromisoformat(rollout.started_at))
 
 
 def drift_payload(plan: MonitorPlan, report: DriftReport, decision: DriftDecision,

@@ -51,11 +51,12 @@ def register(plan: RetrainPlan, data: TrainingData, trained: TrainResult, scores
                 plan.config.model, staged=trained.adapter_dir, status=status, reason=reason, actor=plan.config.actor,
                 lineage=build_lineage(plan, data, trained), evals=scores.challenger, task=plan.task.name,
                 audit_payload={"gate": str(decision.verdict), "champion": plan.champion.ref, "run": plan.run_dir.name})
-            passed = decision.passed
+            passed, verdict = decision.passed, str(decision.verdict)
         else:  # as it was registered then (this attempt's gate may have come out otherwise)
             version, passed = registry.get(earlier.subject), earlier.payload["status"] == VersionStatus.CANDIDATE.value
+            verdict = str(earlier.payload.get("gate", decision.verdict))
         payload = {"model": version.model, "version": version.ref, "champion": plan.champion.ref,
-                   "verdict": str(decision.verdict), "reasons": decision.reasons(),
+                   "verdict": verdict, "reasons": decision.reasons(),
                    "rollout_plan": plan.config.rollout_plan, "run": plan.run_dir.name}
         event = "slm.candidate.published" if passed else "slm.gate.failed"
         if not registry.store.has_event(event, version.ref):

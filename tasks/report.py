@@ -59,7 +59,8 @@ def publish_report(model: str) -> Path | None:
 def record_drift_check(plan: MonitorPlan, report: DriftReport, decision: DriftDecision) -> None:
     """Audit this monitor run's scores as ``drift.checked``, whatever the verdict, for the report's drift plot."""
     check = drift_check(model=plan.model, champion=plan.champion.ref, since=plan.since, until=plan.until,
-                        rows=report.current_rows, decision=decision, columns=report.columns, monitor_run=plan.run_id)
+                        rows=report.rows_for_decision, decision=decision, columns=report.columns,
+                        monitor_run=plan.run_id)
     with open_registry() as registry:
         registry.store.append_audit(actor=MONITOR_ACTOR, action=DRIFT_CHECKED, subject=plan.model,
                                     payload=check.model_dump(mode="json"))

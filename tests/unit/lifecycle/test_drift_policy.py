@@ -161,14 +161,16 @@ def test_a_running_retrain_always_suppresses(minutes_ago, trigger_minutes_ago):
     assert not decision.fire
 
 
-def test_an_unfinished_rollout_suppresses_and_says_whose():
-    """A rollout paused for approval longer than the cooldown: its candidate may answer the drift, and a new one
-    could not roll out until it ends (RolloutInProgress), so a retrain now would run for nothing."""
-    decision = decide_trigger(now=T0, cooldown=COOLDOWN, running_retrain_since=None, rollout_candidate=4,
-                              last_retrain_at=T0 - timedelta(days=2), last_trigger_at=T0 - timedelta(days=2))
-    assert not decision.fire and "rollout of v4 is unfinished" in decision.reason
-    assert decide_trigger(now=T0, cooldown=COOLDOWN, running_retrain_since=None, rollout_candidate=None,
-                          last_retrain_at=T0 - timedelta(days=2), last_trigger_at=None).fire
+def test_an_unfinished_rollout_suppresses_within_the_cooldown_of_its_start_only():
+    """A rollout under way: its candidate may answer the drift, and a new one could not roll out until it ends
+    (RolloutInProgress), so a retrain now would run for nothing. But one older than the cooldown (its flow killed,
+    or waiting for a person) must not silence the monitor for ever."""
+    kwargs = {"now": T0, "cooldown": COOLDOWN, "running_retrain_since": None, "rollout_candidate": 4,
+              "last_retrain_at": T0 - timedelta(days=2), "last_trigger_at": T0 - timedelta(days=2)}
+    recent = decide_trigger(**kwargs, rollout_started_at=T0 - timedelta(hours=1))
+    assert not recent.fire and "rollout of v4" in recent.reason and recent.retry_after == T0 + timedelta(hours=5)
+    assert decide_trigger(**kwargs, rollout_started_at=T0 - COOLDOWN - timedelta(minutes=1)).fire
+    assert decide_trigger(**{**kwargs, "rollout_candidate": None}).fire
 
 
 def test_naive_times_are_refused():

@@ -36,8 +36,9 @@ def test_a_drop_changed_after_validation_is_refused_and_folders_are_hashed_too(t
 
 
 def test_rows_of_the_drop_already_in_the_champions_data_are_not_replayed_on_top_of_it(tmp_path, monkeypatch):
-    """The champion learnt from an earlier drop; the same rows come again (a cumulative export): replayed from its
-    training data as well, they would be weighed twice. They leave the pool, and the snapshot says how many."""
+    """The champion learnt from an earlier drop; the same rows come again (a cumulative export), one relabelled:
+    replayed from its training data as well, they would be weighed twice, the relabelled one under both labels.
+    Their prompts leave the pool, and the snapshot says how many rows went."""
     import tasks.data
     from registry.artifacts import LocalArtifactStore
     from registry.service import Registry
@@ -48,7 +49,8 @@ def test_rows_of_the_drop_already_in_the_champions_data_are_not_replayed_on_top_
     again = [Pair(prompt=f"drifted question {k}", completion="top_up_failed") for k in range(10)]
     reg = Registry(RegistryStore.open(f"sqlite:///{tmp_path / 'r.db'}"), LocalArtifactStore(tmp_path / "a"), "m")
     try:
-        train = reg.snapshot_dataset("train", old + again, "v1 train")
+        relabelled = Pair(prompt="drifted question 0", completion="card_arrival")  # the drop says top_up_failed
+        train = reg.snapshot_dataset("train", old + again + [relabelled], "v1 train")
         drop = write_jsonl(tmp_path / "drop.jsonl", again + [Pair(prompt="new one", completion="top_up_failed")])
         monkeypatch.setattr(tasks.data, "open_registry", lambda: contextlib.nullcontext(reg))
         plan = SimpleNamespace(data_source=str(drop), golden={}, config=SimpleNamespace(replay_rows=100),
@@ -59,5 +61,31 @@ def test_rows_of_the_drop_already_in_the_champions_data_are_not_replayed_on_top_
         reg.close()
     keys = [(p.prompt, p.completion) for p in data.pairs]
     assert len(keys) == len(set(keys)) == 41  # the drop's 11 and the pool's 30 others, each once
+    assert ("drifted question 0", "card_arrival") not in keys  # nor a prompt under the label the drop replaced
     mixed = next(d for d in data.datasets if d.name == "train")
-    assert "30 replayed rows" in mixed.source and "10 rows also in the drop left out of the pool" in mixed.source
+    assert "30 replayed rows" in mixed.source and "11 rows also in the drop left out of the pool" in mixed.source
+
+
+def test_a_drop_rewritten_while_it_is_validated_is_rejected(tmp_path, monkeypatch):
+    """The hash is taken before the checks read the file and again after: a file an export is still writing fails
+    validation (audited like any broken rule) rather than passing on content nobody checked."""
+    import tasks.data
+    from tasks.data import DataRejected, validate_data
+
+    drop = write_jsonl(tmp_path / "drop.jsonl", [Pair(prompt="where is my card", completion="card_arrival")])
+
+    def check_file(path, task, golden, data_docs_dir=None):
+        write_jsonl(drop, [Pair(prompt="what is 2 + 2", completion="card_arrival")])  # written meanwhile
+        return ValidationReport(success=True, rows=1)
+
+    announced = []
+    monkeypatch.setattr(tasks.data, "check_file", check_file)
+    monkeypatch.setattr(tasks.data, "create_markdown_artifact", lambda **kwargs: None)
+    monkeypatch.setattr(tasks.data, "open_registry", lambda: contextlib.nullcontext(None))
+    monkeypatch.setattr(tasks.data, "announce", lambda registry, event, model, payload, **kw: announced.append(
+        payload["failed_rules"]))
+    plan = SimpleNamespace(data_source=str(drop), golden={}, task=None, run_dir=tmp_path,
+                           config=SimpleNamespace(model="m", actor="a"), params=SimpleNamespace(reason="test"))
+    with pytest.raises(DataRejected, match="changed while it was being validated"):
+        validate_data.fn(plan)
+    assert announced == [["unchanged_while_validated:-:None"]]
