@@ -159,6 +159,30 @@ def test_drifted_traffic_emits_the_event_then_the_storm_rule_holds_it(worlds):
     assert len(prefect_events("watch-drift", expect=2, timeout_s=3)) == 1
 
 
+def test_a_run_whose_storm_check_missed_another_runs_trigger_does_not_fire_again(worlds, monkeypatch):
+    """Two runs find one drift at once: both storm checks read the log before either trigger is in it. The second
+    to append finds the first's trigger within the cooldown (one transaction under the audit lock) and records
+    its drift as suppressed: one retrain, and an outcome and summary that say so."""
+    import tasks.monitor
+    from lifecycle.drift_policy import TriggerDecision
+
+    spec, w, _ = worlds
+    champion("watch-race", w.before_train)
+    sample = w.drifted_labelled[:1200]
+    log_traffic("watch-race", sample, [spec.before_labels[i % 5] for i in range(len(sample))])
+    first, _ = run("watch-race")
+    assert first.event
+    # The next run's storm check read the log "before" the first run's trigger landed: it says fire.
+    monkeypatch.setattr(tasks.monitor, "decide_trigger", lambda **kwargs: TriggerDecision(fire=True, reason="race"))
+    second, run_id = run("watch-race")
+    assert second.verdict == "fail" and not second.event
+    assert second.action.startswith("trigger suppressed: another monitor run fired for watch-race")
+    assert "another monitor run fired" in artifacts(run_id)["drift-summary"].data
+    assert len(audit("watch-race", "slm.drift.detected")) == 1
+    [suppressed] = audit("watch-race", "slm.drift.suppressed")
+    assert suppressed.payload["retry_after"]
+
+
 def test_cli_runs_the_monitor(quiet_model):
     import typer
     from typer.testing import CliRunner
