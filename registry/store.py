@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 
-from sqlalchemy import Connection, Engine, or_, select, update
+from sqlalchemy import Connection, Engine, and_, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from lifecycle.audit import (
@@ -46,6 +46,14 @@ class ConcurrentChangeError(RuntimeError):
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+def _of_actions_about(actions: list[str], model: str):
+    """Audit events of one of ``actions`` about ``model`` or one of its versions (``MODEL:...``; never another
+    model whose name starts the same: ``router-b`` is not ``router``)."""
+    subject = t.audit_events.c.subject
+    return and_(t.audit_events.c.action.in_(actions),
+                or_(subject == model, subject.startswith(f"{model}:", autoescape=True)))
 
 
 def _as_utc(value: datetime) -> datetime:
@@ -319,20 +327,15 @@ class RegistryStore:
     def last_event_at(self, actions: list[str], model: str) -> datetime | None:
         """When the newest event of one of ``actions`` about ``model`` or one of its versions (``MODEL:...``) was
         logged; None if none was. An indexed query, not a read of the whole log."""
-        query = (select(t.audit_events.c.ts).where(
-            t.audit_events.c.action.in_(actions),
-            or_(t.audit_events.c.subject == model, t.audit_events.c.subject.startswith(f"{model}:", autoescape=True)))
-            .order_by(t.audit_events.c.seq.desc()).limit(1))
+        query = (select(t.audit_events.c.ts).where(_of_actions_about(actions, model))
+                 .order_by(t.audit_events.c.seq.desc()).limit(1))
         with self.engine.connect() as conn:
             ts = conn.execute(query).scalar_one_or_none()
         return None if ts is None else _as_utc(datetime.fromisoformat(ts))
 
     def events_about(self, model: str, actions: list[str]) -> list[AuditEvent]:
         """The events of ``actions`` about ``model`` or one of its versions, oldest first (an indexed query)."""
-        query = (select(t.audit_events).where(
-            t.audit_events.c.action.in_(actions),
-            or_(t.audit_events.c.subject == model, t.audit_events.c.subject.startswith(f"{model}:", autoescape=True)))
-            .order_by(t.audit_events.c.seq))
+        query = select(t.audit_events).where(_of_actions_about(actions, model)).order_by(t.audit_events.c.seq)
         with self.engine.connect() as conn:
             return [_event(row) for row in conn.execute(query)]
 
