@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -37,6 +38,7 @@ from training.loop import torch_threads
 ACTOR = "monitor-flow"
 DETECTED, SUPPRESSED = "slm.drift.detected", "slm.drift.suppressed"
 # What a finished retrain leaves in the audit log (tasks/register.py, tasks/data.py).
+log = logging.getLogger(__name__)
 RETRAIN_DONE = frozenset({"slm.candidate.published", "slm.gate.failed", "slm.data.rejected"})
 
 
@@ -151,20 +153,43 @@ def running_retrain_since(now: datetime) -> datetime | None:
     return min(due, default=None)
 
 
-def automations_listen() -> bool:
-    """Whether a Prefect server (PREFECT_API_URL) takes the drift event. Without one the flow runs on a temporary
-    server of its own, whose automations are not the stack's: the event would start nothing, yet a recorded
-    trigger would hold off the real monitor's for the whole cooldown."""
+def automations_listen() -> str | None:
+    """None when an enabled automation of a Prefect server (PREFECT_API_URL) waits for the drift event; else why
+    not. Without one the event would start nothing, yet a recorded trigger would hold off the real monitor's for
+    the whole cooldown. Without PREFECT_API_URL the flow runs on a temporary server of its own, whose automations
+    are not the stack's. A server that cannot list its automations is trusted to have them (the trigger stands)."""
     from prefect.settings import PREFECT_API_URL
 
-    return bool(PREFECT_API_URL.value())
+    if not PREFECT_API_URL.value():
+        return ("no Prefect server (PREFECT_API_URL is unset): no automation would start a retrain; start the stack "
+                "(slm up) and monitor there, or run slm retrain")
+    from prefect.client.orchestration import get_client
+
+    try:
+        with get_client(sync_client=True) as client:
+            automations = client.read_automations()
+    except Exception as exc:  # noqa: BLE001 - any failure to list: do not silence the trigger on a guess
+        log.warning("could not list the Prefect server's automations (%s): assuming the retrain trigger is there",
+                    exc)
+        return None
+    if any(a.enabled and DETECTED in _expected(a.trigger) for a in automations):
+        return None
+    return (f"no enabled automation on the Prefect server at {PREFECT_API_URL.value()} waits for {DETECTED}: the "
+            "event would start no retrain; deploy prefect.yaml's (slm up) or enable it, or run slm retrain")
+
+
+def _expected(trigger) -> set[str]:
+    """The event names a trigger waits for, compound triggers' included."""
+    names = set(getattr(trigger, "expect", None) or ())
+    for inner in getattr(trigger, "triggers", None) or ():
+        names |= _expected(inner)
+    return names
 
 
 @task(name="storm-check", cache_policy=NO_CACHE)
 def storm_check(plan: MonitorPlan) -> TriggerDecision:
-    if not automations_listen():
-        return TriggerDecision(fire=False, reason="no Prefect server (PREFECT_API_URL is unset): no automation would "
-                               "start a retrain; start the stack (slm up) and monitor there, or run slm retrain")
+    if (unheard := automations_listen()) is not None:
+        return TriggerDecision(fire=False, reason=unheard)
     now = datetime.now(UTC)
     with open_registry() as registry:
         last_trigger = registry.store.last_event_at([DETECTED], plan.model)

@@ -24,6 +24,27 @@ NOW = datetime.now(UTC).replace(microsecond=0)
 SINCE, UNTIL = NOW - timedelta(hours=2), NOW + timedelta(minutes=1)
 
 
+@pytest.fixture(scope="module", autouse=True)
+def retrain_automation(slm_project):
+    """An enabled automation waiting for slm.drift.detected on the harness's server, as `slm up` deploys one (its
+    action here does nothing): without one the monitor records a drift as suppressed, no automation to hear it."""
+    from prefect.client.orchestration import get_client
+    from prefect.events.actions import DoNothing
+    from prefect.events.schemas.automations import AutomationCore, EventTrigger, Posture
+
+    from tasks.monitor import automations_listen
+
+    assert "no enabled automation" in automations_listen()  # the real server's list, read by the real client
+    with get_client(sync_client=True) as client:
+        automation_id = client.create_automation(AutomationCore(
+            name="test: drift starts retrain", actions=[DoNothing()],
+            trigger=EventTrigger(expect={"slm.drift.detected"}, posture=Posture.Reactive, threshold=1)))
+    assert automations_listen() is None
+    yield
+    with get_client(sync_client=True) as client:
+        client.delete_automation(automation_id)
+
+
 @pytest.fixture(scope="module")
 def worlds(slm_project):
     from lifecycle.settings import project_root
