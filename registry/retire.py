@@ -42,7 +42,7 @@ from registry import schema as t
 from registry import tombstone as tomb
 from registry.hub import HubArtifactStore
 from registry.rollouts import _active, active_rollout
-from registry.store import ConcurrentChangeError, NotFoundError, RegistryStore, _event
+from registry.store import ConcurrentChangeError, NotFoundError, RegistryStore, _event, _of_actions_about
 from registry.traffic import get_split, set_split
 
 if TYPE_CHECKING:
@@ -97,8 +97,7 @@ def retention_inputs(registry: Registry, model: str) -> RetentionInputs:
                    or_(t.alias_history.c.number.is_(None),
                        t.alias_history.c.number != t.alias_history.c.previous_number))
             .group_by(t.alias_history.c.previous_number)).all())
-        closed = set(conn.execute(select(t.audit_events.c.subject).where(
-            t.audit_events.c.action == CLOSED, t.audit_events.c.subject.like(f"{model}:v%"))).scalars())
+        closed = set(conn.execute(select(t.audit_events.c.subject).where(_of_actions_about([CLOSED], model))).scalars())
     history: dict[int, list] = {}
     for row in rows:
         history.setdefault(row.number, []).append(row)
