@@ -125,7 +125,7 @@ class LocalArtifactStore:
 
     def unpublish_version(self, model: str, number: int) -> None:
         """Remove the version's folder, and the temporary copy (``.vN.tmp-PID``) a registration killed before
-        its rename left: numbers are allocated under the model lock, so any copy of vN here is an orphan."""
+        its rename left: numbers are allocated under the registration lock, so any copy of vN here is an orphan."""
         target = self._version_path(model, number)
         shutil.rmtree(target, ignore_errors=True)
         for orphan in target.parent.glob(f".{target.name}.tmp-*"):

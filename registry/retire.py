@@ -17,8 +17,10 @@ If the process dies anywhere in between, the version is left ``archived`` with t
 tombstone still saying ``retiring``, or decommissioned without its closing event; :func:`retention_inputs`
 reports it as ``retiring`` and the next run retires it again, every step finding its work done or finishing it.
 Once ``archived``, nothing can give the version traffic again: ``set_split`` refuses it and the transition table
-refuses a promotion. Two retirements of one version at once (the schedule and a manual run) take turns
-(:func:`registry.tombstone.retiring_lock`): the second finds the work done.
+refuses a promotion. Two retirements of one version at once (the schedule and a manual run, on one host or on two
+sharing a PostgreSQL registry) take turns under the registry's named lock ``retire/<model>/v<N>``
+(:mod:`registry.locks`); the second finds the work done, or after :data:`RETIRE_WAIT_S` gets
+:class:`registry.locks.LockBusy`.
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ if TYPE_CHECKING:
 S = VersionStatus
 RETIRING = "retiring: "  # status-history reason prefix of step 1
 CLOSED = "version.tombstone.written"  # the audit event that ends a retirement (step 6)
+RETIRE_WAIT_S = 600.0  # how long a retirement waits for another retirement of the same version
 
 
 class RetirementRefused(RuntimeError):
@@ -150,9 +153,9 @@ def retire_version(registry: Registry, model: str, number: int, *, policy: Reten
     closed it yet, so work after the registry's (the flow's announcement) is redone by the next run if the process
     dies in it; it must be idempotent. Not called when the version was retired before."""
     store = registry.store
-    root = _root(registry)
-    store.get_version(model, number)  # NotFoundError before any lock file is made
-    with tomb.retiring_lock(root, model, number):
+    store.get_version(model, number)  # NotFoundError before any lock is taken
+    with store.lock(f"retire/{model}/v{number}", wait_s=RETIRE_WAIT_S,
+                    busy=f"{model}:v{number} is being retired by another process"):
         return _retire(registry, model, number, policy=policy, actor=actor, reason=reason, before_close=before_close)
 
 

@@ -121,8 +121,8 @@ class Registry:
                 folder.mkdir()
 
             def publish(number: int) -> tuple[str, dict[str, str]]:
-                # The number was just allocated under the model lock, so a folder already there is the orphan
-                # of a registration that died between publishing and committing: clear it.
+                # The number was just allocated under the registration lock, so a folder already there is the
+                # orphan of a registration that died between publishing and committing: clear it.
                 self.artifacts.unpublish_version(model, number)
                 ref = f"{model}:v{number}"
                 (folder / "lineage.json").write_text(lineage.model_dump_json(indent=2))

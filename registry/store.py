@@ -3,7 +3,9 @@
 Every write is one short transaction that also appends its audit event, so a decision and its record
 land together or not at all. Serialization points: the model's row (version numbers, alias moves) and
 the audit head (one chain per registry) are locked for the length of the transaction — ``FOR UPDATE`` on
-PostgreSQL, the database write lock (``BEGIN IMMEDIATE``) on SQLite.
+PostgreSQL, the database write lock (``BEGIN IMMEDIATE``) on SQLite. Slow work that must not run twice at
+once (publishing a version's files, retiring a version) holds a named lock of the registry instead
+(:mod:`registry.locks`), outside any transaction, so the other writers never wait behind it.
 """
 
 from __future__ import annotations
@@ -30,10 +32,14 @@ from lifecycle.records import AliasMove, EvalReport, Lineage, ModelVersion
 from lifecycle.status import INITIAL_STATUSES, Alias, VersionStatus, check_transition
 from registry import schema as t
 from registry.db import make_engine, write_tx
+from registry.locks import named_lock
 from registry.migrate import upgrade
 
 #: Publish callback: given the allocated version number, store the artifact and return (uri, files).
 Publish = Callable[[int], tuple[str, dict[str, str]]]
+
+#: How long a registration waits for another registration of the same model to finish publishing its files.
+REGISTER_WAIT_S = 1800.0
 
 
 class NotFoundError(LookupError):
@@ -82,6 +88,11 @@ class RegistryStore:
         with write_tx(self.engine) as conn:
             yield conn
 
+    def lock(self, name: str, *, wait_s: float, busy: str):
+        """A named lock of this registry, held outside any transaction (see :mod:`registry.locks`); raises
+        :class:`registry.locks.LockBusy`, whose message starts with ``busy``, after ``wait_s``."""
+        return named_lock(self.engine, name, wait_s=wait_s, busy=busy)
+
     def _lock_model(self, conn: Connection, model: str, *, create: bool = False) -> int:
         """Lock the model's row for this transaction; return its last version number."""
         query = select(t.models.c.last_version).where(t.models.c.name == model).with_for_update()
@@ -122,38 +133,61 @@ class RegistryStore:
     ) -> ModelVersion:
         """Allocate the next number, publish the artifact, record the version — all or nothing.
 
-        ``publish`` runs inside the transaction, once the number is known; if anything after it fails,
-        ``unpublish`` removes what it stored, so no half-registered version is ever left behind.
+        ``publish`` runs once the number is known, under the model's registration lock (:meth:`lock`) and outside
+        any transaction: an upload of minutes holds no database lock (on SQLite the write lock of every process),
+        and no other registration of the model can take its number meanwhile, so numbers have no gaps. If
+        anything after it fails, ``unpublish`` removes what it stored, so no half-registered version is ever left
+        behind.
         """
         if status not in INITIAL_STATUSES:
             raise ValueError(f"a version is registered as candidate or rejected, not {status}")
         check_model_name(model)  # the artifact paths and every MODEL:vN reference are built from it
-        published: int | None = None
-        try:
-            with self._tx() as conn:
-                number = self._lock_model(conn, model, create=True) + 1
+        with self.lock(f"register/{model}", wait_s=REGISTER_WAIT_S,
+                       busy=f"another registration of {model} is still publishing its files"):
+            number = self._last_version(model) + 1
+            published: int | None = None
+            try:
                 uri, files = publish(number)
                 published = number
-                now = self.clock()
-                conn.execute(t.versions.insert().values(
-                    model=model, number=number, status=status.value, created_at=now, artifact_uri=uri,
-                    prompt_format=prompt_format, reason=reason, files_json=canonical_json(files),
-                    lineage_json=canonical_json(lineage.model_dump(mode="json")) if lineage else None))
-                conn.execute(update(t.models).where(t.models.c.name == model).values(last_version=number))
-                for report in evals:
-                    conn.execute(t.evals.insert().values(model=model, number=number, benchmark=report.benchmark,
-                                                         report_json=report.model_dump_json()))
-                conn.execute(t.status_history.insert().values(
-                    model=model, number=number, from_status=None, to_status=status.value, at=now,
-                    actor=actor, reason=reason))
-                self._audit(conn, actor, "version.registered", f"{model}:v{number}",
-                            {"status": status.value, "reason": reason, "artifact_uri": uri,
-                             "files": files, **(audit_payload or {})})
-        except BaseException:
-            if published is not None and unpublish is not None:
-                unpublish(published)
-            raise
+                with self._tx() as conn:
+                    last = self._lock_model(conn, model, create=True)
+                    if last + 1 != number:  # only a registration that skipped the lock (older code) can get here
+                        published = None  # the number, and what is stored under it, are the other one's now
+                        raise ConcurrentChangeError(f"{model}:v{number} was registered by another process while "
+                                                    "this one published its files")
+                    self._insert_version(conn, model, number, status=status, prompt_format=prompt_format,
+                                         reason=reason, actor=actor, uri=uri, files=files, lineage=lineage,
+                                         evals=evals, audit_payload=audit_payload)
+            except BaseException:
+                if published is not None and unpublish is not None:
+                    unpublish(published)
+                raise
         return self.get_version(model, number)
+
+    def _last_version(self, model: str) -> int:
+        with self.engine.connect() as conn:
+            last = conn.execute(select(t.models.c.last_version).where(t.models.c.name == model)).scalar_one_or_none()
+        return last or 0
+
+    def _insert_version(self, conn: Connection, model: str, number: int, *, status: VersionStatus,
+                        prompt_format: str, reason: str, actor: str, uri: str, files: dict[str, str],
+                        lineage: Lineage | None, evals: list[EvalReport],
+                        audit_payload: dict[str, object] | None) -> None:
+        now = self.clock()
+        conn.execute(t.versions.insert().values(
+            model=model, number=number, status=status.value, created_at=now, artifact_uri=uri,
+            prompt_format=prompt_format, reason=reason, files_json=canonical_json(files),
+            lineage_json=canonical_json(lineage.model_dump(mode="json")) if lineage else None))
+        conn.execute(update(t.models).where(t.models.c.name == model).values(last_version=number))
+        for report in evals:
+            conn.execute(t.evals.insert().values(model=model, number=number, benchmark=report.benchmark,
+                                                 report_json=report.model_dump_json()))
+        conn.execute(t.status_history.insert().values(
+            model=model, number=number, from_status=None, to_status=status.value, at=now,
+            actor=actor, reason=reason))
+        self._audit(conn, actor, "version.registered", f"{model}:v{number}",
+                    {"status": status.value, "reason": reason, "artifact_uri": uri,
+                     "files": files, **(audit_payload or {})})
 
     def set_status(self, model: str, number: int, status: VersionStatus, *, actor: str, reason: str) -> None:
         with self._tx() as conn:

@@ -16,15 +16,11 @@ history, and the tombstone stays local under the store's root (registry/retire.p
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import json
 import logging
 import os
 import shutil
 import tempfile
-import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal
 
@@ -94,40 +90,6 @@ def write_tombstone(root: Path, model: str, number: int, record: dict[str, objec
             _write_atomically(target / name, fallback[name])
     _write_atomically(target / "tombstone.json", json.dumps(record, indent=2, sort_keys=True, default=str))
     return target
-
-
-class RetirementBusy(RuntimeError):
-    """Another process has been retiring the same version for longer than the wait."""
-
-
-@contextlib.contextmanager
-def retiring_lock(root: Path, model: str, number: int, wait_s: float = 600.0) -> Iterator[None]:
-    """One retirement of a version at a time on this artifact root (the 03:00 schedule and a manual run): an
-    exclusive ``flock`` on ``tombstones/<model>/.v<N>.lock``, released by the kernel when its process dies. Without
-    it, two runs moved the same weights at once (one run's clean-up of the archive could remove the copy the other
-    had just archived). The second run waits, then finds every step done."""
-    path = tombstone_folder(root, model, number).with_name(f".v{number}.lock")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    deadline = time.monotonic() + wait_s
-    with path.open("a") as handle:
-        while True:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise RetirementBusy(f"{model}:v{number} is being retired by another process (lock {path} "
-                                         f"held for over {wait_s:.0f} s)") from None
-                time.sleep(0.2)
-            except OSError as exc:  # a file system without locks (some FUSE and CIFS mounts): go on, unserialized
-                log.warning("retiring %s:v%d without a lock: %s cannot be locked (%s); two retirements of it at once "
-                            "are not kept apart", model, number, path, exc)
-                yield
-                return
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def read_tombstone(root: Path, model: str, number: int) -> dict[str, object] | None:

@@ -18,9 +18,9 @@ from lifecycle.predictions import as_utc
 from lifecycle.records import Frozen
 from lifecycle.retention import LogPurge, RetentionDecision, RetentionPolicy, plan_log_purge, plan_retention
 from lifecycle.settings import in_project
+from registry.locks import LockBusy
 from registry.predictions import PredictionStore
 from registry.retire import Retirement, RetirementRefused, retention_inputs, retire_version
-from registry.tombstone import RetirementBusy
 from tasks.connect import open_registry
 from tasks.events import announce
 
@@ -140,7 +140,7 @@ def retire(plan: DecommissionPlan, decision: RetentionDecision) -> RetireOutcome
                                   reason="; ".join(decision.reasons), before_close=close)
         except RetirementRefused as exc:
             return RetireOutcome(ref=decision.ref, outcome="refused", reasons=exc.holds)
-        except RetirementBusy as exc:  # another run holds it (the schedule and a manual run): the next run finishes
+        except LockBusy as exc:  # another run holds it (the schedule and a manual run): the next run finishes
             return RetireOutcome(ref=decision.ref, outcome="refused", reasons=[str(exc)])
     return RetireOutcome(ref=done.ref, outcome="retired", reasons=decision.reasons, tombstone_uri=done.tombstone_uri,
                          archive_uri=done.archive_uri, answers_dropped=len(dropped))

@@ -1,3 +1,6 @@
+import sqlite3
+import subprocess
+import sys
 import threading
 from datetime import UTC, datetime
 
@@ -7,6 +10,7 @@ from sqlalchemy.exc import IntegrityError
 
 from lifecycle.records import BaseModelRef, EvalReport, Lineage
 from lifecycle.status import Alias, TransitionError, VersionStatus
+from registry.locks import LockBusy
 from registry.store import ConcurrentChangeError, NotFoundError, RegistryStore
 
 S = VersionStatus
@@ -157,6 +161,107 @@ def test_concurrent_registrations_get_distinct_numbers(db_url):
     assert result.ok and result.checked == 15
     for s in stores:
         s.close()
+
+
+def test_a_publish_in_progress_holds_no_database_lock(tmp_path):
+    """On SQLite a write transaction is the database's one write lock: a publish inside it (a Hub upload of
+    minutes) stalled every other process's writes, the gateways' prediction log first, into the busy timeout."""
+    path = tmp_path / "registry.db"
+    store = RegistryStore.open(f"sqlite:///{path}")
+    writes = []
+
+    def publish(n):
+        other = sqlite3.connect(path, timeout=0.5, isolation_level=None)  # another process's writer
+        try:
+            other.execute("BEGIN IMMEDIATE")
+            other.execute("INSERT INTO models (name, created_at, last_version) VALUES ('other', '2026-11-29', 0)")
+            other.execute("COMMIT")
+            writes.append(n)
+        finally:
+            other.close()
+        return f"local://models/router/v{n}", {}
+
+    version = store.register_version("router", status=S.CANDIDATE, prompt_format="f", reason="r", actor="a",
+                                     publish=publish)
+    assert (version.number, writes) == (1, [1])
+    assert store.verify_audit().ok
+    store.close()
+
+
+def test_registrations_of_one_model_take_turns_while_one_publishes(db_url, monkeypatch):
+    """Publishing runs outside any transaction, under the model's registration lock: a second registration waits
+    for the first to be recorded (no number taken twice, no gap), and one that waits too long is refused by name."""
+    import registry.store as store_mod
+
+    stores = [RegistryStore.open(db_url) for _ in range(3)]
+    publishing, go, seen, results = threading.Event(), threading.Event(), [], {}
+
+    def slow(n):
+        seen.append(("first", n))
+        publishing.set()
+        assert go.wait(timeout=30)
+        return f"local://models/router/v{n}", {}
+
+    def quick(n):
+        seen.append(("second", n))
+        return f"local://models/router/v{n}", {}
+
+    def run(name, store, publish):
+        try:
+            results[name] = store.register_version("router", status=S.CANDIDATE, prompt_format="f", reason=name,
+                                                   actor="a", publish=publish).number
+        except Exception as exc:  # noqa: BLE001 - the test reads it
+            results[name] = exc
+
+    first = threading.Thread(target=run, args=("first", stores[0], slow))
+    first.start()
+    assert publishing.wait(timeout=30)
+    monkeypatch.setattr(store_mod, "REGISTER_WAIT_S", 0.3)
+    run("impatient", stores[1], quick)
+    assert isinstance(results["impatient"], LockBusy)
+    assert "another registration of router is still publishing its files" in str(results["impatient"])
+    monkeypatch.setattr(store_mod, "REGISTER_WAIT_S", 30.0)
+    second = threading.Thread(target=run, args=("second", stores[2], quick))
+    second.start()
+    second.join(timeout=0.5)
+    assert seen == [("first", 1)]  # still waiting for the first: it has not been given a number
+    go.set()
+    first.join()
+    second.join()
+    assert (results["first"], results["second"]) == (1, 2)
+    assert seen == [("first", 1), ("second", 2)]
+    assert [v.reason for v in stores[0].list_versions("router")] == ["first", "second"]
+    assert stores[0].verify_audit().checked == 2
+    for s in stores:
+        s.close()
+
+
+def test_a_named_lock_is_released_when_its_process_dies(db_url):
+    holder = subprocess.Popen(
+        [sys.executable, "-c", (
+            "import sys, time\n"
+            "from registry.db import make_engine\n"
+            "from registry.store import RegistryStore\n"
+            "store = RegistryStore(make_engine(sys.argv[1]))\n"
+            "with store.lock('retire/router/v2', wait_s=5, busy='x'):\n"
+            "    print('held', flush=True)\n"
+            "    time.sleep(120)\n"), db_url],
+        stdout=subprocess.PIPE, text=True)
+    store = RegistryStore.open(db_url)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(LockBusy, match="busy here"), store.lock("retire/router/v2", wait_s=0.3, busy="busy here"):
+            pass
+        with store.lock("retire/router/v3", wait_s=0.3, busy="another name is another lock"):
+            pass
+        holder.kill()
+        holder.wait(timeout=30)
+        with store.lock("retire/router/v2", wait_s=10, busy="not released by the dead holder"):
+            pass
+    finally:
+        holder.kill()
+        holder.wait(timeout=30)
+        store.close()
 
 
 def test_audit_chain_records_every_change_and_detects_tampering(store):
