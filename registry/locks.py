@@ -11,7 +11,16 @@ log, the rollout's audit events) would wait behind it and fail after the busy ti
   only ever shared by processes on one host); the kernel releases it when the process dies.
 - SQLite in memory: a lock of this process (nothing else can open that database).
 
-A holder waits up to ``wait_s`` and then gets :class:`LockBusy`, whose message says what was under way.
+A holder waits up to ``wait_s`` and then gets :class:`LockBusy`, whose message says what was under way. The
+holder gets a :class:`Held`, whose :meth:`Held.check` raises :class:`LockLost` if the lock ended under it: on
+PostgreSQL a lock lives as long as its connection, which a server restart, ``pg_terminate_backend`` or an idle
+timeout can end while the holder still works (a transaction-pooling PgBouncer in between is not supported: it
+hands the session, and the lock, to other clients). A flock cannot be lost while its file is open.
+
+On a file system without ``flock`` (some FUSE and CIFS mounts) a lock taken with ``required=False`` logs a warning
+and lets the work go on unserialized (retirement: each step is idempotent); ``required=True`` raises
+:class:`LockUnavailable` instead (registration: two registrations sharing a number would delete each other's
+files). Locks are not reentrant: a holder that asks for the same name again waits for itself until ``wait_s``.
 """
 
 from __future__ import annotations
@@ -26,7 +35,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from sqlalchemy import Engine, text
+from sqlalchemy import Connection, Engine, text
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +46,32 @@ _in_process_guard = threading.Lock()
 
 class LockBusy(RuntimeError):
     """Another process has held a named lock for longer than the wait."""
+
+
+class LockLost(RuntimeError):
+    """A named lock ended while its holder still held it (its PostgreSQL connection was closed)."""
+
+
+class LockUnavailable(RuntimeError):
+    """A lock that the work requires cannot be taken on this file system."""
+
+
+class Held:
+    """A lock being held; :meth:`check` before making the work's outcome permanent."""
+
+    def __init__(self, name: str, conn: Connection | None = None) -> None:
+        self.name, self._conn = name, conn
+
+    def check(self) -> None:
+        """Raise :class:`LockLost` if the lock has ended (only a PostgreSQL lock can: with its connection)."""
+        if self._conn is None:
+            return
+        try:
+            self._conn.execute(text("SELECT 1"))
+            self._conn.rollback()
+        except Exception as exc:
+            raise LockLost(f"the lock {self.name!r} was lost with its database connection ({type(exc).__name__}); "
+                           "another process may have taken it since") from exc
 
 
 def lock_file(database: str, name: str) -> Path:
@@ -53,16 +88,18 @@ def advisory_key(name: str) -> int:
 
 
 @contextlib.contextmanager
-def named_lock(engine: Engine, name: str, *, wait_s: float, busy: str) -> Iterator[None]:
-    """Hold the lock ``name`` of the registry behind ``engine``; ``busy`` starts the :class:`LockBusy` message."""
+def named_lock(engine: Engine, name: str, *, wait_s: float, busy: str, required: bool = False) -> Iterator[Held]:
+    """Hold the lock ``name`` of the registry behind ``engine``; ``busy`` starts the :class:`LockBusy` message.
+    On PostgreSQL give an engine whose connections are not pooled (``NullPool``): a waiter holds one for as long
+    as it waits, and a lock that escaped its release must end with its connection, not live on in a pool."""
     if engine.dialect.name == "postgresql":
         cm = _advisory(engine, name, wait_s, busy)
     elif engine.url.database and engine.url.database != ":memory:":
-        cm = _flock(lock_file(engine.url.database, name), wait_s, busy)
+        cm = _flock(lock_file(engine.url.database, name), wait_s, busy, required)
     else:
         cm = _thread_lock(name, wait_s, busy)
-    with cm:
-        yield
+    with cm as held:
+        yield held
 
 
 def _waited(busy: str, wait_s: float, where: str) -> LockBusy:
@@ -70,7 +107,7 @@ def _waited(busy: str, wait_s: float, where: str) -> LockBusy:
 
 
 @contextlib.contextmanager
-def _advisory(engine: Engine, name: str, wait_s: float, busy: str) -> Iterator[None]:
+def _advisory(engine: Engine, name: str, wait_s: float, busy: str) -> Iterator[Held]:
     key, deadline = advisory_key(name), time.monotonic() + wait_s
     conn = engine.connect()
     try:
@@ -81,10 +118,11 @@ def _advisory(engine: Engine, name: str, wait_s: float, busy: str) -> Iterator[N
             time.sleep(POLL_S)
         conn.commit()  # a session lock outlives the transaction: the connection does not sit idle in one
     except BaseException:
+        conn.invalidate()  # interrupted after the lock was granted, perhaps: end the session, and the lock with it
         conn.close()
         raise
     try:
-        yield
+        yield Held(name, conn)
     finally:
         try:
             conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
@@ -97,19 +135,19 @@ def _advisory(engine: Engine, name: str, wait_s: float, busy: str) -> Iterator[N
 
 
 @contextlib.contextmanager
-def _flock(path: Path, wait_s: float, busy: str) -> Iterator[None]:
+def _flock(path: Path, wait_s: float, busy: str, required: bool) -> Iterator[Held]:
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("a") as handle:
-        locked = _acquire_flock(handle, path, wait_s, busy)
+        locked = _acquire_flock(handle, path, wait_s, busy, required)
         try:
-            yield
+            yield Held(str(path))
         finally:
             if locked:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _acquire_flock(handle, path: Path, wait_s: float, busy: str) -> bool:
-    """True once locked; False on a file system without locks (some FUSE and CIFS mounts): go on, unserialized."""
+def _acquire_flock(handle, path: Path, wait_s: float, busy: str, required: bool) -> bool:
+    """True once locked; False on a file system without locks when the lock is not ``required``."""
     deadline = time.monotonic() + wait_s
     while True:
         try:
@@ -120,18 +158,21 @@ def _acquire_flock(handle, path: Path, wait_s: float, busy: str) -> bool:
                 raise _waited(busy, wait_s, str(path)) from None
             time.sleep(POLL_S)
         except OSError as exc:
+            if required:
+                raise LockUnavailable(f"{path} cannot be locked ({exc}); this work must not run unserialized: keep "
+                                      "the registry database on a local file system, or use PostgreSQL") from exc
             log.warning("going on without a lock: %s cannot be locked (%s), so this work is not kept apart from "
                         "another process's (%s)", path, exc, busy)
             return False
 
 
 @contextlib.contextmanager
-def _thread_lock(name: str, wait_s: float, busy: str) -> Iterator[None]:
+def _thread_lock(name: str, wait_s: float, busy: str) -> Iterator[Held]:
     with _in_process_guard:
         lock = _in_process.setdefault(name, threading.Lock())
     if not lock.acquire(timeout=wait_s):
         raise _waited(busy, wait_s, f"in-process {name!r}")
     try:
-        yield
+        yield Held(name)
     finally:
         lock.release()

@@ -15,8 +15,9 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 
-from sqlalchemy import Connection, Engine, and_, or_, select, update
+from sqlalchemy import Connection, Engine, and_, create_engine, or_, select, update
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.pool import NullPool
 
 from lifecycle.audit import (
     GENESIS_HASH,
@@ -31,8 +32,8 @@ from lifecycle.names import check_model_name
 from lifecycle.records import AliasMove, EvalReport, Lineage, ModelVersion
 from lifecycle.status import INITIAL_STATUSES, Alias, VersionStatus, check_transition
 from registry import schema as t
-from registry.db import make_engine, write_tx
-from registry.locks import named_lock
+from registry.db import is_postgres, make_engine, write_tx
+from registry.locks import LockLost, named_lock
 from registry.migrate import upgrade
 
 #: Publish callback: given the allocated version number, store the artifact and return (uri, files).
@@ -71,6 +72,7 @@ class RegistryStore:
     def __init__(self, engine: Engine, clock: Callable[[], datetime] = utcnow) -> None:
         self.engine = engine
         self.clock = clock
+        self._lock_engine: Engine | None = None  # PostgreSQL: unpooled connections for named locks
 
     @classmethod
     def open(cls, url: str, clock: Callable[[], datetime] = utcnow) -> RegistryStore:
@@ -80,6 +82,8 @@ class RegistryStore:
 
     def close(self) -> None:
         self.engine.dispose()
+        if self._lock_engine is not None:
+            self._lock_engine.dispose()
 
     # -- transactions and locks ----------------------------------------------------------------------
 
@@ -88,10 +92,16 @@ class RegistryStore:
         with write_tx(self.engine) as conn:
             yield conn
 
-    def lock(self, name: str, *, wait_s: float, busy: str):
+    def lock(self, name: str, *, wait_s: float, busy: str, required: bool = False):
         """A named lock of this registry, held outside any transaction (see :mod:`registry.locks`); raises
-        :class:`registry.locks.LockBusy`, whose message starts with ``busy``, after ``wait_s``."""
-        return named_lock(self.engine, name, wait_s=wait_s, busy=busy)
+        :class:`registry.locks.LockBusy`, whose message starts with ``busy``, after ``wait_s``. Yields a
+        :class:`registry.locks.Held`."""
+        engine = self.engine
+        if is_postgres(engine):  # a waiter holds a connection as long as it waits: not one of the pool's
+            if self._lock_engine is None:
+                self._lock_engine = create_engine(engine.url, poolclass=NullPool)
+            engine = self._lock_engine
+        return named_lock(engine, name, wait_s=wait_s, busy=busy, required=required)
 
     def _lock_model(self, conn: Connection, model: str, *, create: bool = False) -> int:
         """Lock the model's row for this transaction; return its last version number."""
@@ -142,8 +152,8 @@ class RegistryStore:
         if status not in INITIAL_STATUSES:
             raise ValueError(f"a version is registered as candidate or rejected, not {status}")
         check_model_name(model)  # the artifact paths and every MODEL:vN reference are built from it
-        with self.lock(f"register/{model}", wait_s=REGISTER_WAIT_S,
-                       busy=f"another registration of {model} is still publishing its files"):
+        with self.lock(f"register/{model}", wait_s=REGISTER_WAIT_S, required=True,
+                       busy=f"another registration of {model} is still publishing its files") as held:
             number = self._last_version(model) + 1
             published: int | None = None
             try:
@@ -151,10 +161,16 @@ class RegistryStore:
                 published = number
                 with self._tx() as conn:
                     last = self._lock_model(conn, model, create=True)
-                    if last + 1 != number:  # only a registration that skipped the lock (older code) can get here
+                    try:
+                        held.check()
+                    except LockLost:  # another registration may hold the number, and its files, now: keep them
+                        published = None
+                        raise
+                    if last + 1 != number:  # a registration that skipped the lock: code from before it, mid-upgrade
                         published = None  # the number, and what is stored under it, are the other one's now
                         raise ConcurrentChangeError(f"{model}:v{number} was registered by another process while "
-                                                    "this one published its files")
+                                                    "this one published its files; every writer of the registry "
+                                                    "must run this version of the code")
                     self._insert_version(conn, model, number, status=status, prompt_format=prompt_format,
                                          reason=reason, actor=actor, uri=uri, files=files, lineage=lineage,
                                          evals=evals, audit_payload=audit_payload)

@@ -10,7 +10,7 @@ from sqlalchemy.exc import IntegrityError
 
 from lifecycle.records import BaseModelRef, EvalReport, Lineage
 from lifecycle.status import Alias, TransitionError, VersionStatus
-from registry.locks import LockBusy
+from registry.locks import LockBusy, LockLost, LockUnavailable
 from registry.store import ConcurrentChangeError, NotFoundError, RegistryStore
 
 S = VersionStatus
@@ -43,7 +43,10 @@ def test_versions_are_numbered_and_round_trip(store):
     assert store.get_version("router", 2).status is S.REJECTED
 
 
-def test_failed_publish_leaves_nothing(store):
+def test_failed_publish_leaves_nothing(store, monkeypatch):
+    import registry.store as store_mod
+
+    monkeypatch.setattr(store_mod, "REGISTER_WAIT_S", 2.0)
     undone = []
 
     def publish(n):
@@ -55,6 +58,7 @@ def test_failed_publish_leaves_nothing(store):
     assert store.list_versions() == []
     assert undone == []  # nothing was published, nothing to undo
     assert store.verify_audit().checked == 0
+    assert register(RegistryStore(store.engine)).number == 1  # the lock went with the failure; no number was spent
 
 
 def test_failure_after_publish_is_undone(store):
@@ -234,6 +238,45 @@ def test_registrations_of_one_model_take_turns_while_one_publishes(db_url, monke
     assert stores[0].verify_audit().checked == 2
     for s in stores:
         s.close()
+
+
+@pytest.mark.postgres
+def test_a_registration_whose_lock_died_while_publishing_records_nothing_and_keeps_the_files(pg_database_url):
+    """A PostgreSQL lock lives as long as its connection (a server restart, an idle timeout): once it has ended,
+    another registration may hold the number and the files stored under it, so this one must neither record the
+    version nor remove what is stored."""
+    store, undone = RegistryStore.open(pg_database_url), []
+
+    def publish(n):
+        with store.engine.connect() as conn:
+            pid = conn.execute(text(
+                "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted AND database = "
+                "(SELECT oid FROM pg_database WHERE datname = current_database())")).scalar_one()
+            assert conn.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid}).scalar_one()
+        return f"local://models/router/v{n}", {}
+
+    with pytest.raises(LockLost, match="lost with its database connection"):
+        store.register_version("router", status=S.CANDIDATE, prompt_format="f", reason="r", actor="a",
+                               publish=publish, unpublish=undone.append)
+    assert undone == [] and store.list_versions() == [] and store.verify_audit().checked == 0
+    assert register(store).number == 1
+    store.close()
+
+
+def test_a_registration_refuses_to_run_unserialized_where_files_cannot_be_locked(tmp_path, monkeypatch):
+    import errno
+
+    from registry import locks
+
+    def no_locks(handle, operation):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    store = RegistryStore.open(f"sqlite:///{tmp_path / 'registry.db'}")
+    monkeypatch.setattr(locks.fcntl, "flock", no_locks)
+    with pytest.raises(LockUnavailable, match="must not run unserialized"):
+        register(store)
+    assert store.list_versions() == []
+    store.close()
 
 
 def test_a_named_lock_is_released_when_its_process_dies(db_url):
