@@ -13,6 +13,10 @@ payload with the model, the window, drifted columns, scores and the labelled dro
 retrain config's) for the retrain automation; appended only if no other run fired meanwhile — and recording
 ``slm.drift.suppressed`` in the audit log only.
 
+Then, whatever the verdict, the hand-off check (``tasks.handoff``, decided by ``lifecycle.handoff``): a candidate
+announced as published that no rollout ever started (the announcing process died before Prefect heard it, or its
+rollout run was refused while another candidate rolled out) is announced again, at most a few times.
+
 Outputs: the Evidently HTML report under ``SLM_HOME/reports/<model>/`` (link artifact ``drift-report``), a
 markdown summary (artifact ``drift-summary``), and the returned :class:`MonitorOutcome`.
 
@@ -27,6 +31,7 @@ from prefect.runtime import flow_run
 
 from lifecycle.drift_policy import MonitorParams
 from lifecycle.records import Frozen
+from tasks.handoff import check_handoff
 from tasks.monitor import (
     act_on_drift,
     check_window,
@@ -48,6 +53,8 @@ class MonitorOutcome(Frozen):
     action: str
     event: bool
     report: str | None
+    reannounced: str | None = None  # a stranded candidate announced again by the hand-off check
+    handoff: list[str] = []  # the hand-off check's reasons; empty when every published candidate rolled out
 
 
 @flow(name="monitor", log_prints=True)
@@ -60,7 +67,9 @@ def monitor(params: MonitorParams = MonitorParams()) -> MonitorOutcome:
     trigger = None
     if decision.fire:
         trigger = act_on_drift(plan, report, decision, feedback, storm_check(plan))
-    action = publish_summary(plan, report, decision, trigger)
+    handoff = check_handoff(plan)
+    action = publish_summary(plan, report, decision, trigger, handoff)
     return MonitorOutcome(model=plan.model, champion=plan.champion.ref, verdict=str(decision.verdict),
                           drifted_columns=decision.drifted_columns, reasons=decision.reasons(), action=action,
-                          event=bool(trigger and trigger.fire), report=str(report.html) if report.html else None)
+                          event=bool(trigger and trigger.fire), report=str(report.html) if report.html else None,
+                          reannounced=handoff.reannounce, handoff=handoff.reasons)

@@ -113,6 +113,11 @@ class DriftPolicy(Frozen):
     feedback: FeedbackRule = FeedbackRule()
     cooldown_minutes: float = Field(default=360, ge=0, description="no new trigger this long after the last "
                                     "trigger or retrain")
+    handoff_grace_minutes: float = Field(default=30, ge=0, description=(
+        "how long a published candidate may wait for its rollout to start before the monitor announces it again "
+        "(lifecycle/handoff.py)"))
+    handoff_attempts: int = Field(default=3, ge=0, description="times a stranded candidate is announced again at "
+                                  "most; 0: never")
     labelled_drop: str | None = Field(default=None, description="labelled data for the retrain (event payload); "
                                       "default: the retrain config's `data`")
     retrain_config: str = Field(default="configs/retrain.yaml", description="retrain config named in the event")

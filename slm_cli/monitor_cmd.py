@@ -56,6 +56,8 @@ def monitor_cmd(
         console.print(f"    {escape(reason)}")  # "[fail] ..." is text, not rich markup
     if outcome.report:
         console.print(f"    report: {escape(str(outcome.report))}")
+    for reason in outcome.handoff:
+        console.print(f"    hand-off: {escape(reason)}")
 
 
 def check_policy(path: str) -> None:

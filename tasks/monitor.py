@@ -25,6 +25,7 @@ from lifecycle.drift_policy import (
     decide_drift,
     decide_trigger,
 )
+from lifecycle.handoff import HandoffDecision
 from lifecycle.predictions import as_utc
 from lifecycle.records import Frozen, ModelVersion
 from lifecycle.settings import get_settings, in_project
@@ -132,6 +133,11 @@ def running_retrain_since(now: datetime) -> datetime | None:
     Any running retrain counts, whichever model it is for (a run started by hand may not name one): with several
     models in one workspace this suppresses conservatively.
     """
+    return running_flow_since("retrain", now)
+
+
+def running_flow_since(flow: str, now: datetime) -> datetime | None:
+    """Earliest start of a run of the flow named ``flow`` that is scheduled (due), pending, running or paused."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import (
         FlowFilter,
@@ -144,7 +150,7 @@ def running_retrain_since(now: datetime) -> datetime | None:
 
     active = [StateType.SCHEDULED, StateType.PENDING, StateType.RUNNING, StateType.PAUSED]
     with get_client(sync_client=True) as client:
-        runs = client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=["retrain"])),
+        runs = client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=[flow])),
                                      flow_run_filter=FlowRunFilter(state=FlowRunFilterState(
                                          type=FlowRunFilterStateType(any_=active))))
     starts = [as_utc(r.start_time or r.expected_start_time or r.created) for r in runs
@@ -153,29 +159,32 @@ def running_retrain_since(now: datetime) -> datetime | None:
     return min(due, default=None)
 
 
-def automations_listen() -> str | None:
-    """None when an enabled automation of a Prefect server (PREFECT_API_URL) waits for the drift event; else why
-    not. Without one the event would start nothing, yet a recorded trigger would hold off the real monitor's for
-    the whole cooldown. Without PREFECT_API_URL the flow runs on a temporary server of its own, whose automations
-    are not the stack's. A server that cannot list its automations is trusted to have them (the trigger stands)."""
+def automations_listen(event: str = DETECTED, starts: str = "a retrain", instead: str = "run slm retrain"
+                       ) -> str | None:
+    """None when an enabled automation of a Prefect server (PREFECT_API_URL) waits for ``event`` (the drift event by
+    default); else why not. Without one the event would start nothing (``starts``), yet a recorded trigger would hold
+    off the real monitor's for the whole cooldown. Without PREFECT_API_URL the flow runs on a temporary server of its
+    own, whose automations are not the stack's. A server that cannot list its automations is trusted to have them
+    (the event is sent)."""
     from prefect.settings import PREFECT_API_URL
 
     if not PREFECT_API_URL.value():
-        return ("no Prefect server (PREFECT_API_URL is unset): no automation would start a retrain; start the stack "
-                "(slm up) and monitor there, or run slm retrain")
+        return (f"no Prefect server (PREFECT_API_URL is unset): no automation would start {starts}; start the stack "
+                f"(slm up) and monitor there, or {instead}")
     from prefect.client.orchestration import get_client
 
     try:
         with get_client(sync_client=True) as client:
             automations = client.read_automations()
-    except Exception as exc:  # noqa: BLE001 - any failure to list: do not silence the trigger on a guess
-        log.warning("could not list the Prefect server's automations (%s): assuming the retrain trigger is there",
-                    exc)
+    except Exception as exc:  # noqa: BLE001 - any failure to list: do not silence the event on a guess
+        log.warning("could not list the Prefect server's automations (%s): assuming the one for %s is there",
+                    exc, event)
         return None
-    if any(a.enabled and DETECTED in _expected(a.trigger) for a in automations):
+    if any(a.enabled and event in _expected(a.trigger) for a in automations):
         return None
-    return (f"no enabled automation on the Prefect server at {PREFECT_API_URL.value()} waits for {DETECTED}: the "
-            "event would start no retrain; deploy prefect.yaml's (slm up) or enable it, or run slm retrain")
+    return (f"no enabled automation on the Prefect server at {PREFECT_API_URL.value()} waits for {event}: the "
+            f"event would start no {starts.removeprefix('a ')}; deploy prefect.yaml's (slm up) or enable it, or "
+            f"{instead}")
 
 
 def _expected(trigger) -> set[str]:
@@ -255,10 +264,12 @@ def act_on_drift(plan: MonitorPlan, report: DriftReport, decision: DriftDecision
 
 @task(name="publish-summary", cache_policy=NO_CACHE)
 def publish_summary(plan: MonitorPlan, report: DriftReport, decision: DriftDecision,
-                    trigger: TriggerDecision | None) -> str:
+                    trigger: TriggerDecision | None, handoff: HandoffDecision | None = None) -> str:
     action = ("no action" if trigger is None else f"`{DETECTED}` emitted" if trigger.fire
               else f"trigger suppressed: {trigger.reason}")
     markdown = (f"### {plan.model}: champion {plan.champion.ref}, window {plan.since:%Y-%m-%d %H:%M} to "
                 f"{plan.until:%Y-%m-%d %H:%M} UTC\n\n{report.summary_markdown(decision)}\n\n**Action:** {action}")
+    if handoff is not None and handoff.reasons:
+        markdown += "\n\n**Hand-off:** " + "; ".join(handoff.reasons)
     create_markdown_artifact(key="drift-summary", markdown=markdown, description="drift monitor verdict")
     return action
