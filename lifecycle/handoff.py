@@ -72,10 +72,14 @@ def decide_handoff(stranded: list[PublishedCandidate], *, champion: str | None, 
             f"{last:%Y-%m-%d %H:%M} UTC; its rollout has until {last + grace:%Y-%m-%d %H:%M} UTC to start")])
     if len(newest.reannounced_at) >= max_attempts:
         return HandoffDecision(reannounce=None, reasons=[*reasons, (
-            f"{newest.ref} has been announced again {len(newest.reannounced_at)} times and no rollout started: "
+            f"{newest.ref} has been announced again {_times(len(newest.reannounced_at))} and no rollout started: "
             "check that the rollout deployment's automation is enabled and a worker serves its pool, or roll it "
             f"out by hand (slm rollout run {newest.ref})")])
     return HandoffDecision(reannounce=newest.ref, reasons=[*reasons, (
         f"{newest.ref} was {'announced again' if newest.reannounced_at else 'published'} at {last:%Y-%m-%d %H:%M} "
         f"UTC and no rollout of it has started: announcing it again "
         f"(attempt {len(newest.reannounced_at) + 1} of {max_attempts})")])
+
+
+def _times(n: int) -> str:
+    return {1: "once", 2: "twice"}.get(n, f"{n} times")

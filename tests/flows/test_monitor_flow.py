@@ -86,10 +86,11 @@ def log_traffic(model: str, pairs, completions: list[str], feedback_ok: int = 0)
             store.record_feedback(Feedback(request_id=f"{model}-{i}", outcome="success", ts=NOW))
 
 
-def run(model: str):
+def run(model: str, policy: str | None = None):
     from flows.monitor import monitor
 
-    state = monitor(MonitorParams(model=model, since=SINCE, until=UNTIL), return_state=True)
+    params = MonitorParams(model=model, since=SINCE, until=UNTIL, **({"policy": policy} if policy else {}))
+    state = monitor(params, return_state=True)
     return state.result(), state.state_details.flow_run_id
 
 
@@ -103,8 +104,9 @@ def artifacts(flow_run_id) -> dict[str, object]:
     return {a.key: a for a in found}
 
 
-def prefect_events(model: str, expect: int, timeout_s: float = 20.0) -> list:
-    """Drift events of ``model`` stored by the Prefect server (they arrive asynchronously: poll)."""
+def prefect_events(model: str, expect: int, timeout_s: float = 20.0, name: str = "slm.drift.detected") -> list:
+    """Events ``name`` (drift by default) of ``model`` stored by the Prefect server (they arrive asynchronously:
+    poll)."""
     from prefect.client.orchestration import get_client
     from prefect.events.filters import EventFilter, EventNameFilter, EventResourceFilter
 
@@ -112,7 +114,7 @@ def prefect_events(model: str, expect: int, timeout_s: float = 20.0) -> list:
     with get_client(sync_client=True) as client:
         while True:
             # A new filter each time: its `occurred.until` defaults to the moment it is built.
-            query = EventFilter(event=EventNameFilter(name=["slm.drift.detected"]),
+            query = EventFilter(event=EventNameFilter(name=[name]),
                                 resource=EventResourceFilter(id=[f"slm.model.{model}"]))
             events = client.read_events(filter=query, limit=50).events  # the server refuses more than 50
             if len(events) >= expect or time.monotonic() > deadline:
@@ -251,3 +253,50 @@ def test_a_policy_with_prompt_embeddings_runs_them_with_the_reference_cached(wor
     # which write_bytes_atomic leaves unwritten, mtime and all.
     assert again.drifted_columns == ["prompt_embedding"] and path.stat().st_mtime_ns > stamp
     assert set(cache.glob("*.npy")) - before == cached
+
+
+def test_a_candidate_whose_announcement_prefect_never_heard_is_announced_again(worlds, tmp_path):
+    """The retrain recorded ``slm.candidate.published`` and died before Prefect heard the event (it is sent from a
+    background queue): the monitor's hand-off check sends it again, with the retrain's payload, to the real server;
+    at most ``handoff_attempts`` times."""
+    from prefect.client.orchestration import get_client
+    from prefect.events.actions import DoNothing
+    from prefect.events.schemas.automations import AutomationCore, EventTrigger, Posture
+
+    from lifecycle.settings import project_root
+    from registry.service import open_registry
+
+    spec, w, before = worlds
+    model = "watch-handoff"
+    champion(model, w.before_train)
+    sample = random.Random(1).sample(before, 1200)
+    log_traffic(model, sample, [p.completion for p in sample])
+    payload = {"model": model, "version": f"{model}:v2", "champion": f"{model}:v1", "verdict": "pass",
+               "reasons": [], "rollout_plan": "", "run": "run-died"}
+    with open_registry() as reg:
+        v2 = reg.register(model, staged=None, status=VersionStatus.CANDIDATE, reason="test", actor="test",
+                          lineage=reg.get(f"{model}:v1").lineage, evals=[], task="banking77")
+        reg.store.append_audit(actor="retrain-flow", action="slm.candidate.published", subject=v2.ref,
+                               payload=payload)  # ... and the process died before emit_event
+    policy = tmp_path / "monitor.yaml"
+    policy.write_text((project_root() / "configs/monitor.yaml").read_text()
+                      .replace("handoff_grace_minutes: 30", "handoff_grace_minutes: 0")
+                      .replace("handoff_attempts: 3", "handoff_attempts: 1"))
+    with get_client(sync_client=True) as client:
+        automation_id = client.create_automation(AutomationCore(
+            name="test: candidate starts rollout", actions=[DoNothing()],
+            trigger=EventTrigger(expect={"slm.candidate.published"}, posture=Posture.Reactive, threshold=1)))
+    try:
+        outcome, run_id = run(model, policy=str(policy))
+        assert outcome.reannounced == v2.ref
+        assert "no rollout of it has started: announcing it again (attempt 1 of 1)" in outcome.handoff[-1]
+        (event,) = prefect_events(model, expect=1, name="slm.candidate.published")
+        assert event.payload == payload  # what the rollout automation templates: the version and the plan
+        assert "**Hand-off:**" in artifacts(run_id)["drift-summary"].data
+        again, _ = run(model, policy=str(policy))
+        assert again.reannounced is None and "announced again once and no rollout started" in again.handoff[-1]
+        assert len(prefect_events(model, expect=2, timeout_s=3, name="slm.candidate.published")) == 1
+        assert len(audit(f"{model}:v2", "slm.candidate.reannounced")) == 1
+    finally:
+        with get_client(sync_client=True) as client:
+            client.delete_automation(automation_id)
