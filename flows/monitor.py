@@ -13,9 +13,9 @@ payload with the model, the window, drifted columns, scores and the labelled dro
 retrain config's) for the retrain automation; appended only if no other run fired meanwhile — and recording
 ``slm.drift.suppressed`` in the audit log only.
 
-Then, whatever the verdict, the hand-off check (``tasks.handoff``, decided by ``lifecycle.handoff``): a candidate
-announced as published that no rollout ever started (the announcing process died before Prefect heard it, or its
-rollout run was refused while another candidate rolled out) is announced again, at most a few times.
+Before all that, the hand-off check (``tasks.handoff``, decided by ``lifecycle.handoff``): a candidate announced as
+published whose announcement the Prefect server never received (the retrain's process died before it went out) and
+that no rollout started is announced again, at most a few times; the storm rule counts its rollout as started.
 
 Outputs: the Evidently HTML report under ``SLM_HOME/reports/<model>/`` (link artifact ``drift-report``), a
 markdown summary (artifact ``drift-summary``), and the returned :class:`MonitorOutcome`.
@@ -60,14 +60,14 @@ class MonitorOutcome(Frozen):
 @flow(name="monitor", log_prints=True)
 def monitor(params: MonitorParams = MonitorParams()) -> MonitorOutcome:
     plan = plan_monitor(params, run_id=str(flow_run.get_id() or "local"))
+    handoff = check_handoff(plan)  # first: whatever the drift check finds, and the storm rule counts its rollout
     report = check_window(plan)
     feedback = feedback_evidence(plan)
     decision = judge(plan, report, feedback)
     record_drift_check(plan, report, decision)
     trigger = None
     if decision.fire:
-        trigger = act_on_drift(plan, report, decision, feedback, storm_check(plan))
-    handoff = check_handoff(plan)
+        trigger = act_on_drift(plan, report, decision, feedback, storm_check(plan, handoff.reannounce))
     action = publish_summary(plan, report, decision, trigger, handoff)
     return MonitorOutcome(model=plan.model, champion=plan.champion.ref, verdict=str(decision.verdict),
                           drifted_columns=decision.drifted_columns, reasons=decision.reasons(), action=action,

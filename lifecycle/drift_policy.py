@@ -118,6 +118,8 @@ class DriftPolicy(Frozen):
         "(lifecycle/handoff.py)"))
     handoff_attempts: int = Field(default=3, ge=0, description="times a stranded candidate is announced again at "
                                   "most; 0: never")
+    handoff_max_age_hours: float = Field(default=24, gt=0, description="a candidate published longer ago than this "
+                                         "is never announced again")
     labelled_drop: str | None = Field(default=None, description="labelled data for the retrain (event payload); "
                                       "default: the retrain config's `data`")
     retrain_config: str = Field(default="configs/retrain.yaml", description="retrain config named in the event")

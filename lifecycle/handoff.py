@@ -1,20 +1,23 @@
 """The hand-off from retrain to rollout: when to announce a published candidate again.
 
-A retrain announces its candidate twice: the audit event ``slm.candidate.published``, then the Prefect event of
-the same name, which the rollout deployment's automation turns into a rollout run. Two things can leave a
-candidate that nothing will ever roll out:
+A retrain announces its candidate twice: the audit event ``slm.candidate.published`` (which records the Prefect
+server it was meant for), then the Prefect event of the same name, which the rollout deployment's automation turns
+into a rollout run. The Prefect event is sent from a queue in the background: when the retrain's process dies
+between the two, or just after "emitting", the audit says published and Prefect never heard it, and nothing will
+ever roll the candidate out.
 
-- the process died between the two (the Prefect event is sent from a queue in the background, so also in the
-  moment after it was "emitted"): the audit says published, Prefect never heard it;
-- the rollout run it started was refused because another candidate of the model was rolling out
-  (``RolloutInProgress``), or died before it stored its first state.
+The monitor, which runs every 15 minutes, asks :func:`decide_handoff` whether to send the Prefect event again. Only
+the newest candidate is considered, and only if all of these hold:
 
-The monitor, which runs every 15 minutes, asks :func:`decide_handoff` whether to send the Prefect event again.
-It re-announces only the newest candidate, only when it was gated against the champion of today (an older gate
-compared it with a model that is no longer served), only once no rollout run of the model is queued or running and
-no rollout is unfinished, after ``grace`` (time for the automation and a worker to start the run), and at most
-``max_attempts`` times, ``grace`` apart: a candidate that nothing starts after that needs a person, and the
-reasons say what to look at.
+- it was announced within ``max_age`` (an old candidate is history; the retention policy retires it);
+- it was announced to this Prefect server (a retrain run without ``PREFECT_API_URL`` announced to a temporary
+  server of its own, on purpose: nothing rolls that out unasked);
+- the server has no record of the announcement (``heard`` is False): a candidate whose announcement arrived and
+  whose rollout run was refused (another rollout was running), cancelled or failed needs a person, not a retry;
+- no rollout of the model is unfinished and no rollout run of it is queued or running;
+- it was gated against the champion of today (an older gate compared it with a model that is no longer served);
+- ``grace`` has passed since the announcement (time for the automation and a worker), and since the last
+  re-announcement; at most ``max_attempts`` re-announcements.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ class PublishedCandidate(Frozen):
     number: int
     published_at: datetime
     gated_against: str | None  # the champion ref its gate compared it with (the announcement's payload)
+    announced_to: str | None  # the Prefect API the announcement was meant for; None: a temporary server
     reannounced_at: list[datetime] = []  # earlier re-announcements, oldest first
 
 
@@ -40,45 +44,67 @@ class HandoffDecision(Frozen):
     reasons: list[str]
 
 
-def decide_handoff(stranded: list[PublishedCandidate], *, champion: str | None, rollout_busy: str | None,
-                   now: datetime, grace: timedelta, max_attempts: int = 3) -> HandoffDecision:
+def newest(stranded: list[PublishedCandidate]) -> PublishedCandidate | None:
+    return max(stranded, key=lambda c: c.number, default=None)
+
+
+def decide_handoff(stranded: list[PublishedCandidate], *, server: str, heard: bool | None, champion: str | None,
+                   rollout_busy: str | None, now: datetime, grace: timedelta, max_age: timedelta,
+                   max_attempts: int = 3) -> HandoffDecision:
     """Which candidate, if any, to announce again (see the module docstring).
 
-    ``stranded``: the model's candidates announced as published with no rollout of their own; ``champion``: the
-    model's champion ref now; ``rollout_busy``: why the rollout side is busy (an unfinished rollout, or a rollout
-    run queued or running), else None.
+    ``stranded``: the model's candidates announced as published with no rollout of their own; ``server``: this
+    Prefect server's API URL; ``heard``: whether it holds the newest one's announcement (None: it could not say);
+    ``champion``: the model's champion ref now; ``rollout_busy``: why the model's rollout side is busy (an
+    unfinished rollout, or a rollout run queued or running), else None.
 
-    Examples (grace 30 min): v4 published at 10:00, gated against v2, champion v2, nothing busy, now 10:40 → announce
-    v4 again; now 10:20 → not yet; champion v3 → no (stale gate); a rollout run queued → no.
+    Examples (grace 30 min, max age 24 h): v4 announced to this server at 10:00, gated against v2, champion v2,
+    never heard, nothing busy, now 10:40 → announce v4 again; now 10:20 → not yet; heard → no (a person's matter);
+    champion v3 → no (stale gate); a rollout run of the model queued → no; the next day → no (too old).
     """
     now = as_utc(now)
-    if not stranded:
+    last = newest([c for c in stranded if now - as_utc(c.published_at) <= max_age])
+    if last is None:
         return HandoffDecision(reannounce=None, reasons=[])
-    newest = max(stranded, key=lambda c: c.number)
-    older = [c.ref for c in sorted(stranded, key=lambda c: c.number) if c is not newest]
-    reasons = [f"{', '.join(older)} {'was' if len(older) == 1 else 'were'} published before {newest.ref} and never "
-               "rolled out; only the newest candidate is announced again"] if older else []
+
+    def hold(reason: str) -> HandoffDecision:
+        return HandoffDecision(reannounce=None, reasons=[reason])
+
+    ref, by_hand = last.ref, f"slm rollout run {last.ref}"
+    if max_attempts == 0:
+        return hold(f"{ref} was published and no rollout of it started; announcing again is off "
+                    f"(handoff_attempts: 0): roll it out by hand ({by_hand})")
+    if _url(last.announced_to) != _url(server):
+        where = last.announced_to or "a temporary Prefect server (its retrain ran without PREFECT_API_URL)"
+        return hold(f"{ref} was announced to {where}, not to this server's automations: roll it out by hand "
+                    f"({by_hand}) if it should go live")
     if rollout_busy is not None:
-        return HandoffDecision(reannounce=None, reasons=[*reasons, f"{newest.ref} waits: {rollout_busy}"])
-    if newest.gated_against != champion:
-        return HandoffDecision(reannounce=None, reasons=[*reasons, (
-            f"{newest.ref} was published with no rollout, but its gate compared it with {newest.gated_against}, "
-            f"and the champion is {champion or 'none'} now: retrain, or roll it out by hand "
-            f"(slm rollout run {newest.ref})")])
-    last = as_utc(max([newest.published_at, *newest.reannounced_at]))
-    if now < last + grace:
-        return HandoffDecision(reannounce=None, reasons=[*reasons, (
-            f"{newest.ref} was {'announced again' if newest.reannounced_at else 'published'} at "
-            f"{last:%Y-%m-%d %H:%M} UTC; its rollout has until {last + grace:%Y-%m-%d %H:%M} UTC to start")])
-    if len(newest.reannounced_at) >= max_attempts:
-        return HandoffDecision(reannounce=None, reasons=[*reasons, (
-            f"{newest.ref} has been announced again {_times(len(newest.reannounced_at))} and no rollout started: "
-            "check that the rollout deployment's automation is enabled and a worker serves its pool, or roll it "
-            f"out by hand (slm rollout run {newest.ref})")])
-    return HandoffDecision(reannounce=newest.ref, reasons=[*reasons, (
-        f"{newest.ref} was {'announced again' if newest.reannounced_at else 'published'} at {last:%Y-%m-%d %H:%M} "
-        f"UTC and no rollout of it has started: announcing it again "
-        f"(attempt {len(newest.reannounced_at) + 1} of {max_attempts})")])
+        return hold(f"{ref} waits: {rollout_busy}")
+    if last.gated_against != champion:
+        return hold(f"{ref} was published with no rollout, but its gate compared it with {last.gated_against}, and "
+                    f"the champion is {champion or 'none'} now: retrain, or roll it out by hand ({by_hand})")
+    since = as_utc(max([last.published_at, *last.reannounced_at]))
+    what = "announced again" if last.reannounced_at else "published"
+    if now < since + grace:
+        return hold(f"{ref} was {what} at {since:%Y-%m-%d %H:%M} UTC; its rollout has until "
+                    f"{since + grace:%Y-%m-%d %H:%M} UTC to start")
+    if heard is None:
+        return hold(f"{ref} has no rollout, and the Prefect server could not say whether it received the "
+                    "announcement: not announcing it again on a guess")
+    if heard:
+        return hold(f"the Prefect server received {ref}'s announcement, yet no rollout of it started: its rollout run "
+                    f"was refused, cancelled or failed; see the rollout deployment's runs, or roll it out by hand "
+                    f"({by_hand})")
+    if len(last.reannounced_at) >= max_attempts:
+        return hold(f"{ref} has been announced again {_times(len(last.reannounced_at))} and the Prefect server has "
+                    f"none of it: check the connection to the server, or roll it out by hand ({by_hand})")
+    return HandoffDecision(reannounce=ref, reasons=[
+        f"{ref} was {what} at {since:%Y-%m-%d %H:%M} UTC, the Prefect server never received it, and no rollout of "
+        f"it has started: announcing it again (attempt {len(last.reannounced_at) + 1} of {max_attempts})"])
+
+
+def _url(value: str | None) -> str | None:
+    return value.rstrip("/") if value else None
 
 
 def _times(n: int) -> str:

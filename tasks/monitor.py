@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -136,8 +137,10 @@ def running_retrain_since(now: datetime) -> datetime | None:
     return running_flow_since("retrain", now)
 
 
-def running_flow_since(flow: str, now: datetime) -> datetime | None:
-    """Earliest start of a run of the flow named ``flow`` that is scheduled (due), pending, running or paused."""
+def running_flow_since(flow: str, now: datetime, keep: Callable[[object], bool] = lambda run: True
+                       ) -> datetime | None:
+    """Earliest start of a run of the flow named ``flow`` that is scheduled (due), pending, running or paused, among
+    the runs ``keep`` accepts."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import (
         FlowFilter,
@@ -154,7 +157,7 @@ def running_flow_since(flow: str, now: datetime) -> datetime | None:
                                      flow_run_filter=FlowRunFilter(state=FlowRunFilterState(
                                          type=FlowRunFilterStateType(any_=active))))
     starts = [as_utc(r.start_time or r.expected_start_time or r.created) for r in runs
-              if r.start_time or r.expected_start_time or r.created]
+              if (r.start_time or r.expected_start_time or r.created) and keep(r)]
     due = [s for s in starts if s <= now]  # a run scheduled for later (a cron) is not running yet
     return min(due, default=None)
 
@@ -196,7 +199,9 @@ def _expected(trigger) -> set[str]:
 
 
 @task(name="storm-check", cache_policy=NO_CACHE)
-def storm_check(plan: MonitorPlan) -> TriggerDecision:
+def storm_check(plan: MonitorPlan, reannounced: str | None = None) -> TriggerDecision:
+    """The storm rule's facts, then :func:`decide_trigger`. ``reannounced``: a candidate this run's hand-off check
+    just announced again; its rollout is about to start, and counts as started now."""
     if (unheard := automations_listen()) is not None:
         return TriggerDecision(fire=False, reason=unheard)
     now = datetime.now(UTC)
@@ -204,10 +209,11 @@ def storm_check(plan: MonitorPlan) -> TriggerDecision:
         last_trigger = registry.store.last_event_at([DETECTED], plan.model)
         last_retrain = registry.store.last_event_at(list(RETRAIN_DONE), plan.model)
         rollout = active_rollout(registry.store, plan.model)
+    candidate, started = ((rollout.candidate, datetime.fromisoformat(rollout.started_at)) if rollout is not None
+                          else (int(reannounced.rsplit(":v", 1)[1]), now) if reannounced else (None, None))
     return decide_trigger(now=now, cooldown=plan.policy.cooldown, running_retrain_since=running_retrain_since(now),
                           last_retrain_at=last_retrain, last_trigger_at=last_trigger,
-                          rollout_candidate=None if rollout is None else rollout.candidate,
-                          rollout_started_at=None if rollout is None else datetime.fromisoformat(rollout.started_at))
+                          rollout_candidate=candidate, rollout_started_at=started)
 
 
 def drift_payload(plan: MonitorPlan, report: DriftReport, decision: DriftDecision,

@@ -257,14 +257,15 @@ def test_a_policy_with_prompt_embeddings_runs_them_with_the_reference_cached(wor
 
 def test_a_candidate_whose_announcement_prefect_never_heard_is_announced_again(worlds, tmp_path):
     """The retrain recorded ``slm.candidate.published`` and died before Prefect heard the event (it is sent from a
-    background queue): the monitor's hand-off check sends it again, with the retrain's payload, to the real server;
-    at most ``handoff_attempts`` times."""
+    background queue): the monitor's hand-off check finds no such event on the real server and sends it again, with
+    the retrain's payload; the next run finds it there and leaves the rest to a person."""
     from prefect.client.orchestration import get_client
     from prefect.events.actions import DoNothing
     from prefect.events.schemas.automations import AutomationCore, EventTrigger, Posture
 
     from lifecycle.settings import project_root
     from registry.service import open_registry
+    from tasks.events import prefect_api
 
     spec, w, before = worlds
     model = "watch-handoff"
@@ -277,11 +278,10 @@ def test_a_candidate_whose_announcement_prefect_never_heard_is_announced_again(w
         v2 = reg.register(model, staged=None, status=VersionStatus.CANDIDATE, reason="test", actor="test",
                           lineage=reg.get(f"{model}:v1").lineage, evals=[], task="banking77")
         reg.store.append_audit(actor="retrain-flow", action="slm.candidate.published", subject=v2.ref,
-                               payload=payload)  # ... and the process died before emit_event
+                               payload={**payload, "prefect_api": prefect_api()})  # ... and died before emit_event
     policy = tmp_path / "monitor.yaml"
     policy.write_text((project_root() / "configs/monitor.yaml").read_text()
-                      .replace("handoff_grace_minutes: 30", "handoff_grace_minutes: 0")
-                      .replace("handoff_attempts: 3", "handoff_attempts: 1"))
+                      .replace("handoff_grace_minutes: 30", "handoff_grace_minutes: 0"))
     with get_client(sync_client=True) as client:
         automation_id = client.create_automation(AutomationCore(
             name="test: candidate starts rollout", actions=[DoNothing()],
@@ -289,12 +289,14 @@ def test_a_candidate_whose_announcement_prefect_never_heard_is_announced_again(w
     try:
         outcome, run_id = run(model, policy=str(policy))
         assert outcome.reannounced == v2.ref
-        assert "no rollout of it has started: announcing it again (attempt 1 of 1)" in outcome.handoff[-1]
+        assert "the Prefect server never received it, and no rollout of it has started: announcing it again " \
+            "(attempt 1 of 3)" in outcome.handoff[-1]
         (event,) = prefect_events(model, expect=1, name="slm.candidate.published")
         assert event.payload == payload  # what the rollout automation templates: the version and the plan
         assert "**Hand-off:**" in artifacts(run_id)["drift-summary"].data
-        again, _ = run(model, policy=str(policy))
-        assert again.reannounced is None and "announced again once and no rollout started" in again.handoff[-1]
+        again, _ = run(model, policy=str(policy))  # the server has it now: a rollout that does not start is a person's
+        assert again.reannounced is None and "received watch-handoff:v2's announcement, yet no rollout" in \
+            again.handoff[-1]
         assert len(prefect_events(model, expect=2, timeout_s=3, name="slm.candidate.published")) == 1
         assert len(audit(f"{model}:v2", "slm.candidate.reannounced")) == 1
     finally:
