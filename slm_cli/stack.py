@@ -14,6 +14,7 @@ import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -170,16 +171,33 @@ def _spawn(name: str, argv: list[str], env: dict[str, str], record: StackRecord)
     return proc
 
 
+def check_port_free(port: int, what: str) -> None:
+    """Refuse a port something already listens on: a server started there would exit at once, while the other
+    one answered the health check in its place (another `slm up` home's, a `slm demo --keep` stack, a bare
+    `prefect server start`), and the stack would deploy to it and share its work pool."""
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError as exc:
+            raise StackError(f"port {port} for {what} is in use ({exc.strerror}): stop what listens there "
+                             f"(`slm down` in its home, `ss -ltnp 'sport = :{port}'` names it), or choose "
+                             "another port") from None
+
+
 def _wait_http(url: str, name: str, proc: subprocess.Popen, log: str, timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise StackError(f"{name} exited with code {proc.returncode}; see {log}")
         try:
-            if httpx.get(url, timeout=2).status_code == 200:
-                return
+            answered = httpx.get(url, timeout=2).status_code == 200
         except httpx.HTTPError:
-            pass
+            answered = False
+        if answered:
+            if proc.poll() is None:
+                return
+            raise StackError(f"{name} exited with code {proc.returncode} while something else answered {url}; "
+                             f"see {log}")
         time.sleep(0.5)
     raise StackError(f"{name} did not answer {url} within {timeout_s:.0f} s; see {log}")
 
@@ -227,6 +245,9 @@ def up(*, prefect_port: int = 4200, gateway_port: int | None = 8000, worker: boo
     existing = read_record()
     if existing and any(existing.running(name) for name in existing.pids):
         raise StackError(f"a stack is already up (UI {existing.ui_url}); run `slm down` first")
+    check_port_free(prefect_port, "the Prefect server")
+    if gateway_port:
+        check_port_free(gateway_port, "the gateway")
     api_url = f"http://127.0.0.1:{prefect_port}/api"
     record = StackRecord(api_url=api_url, ui_url=f"http://127.0.0.1:{prefect_port}",
                          gateway_url=f"http://127.0.0.1:{gateway_port}" if gateway_port else None)
@@ -296,6 +317,7 @@ def _api(api: httpx.Client, method: str, url: str, attempts: int = 6, **kwargs) 
 
 def start_gateway(record: StackRecord, port: int) -> StackRecord:
     """Add the gateway to a running stack (it needs a champion in the registry: `slm bootstrap`)."""
+    check_port_free(port, "the gateway")
     record.gateway_url = f"http://127.0.0.1:{port}"
     gateway = _spawn("gateway", [sys.executable, "-m", "slm_cli.main", "serve", "--port", str(port)],
                      stack_env(record.api_url), record)

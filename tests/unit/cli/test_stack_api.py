@@ -104,3 +104,25 @@ def test_down_signals_only_the_processes_up_started(tmp_path, monkeypatch):
     stack.record_path().write_text('{"api_url": ')
     with pytest.raises(stack.StackError, match="damaged"):
         stack.read_record()
+
+
+def test_up_refuses_a_port_something_already_listens_on(tmp_path, monkeypatch):
+    """Another server on the port (another home's stack, a `slm demo --keep` one) answered the health check in
+    place of ours, which exited: the stack deployed to it and shared its work pool."""
+    import socket
+
+    monkeypatch.setenv("SLM_HOME", str(tmp_path))
+    spawned = []
+    monkeypatch.setattr(stack, "_spawn", lambda *a, **k: spawned.append(a))
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(stack.StackError, match=f"port {port} for the Prefect server is in use"):
+            stack.up(prefect_port=port, gateway_port=None, worker=False)
+        with socket.socket() as free:
+            free.bind(("127.0.0.1", 0))
+            free_port = free.getsockname()[1]
+        with pytest.raises(stack.StackError, match=f"port {port} for the gateway is in use"):
+            stack.up(prefect_port=free_port, gateway_port=port, worker=False)
+    assert spawned == [] and stack.read_record() is None
