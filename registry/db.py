@@ -9,6 +9,7 @@ PostgreSQL uses row locks (``SELECT ... FOR UPDATE``) at the serialization point
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
 
 from sqlalchemy import Engine, create_engine, event
@@ -58,3 +59,10 @@ def is_postgres(engine: Engine) -> bool:
 def write_tx(engine: Engine):
     """A write transaction: ``with write_tx(engine) as conn: ...`` (commits on success)."""
     return engine.execution_options(**{WRITE: True}).begin()
+
+
+def from_db(value: datetime) -> datetime:
+    """A timestamp as read back, in UTC: SQLite returns naive datetimes (stored as UTC); PostgreSQL returns aware
+    ones in the session's time zone (the server's ``TimeZone``, e.g. Europe/Berlin), which must be converted, not
+    relabelled."""
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)

@@ -18,7 +18,7 @@ import time
 from collections import defaultdict, deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Protocol
 
 import numpy as np
@@ -28,7 +28,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from lifecycle.predictions import ByCaller, Feedback, LoggedPrediction, Prediction, VersionAggregate, as_utc
 from lifecycle.sequential import clustered_ratio_variance
 from registry import schema as t
-from registry.db import write_tx
+from registry.db import from_db, write_tx
 
 log = logging.getLogger(__name__)
 P, F = t.predictions, t.feedback
@@ -54,9 +54,7 @@ def _clean(text: str | None) -> str | None:
     return None if text is None else text.replace("\x00", "\ufffd")
 
 
-def _from_db(value: datetime) -> datetime:
-    # SQLite returns naive datetimes (stored as UTC); PostgreSQL returns them in the session's zone.
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+_from_db = from_db
 
 
 @dataclass(frozen=True)

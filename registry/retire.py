@@ -28,7 +28,7 @@ from __future__ import annotations
 import contextlib
 import json
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
@@ -42,6 +42,7 @@ from lifecycle.routing import TrafficSplit
 from lifecycle.status import RETIRED, Alias, VersionStatus
 from registry import schema as t
 from registry import tombstone as tomb
+from registry.db import from_db
 from registry.hub import HubArtifactStore
 from registry.rollouts import _active, active_rollout
 from registry.store import ConcurrentChangeError, NotFoundError, RegistryStore, _event, _of_actions_about
@@ -132,8 +133,7 @@ def _facts(version: ModelVersion, history: list, released: datetime | None, root
                         settled_at=max(settled) if settled else version.created_at, retiring=retiring)
 
 
-def _utc(value: datetime) -> datetime:
-    return value if value.tzinfo else value.replace(tzinfo=UTC)  # SQLite hands back naive UTC
+_utc = from_db
 
 
 def _holds_now(conn: Connection, model: str, number: int) -> list[str]:

@@ -32,7 +32,7 @@ from lifecycle.names import check_model_name
 from lifecycle.records import AliasMove, EvalReport, Lineage, ModelVersion
 from lifecycle.status import INITIAL_STATUSES, Alias, VersionStatus, check_transition
 from registry import schema as t
-from registry.db import is_postgres, make_engine, write_tx
+from registry.db import from_db, is_postgres, make_engine, write_tx
 from registry.locks import LockLost, named_lock
 from registry.migrate import upgrade
 
@@ -63,9 +63,7 @@ def _of_actions_about(actions: list[str], model: str):
                 or_(subject == model, subject.startswith(f"{model}:", autoescape=True)))
 
 
-def _as_utc(value: datetime) -> datetime:
-    # SQLite returns naive datetimes; everything stored is UTC.
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
+_as_utc = from_db
 
 
 class RegistryStore:

@@ -7,7 +7,7 @@ with no network. Every value from the registry passes through ``html.escape``: r
 from __future__ import annotations
 
 from collections.abc import Iterable
-from datetime import datetime
+from datetime import UTC, datetime
 from html import escape
 
 from lifecycle.gate import Interval
@@ -36,7 +36,7 @@ def _e(value: object) -> str:
 
 
 def _time(value: datetime) -> str:
-    return f"{value:%Y-%m-%d %H:%M:%S} UTC"
+    return f"{value.astimezone(UTC) if value.tzinfo else value:%Y-%m-%d %H:%M:%S} UTC"
 
 
 def _badge(text: str | None) -> str:

@@ -2,7 +2,7 @@ import sqlite3
 import subprocess
 import sys
 import threading
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timezone
 
 import pytest
 from sqlalchemy import text
@@ -416,3 +416,24 @@ def test_racing_conditional_appends_leave_exactly_one_event(db_url):
     assert stores[0].verify_audit().ok
     for s in stores:
         s.close()
+
+
+@pytest.mark.postgres
+def test_times_read_back_from_a_server_in_another_time_zone_are_utc(pg_database_url):
+    """PostgreSQL returns timestamptz in the session's zone (the server's TimeZone): the registry converts them to
+    UTC, so listings and reports that print them as UTC are right (they printed 13:00 "UTC" for 12:00 on a server
+    in Berlin)."""
+    from datetime import timedelta
+
+    from reporting.page import _time
+
+    noon = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
+    store = RegistryStore.open(f"{pg_database_url}?options=-c%20TimeZone%3DEurope/Berlin", clock=lambda: noon)
+    with store.engine.connect() as conn:
+        assert conn.execute(text("SHOW TimeZone")).scalar_one() == "Europe/Berlin"
+    register(store)
+    created = store.get_version("router", 1).created_at
+    assert created.utcoffset() == timedelta(0) and created.hour == 12
+    assert _time(created) == "2026-11-29 12:00:00 UTC"
+    assert _time(datetime(2026, 11, 29, 13, 0, tzinfo=timezone(timedelta(hours=1)))) == "2026-11-29 12:00:00 UTC"
+    store.close()
