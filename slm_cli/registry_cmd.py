@@ -27,6 +27,9 @@ def _failed(exc: BaseException) -> str:
     if isinstance(exc, SQLAlchemyError):
         cause = getattr(exc, "orig", None) or exc
         return f"the registry database failed: {type(cause).__name__}: {str(cause).splitlines()[0]}"
+    if isinstance(exc, OSError):  # the artifact store: a file system, or the Hub (huggingface_hub's errors are too)
+        text = str(exc).strip()
+        return f"the artifact store failed: {type(exc).__name__}: {text.splitlines()[0] if text else exc!r}"
     return str(exc)
 
 
@@ -50,8 +53,8 @@ def _registry():
     except ChampionPointerBehind as exc:  # the action is done; the Hub's branch needs catching up: exit 1, not 2
         print_error(str(exc))
         raise typer.Exit(1) from None
-    except (NotFoundError, ValueError, ArtifactIntegrityError, OverflowError, SQLAlchemyError) as exc:
-        print_error(_failed(exc))
+    except (NotFoundError, ValueError, ArtifactIntegrityError, OverflowError, SQLAlchemyError, OSError) as exc:
+        print_error(_failed(exc))  # nothing was changed (an action whose Hub step failed after it: exit 1 above)
         raise typer.Exit(2) from None
     finally:
         reg.close()
@@ -95,7 +98,7 @@ def show(ref: str = typer.Argument(..., help="MODEL:vN, vN, or an alias such as 
     with _registry() as reg:
         version = reg.get(ref)
         history = reg.store.status_history(version.model, version.number)
-        where = {d.name: str(reg.artifacts.dataset_path(d.snapshot)) if d.snapshot else d.source
+        where = {d.name: _snapshot_place(reg, d.snapshot) if d.snapshot else d.source
                  for d in (version.lineage.datasets if version.lineage else [])}
     if as_json:
         doc = version.model_dump(mode="json")
@@ -124,6 +127,19 @@ def show(ref: str = typer.Argument(..., help="MODEL:vN, vN, or an alias such as 
     for h in history:
         console.print(f"  {h['at']:%Y-%m-%d %H:%M:%S}  {h['from_status'] or '—'} → {h['to_status']}  "
                       f"by {escape(h['actor'])}: {escape(h['reason'])}")
+
+
+def _snapshot_place(reg, uri: str) -> str:
+    """Where a data snapshot is: its path when it is on this disk (checked against its hash), else its URI (a Hub
+    snapshot is not downloaded to be shown); a missing or altered one is said so, and the version still shown."""
+    from registry.artifacts import ArtifactIntegrityError
+
+    if not uri.startswith("local://"):
+        return uri
+    try:
+        return str(reg.artifacts.dataset_path(uri))
+    except (ArtifactIntegrityError, OSError, ValueError) as exc:
+        return f"{uri} (unreadable: {exc})"
 
 
 @registry_app.command("history")

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -103,3 +104,35 @@ def test_a_promote_whose_hub_call_failed_says_so_and_sync_champion_catches_the_h
         assert reg.store.get_alias("intent-router", "champion") == 2
     again = CliRunner().invoke(app, ["registry", "sync-champion", "--model", "intent-router"])
     assert again.exit_code == 0 and "nothing moved" in again.stdout
+
+
+def test_with_the_hub_unreachable_show_still_shows_and_promote_says_so_in_one_line(
+        hub, kit, hub_adapters, tiny_base_model, tiny_before_pairs, tmp_path, monkeypatch):
+    """`slm registry show` reads the registry, not the Hub (a Hub snapshot is named by its URI, not downloaded to be
+    shown); an action that needs the Hub before it changes anything fails with one line and exit 2, not a traceback."""
+    from typer.testing import CliRunner
+
+    from slm_cli.main import app
+
+    for name, value in {"SLM_HOME": str(tmp_path / "home"), "SLM_ARTIFACT_STORE": "hub",
+                        "SLM_HUB_NAMESPACE": kit.namespace, "SLM_HUB_RETRY_WAIT_S": "0.01", "HF_ENDPOINT": hub.url,
+                        "HF_TOKEN": kit.token}.items():
+        monkeypatch.setenv(name, value)
+    with open_registry() as reg:
+        lineage = kit.base_lineage(reg, tiny_base_model[0], tiny_before_pairs[:40])
+        kit.register(reg, "intent-router", None, lineage)
+        kit.register(reg, "intent-router", hub_adapters["a"], lineage.model_copy(update={"parent": "intent-router:v1"}))
+        operations.promote(reg, "intent-router", 1, actor="op", reason="first")
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens there
+    shown = CliRunner().invoke(app, ["registry", "show", "intent-router:v1"])
+    assert shown.exit_code == 0, shown.output
+    as_json = CliRunner().invoke(app, ["registry", "show", "intent-router:v1", "--json"])
+    assert as_json.exit_code == 0, as_json.output
+    [(name, place)] = json.loads(as_json.stdout)["dataset_paths"].items()
+    assert place.startswith(f"hf://datasets/{train_repo(lineage)}@")  # where the rows are, not a download
+    promoted = CliRunner().invoke(app, ["promote", "intent-router:v2", "--reason", "better"])
+    assert promoted.exit_code == 2, promoted.output
+    said = " ".join(promoted.stderr.split())
+    assert "the artifact store failed" in said and "Traceback" not in promoted.output
+    with open_registry() as reg:
+        assert reg.store.get_alias("intent-router", "champion") == 1  # nothing moved
