@@ -87,6 +87,9 @@ class Scenario(Frozen):
 
     @model_validator(mode="after")
     def _worse(self) -> Scenario:
+        if self.batch > self.max_per_arm:
+            raise ValueError(f"batch ({self.batch}) must not exceed max_per_arm ({self.max_per_arm}): a run would stop "
+                             "before its first look, and every rule would read as never deciding")
         side = "above" if self.harmful == "higher" else "below"
         if self.sign * (self.p_challenger - self.p_champion) <= 0:
             raise ValueError(f"p_challenger ({self.p_challenger}) must be {side} p_champion ({self.p_champion}): "

@@ -51,6 +51,8 @@ def test_simulate_refuses_a_scenario_without_a_regression():
     result = CliRunner().invoke(app, ["rollout", "simulate", "--harmful", "lower", "--p-champion", "0.85",
                                       "--p-challenger", "0.9"])
     assert result.exit_code == 2 and "must be below p_champion" in result.output
+    result = CliRunner().invoke(app, ["rollout", "simulate", "--max-per-arm", "10", "--batch", "50", "--runs", "10"])
+    assert result.exit_code == 2 and "batch (50) must not exceed max_per_arm (10)" in " ".join(result.output.split())
 
 
 def test_simulate_callers_reports_both_variances():
