@@ -27,3 +27,19 @@ def print_error(message: object) -> None:
     standard output); the message printed as written (an exception's text, a reason someone typed), never read as
     rich markup: "[fail] ..." would vanish, and "[/opt]" raises MarkupError."""
     make_console(stderr=True).print(f"[red]error:[/red] {escape(str(message))}")
+
+
+def describe_error(exc: BaseException) -> str:
+    """One line (or a few) for an error a user can act on, without the traceback."""
+    from pydantic import ValidationError
+    from sqlalchemy.exc import SQLAlchemyError
+
+    if isinstance(exc, ValidationError):  # the settings (SLM_* variables)
+        return "; ".join(f"{'.'.join(map(str, e['loc'])) or exc.title}: {e['msg']}" for e in exc.errors())
+    if isinstance(exc, SQLAlchemyError):
+        cause = getattr(exc, "orig", None) or exc
+        return f"the registry database failed: {type(cause).__name__}: {str(cause).splitlines()[0]}"
+    if isinstance(exc, OSError):  # the artifact store: a file system, or the Hub (huggingface_hub's errors are too)
+        text = str(exc).strip()
+        return f"the artifact store failed: {type(exc).__name__}: {text.splitlines()[0] if text else exc!r}"
+    return str(exc)

@@ -119,12 +119,16 @@ def demo_cmd(
 ) -> None:
     """The main job: the whole lifecycle on the local stack of `slm up` — drift seen by the monitor, a retrain
     started by the automation, a rollout on live traffic, a bad candidate rolled back, decommissioning."""
+    import httpx
+
     from slm_cli.demo import FULL, SMOKE, DemoError, tell
+    from slm_cli.stack import StackError
 
     try:
         result = tell(SMOKE if smoke else FULL, keep=keep, console=console)
-    except DemoError as exc:
-        make_console(stderr=True).print(f"[red]✗ the story stopped:[/red] {escape(str(exc))}")
+    except (DemoError, StackError, httpx.HTTPError) as exc:  # the stack would not start, or an API call failed
+        what = str(exc) if isinstance(exc, DemoError | StackError) else f"{type(exc).__name__}: {exc}"
+        make_console(stderr=True).print(f"[red]✗ the story stopped:[/red] {escape(what)}")
         raise typer.Exit(1) from None
     steps = ", ".join(f"{k} {v:.0f} s" for k, v in result.steps.items())
     console.print(f"time: {steps}")

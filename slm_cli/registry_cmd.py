@@ -10,27 +10,11 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from slm_cli.console import make_console, print_error
+from slm_cli.console import describe_error, make_console, print_error
 
 registry_app = typer.Typer(help="Versions, aliases and lineage in the registry.", no_args_is_help=True)
 audit_app = typer.Typer(help="The hash-chained audit log of every decision.", no_args_is_help=True)
 console = make_console()
-
-
-def _failed(exc: BaseException) -> str:
-    """One line (or a few) for an error a user can act on, without the traceback."""
-    from pydantic import ValidationError
-    from sqlalchemy.exc import SQLAlchemyError
-
-    if isinstance(exc, ValidationError):  # the settings (SLM_* variables)
-        return "; ".join(f"{'.'.join(map(str, e['loc'])) or exc.title}: {e['msg']}" for e in exc.errors())
-    if isinstance(exc, SQLAlchemyError):
-        cause = getattr(exc, "orig", None) or exc
-        return f"the registry database failed: {type(cause).__name__}: {str(cause).splitlines()[0]}"
-    if isinstance(exc, OSError):  # the artifact store: a file system, or the Hub (huggingface_hub's errors are too)
-        text = str(exc).strip()
-        return f"the artifact store failed: {type(exc).__name__}: {text.splitlines()[0] if text else exc!r}"
-    return str(exc)
 
 
 @contextmanager
@@ -46,7 +30,7 @@ def _registry():
     try:
         reg = open_registry()
     except (ValidationError, SQLAlchemyError, OSError, ValueError) as exc:
-        print_error(f"cannot open the registry: {_failed(exc)}")
+        print_error(f"cannot open the registry: {describe_error(exc)}")
         raise typer.Exit(2) from None
     try:
         yield reg
@@ -54,7 +38,7 @@ def _registry():
         print_error(str(exc))
         raise typer.Exit(1) from None
     except (NotFoundError, ValueError, ArtifactIntegrityError, OverflowError, SQLAlchemyError, OSError) as exc:
-        print_error(_failed(exc))  # nothing was changed (an action whose Hub step failed after it: exit 1 above)
+        print_error(describe_error(exc))  # nothing was changed (an action whose Hub step failed after it: exit 1 above)
         raise typer.Exit(2) from None
     finally:
         reg.close()

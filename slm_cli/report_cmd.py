@@ -18,19 +18,22 @@ def report_cmd(
     out: Annotated[Path | None, typer.Option(help="HTML file to write; default SLM_HOME/reports/<model>.html")] = None,
 ) -> None:
     """Versions, traffic share over time, rollout stages with intervals, drift, gates, rollbacks, audit chain."""
+    from pydantic import ValidationError
+    from sqlalchemy.exc import SQLAlchemyError
+
     from lifecycle.settings import get_settings
     from registry.service import open_registry
     from reporting.gather import NothingToReport
     from reporting.publish import default_path, write_report
-    from slm_cli.console import print_error
+    from slm_cli.console import describe_error, print_error
 
-    settings = get_settings()
-    model = model or settings.model_name
-    path = (out or default_path(settings.home, model)).expanduser().resolve()
     try:
+        settings = get_settings()
+        model = model or settings.model_name
+        path = (out or default_path(settings.home, model)).expanduser().resolve()
         with open_registry(settings) as registry:
             write_report(registry.store, model, path)
-    except (NothingToReport, OSError) as exc:
-        print_error(exc)
+    except (NothingToReport, OSError, ValidationError, SQLAlchemyError, ValueError) as exc:
+        print_error(describe_error(exc))
         raise typer.Exit(2) from None
     print(path)

@@ -21,6 +21,8 @@ def up_cmd(
              "(default: SQLite under SLM_HOME/prefect)")] = None,
 ) -> None:
     """Start the local stack and print where the UI is. `slm down` stops it."""
+    import httpx
+
     from slm_cli.stack import StackError, up
 
     try:
@@ -28,6 +30,9 @@ def up_cmd(
                     database_url=prefect_database_url, status=lambda m: console.print(f"[cyan]↑[/cyan] {m}"))
     except StackError as exc:
         print_error(exc)
+        raise typer.Exit(1) from None
+    except httpx.HTTPError as exc:  # the new server refused a setup call (it was stopped again: `up` cleans up)
+        print_error(f"the Prefect server refused a setup call: {type(exc).__name__}: {exc}")
         raise typer.Exit(1) from None
     console.print(f"[green]✓[/green] up. Prefect UI: {record.ui_url}"
                   + (f" · gateway: {record.gateway_url}/v1" if record.gateway_url else "")

@@ -36,16 +36,21 @@ def validate(
 ) -> None:
     """Validate training data (prompt/completion pairs) before it may be used to fine-tune."""
     # Heavy imports (pandas, Great Expectations) happen here, so `slm --help` stays fast.
+    from pydantic import ValidationError
     from rich.text import Text
 
     from data_checks.readers import DataFileError
     from data_checks.validation import validate_file
     from lifecycle.settings import Settings
-    from slm_cli.console import make_console
+    from slm_cli.console import describe_error, make_console
     from training.task_data import ensure_task_data, golden_prompts
 
     out, err = make_console(), make_console(stderr=True)
-    settings = Settings()
+    try:
+        settings = Settings()
+    except ValidationError as error:  # the SLM_* settings
+        err.print(Text.assemble(("error: ", "bold red"), describe_error(error)), soft_wrap=True)
+        raise typer.Exit(EXIT_UNREADABLE) from None
     try:
         spec = _load_spec(task)
         golden = golden_prompts(ensure_task_data(spec, settings.home / "data"))

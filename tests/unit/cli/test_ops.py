@@ -250,3 +250,18 @@ def test_an_unknown_model_is_named_not_taken_for_an_empty_registry(home):
         result = run(*args)
         assert result.exit_code == 2 and "no model 'nope'" in result.output and "intent-router" in result.output
     assert run("registry", "list", "--model", "intent-router").exit_code == 0
+
+
+@pytest.mark.parametrize("command", [["report"], ["validate", "data.jsonl"], ["registry", "list"]])
+@pytest.mark.parametrize("setting", [("SLM_HUB_RETRIES", "-1"), ("SLM_ARTIFACT_STORE", "hub")])
+def test_bad_settings_are_one_line_and_exit_2_in_every_command(command, setting, tmp_path, monkeypatch):
+    """An invalid SLM_* variable (a hub store without its namespace, a negative retry count) was a traceback in
+    `slm report` and `slm validate`; every command says which setting is wrong, in one line."""
+    monkeypatch.setenv("SLM_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("SLM_HUB_NAMESPACE", raising=False)
+    monkeypatch.setenv(*setting)
+    result = CliRunner().invoke(app, command)
+    assert result.exit_code == 2, result.output
+    said = " ".join(result.stderr.split())
+    assert said.startswith("error:") and ("hub_retries" in said or "SLM_HUB_NAMESPACE" in said), said
+    assert result.exception is None or isinstance(result.exception, SystemExit)
