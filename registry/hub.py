@@ -182,15 +182,22 @@ class HubArtifactStore:
         When main shows the version's files (the last one published: a candidate rolled back and nothing published
         since), main first gets a commit with the tree of ``champion`` (the registry's: the Hub's branch may lag
         behind it after a failed sync), or an empty tree without one: the default download (``from_pretrained(repo)``,
-        no revision) would otherwise still serve the retired weights. Before the tag goes, so a run that dies in
-        between finds the tag and does the rest."""
+        no revision) would otherwise still serve the retired weights. Likewise branch ``champion`` still on the
+        version (a rollback whose Hub step failed, never synced) is moved to ``champion``'s tag first:
+        ``revision="champion"`` would serve the retired weights. Before the tag goes, so a run that dies in between
+        finds the tag and does the rest."""
         repo = self.repo_id(model)
-        _branches, tags = self.hub.refs(repo)
+        branches, tags = self.hub.refs(repo)
         commit = tags.get(f"v{number}")
         if commit is None:
             return False
         if how == "archive":
             self.hub.create_tag(repo, f"archived-v{number}", commit)
+        if branches.get(CHAMPION) == commit:
+            now = None if champion in (None, number) else champion
+            self.point_champion(model, now)
+            log.info("hub: %s branch %s moved off retired %s:v%d to %s", repo, CHAMPION, model, number,
+                     f"v{now}" if now else "nothing")
         source = None if champion in (None, number) else tags.get(f"v{champion}")
         shown = "nothing" if source is None else f"the champion, v{champion}"
         if self._replace_main(repo, commit, source, f"{model}:v{number} retired: main shows {shown}"):

@@ -159,6 +159,25 @@ def test_main_never_shows_a_retired_version_even_by_its_files(hub, kit, hub_regi
     assert git.refs("heads")["champion"] == tags["v1"]
 
 
+def test_a_retired_version_leaves_the_champion_branch_that_lagged_on_it(hub, kit, hub_registry, hub_adapters,
+                                                                        tiny_base_model, tiny_before_pairs):
+    """A rollback whose Hub step failed leaves branch champion on the rolled-back version (until sync-champion);
+    retiring that version moves the branch to the registry's champion before its tag goes, so
+    ``revision="champion"`` never serves retired weights."""
+    reg = hub_registry
+    lineage = kit.base_lineage(reg, tiny_base_model[0], tiny_before_pairs[:40])
+    kit.register(reg, "lagging", None, lineage)
+    kit.register(reg, "lagging", hub_adapters["a"], lineage.model_copy(update={"parent": "lagging:v1"}))
+    operations.promote(reg, "lagging", 1, actor="op", reason="first")
+    operations.promote(reg, "lagging", 2, actor="op", reason="adapter")
+    git = hub.repo("acme/lagging")
+    tags = git.refs("tags")
+    operations.rollback(reg, "lagging", actor="op", reason="v2 misbehaves")
+    git.set_ref("refs/heads/champion", tags["v2"])  # as if the rollback's Hub step had failed, never synced since
+    retire_version(reg, "lagging", 2, policy=DELETE, actor="decommission", reason="rolled back")
+    assert "v2" not in git.refs("tags") and git.refs("heads")["champion"] == tags["v1"]
+
+
 def test_a_replayed_rollout_promote_moves_the_branch_once(hub, kit, hub_registry, hub_adapters, tiny_base_model,
                                                           tiny_before_pairs):
     from lifecycle.rollout_state import Promote, RolloutState
