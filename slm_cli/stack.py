@@ -326,30 +326,83 @@ def start_gateway(record: StackRecord, port: int) -> StackRecord:
 
 
 def down(*, status=print, timeout_s: float = 20.0) -> list[str]:
-    """Stop what `slm up` recorded: SIGTERM to each process group, SIGKILL after ``timeout_s``."""
+    """Stop what `slm up` recorded: SIGTERM to each recorded process group, SIGKILL after ``timeout_s`` — the
+    gateway, the worker, then the flow runs the worker started (:func:`stop_flow_runs`: the worker no longer
+    reports on them), then the server."""
     record = read_record()
     if record is None:
         return []
     stopped = []
     for name, pid in reversed(list(record.pids.items())):  # gateway and worker before the server
+        if name == "prefect-server" and record.running(name):
+            stopped += stop_flow_runs(record.api_url, status=status, timeout_s=timeout_s)
         if not record.running(name):  # gone, or its pid now belongs to another process: not ours to signal
             continue
-        try:
-            os.killpg(pid, signal.SIGTERM)
-        except ProcessLookupError:
+        if not _stop_group(pid, timeout_s):
             continue
-        deadline = time.monotonic() + timeout_s
-        while _alive(pid) and time.monotonic() < deadline:
-            _reap(pid)
-            time.sleep(0.2)
-        if _alive(pid):
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(pid, signal.SIGKILL)
-            _reap(pid)
         stopped.append(name)
         status(f"stopped {name} (pid {pid})")
     record_path().unlink(missing_ok=True)
     return stopped
+
+
+ACTIVE_RUNS = ["RUNNING", "PENDING", "PAUSED", "CANCELLING"]
+
+
+def stop_flow_runs(api_url: str, *, status=print, timeout_s: float = 20.0) -> list[str]:
+    """Stop the flow runs a worker of this host started, and mark them Cancelled.
+
+    A process worker starts each flow run in a session of its own, so signalling the worker's group leaves them
+    running: a retrain would go on writing to the registry after `slm down`, a rollout waiting for an approval
+    would wait for hours. Each active run whose process (its ``infrastructure_pid``) is here and carries the run's
+    id in its environment (``PREFECT__FLOW_RUN_ID``: never a process that reused the pid) gets SIGTERM to its
+    group, SIGKILL after ``timeout_s``, then the state Cancelled, with the reason. A rollout so stopped resumes
+    from its stored state when run again; a retrain starts over."""
+    try:
+        with httpx.Client(base_url=api_url, timeout=10) as api:
+            runs = _api(api, "POST", "/flow_runs/filter",
+                        json={"flow_runs": {"state": {"type": {"any_": ACTIVE_RUNS}}}}).json()
+    except httpx.HTTPError as exc:
+        status(f"could not list the flow runs ({type(exc).__name__}: {exc}): any still running were not stopped")
+        return []
+    stopped = []
+    for run in runs:
+        pid = str(run.get("infrastructure_pid") or "")
+        if not pid.isdigit() or not _runs_flow_run(int(pid), run["id"]):
+            continue
+        _stop_group(int(pid), timeout_s)
+        with contextlib.suppress(httpx.HTTPError), httpx.Client(base_url=api_url, timeout=10) as api:
+            _api(api, "POST", f"/flow_runs/{run['id']}/set_state", json={"force": True, "state": {
+                "type": "CANCELLED", "name": "Cancelled", "message": "stopped by `slm down`"}})
+        stopped.append(f"flow run {run['name']}")
+        status(f"stopped flow run {run['name']} (pid {pid}) and marked it Cancelled")
+    return stopped
+
+
+def _runs_flow_run(pid: int, run_id: str) -> bool:
+    """Is ``pid`` the process of flow run ``run_id`` (its environment says so)?"""
+    try:
+        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return f"PREFECT__FLOW_RUN_ID={run_id}".encode() in environ
+
+
+def _stop_group(pid: int, timeout_s: float) -> bool:
+    """SIGTERM to the process group ``pid`` leads, SIGKILL after ``timeout_s``; False if it was gone already."""
+    try:
+        os.killpg(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return False
+    deadline = time.monotonic() + timeout_s
+    while _alive(pid) and time.monotonic() < deadline:
+        _reap(pid)
+        time.sleep(0.2)
+    if _alive(pid):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGKILL)
+        _reap(pid)
+    return True
 
 
 def _reap(pid: int) -> None:
