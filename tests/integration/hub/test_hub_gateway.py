@@ -57,6 +57,21 @@ def test_the_gateway_serves_the_champion_from_the_hub(hub, kit, hub_adapters, ti
     assert {p.name for p in cache.iterdir()} >= {"models--acme--intent-router", "models--acme--tiny-base"}
 
 
+def two_versions_on_the_hub(hub, kit, hub_adapters, tiny_base_model, tiny_before_pairs, tmp_path, monkeypatch):
+    """A home on the Hub store (the double): intent-router v1 (the base) champion, v2 (an adapter) a candidate;
+    returns v1's lineage."""
+    for name, value in {"SLM_HOME": str(tmp_path / "home"), "SLM_ARTIFACT_STORE": "hub",
+                        "SLM_HUB_NAMESPACE": kit.namespace, "SLM_HUB_RETRY_WAIT_S": "0.01", "HF_ENDPOINT": hub.url,
+                        "HF_TOKEN": kit.token}.items():
+        monkeypatch.setenv(name, value)
+    with open_registry() as reg:
+        lineage = kit.base_lineage(reg, tiny_base_model[0], tiny_before_pairs[:40])
+        kit.register(reg, "intent-router", None, lineage)
+        kit.register(reg, "intent-router", hub_adapters["a"], lineage.model_copy(update={"parent": "intent-router:v1"}))
+        operations.promote(reg, "intent-router", 1, actor="op", reason="first")
+    return lineage
+
+
 def train_repo(lineage) -> str:
     return lineage.datasets[0].snapshot.removeprefix("hf://datasets/").split("@")[0]
 
@@ -70,15 +85,8 @@ def test_a_promote_whose_hub_call_failed_says_so_and_sync_champion_catches_the_h
 
     from slm_cli.main import app
 
-    for name, value in {"SLM_HOME": str(tmp_path / "home"), "SLM_ARTIFACT_STORE": "hub",
-                        "SLM_HUB_NAMESPACE": kit.namespace, "SLM_HUB_RETRY_WAIT_S": "0.01", "HF_ENDPOINT": hub.url,
-                        "HF_TOKEN": kit.token, "SLM_OPERATOR": "night-shift"}.items():
-        monkeypatch.setenv(name, value)
-    with open_registry() as reg:
-        lineage = kit.base_lineage(reg, tiny_base_model[0], tiny_before_pairs[:40])
-        kit.register(reg, "intent-router", None, lineage)
-        kit.register(reg, "intent-router", hub_adapters["a"], lineage.model_copy(update={"parent": "intent-router:v1"}))
-        operations.promote(reg, "intent-router", 1, actor="op", reason="first")
+    monkeypatch.setenv("SLM_OPERATOR", "night-shift")
+    two_versions_on_the_hub(hub, kit, hub_adapters, tiny_base_model, tiny_before_pairs, tmp_path, monkeypatch)
     git = hub.repo("acme/intent-router")
     tags = git.refs("tags")
     assert git.refs("heads")["champion"] == tags["v1"]
@@ -114,15 +122,8 @@ def test_with_the_hub_unreachable_show_still_shows_and_promote_says_so_in_one_li
 
     from slm_cli.main import app
 
-    for name, value in {"SLM_HOME": str(tmp_path / "home"), "SLM_ARTIFACT_STORE": "hub",
-                        "SLM_HUB_NAMESPACE": kit.namespace, "SLM_HUB_RETRY_WAIT_S": "0.01", "HF_ENDPOINT": hub.url,
-                        "HF_TOKEN": kit.token}.items():
-        monkeypatch.setenv(name, value)
-    with open_registry() as reg:
-        lineage = kit.base_lineage(reg, tiny_base_model[0], tiny_before_pairs[:40])
-        kit.register(reg, "intent-router", None, lineage)
-        kit.register(reg, "intent-router", hub_adapters["a"], lineage.model_copy(update={"parent": "intent-router:v1"}))
-        operations.promote(reg, "intent-router", 1, actor="op", reason="first")
+    lineage = two_versions_on_the_hub(hub, kit, hub_adapters, tiny_base_model, tiny_before_pairs, tmp_path,
+                                      monkeypatch)
     monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens there
     shown = CliRunner().invoke(app, ["registry", "show", "intent-router:v1"])
     assert shown.exit_code == 0, shown.output
