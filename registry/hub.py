@@ -194,8 +194,8 @@ class HubArtifactStore:
         if how == "archive":
             self.hub.create_tag(repo, f"archived-v{number}", commit)
         if branches.get(CHAMPION) == commit:
-            now = None if champion in (None, number) else champion
-            self.point_champion(model, now)
+            now = champion if champion not in (None, number) and f"v{champion}" in tags else None
+            self.point_champion(model, now)  # no tag for the registry's champion (restore it): no branch meanwhile
             log.info("hub: %s branch %s moved off retired %s:v%d to %s", repo, CHAMPION, model, number,
                      f"v{now}" if now else "nothing")
         source = None if champion in (None, number) else tags.get(f"v{champion}")

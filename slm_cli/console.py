@@ -39,6 +39,9 @@ def describe_error(exc: BaseException) -> str:
     if isinstance(exc, SQLAlchemyError):
         cause = getattr(exc, "orig", None) or exc
         return f"the registry database failed: {type(cause).__name__}: {str(cause).splitlines()[0]}"
+    hub = type(exc).__module__.startswith("huggingface_hub")  # LocalEntryNotFoundError is a FileNotFoundError too
+    if isinstance(exc, FileNotFoundError | PermissionError | IsADirectoryError | NotADirectoryError) and not hub:
+        return str(exc)  # a file named on the command line or in a config (its message names it)
     if isinstance(exc, OSError):  # the artifact store: a file system, or the Hub (huggingface_hub's errors are too)
         text = str(exc).strip()
         return f"the artifact store failed: {type(exc).__name__}: {text.splitlines()[0] if text else exc!r}"

@@ -176,6 +176,9 @@ def check_port_free(port: int, what: str) -> None:
     one answered the health check in its place (another `slm up` home's, a `slm demo --keep` stack, a bare
     `prefect server start`), and the stack would deploy to it and share its work pool."""
     with socket.socket() as sock:
+        # As the servers bind (uvicorn sets it): a port whose last connections are only in TIME_WAIT (for a minute
+        # after `slm down`) is free; one with a listener on 127.0.0.1, 0.0.0.0 or :: is not.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind(("127.0.0.1", port))
         except OSError as exc:
@@ -368,24 +371,39 @@ def stop_flow_runs(api_url: str, *, status=print, timeout_s: float = 20.0) -> li
     stopped = []
     for run in runs:
         pid = str(run.get("infrastructure_pid") or "")
-        if not pid.isdigit() or not _runs_flow_run(int(pid), run["id"]):
+        if not pid.isdigit() or not _runs_flow_run(int(pid), run["id"], api_url):
             continue
         _stop_group(int(pid), timeout_s)
-        with contextlib.suppress(httpx.HTTPError), httpx.Client(base_url=api_url, timeout=10) as api:
-            _api(api, "POST", f"/flow_runs/{run['id']}/set_state", json={"force": True, "state": {
-                "type": "CANCELLED", "name": "Cancelled", "message": "stopped by `slm down`"}})
         stopped.append(f"flow run {run['name']}")
-        status(f"stopped flow run {run['name']} (pid {pid}) and marked it Cancelled")
+        status(f"stopped flow run {run['name']} (pid {pid}); {_mark_cancelled(api_url, run['id'])}")
     return stopped
 
 
-def _runs_flow_run(pid: int, run_id: str) -> bool:
-    """Is ``pid`` the process of flow run ``run_id`` (its environment says so)?"""
+def _mark_cancelled(api_url: str, run_id: str) -> str:
+    """Cancelled, unless the run reached an end of its own meanwhile (it finished while its process was being
+    stopped); says what it did."""
     try:
-        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        with httpx.Client(base_url=api_url, timeout=10) as api:
+            state = (_api(api, "GET", f"/flow_runs/{run_id}").json().get("state") or {}).get("type")
+            if state not in ACTIVE_RUNS:
+                return f"it ended {str(state).lower()} on its own"
+            _api(api, "POST", f"/flow_runs/{run_id}/set_state", json={"force": True, "state": {
+                "type": "CANCELLED", "name": "Cancelled", "message": "stopped by `slm down`"}})
+    except httpx.HTTPError as exc:
+        return f"could not mark it Cancelled ({type(exc).__name__}): the crash automation will mark it Crashed"
+    return "marked it Cancelled"
+
+
+def _runs_flow_run(pid: int, run_id: str, api_url: str) -> bool:
+    """Is ``pid`` the process of flow run ``run_id``, started for this stack's server (its environment says so: a
+    pid the system gave to another process, or a run of another home whose server shares the database, is not)?"""
+    try:
+        environ = dict(item.partition(b"=")[::2] for item in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"))
     except OSError:
         return False
-    return f"PREFECT__FLOW_RUN_ID={run_id}".encode() in environ
+    server = environ.get(b"PREFECT_API_URL")  # absent: the worker passed its settings some other way
+    return (environ.get(b"PREFECT__FLOW_RUN_ID") == run_id.encode()
+            and (server is None or server.decode(errors="replace").rstrip("/") == api_url.rstrip("/")))
 
 
 def _stop_group(pid: int, timeout_s: float) -> bool:

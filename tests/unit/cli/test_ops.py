@@ -265,3 +265,15 @@ def test_bad_settings_are_one_line_and_exit_2_in_every_command(command, setting,
     said = " ".join(result.stderr.split())
     assert said.startswith("error:") and ("hub_retries" in said or "SLM_HUB_NAMESPACE" in said), said
     assert result.exception is None or isinstance(result.exception, SystemExit)
+
+
+def test_a_missing_file_reads_as_itself_and_a_hub_failure_as_the_artifact_store():
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    from slm_cli.console import describe_error
+
+    assert describe_error(FileNotFoundError("config plans/x.yaml does not exist")) == \
+        "config plans/x.yaml does not exist"
+    said = describe_error(LocalEntryNotFoundError("cannot reach the Hub\nmore"))
+    assert said.startswith("the artifact store failed: LocalEntryNotFoundError:") and "cannot reach the Hub" in said
+    assert "more" not in said  # one line
