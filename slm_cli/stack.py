@@ -339,6 +339,9 @@ def down(*, status=print, timeout_s: float = 20.0) -> list[str]:
     for name, pid in reversed(list(record.pids.items())):  # gateway and worker before the server
         if name == "prefect-server" and record.running(name):
             stopped += stop_flow_runs(record.api_url, status=status, timeout_s=timeout_s)
+        elif name == "prefect-server" and "worker" in record.pids:
+            status("the Prefect server is not running, so the flow runs its worker started cannot be listed: any "
+                   "still running were not stopped (`ps -eo pid,args | grep prefect` finds them)")
         if not record.running(name):  # gone, or its pid now belongs to another process: not ours to signal
             continue
         if not _stop_group(pid, timeout_s):
