@@ -7,8 +7,9 @@ policy YAML, labelled drop). Thresholds, reference and cooldown come from ``conf
 Steps: Evidently drift on prompt descriptors, routes, outcomes and latency (``data_checks.drift``); the
 champion's feedback accuracy against its accuracy at promotion; the pure verdict
 (``lifecycle.drift_policy.decide_drift``). On drift or decay, the storm rule (``decide_trigger``: no trigger
-while a retrain runs, within the cooldown of the last trigger or retrain or of an unfinished rollout's start, nor
-without a Prefect server) decides between emitting ``slm.drift.detected`` — resource ``slm.model.<name>``,
+while a retrain runs, within the cooldown of the last trigger (unless the server never received it) or retrain or
+of an unfinished rollout's start, nor without a Prefect server) decides between emitting ``slm.drift.detected``
+— resource ``slm.model.<name>``,
 payload with the model, the window, drifted columns, scores and the labelled drop in ``data_path`` (blank: the
 retrain config's) for the retrain automation; appended only if no other run fired meanwhile — and recording
 ``slm.drift.suppressed`` in the audit log only.

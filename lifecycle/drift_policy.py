@@ -295,17 +295,23 @@ class TriggerDecision(Frozen):
     fire: bool
     reason: str
     retry_after: datetime | None = Field(default=None, description="earliest time a trigger may fire again")
+    replaces: datetime | None = Field(default=None, description=(
+        "when firing in place of a trigger the Prefect server never received: that trigger's time (the cooldown "
+        "counts from triggers after it)"))
 
 
 def decide_trigger(*, now: datetime, cooldown: timedelta, running_retrain_since: datetime | None,
                    last_retrain_at: datetime | None, last_trigger_at: datetime | None,
-                   rollout_candidate: int | None = None, rollout_started_at: datetime | None = None
-                   ) -> TriggerDecision:
+                   rollout_candidate: int | None = None, rollout_started_at: datetime | None = None,
+                   last_trigger_lost: bool = False) -> TriggerDecision:
     """May a drift finding start a retrain now? Suppress while one runs, within ``cooldown`` of the start of an
     unfinished rollout of the model (``rollout_candidate``: its candidate may answer the drift), or within
     ``cooldown`` of the last retrain (finished) or the last fired trigger (whose retrain may still be queued).
     A rollout older than the cooldown no longer holds the trigger off: one whose flow died, or that waits for a
     person, must not silence the monitor for ever.
+
+    ``last_trigger_lost``: the last trigger never reached the Prefect server (its event was lost with the monitor's
+    process): no retrain answers it, so it holds nothing off, and a trigger now takes its place.
 
     A timestamp in the future (clock skew between machines) counts as "just now", never as long ago.
     Examples (cooldown 6 h): a retrain running since 10:00 → suppress at any time; last trigger at 09:00,
@@ -322,12 +328,17 @@ def decide_trigger(*, now: datetime, cooldown: timedelta, running_retrain_since:
             return TriggerDecision(fire=False, retry_after=started + cooldown, reason=(
                 f"the rollout of v{rollout_candidate}, started {started:%Y-%m-%d %H:%M} UTC, is unfinished: its "
                 "candidate may answer this drift, and another could not roll out until it ends"))
+    lost = as_utc(last_trigger_at) if last_trigger_lost and last_trigger_at is not None else None
     recent = [(as_utc(at) + cooldown, label, as_utc(at)) for label, at in
-              (("trigger", last_trigger_at), ("retrain", last_retrain_at)) if at is not None]
+              (("trigger", None if lost else last_trigger_at), ("retrain", last_retrain_at)) if at is not None]
     blocking = max((r for r in recent if now < r[0]), default=None)
     if blocking is not None:
         until, label, at = blocking
         return TriggerDecision(fire=False, retry_after=until,
                                reason=f"cooldown: the last {label} was at {at:%Y-%m-%d %H:%M} UTC, within {cooldown} "
                                f"(next trigger allowed from {until:%Y-%m-%d %H:%M} UTC)")
+    if lost is not None:
+        return TriggerDecision(fire=True, replaces=lost, reason=(
+            f"the last trigger, at {lost:%Y-%m-%d %H:%M} UTC, never reached the Prefect server, so no retrain "
+            "answered it; no retrain running and none within the cooldown"))
     return TriggerDecision(fire=True, reason="no retrain running and none within the cooldown")

@@ -375,11 +375,16 @@ class RegistryStore:
     def last_event_at(self, actions: list[str], model: str) -> datetime | None:
         """When the newest event of one of ``actions`` about ``model`` or one of its versions (``MODEL:...``) was
         logged; None if none was. An indexed query, not a read of the whole log."""
-        query = (select(t.audit_events.c.ts).where(_of_actions_about(actions, model))
+        event = self.last_event(actions, model)
+        return None if event is None else _as_utc(datetime.fromisoformat(event.ts))
+
+    def last_event(self, actions: list[str], model: str) -> AuditEvent | None:
+        """The newest event of one of ``actions`` about ``model`` or one of its versions; None if none was logged."""
+        query = (select(t.audit_events).where(_of_actions_about(actions, model))
                  .order_by(t.audit_events.c.seq.desc()).limit(1))
         with self.engine.connect() as conn:
-            ts = conn.execute(query).scalar_one_or_none()
-        return None if ts is None else _as_utc(datetime.fromisoformat(ts))
+            row = conn.execute(query).first()
+        return None if row is None else _event(row)
 
     def events_about(self, model: str, actions: list[str]) -> list[AuditEvent]:
         """The events of ``actions`` about ``model`` or one of its versions, oldest first (an indexed query)."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta
+
 from prefect.events import emit_event
 
 from registry.service import Registry
@@ -9,6 +11,25 @@ from registry.service import Registry
 
 def resource(model: str) -> dict[str, str]:
     return {"prefect.resource.id": f"slm.model.{model}", "prefect.resource.name": model}
+
+
+def server_has_event(event: str, model: str, since: datetime, **match: object) -> bool:
+    """Does the Prefect server hold an ``event`` of ``model`` from ``since`` (less 5 minutes of clock skew) on, whose
+    payload has every ``match`` item? Raises when the server cannot be read; the caller decides what that means."""
+    from prefect.client.orchestration import get_client
+    from prefect.events.filters import EventFilter, EventNameFilter, EventOccurredFilter, EventResourceFilter
+
+    query = EventFilter(occurred=EventOccurredFilter(since=since - timedelta(minutes=5)),
+                        event=EventNameFilter(name=[event]), resource=EventResourceFilter(id=[resource(model)[
+                            "prefect.resource.id"]]))
+    with get_client(sync_client=True) as client:
+        page = client.read_events(filter=query, limit=50)  # the server's page size at most
+        while True:
+            if any(all(e.payload.get(k) == v for k, v in match.items()) for e in page.events):
+                return True
+            if not page.next_page:
+                return False
+            page = client.read_events_page(page.next_page)
 
 
 def prefect_api() -> str | None:

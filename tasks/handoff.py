@@ -23,7 +23,7 @@ from lifecycle.status import Alias, VersionStatus
 from registry.rollouts import active_rollout, get_rollout
 from registry.store import NotFoundError, RegistryStore
 from tasks.connect import open_registry
-from tasks.events import prefect_api, resource
+from tasks.events import prefect_api, resource, server_has_event
 from tasks.monitor import MonitorPlan, automations_listen, running_flow_since
 
 ACTOR = "monitor-flow"
@@ -81,20 +81,7 @@ def rollout_busy(store: RegistryStore, model: str, now: datetime) -> str | None:
 
 def prefect_heard(model: str, ref: str, since: datetime) -> bool:
     """Does the Prefect server hold an ``slm.candidate.published`` event of ``ref`` from ``since`` on?"""
-    from prefect.client.orchestration import get_client
-    from prefect.events.filters import EventFilter, EventNameFilter, EventOccurredFilter, EventResourceFilter
-
-    query = EventFilter(occurred=EventOccurredFilter(since=since - timedelta(minutes=5)),
-                        event=EventNameFilter(name=[PUBLISHED]),
-                        resource=EventResourceFilter(id=[f"slm.model.{model}"]))
-    with get_client(sync_client=True) as client:
-        page = client.read_events(filter=query, limit=50)  # the server's page size at most
-        while True:
-            if any(e.payload.get("version") == ref for e in page.events):
-                return True
-            if not page.next_page:
-                return False
-            page = client.read_events_page(page.next_page)
+    return server_has_event(PUBLISHED, model, since, version=ref)
 
 
 @task(name="hand-off-check", cache_policy=NO_CACHE)

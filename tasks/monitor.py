@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from prefect import task
@@ -34,7 +34,7 @@ from registry.predictions import PredictionStore
 from registry.rollouts import active_rollout
 from registry.service import Registry
 from tasks.connect import open_registry
-from tasks.events import resource
+from tasks.events import prefect_api, resource, server_has_event
 from training.loop import torch_threads
 
 ACTOR = "monitor-flow"
@@ -206,14 +206,37 @@ def storm_check(plan: MonitorPlan, reannounced: str | None = None) -> TriggerDec
         return TriggerDecision(fire=False, reason=unheard)
     now = datetime.now(UTC)
     with open_registry() as registry:
-        last_trigger = registry.store.last_event_at([DETECTED], plan.model)
+        last = registry.store.last_event([DETECTED], plan.model)
         last_retrain = registry.store.last_event_at(list(RETRAIN_DONE), plan.model)
         rollout = active_rollout(registry.store, plan.model)
+    last_trigger = None if last is None else as_utc(datetime.fromisoformat(last.ts))
     candidate, started = ((rollout.candidate, datetime.fromisoformat(rollout.started_at)) if rollout is not None
                           else (int(reannounced.rsplit(":v", 1)[1]), now) if reannounced else (None, None))
-    return decide_trigger(now=now, cooldown=plan.policy.cooldown, running_retrain_since=running_retrain_since(now),
+    running = running_retrain_since(now)
+    return decide_trigger(now=now, cooldown=plan.policy.cooldown, running_retrain_since=running,
                           last_retrain_at=last_retrain, last_trigger_at=last_trigger,
-                          rollout_candidate=candidate, rollout_started_at=started)
+                          rollout_candidate=candidate, rollout_started_at=started,
+                          last_trigger_lost=running is None and trigger_lost(plan, last, now))
+
+
+def trigger_lost(plan: MonitorPlan, last, now: datetime) -> bool:
+    """Did the last trigger (an audit event) never reach the Prefect server? Only asked of one that could hold the
+    next off (within the cooldown), announced to this server (``prefect_api``), older than the hand-off grace (the
+    event leaves from a background queue); matched on its ``monitor_run``. A server that cannot be read: not lost
+    (the cooldown stands, as before the check)."""
+    if last is None or not last.payload.get("prefect_api") or not last.payload.get("monitor_run"):
+        return False
+    at = as_utc(datetime.fromisoformat(last.ts))
+    grace = timedelta(minutes=plan.policy.handoff_grace_minutes)
+    if not at + grace <= now < at + plan.policy.cooldown:
+        return False
+    if str(last.payload["prefect_api"]).rstrip("/") != (prefect_api() or "").rstrip("/"):
+        return False
+    try:
+        return not server_has_event(DETECTED, plan.model, at, monitor_run=last.payload["monitor_run"])
+    except Exception:  # noqa: BLE001 - cannot tell: the recorded trigger holds, as before the check
+        log.warning("could not read the Prefect server's events; the last trigger is taken as received", exc_info=True)
+        return False
 
 
 def drift_payload(plan: MonitorPlan, report: DriftReport, decision: DriftDecision,
@@ -252,9 +275,12 @@ def act_on_drift(plan: MonitorPlan, report: DriftReport, decision: DriftDecision
     payload = drift_payload(plan, report, decision, feedback)
     with open_registry() as registry:
         if trigger.fire:
+            since = datetime.now(UTC) - plan.policy.cooldown
+            if trigger.replaces is not None:  # a lost trigger holds nothing off; another run's since it does
+                since = max(since, trigger.replaces + timedelta(microseconds=1))
             appended, event = registry.store.append_audit_unless_since(
-                actor=ACTOR, action=DETECTED, subject=plan.model, payload=payload,
-                since=datetime.now(UTC) - plan.policy.cooldown)
+                actor=ACTOR, action=DETECTED, subject=plan.model, payload={**payload, "prefect_api": prefect_api()},
+                since=since)
             if appended:
                 emit_event(event=DETECTED, resource=resource(plan.model), payload=payload)
                 return trigger

@@ -302,3 +302,38 @@ def test_a_candidate_whose_announcement_prefect_never_heard_is_announced_again(w
     finally:
         with get_client(sync_client=True) as client:
             client.delete_automation(automation_id)
+
+
+@pytest.mark.parametrize("received", [False, True])
+def test_a_trigger_the_server_never_received_does_not_hold_the_next_one_off(worlds, received):
+    """The monitor recorded its trigger an hour ago and died before the event left its queue: the server has no
+    such event, no retrain answers it, so drift now fires again instead of waiting out the 6 h cooldown; the
+    server's own record is read. A trigger the server did receive holds the next one off, as before."""
+    from datetime import timedelta
+
+    from prefect.events import emit_event
+
+    from registry.service import open_registry
+    from registry.store import RegistryStore
+    from tasks.events import prefect_api, resource
+
+    spec, w, _ = worlds
+    model = f"watch-lost-{int(received)}"
+    champion(model, w.before_train)
+    sample = w.drifted_labelled[:1200]
+    log_traffic(model, sample, [spec.before_labels[i % 5] for i in range(len(sample))])
+    payload = {"model": model, "monitor_run": f"monitor-run-that-died-{int(received)}", "reason": "drift"}
+    with open_registry() as reg:
+        an_hour_ago = RegistryStore(reg.store.engine, clock=lambda: datetime.now(UTC) - timedelta(hours=1))
+        an_hour_ago.append_audit(actor="monitor-flow", action="slm.drift.detected", subject=model,
+                                 payload={**payload, "prefect_api": prefect_api()})
+    if received:
+        emit_event(event="slm.drift.detected", resource=resource(model), payload=payload,
+                   occurred=datetime.now(UTC) - timedelta(hours=1))
+        assert len(prefect_events(model, expect=1)) == 1
+    outcome, _ = run(model)
+    assert outcome.verdict == "fail" and outcome.event is not received, outcome.action
+    assert len(audit(model, "slm.drift.detected")) == (1 if received else 2)
+    assert len(prefect_events(model, expect=2, timeout_s=5)) == 1  # the new trigger's event, or the received one
+    if received:
+        assert outcome.action.startswith("trigger suppressed: cooldown")

@@ -173,6 +173,20 @@ def test_an_unfinished_rollout_suppresses_within_the_cooldown_of_its_start_only(
     assert decide_trigger(**{**kwargs, "rollout_candidate": None}).fire
 
 
+def test_a_trigger_the_server_never_received_holds_nothing_off_and_is_replaced():
+    """The monitor's process died between recording the trigger and sending its event: no retrain answers it, so
+    it must not hold the next trigger off for the cooldown; a retrain within the cooldown still does."""
+    kwargs = {"now": T0, "cooldown": COOLDOWN, "running_retrain_since": None, "last_retrain_at": None,
+              "last_trigger_at": T0 - timedelta(hours=1)}
+    held = decide_trigger(**kwargs)
+    assert not held.fire and held.replaces is None
+    replaced = decide_trigger(**kwargs, last_trigger_lost=True)
+    assert replaced.fire and replaced.replaces == T0 - timedelta(hours=1)
+    assert "the last trigger, at 2026-11-26 11:00 UTC, never reached the Prefect server" in replaced.reason
+    retrained = decide_trigger(**{**kwargs, "last_retrain_at": T0 - timedelta(hours=2)}, last_trigger_lost=True)
+    assert not retrained.fire and "the last retrain was at" in retrained.reason
+
+
 def test_naive_times_are_refused():
     with pytest.raises(ValueError, match="timezone-aware"):
         decide_trigger(now=datetime(2026, 1, 1), cooldown=COOLDOWN, running_retrain_since=None,
