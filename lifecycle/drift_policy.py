@@ -118,6 +118,9 @@ class DriftPolicy(Frozen):
         "(lifecycle/handoff.py)"))
     handoff_attempts: int = Field(default=3, ge=0, description="times a stranded candidate is announced again at "
                                   "most; 0: never")
+    trigger_grace_minutes: float = Field(default=30, ge=5, description=(
+        "how old a drift trigger must be before the Prefect server's lack of its event counts as lost (at least 5: "
+        "the event leaves from a queue, and a check too soon would fire a second retrain)"))
     handoff_max_age_hours: float = Field(default=24, gt=0, description="a candidate published longer ago than this "
                                          "is never announced again")
     labelled_drop: str | None = Field(default=None, description="labelled data for the retrain (event payload); "

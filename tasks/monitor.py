@@ -221,13 +221,13 @@ def storm_check(plan: MonitorPlan, reannounced: str | None = None) -> TriggerDec
 
 def trigger_lost(plan: MonitorPlan, last, now: datetime) -> bool:
     """Did the last trigger (an audit event) never reach the Prefect server? Only asked of one that could hold the
-    next off (within the cooldown), announced to this server (``prefect_api``), older than the hand-off grace (the
-    event leaves from a background queue); matched on its ``monitor_run``. A server that cannot be read: not lost
+    next off (within the cooldown), announced to this server (``prefect_api``), older than ``trigger_grace_minutes``
+    (the event leaves from a background queue); matched on its ``monitor_run``. A server that cannot be read: not lost
     (the cooldown stands, as before the check)."""
     if last is None or not last.payload.get("prefect_api") or not last.payload.get("monitor_run"):
         return False
     at = as_utc(datetime.fromisoformat(last.ts))
-    grace = timedelta(minutes=plan.policy.handoff_grace_minutes)
+    grace = timedelta(minutes=plan.policy.trigger_grace_minutes)
     if not at + grace <= now < at + plan.policy.cooldown:
         return False
     if str(last.payload["prefect_api"]).rstrip("/") != (prefect_api() or "").rstrip("/"):
