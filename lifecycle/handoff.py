@@ -35,7 +35,8 @@ class PublishedCandidate(Frozen):
     number: int
     published_at: datetime
     gated_against: str | None  # the champion ref its gate compared it with (the announcement's payload)
-    announced_to: str | None  # the Prefect API the announcement was meant for; None: a temporary server
+    announced_to: str | None  # the Prefect API the announcement was meant for; None: a temporary server; "": not
+    # recorded (an announcement from before the hand-off check)
     reannounced_at: list[datetime] = []  # earlier re-announcements, oldest first
 
 
@@ -71,23 +72,28 @@ def decide_handoff(stranded: list[PublishedCandidate], *, server: str, heard: bo
         return HandoffDecision(reannounce=None, reasons=[reason])
 
     ref, by_hand = last.ref, f"slm rollout run {last.ref}"
-    if max_attempts == 0:
-        return hold(f"{ref} was published and no rollout of it started; announcing again is off "
-                    f"(handoff_attempts: 0): roll it out by hand ({by_hand})")
-    if _url(last.announced_to) != _url(server):
-        where = last.announced_to or "a temporary Prefect server (its retrain ran without PREFECT_API_URL)"
-        return hold(f"{ref} was announced to {where}, not to this server's automations: roll it out by hand "
-                    f"({by_hand}) if it should go live")
+    # First what may still start its rollout unaided (a busy rollout side, the grace): a "roll it out by hand" then
+    # would start a second run.
     if rollout_busy is not None:
         return hold(f"{ref} waits: {rollout_busy}")
-    if last.gated_against != champion:
-        return hold(f"{ref} was published with no rollout, but its gate compared it with {last.gated_against}, and "
-                    f"the champion is {champion or 'none'} now: retrain, or roll it out by hand ({by_hand})")
-    since = as_utc(max([last.published_at, *last.reannounced_at]))
+    since = max(as_utc(t) for t in [last.published_at, *last.reannounced_at])
     what = "announced again" if last.reannounced_at else "published"
     if now < since + grace:
         return hold(f"{ref} was {what} at {since:%Y-%m-%d %H:%M} UTC; its rollout has until "
                     f"{since + grace:%Y-%m-%d %H:%M} UTC to start")
+    if max_attempts == 0:
+        return hold(f"{ref} was published and no rollout of it started; announcing again is off "
+                    f"(handoff_attempts: 0): roll it out by hand ({by_hand})")
+    if last.announced_to == "":
+        return hold(f"{ref} was published before announcements recorded their Prefect server, and no rollout of it "
+                    f"started: roll it out by hand ({by_hand}) if it should go live")
+    if _url(last.announced_to) != _url(server):
+        where = last.announced_to or "a temporary Prefect server (its retrain ran without PREFECT_API_URL)"
+        return hold(f"{ref} was announced to {where}, not to this server's automations: roll it out by hand "
+                    f"({by_hand}) if it should go live")
+    if last.gated_against != champion:
+        return hold(f"{ref} was published with no rollout, but its gate compared it with {last.gated_against}, and "
+                    f"the champion is {champion or 'none'} now: retrain, or roll it out by hand ({by_hand})")
     if heard is None:
         return hold(f"{ref} has no rollout, and the Prefect server could not say whether it received the "
                     "announcement: not announcing it again on a guess")

@@ -378,8 +378,26 @@ def stop_flow_runs(api_url: str, *, status=print, timeout_s: float = 20.0) -> li
             continue
         _stop_group(int(pid), timeout_s)
         stopped.append(f"flow run {run['name']}")
-        status(f"stopped flow run {run['name']} (pid {pid}); {_mark_cancelled(api_url, run['id'])}")
+        status(f"stopped flow run {run['name']} (pid {pid}); {_mark_cancelled(api_url, run['id'])}; "
+               f"{_rerun_hint(api_url, run)}")
     return stopped
+
+
+def _rerun_hint(api_url: str, run: dict) -> str:
+    """What to run once the stack is up again: a stopped rollout resumes from its stored state; a stopped retrain's
+    trigger holds the next one off for the monitor's cooldown, so it is not restarted by itself."""
+    params = (run.get("parameters") or {}).get("params")
+    if isinstance(params, dict) and params.get("version"):
+        return f"resume it with `slm rollout run {params['version']}`"
+    try:
+        with httpx.Client(base_url=api_url, timeout=10) as api:
+            flow = _api(api, "GET", f"/flows/{run['flow_id']}").json().get("name")
+    except (httpx.HTTPError, KeyError):
+        flow = None
+    if flow == "retrain":
+        return ("start it again with `slm retrain` (the drift trigger that started it holds the next one off for the "
+                "monitor's cooldown)")
+    return f"start it again from the Prefect UI ({flow or 'its deployment'}) if it should finish"
 
 
 def _mark_cancelled(api_url: str, run_id: str) -> str:

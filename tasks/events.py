@@ -33,10 +33,17 @@ def server_has_event(event: str, model: str, since: datetime, **match: object) -
 
 
 def prefect_api() -> str | None:
-    """The Prefect server events go to: PREFECT_API_URL, or None for the temporary server of a run without one."""
+    """The Prefect server events go to: PREFECT_API_URL without any ``user:password@`` (it is written into the
+    hash-chained audit log, where nothing can be removed), or None for the temporary server of a run without one."""
+    from urllib.parse import urlsplit, urlunsplit
+
     from prefect.settings import PREFECT_API_URL
 
-    return PREFECT_API_URL.value() or None
+    url = PREFECT_API_URL.value()
+    if not url:
+        return None
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
 
 
 def announce(registry: Registry, event: str, model: str, payload: dict[str, object], *, actor: str,

@@ -35,11 +35,13 @@ def _ts(value: str) -> datetime:
     return as_utc(datetime.fromisoformat(value))
 
 
-def stranded_candidates(store: RegistryStore, model: str) -> tuple[list[PublishedCandidate], dict[str, dict]]:
-    """The model's versions announced as published that are still candidates with no rollout row of their own (an
-    aborted one's row stays: an operator stopped it), and each one's announcement payload as it was sent (by ref)."""
+def stranded_candidates(store: RegistryStore, model: str, since: datetime | None = None
+                        ) -> tuple[list[PublishedCandidate], dict[str, dict]]:
+    """The model's versions announced as published (from ``since`` on) that are still candidates with no rollout
+    row of their own (an aborted one's row stays: an operator stopped it), and each one's announcement payload as
+    it was sent (by ref)."""
     events = store.events_about(model, [PUBLISHED, REANNOUNCED])
-    published = {e.subject: e for e in events if e.action == PUBLISHED}
+    published = {e.subject: e for e in events if e.action == PUBLISHED and (since is None or _ts(e.ts) >= since)}
     again: dict[str, list[datetime]] = {}
     for e in events:
         if e.action == REANNOUNCED:
@@ -55,7 +57,7 @@ def stranded_candidates(store: RegistryStore, model: str) -> tuple[list[Publishe
             continue
         stranded.append(PublishedCandidate(ref=ref, number=number, published_at=_ts(event.ts),
                                            gated_against=event.payload.get("champion"),
-                                           announced_to=event.payload.get("prefect_api"),
+                                           announced_to=event.payload.get("prefect_api", ""),
                                            reannounced_at=sorted(again.get(ref, []))))
     sent = {c.ref: {k: v for k, v in published[c.ref].payload.items() if k != "prefect_api"} for c in stranded}
     return stranded, sent
@@ -103,8 +105,9 @@ def _check(plan: MonitorPlan) -> HandoffDecision:
     grace = timedelta(minutes=policy.handoff_grace_minutes)
     with open_registry() as registry:
         store = registry.store
-        stranded, payloads = stranded_candidates(store, plan.model)
-        last = newest([c for c in stranded if now - c.published_at <= timedelta(hours=policy.handoff_max_age_hours)])
+        stranded, payloads = stranded_candidates(store, plan.model,
+                                                 since=now - timedelta(hours=policy.handoff_max_age_hours))
+        last = newest(stranded)
         if last is None:
             return HandoffDecision(reannounce=None, reasons=[])
         unheard = automations_listen(PUBLISHED, starts="a rollout",

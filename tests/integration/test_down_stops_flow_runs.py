@@ -49,6 +49,7 @@ def test_down_stops_the_worker_started_flow_runs_and_marks_them_cancelled(prefec
             stopped = stop_flow_runs(api, status=said.append, timeout_s=5)
             assert mine.wait(timeout=10) is not None and stranger.poll() is None and neighbour.poll() is None
             assert stopped == [f"flow run {ours.name}"] and "marked it Cancelled" in said[0]
+            assert "start it again from the Prefect UI (stand-in)" in said[0]  # what to do once the stack is back
             cancelled = client.read_flow_run(ours.id).state
             assert cancelled.type is StateType.CANCELLED and cancelled.message == "stopped by `slm down`"
             assert client.read_flow_run(other.id).state.type is StateType.RUNNING

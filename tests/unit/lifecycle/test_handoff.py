@@ -89,3 +89,15 @@ def test_a_naive_time_is_refused_and_a_future_one_does_not_count_as_long_ago():
     with pytest.raises(ValueError, match="timezone-aware"):
         decide([candidate(4)], now=datetime(2026, 11, 29, 10, 40))
     assert "its rollout has until" in held(decide([candidate(4, at=T0 + timedelta(hours=1))]))  # a clock ahead
+
+
+def test_what_may_still_start_unaided_is_said_before_any_roll_it_out_by_hand():
+    """A "roll it out by hand" while the rollout side is busy or the grace runs would start a second rollout run."""
+    early = held(decide([candidate(4, to=None)], now=T0 + timedelta(minutes=10)))
+    assert "its rollout has until" in early and "by hand" not in early
+    busy = held(decide([candidate(4)], attempts=0, busy="a rollout flow run of router is queued"))
+    assert busy.startswith("router:v4 waits:") and "by hand" not in busy
+
+
+def test_an_announcement_from_before_the_check_recorded_no_server_and_says_so():
+    assert "published before announcements recorded their Prefect server" in held(decide([candidate(4, to="")]))

@@ -100,8 +100,8 @@ def test_a_monitor_run_that_decided_on_a_stale_read_does_not_send_it_twice(world
     reg, sent, _, _ = world
     read = tasks.handoff.stranded_candidates
 
-    def stale(store, model):
-        found = read(store, model)  # ... and meanwhile another monitor run announces it again
+    def stale(store, model, **kw):
+        found = read(store, model, **kw)  # ... and meanwhile another monitor run announces it again
         store.append_audit(actor="monitor-flow", action=REANNOUNCED, subject="router:v2", payload={})
         return found
 
@@ -130,7 +130,7 @@ def test_nothing_is_sent_when_the_server_got_it_cannot_say_nobody_listens_or_a_r
 def test_a_failing_check_is_a_reason_not_a_failed_monitor_run(world, monkeypatch):
     import tasks.handoff
 
-    def broken(store, model):
+    def broken(store, model, **kw):
         raise RuntimeError("database gone")
 
     monkeypatch.setattr(tasks.handoff, "stranded_candidates", broken)

@@ -72,3 +72,14 @@ def test_only_a_trigger_that_could_hold_the_next_off_and_could_be_checked_is_ask
 def test_a_server_that_cannot_be_read_keeps_the_cooldown(server):
     server.held = "down"
     assert not lost(trigger(60))
+
+
+def test_the_recorded_server_carries_no_credentials():
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from tasks.events import prefect_api
+
+    with temporary_settings(updates={PREFECT_API_URL: "https://ops:s3cret@prefect.example.com:4200/api"}):
+        assert prefect_api() == "https://prefect.example.com:4200/api"  # it goes into the audit log for good
+    with temporary_settings(restore_defaults={PREFECT_API_URL}):
+        assert prefect_api() is None
