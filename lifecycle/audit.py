@@ -21,6 +21,7 @@ from datetime import datetime
 
 from pydantic import Field
 
+from lifecycle.predictions import parse_utc
 from lifecycle.records import Frozen
 
 GENESIS_HASH = "0" * 64
@@ -42,6 +43,11 @@ class AuditEvent(Frozen):
     payload: dict[str, object] = Field(default_factory=dict)
     prev_hash: str
     hash: str
+
+    @property
+    def at(self) -> datetime:
+        """``ts`` as a UTC datetime."""
+        return parse_utc(self.ts)
 
 
 class ChainHead(Frozen):

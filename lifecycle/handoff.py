@@ -87,7 +87,7 @@ def decide_handoff(stranded: list[PublishedCandidate], *, server: str, heard: bo
     if last.announced_to == "":
         return hold(f"{ref} was published before announcements recorded their Prefect server, and no rollout of it "
                     f"started: roll it out by hand ({by_hand}) if it should go live")
-    if _url(last.announced_to) != _url(server):
+    if not same_server(last.announced_to, server):
         where = last.announced_to or "a temporary Prefect server (its retrain ran without PREFECT_API_URL)"
         return hold(f"{ref} was announced to {where}, not to this server's automations: roll it out by hand "
                     f"({by_hand}) if it should go live")
@@ -109,8 +109,9 @@ def decide_handoff(stranded: list[PublishedCandidate], *, server: str, heard: bo
         f"it has started: announcing it again (attempt {len(last.reannounced_at) + 1} of {max_attempts})"])
 
 
-def _url(value: str | None) -> str | None:
-    return value.rstrip("/") if value else None
+def same_server(a: str | None, b: str | None) -> bool:
+    """Do two Prefect API URLs name the same server (a trailing slash aside; None and "" name none)?"""
+    return (a or "").rstrip("/") == (b or "").rstrip("/")
 
 
 def _times(n: int) -> str:

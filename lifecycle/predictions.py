@@ -36,6 +36,11 @@ def as_utc(value: datetime) -> datetime:
     return value.astimezone(UTC)
 
 
+def parse_utc(text: str) -> datetime:
+    """An ISO-8601 timestamp as stored (audit events, rollout states), in UTC; it must carry its offset."""
+    return as_utc(datetime.fromisoformat(text))
+
+
 def _no_nul(value: str) -> str:
     if "\x00" in value:
         raise ValueError("identifiers must not contain NUL characters")

@@ -54,7 +54,6 @@ def _clean(text: str | None) -> str | None:
     return None if text is None else text.replace("\x00", "\ufffd")
 
 
-_from_db = from_db
 
 
 @dataclass(frozen=True)
@@ -294,7 +293,7 @@ def _by_caller(conn, joined, in_window) -> dict[tuple[int, str], dict[str, ByCal
 
 def _logged(row) -> LoggedPrediction:
     values = {name: row[P.c[name]] for name in _PREDICTION_FIELDS}
-    values.update(ts=_from_db(values["ts"]), guardrail_flags=json.loads(values["guardrail_flags"]),
+    values.update(ts=from_db(values["ts"]), guardrail_flags=json.loads(values["guardrail_flags"]),
                   feedback=row["feedback"], feedback_score=row["feedback_score"])
     return LoggedPrediction(**values)
 

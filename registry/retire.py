@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Literal
 from pydantic import Field
 from sqlalchemy import Connection, func, or_, select
 
+from lifecycle.predictions import parse_utc
 from lifecycle.records import Frozen, ModelVersion
 from lifecycle.retention import RetentionPolicy, RunningRollout, VersionFacts, holds
 from lifecycle.rollout_state import RolloutState
@@ -115,13 +116,13 @@ def _running(state: RolloutState | None) -> RunningRollout | None:
     if state is None:  # registry.rollouts only returns an unfinished rollout
         return None
     return RunningRollout(candidate=state.candidate, champion=state.champion, phase=state.phase,
-                          started_at=_utc(datetime.fromisoformat(state.started_at)))
+                          started_at=parse_utc(state.started_at))
 
 
 def _facts(version: ModelVersion, history: list, released: datetime | None, root: Path, closed: bool) -> VersionFacts:
-    settled = [_utc(h.at) for h in history if S(h.to_status) not in RETIRED]
+    settled = [from_db(h.at) for h in history if S(h.to_status) not in RETIRED]
     if released is not None:  # an alias left it after its last status change: in use until then
-        settled.append(_utc(released))
+        settled.append(from_db(released))
     retiring = False
     if version.status in RETIRED:
         marked = version.status is S.ARCHIVED and bool(history) and history[-1].reason.startswith(RETIRING)
@@ -132,8 +133,6 @@ def _facts(version: ModelVersion, history: list, released: datetime | None, root
     return VersionFacts(number=version.number, status=version.status,
                         settled_at=max(settled) if settled else version.created_at, retiring=retiring)
 
-
-_utc = from_db
 
 
 def _holds_now(conn: Connection, model: str, number: int) -> list[str]:

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
-from lifecycle.predictions import VersionAggregate, as_utc
+from lifecycle.predictions import VersionAggregate, as_utc, parse_utc
 from lifecycle.rollout_plan import RolloutPlan, StageVerdict, decide_stage
 from lifecycle.rollout_state import (
     Effect,
@@ -50,10 +50,6 @@ class RolloutRefused(ValueError):
 
 def _iso(value: datetime) -> str:
     return as_utc(value).isoformat()
-
-
-def _parse(value: str) -> datetime:
-    return as_utc(datetime.fromisoformat(value))
 
 
 def event_payload(state: RolloutState, stage: str) -> dict[str, Any]:
@@ -186,7 +182,7 @@ def stage_window(state: RolloutState, now: datetime, settle_s: float) -> tuple[d
     decision only when a run died in between) plus ``settle_s``, up to ``now``. Requests a gateway still routes
     by the old split (it adopts a new one at its next poll, once the versions it names are loaded) do not count
     whenever they come: ``arms`` counts only the rows of the stage's split revision or a later one."""
-    opened = max(_parse(state.stage_started_at), _parse(state.applied_at or state.stage_started_at))
+    opened = max(parse_utc(state.stage_started_at), parse_utc(state.applied_at or state.stage_started_at))
     since = opened + timedelta(seconds=settle_s)
     return since, max(now, since + timedelta(microseconds=1))
 
@@ -223,7 +219,7 @@ def arms(predictions: PredictionStore, state: RolloutState, plan: RolloutPlan, n
                                                           mirrored_only=share == 0)
              if (a.version, a.role) in wanted}
     if share == 100:
-        ref_since, ref_until = _parse(state.started_at), _parse(state.stage_started_at)
+        ref_since, ref_until = parse_utc(state.started_at), parse_utc(state.stage_started_at)
         ref = [a for a in predictions.aggregates(state.model, ref_since, ref_until, by_caller=True, routed_only=True)
                if a.version == state.champion and a.role == "champion"] if ref_until > ref_since else []
         found[state.champion] = ref[0] if ref else None
@@ -262,7 +258,7 @@ def preview(predictions: PredictionStore, state: RolloutState, plan: RolloutPlan
                                                                               state.split_revision)
     stage = plan.stages[state.stage_index]
     shed = predictions.shed_requests(state.model, *window, state.split_revision) if stage.shadow else 0
-    elapsed = (as_utc(now) - _parse(state.stage_started_at)).total_seconds()
+    elapsed = (as_utc(now) - parse_utc(state.stage_started_at)).total_seconds()
     verdict = decide_stage(stage, champion, challenger, elapsed, stale_requests=stale,
                            split_revision=state.split_revision, shed_requests=shed)
     detail = {"verdict": verdict.model_dump(mode="json"), "champion_window": champion.model_dump(mode="json"),

@@ -29,6 +29,7 @@ from lifecycle.audit import (
     verify,
 )
 from lifecycle.names import check_model_name
+from lifecycle.predictions import as_utc
 from lifecycle.records import AliasMove, EvalReport, Lineage, ModelVersion
 from lifecycle.status import INITIAL_STATUSES, Alias, VersionStatus, check_transition
 from registry import schema as t
@@ -63,7 +64,6 @@ def _of_actions_about(actions: list[str], model: str):
                 or_(subject == model, subject.startswith(f"{model}:", autoescape=True)))
 
 
-_as_utc = from_db
 
 
 class RegistryStore:
@@ -252,7 +252,7 @@ class RegistryStore:
         query = select(t.status_history).where(t.status_history.c.model == model,
                                                t.status_history.c.number == number).order_by(t.status_history.c.id)
         with self.engine.connect() as conn:
-            return [{**row._mapping, "at": _as_utc(row.at)} for row in conn.execute(query)]
+            return [{**row._mapping, "at": from_db(row.at)} for row in conn.execute(query)]
 
     # -- aliases ---------------------------------------------------------------------------------------
 
@@ -363,7 +363,7 @@ class RegistryStore:
                                               t.alias_history.c.alias == str(alias)).order_by(t.alias_history.c.id)
         with self.engine.connect() as conn:
             return [AliasMove(model=r.model, alias=r.alias, version=r.number, previous_version=r.previous_number,
-                              moved_at=_as_utc(r.moved_at), actor=r.actor, reason=r.reason)
+                              moved_at=from_db(r.moved_at), actor=r.actor, reason=r.reason)
                     for r in conn.execute(query)]
 
     # -- audit -----------------------------------------------------------------------------------------
@@ -376,7 +376,7 @@ class RegistryStore:
         """When the newest event of one of ``actions`` about ``model`` or one of its versions (``MODEL:...``) was
         logged; None if none was. An indexed query, not a read of the whole log."""
         event = self.last_event(actions, model)
-        return None if event is None else _as_utc(datetime.fromisoformat(event.ts))
+        return None if event is None else event.at
 
     def last_event(self, actions: list[str], model: str) -> AuditEvent | None:
         """The newest event of one of ``actions`` about ``model`` or one of its versions; None if none was logged."""
@@ -403,8 +403,8 @@ class RegistryStore:
             last = conn.execute(select(t.audit_events).where(t.audit_events.c.action == action,
                                                              t.audit_events.c.subject == subject)
                                 .order_by(t.audit_events.c.seq.desc()).limit(1)).first()
-            if last is not None and _as_utc(datetime.fromisoformat(last.ts)) >= _as_utc(since):
-                return False, _event(last)
+            if last is not None and (earlier := _event(last)).at >= as_utc(since):
+                return False, earlier
             return True, self._audit(conn, actor, action, subject, payload)
 
     def audit_events(self) -> list[AuditEvent]:
@@ -449,7 +449,7 @@ class RegistryStore:
 
 def _version(row, reports: list[EvalReport]) -> ModelVersion:
     return ModelVersion(
-        model=row.model, number=row.number, status=VersionStatus(row.status), created_at=_as_utc(row.created_at),
+        model=row.model, number=row.number, status=VersionStatus(row.status), created_at=from_db(row.created_at),
         artifact_uri=row.artifact_uri, prompt_format=row.prompt_format, reason=row.reason,
         lineage=Lineage.model_validate_json(row.lineage_json) if row.lineage_json else None,
         evals=reports, files=json.loads(row.files_json))

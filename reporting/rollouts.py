@@ -20,7 +20,7 @@ from datetime import datetime
 
 from lifecycle.drift_policy import wilson_interval
 from lifecycle.gate import Interval
-from lifecycle.predictions import VersionAggregate, as_utc
+from lifecycle.predictions import VersionAggregate, as_utc, parse_utc
 from lifecycle.rollout_state import RolloutState
 from registry.predictions import PredictionStore
 from registry.rollouts import get_rollout
@@ -73,9 +73,9 @@ def _window(predictions: PredictionStore, state: RolloutState, stage: str, since
 
 def stage_windows(predictions: PredictionStore, state: RolloutState, now: datetime) -> list[StageWindow]:
     """One window per recorded decision, plus the running stage's window up to ``now`` if unfinished."""
-    windows, since = [], as_utc(datetime.fromisoformat(state.started_at))
+    windows, since = [], parse_utc(state.started_at)
     for record in state.history:
-        until = as_utc(datetime.fromisoformat(record.at))
+        until = parse_utc(record.at)
         windows.append(_window(predictions, state, record.stage, since, until, record.action, record.reasons))
         since = until
     if not state.terminal:
@@ -95,6 +95,6 @@ def rollout_reports(store: RegistryStore, model: str, numbers: list[int], now: d
             continue
         reports.append(RolloutReport(model=model, candidate=state.candidate, champion=state.champion,
                                      plan=f"{state.plan_name} v{state.plan_version}", phase=state.phase,
-                                     started_at=as_utc(datetime.fromisoformat(state.started_at)),
+                                     started_at=parse_utc(state.started_at),
                                      stages=stage_windows(predictions, state, now)))
     return sorted(reports, key=lambda r: r.started_at)

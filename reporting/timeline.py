@@ -9,19 +9,12 @@ split until then, each as 100 % to the champion.
 
 from __future__ import annotations
 
-from datetime import datetime
-
 from lifecycle.audit import AuditEvent
-from lifecycle.predictions import as_utc
 from lifecycle.records import AliasMove
 from lifecycle.routing import TrafficSplit
 from reporting.records import TrafficStep
 
 SPLIT_ACTION = "traffic.split"
-
-
-def event_time(event: AuditEvent) -> datetime:
-    return as_utc(datetime.fromisoformat(event.ts))
 
 
 def shares(split: TrafficSplit) -> dict[int, float]:
@@ -35,13 +28,13 @@ def shares(split: TrafficSplit) -> dict[int, float]:
 def traffic_steps(events: list[AuditEvent], champion_moves: list[AliasMove], model: str) -> list[TrafficStep]:
     """Every change of the model's traffic, oldest first (see the module docstring for the sources)."""
     splits = [e for e in events if e.action == SPLIT_ACTION and e.subject == model]
-    first_split = event_time(splits[0]) if splits else None
+    first_split = splits[0].at if splits else None
     steps = [TrafficStep(at=move.moved_at, shares={move.version: 100.0}, source="champion alias (no split yet)")
              for move in champion_moves
              if move.version is not None and (first_split is None or move.moved_at < first_split)]
     for event in splits:
         split = TrafficSplit.model_validate(event.payload["to"])
         reason = str(event.payload.get("reason", ""))
-        steps.append(TrafficStep(at=event_time(event), shares=shares(split), shadow=split.shadow,
+        steps.append(TrafficStep(at=event.at, shares=shares(split), shadow=split.shadow,
                                  source=f"split r{event.payload.get('revision')}: {reason}"))
     return sorted(steps, key=lambda s: s.at)

@@ -3,8 +3,10 @@ PREFECT_API_URL points at a server)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated
 
@@ -32,6 +34,19 @@ def prefect_env() -> None:
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # transformers' "Loading weights" bars too
 
 
+@contextlib.contextmanager
+def _registration_refused() -> Iterator[None]:
+    """A registration that could not take the model's lock (another one publishing for longer than the wait, or a
+    file system without locks) is one line and exit 1: the flow run logged its traceback; nothing was registered."""
+    from registry.locks import LockBusy, LockLost, LockUnavailable
+
+    try:
+        yield
+    except (LockBusy, LockLost, LockUnavailable) as exc:
+        make_console(stderr=True).print(f"[red]✗ not registered[/red]: {escape(str(exc))}")
+        raise typer.Exit(1) from None
+
+
 def run_bootstrap(model: str | None = None, *, task: str = "configs/task.yaml", hub_base: str | None = None) -> str:
     prefect_env()
     from flows.bootstrap import BootstrapParams, bootstrap
@@ -43,7 +58,8 @@ def run_bootstrap(model: str | None = None, *, task: str = "configs/task.yaml", 
     except ValueError as exc:  # pydantic's ValidationError: an unpinned Hub reference, before anything runs
         print_error(exc)
         raise typer.Exit(2) from None
-    outcome = bootstrap(params)
+    with _registration_refused():
+        outcome = bootstrap(params)
     verb = "built and promoted" if outcome.created else "already bootstrapped:"
     console.print(f"[green]✓[/green] bootstrap {verb} {outcome.champion} as champion "
                   f"({time.perf_counter() - start:.0f} s)")
@@ -72,7 +88,8 @@ def run_retrain(params) -> object:
 
     start = time.perf_counter()
     try:
-        outcome = retrain(params)
+        with _registration_refused():
+            outcome = retrain(params)
     except DataRejected as exc:
         make_console(stderr=True).print(f"[red]✗ data rejected[/red]: {escape(str(exc))}")
         raise typer.Exit(1) from None

@@ -25,6 +25,7 @@ from pathlib import Path
 import httpx
 
 from lifecycle.files import write_bytes_atomic
+from lifecycle.handoff import same_server
 from lifecycle.settings import get_settings, project_root
 
 POOL = "slm-local"
@@ -424,7 +425,7 @@ def _runs_flow_run(pid: int, run_id: str, api_url: str) -> bool:
         return False
     server = environ.get(b"PREFECT_API_URL")  # absent: the worker passed its settings some other way
     return (environ.get(b"PREFECT__FLOW_RUN_ID") == run_id.encode()
-            and (server is None or server.decode(errors="replace").rstrip("/") == api_url.rstrip("/")))
+            and (server is None or same_server(server.decode(errors="replace"), api_url)))
 
 
 def _stop_group(pid: int, timeout_s: float) -> bool:

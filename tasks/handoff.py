@@ -18,7 +18,6 @@ from prefect.cache_policies import NO_CACHE
 from prefect.events import emit_event
 
 from lifecycle.handoff import HandoffDecision, PublishedCandidate, decide_handoff, newest
-from lifecycle.predictions import as_utc
 from lifecycle.status import Alias, VersionStatus
 from registry.rollouts import active_rollout, get_rollout
 from registry.store import NotFoundError, RegistryStore
@@ -31,21 +30,17 @@ PUBLISHED, REANNOUNCED = "slm.candidate.published", "slm.candidate.reannounced"
 log = logging.getLogger(__name__)
 
 
-def _ts(value: str) -> datetime:
-    return as_utc(datetime.fromisoformat(value))
-
-
 def stranded_candidates(store: RegistryStore, model: str, since: datetime | None = None
                         ) -> tuple[list[PublishedCandidate], dict[str, dict]]:
     """The model's versions announced as published (from ``since`` on) that are still candidates with no rollout
     row of their own (an aborted one's row stays: an operator stopped it), and each one's announcement payload as
     it was sent (by ref)."""
     events = store.events_about(model, [PUBLISHED, REANNOUNCED])
-    published = {e.subject: e for e in events if e.action == PUBLISHED and (since is None or _ts(e.ts) >= since)}
+    published = {e.subject: e for e in events if e.action == PUBLISHED and (since is None or e.at >= since)}
     again: dict[str, list[datetime]] = {}
     for e in events:
         if e.action == REANNOUNCED:
-            again.setdefault(e.subject, []).append(_ts(e.ts))
+            again.setdefault(e.subject, []).append(e.at)
     stranded = []
     for ref, event in published.items():
         number = int(ref.rsplit(":v", 1)[1])
@@ -55,7 +50,7 @@ def stranded_candidates(store: RegistryStore, model: str, since: datetime | None
             continue
         if version.status is not VersionStatus.CANDIDATE or get_rollout(store, model, number) is not None:
             continue
-        stranded.append(PublishedCandidate(ref=ref, number=number, published_at=_ts(event.ts),
+        stranded.append(PublishedCandidate(ref=ref, number=number, published_at=event.at,
                                            gated_against=event.payload.get("champion"),
                                            announced_to=event.payload.get("prefect_api", ""),
                                            reannounced_at=sorted(again.get(ref, []))))
@@ -133,6 +128,6 @@ def _check(plan: MonitorPlan) -> HandoffDecision:
             payload={"reasons": decision.reasons, "announcement": payload, "monitor_run": plan.run_id})
         if not appended:
             return HandoffDecision(reannounce=None, reasons=[
-                f"another monitor run announced {ref} again at {_ts(earlier.ts):%Y-%m-%d %H:%M:%S} UTC"])
+                f"another monitor run announced {ref} again at {earlier.at:%Y-%m-%d %H:%M:%S} UTC"])
     emit_event(event=PUBLISHED, resource=resource(plan.model), payload=payload)
     return decision

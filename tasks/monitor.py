@@ -26,8 +26,8 @@ from lifecycle.drift_policy import (
     decide_drift,
     decide_trigger,
 )
-from lifecycle.handoff import HandoffDecision
-from lifecycle.predictions import as_utc
+from lifecycle.handoff import HandoffDecision, same_server
+from lifecycle.predictions import as_utc, parse_utc
 from lifecycle.records import Frozen, ModelVersion
 from lifecycle.settings import get_settings, in_project
 from registry.predictions import PredictionStore
@@ -209,8 +209,8 @@ def storm_check(plan: MonitorPlan, reannounced: str | None = None) -> TriggerDec
         last = registry.store.last_event([DETECTED], plan.model)
         last_retrain = registry.store.last_event_at(list(RETRAIN_DONE), plan.model)
         rollout = active_rollout(registry.store, plan.model)
-    last_trigger = None if last is None else as_utc(datetime.fromisoformat(last.ts))
-    candidate, started = ((rollout.candidate, datetime.fromisoformat(rollout.started_at)) if rollout is not None
+    last_trigger = None if last is None else last.at
+    candidate, started = ((rollout.candidate, parse_utc(rollout.started_at)) if rollout is not None
                           else (int(reannounced.rsplit(":v", 1)[1]), now) if reannounced else (None, None))
     running = running_retrain_since(now)
     return decide_trigger(now=now, cooldown=plan.policy.cooldown, running_retrain_since=running,
@@ -226,11 +226,11 @@ def trigger_lost(plan: MonitorPlan, last, now: datetime) -> bool:
     (the cooldown stands, as before the check)."""
     if last is None or not last.payload.get("prefect_api") or not last.payload.get("monitor_run"):
         return False
-    at = as_utc(datetime.fromisoformat(last.ts))
+    at = last.at
     grace = timedelta(minutes=plan.policy.trigger_grace_minutes)
     if not at + grace <= now < at + plan.policy.cooldown:
         return False
-    if str(last.payload["prefect_api"]).rstrip("/") != (prefect_api() or "").rstrip("/"):
+    if not same_server(str(last.payload["prefect_api"]), prefect_api()):
         return False
     try:
         return not server_has_event(DETECTED, plan.model, at, monitor_run=last.payload["monitor_run"])
@@ -284,7 +284,7 @@ def act_on_drift(plan: MonitorPlan, report: DriftReport, decision: DriftDecision
             if appended:
                 emit_event(event=DETECTED, resource=resource(plan.model), payload=payload)
                 return trigger
-            at = as_utc(datetime.fromisoformat(event.ts))
+            at = event.at
             trigger = TriggerDecision(fire=False, retry_after=at + plan.policy.cooldown, reason=(
                 f"another monitor run fired for {plan.model} at {at:%Y-%m-%d %H:%M:%S} UTC, after this run's storm "
                 "check: its retrain answers this drift"))

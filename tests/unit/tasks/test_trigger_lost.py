@@ -9,6 +9,8 @@ from types import SimpleNamespace
 
 import pytest
 
+from lifecycle.audit import AuditEvent
+
 NOW = datetime(2026, 11, 29, 12, 0, tzinfo=UTC)
 SERVER = "http://127.0.0.1:4200/api"
 
@@ -30,9 +32,11 @@ def server(monkeypatch):
     return facts
 
 
-def trigger(minutes_ago: float, run: str | None = "run-1", api: str | None = SERVER) -> SimpleNamespace:
+def trigger(minutes_ago: float, run: str | None = "run-1", api: str | None = SERVER) -> AuditEvent:
     payload = {k: v for k, v in {"monitor_run": run, "prefect_api": api}.items() if v is not None}
-    return SimpleNamespace(ts=(NOW - timedelta(minutes=minutes_ago)).isoformat(), payload=payload)
+    return AuditEvent(seq=7, ts=(NOW - timedelta(minutes=minutes_ago)).isoformat(), actor="monitor-flow",
+                      action="slm.drift.detected", subject="router", payload=payload, prev_hash="0" * 64,
+                      hash="1" * 64)
 
 
 def lost(event) -> bool:
