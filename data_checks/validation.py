@@ -15,6 +15,8 @@ no_control_chars       no control characters (NUL, other C0 and C1 controls; tab
 prompt_length          ``min_prompt_chars`` <= len(prompt) <= ``max_prompt_chars``
 completion_allowed     the completion is one of the task's intents (when a set is given)
 duplicate_pairs        no (normalized prompt, completion) twice: duplicates silently reweight training
+conflicting_labels     no normalized prompt under two completions: one input taught two answers is noise,
+                       and a relabelling is settled before the data is handed in, not by the trainer's draw
 min_rows               at least ``min_rows`` rows
 benchmark_overlap      no prompt equal, under :func:`lifecycle.data.normalize_prompt`, to a golden-set
                        prompt: a model trained on its test items scores what it memorized
@@ -38,6 +40,7 @@ Great Expectations is imported inside :func:`validate_training_data`: it costs ~
 
 from __future__ import annotations
 
+from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -55,7 +58,8 @@ if TYPE_CHECKING:
 
 PAIR_KEY = "__pair_key"  # normalized prompt + US + completion, for the duplicate rule
 PROMPT_KEY = "__prompt_normalized"  # for the benchmark overlap rule
-HELPER_COLUMNS = (PAIR_KEY, PROMPT_KEY)
+CONFLICT_KEY = "__prompt_conflicting"  # the normalized prompt where it has two completions, else null
+HELPER_COLUMNS = (PAIR_KEY, PROMPT_KEY, CONFLICT_KEY)
 SITE_NAME = "slm_training_data"
 # Whitespace, or characters that render as nothing (zero-width space/joiners, word joiner, BOM).
 BLANK = r"^[\s\u200b-\u200d\u2060\ufeff]*$"
@@ -161,7 +165,8 @@ def _with_helpers(df: pandas.DataFrame) -> pandas.DataFrame:
     """A copy with text columns as plain objects and the helper columns filled where computable."""
     frame = df.copy()
     for column in frame.columns:
-        if str(frame[column].dtype) == "string":  # pandas StringDtype: GX type checks expect objects
+        if str(frame[column].dtype) in ("string", "category"):  # StringDtype, a Parquet dictionary column:
+            # GX's type checks expect objects
             frame[column] = frame[column].astype(object).where(frame[column].notna(), None)
     usable = _text_columns(df) == set(PAIR_COLUMNS)
     for helper in HELPER_COLUMNS:
@@ -171,6 +176,11 @@ def _with_helpers(df: pandas.DataFrame) -> pandas.DataFrame:
         frame[PROMPT_KEY] = prompts
         frame[PAIR_KEY] = [None if p is None or not isinstance(c, str) else f"{p}\x1f{c}"
                            for p, c in zip(prompts, frame["completion"], strict=True)]
+        labels: dict[str, set[str]] = defaultdict(set)
+        for p, c in zip(prompts, frame["completion"], strict=True):
+            if p is not None and isinstance(c, str):
+                labels[p].add(c)
+        frame[CONFLICT_KEY] = [p if p is not None and len(labels[p]) > 1 else None for p in prompts]
     return frame
 
 
@@ -198,11 +208,15 @@ def _plan(df: pandas.DataFrame, *, allowed_completions: list[str] | None, benchm
         benchmark = sorted({normalize_prompt(p) for p in benchmark_prompts})
         plan.rules.append(_Rule("duplicate_pairs", "prompt", "ExpectColumnValuesToBeUnique", {"column": PAIR_KEY},
                                 "the same (normalized prompt, completion) appears more than once", helper=True))
+        plan.rules.append(_Rule("conflicting_labels", "completion", "ExpectColumnValuesToBeNull",
+                                {"column": CONFLICT_KEY},
+                                "the same prompt (after normalization) is labelled with more than one completion",
+                                helper=True))
         plan.rules.append(_Rule("benchmark_overlap", "prompt", "ExpectColumnValuesToNotBeInSet",
                                 {"column": PROMPT_KEY, "value_set": benchmark},
                                 "prompt equals a golden-set prompt (after normalization)", helper=True))
     else:
-        plan.skipped += ["duplicate_pairs, benchmark_overlap (need text prompt and completion)"]
+        plan.skipped += ["duplicate_pairs, conflicting_labels, benchmark_overlap (need text prompt and completion)"]
     return plan
 
 

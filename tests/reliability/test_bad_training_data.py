@@ -77,6 +77,10 @@ CASES: list[tuple[str, str, Content, str]] = [
     ("exact_duplicate", "drop.jsonl", jsonl(GOOD + GOOD[:1]), "duplicate_pairs"),
     ("normalized_duplicate", "drop.jsonl", jsonl(GOOD + [{**GOOD[0], "prompt": GOOD[0]["prompt"].upper() + "!!"}]),
      "duplicate_pairs"),
+    ("contradictory_labels", "drop.jsonl", jsonl(GOOD + [{**GOOD[0], "prompt": GOOD[0]["prompt"] + "?",
+                                                         "completion": "getting_virtual_card"
+                                                         if GOOD[0]["completion"] != "getting_virtual_card"
+                                                         else "card_arrival"}]), "conflicting_labels"),
     ("pii_email", "drop.jsonl", good_with(8, prompt="my top up failed, write to jane.doe@example.co.uk"),
      "pii_email"),
     ("pii_phone", "drop.jsonl", good_with(8, prompt="top up failed, call me on +44 20 7946 0958"), "pii_phone"),

@@ -68,6 +68,11 @@ BAD_CASES = [
     ("duplicate_pair", lambda d, b: _set(d, 1, "prompt", d.at[0, "prompt"].upper() + "!!")
         .assign(completion=lambda x: x["completion"].where(x.index != 1, x.at[0, "completion"])),
      ("duplicate_pairs", "prompt")),
+    ("conflicting_labels", lambda d, b: _set(d, 1, "prompt", d.at[0, "prompt"].upper() + "!!")
+        .assign(completion=lambda x: x["completion"].where(x.index != 1, "lost_or_stolen_card"
+                                                           if x.at[0, "completion"] != "lost_or_stolen_card"
+                                                           else "card_arrival")),
+     ("conflicting_labels", "completion")),
     ("email", lambda d, b: _set(d, 2, "prompt", "please write to jane.doe@example.co.uk"), ("pii_email", "prompt")),
     ("phone", lambda d, b: _set(d, 2, "prompt", "call me on +44 20 7946 0958 today"), ("pii_phone", "prompt")),
     ("us_phone", lambda d, b: _set(d, 2, "prompt", "my number is (555) 123-4567"), ("pii_phone", "prompt")),
@@ -144,7 +149,9 @@ def test_data_docs_and_markdown_summary(good, spec, benchmark, tmp_path):
     assert check(good, spec, benchmark).summary_markdown().startswith("**Training data passed** (60 rows")
 
 
-def test_validate_file_reads_parquet(good, spec, benchmark, tmp_path):
-    good.to_parquet(tmp_path / "good.parquet")
+@pytest.mark.parametrize("dtype", [None, "category"])
+def test_validate_file_reads_parquet(good, spec, benchmark, tmp_path, dtype):
+    """A dictionary-encoded column (pandas writes a categorical one so; other tools do too) is text like any other."""
+    (good.astype({"completion": dtype}) if dtype else good).to_parquet(tmp_path / "good.parquet")
     report = validate_file(tmp_path / "good.parquet", spec.model_copy(update={"min_train_rows": 50}), benchmark)
-    assert report.success and report.rows == 60
+    assert report.success and report.rows == 60, report.summary_markdown()
