@@ -14,6 +14,8 @@ Run it:  ``slm retrain [--config FILE] [--data PATH]``  (ephemeral Prefect), or 
 
 from __future__ import annotations
 
+import uuid
+
 from prefect import flow
 from prefect.runtime import flow_run
 
@@ -23,7 +25,7 @@ from tasks.data import assemble_training_data, validate_data
 from tasks.evaluation import benchmark
 from tasks.gate import gate
 from tasks.plan import plan_retrain
-from tasks.register import register
+from tasks.register import register, registered_already
 from tasks.report import publish_report
 from tasks.training import fine_tune
 
@@ -38,13 +40,17 @@ class RetrainOutcome(Frozen):
 
 @flow(name="retrain", log_prints=True)
 def retrain(params: RetrainParams = RetrainParams()) -> RetrainOutcome:
-    plan = plan_retrain(params, run_id=str(flow_run.get_id() or "local"))
-    validated = validate_data(plan)
-    data = assemble_training_data(plan, validated)
-    trained = fine_tune(plan, data)
-    scores = benchmark(plan, trained.adapter_dir)
-    decision = gate(plan, scores)
-    version = register(plan, data, trained, scores, decision)
+    # Outside a flow run (``retrain.fn``) there is no run id: a unique one, never one a later call would take for
+    # its own retry.
+    plan = plan_retrain(params, run_id=str(flow_run.get_id() or f"local-{uuid.uuid4().hex[:12]}"))
+    done = registered_already(plan)  # a Retry of a run that registered its version: announce it, nothing more
+    if done is None:
+        validated = validate_data(plan)
+        data = assemble_training_data(plan, validated)
+        trained = fine_tune(plan, data)
+        scores = benchmark(plan, trained.adapter_dir)
+        decision = gate(plan, scores)
+        done = register(plan, data, trained, scores, decision)
     publish_report(plan.config.model)
-    return RetrainOutcome(version=version.ref, status=version.status.value, verdict=str(decision.verdict),
-                          reasons=decision.reasons(), champion=plan.champion.ref)
+    return RetrainOutcome(version=done.version.ref, status=done.version.status.value, verdict=done.verdict,
+                          reasons=done.reasons, champion=done.champion)

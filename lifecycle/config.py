@@ -92,6 +92,8 @@ class RetrainParams(BaseModel):
             # A drift event of one model must never retrain another (its candidate would answer nothing).
             raise ValueError(f"this run is for {self.model}, but {self.config} retrains {cfg.model}: name that "
                              f"model's retrain config (retrain_config in its monitor policy)")
-        absolute = {k: (v if v.is_absolute() else root / v)
-                    for k, v in {"task": cfg.task, "recipe": cfg.recipe, "gate": cfg.gate}.items()}
+        absolute: dict[str, object] = {k: (v if v.is_absolute() else root / v)
+                                       for k, v in {"task": cfg.task, "recipe": cfg.recipe, "gate": cfg.gate}.items()}
+        if cfg.data and not Path(cfg.data).is_absolute():  # as every path of a run: not the worker's directory
+            absolute["data"] = str(root / cfg.data)
         return cfg.model_copy(update=absolute)

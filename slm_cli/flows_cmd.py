@@ -118,8 +118,9 @@ def retrain_cmd(
     from training.lora import LoraRecipe
 
     try:  # every config the run reads, read before it starts (its flow run would log tracebacks first)
-        params = RetrainParams(config=config, data=data, replay_rows=replay_rows, benchmarks=benchmarks,
-                               reason=reason)
+        # A drop named on the command line is where the user stands; the flow reads relative paths from the project.
+        params = RetrainParams(config=config, data=str(Path(data).absolute()) if data else data,
+                               replay_rows=replay_rows, benchmarks=benchmarks, reason=reason)
         plan = plan_retrain.fn(params, "check")
         load_yaml_config(LoraRecipe, plan.config.recipe)
         read_plan(plan.config.rollout_plan)

@@ -44,13 +44,19 @@ def validate_data(plan: RetrainPlan) -> ValidationReport:
     create_markdown_artifact(key="data-validation", markdown=f"`{plan.data_source}`\n\n{report.summary_markdown()}",
                              description="Great Expectations checks on the labelled drop")
     if not report.success:
-        with open_registry() as registry:
-            announce(registry, "slm.data.rejected", plan.config.model, actor=plan.config.actor, payload={
-                "data": plan.data_source, "rows": report.rows, "reason": plan.params.reason,
-                "failed_rules": [f"{f.rule}:{f.column or '-'}:{f.unexpected_count}" for f in report.failures]})
-        raise DataRejected(f"{plan.data_source} failed validation: "
-                           + "; ".join(f"{f.rule} on {f.column or 'table'}: {f.message}" for f in report.failures))
+        raise rejected(plan, report.rows, report.failures, f"{plan.data_source} failed validation: " + "; ".join(
+            f"{f.rule} on {f.column or 'table'}: {f.message}" for f in report.failures))
     return report
+
+
+def rejected(plan: RetrainPlan, rows: int, failures: list[FailedRule], message: str) -> DataRejected:
+    """Audit and announce ``slm.data.rejected`` (the monitor's storm rule counts it as a finished retrain), and
+    the error to raise."""
+    with open_registry() as registry:
+        announce(registry, "slm.data.rejected", plan.config.model, actor=plan.config.actor, payload={
+            "data": plan.data_source, "rows": rows, "reason": plan.params.reason,
+            "failed_rules": [f"{f.rule}:{f.column or '-'}:{f.unexpected_count}" for f in failures]})
+    return DataRejected(message)
 
 
 def content_digest(source: str) -> str | None:
@@ -75,12 +81,12 @@ def assemble_training_data(plan: RetrainPlan, validated: ValidationReport | None
 
     ``validated``: the drop's validation; a drop whose content changed since (an export rewriting the file
     between the two steps) is refused, never trained on unchecked."""
+    drop = read_jsonl(plan.data_source)  # read, then hashed: what was read is what was checked
+    if validated is not None and validated.content_sha256 != (now := content_digest(plan.data_source)):
+        raise rejected(plan, validated.rows, [FailedRule(rule="unchanged_since_validated", message="changed")], (
+            f"{plan.data_source} changed after it was validated (sha256 {validated.content_sha256} then, {now} now): "
+            "nothing was trained on it; run the retrain again on the data as it is now"))
     with open_registry() as registry:
-        drop = read_jsonl(plan.data_source)
-        if validated is not None and validated.content_sha256 != content_digest(plan.data_source):
-            raise DataRejected(f"{plan.data_source} changed after it was validated (sha256 "
-                               f"{validated.content_sha256} then, {content_digest(plan.data_source)} now): nothing "
-                               "was trained on it; run the retrain again on the data as it is now")
         source = replay_source(plan.champion)
         pool = read_jsonl(registry.artifacts.dataset_path(source.snapshot))
         # A drop used again (or a cumulative export) would be replayed on top of itself, its rows weighed twice;

@@ -113,3 +113,29 @@ def test_cli_reads_the_result(bootstrapped):
     assert verify.exit_code == 0 and "intact" in verify.output
     missing = runner.invoke(app, ["registry", "show", "router:v99"])
     assert missing.exit_code == 2 and "not in the registry" in missing.output
+
+
+def test_a_retried_run_that_registered_returns_its_version_and_validates_nothing_again(bootstrapped, small_drop,
+                                                                                      tmp_path, monkeypatch):
+    """Prefect's Retry keeps the run's id. A run whose version was registered (its report step failed, say) is
+    retried after its drop was cleaned up: the version it registered, not a data rejection for a published one."""
+    import shutil
+    from types import SimpleNamespace
+
+    import flows.retrain
+    from flows.retrain import retrain
+
+    monkeypatch.setattr(flows.retrain, "flow_run", SimpleNamespace(get_id=lambda: "run-retried-once"))
+    drop = shutil.copy(small_drop, tmp_path / "drop.jsonl")
+    params = RetrainParams(config=str(bootstrapped / "retrain.yaml"), data=str(drop), reason="retry-test")
+    first = retrain(params)
+    (tmp_path / "drop.jsonl").unlink()
+    again = retrain(params)
+    assert (again.version, again.status, again.verdict, again.reasons) == (
+        first.version, first.status, first.verdict, first.reasons)
+    with registry() as reg:
+        registered = [e for e in reg.store.audit_events() if e.action == "version.registered"
+                      and e.payload.get("run") == "run-retried-once"]
+        assert [e.subject for e in registered] == [first.version]
+        assert not [e for e in reg.store.audit_events() if e.action == "slm.data.rejected"
+                    and e.payload.get("reason") == "retry-test"]

@@ -14,16 +14,31 @@ from lifecycle.data import Pair, write_jsonl
 
 def test_a_drop_changed_after_validation_is_refused_and_folders_are_hashed_too(tmp_path, monkeypatch):
     import tasks.data
+    import tasks.events
+    from registry.artifacts import LocalArtifactStore
+    from registry.service import Registry
+    from registry.store import RegistryStore
     from tasks.data import DataRejected, assemble_training_data, content_digest
 
     drop = write_jsonl(tmp_path / "drop.jsonl", [Pair(prompt="where is my card", completion="card_arrival")])
     validated = ValidationReport(success=True, rows=1, content_sha256=content_digest(str(drop)))
     write_jsonl(drop, [Pair(prompt="where is my card", completion="card_arrival"),
                        Pair(prompt="what is 2 + 2", completion="card_arrival")])  # rewritten meanwhile
-    monkeypatch.setattr(tasks.data, "open_registry", lambda: contextlib.nullcontext(None))
-    plan = SimpleNamespace(data_source=str(drop))
-    with pytest.raises(DataRejected, match="changed after it was validated"):
-        assemble_training_data.fn(plan, validated)
+    reg = Registry(RegistryStore.open(f"sqlite:///{tmp_path / 'r.db'}"), LocalArtifactStore(tmp_path / "a"), "m")
+    emitted = []
+    monkeypatch.setattr(tasks.data, "open_registry", lambda: contextlib.nullcontext(reg))
+    monkeypatch.setattr(tasks.events, "emit_event", lambda event, resource, payload: emitted.append(event))
+    plan = SimpleNamespace(data_source=str(drop), config=SimpleNamespace(model="m", actor="retrain-flow"),
+                           params=SimpleNamespace(reason="drift"))
+    try:
+        with pytest.raises(DataRejected, match="changed after it was validated"):
+            assemble_training_data.fn(plan, validated)
+        # Refused like a drop that broke a rule: audited and announced (the monitor counts it as a retrain done).
+        assert emitted == ["slm.data.rejected"]
+        event = reg.store.last_event(["slm.data.rejected"], "m")
+        assert event.payload["failed_rules"] == ["unchanged_since_validated:-:None"]
+    finally:
+        reg.close()
 
     folder = tmp_path / "saved"
     folder.mkdir()

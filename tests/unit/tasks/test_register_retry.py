@@ -51,13 +51,13 @@ def test_a_retried_run_registers_once_and_announces_once(world):
     reg, plan, trained, emitted = world
     passed = gate(Verdict.PASS)
     first = register.fn(plan, None, trained, SimpleNamespace(challenger=[]), passed)
-    assert (first.number, emitted) == (1, ["slm.candidate.published"])
+    assert (first.version.number, emitted) == (1, ["slm.candidate.published"])
     # The retry trains again (a new adapter) and, this time, its gate fails: the version registered stands.
     trained.adapter_dir.mkdir(parents=True)
     (trained.adapter_dir / "adapter_config.json").write_text('{"r": 4}')
     failed = gate(Verdict.FAIL)
     again = register.fn(plan, None, trained, SimpleNamespace(challenger=[]), failed)
-    assert again.number == 1 and [v.number for v in reg.store.list_versions("router")] == [1]
+    assert again.version.number == 1 and [v.number for v in reg.store.list_versions("router")] == [1]
     assert emitted == ["slm.candidate.published"]  # announced once
 
 
@@ -79,5 +79,44 @@ def test_a_retry_announces_what_the_attempt_before_registered_but_never_announce
         register.fn(plan, None, trained, SimpleNamespace(challenger=[]), gate(Verdict.PASS))
     assert [v.number for v in reg.store.list_versions("router")] == [1] and emitted == []
     version = register.fn(plan, None, trained, SimpleNamespace(challenger=[]), gate(Verdict.PASS))
-    assert version.number == 1 and emitted == ["slm.candidate.published"]
+    assert version.version.number == 1 and emitted == ["slm.candidate.published"]
     assert reg.store.has_event("slm.candidate.published", "router:v1")
+
+
+def test_a_candidate_gated_against_a_champion_that_moved_meanwhile_is_registered_rejected(world):
+    """A rollout promoted another version while this run trained: its gate compared it with a version that is no
+    longer the champion, so it is kept as rejected, saying so, and announced as such (nothing rolls it out)."""
+    from tasks.register import register
+
+    reg, plan, trained, emitted = world
+    first = register.fn(plan, None, trained, SimpleNamespace(challenger=[]), gate(Verdict.PASS))
+    reg.store.move_alias("router", "champion", first.version.number, actor="test", reason="promoted meanwhile")
+    trained.adapter_dir.mkdir(parents=True)
+    (trained.adapter_dir / "adapter_config.json").write_text('{"r": 4}')
+    stale = SimpleNamespace(**{**vars(plan), "champion": SimpleNamespace(ref="router:v9"),
+                               "run_dir": plan.run_dir.with_name("run-8")})
+    done = register.fn(stale, None, trained, SimpleNamespace(challenger=[]), gate(Verdict.PASS))
+    assert done.version.number == 2 and done.version.status.value == "rejected" and done.verdict == "fail"
+    assert any("champion moved" in r and "router:v9" in r and "router:v1 now" in r for r in done.reasons)
+    assert emitted == ["slm.candidate.published", "slm.gate.failed"]
+    # The champion it was gated against still the champion: a candidate, as before.
+    trained.adapter_dir.mkdir(parents=True)
+    (trained.adapter_dir / "adapter_config.json").write_text('{"r": 4}')
+    fresh = SimpleNamespace(**{**vars(plan), "champion": SimpleNamespace(ref="router:v1"),
+                               "run_dir": plan.run_dir.with_name("run-9")})
+    assert register.fn(fresh, None, trained, SimpleNamespace(challenger=[]), gate(Verdict.PASS)).verdict == "pass"
+
+
+def test_a_retry_of_a_run_that_registered_starts_nothing_again(world):
+    """The Retry of a run whose report step failed: its version and verdict as registered, nothing re-validated
+    (its drop may be gone), and its reasons as the first attempt announced them."""
+    from tasks.register import register, registered_already
+
+    reg, plan, trained, emitted = world
+    assert registered_already.fn(plan) is None
+    decided = SimpleNamespace(verdict=Verdict.PASS, passed=True, findings=[], reasons=lambda: ["[pass] first"])
+    first = register.fn(plan, None, trained, SimpleNamespace(challenger=[]), decided)
+    again = registered_already.fn(plan)
+    assert again.version.ref == first.version.ref == "router:v1"
+    assert (again.verdict, again.reasons, again.champion) == ("pass", ["[pass] first"], "router:v1")
+    assert emitted == ["slm.candidate.published"]

@@ -27,3 +27,13 @@ def test_a_run_for_another_model_than_the_config_retrains_is_refused_by_name(tmp
     assert RetrainParams(config=str(config), model="").resolve(tmp_path).model == "support-bot"  # older events
     with pytest.raises(ValueError, match="this run is for intent-router, but .* retrains support-bot"):
         RetrainParams(config=str(config), model="intent-router").resolve(tmp_path)
+
+
+def test_a_relative_drop_is_read_from_the_project_not_the_workers_directory(tmp_path, monkeypatch):
+    """Every path of a run resolves against the project root; a worker runs flows from a directory of its own."""
+    config = tmp_path / "retrain.yaml"
+    config.write_text("model: support-bot\ndata: data/drop.jsonl\n")
+    monkeypatch.chdir(tmp_path.parent)
+    assert RetrainParams(config=str(config)).resolve(tmp_path).data == str(tmp_path / "data" / "drop.jsonl")
+    assert RetrainParams(config=str(config), data="in/x@train").resolve(tmp_path).data == str(tmp_path / "in/x@train")
+    assert RetrainParams(config=str(config), data="/abs/drop.jsonl").resolve(tmp_path).data == "/abs/drop.jsonl"
