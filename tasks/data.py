@@ -92,12 +92,17 @@ def assemble_training_data(plan: RetrainPlan, validated: ValidationReport | None
         # A drop used again (or a cumulative export) would be replayed on top of itself, its rows weighed twice;
         # and a row the drop relabels must not be replayed with its old label beside the new one. So the drop's
         # prompts leave the pool, counted, under the normalization by which two prompts are the same input.
+        # A golden-set prompt never enters training: the drop's validation checks the drop, and the pool is
+        # checked here (a golden set regenerated, or a snapshot edited by hand, must not leak into what is scored).
         in_drop = {normalize_prompt(p.prompt) for p in drop}
+        golden = {normalize_prompt(p.prompt) for path in plan.golden.values() for p in read_jsonl(path)}
         fresh = [p for p in pool if normalize_prompt(p.prompt) not in in_drop]
+        kept = [p for p in fresh if normalize_prompt(p.prompt) not in golden]
+        left_out = ", ".join(f"{n} rows {why}" for n, why in ((len(pool) - len(fresh), "also in the drop"),
+                                                             (len(fresh) - len(kept), "on a golden set")) if n)
+        left_out, fresh = (f" ({left_out} left out of the pool)" if left_out else ""), kept
         replay_rows = min(plan.config.replay_rows, len(fresh))
         pairs = retrain_mix(drop, fresh, replay_rows, seed=plan.task.seed)
-        left_out = f" ({len(pool) - len(fresh)} rows also in the drop left out of the pool)" if len(fresh) < len(
-            pool) else ""
         whose = f"{plan.champion.ref} {source.name}"
         datasets = [registry.snapshot_dataset("labelled-drop", drop, plan.data_source),
                     registry.snapshot_dataset("train", pairs, f"labelled-drop + {replay_rows} replayed rows of "

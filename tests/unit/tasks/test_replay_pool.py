@@ -72,3 +72,21 @@ def test_a_champion_with_no_snapshot_to_replay_from_is_refused_by_name(reg, tmp_
     bare = DatasetFingerprint(name="train", rows=3, sha256="0" * 64, source="elsewhere")
     with pytest.raises(ValueError, match="m:v1 records no training-data snapshot"):
         retrain(tmp_path, [bare], [Pair(prompt="q", completion="card_arrival")], 1, replay_rows=1)
+
+
+def test_a_golden_set_prompt_in_the_pool_is_never_replayed(reg, tmp_path):
+    """A golden set regenerated (or a snapshot edited by hand) after the pool was made: its prompts stay out of
+    training, counted, so the gate never scores what the candidate was trained on."""
+    from tasks.data import assemble_training_data
+
+    old = [Pair(prompt=f"old question {k}", completion="card_arrival") for k in range(10)]
+    golden = write_jsonl(tmp_path / "golden-before.jsonl", [Pair(prompt="OLD question 3!", completion="card_arrival")])
+    drop = write_jsonl(tmp_path / "drop.jsonl", [Pair(prompt="old question 0", completion="top_up_failed")])
+    plan = SimpleNamespace(data_source=str(drop), golden={"golden-before": golden},
+                           config=SimpleNamespace(replay_rows=100), task=SimpleNamespace(seed=0),
+                           champion=SimpleNamespace(ref="m:v1", lineage=SimpleNamespace(
+                               datasets=[reg.snapshot_dataset("train", old, "v1 train")])))
+    data = assemble_training_data.fn(plan, None)
+    assert "old question 3" not in {p.prompt for p in data.pairs} and len(data.pairs) == 9
+    mixed = next(d for d in data.datasets if d.name == "train")
+    assert "(1 rows also in the drop, 1 rows on a golden set left out of the pool)" in mixed.source
