@@ -3,11 +3,14 @@
 Every retrain benchmarks the champion and the challenger on the same golden items. The champion's answers do not
 change between retrains as long as the inputs of greedy decoding do not: the same weights (base revision and
 adapter file hashes), the same items (the golden set's content hash), the same decoding settings (prompt format
-with its stop string and token budget, greedy) and the same libraries doing the arithmetic. A row's answer does
+with its stop string and token budget, greedy) and the same libraries and device doing the arithmetic (CPU and
+CUDA kernels round differently, and a rounding flip can change an argmax: answers from one are never reused on
+the other, where only a spot-check sample of them would be compared). A row's answer does
 not depend on its batch-mates (serving.backend tests check it), so the answers of a previous run are the answers
 of this one. The key is the content, not the version number: the challenger's answers of one retrain are the
 champion's of the next once it is promoted, and a different golden set, a changed champion, another prompt
-format or another torch/transformers build is a different key — re-answered, never reused.
+format, another torch/transformers build or another device is a different key — re-answered, never reused (a key
+that changes shape, as when the device joined it, turns every stored file into a miss: answered afresh once).
 
 Stored under ``SLM_HOME/benchmarks/answers/<key digest>.json``: the key itself (checked on read, so a corrupt or
 colliding file is a miss) and the full :class:`lifecycle.records.EvalReport`, items included. The decommission
@@ -35,18 +38,41 @@ class AnswerKey(Frozen):
     benchmark: str
     benchmark_sha256: str
     n_items: int
-    decoding: dict[str, str | int | bool]  # prompt format identity, stop, max_new_tokens, greedy, library versions
+    decoding: dict[str, str | int | bool]  # prompt format identity, stop, max_new_tokens, greedy, library versions,
+    # device (and the serving path, where the caller names it): decoding_settings
 
     def digest(self) -> str:
         return hashlib.sha256(self.model_dump_json().encode()).hexdigest()[:32]
 
 
-def decoding_settings(prompt_format_identity: str, stop: str, max_new_tokens: int) -> dict[str, str | int | bool]:
-    """The decoding the in-process backend does (greedy, the format's stop and budget), and the library builds
-    that carry it out: a torch or transformers upgrade may change an argmax tie, so it re-answers."""
-    return {"prompt_format": prompt_format_identity, "stop": stop, "max_new_tokens": max_new_tokens,
-            "do_sample": False, "torch": _version("torch"), "transformers": _version("transformers"),
-            "peft": _version("peft")}
+def decoding_settings(prompt_format_identity: str, stop: str, max_new_tokens: int, *, device: str | None = None,
+                      path: str | None = None) -> dict[str, str | int | bool]:
+    """The decoding the in-process backend does (greedy, the format's stop and budget), and the library builds and
+    device that carry it out: a torch or transformers upgrade, or CPU against CUDA kernels, may change an argmax
+    tie, so it re-answers.
+
+    ``device``: the device type the answers are computed on ("cpu", "cuda"; a "cuda:0" is its type); by default
+    the one the in-process backend picks when not told (``serving.backend.InProcessBackend``: CUDA when torch sees
+    a GPU), which is how the benchmark opens it. ``path``: the backend's serving path (its resolved adapter mode,
+    "fused", "merged" or "unmerged"), when the caller knows it: merged weights and a low-rank delta round
+    differently; not part of the key when None.
+    """
+    settings: dict[str, str | int | bool] = {
+        "prompt_format": prompt_format_identity, "stop": stop, "max_new_tokens": max_new_tokens, "do_sample": False,
+        "torch": _version("torch"), "transformers": _version("transformers"), "peft": _version("peft"),
+        "device": (device or default_device()).split(":")[0]}
+    if path is not None:
+        settings["path"] = path
+    return settings
+
+
+def default_device() -> str:
+    """The device type the in-process backend runs on when not told: "cuda" when torch sees a GPU, else "cpu"."""
+    try:
+        import torch
+    except ImportError:
+        return "cpu"
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def _version(package: str) -> str:

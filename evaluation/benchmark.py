@@ -10,11 +10,17 @@ of the batch it rode in, which is what a caller of a batched server waits), gene
 and the process's peak resident memory (or CUDA peak on a GPU).
 
 A version whose answers are already known (``known``: its stored report on this golden set, see
-``evaluation.answers``) answers only a spot-check sample, every ``spot_check_every``-th batch: those fresh
-answers must equal the stored ones (else :class:`StaleAnswers`); every other item is the stored answer. The
-latency and tokens/s of EVERY version then come from the spot-check batches, which all versions answered
-back to back in this run: the comparison stays paired, so a burst of load during a batch only one version
-answered cannot tip the gate's latency budget.
+``evaluation.answers``) answers only a spot-check sample, every ``spot_check_every``-th batch — or, where that
+is fewer than ``min_timed_batches`` (``lifecycle.gate.MIN_LATENCY_BATCHES``), that many batches spread evenly
+from the first to the last (all of them in a shorter golden set): those fresh answers must equal the stored ones
+(else :class:`StaleAnswers`); every other item is the stored answer. The latency and tokens/s of EVERY version
+then come from the spot-check batches, which all versions answered back to back in this run: the comparison
+stays paired, so a burst of load during a batch only one version answered cannot tip the gate's latency budget,
+and there are enough of them for the gate to decide on (a 500-item golden set in batches of 64 is 8 batches:
+every 4th would time 2, and one slow batch would be the p95).
+
+An item's ``latency_ms`` is the wall time of its batch when that batch was timed in this run, else 0 (a stored
+answer, or a batch outside the spot check): ``lifecycle.gate`` counts the paired timed batches from it.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from typing import Protocol
 import numpy as np
 
 from lifecycle.data import Pair, fingerprint
+from lifecycle.gate import MIN_LATENCY_BATCHES
 from lifecycle.records import EvalReport, Frozen, ItemResult
 
 
@@ -98,20 +105,37 @@ def _stored_items(golden: GoldenSet, report: EvalReport, allowed: set[str]) -> d
             for item_id, item in stored.items()}
 
 
+def spot_check_batches(n_batches: int, spot_check_every: int, min_timed_batches: int) -> set[int]:
+    """The batches a run with reused answers times (and spot-checks): every ``spot_check_every``-th, or where that
+    is fewer than ``min_timed_batches``, that many spread evenly from the first batch to the last (all of them
+    when there are no more)."""
+    every = set(range(0, n_batches, spot_check_every))
+    if len(every) >= min_timed_batches:
+        return every
+    k = min(n_batches, min_timed_batches)
+    if k <= 1:
+        return set(range(k))
+    # Steps of at least one batch (k <= n_batches): the floors are distinct, first 0, last n_batches - 1.
+    return {i * (n_batches - 1) // (k - 1) for i in range(k)}
+
+
 def run_benchmark(
     backend: Generator, versions: dict[str, str | None], golden: GoldenSet, allowed: set[str], *,
     batch_size: int = 64, progress: Callable[[int, int], None] | None = None,
     known: Mapping[str, EvalReport] | None = None, spot_check_every: int = 4,
+    min_timed_batches: int = MIN_LATENCY_BATCHES,
 ) -> dict[str, EvalReport]:
     """Score each version (ref -> adapter name, None for the base) on ``golden``; one report each.
 
-    ``known`` (ref -> stored report) spares those versions all but every ``spot_check_every``-th batch (module
+    ``known`` (ref -> stored report) spares those versions all but the batches :func:`spot_check_batches` picks (module
     docstring); a spot-checked answer that differs from the stored one raises :class:`StaleAnswers`.
     """
     if not versions:
         raise ValueError("run_benchmark needs at least one version")
     if spot_check_every < 1:
         raise ValueError(f"spot_check_every must be at least 1, got {spot_check_every}")
+    if min_timed_batches < 1:
+        raise ValueError(f"min_timed_batches must be at least 1, got {min_timed_batches}")
     refs = list(versions)
     stored = {ref: _stored_items(golden, report, allowed) for ref, report in (known or {}).items() if ref in versions}
     results: dict[str, list[ItemResult]] = {ref: [] for ref in refs}
@@ -119,6 +143,7 @@ def run_benchmark(
     tokens = dict.fromkeys(refs, 0)
     seconds = dict.fromkeys(refs, 0.0)
     n = len(golden.items)
+    spot_checked = spot_check_batches(-(-n // batch_size), spot_check_every, min_timed_batches) if stored else None
     # One untimed row each first: the first call pays one-off costs (allocations, lazy init) that are not latency.
     for ref in refs:
         backend.generate([golden.items[0].prompt], [versions[ref]], max_batch=1)
@@ -127,10 +152,10 @@ def run_benchmark(
         ids = [f"{golden.name}:{start + offset:05d}" for offset in range(len(batch))]
         # Alternate who goes first, so warm-up and background noise do not always favour one version.
         order = refs[batch_no % len(refs):] + refs[:batch_no % len(refs)]
-        timed = not stored or batch_no % spot_check_every == 0  # with reused answers: the paired batches only
+        timed = spot_checked is None or batch_no in spot_checked  # with reused answers: the paired batches only
         for ref in order:
             if ref in stored and not timed:
-                results[ref].extend(stored[ref][item_id] for item_id in ids)
+                results[ref].extend(stored[ref][item_id].model_copy(update={"latency_ms": 0.0}) for item_id in ids)
                 continue
             gens = backend.generate([p.prompt for p in batch], [versions[ref]] * len(batch), max_batch=batch_size)
             if timed:
@@ -143,7 +168,7 @@ def run_benchmark(
                                        f"is {stored[ref][item_id].predicted!r}")
                 results[ref].append(ItemResult(
                     item_id=item_id, expected=pair.completion, predicted=gen.completion,
-                    correct=gen.completion == pair.completion, latency_ms=gen.latency_ms,
+                    correct=gen.completion == pair.completion, latency_ms=gen.latency_ms if timed else 0.0,
                     malformed=gen.completion not in allowed))
         if progress:
             progress(min(start + batch_size, n), n)

@@ -13,7 +13,18 @@ Guardrails are checked on every golden set the policy has a rule for: the challe
 rate (answers outside the task's allowed set) within an absolute budget and not much above the
 champion's, and its p95 latency within a ratio of the champion's. Fewer items than ``min_items`` is
 INCONCLUSIVE, never a pass.
-The decision is the worst finding; only PASS registers a candidate.
+
+Latency is measured per batch (every row of a batch carries the batch's wall time) and only on the batches both
+versions answered back to back in this run (``evaluation.benchmark``: an item not timed there has
+``latency_ms`` 0). With fewer than ``min_latency_batches`` such paired batches the p95 is the slower of a
+couple of timings, and one burst of load on a shared machine during the challenger's batch would exceed the
+budget: the latency finding is then INCONCLUSIVE, and it is advisory — listed, but it does not hold the
+decision, like the drift monitor's feedback check without enough feedback. A candidate's latency is judged
+again on live traffic at every rollout stage (``lifecycle.rollout_plan``), with anytime-valid statistics; the
+offline budget is there to stop a clear regression early, and too little evidence stops nothing. The benchmark
+times at least that many batches where the golden set has them, so the default flow gets a decided finding.
+
+The decision is the worst of the other findings; only PASS registers a candidate.
 """
 
 from __future__ import annotations
@@ -25,6 +36,11 @@ from pydantic import Field, model_validator
 
 from lifecycle.records import EvalReport, Frozen
 from lifecycle.verdict import Finding, Verdict, worst
+
+#: Batches timed for both versions below which the latency budget decides nothing (``GatePolicy.min_latency_batches``);
+#: the benchmark times at least this many where the golden set has them (``evaluation.benchmark.run_benchmark``).
+#: Why 5: the demo's golden sets (500 and 1,000 items, batches of 64) reach it with 5 of their 8 and 16 batches.
+MIN_LATENCY_BATCHES = 5
 
 
 class Interval(Frozen):
@@ -97,6 +113,10 @@ class GatePolicy(Frozen):
     max_malformed_increase: float = Field(default=0.02, ge=0, le=1)
     # Why 1.5: an unmerged LoRA adds 16-35 % per token on CPU (FACTS.md); more than half again is a real cost.
     max_latency_p95_ratio: float = Field(default=1.5, ge=1)
+    min_latency_batches: int = Field(
+        default=MIN_LATENCY_BATCHES, ge=1,
+        description="fewer batches timed for both versions in the run than this: the latency finding is "
+                    "inconclusive and advisory (module docstring)")
 
     @model_validator(mode="after")
     def _unique_benchmarks(self) -> GatePolicy:
@@ -157,16 +177,44 @@ def _budget(check: str, observed: float, limit: float, unit: str, context: str) 
                    reason=f"{observed:.{digits}f}{unit} {'<=' if ok else '>'} {limit:.{digits}f}{unit} ({context})")
 
 
+def timed_batches(champion: EvalReport, challenger: EvalReport) -> int:
+    """How many batches both versions were timed on in their run: the distinct batch timings (every row of a batch
+    carries the batch's wall time) among the items both have a timing for (``latency_ms`` above 0), the fewer of
+    the two versions' counts."""
+    champ = {i.item_id: i.latency_ms for i in champion.items}
+    pairs = [(champ[i.item_id], i.latency_ms) for i in challenger.items
+             if i.latency_ms > 0 and champ.get(i.item_id, 0.0) > 0]
+    return min(len({c for c, _ in pairs}), len({h for _, h in pairs}))
+
+
+def _latency_finding(champion: EvalReport, challenger: EvalReport, policy: GatePolicy) -> Finding:
+    """The p95 budget; INCONCLUSIVE (advisory, module docstring) on fewer than ``min_latency_batches`` paired
+    batches."""
+    check = f"{challenger.benchmark}: latency p95"
+    limit = champion.latency_p95_ms * policy.max_latency_p95_ratio
+    batches = timed_batches(champion, challenger)
+    context = f"{policy.max_latency_p95_ratio}x champion's {champion.latency_p95_ms:.1f} ms, {batches} paired batches"
+    if batches < policy.min_latency_batches:
+        return Finding(check=check, verdict=Verdict.INCONCLUSIVE, observed=challenger.latency_p95_ms, threshold=limit,
+                       reason=f"{challenger.latency_p95_ms:.1f} ms against {limit:.1f} ms ({context}): only {batches} "
+                              f"batches timed for both versions, need {policy.min_latency_batches}; advisory, "
+                              "judged again on live traffic in the rollout")
+    return _budget(check, challenger.latency_p95_ms, limit, " ms", context)
+
+
 def _guardrail_findings(champion: EvalReport, challenger: EvalReport, policy: GatePolicy) -> list[Finding]:
     name = challenger.benchmark
     rate_limit = min(policy.max_malformed_rate, champion.malformed_rate + policy.max_malformed_increase)
-    latency_limit = champion.latency_p95_ms * policy.max_latency_p95_ratio
     return [
         _budget(f"{name}: malformed-output rate", challenger.malformed_rate, rate_limit, "",
                 f"champion {champion.malformed_rate:.3f}"),
-        _budget(f"{name}: latency p95", challenger.latency_p95_ms, latency_limit, " ms",
-                f"{policy.max_latency_p95_ratio}x champion's {champion.latency_p95_ms:.1f} ms"),
+        _latency_finding(champion, challenger, policy),
     ]
+
+
+def _advisory(finding: Finding) -> bool:
+    """A finding listed but not folded into the decision: the latency budget short of evidence (module docstring)."""
+    return finding.check.endswith(": latency p95") and finding.verdict is Verdict.INCONCLUSIVE
 
 
 def evaluate_gate(
@@ -194,5 +242,5 @@ def evaluate_gate(
         intervals[rule.benchmark] = ci
         findings.append(_rule_finding(rule, ci))
         findings.extend(_guardrail_findings(champ_r, chall_r, policy))
-    return GateDecision(verdict=worst(f.verdict for f in findings), findings=findings,
+    return GateDecision(verdict=worst(f.verdict for f in findings if not _advisory(f)), findings=findings,
                         intervals=intervals, policy=policy)

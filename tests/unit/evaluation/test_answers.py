@@ -19,6 +19,39 @@ def report():
     return run_benchmark(Scripted(), {"m:v1": None}, GOLDEN, ALLOWED)["m:v1"]
 
 
+def key_on(device: str) -> AnswerKey:
+    return key(decoding=decoding_settings("intent-v1@x", "\n", 16, device=device))
+
+
+def test_answers_computed_on_one_device_are_not_reused_on_another(tmp_path, report):
+    store = AnswerStore(tmp_path)
+    store.put(key_on("cpu"), report)
+    assert store.get(key_on("cuda"), "m:v1") is None
+    assert store.get(key_on("cuda:0"), "m:v1") is None
+    assert store.get(key_on("cpu"), "m:v1") is not None
+
+
+def test_the_device_defaults_to_the_one_the_backend_picks(monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert decoding_settings("intent-v1@x", "\n", 16)["device"] == "cuda"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert decoding_settings("intent-v1@x", "\n", 16)["device"] == "cpu"
+    assert decoding_settings("intent-v1@x", "\n", 16, device="cuda:1")["device"] == "cuda"
+    assert "path" not in decoding_settings("intent-v1@x", "\n", 16)
+
+
+def test_a_file_stored_under_the_key_before_the_device_joined_it_is_a_miss(tmp_path, report):
+    """Stores written before the device was part of the key stay readable: their keys simply do not match now,
+    so the benchmark answers afresh (and stores the new key's file beside the old one)."""
+    store = AnswerStore(tmp_path)
+    old = key(decoding={k: v for k, v in decoding_settings("intent-v1@x", "\n", 16).items() if k != "device"})
+    store.put(old, report)
+    assert store.get(key(), "m:v1") is None and store.get(old, "m:v1") is not None
+    assert store.drop("intent-router-base@abc", "none") == [store.path(old)]  # and the retirement still drops it
+
+
 def test_a_stored_report_comes_back_under_its_key_relabelled(tmp_path, report):
     store = AnswerStore(tmp_path)
     store.put(key(), report)
@@ -33,6 +66,8 @@ def test_a_stored_report_comes_back_under_its_key_relabelled(tmp_path, report):
     {"benchmark_sha256": "f" * 64},                                 # another golden set
     {"decoding": decoding_settings("intent-v1@x", "\n", 8)},        # another token budget
     {"decoding": decoding_settings("intent-v2@y", "\n", 16)},       # another prompt format
+    {"decoding": decoding_settings("intent-v1@x", "\n", 16, device="cuda")},  # answered on CPU, asked on a GPU
+    {"decoding": decoding_settings("intent-v1@x", "\n", 16, path="fused")},   # another serving path named
 ])
 def test_any_other_key_is_a_miss(tmp_path, report, change):
     store = AnswerStore(tmp_path)

@@ -3,7 +3,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lifecycle.gate import BenchmarkRule, GatePolicy, evaluate_gate, paired_bootstrap
+from lifecycle.gate import BenchmarkRule, GatePolicy, evaluate_gate, paired_bootstrap, timed_batches
 from lifecycle.records import EvalReport, ItemResult
 from lifecycle.verdict import Verdict
 
@@ -55,9 +55,15 @@ def test_unequal_arrays_are_refused():
         paired_bootstrap(np.ones(3), np.ones(4))
 
 
-def report(benchmark: str, correct: np.ndarray, *, malformed: float = 0.0, p95: float = 10.0) -> EvalReport:
+def report(benchmark: str, correct: np.ndarray, *, malformed: float = 0.0, p95: float = 10.0,
+           timed: set[int] | None = None, batch: int = 10) -> EvalReport:
+    """Items in batches of ``batch``, each row with its batch's time (distinct per batch, at most ``p95``) when the
+    batch is among ``timed`` (default: all), else 0 (not timed in the run), as evaluation.benchmark writes them."""
+    def latency(i: int) -> float:
+        return p95 - 0.01 * (i // batch) if timed is None or i // batch in timed else 0.0
+
     items = [ItemResult(item_id=f"{benchmark}-{i}", expected="a", predicted="a" if c else "b", correct=bool(c),
-                        latency_ms=p95, malformed=False) for i, c in enumerate(correct)]
+                        latency_ms=latency(i), malformed=False) for i, c in enumerate(correct)]
     return EvalReport(version="m:v1", benchmark=benchmark, benchmark_sha256="x", n_items=len(items),
                       exact_match=float(np.mean(correct)) if len(correct) else 0.0, per_route_accuracy={},
                       malformed_rate=malformed,
@@ -129,3 +135,63 @@ def test_policy_refuses_duplicate_benchmarks():
     with pytest.raises(ValueError, match="names a benchmark twice"):
         GatePolicy(rules=[BenchmarkRule(benchmark="a", kind="superior", margin=0),
                           BenchmarkRule(benchmark="a", kind="non_inferior", margin=0.1)])
+
+
+# The latency budget on too few timed batches: the retrain's benchmark with the champion's answers stored timed
+# every 4th batch only, 2 of a 500-item golden set's 8, and one burst of load in the challenger's batch failed it.
+BEFORE_ONLY = GatePolicy(rules=[BenchmarkRule(benchmark="before", kind="non_inferior", margin=0.03)])
+
+
+def latency_finding(decision):
+    return next(f for f in decision.findings if f.check == "before: latency p95")
+
+
+def test_a_slow_batch_among_too_few_timed_ones_does_not_fail_the_gate():
+    champ, chall = paired(300, 3, 3)  # accuracy: clearly non-inferior
+    decision = evaluate_gate([report("before", champ, timed={0, 4})],
+                             [report("before", chall, timed={0, 4}, p95=100.0)], BEFORE_ONLY)
+    finding = latency_finding(decision)
+    assert finding.verdict is Verdict.INCONCLUSIVE and "only 2 batches" in finding.reason, decision.reasons()
+    assert decision.verdict is Verdict.PASS  # advisory: listed, but it does not hold the decision
+    assert any("latency p95" in r and "advisory" in r for r in decision.reasons())
+
+
+def test_a_truly_slower_challenger_still_fails_with_enough_timed_batches():
+    champ, chall = paired(300, 3, 3)
+    timed = {0, 6, 12, 18, 24, 29}
+    decision = evaluate_gate([report("before", champ, timed=timed)],
+                             [report("before", chall, timed=timed, p95=20.0)], BEFORE_ONLY)
+    assert latency_finding(decision).verdict is Verdict.FAIL and decision.verdict is Verdict.FAIL
+    assert "6 paired batches" in latency_finding(decision).reason
+
+
+def test_a_within_budget_challenger_passes_with_enough_timed_batches():
+    champ, chall = paired(300, 3, 3)
+    decision = evaluate_gate([report("before", champ)], [report("before", chall, p95=12.0)], BEFORE_ONLY)
+    assert latency_finding(decision).verdict is Verdict.PASS and decision.verdict is Verdict.PASS
+
+
+def test_min_latency_batches_is_a_setting():
+    champ, chall = paired(300, 3, 3)
+    policy = BEFORE_ONLY.model_copy(update={"min_latency_batches": 2})
+    decision = evaluate_gate([report("before", champ, timed={0, 4})],
+                             [report("before", chall, timed={0, 4}, p95=100.0)], policy)
+    assert decision.verdict is Verdict.FAIL
+    assert GatePolicy(rules=BEFORE_ONLY.rules).min_latency_batches == 5
+
+
+def test_timed_batches_counts_the_batches_both_versions_were_timed_on():
+    champ, chall = paired(100, 0, 0)
+    assert timed_batches(report("before", champ, timed={0, 2, 4}), report("before", chall)) == 3
+    assert timed_batches(report("before", champ), report("before", chall)) == 10
+    assert timed_batches(report("before", champ, timed=set()), report("before", chall)) == 0
+
+
+def test_the_shipped_gate_configs_name_the_setting():
+    from pathlib import Path
+
+    import yaml
+
+    root = Path(__file__).resolve().parents[3] / "configs"
+    for name in ("gate.yaml", "gate-drifted-only.yaml"):
+        assert GatePolicy.model_validate(yaml.safe_load((root / name).read_text())).min_latency_batches == 5

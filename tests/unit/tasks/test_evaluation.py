@@ -24,20 +24,20 @@ def champion_rows(backend):
 
 
 def test_the_second_benchmark_reuses_the_champions_answers(tmp_path):
-    store, gold = AnswerStore(tmp_path / "answers"), golden(tmp_path)
+    store, gold = AnswerStore(tmp_path / "answers"), golden(tmp_path, n=40)
     weights = {"m:v1": Weights(base="b@1", adapter="none"), "challenger": Weights(base="b@1", adapter="a" * 64)}
     first_backend = Backend()
     first = score_on(first_backend, {"m:v1": None, "challenger": "good"}, gold, ALLOWED, 2, weights, store)
-    assert champion_rows(first_backend) == 1 + 10  # warm-up + every item
+    assert champion_rows(first_backend) == 1 + 40  # warm-up + every item
     again = Backend()
     second = score_on(again, {"m:v1": None, "challenger": "good"}, gold, ALLOWED, 2, weights, store)
-    assert champion_rows(again) == 1 + 2 * 2  # warm-up + batches 0 and 4 of five (every 4th)
+    assert champion_rows(again) == 1 + 5 * 2  # warm-up + batches 0, 4, 8, 12 and 16 of 20 (every 4th)
     assert second["m:v1"][0].exact_match == first["m:v1"][0].exact_match
     # the challenger's answers were stored too: promoted, it is the next retrain's known champion
     promoted = {"m:v2": Weights(base="b@1", adapter="a" * 64)}
     third = Backend()
     score_on(third, {"m:v2": "good"}, gold, ALLOWED, 2, promoted, store)
-    assert sum(n for _adapter, n in third.calls) == 1 + 2 * 2
+    assert sum(n for _adapter, n in third.calls) == 1 + 5 * 2
 
 
 def test_another_golden_set_or_champion_is_answered_afresh(tmp_path):
@@ -97,7 +97,7 @@ def test_answers_remembered_at_registration_are_the_ones_the_next_benchmark_reus
     from lifecycle.records import BaseModelRef, Lineage, ModelVersion
     from tasks.evaluation import remember_answers
 
-    store, gold = AnswerStore(tmp_path / "answers"), golden(tmp_path)
+    store, gold = AnswerStore(tmp_path / "answers"), golden(tmp_path, n=40)
     first = score_on(Backend(), {"m:v1": None}, gold, ALLOWED, 2)  # no store: as the bootstrap scores v1
     v1 = ModelVersion(model="m", number=1, status="promoted", created_at=datetime.now(UTC), artifact_uri="x",
                       prompt_format=INTENT_V1.identity, evals=first["m:v1"],
@@ -106,4 +106,4 @@ def test_answers_remembered_at_registration_are_the_ones_the_next_benchmark_reus
     assert remember_answers(v1, store) == 1
     again = Backend()
     score_on(again, {"m:v1": None}, gold, ALLOWED, 2, {"m:v1": Weights(base="b@1", adapter="none")}, store)
-    assert champion_rows(again) == 1 + 2 * 2  # warm-up + the spot check only: the remembered answers were found
+    assert champion_rows(again) == 1 + 5 * 2  # warm-up + the spot check only: the remembered answers were found
