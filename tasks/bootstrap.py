@@ -130,15 +130,17 @@ def register_v1(model: str, spec: TaskSpec, data: TaskData, base_dir: Path, info
 def _base_lineage(base: BaseModelRef, datasets: list[DatasetFingerprint], config: BaseModelConfig,
                   info: BaseModelInfo) -> Lineage:
     return Lineage(base_model=base, datasets=datasets, recipe=config.model_dump(mode="json"),
-                   prompt_format=config.prompt_format, **provenance(project_root()), wall_time_s=info.wall_seconds,
-                   tokens_per_s=info.tokens_per_s, train_loss=info.train_loss, trigger="bootstrap")
+                   prompt_format=config.prompt_format, **provenance(project_root(), get_settings().torch_threads),
+                   wall_time_s=info.wall_seconds, tokens_per_s=info.tokens_per_s, train_loss=info.train_loss,
+                   trigger="bootstrap")
 
 
 def _hub_lineage(base: BaseModelRef, datasets: list[DatasetFingerprint], info: HubBaseInfo,
                  config: BaseModelConfig) -> Lineage:
     recipe = {"hub_base": f"{info.model_id}@{info.revision}", **info.model_dump(mode="json", exclude={"path"})}
     return Lineage(base_model=base, datasets=datasets, recipe=recipe, prompt_format=config.prompt_format,
-                   **provenance(project_root()), wall_time_s=info.wall_seconds, trigger="bootstrap")
+                   **provenance(project_root(), get_settings().torch_threads), wall_time_s=info.wall_seconds,
+                   trigger="bootstrap")
 
 
 def _source(spec: TaskSpec, path: Path, world: str) -> str:

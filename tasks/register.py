@@ -11,7 +11,7 @@ from pydantic import Field
 from lifecycle.audit import AuditEvent
 from lifecycle.gate import GateDecision
 from lifecycle.records import BaseModelRef, Frozen, Lineage, ModelVersion
-from lifecycle.settings import project_root
+from lifecycle.settings import get_settings, project_root
 from lifecycle.status import VersionStatus
 from lifecycle.verdict import Verdict
 from tasks.connect import open_registry
@@ -27,8 +27,9 @@ def build_lineage(plan: RetrainPlan, data: TrainingData, trained: TrainResult) -
     base: BaseModelRef = plan.champion.lineage.base_model
     return Lineage(base_model=base, parent=plan.champion.ref, datasets=data.datasets,
                    recipe=trained.hyperparameters, prompt_format=plan.champion.prompt_format,
-                   **provenance(project_root()), wall_time_s=trained.wall_seconds, tokens_per_s=trained.tokens_per_s,
-                   train_loss=trained.final_loss, eval_loss=trained.eval_loss, trigger=plan.params.reason)
+                   **provenance(project_root(), get_settings().torch_threads), wall_time_s=trained.wall_seconds,
+                   tokens_per_s=trained.tokens_per_s, train_loss=trained.final_loss, eval_loss=trained.eval_loss,
+                   trigger=plan.params.reason)
 
 
 def registered_by_run(registry, model: str, run: str) -> AuditEvent | None:

@@ -22,15 +22,17 @@ def library_versions() -> dict[str, str]:
     return versions
 
 
-def hardware() -> str:
-    """The GPU's name when torch sees one, else the CPU model and the cores this process may use."""
+def hardware(threads: int | None = None) -> str:
+    """The GPU's name when torch sees one, else the CPU model, the cores this process may use and the torch threads
+    the work ran with (``threads``: lineage is written after training, when its thread count is restored; default
+    the process's count now)."""
     import torch
 
     if torch.cuda.is_available():
         count = torch.cuda.device_count()
         return f"{count} x {torch.cuda.get_device_name(0)}"
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return f"{_cpu_model()}, {cores} cores, {torch.get_num_threads()} torch threads"
+    return f"{_cpu_model()}, {cores} cores, {threads or torch.get_num_threads()} torch threads"
 
 
 def _cpu_model() -> str:
@@ -64,8 +66,10 @@ def git_commit(root: Path) -> tuple[str | None, bool]:
     return commit, bool(status.stdout.strip())
 
 
-def provenance(root: Path) -> dict[str, object]:
+def provenance(root: Path, threads: int | None = None) -> dict[str, object]:
     """The environment half of a version's lineage: code commit (and whether the tree was dirty),
-    library versions, hardware — the ``Lineage`` fields every training run fills the same way."""
+    library versions, hardware (``threads``: the torch threads the training ran with) — the ``Lineage`` fields
+    every training run fills the same way."""
     commit, dirty = git_commit(root)
-    return {"code_commit": commit, "code_dirty": dirty, "libraries": library_versions(), "hardware": hardware()}
+    return {"code_commit": commit, "code_dirty": dirty, "libraries": library_versions(),
+            "hardware": hardware(threads)}

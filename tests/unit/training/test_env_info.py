@@ -17,6 +17,15 @@ def test_hardware_is_described():
     assert "cores" in hardware() or " x " in hardware()
 
 
+def test_hardware_names_the_threads_the_work_ran_with_not_the_count_restored_since():
+    import torch
+
+    if torch.cuda.is_available():  # a GPU is named instead
+        return
+    assert hardware(threads=1).endswith(", 1 torch threads")
+    assert hardware(threads=3).endswith(", 3 torch threads")
+
+
 def test_git_commit_outside_a_repository_is_none(tmp_path):
     assert git_commit(tmp_path) == (None, False)
 
