@@ -11,12 +11,13 @@ from typing import Annotated
 
 from pydantic import AfterValidator, BaseModel, ConfigDict
 
-_MODEL_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
-_REF_RE = re.compile(r"^(?:(?P<model>[^:]+):)?v(?P<number>[0-9]+)$")
+# Checked with fullmatch, never match with "$": "$" also matches before a final newline, so "router\n" passed.
+_MODEL_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
+_REF_RE = re.compile(r"(?:(?P<model>[^:]+):)?v(?P<number>[0-9]+)")
 
 
 def check_model_name(name: str) -> str:
-    if not _MODEL_RE.match(name):
+    if not _MODEL_RE.fullmatch(name):
         raise ValueError(
             f"invalid model name {name!r}: use 1-64 lowercase letters, digits, '-' or '_', "
             "starting with a letter or digit"
@@ -53,7 +54,7 @@ class VersionRef(BaseModel):
         >>> VersionRef.parse("v2", default_model="m").number
         2
         """
-        match = _REF_RE.match(text.strip())
+        match = _REF_RE.fullmatch(text.strip())
         if not match:
             raise ValueError(f"invalid version reference {text!r}: expected MODEL:vN or vN, e.g. 'router:v3'")
         model = match.group("model") or default_model

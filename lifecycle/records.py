@@ -2,19 +2,61 @@
 
 They are plain pydantic models with no behaviour beyond validation, so the registry can store them as
 JSON and any package can pass them around without importing anything heavy.
+
+Non-finite floats (NaN, ±inf) have no JSON text, so the records the registry stores (:class:`Lineage`,
+:class:`EvalReport`, :class:`ItemResult`) settle them here, once, at validation: an optional measurement that is
+not finite is not known and becomes None (a diverged run's ``train_loss``: the version can still be registered,
+as rejected, with what is known); a required one is refused, naming the field — before the registry publishes
+anything, since it validates what it is given again (:func:`storable`).
 """
 
 from __future__ import annotations
 
+import math
 from datetime import datetime
+from numbers import Real
+from typing import TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from lifecycle.status import VersionStatus
 
 
 class Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Stored(Frozen):
+    """A record the registry stores as JSON: a float field that is NaN or infinite is refused, naming it."""
+
+    model_config = ConfigDict(allow_inf_nan=False)
+
+
+def _non_finite(value: object) -> bool:
+    return isinstance(value, Real) and not isinstance(value, bool) and not math.isfinite(value)
+
+
+def _finite_or_none(value: object) -> object:
+    """A free-form value (a recipe) with every non-finite float in it replaced by None, nested ones included."""
+    if _non_finite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite_or_none(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite_or_none(v) for v in value]
+    if isinstance(value, tuple):
+        return tuple(_finite_or_none(v) for v in value)
+    return value
+
+
+R = TypeVar("R", bound=BaseModel)
+
+
+def storable(record: R) -> R:
+    """``record`` validated again, as the registry does before publishing anything: a record built with
+    ``model_construct`` or changed with ``model_copy(update=...)`` skipped validation, and could hold a NaN that
+    would surface only when it is written, after its files were published."""
+    return type(record).model_validate(record.model_dump())
 
 
 class DatasetFingerprint(Frozen):
@@ -34,7 +76,7 @@ class BaseModelRef(Frozen):
     revision: str = Field(description="Hub commit sha, or sha256 of the local weights")
 
 
-class Lineage(Frozen):
+class Lineage(Stored):
     """Everything needed to say where a version came from and to rebuild it."""
 
     base_model: BaseModelRef
@@ -52,8 +94,18 @@ class Lineage(Frozen):
     eval_loss: float | None = None
     trigger: str = Field(default="manual", description="why it was trained: manual, drift event, schedule")
 
+    @field_validator("train_loss", "eval_loss", mode="before")
+    @classmethod
+    def _unknown_if_not_finite(cls, value: object) -> object:
+        return None if _non_finite(value) else value  # a diverged run's loss: not a number, so not known
 
-class ItemResult(Frozen):
+    @field_validator("recipe", mode="before")
+    @classmethod
+    def _recipe_finite(cls, value: object) -> object:
+        return _finite_or_none(value)  # as the JSON it is stored as would say (null), but now, not after publishing
+
+
+class ItemResult(Stored):
     """One benchmark item as one version answered it."""
 
     item_id: str
@@ -64,7 +116,7 @@ class ItemResult(Frozen):
     malformed: bool = Field(description="output not in the task's allowed set")
 
 
-class EvalReport(Frozen):
+class EvalReport(Stored):
     """A version's score on one golden set. Champion and challenger reports of one run share item ids."""
 
     version: str

@@ -14,8 +14,10 @@ import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from typing import NamedTuple
 
-from sqlalchemy import Connection, Engine, and_, create_engine, or_, select, update
+from sqlalchemy import Connection, Engine, and_, create_engine, func, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.pool import NullPool
 
@@ -23,14 +25,16 @@ from lifecycle.audit import (
     GENESIS_HASH,
     AuditEvent,
     ChainHead,
+    RegistryRecords,
     VerifyResult,
     canonical_json,
     next_event,
+    parse_payload,
     verify,
 )
 from lifecycle.names import check_model_name
 from lifecycle.predictions import as_utc
-from lifecycle.records import AliasMove, EvalReport, Lineage, ModelVersion
+from lifecycle.records import AliasMove, EvalReport, Lineage, ModelVersion, storable
 from lifecycle.status import INITIAL_STATUSES, Alias, VersionStatus, check_transition
 from registry import schema as t
 from registry.db import from_db, is_postgres, make_engine, write_tx
@@ -43,6 +47,9 @@ Publish = Callable[[int], tuple[str, dict[str, str]]]
 #: How long a registration waits for another registration of the same model to finish publishing its files.
 REGISTER_WAIT_S = 1800.0
 
+#: What a ``version.registered`` event records of the version itself: a caller's ``audit_payload`` may not set them.
+REGISTERED_FACTS = ("status", "reason", "artifact_uri", "files")
+
 
 class NotFoundError(LookupError):
     """A model, version or alias that the registry does not hold."""
@@ -54,6 +61,18 @@ class ConcurrentChangeError(RuntimeError):
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+def in_utc(clock: Callable[[], datetime]) -> Callable[[], datetime]:
+    """``clock`` read in UTC. SQLite's DateTime drops the offset (12:00+02:00 would read back as 12:00Z), so every
+    time the store writes is converted first; a naive time names no instant at all and is refused."""
+    def now() -> datetime:
+        value = clock()
+        if value.tzinfo is None or value.utcoffset() is None:
+            raise ValueError(f"the registry's clock returned {value!r}, a time without a time zone: "
+                             "give it one (e.g. datetime.now(UTC))")
+        return value.astimezone(UTC)
+    return now
 
 
 def _of_actions_about(actions: list[str], model: str):
@@ -69,7 +88,7 @@ def _of_actions_about(actions: list[str], model: str):
 class RegistryStore:
     def __init__(self, engine: Engine, clock: Callable[[], datetime] = utcnow) -> None:
         self.engine = engine
-        self.clock = clock
+        self.clock = in_utc(clock)  # every writer, here and in registry.*, reads the time through it
         self._lock_engine: Engine | None = None  # PostgreSQL: unpooled connections for named locks
 
     @classmethod
@@ -116,20 +135,30 @@ class RegistryStore:
             pass  # created by a concurrent registration: lock the row it made
         return conn.execute(query).scalar_one()
 
+    def _lock_head(self, conn: Connection):
+        """Lock the audit head's row for this transaction, creating it (count 0) if the log has never had one.
+
+        ``FOR UPDATE`` locks only a row that exists: before the first event two transactions would both find none,
+        both take seq 1, and one fail. Inserting it with ON CONFLICT DO NOTHING first makes the second wait for the
+        first's row, then lock it."""
+        query = select(t.audit_head).where(t.audit_head.c.id == 1).with_for_update()
+        row = conn.execute(query).first()
+        if row is None:
+            insert = (postgresql if is_postgres(self.engine) else sqlite).insert(t.audit_head)
+            conn.execute(insert.values(id=1, count=0, last_hash=GENESIS_HASH).on_conflict_do_nothing())
+            row = conn.execute(query).one()
+        return row
+
     def _audit(self, conn: Connection, actor: str, action: str, subject: str,
                payload: dict[str, object]) -> AuditEvent:
-        row = conn.execute(select(t.audit_head).where(t.audit_head.c.id == 1).with_for_update()).first()
-        head = ChainHead(count=row.count, last_hash=row.last_hash) if row else ChainHead(
-            count=0, last_hash=GENESIS_HASH)
+        row = self._lock_head(conn)
+        head = ChainHead(count=row.count, last_hash=row.last_hash)
         event = next_event(head, ts=self.clock(), actor=actor, action=action, subject=subject, payload=payload)
         conn.execute(t.audit_events.insert().values(
             seq=event.seq, ts=event.ts, actor=actor, action=action, subject=subject,
             payload=canonical_json(event.payload), prev_hash=event.prev_hash, hash=event.hash))
-        values = {"count": event.seq, "last_hash": event.hash}
-        if row:
-            conn.execute(update(t.audit_head).where(t.audit_head.c.id == 1).values(**values))
-        else:
-            conn.execute(t.audit_head.insert().values(id=1, **values))
+        conn.execute(update(t.audit_head).where(t.audit_head.c.id == 1)
+                     .values(count=event.seq, last_hash=event.hash))
         return event
 
     # -- versions ------------------------------------------------------------------------------------
@@ -150,6 +179,9 @@ class RegistryStore:
         if status not in INITIAL_STATUSES:
             raise ValueError(f"a version is registered as candidate or rejected, not {status}")
         check_model_name(model)  # the artifact paths and every MODEL:vN reference are built from it
+        # Everything that could refuse to be stored is refused here, before publishing: after it, a refusal
+        # would leave a published version unrecorded (or, without unpublish, its files behind).
+        texts = _storable_texts(lineage, evals, audit_payload)
         with self.lock(f"register/{model}", wait_s=REGISTER_WAIT_S, required=True,
                        busy=f"another registration of {model} is still publishing its files") as held:
             number = self._last_version(model) + 1
@@ -170,8 +202,8 @@ class RegistryStore:
                                                     "this one published its files; every writer of the registry "
                                                     "must run this version of the code")
                     self._insert_version(conn, model, number, status=status, prompt_format=prompt_format,
-                                         reason=reason, actor=actor, uri=uri, files=files, lineage=lineage,
-                                         evals=evals, audit_payload=audit_payload)
+                                         reason=reason, actor=actor, uri=uri, files=files, texts=texts,
+                                         audit_payload=audit_payload)
             except BaseException:
                 if published is not None and unpublish is not None:
                     unpublish(published)
@@ -185,23 +217,21 @@ class RegistryStore:
 
     def _insert_version(self, conn: Connection, model: str, number: int, *, status: VersionStatus,
                         prompt_format: str, reason: str, actor: str, uri: str, files: dict[str, str],
-                        lineage: Lineage | None, evals: list[EvalReport],
-                        audit_payload: dict[str, object] | None) -> None:
+                        texts: _Texts, audit_payload: dict[str, object] | None) -> None:
         now = self.clock()
         conn.execute(t.versions.insert().values(
             model=model, number=number, status=status.value, created_at=now, artifact_uri=uri,
-            prompt_format=prompt_format, reason=reason, files_json=canonical_json(files),
-            lineage_json=canonical_json(lineage.model_dump(mode="json")) if lineage else None))
+            prompt_format=prompt_format, reason=reason, files_json=canonical_json(files), lineage_json=texts.lineage))
         conn.execute(update(t.models).where(t.models.c.name == model).values(last_version=number))
-        for report in evals:
-            conn.execute(t.evals.insert().values(model=model, number=number, benchmark=report.benchmark,
-                                                 report_json=report.model_dump_json()))
+        for benchmark, report_json in texts.evals:
+            conn.execute(t.evals.insert().values(model=model, number=number, benchmark=benchmark,
+                                                 report_json=report_json))
         conn.execute(t.status_history.insert().values(
             model=model, number=number, from_status=None, to_status=status.value, at=now,
             actor=actor, reason=reason))
         self._audit(conn, actor, "version.registered", f"{model}:v{number}",
-                    {"status": status.value, "reason": reason, "artifact_uri": uri,
-                     "files": files, **(audit_payload or {})})
+                    {**(audit_payload or {}), "status": status.value, "reason": reason, "artifact_uri": uri,
+                     "files": files})  # the facts last: they win (colliding keys were refused before publishing)
 
     def set_status(self, model: str, number: int, status: VersionStatus, *, actor: str, reason: str) -> None:
         with self._tx() as conn:
@@ -399,7 +429,7 @@ class RegistryStore:
         lock on SQLite), so two processes deciding at once cannot both append, as a check and then an append could
         (the drift monitor's trigger: two monitor runs finding one drift started two retrains)."""
         with self._tx() as conn:
-            conn.execute(select(t.audit_head.c.id).where(t.audit_head.c.id == 1).with_for_update())
+            self._lock_head(conn)  # created if missing: two first-ever appends must queue here too
             last = conn.execute(select(t.audit_events).where(t.audit_events.c.action == action,
                                                              t.audit_events.c.subject == subject)
                                 .order_by(t.audit_events.c.seq.desc()).limit(1)).first()
@@ -429,22 +459,67 @@ class RegistryStore:
         # Lock the head first (appenders wait on it), then read the events: under PostgreSQL's READ COMMITTED
         # each statement has its own snapshot, so without the lock an append in between would look like
         # tampering. On SQLite the write transaction already excludes appenders.
+        # Every write of versions, status_history and alias_history appends its event in the same transaction, so
+        # under the head's lock the counts read here are consistent with the events.
         with self._tx() as conn:
             head = conn.execute(select(t.audit_head).where(t.audit_head.c.id == 1).with_for_update()).first()
             rows = conn.execute(select(t.audit_events).order_by(t.audit_events.c.seq)).all()
+            records = _records(conn)
         stored_head = ChainHead(count=head.count, last_hash=head.last_hash) if head else None
         events, unreadable = [], []
         for position, row in enumerate(rows, start=1):
             try:
                 events.append(_event(row))
-            except ValueError as exc:  # a payload edited into non-JSON, a seq below 1, a ts that is not text
+            except ValueError as exc:  # a payload edited into non-JSON or NaN, a seq below 1, a ts that is not text
                 events.append(_unreadable_event(row))
                 reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
                 unreadable.append(f"event at position {position} (seq {row.seq}) cannot even be read back ({reason}): "
                                   "it was edited")
-        result = verify(events, stored_head)
+        result = verify(events, stored_head, records)
         # The chain's own findings come first: they are in row order, so the first one names the first bad row.
         return result.model_copy(update={"problems": result.problems + unreadable}) if unreadable else result
+
+
+class _Texts(NamedTuple):
+    """What a registration stores as JSON text, serialized before anything is published."""
+
+    lineage: str | None
+    evals: list[tuple[str, str]]  # (benchmark, report JSON)
+
+
+def _storable_texts(lineage: Lineage | None, evals: list[EvalReport],
+                    audit_payload: dict[str, object] | None) -> _Texts:
+    """Validate and serialize a registration's records, or raise ValueError naming what cannot be stored: a
+    non-finite float in a required field (:mod:`lifecycle.records`; optional ones become None), an audit payload
+    key that would overwrite the event's own facts, anything with no JSON text."""
+    if clash := sorted(set(audit_payload or {}) & set(REGISTERED_FACTS)):
+        raise ValueError(f"audit_payload may not set {', '.join(clash)}: the version.registered event records "
+                         "the version's own")
+    lineage = storable(lineage) if lineage is not None else None
+    evals = [storable(report) for report in evals]
+    try:
+        canonical_json(audit_payload or {}).encode("utf-8")
+        texts = _Texts(lineage=_text(lineage.model_dump(mode="json")) if lineage is not None else None,
+                       evals=[(r.benchmark, _text(r.model_dump(mode="json"))) for r in evals])
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"the registration cannot be stored: {exc}") from None
+    return texts
+
+
+def _text(value: object) -> str:
+    text = canonical_json(value)
+    text.encode("utf-8")  # a lone surrogate has no UTF-8: refused now, not by the database after publishing
+    return text
+
+
+def _records(conn: Connection) -> RegistryRecords:
+    """What the registry's tables hold that the audit log must account for (see :func:`lifecycle.audit.verify`)."""
+    versions = conn.execute(select(t.versions.c.model, t.versions.c.number)
+                            .order_by(t.versions.c.model, t.versions.c.number)).all()
+    status_changes, alias_moves = (conn.execute(select(func.count()).select_from(table)).scalar_one()
+                                   for table in (t.status_history, t.alias_history))
+    return RegistryRecords(versions=[f"{m}:v{n}" for m, n in versions], status_changes=status_changes,
+                           alias_moves=alias_moves)
 
 
 def _version(row, reports: list[EvalReport]) -> ModelVersion:
@@ -458,7 +533,7 @@ def _version(row, reports: list[EvalReport]) -> ModelVersion:
 def _read_event(row) -> AuditEvent:
     try:
         return _event(row)
-    except ValueError:  # a payload edited into non-JSON, a seq below 1, a ts that is not text
+    except ValueError:  # a payload edited into non-JSON or NaN, a seq below 1, a ts that is not text
         return _unreadable_event(row)
 
 
@@ -476,5 +551,7 @@ def _unreadable_event(row) -> AuditEvent:
 
 
 def _event(row) -> AuditEvent:
+    """A stored event, or ValueError: its payload must be one :func:`lifecycle.audit.parse_payload` accepts (what
+    could have been hashed), so every event read back can be hashed again."""
     return AuditEvent(seq=row.seq, ts=row.ts, actor=row.actor, action=row.action, subject=row.subject,
-                      payload=json.loads(row.payload), prev_hash=row.prev_hash, hash=row.hash)
+                      payload=parse_payload(row.payload), prev_hash=row.prev_hash, hash=row.hash)

@@ -184,7 +184,8 @@ def sync_champion_cmd(model: str | None = typer.Option(None, help="model name"),
 
 @audit_app.command("verify")
 def verify(as_json: bool = typer.Option(False, "--json")) -> None:
-    """Recompute the hash chain; exit 1 if any event was edited, deleted, inserted or reordered."""
+    """Recompute the hash chain; exit 1 if any event was edited, deleted, inserted or reordered, or if the registry
+    holds versions, status changes or alias moves that the log does not account for (a cut or wiped log)."""
     with _registry() as reg:
         result = reg.store.verify_audit()
     if as_json:

@@ -126,6 +126,27 @@ def sql(statement: str) -> Callable[[sqlite3.Connection], None]:
     return lambda db: db.execute(statement)
 
 
+def truncate_and_rewrite_the_head(keep: int) -> Callable[[sqlite3.Connection], None]:
+    """Cut every event after ``keep`` and point the head at the new last one: the chain alone stays intact, but the
+    registry's alias moves after it are no longer accounted for."""
+    def apply(db):
+        last = next(r for r in rows(db) if r["seq"] == keep)
+        db.execute("DELETE FROM audit_events WHERE seq > ?", (keep,))
+        db.execute("UPDATE audit_head SET count = ?, last_hash = ?", (keep, last["hash"]))
+    return apply
+
+
+# Payloads that Python's json reads but that could never have been written (no canonical JSON to hash): each must
+# be reported as an edit, never crash the check.
+UNHASHABLE_PAYLOADS = [
+    ("payload_nan", '{"k":NaN}'),
+    ("payload_infinity", '{"k":-Infinity}'),
+    ("payload_overflowing_number", '{"k":1e999}'),
+    ("payload_lone_surrogate", '{"k":"\\ud800"}'),
+    ("payload_nested_too_deep", '{"k":' + "[" * 100_000 + "]" * 100_000 + "}"),
+]
+
+
 # (case, tampering, what the first finding must say)
 AUDIT_CASES: list[tuple[str, Callable[[sqlite3.Connection], None], str]] = [
     ("edit_payload", edit("payload", json.dumps({"reason": "nothing to see"})), "event seq 3 "),
@@ -152,6 +173,11 @@ AUDIT_CASES: list[tuple[str, Callable[[sqlite3.Connection], None], str]] = [
     ("swap_sequence_numbers", swap_seq(3, 4), "event seq 3 "),
     ("move_row_to_the_end", sql("UPDATE audit_events SET seq = 100 WHERE seq = 2"), "position 2 has seq 3"),
     ("renumber_to_zero", sql("UPDATE audit_events SET seq = 0 WHERE seq = 1"), "position 1 has seq 0"),
+    *[(case, edit("payload", payload), "event seq 3 ") for case, payload in UNHASHABLE_PAYLOADS],
+    # The log's tail cut after the first promotion (registrations 1-3, its status change 4, its alias move 5).
+    ("truncate_and_rewrite_the_head", truncate_and_rewrite_the_head(keep=5), "5 status changes but the log has 4"),
+    ("wipe_the_log_and_its_head", lambda db: [db.execute(f"DELETE FROM {t}") for t in ("audit_events", "audit_head")],
+     "chain head is missing although the registry holds 3 versions"),
 ]
 
 
@@ -192,6 +218,21 @@ def test_tampering_is_detected_and_the_first_bad_row_named(audited_db, tmp_path,
     assert code == 1, findings
     assert first in findings[0], findings
     assert "Traceback" not in "".join(findings)
+
+
+@pytest.mark.parametrize("payload", [c[1] for c in UNHASHABLE_PAYLOADS], ids=[c[0] for c in UNHASHABLE_PAYLOADS])
+def test_the_log_lists_a_row_edited_past_reading_as_unreadable(audited_db, tmp_path, payload):
+    from slm_cli.main import app
+
+    home = tampered_copy(audited_db, tmp_path)
+    db = sqlite3.connect(home / "registry.db")
+    with db:
+        edit("payload", payload)(db)
+    db.close()
+    result = CliRunner().invoke(app, ["audit", "log", "--limit", "100"], env={"SLM_HOME": str(home), "COLUMNS": "300"})
+    assert result.exit_code == 0, result.output
+    third = next(line for line in result.output.splitlines() if line.strip("│ ").startswith("3 "))
+    assert "unreadable: edited" in third, result.output
 
 
 # --- artifacts ----------------------------------------------------------------------------------------------
