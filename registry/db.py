@@ -9,6 +9,8 @@ PostgreSQL uses row locks (``SELECT ... FOR UPDATE``) at the serialization point
 
 from __future__ import annotations
 
+import sqlite3
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -38,8 +40,8 @@ def _sqlite_engine(url: str, database: str | None) -> Engine:
     def _on_connect(dbapi_conn, _record):
         dbapi_conn.isolation_level = None  # let us issue BEGIN ourselves
         cur = dbapi_conn.cursor()
-        cur.execute("PRAGMA journal_mode=WAL")
         cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        _journal_wal(cur)
         cur.execute("PRAGMA foreign_keys=ON")
         cur.close()
 
@@ -50,6 +52,23 @@ def _sqlite_engine(url: str, database: str | None) -> Engine:
         conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get(WRITE) else "BEGIN")
 
     return engine
+
+
+def _journal_wal(cur) -> None:
+    """Put the file in WAL mode (it stays so: later connections find it done). Several processes opening one fresh
+    file at once (a gateway and a worker starting together) race for the switch, and the losers get "database is
+    locked" at once — the busy timeout does not cover it — so the switch is retried until the busy timeout ends."""
+    deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_MS / 1000
+    pause = 0.005
+    while True:
+        try:
+            cur.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                raise
+        time.sleep(pause)
+        pause = min(pause * 2, 0.1)
 
 
 def is_postgres(engine: Engine) -> bool:

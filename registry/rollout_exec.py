@@ -37,15 +37,19 @@ from lifecycle.rollout_state import (
 from lifecycle.status import Alias, VersionStatus
 from registry.artifacts import sync_champion
 from registry.predictions import PredictionStore
-from registry.rollouts import RolloutInProgress, get_rollout, revision_of, save_rollout, start_rollout
+from registry.rollouts import (
+    RolloutInProgress,
+    RolloutRefused,
+    get_rollout,
+    not_a_candidate,
+    revision_of,
+    save_rollout,
+    start_rollout,
+)
 from registry.store import ConcurrentChangeError, NotFoundError, RegistryStore
 from registry.traffic import read_split, split_revision, write_split
 
 Emitter = Callable[[str, dict[str, Any], uuid.UUID], None]
-
-
-class RolloutRefused(ValueError):
-    """The rollout cannot start: the candidate or the champion is not what a rollout needs."""
 
 
 def _iso(value: datetime) -> str:
@@ -88,11 +92,27 @@ def _carry_out(store: RegistryStore, state: RolloutState, effect: Effect, index:
         if store.get_version(effect.model, effect.version).status is VersionStatus.CANDIDATE:
             store.set_status(effect.model, effect.version, VersionStatus.ROLLED_BACK, actor=actor,
                              reason="rolled back by the rollout: " + "; ".join(effect.reasons))
+    elif isinstance(effect, MoveChallenger) and effect.version is not None:
+        # As for the split: only while the rollout is still where this driver read it, and only onto a candidate.
+        # An abort in the meantime cleared the alias (and a retirement may then have archived the version): this
+        # older decision must not point the alias back at it.
+        with store._tx() as conn:
+            store._lock_model(conn, effect.model)
+            stored = revision_of(conn, state.model, state.candidate)
+            if stored != state.revision:
+                raise ConcurrentChangeError(f"rollout of {subject} moved to revision {stored} (this driver holds "
+                                            f"{state.revision}); the challenger alias is not moved")
+            status = store._status(conn, effect.model, effect.version)
+            if status is not VersionStatus.CANDIDATE:
+                raise ConcurrentChangeError(f"{effect.model}:v{effect.version} is {status}; the challenger alias is "
+                                            "not moved to it")
+            store._move(conn, effect.model, Alias.CHALLENGER.value, effect.version, actor=actor,
+                        reason=f"rollout of {subject}: {state.phase}")
     elif isinstance(effect, MoveChallenger):
         held = store.get_alias(effect.model, Alias.CHALLENGER)
         # Clearing only what this rollout set: an operator may have pointed it elsewhere since.
-        if effect.version is not None or held == state.candidate:
-            store.move_alias(effect.model, Alias.CHALLENGER, effect.version, actor=actor,
+        if held == state.candidate:
+            store.move_alias(effect.model, Alias.CHALLENGER, None, actor=actor,
                              reason=f"rollout of {subject}: {state.phase}")
     elif isinstance(effect, Emit):
         # Same rollout, same revision, same position: the same id however often the effect is replayed.
@@ -170,8 +190,7 @@ def refusal(store: RegistryStore, model: str, candidate: int) -> str | None:
         return None  # begin() resumes it, or returns it as it finished
     status = store.get_version(model, candidate).status
     if status is not VersionStatus.CANDIDATE:
-        return (f"{model}:v{candidate} is {status}; only a candidate (a version that passed the offline gate) can be "
-                "rolled out")
+        return not_a_candidate(model, candidate, status)
     if store.get_alias(model, Alias.CHAMPION) is None:
         return f"{model} has no champion to compare v{candidate} with; promote one first"
     return None

@@ -15,10 +15,20 @@ from sqlalchemy import Connection, select, update
 
 from lifecycle.audit import canonical_json
 from lifecycle.rollout_state import TERMINAL, RolloutState
+from lifecycle.status import RETIRED, VersionStatus
 from registry import schema as t
 from registry.store import ConcurrentChangeError, NotFoundError, RegistryStore
 
 R = t.rollouts
+
+
+class RolloutRefused(ValueError):
+    """The rollout cannot start: the candidate or the champion is not what a rollout needs."""
+
+
+def not_a_candidate(model: str, candidate: int, status: VersionStatus) -> str:
+    return (f"{model}:v{candidate} is {status}; only a candidate (a version that passed the offline gate) can be "
+            "rolled out")
 
 
 class RolloutInProgress(RuntimeError):
@@ -75,20 +85,27 @@ def start_rollout(store: RegistryStore, state: RolloutState, *, actor: str, resu
     it had written the split a second time, 10 races out of 10), so it raises :class:`RolloutInProgress` as
     for another candidate.
 
-    Raises :class:`RolloutInProgress` if another candidate's rollout of the model is not finished, and
+    A new (or restarted) rollout is checked under the model's lock, where a retirement takes it too: the candidate
+    must still be a ``candidate`` and the champion it was planned against not retired — ``rollout_exec.refusal``
+    looked before the lock, and a concurrent retirement may have archived the version since.
+
+    Raises :class:`RolloutInProgress` if another candidate's rollout of the model is not finished,
+    :class:`RolloutRefused` if the candidate is no longer a candidate (or the planned champion is retired), and
     :class:`NotFoundError` if the model or candidate is not registered.
     """
     if state.terminal:
         raise ValueError(f"a rollout starts running, not {state.phase}")
     with store._tx() as conn:
         store._lock_model(conn, state.model)  # serializes starts of one model: exactly one wins
-        store._status(conn, state.model, state.candidate)
+        status = store._status(conn, state.model, state.candidate)
         row = conn.execute(select(R).where(R.c.model == state.model, R.c.candidate == state.candidate)).first()
         if row is not None and row.phase != "aborted":
             existing = _state(row)
             if resume or existing.terminal:
                 return existing
             raise RolloutInProgress(existing)  # started a moment ago by a concurrent start of this candidate
+        if status is not VersionStatus.CANDIDATE:  # e.g. archived by a retirement since refusal() looked
+            raise RolloutRefused(not_a_candidate(state.model, state.candidate, status))
         running = _active(conn, state.model)
         if running is not None:
             raise RolloutInProgress(running)
@@ -96,6 +113,9 @@ def start_rollout(store: RegistryStore, state: RolloutState, *, actor: str, resu
         if champion is not None and champion != state.champion:  # promoted (or rolled back) since it was planned
             raise ConcurrentChangeError(f"{state.model} champion is v{champion}, not v{state.champion} the rollout "
                                         "was planned against; start it again")
+        if (held := store._status(conn, state.model, state.champion)) in RETIRED:  # its alias cleared, then retired
+            raise RolloutRefused(f"{state.model}:v{state.champion}, the champion the rollout of v{state.candidate} was "
+                                 f"planned against, is {held}; promote a champion first")
         revision = 1 if row is None else row.revision + 1
         values = {"state_json": _body(state), "phase": state.phase, "revision": revision, "updated_at": store.clock()}
         if row is None:

@@ -120,9 +120,9 @@ def test_every_replica_is_told_through_a_split_revision_bump(world):
 @pytest.mark.parametrize("hold, number, message", [
     ("alias", 1, "holds alias champion"),
     ("split", 2, "named by the traffic split as shadow"),
-    ("rollout", 2, "candidate of the running rollout"),
+    ("rollout", 3, "candidate of the running rollout"),
 ])
-def test_refuses_a_version_something_still_needs(world, hold, number, message):
+def test_refuses_a_version_something_still_needs(world, adapter, hold, number, message):
     if hold == "split":
         set_split(world.store, TrafficSplit(model="router", champion=1, shadow=2), actor="t", reason="shadow")
     if hold == "rollout":
@@ -134,7 +134,8 @@ def test_refuses_a_version_something_still_needs(world, hold, number, message):
         plan = RolloutPlan(name="p", version=1, approval_before_last_stage=False, stages=[
             {"name": f"s{share}", "share": share, "min_requests_per_arm": 1, "max_duration_s": 60,
              "guardrails": guard} for share in (0, 100)])
-        start_rollout(world.store, start("router", 2, 1, plan, T0.isoformat())[0], actor="t")
+        register(world, adapter, S.CANDIDATE)  # v3: only a candidate can be rolled out
+        start_rollout(world.store, start("router", 3, 1, plan, T0.isoformat())[0], actor="t")
     status = world.store.get_version("router", number).status
     with pytest.raises(RetirementRefused, match=message):
         retire(world, number)
