@@ -12,10 +12,13 @@ Nothing here talks to Prefect: events leave through the ``emit`` callback the ta
 
 from __future__ import annotations
 
+import contextlib
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
 from typing import Any
+
+from sqlalchemy import Connection
 
 from lifecycle.predictions import VersionAggregate, as_utc, parse_utc
 from lifecycle.rollout_plan import RolloutPlan, StageVerdict, decide_stage
@@ -65,18 +68,26 @@ def event_payload(state: RolloutState, stage: str) -> dict[str, Any]:
             "decision": last.action if last else "start", "reasons": last.reasons if last else []}
 
 
+@contextlib.contextmanager
+def _at_revision(store: RegistryStore, state: RolloutState, refused: str) -> Iterator[Connection]:
+    """A transaction under the model's lock in which the rollout is still at the revision this driver read
+    (:class:`ConcurrentChangeError` otherwise, saying what was ``refused``)."""
+    with store._tx() as conn:
+        store._lock_model(conn, state.model)
+        stored = revision_of(conn, state.model, state.candidate)
+        if stored != state.revision:
+            raise ConcurrentChangeError(f"rollout of {state.model}:v{state.candidate} moved to revision {stored} "
+                                        f"(this driver holds {state.revision}); {refused}")
+        yield conn
+
+
 def _carry_out(store: RegistryStore, state: RolloutState, effect: Effect, index: int, *, actor: str,
                emit: Emitter) -> None:
     subject = f"{state.model}:v{state.candidate}"
     if isinstance(effect, SetSplit):
         # One transaction with a check that the rollout is still where this driver read it: an operator's abort
         # (or a rollback that aborted it) in the meantime must not be undone by this older decision's split.
-        with store._tx() as conn:
-            store._lock_model(conn, state.model)
-            stored = revision_of(conn, state.model, state.candidate)
-            if stored != state.revision:
-                raise ConcurrentChangeError(f"rollout of {subject} moved to revision {stored} (this driver holds "
-                                            f"{state.revision}); its split is not written")
+        with _at_revision(store, state, "its split is not written") as conn:
             current = read_split(conn, effect.split.model)
             if current is None or current.model_copy(update={"revision": 0}) != effect.split:
                 write_split(store, conn, effect.split, actor=actor,
@@ -96,12 +107,7 @@ def _carry_out(store: RegistryStore, state: RolloutState, effect: Effect, index:
         # As for the split: only while the rollout is still where this driver read it, and only onto a candidate.
         # An abort in the meantime cleared the alias (and a retirement may then have archived the version): this
         # older decision must not point the alias back at it.
-        with store._tx() as conn:
-            store._lock_model(conn, effect.model)
-            stored = revision_of(conn, state.model, state.candidate)
-            if stored != state.revision:
-                raise ConcurrentChangeError(f"rollout of {subject} moved to revision {stored} (this driver holds "
-                                            f"{state.revision}); the challenger alias is not moved")
+        with _at_revision(store, state, "the challenger alias is not moved") as conn:
             status = store._status(conn, effect.model, effect.version)
             if status is not VersionStatus.CANDIDATE:
                 raise ConcurrentChangeError(f"{effect.model}:v{effect.version} is {status}; the challenger alias is "
