@@ -45,7 +45,7 @@ class RetrainConfig(Frozen):
     benchmarks: list[str] = Field(default=["golden-before", "golden-drifted"], min_length=1,
                                   description="golden sets both versions answer; the gate has a rule for each")
     # Why 4500: measured on the demo task, 3000 lost 3.6 points on the old intents, 4500 2.1 (configs/retrain.yaml).
-    replay_rows: int = Field(default=4500, ge=0, description="rows of the champion's training data replayed")
+    replay_rows: int = Field(default=4500, ge=0, description="rows of the champion's replay pool replayed")
     benchmark_batch_size: int = Field(default=64, ge=1, le=1024)
     rollout_plan: str = Field(default="configs/rollout.yaml", description="the rollout plan a candidate of this "
                               "run is rolled out with: named in slm.candidate.published for the rollout deployment")
@@ -69,7 +69,7 @@ class RetrainParams(BaseModel):
     gate: str | None = Field(default=None, description="gate policy YAML (overrides the config's)")
     benchmarks: str | None = Field(default=None, description="comma-separated golden sets, e.g. "
                                    "'golden-before,golden-drifted'")
-    replay_rows: int | None = Field(default=None, ge=0, description="rows of the champion's data to replay")
+    replay_rows: int | None = Field(default=None, ge=0, description="rows of the champion's replay pool to replay")
     rollout_plan: str | None = Field(default=None, description="rollout plan YAML for the candidate (overrides "
                                      "the config's; passed on in slm.candidate.published)")
     reason: str = Field(default="manual", description="why this run: recorded in lineage and the audit log")

@@ -212,7 +212,7 @@ def _guardrail_findings(champion: EvalReport, challenger: EvalReport, policy: Ga
     ]
 
 
-def _advisory(finding: Finding) -> bool:
+def advisory(finding: Finding) -> bool:
     """A finding listed but not folded into the decision: the latency budget short of evidence (module docstring)."""
     return finding.check.endswith(": latency p95") and finding.verdict is Verdict.INCONCLUSIVE
 
@@ -242,5 +242,5 @@ def evaluate_gate(
         intervals[rule.benchmark] = ci
         findings.append(_rule_finding(rule, ci))
         findings.extend(_guardrail_findings(champ_r, chall_r, policy))
-    return GateDecision(verdict=worst(f.verdict for f in findings if not _advisory(f)), findings=findings,
+    return GateDecision(verdict=worst(f.verdict for f in findings if not advisory(f)), findings=findings,
                         intervals=intervals, policy=policy)

@@ -54,8 +54,6 @@ def _clean(text: str | None) -> str | None:
     return None if text is None else text.replace("\x00", "\ufffd")
 
 
-
-
 @dataclass(frozen=True)
 class ServedColumns:
     """Served answers of a window as parallel columns (texts are None under hash-only logging)."""

@@ -134,7 +134,6 @@ def _facts(version: ModelVersion, history: list, released: datetime | None, root
                         settled_at=max(settled) if settled else version.created_at, retiring=retiring)
 
 
-
 def _holds_now(conn: Connection, model: str, number: int) -> list[str]:
     aliases = {r.alias: r.number for r in conn.execute(
         select(t.aliases.c.alias, t.aliases.c.number).where(t.aliases.c.model == model))}

@@ -83,8 +83,6 @@ def _of_actions_about(actions: list[str], model: str):
                 or_(subject == model, subject.startswith(f"{model}:", autoescape=True)))
 
 
-
-
 class RegistryStore:
     def __init__(self, engine: Engine, clock: Callable[[], datetime] = utcnow) -> None:
         self.engine = engine

@@ -105,7 +105,7 @@ def retrain_cmd(
     config: Annotated[str, typer.Option(help="retrain config YAML")] = "configs/retrain.yaml",
     data: Annotated[str | None, typer.Option(help="labelled data drop (JSONL, Parquet, saved datasets folder)")]
     = None,
-    replay_rows: Annotated[int | None, typer.Option(help="rows of the champion's data to replay")] = None,
+    replay_rows: Annotated[int | None, typer.Option(help="rows of the champion's replay pool to replay")] = None,
     benchmarks: Annotated[str | None, typer.Option(help="comma-separated golden sets")] = None,
     reason: Annotated[str, typer.Option(help="why: recorded in lineage and audit")] = "manual",
 ) -> None:

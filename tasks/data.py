@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from prefect import task
@@ -19,6 +20,7 @@ from tasks.plan import RetrainPlan
 from training.task_data import retrain_mix
 
 REPLAY_POOL = "replay-pool"
+log = logging.getLogger(__name__)
 
 
 class DataRejected(RuntimeError):
@@ -102,6 +104,10 @@ def assemble_training_data(plan: RetrainPlan, validated: ValidationReport | None
                                                              (len(fresh) - len(kept), "on a golden set")) if n)
         left_out, fresh = (f" ({left_out} left out of the pool)" if left_out else ""), kept
         replay_rows = min(plan.config.replay_rows, len(fresh))
+        if replay_rows < plan.config.replay_rows:  # the forgetting case: say it where the lineage is read
+            log.warning("the replay pool holds %d rows, fewer than the %d to replay: %d replayed", len(fresh),
+                        plan.config.replay_rows, replay_rows)
+            left_out += f" (fewer than the {plan.config.replay_rows} asked: the pool holds {len(fresh)})"
         pairs = retrain_mix(drop, fresh, replay_rows, seed=plan.task.seed)
         whose = f"{plan.champion.ref} {source.name}"
         datasets = [registry.snapshot_dataset("labelled-drop", drop, plan.data_source),

@@ -18,6 +18,7 @@ from data_checks.readers import read_jsonl
 from evaluation.answers import AnswerKey, AnswerStore, decoding_settings
 from evaluation.benchmark import GoldenSet, StaleAnswers, run_benchmark
 from lifecycle.files import hash_tree
+from lifecycle.gate import MIN_LATENCY_BATCHES
 from lifecycle.records import EvalReport, Frozen, ModelVersion
 from lifecycle.settings import get_settings
 from lifecycle.status import RETIRED
@@ -72,10 +73,12 @@ def forget_answers(store: AnswerStore, versions: list[ModelVersion], retired: in
 
 def score_on(backend, versions: dict[str, str | None], golden: dict[str, Path], allowed: set[str],
              batch_size: int = 64, weights: dict[str, Weights] | None = None,
-             store: AnswerStore | None = None) -> dict[str, list[EvalReport]]:
+             store: AnswerStore | None = None, min_timed_batches: int = MIN_LATENCY_BATCHES,
+             ) -> dict[str, list[EvalReport]]:
     """Every version (ref -> adapter name) on every golden set, same items in the same run.
 
-    With ``store``, versions named in ``weights`` reuse their stored answers (spot-checked) and store fresh ones.
+    With ``store``, versions named in ``weights`` reuse their stored answers (spot-checked, at least
+    ``min_timed_batches`` batches: the gate's ``min_latency_batches``) and store fresh ones.
     """
     reports: dict[str, list[EvalReport]] = {ref: [] for ref in versions}
     for name, path in golden.items():
@@ -85,7 +88,8 @@ def score_on(backend, versions: dict[str, str | None], golden: dict[str, Path], 
         known = {ref: report for ref, key in keys.items()
                  if store is not None and (report := store.get(key, ref)) is not None}
         try:
-            scored = run_benchmark(backend, versions, gold, allowed, batch_size=batch_size, known=known)
+            scored = run_benchmark(backend, versions, gold, allowed, batch_size=batch_size, known=known,
+                                   min_timed_batches=min_timed_batches)
         except StaleAnswers as exc:
             log.warning("stored answers not reused, every version answers %s afresh: %s", name, exc)
             known = {}
@@ -105,7 +109,7 @@ def _key(weights: Weights, benchmark: str, benchmark_sha256: str, n_items: int, 
 
 
 def score_versions(champion: ModelVersion, challenger_adapter: Path, golden: dict[str, Path],
-                   allowed: set[str], batch_size: int = 64) -> Scores:
+                   allowed: set[str], batch_size: int = 64, min_timed_batches: int = MIN_LATENCY_BATCHES) -> Scores:
     """Load the champion from the registry (verified) and the staged challenger on one backend; score both."""
     with open_registry() as registry:
         backend = open_backend(registry, champion, threads=get_settings().torch_threads)
@@ -116,7 +120,7 @@ def score_versions(champion: ModelVersion, challenger_adapter: Path, golden: dic
         # The challenger is trained on the champion's base; its adapter is keyed by its own file hashes.
         weights = {champion.ref: champ,
                    CHALLENGER: Weights(base=champ.base, adapter=weights_digest(hash_tree(challenger_adapter)))}
-    reports = score_on(backend, versions, golden, allowed, batch_size, weights, answer_store())
+    reports = score_on(backend, versions, golden, allowed, batch_size, weights, answer_store(), min_timed_batches)
     return Scores(champion=reports[champion.ref], challenger=reports[CHALLENGER])
 
 
@@ -149,7 +153,7 @@ def publish_scores_table(scores: Scores) -> None:
 @task(name="benchmark", cache_policy=NO_CACHE)
 def benchmark(plan: RetrainPlan, adapter_dir: Path) -> Scores:
     scores = score_versions(plan.champion, adapter_dir, plan.golden, set(plan.task.labels),
-                            plan.config.benchmark_batch_size)
+                            plan.config.benchmark_batch_size, plan.gate.min_latency_batches)
     publish_scores_table(scores)
     return scores
 

@@ -1,4 +1,5 @@
-"""Register task: the challenger becomes a candidate (gate passed) or is kept as rejected, with lineage."""
+"""Register task: the challenger becomes a candidate (gate passed against the champion, which is still the champion)
+or is kept as rejected, with lineage."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from prefect.cache_policies import NO_CACHE
 from pydantic import Field
 
 from lifecycle.audit import AuditEvent
-from lifecycle.gate import GateDecision
+from lifecycle.gate import GateDecision, advisory
 from lifecycle.records import BaseModelRef, Frozen, Lineage, ModelVersion
 from lifecycle.settings import get_settings, project_root
 from lifecycle.status import VersionStatus
@@ -21,6 +22,8 @@ from tasks.events import announce
 from tasks.plan import RetrainPlan
 from training.env_info import provenance
 from training.lora import TrainResult
+
+PUBLISHED, GATE_FAILED = "slm.candidate.published", "slm.gate.failed"
 
 
 def build_lineage(plan: RetrainPlan, data: TrainingData, trained: TrainResult) -> Lineage:
@@ -42,20 +45,22 @@ class Registered(Frozen):
     """What a retrain run registered, as the run's outcome and its announcement say it."""
 
     version: ModelVersion
-    verdict: str = Field(description="pass, fail or inconclusive: pass exactly when the version is a candidate")
+    published: bool = Field(description="registered as a candidate (its status may have moved on since)")
+    verdict: str = Field(description="pass, fail or inconclusive: pass exactly when it was registered a candidate")
     reasons: list[str]
     champion: str = Field(description="the champion its gate compared it with")
 
 
-def champion_moved(registry, plan: RetrainPlan) -> str | None:
-    """Why a candidate of this run must not be published: the champion its gate compared it with is no longer the
-    champion (a rollout promoted another while it trained); None if it still is. A candidate gated against another
-    version would be rolled out against today's champion, which no offline check compared it with."""
-    now = registry.store.get_alias(plan.config.model, "champion")
-    if now is None or f"{plan.config.model}:v{now}" == plan.champion.ref:
+def champion_moved(registry, model: str, gated_against: str) -> str | None:
+    """Why a candidate must not be published: the champion its gate compared it with (``gated_against``) is no
+    longer the champion (a rollout promoted another, or an operator rolled back, while it trained); None if it still
+    is. A candidate gated against another version would be rolled out against today's champion, which no offline
+    check compared it with."""
+    now = registry.store.get_alias(model, "champion")
+    if now is None or f"{model}:v{now}" == gated_against:
         return None
-    return (f"[fail] champion moved: the gate compared this version with {plan.champion.ref}, and the champion is "
-            f"{plan.config.model}:v{now} now (promoted during this run): retrain against it")
+    return (f"[fail] champion replaced: the gate compared this version with {gated_against}, and the champion is "
+            f"{model}:v{now} now: retrain against it, or roll this one out by hand")
 
 
 @task(name="register", cache_policy=NO_CACHE)
@@ -63,24 +68,29 @@ def register(plan: RetrainPlan, data: TrainingData, trained: TrainResult, scores
              decision: GateDecision) -> Registered:
     with open_registry() as registry:
         # A retry of this flow run (the UI's Retry keeps its id) after the version was registered: that version,
-        # never a second one; and its event, if the attempt before died before announcing it.
+        # never a second one (registered_already finds it first; this is the same check where the run came here).
         done = _registered_before(registry, plan)
         if done is None:
+            gated = plan.champion.ref
             passed, verdict, reasons = decision.passed, str(decision.verdict), decision.reasons()
-            if passed and (moved := champion_moved(registry, plan)):
+            moved = champion_moved(registry, plan.config.model, gated) if passed else None
+            if moved:
                 passed, verdict, reasons = False, str(Verdict.FAIL), [*reasons, moved]
-            reason = (f"passed the offline gate against {plan.champion.ref}" if passed else
-                      "rejected by the offline gate: " + "; ".join(
-                          [f"{f.check} ({f.verdict})" for f in decision.findings if f.verdict != decision.verdict.PASS]
-                          + (["champion moved"] if decision.passed else [])))
+                reason = f"passed the offline gate against {gated}, but the champion was replaced since: not published"
+            elif passed:
+                reason = f"passed the offline gate against {gated}"
+            else:
+                reason = "rejected by the offline gate: " + "; ".join(
+                    f"{f.check} ({f.verdict})" for f in decision.findings
+                    if f.verdict != decision.verdict.PASS and not advisory(f))
             version = registry.register(
                 plan.config.model, staged=trained.adapter_dir,
                 status=VersionStatus.CANDIDATE if passed else VersionStatus.REJECTED, reason=reason,
                 actor=plan.config.actor, lineage=build_lineage(plan, data, trained), evals=scores.challenger,
-                task=plan.task.name, audit_payload={"gate": verdict, "champion": plan.champion.ref,
-                                                    "run": plan.run_dir.name, "reasons": reasons})
-            done = Registered(version=version, verdict=verdict, reasons=reasons, champion=plan.champion.ref)
-        _announce(registry, plan, done)
+                task=plan.task.name, audit_payload={"gate": verdict, "champion": gated, "run": plan.run_dir.name,
+                                                    "reasons": reasons})
+            done = Registered(version=version, published=passed, verdict=verdict, reasons=reasons, champion=gated)
+        done = _announce(registry, plan, done)
     shutil.rmtree(trained.adapter_dir, ignore_errors=True)  # the registry holds its copy now
     return done
 
@@ -93,29 +103,32 @@ def registered_already(plan: RetrainPlan) -> Registered | None:
     ``slm.data.rejected`` for a published version), and a second gate could come out otherwise."""
     with open_registry() as registry:
         done = _registered_before(registry, plan)
-        if done is not None:
-            _announce(registry, plan, done)
-    return done
+        return None if done is None else _announce(registry, plan, done)
 
 
 def _registered_before(registry, plan: RetrainPlan) -> Registered | None:
     earlier = registered_by_run(registry, plan.config.model, plan.run_dir.name)
     if earlier is None:
         return None
-    version = registry.get(earlier.subject)
     passed = earlier.payload["status"] == VersionStatus.CANDIDATE.value
     verdict = str(earlier.payload.get("gate") or (Verdict.PASS if passed else Verdict.FAIL))
     reasons = earlier.payload.get("reasons") or [str(earlier.payload.get("reason", ""))]
-    return Registered(version=version, verdict=verdict, reasons=list(reasons),
+    return Registered(version=registry.get(earlier.subject), published=passed, verdict=verdict, reasons=list(reasons),
                       champion=str(earlier.payload.get("champion") or plan.champion.ref))
 
 
-def _announce(registry, plan: RetrainPlan, done: Registered) -> None:
-    """Its event (``slm.candidate.published`` or ``slm.gate.failed``), unless it was announced already."""
+def _announce(registry, plan: RetrainPlan, done: Registered) -> Registered:
+    """Its event as registered (``slm.candidate.published`` or ``slm.gate.failed``), unless either was announced
+    already (a retry long after: the version may be promoted or rolled back by now). A candidate whose gated
+    champion was replaced before it was announced (its first attempt died before announcing) is not published:
+    the reasons returned say so."""
     version = done.version
-    event = "slm.candidate.published" if version.status is VersionStatus.CANDIDATE else "slm.gate.failed"
-    if registry.store.has_event(event, version.ref):
-        return
+    if any(registry.store.has_event(e, version.ref) for e in (PUBLISHED, GATE_FAILED)):
+        return done
+    if done.published and (moved := champion_moved(registry, version.model, done.champion)):
+        return done.model_copy(update={"reasons": [*done.reasons, f"{moved}; {version.ref} was not announced"]})
     payload = {"model": version.model, "version": version.ref, "champion": done.champion, "verdict": done.verdict,
                "reasons": done.reasons, "rollout_plan": plan.config.rollout_plan, "run": plan.run_dir.name}
-    announce(registry, event, version.model, payload, actor=plan.config.actor, subject=version.ref)
+    announce(registry, PUBLISHED if done.published else GATE_FAILED, version.model, payload,
+             actor=plan.config.actor, subject=version.ref)
+    return done

@@ -97,7 +97,8 @@ def test_a_candidate_gated_against_a_champion_that_moved_meanwhile_is_registered
                                "run_dir": plan.run_dir.with_name("run-8")})
     done = register.fn(stale, None, trained, SimpleNamespace(challenger=[]), gate(Verdict.PASS))
     assert done.version.number == 2 and done.version.status.value == "rejected" and done.verdict == "fail"
-    assert any("champion moved" in r and "router:v9" in r and "router:v1 now" in r for r in done.reasons)
+    assert any("champion replaced" in r and "router:v9" in r and "router:v1 now" in r for r in done.reasons)
+    assert done.version.reason.endswith("but the champion was replaced since: not published")
     assert emitted == ["slm.candidate.published", "slm.gate.failed"]
     # The champion it was gated against still the champion: a candidate, as before.
     trained.adapter_dir.mkdir(parents=True)
@@ -120,3 +121,53 @@ def test_a_retry_of_a_run_that_registered_starts_nothing_again(world):
     assert again.version.ref == first.version.ref == "router:v1"
     assert (again.verdict, again.reasons, again.champion) == ("pass", ["[pass] first"], "router:v1")
     assert emitted == ["slm.candidate.published"]
+
+
+def test_a_retry_long_after_announces_nothing_new_whatever_the_status_now(world):
+    """The version was announced as a candidate, then promoted; a Retry of its run must not announce it again, nor
+    as a failed gate because it is no longer a candidate."""
+    from tasks.register import registered_already
+
+    reg, plan, trained, emitted = world
+    from tasks.register import register
+
+    register.fn(plan, None, trained, SimpleNamespace(challenger=[]), gate(Verdict.PASS))
+    reg.store.promote("router", 1, actor="test", reason="rolled out", expected_champion=None)
+    again = registered_already.fn(plan)
+    assert again.published and again.verdict == "pass" and again.version.status.value == "promoted"
+    assert emitted == ["slm.candidate.published"]
+    assert not reg.store.has_event("slm.gate.failed", "router:v1")
+
+
+def test_a_retry_does_not_publish_a_candidate_whose_champion_was_replaced_before_its_announcement(world, monkeypatch):
+    """Its first attempt registered it against v1 and died before announcing; meanwhile v3 became the champion.
+    Announcing it now would roll it out against a champion no gate compared it with."""
+    import tasks.register
+    from tasks.register import register, registered_already
+
+    reg, plan, trained, emitted = world
+
+    def again_for(run: str) -> SimpleNamespace:
+        trained.adapter_dir.mkdir(parents=True, exist_ok=True)
+        (trained.adapter_dir / "adapter_config.json").write_text('{"r": 4}')
+        return SimpleNamespace(**{**vars(plan), "run_dir": plan.run_dir.with_name(run)})
+
+    register.fn(again_for("run-0"), None, trained, SimpleNamespace(challenger=[]), gate(Verdict.PASS))  # v1
+    reg.store.move_alias("router", "champion", 1, actor="test", reason="v1 is the champion")
+    real = tasks.register.announce
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt("killed between registering and announcing")
+
+    monkeypatch.setattr(tasks.register, "announce", killed)
+    with pytest.raises(KeyboardInterrupt):  # v2, gated against v1
+        register.fn(again_for("run-7"), None, trained, SimpleNamespace(challenger=[]), gate(Verdict.PASS))
+    monkeypatch.setattr(tasks.register, "announce", real)
+    third = SimpleNamespace(**{**vars(again_for("run-1")), "champion": SimpleNamespace(ref="router:v1")})
+    register.fn(third, None, trained, SimpleNamespace(challenger=[]), gate(Verdict.PASS))  # v3
+    reg.store.move_alias("router", "champion", 3, actor="test", reason="v3 rolled out")
+    emitted.clear()
+    again = registered_already.fn(again_for("run-7"))
+    assert again.version.number == 2 and again.published and again.champion == "router:v1"
+    assert any("router:v3 now" in r and "router:v2 was not announced" in r for r in again.reasons)
+    assert emitted == [] and not reg.store.has_event("slm.candidate.published", "router:v2")
