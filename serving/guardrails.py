@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -36,7 +37,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from lifecycle.pii import PiiKind, find_pii, redact
+from lifecycle.pii import PiiKind, PiiMatch, find_pii, redact
 from lifecycle.records import Frozen
 
 
@@ -125,6 +126,19 @@ class Guardrails:
                 return GuardrailResult(text=policy.refusal_message, flags=flags, refused=True,
                                        reason="; ".join(reasons))
         return GuardrailResult(text=out, flags=flags, refused=False, reason="; ".join(reasons) or None)
+
+    def clip(self, full: str, clipped: str) -> str:
+        """What a client whose ``max_tokens`` cut the answer is sent: ``clipped`` (the first tokens of ``full``,
+        decoded) with every span :meth:`check` redacts in ``full`` redacted in it too, a span the cut goes through
+        included (the first 12 digits of a card number are no less a card's). Only under ``pii_action: redact``; a
+        refused answer is sent whole (the refusal), a flagged one as it is."""
+        if self.policy.pii_action != "redact":
+            return clipped
+        cut = len(os.path.commonprefix([full, clipped]))  # the tail may differ: a multi-byte character cut in two
+        spans = [PiiMatch(kind=m.kind, start=m.start, end=min(m.end, cut), text=full[m.start:min(m.end, cut)])
+                 for m in find_pii(full, self.policy.pii_kinds) if m.start < cut]
+        tail = clipped[cut:]
+        return redact(full[:cut], spans) + redact(tail, find_pii(tail, self.policy.pii_kinds))
 
     def _blocked_labels(self, text: str) -> dict[str, float]:
         """Blocked labels scoring at or above the threshold, in the policy's order, with their scores."""

@@ -131,7 +131,8 @@ class GatewayState:
         outcome = "ok" if gen.completion in self.allowed else "model_error"
         elapsed = time.perf_counter() - start
         self._count(labels, outcome, elapsed, gen, checked.flags)
-        clipped = None if checked.refused or gen.clipped is None else gen.clipped  # a refusal is sent whole
+        # A refusal is sent whole; a cut answer with what the guardrails redact in the whole one redacted.
+        clipped = None if checked.refused or gen.clipped is None else self.guardrails.clip(gen.completion, gen.clipped)
         return Answer(200, text=checked.text, outcome=outcome, latency_ms=elapsed * 1000,
                       prompt_tokens=gen.prompt_tokens, completion_tokens=gen.completion_tokens, flags=checked.flags,
                       finish_reason="content_filter" if checked.refused else gen.finish_reason,

@@ -166,3 +166,44 @@ def test_the_classifier_runs_on_its_own_thread_for_the_event_loop_and_patterns_i
     assert where[0].startswith("slm-guardrails")  # not the loop's thread, nor its shared pool
     plain = Guardrails(GuardrailPolicy())
     assert not plain.blocking and asyncio.run(plain.check_async(text)) == plain.check(text)
+
+
+@pytest.mark.parametrize(("clipped", "sent"), [
+    ("write to jo@bank.com or card 4111 1111 1111", "write to [REDACTED:email] or card [REDACTED:card_number]"),
+    ("write to jo@ba", "write to [REDACTED:email]"),  # the cut goes through the address: still an address
+    ("write to", "write to"),
+    ("write to jo@bank.com or card 4111 1111 1111 1111 thanks\ufffd",  # a character cut in two at the end
+     "write to [REDACTED:email] or card [REDACTED:card_number] thanks\ufffd"),
+])
+def test_an_answer_cut_by_max_tokens_is_sent_with_what_the_whole_answer_redacts(clipped, sent):
+    """The client's max_tokens cut the answer after the guardrails checked the whole one: the cut text is what the
+    client gets, so it must be redacted like the whole (it was sent raw: the card's first 12 digits too)."""
+    full = "write to jo@bank.com or card 4111 1111 1111 1111 thanks"
+    guard = Guardrails(GuardrailPolicy(pii_action="redact"))
+    assert guard.check(full).text == "write to [REDACTED:email] or card [REDACTED:card_number] thanks"
+    assert guard.clip(full, clipped) == sent
+    assert Guardrails(GuardrailPolicy(pii_action="flag")).clip(full, clipped) == clipped  # flagged: as it is
+
+
+def test_the_gateway_sends_a_cut_answer_redacted_and_logs_the_whole_one_redacted():
+    """The wiring: GatewayState.generate with a backend whose answer holds personal data and is cut by max_tokens."""
+    import asyncio
+
+    from lifecycle.routing import assignment
+    from serving.backend import Generation
+    from serving.config import ServeConfig
+    from serving.state import GatewayState
+
+    full = "write to jo@bank.com or card 4111 1111 1111 1111 thanks"
+    gen = Generation(text=full, completion=full, prompt_tokens=5, completion_tokens=20, latency_ms=1, adapter=None,
+                     clipped="write to jo@bank.com or card 4111 1111 1111")
+    state = GatewayState(config=ServeConfig(), registry=None, live=None, batcher=None, writer=None, predictions=None,
+                         guardrails=Guardrails(GuardrailPolicy()), breakers=None, allowed=frozenset({"x"}))
+
+    async def backend(*args, **kwargs):
+        return gen
+
+    state._call_backend = backend
+    answer = asyncio.run(state.generate(assignment(1, "champion", 1, None), "prompt", "req-1", 12))
+    assert answer.text == "write to [REDACTED:email] or card [REDACTED:card_number] thanks"  # logged
+    assert answer.clipped == "write to [REDACTED:email] or card [REDACTED:card_number]"  # sent
