@@ -17,7 +17,9 @@ class ServeConfig(Frozen):
     model: str = Field(default="intent-router", description="the model this gateway serves")
     task: Path = Field(default=Path("configs/task.yaml"), description="task: its labels are the allowed outputs")
     max_prompt_chars: int = Field(default=2000, ge=1, description="longer prompts are refused with 400")
-    max_tokens_limit: int = Field(default=64, ge=1, description="largest max_tokens a client may ask for")
+    max_tokens_limit: int = Field(default=4096, ge=1, description="largest max_tokens a client may ask for (answers "
+                                  "are the prompt format's budget whatever it asks: clients' defaults, such as "
+                                  "LangChain's 256, must pass)")
     max_body_bytes: int = Field(default=65_536, ge=1024, description="larger request bodies get 413")
     max_batch: int = Field(default=32, ge=1, description="requests generated together")
     max_wait_ms: float = Field(default=0.0, ge=0, description="extra wait for company before a batch runs")

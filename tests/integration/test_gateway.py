@@ -77,6 +77,9 @@ def test_what_openai_clients_ask_beyond_the_basics(gateway):
     at_budget = api.chat.completions.create(model="intent-router", messages=[{"role": "user", "content": "hi"}],
                                             max_completion_tokens=16, max_tokens=8)  # the newer field wins
     assert at_budget.usage.completion_tokens <= 16
+    # LangChain's OpenAI LLM sends max_tokens=256 by default: above the answer's budget, so it changes nothing.
+    roomy = api.completions.create(model="intent-router", prompt="I lost my card", max_tokens=256).choices[0]
+    assert roomy.text == api.completions.create(model="intent-router", prompt="I lost my card").choices[0].text
     full = api.completions.create(model="intent-router:v1", prompt="I lost my card")
     raw = api.completions.with_raw_response.create(model="intent-router:v1", prompt="I lost my card", max_tokens=1)
     clipped = raw.parse()
