@@ -135,6 +135,14 @@ def _stacked_forward(weights, bias, groups: int):
     return lambda x: torch.baddbmm(bias, x.reshape(groups, -1, x.shape[-1]), weights).view(*x.shape[:-1], out)
 
 
+def add_delta(weight, a, b, scaling: float) -> None:
+    """``weight += (B @ A) * scaling`` in place, bit for bit as peft's merge (``merge_and_unload``, merged mode: the
+    baseline) does it: the delta in the factors' dtype (fp32), rounded once into the weight's. Cast to a bf16
+    weight's dtype first, it was rounded twice, and a bf16 base's fused home answered otherwise than its merged
+    copy on near ties."""
+    weight += (b @ a) * scaling
+
+
 class FusedLora:
     """Fused mode's state (module docstring): the home version merged into the base, the others as deltas.
 
@@ -209,8 +217,7 @@ class FusedLora:
                 linear = self.linears[m]
                 if m == self._tied:  # untie: the home's head delta must not leak into the input embedding
                     linear.weight = torch.nn.Parameter(linear.weight.detach().clone(), requires_grad=False)
-                # (B @ A) * s added in place: bit for bit what peft's merge does (merged mode, the baseline).
-                linear.weight.data += ((b @ a) * scaling).to(linear.weight.dtype)
+                add_delta(linear.weight.data, a, b, scaling)
         self.home = name
         self._forget_plans()
 

@@ -548,3 +548,24 @@ def test_decode_stacked_rows_that_do_not_stop_end_at_the_token_budget(tiny_base_
     got, want = auto.generate(prompts[:4], names), reference.generate(prompts[:4], names)
     assert [g.completion_tokens for g in got] == [3] * 4
     assert [g.text for g in got] == [g.text for g in want]
+
+
+def test_the_home_delta_is_added_as_peft_merges_it_on_a_bf16_base_too():
+    """peft's merge adds the fp32 delta into the bf16 weight, rounding once; the fused home must equal the merged
+    copy bit for bit (rounded to bf16 first, then added, 1-2 % of the elements differed)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from serving.fused_lora import add_delta
+
+    torch.manual_seed(0)
+    base = torch.nn.Sequential(torch.nn.Linear(256, 256, bias=False)).to(torch.bfloat16)
+    original = base[0].weight.detach().clone()
+    model = get_peft_model(base, LoraConfig(r=8, lora_alpha=16, target_modules=["0"], init_lora_weights=False))
+    layer = model.base_model.model[0]
+    a, b = layer.lora_A["default"].weight.detach(), layer.lora_B["default"].weight.detach()
+    assert a.dtype == torch.float32  # peft keeps the adapter in fp32 on a bf16 base
+    ours = original.clone()
+    add_delta(ours, a, b, layer.scaling["default"])
+    merged = model.merge_and_unload()[0].weight.detach()
+    assert torch.equal(ours, merged)
