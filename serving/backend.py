@@ -134,7 +134,21 @@ def merged_model(base_dir: Path, adapter_dir: Path, device="cpu") -> object:
         base.config.tie_word_embeddings = False  # saved copies stay untied too
     with quiet_peft():
         wrapped = PeftModel.from_pretrained(base, adapter_dir, torch_device=str(device))
-    return wrapped.merge_and_unload().to(device)
+    return neutral_generation(wrapped.merge_and_unload().to(device))
+
+
+def neutral_generation(model):
+    """``model`` with transformers' default generation settings instead of its folder's generation_config.json,
+    whose logits processors (a Hub instruct model's repetition_penalty, no_repeat_ngram_size, suppress_tokens, ...)
+    model.generate would apply but the stacked decode (a plain argmax) and training would not: the same row would
+    answer otherwise by the path its batch took. Serving is greedy and nothing else; every call passes its own
+    budget, stops and padding. The special tokens stay (a row still ends at the model's end-of-sequence token)."""
+    from transformers import GenerationConfig
+
+    shipped = model.generation_config
+    model.generation_config = GenerationConfig(**{k: getattr(shipped, k, None) for k in (
+        "bos_token_id", "eos_token_id", "pad_token_id")})
+    return model
 
 
 def _by_version(adapters: Sequence[str | None], rows: Iterable[int]) -> dict[str | None, list[int]]:
@@ -206,7 +220,7 @@ class InProcessBackend:
                                                        padding_side="left", truncation_side="left")
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        self._model = AutoModelForCausalLM.from_pretrained(base_dir, local_files_only=True)
+        self._model = neutral_generation(AutoModelForCausalLM.from_pretrained(base_dir, local_files_only=True))
         self._model.to(self.device).eval()
         self._peft = None
         self._adapters: dict[str, Path] = {}

@@ -155,3 +155,21 @@ def test_errors_say_what_is_wrong(backend, tiny_base_model, adapters, tmp_path):
         backend.unload_adapter("nope")
     assert backend.generate([], []) == []
     assert backend.loaded() == ["drift", "mixed"]
+
+
+def test_a_base_folders_generation_config_does_not_change_the_answers(tiny_base_model, tiny_before_pairs, tmp_path):
+    """A Hub instruct model ships a generation_config.json (Qwen2.5's repetition_penalty 1.05): model.generate would
+    apply it, the stacked decode and training do not. Serving is greedy and nothing else on every path."""
+    import json
+    import shutil
+
+    folder = shutil.copytree(tiny_base_model[0], tmp_path / "base")
+    config = json.loads((folder / "generation_config.json").read_text()) if (
+        folder / "generation_config.json").is_file() else {}
+    (folder / "generation_config.json").write_text(json.dumps({**config, "repetition_penalty": 50.0,
+                                                               "no_repeat_ngram_size": 1}))
+    prompts = [p.prompt for p in tiny_before_pairs[:16]]
+    plain = InProcessBackend(tiny_base_model[0], INTENT_V1, threads=1, device="cpu", adapter_mode="unmerged")
+    shipped = InProcessBackend(folder, INTENT_V1, threads=1, device="cpu", adapter_mode="unmerged")
+    expected = [g.text for g in plain.generate(prompts, [None] * len(prompts), max_batch=16)]
+    assert [g.text for g in shipped.generate(prompts, [None] * len(prompts), max_batch=16)] == expected
