@@ -34,6 +34,16 @@ def _bearer(authorization: str | None) -> bytes:
     return token.strip().encode("utf-8", "surrogateescape") if scheme.lower() == "bearer" else b""
 
 
+class Overloaded(Exception):
+    """A request still queued when its time ran out: the gateway is over capacity (503 with Retry-After). Not a
+    backend failure: the circuit breakers do not count it."""
+
+    def __init__(self, waited_s: float) -> None:
+        super().__init__(f"overloaded: the request waited {waited_s:g} s in the gateway's queue without being "
+                         "started; retry later")
+        self.retry_after_s = max(1.0, waited_s / 2)
+
+
 @dataclass(frozen=True)
 class Answer:
     status: int
@@ -115,6 +125,8 @@ class GatewayState:
         except CircuitOpen as exc:
             return self._infra_failure(labels, 503, f"backend unavailable (circuit open): failing fast; retry in "
                                                     f"{exc.retry_after_s:.0f} s", retry_after_s=exc.retry_after_s)
+        except Overloaded as exc:
+            return self._infra_failure(labels, 503, str(exc), retry_after_s=exc.retry_after_s)
         except TimeoutError:
             return self._infra_failure(labels, 504, f"backend did not answer in {self.config.request_timeout_s} s")
         except BackendError as exc:
@@ -167,8 +179,16 @@ class GatewayState:
                         if time.perf_counter() - started > self.config.request_timeout_s:
                             raise TimeoutError
                         return gen
-                    return await asyncio.wait_for(asyncio.wrap_future(future), self.config.request_timeout_s)
-                except TimeoutError:
+                    try:
+                        return await asyncio.wait_for(asyncio.wrap_future(future), self.config.request_timeout_s)
+                    except TimeoutError:
+                        # Cancelled with the wait while it was still queued: the gateway's queue is longer than the
+                        # timeout, not the backend broken. Counted against the version's circuit, a burst of load
+                        # opened the champion's breaker and took the replica out of the load balancer.
+                        if future.cancelled():
+                            raise Overloaded(self.config.request_timeout_s) from None
+                        raise
+                except (TimeoutError, Overloaded):
                     raise
                 except Exception as exc:
                     raise BackendError(f"backend failure: {type(exc).__name__}: {exc}") from exc
