@@ -165,6 +165,15 @@ def find_pii(text: str, kinds: Iterable[PiiKind] | None = None) -> list[PiiMatch
     return sorted(taken, key=lambda m: m.start)
 
 
+def redact_pii(text: str) -> str:
+    """``text`` with every span :func:`find_pii` finds redacted.
+
+    >>> redact_pii("card 4111 1111 1111 1111 lost")
+    'card [REDACTED:card_number] lost'
+    """
+    return redact(text, find_pii(text))
+
+
 def redact(text: str, matches: Sequence[PiiMatch]) -> str:
     """``text`` with each matched span replaced by ``[REDACTED:<kind>]``.
 

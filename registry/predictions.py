@@ -16,7 +16,7 @@ import logging
 import threading
 import time
 from collections import defaultdict, deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
@@ -326,13 +326,15 @@ class PredictionWriter:
 
     def __init__(self, store: PredictionSink, *, max_batch: int = 256, flush_interval_s: float = 0.2,
                  max_queue: int = 100_000, put_timeout_s: float = 0.1, retry_backoff_s: float = 0.05,
-                 max_backoff_s: float = 5.0, max_retries: int = 5, store_text: bool = True) -> None:
+                 max_backoff_s: float = 5.0, max_retries: int = 5, store_text: bool = True,
+                 redact_prompt: Callable[[str], str] | None = None) -> None:
         if min(max_batch, max_queue, max_retries) < 1 or min(flush_interval_s, put_timeout_s) < 0:
             raise ValueError("max_batch, max_queue and max_retries must be >= 1; timeouts >= 0")
         self._store = store
         self._max_batch, self._interval, self._max_queue = max_batch, flush_interval_s, max_queue
         self._put_timeout, self._backoff, self._max_backoff = put_timeout_s, retry_backoff_s, max_backoff_s
         self._max_retries, self.store_text = max_retries, store_text
+        self._redact_prompt = redact_prompt  # a stored prompt's text as logged (its sha256 stays the received text's)
         self._cond = threading.Condition()
         self._queue: deque[Prediction] = deque()
         self._inflight = 0  # rows of the batch being stored
@@ -454,17 +456,19 @@ class PredictionWriter:
         rows = []
         for row in batch:
             if isinstance(row, Prediction):
-                rows.append(row)
-                continue
-            try:
-                prediction = Prediction.model_validate(row)
-            except ValueError as exc:
-                self.invalid += 1
-                log.error("prediction of request %r not logged: its fields do not validate: %s",
-                          row.get("request_id"), exc)
-                continue
+                prediction = row
+            else:
+                try:
+                    prediction = Prediction.model_validate(row)
+                except ValueError as exc:
+                    self.invalid += 1
+                    log.error("prediction of request %r not logged: its fields do not validate: %s",
+                              row.get("request_id"), exc)
+                    continue
             if not self.store_text:  # the hashes are computed from the texts, then the texts go
                 prediction = prediction.model_copy(update={"prompt": None, "completion": None})
+            elif self._redact_prompt is not None and prediction.prompt:
+                prediction = prediction.model_copy(update={"prompt": self._redact_prompt(prediction.prompt)})
             rows.append(prediction)
         return rows
 

@@ -8,6 +8,7 @@ from pathlib import Path
 from fastapi import FastAPI
 
 from lifecycle.config import load_yaml_config
+from lifecycle.pii import redact_pii
 from lifecycle.prompting import format_by_identity
 from lifecycle.records import ModelVersion
 from lifecycle.settings import project_root
@@ -50,7 +51,9 @@ def build_state(config: ServeConfig, registry: Registry | None = None) -> Gatewa
                              rejoin_gap_s=config.rejoin_gap_ms / 1000),
         # put_timeout_s=0: called on the event loop, a full queue (the database down for minutes) must drop and
         # count the row at once, never stall every request (and the health probes) for the writer's wait.
-        writer=PredictionWriter(store, store_text=config.store_text, put_timeout_s=0), predictions=store,
+        writer=PredictionWriter(store, store_text=config.store_text, put_timeout_s=0,
+                                redact_prompt=redact_pii if config.log_prompt_pii == "redact" else None),
+        predictions=store,
         guardrails=Guardrails(config.guardrails),
         breakers=CircuitBreakers("upstream" if config.upstream else "in-process",
                                  failure_threshold=config.breaker_failures, reset_after_s=config.breaker_reset_s),

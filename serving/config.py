@@ -4,6 +4,7 @@ environment at startup, never from this file."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 
@@ -41,6 +42,9 @@ class ServeConfig(Frozen):
                                   description="consecutive infra failures of one version that open its circuit")
     breaker_reset_s: float = Field(default=10.0, gt=0, description="open circuit waits this long, then probes")
     store_text: bool = Field(default=True, description="False: the prediction log keeps hashes, not text")
+    log_prompt_pii: Literal["redact", "keep"] = Field(
+        default="redact", description="personal data in a prompt (lifecycle.pii) is redacted in the prediction "
+        "log's copy (its sha256 is still the received text's); keep: logged as received")
     torch_threads: int = Field(default=1, ge=1)
     price_per_hour: float = Field(default=0.0, ge=0, description="what this machine costs an hour (any currency): "
                                   "turns each version's compute share into cost per 1,000 requests")

@@ -1,6 +1,9 @@
-"""Guardrails: filters the gateway applies to model outputs (and, with a policy of their own, to inputs).
+"""Guardrails: filters the gateway applies to model outputs.
 
 Two checks, in this order:
+
+Inputs are not checked: a prompt is answered whatever it holds, and the prediction log stores it with its personal
+data redacted (``log_prompt_pii`` in the serve config).
 
 1. **Personal data** (:func:`lifecycle.pii.find_pii`: e-mail, phone, payment card with Luhn, US SSN,
    UK NI number, IBAN with mod-97). ``pii_action`` says what happens: ``redact`` replaces each span by

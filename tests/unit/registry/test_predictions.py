@@ -155,6 +155,31 @@ def test_hash_only_writer_drops_the_text(row):
     assert (p.prompt, p.completion, p.prompt_sha256) == (None, None, sha256_text("prompt 1"))
 
 
+@pytest.mark.parametrize("kind", ["prediction", "mapping"])
+def test_a_prompts_personal_data_is_redacted_in_the_log_and_hashed_as_received(kind):
+    """The gateway's default (log_prompt_pii: redact): a customer's card number or e-mail in a prompt is not kept
+    in the prediction log; its sha256 is the received text's, so equal prompts still match."""
+    from lifecycle.pii import redact_pii
+
+    received = "my card 4111 1111 1111 1111 never came, mail jo@bank.com"
+    row = pred(1).model_copy(update={"prompt": received, "prompt_sha256": sha256_text(received)})
+    seen = ListSink()
+    with PredictionWriter(seen, redact_prompt=redact_pii) as writer:
+        writer.write(row if kind == "prediction" else row.model_dump(exclude={"prompt_sha256", "completion_sha256"}))
+    (p,) = seen
+    assert p.prompt == "my card [REDACTED:card_number] never came, mail [REDACTED:email]"
+    assert p.prompt_sha256 == sha256_text(received) and p.completion == "answer 1"
+
+
+def test_the_gateway_redacts_logged_prompts_unless_told_to_keep_them():
+    from serving.config import ServeConfig
+
+    assert ServeConfig().log_prompt_pii == "redact"
+    assert ServeConfig(log_prompt_pii="keep").log_prompt_pii == "keep"
+    with pytest.raises(ValueError):
+        ServeConfig(log_prompt_pii="hash")
+
+
 def test_the_writer_validates_mappings_in_its_thread_and_drops_only_the_invalid_one(log, caplog):
     with PredictionWriter(log, flush_interval_s=60) as writer:
         writer.write(fields(1))
