@@ -45,13 +45,16 @@ from typing import Literal
 from lifecycle.records import Frozen
 
 # --- Regex strings shared with the Great Expectations training-data rules (regex only, no checksum) ---
-EMAIL = r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}"
+# Letters of any script in the local part and the domain (jürgen@bücher.de is an address too).
+EMAIL = r"[\w.%+-]+@[\w-]+(?:\.[\w-]+)*\.[^\W\d_]{2,}"
 # 13-19 digits, single spaces or dashes allowed between them (4-4-4-4, 4-6-5, or one run).
 CARD_NUMBER = r"(?<!\d)\d(?:[ -]?\d){12,18}(?!\d)"
 # 9-15 digits with an optional +country code; spaces, dots, dashes and parentheses between digit groups
 # ("+44 20 7946 0958", "(555) 123-4567"). Short figures such as "£200,000" or "20.00" never reach 9.
-# The look-arounds keep it off slices of a longer digit run, so a spaced card number is not also a phone.
-PHONE = r"(?<![\w+])(?<!\d[ .-])(?:\+|\()?\d(?:(?:[ .-]|\) ?|[ .-]?\()?\d){8,14}(?![ .-]?\d)"
+# The look-arounds keep it off slices of a longer digit run, so a spaced card number is not also a phone, and
+# off what is shaped as something else: an ISO date (and time: "2024-03-12 10:30"), a dotted IPv4 address.
+PHONE = (r"(?<![\w+])(?<!\d[ .-])(?!\d{4}-\d{2}-\d{2}(?!\d))(?!\d{1,3}(?:\.\d{1,3}){3}(?![.\d]))"
+         r"(?:\+|\()?\d(?:(?:[ .-]|\) ?|[ .-]?\()?\d){8,14}(?![ .-]?\d)")
 
 # --- Government ids and bank accounts, used by find_pii only ---
 # One separator, used twice (the backreference), so "123-45 6789" is not read as an SSN.

@@ -27,6 +27,9 @@ FOUND = [
     ("to DE89 3704 0044 0532 0130 00 CASH", [("iban", "DE89 3704 0044 0532 0130 00")]),
     ("IBAN NO9386011117947.", [("iban", "NO9386011117947")]),
     ("FR14 2004 1010 0505 0001 3M02 606 TODAY", [("iban", "FR14 2004 1010 0505 0001 3M02 606")]),
+    ("schreib an jürgen@bücher.de", [("email", "jürgen@bücher.de")]),
+    ("ü@ex.com", [("email", "ü@ex.com")]),
+    ("call 0044 20 7946 0958 after 2024-03-12 10:30", [("phone", "0044 20 7946 0958")]),
     ("a@b.io and 4111111111111111 and 078-05-1120",
      [("email", "a@b.io"), ("card_number", "4111111111111111"), ("ssn", "078-05-1120")]),
 ]
@@ -43,6 +46,9 @@ NOT_FOUND = [
     "tracking 1234567890123456",  # idem
     "I need to pay my ABCD1234 bill",
     "user@localhost has no domain",
+    "paid 2024-03-12 10:30, again 2024-03-13 09:15:02",  # an ISO date and time is not a phone number
+    "the app at 192.168.100.200 timed out",  # nor a dotted IPv4 address
+    "user@host.123 has no top-level name",
 ]
 
 # Not of this kind, though shaped like it (as nine or more digits some are still phone numbers).
