@@ -98,6 +98,16 @@ class TrainResult(Frozen):
     hyperparameters: dict[str, object]
 
 
+def _stable_config(path: Path) -> None:
+    """peft writes ``target_modules`` from a set, in an order that follows the process's string hashing
+    (PYTHONHASHSEED): the same training gave adapter folders of other hashes from one process to the next. Sorted,
+    the folder is a function of the training alone."""
+    config = json.loads(path.read_text())
+    if isinstance(config.get("target_modules"), list):
+        config["target_modules"] = sorted(config["target_modules"])
+        path.write_text(json.dumps(config, indent=2, sort_keys=True))
+
+
 def train_lora(base_dir: Path, pairs: list[Pair], recipe: LoraRecipe, out_dir: Path, *,
                init_adapter: Path | None = None, eval_pairs: list[Pair] | None = None, threads: int = 1,
                progress: Progress | None = None, device: str | None = None) -> TrainResult:
@@ -127,6 +137,7 @@ def train_lora(base_dir: Path, pairs: list[Pair], recipe: LoraRecipe, out_dir: P
         with atomic_dir(out_dir) as tmp:
             # The head's base weights are frozen and shared: the adapter keeps its LoRA matrices only.
             model.save_pretrained(tmp, save_embedding_layers=False)
+            _stable_config(tmp / "adapter_config.json")
     files = hash_tree(out_dir)
     return TrainResult(
         adapter_dir=out_dir, files=files, weights_sha256=weights_digest(files), steps=outcome.steps,

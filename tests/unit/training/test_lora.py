@@ -42,6 +42,7 @@ def test_lora_learns_the_new_intents_and_saves_an_adapter(trained, recipe):
 
 def test_output_head_is_adapted_unless_switched_off(trained, tiny_base_model, tiny_drifted_pairs, recipe, tmp_path):
     targets = json.loads((trained.adapter_dir / "adapter_config.json").read_text())["target_modules"]
+    assert targets == sorted(targets)  # as the project writes it (test_the_adapter_folder_does_not_depend_...)
     assert "lm_head" in targets and "q_proj" in targets and "down_proj" in targets
     plain = train_lora(tiny_base_model[0], tiny_drifted_pairs, recipe.model_copy(
         update={"include_output_head": False, "max_steps": 5}), tmp_path / "plain", device="cpu")
@@ -61,6 +62,22 @@ def test_same_seed_gives_the_same_adapter_bit_for_bit(trained, tiny_base_model, 
     other = train_lora(tiny_base_model[0], tiny_drifted_pairs, recipe.model_copy(update={"seed": 1}),
                        tmp_path / "other", device="cpu")
     assert other.weights_sha256 != trained.weights_sha256
+
+
+def test_the_adapter_folder_does_not_depend_on_the_processs_string_hashing(tmp_path):
+    """peft writes target_modules from a set: its order followed PYTHONHASHSEED, so the same training gave folders
+    of other hashes in another process. The project sorts it; nothing else changes."""
+    from training.lora import _stable_config
+
+    config = tmp_path / "adapter_config.json"
+    written = {"r": 4, "target_modules": ["o_proj", "lm_head", "k_proj", "q_proj"], "peft_type": "LORA"}
+    config.write_text(json.dumps(written))
+    _stable_config(config)
+    assert json.loads(config.read_text()) == {**written, "target_modules": ["k_proj", "lm_head", "o_proj", "q_proj"]}
+    shuffled = tmp_path / "other.json"
+    shuffled.write_text(json.dumps({**written, "target_modules": ["q_proj", "k_proj", "o_proj", "lm_head"]}))
+    _stable_config(shuffled)
+    assert shuffled.read_bytes() == config.read_bytes()
 
 
 def test_seeded_dropout_is_reproducible_and_changes_the_adapter(tiny_base_model, tiny_drifted_pairs, recipe, tmp_path):
