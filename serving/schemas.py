@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
 from typing import Annotated, Any, Literal
@@ -203,9 +204,20 @@ def stream_chunks(request_id: str, model: str, text: str, chat: bool, finish: st
     return chunks
 
 
+_MARKER = re.compile(r"\[REDACTED:[a-z_]+\]")
+
+
 def cut_at_stop(text: str, stops: list[str]) -> tuple[str, bool]:
-    """``text`` up to the first of ``stops`` (which is not included, as in OpenAI's API), and whether one was found."""
-    found = [i for i in (text.find(s) for s in stops) if i >= 0]
+    """``text`` up to the first of ``stops`` (which is not included, as in OpenAI's API), and whether one was found.
+
+    A guardrail's ``[REDACTED:<kind>]`` markers are not the model's text: a stop is looked for outside them, as it
+    would have been in the answer before redaction (cut inside one, the client got "mail [REDACTED").
+
+    >>> cut_at_stop("mail [REDACTED:email] now: ok", [":"])
+    ('mail [REDACTED:email] now', True)
+    """
+    searched = _MARKER.sub(lambda m: "\uffff" * len(m.group()), text) if "[REDACTED:" in text else text
+    found = [i for i in (searched.find(s) for s in stops) if i >= 0]
     return (text[:min(found)], True) if found else (text, False)
 
 
