@@ -107,7 +107,8 @@ def create_app(state: GatewayState) -> FastAPI:
     @app.exception_handler(RequestValidationError)
     async def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
         first = _first_error(exc.errors())
-        param = _param(first.get("loc", ()))
+        # A body that is not JSON has no parameter at fault: its location is a character offset, not a field.
+        param = None if first.get("type") == "json_invalid" else _param(first.get("loc", ()))
         state.metrics.reject("invalid", state.model)
         return _error(400, f"{first['msg']}" + (f" (at {param})" if param else ""), "invalid_request_error",
                       "invalid_request", param)

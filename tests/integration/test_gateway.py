@@ -153,6 +153,8 @@ def test_bad_input_gets_an_openai_error_never_a_500(gateway, payload, status, co
         response = httpx.post(f"{gateway.url}/v1/completions", json=payload)
     assert response.status_code == status, response.text
     assert response.json()["error"]["code"] == code
+    if payload == "{not json":
+        assert response.json()["error"]["param"] is None  # not the character offset of the syntax error
 
 
 def test_request_ids_are_checked(gateway):
