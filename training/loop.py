@@ -82,14 +82,18 @@ class LoopOutcome:
 
 
 def encode_pairs(tokenizer, pairs: Sequence[Pair], fmt: PromptFormat, max_length: int) -> list[Example]:
-    """Tokenize context and target separately; an over-long context loses its start, as in serving."""
+    """Tokenize context and target separately; an over-long context loses its start, as in serving, and keeps what
+    serving keeps: ``max_length - fmt.max_new_tokens`` tokens (``serving.backend``: the window less the answer's
+    budget). Kept to ``max_length - len(target)`` instead, the model learnt from contexts reaching further back than
+    any it would be served."""
     contexts, targets = zip(*(fmt.training_text(p.prompt, p.completion) for p in pairs), strict=True)
     ctx_ids = tokenizer(list(contexts), add_special_tokens=False)["input_ids"]
     tgt_ids = tokenizer(list(targets), add_special_tokens=False)["input_ids"]
+    served = max(1, max_length - fmt.max_new_tokens)
     examples = []
     for ctx, tgt in zip(ctx_ids, tgt_ids, strict=True):
         tgt = tgt[: max_length - 1]
-        ctx = ctx[-(max_length - len(tgt)):]
+        ctx = ctx[-min(served, max_length - len(tgt)):]
         examples.append(Example(ids=tuple(ctx + tgt), n_context=len(ctx)))
     return examples
 

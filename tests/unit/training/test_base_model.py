@@ -77,8 +77,9 @@ def test_long_prompts_lose_their_start_not_their_target(tiny_base_model):
     from lifecycle.data import Pair
 
     tok = AutoTokenizer.from_pretrained(tiny_base_model[0], local_files_only=True)
-    [e] = encode_pairs(tok, [Pair(prompt="card " * 300, completion="card_arrival")], INTENT_V1, max_length=32)
-    assert len(e.ids) == 32
+    [e] = encode_pairs(tok, [Pair(prompt="card " * 300, completion="card_arrival")], INTENT_V1, max_length=48)
+    # The context serving keeps (serving.backend: the window less the answer's budget), not more.
+    assert e.n_context == 48 - INTENT_V1.max_new_tokens
     assert tok.decode(list(e.ids[e.n_context:])) == " card_arrival\n"
     assert tok.decode(list(e.ids[: e.n_context])).endswith("### Intent:")
 
