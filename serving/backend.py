@@ -356,8 +356,11 @@ class InProcessBackend:
             if unknown:
                 raise KeyError(f"adapters {unknown} are not loaded; loaded: {sorted(self._adapters)}")
             self._set_threads()
+            # split_special_tokens: a caller's "<|eos|>" or "<|im_start|>" is text, never a control token it could
+            # end or restructure the prompt with (training reads it so too).
             encoded = self.tokenizer([self.prompt_format.render(p) for p in prompts], truncation=True,
-                                     max_length=self._max_prompt_tokens, add_special_tokens=False)["input_ids"]
+                                     max_length=self._max_prompt_tokens, add_special_tokens=False,
+                                     split_special_tokens=True)["input_ids"]
             order = sorted(range(len(prompts)), key=lambda i: len(encoded[i]))
             if self.mode == "merged":
                 return self._generate_merged(encoded, adapters, order, max_batch, limits)

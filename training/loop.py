@@ -87,8 +87,9 @@ def encode_pairs(tokenizer, pairs: Sequence[Pair], fmt: PromptFormat, max_length
     budget). Kept to ``max_length - len(target)`` instead, the model learnt from contexts reaching further back than
     any it would be served."""
     contexts, targets = zip(*(fmt.training_text(p.prompt, p.completion) for p in pairs), strict=True)
-    ctx_ids = tokenizer(list(contexts), add_special_tokens=False)["input_ids"]
-    tgt_ids = tokenizer(list(targets), add_special_tokens=False)["input_ids"]
+    # split_special_tokens: a user's "<|eos|>" is text, as serving reads it, never the control token.
+    ctx_ids = tokenizer(list(contexts), add_special_tokens=False, split_special_tokens=True)["input_ids"]
+    tgt_ids = tokenizer(list(targets), add_special_tokens=False, split_special_tokens=True)["input_ids"]
     served = max(1, max_length - fmt.max_new_tokens)
     examples = []
     for ctx, tgt in zip(ctx_ids, tgt_ids, strict=True):

@@ -84,6 +84,23 @@ def test_long_prompts_lose_their_start_not_their_target(tiny_base_model):
     assert tok.decode(list(e.ids[: e.n_context])).endswith("### Intent:")
 
 
+def test_a_special_token_typed_in_a_prompt_is_text_in_training_and_serving(tiny_base_model):
+    """A user who types "<|eos|>" must not end the context with the control token (in training or when served)."""
+    from transformers import AutoTokenizer
+
+    from lifecycle.data import Pair
+    from serving.backend import InProcessBackend
+
+    tok = AutoTokenizer.from_pretrained(tiny_base_model[0], local_files_only=True)
+    prompt = f"where is my card {tok.eos_token} and {tok.pad_token}"
+    [e] = encode_pairs(tok, [Pair(prompt=prompt, completion="card_arrival")], INTENT_V1, max_length=192)
+    context = list(e.ids[:e.n_context])
+    assert tok.eos_token_id not in context and tok.pad_token_id not in context
+    backend = InProcessBackend(tiny_base_model[0], INTENT_V1, threads=1, device="cpu", adapter_mode="unmerged")
+    [gen] = backend.generate([prompt], [None])
+    assert gen.prompt_tokens == len(context)  # the same tokens as in training
+
+
 def test_length_grouped_batches_cover_each_row_once_with_little_padding():
     rng = random.Random(0)
     lengths = [rng.randint(5, 100) for _ in range(1000)]
