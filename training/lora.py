@@ -168,6 +168,18 @@ def _check_inputs(base_dir: Path, pairs: list[Pair], out_dir: Path, init_adapter
                          "adapter's values or set init_from_champion: false")
 
 
+def _same_shape(saved, targets: list[str], recipe: LoraRecipe, init_adapter: Path) -> None:
+    """An adapter continued from (``init_from_champion``) trains with its own settings, not the recipe's: refuse one
+    whose target modules or dropout differ from what the recipe asks, rather than train (and record in the lineage)
+    one thing while the recipe says another."""
+    wanted = {"target_modules": sorted(targets), "lora_dropout": recipe.dropout}
+    found = {"target_modules": sorted(saved.target_modules or []), "lora_dropout": saved.lora_dropout}
+    differ = [f"{k} {found[k]} (the recipe: {wanted[k]})" for k in wanted if found[k] != wanted[k]]
+    if differ:
+        raise ValueError(f"init_adapter {init_adapter} was trained with {'; '.join(differ)}: set the recipe to the "
+                         "adapter's values or set init_from_champion: false")
+
+
 def _with_adapter(base, recipe: LoraRecipe, init_adapter: Path | None):
     import torch
     from peft import LoraConfig, PeftModel, get_peft_model
@@ -178,7 +190,10 @@ def _with_adapter(base, recipe: LoraRecipe, init_adapter: Path | None):
         # peft 0.21 calls transformers 5's deprecated `is_gradient_checkpointing` on every wrap: noise.
         warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
         if init_adapter is not None:
-            return PeftModel.from_pretrained(base, init_adapter, is_trainable=True)
+            targets = _target_modules(base, recipe)  # of the bare base: wrapping replaces its Linears
+            model = PeftModel.from_pretrained(base, init_adapter, is_trainable=True)
+            _same_shape(model.peft_config["default"], targets, recipe, init_adapter)
+            return model
         config = LoraConfig(r=recipe.r, lora_alpha=recipe.alpha, lora_dropout=recipe.dropout,
                             target_modules=_target_modules(base, recipe), task_type="CAUSAL_LM")
         return get_peft_model(base, config)

@@ -100,6 +100,13 @@ def test_continuing_from_an_adapter_starts_where_it_ended(trained, tiny_base_mod
     with pytest.raises(ValueError, match="set the recipe to the adapter's values"):
         train_lora(tiny_base_model[0], tiny_drifted_pairs, recipe.model_copy(update={"r": 8}),
                    tmp_path / "mismatch", init_adapter=trained.adapter_dir, device="cpu")
+    # What the adapter was trained on and with is what it goes on with: a recipe that says otherwise is refused,
+    # not followed in name only (the lineage records the recipe).
+    for change, says in (({"include_output_head": False}, "target_modules"), ({"dropout": 0.1}, "lora_dropout")):
+        with pytest.raises(ValueError, match=f"{says} .* \\(the recipe: "):
+            train_lora(tiny_base_model[0], tiny_drifted_pairs, recipe.model_copy(update=change),
+                       tmp_path / "other", init_adapter=trained.adapter_dir, device="cpu")
+        assert not (tmp_path / "other").exists()
 
 
 def test_bad_inputs_fail_clearly(trained, tiny_base_model, tiny_drifted_pairs, recipe, tmp_path):
