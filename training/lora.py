@@ -190,13 +190,26 @@ def _with_adapter(base, recipe: LoraRecipe, init_adapter: Path | None):
         # peft 0.21 calls transformers 5's deprecated `is_gradient_checkpointing` on every wrap: noise.
         warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
         if init_adapter is not None:
-            targets = _target_modules(base, recipe)  # of the bare base: wrapping replaces its Linears
+            targets = _resolved_targets(base, recipe)  # of the bare base: wrapping replaces its Linears
             model = PeftModel.from_pretrained(base, init_adapter, is_trainable=True)
             _same_shape(model.peft_config["default"], targets, recipe, init_adapter)
             return model
         config = LoraConfig(r=recipe.r, lora_alpha=recipe.alpha, lora_dropout=recipe.dropout,
                             target_modules=_target_modules(base, recipe), task_type="CAUSAL_LM")
         return get_peft_model(base, config)
+
+
+def _resolved_targets(base, recipe: LoraRecipe) -> list[str]:
+    """The module names :func:`_target_modules` means, 'all-linear' spelt out as peft resolves it (every Linear but
+    the output head), as a saved adapter's config lists them."""
+    import torch
+
+    targets = _target_modules(base, recipe)
+    if targets == "all-linear":
+        head = base.get_output_embeddings()
+        targets = {name.rsplit(".", 1)[-1] for name, module in base.named_modules()
+                   if isinstance(module, torch.nn.Linear) and module is not head}
+    return sorted(targets)
 
 
 def _target_modules(base, recipe: LoraRecipe) -> str | list[str]:

@@ -107,6 +107,10 @@ def test_continuing_from_an_adapter_starts_where_it_ended(trained, tiny_base_mod
             train_lora(tiny_base_model[0], tiny_drifted_pairs, recipe.model_copy(update=change),
                        tmp_path / "other", init_adapter=trained.adapter_dir, device="cpu")
         assert not (tmp_path / "other").exists()
+    headless = recipe.model_copy(update={"include_output_head": False, "max_steps": 5})  # peft's 'all-linear'
+    first = train_lora(tiny_base_model[0], tiny_drifted_pairs, headless, tmp_path / "headless", device="cpu")
+    train_lora(tiny_base_model[0], tiny_drifted_pairs, headless.model_copy(update={"init_from_champion": True}),
+               tmp_path / "headless-more", init_adapter=first.adapter_dir, device="cpu")  # the same shape: goes on
 
 
 def test_bad_inputs_fail_clearly(trained, tiny_base_model, tiny_drifted_pairs, recipe, tmp_path):
