@@ -173,7 +173,9 @@ def _same_shape(saved, targets: list[str], recipe: LoraRecipe, init_adapter: Pat
     whose target modules or dropout differ from what the recipe asks, rather than train (and record in the lineage)
     one thing while the recipe says another."""
     wanted = {"target_modules": sorted(targets), "lora_dropout": recipe.dropout}
-    found = {"target_modules": sorted(saved.target_modules or []), "lora_dropout": saved.lora_dropout}
+    # peft saves 'all-linear' as full module paths (model.layers.0.mlp.up_proj): compared by their last names.
+    found = {"target_modules": sorted({t.rsplit(".", 1)[-1] for t in saved.target_modules or []}),
+             "lora_dropout": saved.lora_dropout}
     differ = [f"{k} {found[k]} (the recipe: {wanted[k]})" for k in wanted if found[k] != wanted[k]]
     if differ:
         raise ValueError(f"init_adapter {init_adapter} was trained with {'; '.join(differ)}: set the recipe to the "
