@@ -153,8 +153,10 @@ def create_app(state: GatewayState) -> FastAPI:
         state.update_gauges()
         return Response(state.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
+    started = int(time.time())  # "created": when this gateway began serving them, the same on every call
+
     def model_entries() -> list[dict]:
-        created = int(time.time())
+        created = started
         ids = [state.model] + [f"{state.model}:v{v}" for v in state.live.routable()]
         return [{"id": i, "object": "model", "created": created, "owned_by": "slm"} for i in ids]
 

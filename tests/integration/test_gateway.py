@@ -43,6 +43,9 @@ def test_openai_client_completions_chat_and_streaming(gateway):
     assert "".join(c.choices[0].delta.content or "" for c in streamed)
     models = [m.id for m in api.models.list()]
     assert "intent-router" in models and "intent-router:v1" in models
+    listed = {m.created for m in api.models.list()}
+    time.sleep(1.1)  # "created" is when the gateway began serving them, not the time of the call
+    assert listed == {api.models.retrieve("intent-router").created}
 
 
 def test_what_openai_clients_ask_beyond_the_basics(gateway):
