@@ -8,20 +8,12 @@ import math
 
 import pytest
 
-from lifecycle.records import BaseModelRef, EvalReport, ItemResult, Lineage, storable
+from lifecycle.records import ItemResult, storable
+from tests.unit.records_world import lineage, report
 
 NAN, INF = float("nan"), float("inf")
 
 
-def lineage(**kw) -> Lineage:
-    return Lineage(base_model=BaseModelRef(model_id="local://base/b", revision="f" * 64), prompt_format="p", **kw)
-
-
-def report(**kw) -> EvalReport:
-    fields = dict(version="m:v1", benchmark="golden", benchmark_sha256="s", n_items=1, exact_match=1.0,
-                  per_route_accuracy={"a": 1.0}, malformed_rate=0.0, latency_p50_ms=1, latency_p95_ms=1,
-                  latency_p99_ms=1, tokens_per_s=1, peak_memory_mb=1)
-    return EvalReport(**(fields | kw))
 
 
 def test_a_diverged_runs_losses_are_not_known():

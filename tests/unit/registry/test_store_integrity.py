@@ -11,9 +11,10 @@ from datetime import UTC, datetime, timedelta, timezone
 import pytest
 from sqlalchemy import text
 
-from lifecycle.records import BaseModelRef, EvalReport, Lineage
+from lifecycle.records import EvalReport, Lineage
 from lifecycle.status import VersionStatus
 from registry.store import RegistryStore, is_unreadable
+from tests.unit import records_world
 
 S = VersionStatus
 NAN = float("nan")
@@ -30,14 +31,11 @@ def register(store, *, published=None, **kw):
 
 
 def lineage(**kw) -> Lineage:
-    return Lineage(base_model=BaseModelRef(model_id="local://base/b", revision="f" * 64), prompt_format="f", **kw)
+    return records_world.lineage(prompt_format="f", **kw)
 
 
 def report(**kw) -> EvalReport:
-    fields = dict(version="router:v1", benchmark="golden", benchmark_sha256="s", n_items=1, exact_match=1.0,
-                  per_route_accuracy={"a": 1.0}, malformed_rate=0.0, latency_p50_ms=1, latency_p95_ms=1,
-                  latency_p99_ms=1, tokens_per_s=1, peak_memory_mb=1)
-    return EvalReport(**(fields | kw))
+    return records_world.report(version="router:v1", **kw)
 
 
 def history(store):
@@ -77,7 +75,7 @@ def test_a_payload_edited_past_hashing_is_reported_and_listed_as_unreadable(stor
 
 
 def test_a_truncated_tail_with_a_rewritten_head_is_broken(store):
-    """/tmp/hunt-gov/p4.py, first probe: cut the newest events, point the head at the new last one."""
+    """Cut the newest events and point the head at the new last one: the chain verifies, the registry does not."""
     history(store)
     with store.engine.begin() as conn:
         n = conn.execute(text("SELECT count(*) FROM audit_events")).scalar_one()
@@ -90,7 +88,7 @@ def test_a_truncated_tail_with_a_rewritten_head_is_broken(store):
 
 
 def test_a_wiped_log_and_head_are_broken(store):
-    """/tmp/hunt-gov/p4.py, second probe."""
+    """Delete every event and the head: an empty chain, beside a registry with versions and alias moves."""
     history(store)
     with store.engine.begin() as conn:
         conn.execute(text("DELETE FROM audit_events"))
