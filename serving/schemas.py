@@ -7,7 +7,7 @@ import time
 import uuid
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StrictBool
 
 
 def _encodable(value: str) -> str:
@@ -59,13 +59,13 @@ class _Request(BaseModel):
     top_p: float | None = Field(default=None, ge=0, le=1)
     n: int | None = Field(default=None, ge=1)
     stop: Text | list[Text] | None = None
-    stream: Annotated[bool, BeforeValidator(lambda v: False if v is None else v)] = False
+    stream: Annotated[StrictBool, BeforeValidator(lambda v: False if v is None else v)] = False  # not "yes"
     stream_options: StreamOptions | None = None
     logprobs: bool | int | None = None
     top_logprobs: int | None = None
     echo: bool | None = None
     response_format: dict[str, Any] | None = None
-    tool_choice: str | dict[str, Any] | None = None
+    tool_choice: Literal["auto", "none", "required"] | dict[str, Any] | None = None
     function_call: str | dict[str, Any] | None = None
     user: Text | None = Field(default=None, max_length=256)
 
