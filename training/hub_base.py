@@ -47,6 +47,11 @@ class HubBaseInfo(Frozen):
     wall_seconds: float = Field(default=0.0, description="download + checks")
 
 
+#: Config fields by which a causal LM's forward changes its logits after the output head (Gemma 2/3's soft cap,
+#: Cohere's scale, Granite's divisor): neutral values (None, 1, False) pass.
+LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scaling")
+
+
 def check_base_folder(folder: Path, fmt: PromptFormat, labels: Iterable[str], *, model_id: str,
                       revision: str) -> HubBaseInfo:
     """Raise :class:`HubBaseError` naming the first broken assumption; else describe the base."""
@@ -65,6 +70,13 @@ def check_base_folder(folder: Path, fmt: PromptFormat, labels: Iterable[str], *,
     if config.model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
         raise HubBaseError(f"{where} is a {config.model_type!r} model, not a causal LM transformers knows "
                            "(AutoModelForCausalLM); pick a decoder-only model such as SmolLM2 or Qwen2.5")
+    # The trainer's loss reads the output head directly (training.loop.masked_loss): a model whose forward rescales
+    # or caps its logits after the head would be trained on another objective than the one it is served with.
+    rescaled = [f"{name}={value}" for name in LOGIT_TRANSFORMS
+                if (value := getattr(config, name, None)) not in (None, 1, 1.0, False)]
+    if rescaled:
+        raise HubBaseError(f"{where}: its logits are transformed after the output head ({', '.join(rescaled)}), "
+                           "which the LoRA trainer's loss does not apply; pick a model without it (SmolLM2, Qwen2.5)")
     positions = getattr(config, "max_position_embeddings", None)
     if not positions:
         raise HubBaseError(f"{where}: its config has no max_position_embeddings, which the LoRA trainer reads")

@@ -39,3 +39,17 @@ def test_what_the_backend_or_trainer_cannot_use_is_refused(tiny_base_model, tmp_
     (folder / "config.json").unlink()
     with pytest.raises(HubBaseError, match="no config.json"):
         _check(folder)
+
+
+@pytest.mark.parametrize(("field", "value"), [("final_logit_softcapping", 30.0), ("logit_scale", 0.0625),
+                                             ("logits_scaling", 8.0)])
+def test_a_model_that_transforms_its_logits_after_the_head_is_refused(tiny_base_model, tmp_path, field, value):
+    """Gemma 2's soft cap, Cohere's scale, Granite's divisor: the trainer's loss reads the head directly, so it would
+    train another objective than the one served."""
+    folder = shutil.copytree(tiny_base_model[0], tmp_path / "m")
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, field: value}))
+    with pytest.raises(HubBaseError, match=f"{field}={value}"):
+        _check(folder)
+    (folder / "config.json").write_text(json.dumps({**config, field: None}))
+    _check(folder)  # a neutral value passes
