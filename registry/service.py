@@ -111,8 +111,9 @@ class Registry:
 
     def register(self, model: str, *, staged: Path | None, status: VersionStatus, reason: str, actor: str,
                  lineage: Lineage, evals: list[EvalReport], task: str,
-                 audit_payload: dict[str, object] | None = None) -> ModelVersion:
-        """Publish ``staged`` (adapter files, or None for a base version) with card, lineage and evals."""
+                 audit_payload: dict[str, object] | None = None, champion: int | None = None) -> ModelVersion:
+        """Publish ``staged`` (adapter files, or None for a base version) with card, lineage and evals.
+        ``champion``: see :meth:`RegistryStore.register_version`."""
         with tempfile.TemporaryDirectory(prefix="slm-stage-") as tmp:
             folder = Path(tmp) / "version"
             if staged is not None:
@@ -135,7 +136,7 @@ class Registry:
             return self.store.register_version(
                 model, status=status, prompt_format=lineage.prompt_format, reason=reason, actor=actor,
                 publish=publish, unpublish=lambda n: self.artifacts.unpublish_version(model, n),
-                lineage=lineage, evals=evals, audit_payload=audit_payload)
+                lineage=lineage, evals=evals, audit_payload=audit_payload, champion=champion)
 
 
 def open_registry(settings: Settings | None = None, *, hub_token: Callable[[], str | None] | None = None) -> Registry:

@@ -59,6 +59,10 @@ class ConcurrentChangeError(RuntimeError):
     """An alias was moved by someone else between reading it and changing it."""
 
 
+class ChampionReplaced(ConcurrentChangeError):
+    """A candidate's registration found another champion than the one its gate compared it with."""
+
+
 def utcnow() -> datetime:
     return datetime.now(UTC)
 
@@ -165,6 +169,7 @@ class RegistryStore:
         self, model: str, *, status: VersionStatus, prompt_format: str, reason: str, actor: str,
         publish: Publish, lineage: Lineage | None = None, evals: list[EvalReport] = (),
         unpublish: Callable[[int], None] | None = None, audit_payload: dict[str, object] | None = None,
+        champion: int | None = None,
     ) -> ModelVersion:
         """Allocate the next number, publish the artifact, record the version — all or nothing.
 
@@ -173,6 +178,9 @@ class RegistryStore:
         and no other registration of the model can take its number meanwhile, so numbers have no gaps. If
         anything after it fails, ``unpublish`` removes what it stored, so no half-registered version is ever left
         behind.
+
+        ``champion``: the number of the champion a candidate was gated against; checked in the recording transaction,
+        under the model's lock: :class:`ChampionReplaced` (and nothing registered) if another is champion now.
         """
         if status not in INITIAL_STATUSES:
             raise ValueError(f"a version is registered as candidate or rejected, not {status}")
@@ -199,6 +207,10 @@ class RegistryStore:
                         raise ConcurrentChangeError(f"{model}:v{number} was registered by another process while "
                                                     "this one published its files; every writer of the registry "
                                                     "must run this version of the code")
+                    now = self._alias(conn, model, Alias.CHAMPION.value) if champion is not None else None
+                    if now is not None and now != champion:  # (a model with no champion has none to compare with)
+                        raise ChampionReplaced(f"{model}:v{number} was gated against {model}:v{champion}, and the "
+                                               f"champion is {model}:v{now} now")
                     self._insert_version(conn, model, number, status=status, prompt_format=prompt_format,
                                          reason=reason, actor=actor, uri=uri, files=files, texts=texts,
                                          audit_payload=audit_payload)

@@ -15,6 +15,7 @@ from lifecycle.records import BaseModelRef, Frozen, Lineage, ModelVersion
 from lifecycle.settings import get_settings, project_root
 from lifecycle.status import VersionStatus
 from lifecycle.verdict import Verdict
+from registry.store import ChampionReplaced
 from tasks.connect import open_registry
 from tasks.data import TrainingData
 from tasks.evaluation import Scores
@@ -71,28 +72,38 @@ def register(plan: RetrainPlan, data: TrainingData, trained: TrainResult, scores
         # never a second one (registered_already finds it first; this is the same check where the run came here).
         done = _registered_before(registry, plan)
         if done is None:
-            gated = plan.champion.ref
-            passed, verdict, reasons = decision.passed, str(decision.verdict), decision.reasons()
-            moved = champion_moved(registry, plan.config.model, gated) if passed else None
-            if moved:
-                passed, verdict, reasons = False, str(Verdict.FAIL), [*reasons, moved]
-                reason = f"passed the offline gate against {gated}, but the champion was replaced since: not published"
-            elif passed:
-                reason = f"passed the offline gate against {gated}"
-            else:
-                reason = "rejected by the offline gate: " + "; ".join(
-                    f"{f.check} ({f.verdict})" for f in decision.findings
-                    if f.verdict != decision.verdict.PASS and not advisory(f))
-            version = registry.register(
-                plan.config.model, staged=trained.adapter_dir,
-                status=VersionStatus.CANDIDATE if passed else VersionStatus.REJECTED, reason=reason,
-                actor=plan.config.actor, lineage=build_lineage(plan, data, trained), evals=scores.challenger,
-                task=plan.task.name, audit_payload={"gate": verdict, "champion": gated, "run": plan.run_dir.name,
-                                                    "reasons": reasons})
-            done = Registered(version=version, published=passed, verdict=verdict, reasons=reasons, champion=gated)
+            moved = champion_moved(registry, plan.config.model, plan.champion.ref) if decision.passed else None
+            try:
+                done = _register(registry, plan, data, trained, scores, decision, moved)
+            except ChampionReplaced:  # promoted between the check and the record: nothing was registered
+                moved = champion_moved(registry, plan.config.model, plan.champion.ref)
+                done = _register(registry, plan, data, trained, scores, decision, moved)
         done = _announce(registry, plan, done)
     shutil.rmtree(trained.adapter_dir, ignore_errors=True)  # the registry holds its copy now
     return done
+
+
+def _register(registry, plan: RetrainPlan, data: TrainingData, trained: TrainResult, scores: Scores,
+              decision: GateDecision, moved: str | None) -> Registered:
+    """Register the challenger: a candidate if its gate passed and the champion it was gated against still is
+    (checked again when it is recorded, under the model's lock: :class:`ChampionReplaced`), else rejected."""
+    gated = plan.champion.ref
+    passed, verdict, reasons = decision.passed, str(decision.verdict), decision.reasons()
+    if passed and moved:
+        passed, verdict, reasons = False, str(Verdict.FAIL), [*reasons, moved]
+        reason = f"passed the offline gate against {gated}, but the champion was replaced since: not published"
+    elif passed:
+        reason = f"passed the offline gate against {gated}"
+    else:
+        reason = "rejected by the offline gate: " + "; ".join(
+            f"{f.check} ({f.verdict})" for f in decision.findings if f.verdict != decision.verdict.PASS
+            and not advisory(f))
+    version = registry.register(
+        plan.config.model, staged=trained.adapter_dir, status=VersionStatus.CANDIDATE if passed else
+        VersionStatus.REJECTED, reason=reason, actor=plan.config.actor, lineage=build_lineage(plan, data, trained),
+        evals=scores.challenger, task=plan.task.name, champion=int(gated.rsplit(":v", 1)[1]) if passed else None,
+        audit_payload={"gate": verdict, "champion": gated, "run": plan.run_dir.name, "reasons": reasons})
+    return Registered(version=version, published=passed, verdict=verdict, reasons=reasons, champion=gated)
 
 
 @task(name="registered-already", cache_policy=NO_CACHE)

@@ -171,3 +171,29 @@ def test_a_retry_does_not_publish_a_candidate_whose_champion_was_replaced_before
     assert again.version.number == 2 and again.published and again.champion == "router:v1"
     assert any("router:v3 now" in r and "router:v2 was not announced" in r for r in again.reasons)
     assert emitted == [] and not reg.store.has_event("slm.candidate.published", "router:v2")
+
+
+def test_a_promotion_between_the_check_and_the_record_still_keeps_the_candidate_unpublished(world, monkeypatch):
+    """The champion is checked again where the version is recorded, under the model's lock: a promotion that came
+    after the task's own check (it said "not moved") still turns the candidate into a rejected version."""
+    import tasks.register
+    from tasks.register import register
+
+    reg, plan, trained, emitted = world
+    register.fn(SimpleNamespace(**{**vars(plan), "run_dir": plan.run_dir.with_name("run-0")}), None, trained,
+                SimpleNamespace(challenger=[]), gate(Verdict.PASS))  # v1
+    reg.store.move_alias("router", "champion", 1, actor="test", reason="v1 is the champion")
+    trained.adapter_dir.mkdir(parents=True)
+    (trained.adapter_dir / "adapter_config.json").write_text('{"r": 4}')
+    real, checks = tasks.register.champion_moved, []
+
+    def late(*args):  # the first check runs before the promotion lands
+        checks.append(args)
+        return None if len(checks) == 1 else real(*args)
+
+    monkeypatch.setattr(tasks.register, "champion_moved", late)
+    stale = SimpleNamespace(**{**vars(plan), "champion": SimpleNamespace(ref="router:v9")})
+    done = register.fn(stale, None, trained, SimpleNamespace(challenger=[]), gate(Verdict.PASS))
+    assert len(checks) == 2 and done.version.number == 2 and done.version.status.value == "rejected"
+    assert [v.number for v in reg.store.list_versions("router")] == [1, 2]  # the refused record left no number
+    assert any("champion replaced" in r for r in done.reasons)
