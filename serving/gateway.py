@@ -46,6 +46,13 @@ class InputError(ValueError):
 
 def _error(status: int, message: str, kind: str, code: str | None = None, param: str | None = None,
            headers: dict[str, str] | None = None) -> JSONResponse:
+    """An OpenAI-shaped error. Every one carries an ``x-request-id`` (OpenAI's clients show it as ``request_id``):
+    a routed request's is the one it is logged under; a request refused before routing gets one here, and the
+    refusal is logged with it, so a client's report can be found in the gateway's log."""
+    headers = dict(headers or {})
+    if "x-request-id" not in headers:
+        headers["x-request-id"] = s.completion_id("req")
+        log.info("refused %s (%d %s): %s", headers["x-request-id"], status, code, message)
     return JSONResponse(s.error_body(message, kind, code, param), status_code=status, headers=headers)
 
 
@@ -120,9 +127,9 @@ def create_app(state: GatewayState) -> FastAPI:
         if exc.status_code < 500:
             state.metrics.reject("invalid", state.model)
         codes = {400: "invalid_request", 404: "not_found", 405: "method_not_allowed"}
-        body = s.error_body(str(exc.detail), "invalid_request_error" if exc.status_code < 500 else "server_error",
-                            codes.get(exc.status_code, "http_error"))
-        return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
+        return _error(exc.status_code, str(exc.detail),
+                      "invalid_request_error" if exc.status_code < 500 else "server_error",
+                      codes.get(exc.status_code, "http_error"), headers=exc.headers)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

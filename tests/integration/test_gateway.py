@@ -158,6 +158,7 @@ def test_bad_input_gets_an_openai_error_never_a_500(gateway, payload, status, co
     assert response.json()["error"]["code"] == code
     if payload == "{not json":
         assert response.json()["error"]["param"] is None  # not the character offset of the syntax error
+    assert response.headers["x-request-id"].startswith("req-")  # a refusal has an id to report, as OpenAI's do
 
 
 def test_request_ids_are_checked(gateway):
