@@ -45,7 +45,7 @@ class _Request(BaseModel):
     - honoured: ``stop`` (the answer sent is cut before the first stop string), ``stream`` and
       ``stream_options.include_usage``, ``max_tokens`` / ``max_completion_tokens`` (at most ``max_tokens_limit``,
       gateway.py; an answer longer than it is sent cut to that many tokens with ``finish_reason`` "length", and
-      logged whole, as it is judged — behind an upstream, the upstream is asked for that many);
+      logged whole, as it is judged — behind an upstream too, which is asked again for that many);
     - refused with a 400 naming the field, rather than answered against what the client asked: ``n`` other than 1,
       ``logprobs`` / ``top_logprobs``, ``echo``, ``response_format`` other than text, ``tool_choice`` (or the
       legacy ``function_call``) that forces a call, ``stream_options`` without ``stream``.

@@ -109,22 +109,35 @@ class UpstreamBackend:
         return gen.model_copy(update={"latency_ms": (time.perf_counter() - start) * 1000})
 
     def _one(self, prompt: str, adapter: str, max_tokens: int | None = None, http=None) -> Generation:
-        """One completion. With a client's ``max_tokens`` below the format's budget the upstream is asked for that
-        many (it has the tokenizer; the gateway does not): its shorter answer is what is judged and logged."""
+        """One completion, to the format's budget: the whole answer is what is judged and logged, as in process.
+        With a client's ``max_tokens`` below the answer's length the upstream is asked once more for that many
+        tokens (it has the tokenizer; the gateway does not; greedy, so they are the whole answer's first ones):
+        what the client is sent (``clipped``). Asked for that many only, the upstream's cut answer was judged: a
+        model error in the version's counts for a client's limit."""
         fmt = self.prompt_format
-        budget = fmt.max_new_tokens if max_tokens is None else min(max_tokens, fmt.max_new_tokens)
-        body: dict[str, object] = {"model": self._names[adapter], "temperature": 0, "max_tokens": budget}
+        text, usage, finish = self._complete(prompt, adapter, fmt.max_new_tokens, http)
+        completion = fmt.parse(text) if self.config.render_prompt else text.strip()
+        clipped = None
+        tokens = usage.get("completion_tokens")
+        if max_tokens is not None and max_tokens < fmt.max_new_tokens and (not tokens or tokens > max_tokens):
+            short, _, _ = self._complete(prompt, adapter, max_tokens, http)
+            cut = fmt.parse(short) if self.config.render_prompt else short.strip()
+            clipped = cut if cut != completion else None
+        return Generation(text=text, completion=completion, prompt_tokens=usage.get("prompt_tokens", 0),
+                          completion_tokens=usage.get("completion_tokens", 0), latency_ms=0.0, adapter=adapter,
+                          finish_reason="length" if finish == "length" else "stop", clipped=clipped)
+
+    def _complete(self, prompt: str, adapter: str, max_tokens: int, http) -> tuple[str, dict, str | None]:
+        """(text, usage, finish_reason) of one upstream completion of at most ``max_tokens`` tokens."""
+        fmt = self.prompt_format
+        body: dict[str, object] = {"model": self._names[adapter], "temperature": 0, "max_tokens": max_tokens}
         if self.config.render_prompt:
             body.update(prompt=fmt.render(prompt), stop=[fmt.stop])
         else:
             body.update(prompt=prompt)
         answer = self._request("POST", "/completions", http, json=body)
-        text = answer["choices"][0]["text"]
-        usage = answer.get("usage") or {}
-        completion = fmt.parse(text) if self.config.render_prompt else text.strip()
-        return Generation(text=text, completion=completion, prompt_tokens=usage.get("prompt_tokens", 0),
-                          completion_tokens=usage.get("completion_tokens", 0), latency_ms=0.0, adapter=adapter,
-                          finish_reason="length" if answer["choices"][0].get("finish_reason") == "length" else "stop")
+        choice = answer["choices"][0]
+        return choice["text"], answer.get("usage") or {}, choice.get("finish_reason")
 
     def _request(self, method: str, path: str, http=None, **kwargs) -> dict:
         import httpx

@@ -52,3 +52,23 @@ def test_upstream_failures_become_502_then_503(gateway, launch_gateway):
         assert 'slm_backend_circuit_open{model="intent-router",version="v1"} 1.0' in metrics
         ready = httpx.get(f"{front.url}/readyz")
         assert ready.status_code == 503
+
+
+def test_a_clients_max_tokens_cuts_what_it_is_sent_not_what_is_judged(gateway, launch_gateway):
+    """Behind an upstream as in process: the client gets the first max_tokens tokens, the log keeps the whole
+    answer as it is judged (asked for one token only, the upstream's cut answer was logged as a model error)."""
+    from datetime import UTC, datetime
+
+    upstream = UpstreamConfig(base_url=f"{gateway.url}/v1", render_prompt=False, timeout_s=10)
+    with launch_gateway(upstream=upstream, split_poll_s=0.1) as front:
+        api = openai.OpenAI(base_url=f"{front.url}/v1", api_key="-", max_retries=0)
+        whole = api.completions.create(model="intent-router", prompt="I lost my card").choices[0].text
+        raw = api.completions.with_raw_response.create(model="intent-router", prompt="I lost my card", max_tokens=1)
+        cut = raw.parse()
+        assert cut.choices[0].finish_reason == "length" and cut.usage.completion_tokens == 1
+        assert whole.startswith(cut.choices[0].text) and cut.choices[0].text != whole
+        front.state.writer.flush(timeout=30)
+        [row] = [p for p in front.state.predictions.window("intent-router", datetime(2000, 1, 1, tzinfo=UTC),
+                                                            datetime(2100, 1, 1, tzinfo=UTC), limit=None)
+                 if p.request_id == raw.headers["x-request-id"]]
+        assert row.completion == whole and row.outcome == "ok"
