@@ -84,9 +84,9 @@ def instrument(state, timings: dict[str, list[int]]) -> None:
     def routed(key, pinned=None):
         return Assignment(version=champion, role="champion") if BARE.get() else timed("route", assign, key, pinned)
 
-    def logged(*args) -> None:  # the whole request-path part of logging: the row's fields built and queued
+    def logged(*args, **kwargs) -> None:  # the whole request-path part of logging: the row's fields built and queued
         if not BARE.get():
-            timed("log_row", log_answer, *args)
+            timed("log_row", log_answer, *args, **kwargs)
 
     state.live.assign, state.log_answer = routed, logged
 
